@@ -1,0 +1,10 @@
+//! Runs build steps: one process in a runc container on an overlayfs snapshot, or a file copy into one.
+//!
+//! The executor never decides anything about caching; it is handed a root filesystem (layer directories) and an
+//! op, and returns the directory of changes. Container processes are started by `runc` as a child process, never
+//! by cloning the (multithreaded) rbuild process itself.
+
+pub mod copy;
+pub mod overlay;
+pub mod runtime;
+pub mod user;

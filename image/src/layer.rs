@@ -1,0 +1,1 @@
+//! Layer tars (filled in next).

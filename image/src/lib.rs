@@ -1,0 +1,9 @@
+//! Layers, image documents and registries.
+//!
+//! This crate turns snapshot directories into layer tars (and back), writes image configs and manifests, exports
+//! OCI and docker archives, and speaks the registry protocol. It owns every byte format that leaves rbuild, so other
+//! tools (skopeo, umoci, docker load, registries) are its judges.
+
+pub mod layer;
+pub mod oci;
+pub mod registry;

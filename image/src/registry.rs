@@ -1,0 +1,1 @@
+//! Registry client (filled in next).

@@ -1,0 +1,9 @@
+//! The build graph, its content-addressed cache keys and the scheduler that runs it.
+//!
+//! The solver knows ops (image/context sources, exec, file), not Dockerfiles: the frontend emits a [`graph::Graph`],
+//! and a [`worker::Worker`] (implemented by the executor over the cache and image crates) does the actual work. This
+//! crate therefore depends on neither `frontend` nor `executor`; it defines the traits they meet at.
+
+pub mod digest;
+
+pub use digest::{Digest, DigestWriter, InvalidDigest};
