@@ -4,3 +4,6 @@
 //! at any point leaves the store readable, and several rbuild processes can share one store.
 
 pub mod contenthash;
+pub mod store;
+
+pub use store::{ImageRecord, LayerBlob, Store, StoreError};

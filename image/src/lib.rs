@@ -5,5 +5,5 @@
 //! tools (skopeo, umoci, docker load, registries) are its judges.
 
 pub mod layer;
-pub mod oci;
+pub use rbuild_solver::oci;
 pub mod registry;

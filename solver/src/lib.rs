@@ -7,3 +7,13 @@
 pub mod digest;
 
 pub use digest::{Digest, DigestWriter, InvalidDigest};
+pub mod graph;
+pub mod key;
+pub mod oci;
+pub mod solve;
+pub mod worker;
+
+pub use graph::{CopyAction, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
+pub use key::cache_key;
+pub use solve::{SolveError, SolveOptions, Solved, solve};
+pub use worker::{CacheError, CacheRecord, CacheStore, Event, NoProgress, Output, Progress, Worker, WorkerError};

@@ -5,7 +5,7 @@
 //! fields (`extra`) so that a pulled config round-trips without losing anything. Serialising the same value twice
 //! always gives the same bytes, which is what makes image digests reproducible.
 
-use rbuild_solver::Digest;
+use crate::Digest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -1,0 +1,418 @@
+//! The on-disk store (layout in DESIGN.md): `blobs/sha256/<hex>`, `snapshots/<diff_id hex>/`, `index/` and `tmp/`.
+//!
+//! The index is a directory of small JSON files, one per cache key, tag and layer, rather than an embedded
+//! database: every update is a single atomic rename, so any number of rbuild processes can read and write it at
+//! once without a database lock serialising whole builds, and a crash can only lose the entry being written.
+//! Each process works in its own `tmp/<pid>-<n>/` directory, held by a file lock; a later process removes the tmp
+//! directories whose lock is free (their process died). Builds hold the store's lock shared; prune takes it
+//! exclusively, so nothing is collected from under a running build.
+
+use rbuild_solver::{CacheError, CacheRecord, CacheStore, Digest, Output};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A store operation that failed, with the path it was working on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {context}")]
+    Io {
+        path: PathBuf,
+        context: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("blob {digest} in the store is corrupt: its content hashes to {actual}")]
+    CorruptBlob { digest: Digest, actual: Digest },
+    #[error("store {path}: malformed index entry")]
+    BadIndex {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no image named {0:?} in the local store")]
+    NoSuchImage(String),
+}
+
+fn io_err<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { path: path.to_path_buf(), context, source }
+}
+
+/// A compressed form of a layer, made the first time a push or export needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerBlob {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// What a tag points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    /// The image config blob (its digest is the image ID).
+    pub config: Digest,
+    /// The manifest blob, when one exists locally (pulled, or pushed/exported once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Digest>,
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+    tmp: PathBuf,
+    _tmp_lock: File,
+    _store_lock: File,
+    counter: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`, holding its lock shared, and removes dead processes' tmp dirs.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for sub in ["blobs/sha256", "snapshots", "index/cache", "index/tags", "index/layers", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err(&p, "creating the store"))?;
+        }
+        let lock_path = root.join("lock");
+        let store_lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path, "opening the store lock"))?;
+        store_lock.lock_shared().map_err(io_err(&lock_path, "locking the store"))?;
+        collect_dead_tmp(&root.join("tmp"));
+        let (tmp, tmp_lock) = own_tmp_dir(&root.join("tmp"))?;
+        Ok(Store { root: root.to_path_buf(), tmp, _tmp_lock: tmp_lock, _store_lock: store_lock, counter: AtomicU64::new(0) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A new, empty directory under this process's tmp dir, on the store's filesystem (so it can be renamed in).
+    pub fn tmp_dir(&self, what: &str) -> Result<PathBuf, StoreError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let p = self.tmp.join(format!("{what}-{n}"));
+        fs::create_dir(&p).map_err(io_err(&p, "creating a temporary directory"))?;
+        Ok(p)
+    }
+
+    /// A path for a new temporary file (not created).
+    pub fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.tmp.join(format!("{what}-{n}"))
+    }
+
+    // ---- blobs ----
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Stores `bytes` as a blob; returns its digest.
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let d = Digest::of(bytes);
+        if !self.has_blob(&d) {
+            let tmp = self.tmp_path("blob");
+            write_synced(&tmp, bytes)?;
+            self.rename_in(&tmp, &self.blob_path(&d))?;
+        }
+        Ok(d)
+    }
+
+    /// Moves a complete, already verified file into the blob store as `d`.
+    pub fn import_blob(&self, file: &Path, d: &Digest) -> Result<(), StoreError> {
+        File::open(file).and_then(|f| f.sync_all()).map_err(io_err(file, "syncing a blob"))?;
+        self.rename_in(file, &self.blob_path(d))
+    }
+
+    /// Reads a blob and checks that its content still matches its digest.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.blob_path(d);
+        let mut bytes = Vec::new();
+        File::open(&p).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(&p, "reading a blob"))?;
+        let actual = Digest::of(&bytes);
+        if &actual != d {
+            return Err(StoreError::CorruptBlob { digest: d.clone(), actual });
+        }
+        Ok(bytes)
+    }
+
+    // ---- snapshots ----
+
+    pub fn snapshot_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("snapshots").join(diff_id.hex())
+    }
+
+    pub fn has_snapshot(&self, diff_id: &Digest) -> bool {
+        self.snapshot_path(diff_id).is_dir()
+    }
+
+    /// Makes the finished directory `dir` the snapshot of `diff_id`. If another process committed the same layer
+    /// first, its snapshot is kept and `dir` is removed.
+    pub fn commit_snapshot(&self, dir: &Path, diff_id: &Digest) -> Result<(), StoreError> {
+        let dest = self.snapshot_path(diff_id);
+        if dest.exists() {
+            return remove_tree(dir);
+        }
+        sync_dir(dir);
+        match fs::rename(dir, &dest) {
+            Ok(()) => {
+                sync_dir(&self.root.join("snapshots"));
+                Ok(())
+            }
+            Err(_) if dest.exists() => remove_tree(dir),
+            Err(e) => Err(StoreError::Io { path: dest, context: "committing a snapshot", source: e }),
+        }
+    }
+
+    // ---- layers ----
+
+    fn layer_index(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("index/layers").join(format!("{}.json", diff_id.hex()))
+    }
+
+    /// Compressed forms known for a layer.
+    pub fn layer_blobs(&self, diff_id: &Digest) -> Vec<LayerBlob> {
+        read_json::<Vec<LayerBlob>>(&self.layer_index(diff_id)).ok().flatten().unwrap_or_default()
+    }
+
+    /// Records a compressed form of a layer (its blob must already be in the store).
+    pub fn add_layer_blob(&self, diff_id: &Digest, blob: LayerBlob) -> Result<(), StoreError> {
+        let mut blobs = self.layer_blobs(diff_id);
+        if !blobs.contains(&blob) {
+            blobs.retain(|b| b.media_type != blob.media_type);
+            blobs.push(blob);
+            self.write_json(&self.layer_index(diff_id), &blobs)?;
+        }
+        Ok(())
+    }
+
+    // ---- tags ----
+
+    fn tag_path(&self, name: &str) -> PathBuf {
+        self.root.join("index/tags").join(format!("{}.json", escape_name(name)))
+    }
+
+    /// Points `record.name` at an image.
+    pub fn set_tag(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        self.write_json(&self.tag_path(&record.name), record)
+    }
+
+    pub fn tag(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        read_json(&self.tag_path(name))
+    }
+
+    pub fn remove_tag(&self, name: &str) -> Result<(), StoreError> {
+        let p = self.tag_path(name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NoSuchImage(name.to_string())),
+            Err(e) => Err(StoreError::Io { path: p, context: "removing a tag", source: e }),
+        }
+    }
+
+    /// Every tag, sorted by name.
+    pub fn tags(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let dir = self.root.join("index/tags");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir, "listing tags"))? {
+            let entry = entry.map_err(io_err(&dir, "listing tags"))?;
+            if entry.file_name().to_string_lossy().ends_with(".json")
+                && let Some(r) = read_json::<ImageRecord>(&entry.path())?
+            {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    // ---- helpers ----
+
+    fn rename_in(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
+        fs::rename(from, to).map_err(io_err(to, "moving into the store"))?;
+        if let Some(parent) = to.parent() {
+            sync_dir(parent);
+        }
+        Ok(())
+    }
+
+    /// Writes a JSON index file atomically.
+    pub fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::BadIndex { path: path.into(), source: e })?;
+        let tmp = self.tmp_path("index");
+        write_synced(&tmp, &bytes)?;
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent, "creating an index directory"))?;
+        }
+        self.rename_in(&tmp, path)
+    }
+
+    fn cache_path(&self, key: &Digest) -> PathBuf {
+        let hex = key.hex();
+        self.root.join("index/cache").join(&hex[..2]).join(format!("{hex}.json"))
+    }
+}
+
+impl CacheStore for Store {
+    fn get(&self, key: &Digest) -> Option<CacheRecord> {
+        let record: CacheRecord = read_json(&self.cache_path(key)).ok().flatten()?;
+        // An entry whose snapshots were pruned is a miss, not an error.
+        record.output.layers().iter().all(|l| self.has_snapshot(l)).then_some(record)
+    }
+
+    fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {
+        let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let record = CacheRecord { output: output.clone(), created: created as i64 };
+        self.write_json(&self.cache_path(key), &record).map_err(|e| CacheError {
+            context: format!("recording {key}"),
+            source: io::Error::other(e),
+        })?;
+        Ok(record)
+    }
+}
+
+/// Reads a JSON file; `None` if it does not exist.
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::BadIndex { path: path.into(), source: e }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io { path: path.into(), context: "reading the index", source: e }),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = File::create(path).map_err(io_err(path, "creating a file"))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(path, "writing a file"))
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: a directory fsync makes a rename durable; failing to do so is not an error for correctness.
+    if let Ok(f) = File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+fn remove_tree(dir: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io { path: dir.into(), context: "removing a directory", source: e }),
+    }
+}
+
+/// Tag names contain `/` and `:`; file names may not contain `/`.
+fn escape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Creates this process's tmp dir, locked for as long as the store is open.
+fn own_tmp_dir(tmp_root: &Path) -> Result<(PathBuf, File), StoreError> {
+    for attempt in 0u32..1000 {
+        let p = tmp_root.join(format!("{}-{attempt}", std::process::id()));
+        if fs::create_dir(&p).is_ok() {
+            let lock_path = p.join(".lock");
+            let f = File::create(&lock_path).map_err(io_err(&lock_path, "creating a tmp lock"))?;
+            f.lock().map_err(io_err(&lock_path, "locking a tmp dir"))?;
+            return Ok((p, f));
+        }
+    }
+    Err(StoreError::Io {
+        path: tmp_root.into(),
+        context: "creating a tmp dir",
+        source: io::Error::new(io::ErrorKind::AlreadyExists, "no free name"),
+    })
+}
+
+/// Removes tmp dirs left behind by processes that died (their lock is no longer held).
+fn collect_dead_tmp(tmp_root: &Path) {
+    let Ok(entries) = fs::read_dir(tmp_root) else { return };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        let lock = p.join(".lock");
+        let dead = match File::open(&lock) {
+            Ok(f) => f.try_lock().is_ok(),
+            // A dir without a lock file is a dir whose creator died before locking it, or a stray file.
+            Err(_) => true,
+        };
+        if dead {
+            // Directories left by a killed build may still be overlay mount points or hold read-only bits;
+            // removal failures are left for the next run rather than failing this one.
+            let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip_and_detect_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = store.write_blob(b"hello").unwrap();
+        assert_eq!(store.read_blob(&d).unwrap(), b"hello");
+        fs::write(store.blob_path(&d), b"jello").unwrap();
+        assert!(matches!(store.read_blob(&d), Err(StoreError::CorruptBlob { .. })));
+    }
+
+    #[test]
+    fn cache_entries_need_their_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = Digest::of(b"layer");
+        let key = Digest::of(b"key");
+        store.put(&key, &Output::RootFs(vec![layer.clone()])).unwrap();
+        assert!(store.get(&key).is_none(), "snapshot missing: must be a miss");
+        let snap = store.tmp_dir("snap").unwrap();
+        fs::write(snap.join("f"), b"x").unwrap();
+        store.commit_snapshot(&snap, &layer).unwrap();
+        assert_eq!(store.get(&key).unwrap().output, Output::RootFs(vec![layer.clone()]));
+        // A second commit of the same layer keeps the first and discards the new dir.
+        let again = store.tmp_dir("snap").unwrap();
+        store.commit_snapshot(&again, &layer).unwrap();
+        assert!(!again.exists() && store.snapshot_path(&layer).join("f").exists());
+    }
+
+    #[test]
+    fn tags_with_registry_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rec = ImageRecord { name: "127.0.0.1:5000/a/b:1.0".into(), config: Digest::of(b"c"), manifest: None };
+        store.set_tag(&rec).unwrap();
+        assert_eq!(store.tag("127.0.0.1:5000/a/b:1.0").unwrap(), Some(rec.clone()));
+        assert_eq!(store.tags().unwrap(), vec![rec]);
+        store.remove_tag("127.0.0.1:5000/a/b:1.0").unwrap();
+        assert!(matches!(store.remove_tag("127.0.0.1:5000/a/b:1.0"), Err(StoreError::NoSuchImage(_))));
+    }
+
+    #[test]
+    fn dead_tmp_dirs_are_collected_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Store::open(dir.path()).unwrap();
+        let live_tmp = live.tmp_dir("x").unwrap();
+        let dead = dir.path().join("tmp/999999-0");
+        fs::create_dir_all(dead.join("sub")).unwrap();
+        File::create(dead.join(".lock")).unwrap();
+        let _second = Store::open(dir.path()).unwrap();
+        assert!(!dead.exists(), "a dead process's tmp dir is removed");
+        assert!(live_tmp.exists(), "a live process's tmp dir is kept");
+    }
+}

@@ -1,0 +1,147 @@
+//! Cache keys: the identity of an op's result.
+//!
+//! A key is the sha256 of one canonical JSON document: the op's definition with output-irrelevant fields removed,
+//! the keys of its inputs, and the content digests of files it reads by content. serde_json writes struct fields in
+//! declaration order and every collection here is a `Vec` in a meaningful order, so the encoding contains no
+//! HashMap order, timestamp or host path. The golden test at the bottom pins exact digests: if it fails, the
+//! encoding changed and every user's cache would be invalidated — bump [`KEY_VERSION`] on purpose instead.
+
+use crate::Digest;
+use crate::graph::{ExecOp, Op};
+use serde::Serialize;
+
+/// Bumped whenever the meaning of a key changes, so old cache entries are never confused with new ones.
+pub const KEY_VERSION: u32 = 1;
+
+/// Variables that change how a step reaches the network, not what it produces (BuildKit's proxy build args).
+pub const PROXY_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// True for `KEY=value` entries whose key is a proxy variable.
+pub fn is_proxy_env(entry: &str) -> bool {
+    let name = entry.split_once('=').map_or(entry, |(k, _)| k);
+    PROXY_VARS.contains(&name)
+}
+
+#[derive(Serialize)]
+struct KeyDoc<'a> {
+    v: u32,
+    op: &'a Op,
+    inputs: &'a [Digest],
+    content: &'a [Digest],
+}
+
+/// The cache key of `op` given its inputs' keys and the content digests of what it selects from them.
+pub fn cache_key(op: &Op, input_keys: &[Digest], content: &[Digest]) -> Digest {
+    let stripped;
+    let op = match op {
+        Op::Exec(exec) if exec.env.iter().any(|e| is_proxy_env(e)) => {
+            stripped = Op::Exec(ExecOp {
+                env: exec.env.iter().filter(|e| !is_proxy_env(e)).cloned().collect(),
+                ..exec.clone()
+            });
+            &stripped
+        }
+        other => other,
+    };
+    let doc = KeyDoc { v: KEY_VERSION, op, inputs: input_keys, content };
+    // Serialising these plain data types cannot fail.
+    Digest::of(&serde_json::to_vec(&doc).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{CopyAction, FileAction, FileOp, Network};
+
+    fn exec(env: &[&str]) -> Op {
+        Op::Exec(ExecOp {
+            args: vec!["/bin/sh".into(), "-c".into(), "make".into()],
+            env: env.iter().map(|s| s.to_string()).collect(),
+            cwd: "/src".into(),
+            user: "app".into(),
+            network: Network::Host,
+        })
+    }
+
+    /// Pins the encoding. If this fails, the key encoding changed: that invalidates every cache in the field, so
+    /// only update these values together with a KEY_VERSION bump.
+    #[test]
+    fn golden_cache_keys() {
+        let base: Digest = "sha256:0000000000000000000000000000000000000000000000000000000000000001".parse().unwrap();
+        let content = Digest::of(b"content");
+        let cases: Vec<(&str, Digest)> = vec![
+            ("scratch", cache_key(&Op::Scratch, &[], &[])),
+            ("image", cache_key(&Op::Image { reference: "127.0.0.1:5000/base/busybox:latest".into(), digest: base.clone() }, &[], &[])),
+            ("context", cache_key(&Op::Context { name: "context".into() }, &[], &[])),
+            ("exec", cache_key(&exec(&["PATH=/bin", "A=1"]), std::slice::from_ref(&base), &[])),
+            (
+                "copy",
+                cache_key(
+                    &Op::File(FileOp {
+                        dest: Some(0),
+                        actions: vec![FileAction::Copy(CopyAction {
+                            src: 1,
+                            sources: vec!["app/".into()],
+                            dest: "/app/".into(),
+                            chown: Some("app:app".into()),
+                            chmod: Some(0o755),
+                            extract_archives: false,
+                            keep_owner: false,
+                            excludes: vec!["*.md".into()],
+                        })],
+                    }),
+                    &[base.clone(), base.clone()],
+                    &[content],
+                ),
+            ),
+            (
+                "mkdir",
+                cache_key(
+                    &Op::File(FileOp {
+                        dest: Some(0),
+                        actions: vec![FileAction::Mkdir { path: "/app".into(), mode: 0o755, owner: None }],
+                    }),
+                    &[base],
+                    &[],
+                ),
+            ),
+        ];
+        let got: Vec<String> = cases.iter().map(|(n, d)| format!("{n} {d}")).collect();
+        let want = [
+            "scratch sha256:099f997d1a0dfad596be995af320656e7e5d3b8b4984e183fb90d9ced18314f6",
+            "image sha256:afce185bc150508036f9de65b5a61df3b578e1ba1311a1788c0ac508ed6e719a",
+            "context sha256:bfccc63c27cb3f266b591b5922c88ee8c86c136b7df31d6ccb8c4cac48fa423e",
+            "exec sha256:f134059e3031a820f2a25b781d4c5bd9dcb87f993ca1afe0ec7867be7c6f0d2d",
+            "copy sha256:ddcfdcc4edb54f78bbf6d5c5f56107a5fca2a7d88daea0f0eae4f237c59fa643",
+            "mkdir sha256:75bf08ebecd5844ac15bb010f628eff7c02fad0a090033273f056611dd1ecd21",
+        ];
+        assert_eq!(got, want, "cache key encoding changed");
+    }
+
+    #[test]
+    fn proxy_variables_do_not_change_the_key() {
+        let k = |env: &[&str]| cache_key(&exec(env), &[], &[]);
+        assert_eq!(k(&["A=1"]), k(&["A=1", "HTTP_PROXY=http://proxy:3128", "no_proxy=x"]));
+        assert_ne!(k(&["A=1"]), k(&["A=2"]));
+    }
+
+    #[test]
+    fn inputs_and_content_change_the_key() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let op = exec(&[]);
+        assert_ne!(cache_key(&op, std::slice::from_ref(&a), &[]), cache_key(&op, std::slice::from_ref(&b), &[]));
+        assert_ne!(cache_key(&op, &[], std::slice::from_ref(&a)), cache_key(&op, &[], std::slice::from_ref(&b)));
+    }
+}
