@@ -1,1 +1,251 @@
-fn main() {}
+//! `rbuild`: the command line. Parses arguments, reads the environment and config files once, renders progress
+//! and errors, and picks exit codes; the build logic itself lives in the library crates.
+
+mod build;
+mod progress;
+mod render;
+mod resolver;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use rbuild_cache::Store;
+use rbuild_image::registry::{Credentials, ImageRef, RegistryClient, RegistryOptions};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "rbuild", version, about = "Build OCI images from Dockerfiles", propagate_version = true)]
+struct Cli {
+    /// The store directory [default: $RBUILD_ROOT, else ~/.local/share/rbuild]
+    #[arg(long, global = true, env = "RBUILD_ROOT")]
+    root: Option<PathBuf>,
+    /// Registries (host[:port]) that may be reached over plain HTTP (loopback always may)
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    insecure_registries: Vec<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build an image from a Dockerfile
+    Build(build::BuildArgs),
+    /// List images in the local store
+    Images,
+    /// Push an image from the local store to its registry
+    Push {
+        /// Image name (as tagged)
+        name: String,
+    },
+    /// Pull an image into the local store
+    Pull { name: String },
+    /// Give an image in the store another name
+    Tag { source: String, target: String },
+    /// Remove a name from the local store
+    Rmi {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print an image's config
+    Inspect { name: String },
+    /// Tools for looking inside rbuild
+    Debug {
+        #[command(subcommand)]
+        command: DebugCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCmd {
+    /// Print a Dockerfile's syntax tree in BuildKit's dump format
+    DumpAst { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            render::error(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Settings read once from the environment and config files, passed down.
+pub struct Env {
+    pub root: PathBuf,
+    pub registry: RegistryOptions,
+}
+
+fn env_for(cli: &Cli) -> Result<Env> {
+    let root = match &cli.root {
+        Some(r) => r.clone(),
+        None => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set; pass --root")?;
+            home.join(".local/share/rbuild")
+        }
+    };
+    let credentials = docker_credentials();
+    Ok(Env { root, registry: RegistryOptions { insecure_registries: cli.insecure_registries.clone(), credentials } })
+}
+
+/// Basic-auth credentials from Docker's config.json (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+fn docker_credentials() -> BTreeMap<String, Credentials> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+    let mut out = BTreeMap::new();
+    let Some(bytes) = dir.and_then(|d| std::fs::read(d.join("config.json")).ok()) else { return out };
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return out };
+    if let Some(auths) = doc.get("auths").and_then(|a| a.as_object()) {
+        for (host, entry) in auths {
+            let decoded = entry.get("auth").and_then(|a| a.as_str()).and_then(base64_decode);
+            if let Some((u, p)) = decoded.as_deref().and_then(|s| s.split_once(':')) {
+                let host = host.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+                let host = host.split('/').next().unwrap_or(host).to_string();
+                out.insert(host, Credentials { username: u.to_string(), password: p.to_string() });
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(s: &str) -> Option<String> {
+    let mut bits: u32 = 0;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let env = env_for(&cli)?;
+    match cli.command {
+        Cmd::Build(args) => build::run(&env, args).await,
+        Cmd::Debug { command: DebugCmd::DumpAst { file } } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            match rbuild_frontend::parser::parse(&text) {
+                Ok(ast) => {
+                    println!("{}", ast.root.dump());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    render::parse_error(&file.display().to_string(), &text, &e);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Cmd::Images => {
+            let store = open_store(&env)?;
+            println!("{:<60} {:<20} {:>10}", "NAME", "IMAGE ID", "SIZE");
+            for rec in store.tags()? {
+                let size = image_size(&store, &rec.config).map(human_size).unwrap_or_else(|| "?".into());
+                println!("{:<60} {:<20} {:>10}", rec.name, &rec.config.hex()[..12], size);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Push { name } => {
+            let store = open_store(&env)?;
+            let r = ImageRef::parse(&name)?;
+            let rec = store.tag(&r.to_string())?.with_context(|| format!("no image named {name} in the local store"))?;
+            let client = RegistryClient::new(env.registry.clone());
+            let digest = rbuild_image::local::push(&client, &store, &rec.config, &r).await?;
+            println!("{r}@{digest}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pull { name } => {
+            let store = open_store(&env)?;
+            let r = ImageRef::parse(&name)?;
+            let client = RegistryClient::new(env.registry.clone());
+            let pulled = rbuild_image::local::pull(&client, &store, &r, &rbuild_solver::oci::Platform::host()).await?;
+            println!("{r}: image {}", pulled.record.config);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Tag { source, target } => {
+            let store = open_store(&env)?;
+            let src = ImageRef::parse(&source)?.to_string();
+            let rec = store.tag(&src)?.with_context(|| format!("no image named {source} in the local store"))?;
+            let dst = ImageRef::parse(&target)?.to_string();
+            store.set_tag(&rbuild_cache::ImageRecord { name: dst, ..rec })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rmi { names } => {
+            let store = open_store(&env)?;
+            for name in names {
+                let full = ImageRef::parse(&name)?.to_string();
+                store.remove_tag(&full)?;
+                println!("Untagged: {full}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inspect { name } => {
+            let store = open_store(&env)?;
+            let full = ImageRef::parse(&name)?.to_string();
+            let rec = store.tag(&full)?.with_context(|| format!("no image named {name} in the local store"))?;
+            let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&rec.config)?)?;
+            let doc = serde_json::json!({"Name": full, "Id": rec.config, "ManifestDigest": rec.manifest, "Config": config});
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn open_store(env: &Env) -> Result<Store> {
+    Store::open(&env.root).with_context(|| format!("opening the store at {}", env.root.display()))
+}
+
+fn image_size(store: &Store, config: &rbuild_solver::Digest) -> Option<u64> {
+    let cfg: rbuild_solver::oci::ImageConfig = serde_json::from_slice(&store.read_blob(config).ok()?).ok()?;
+    let mut total = 0;
+    for id in &cfg.rootfs.diff_ids {
+        total += dir_size(&store.snapshot_path(id));
+    }
+    Some(total)
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn human_size(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", units[i]) }
+}

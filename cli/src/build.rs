@@ -1,0 +1,248 @@
+//! `rbuild build`: Dockerfile → plan → solve → image config → store (and registry).
+
+use crate::progress::PlainProgress;
+use crate::render;
+use crate::resolver::StoreResolver;
+use crate::{Env, open_store};
+use anyhow::{Context as _, Result, bail};
+use rbuild_cache::ImageRecord;
+use rbuild_executor::worker::LocalWorker;
+use rbuild_frontend::{ConvertOptions, HistoryStep, NoCache, convert};
+use rbuild_image::registry::{ImageRef, RegistryClient};
+use rbuild_solver::oci::{History, Platform, to_canonical_json};
+use rbuild_solver::{SolveOptions, WorkerError, solve};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// Name (and optionally tag) for the image; may be repeated
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    tags: Vec<String>,
+    /// The Dockerfile [default: CONTEXT/Dockerfile]
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment)
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    build_args: Vec<String>,
+    /// The stage to build
+    #[arg(long)]
+    target: Option<String>,
+    /// Run every step, ignoring the cache
+    #[arg(long)]
+    no_cache: bool,
+    /// Run every step of these stages, ignoring the cache
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    no_cache_filter: Vec<String>,
+    /// Ask the registry for base images even if they are in the local store
+    #[arg(long)]
+    pull: bool,
+    /// Push the image to the registry named by each -t
+    #[arg(long)]
+    push: bool,
+    /// How many RUN steps may run at once [default: number of CPUs]
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Write the image ID to this file
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// The build context directory
+    context: PathBuf,
+}
+
+fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            Some(_) => bail!("invalid --build-arg {a:?}: the name is empty"),
+            None => {
+                // Docker takes `--build-arg NAME` from the environment, and ignores it when unset.
+                if let Ok(v) = std::env::var(a) {
+                    out.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `.dockerignore` patterns: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's.
+fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
+    let beside = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
+    for candidate in [beside, context.join(".dockerignore")] {
+        match std::fs::read_to_string(&candidate) {
+            Ok(text) => return Ok(rbuild_frontend::dockerignore::read_ignore_file(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", candidate.display())),
+        }
+    }
+    Ok(Vec::new())
+}
+
+fn rfc3339(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn parse_time(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp())
+}
+
+pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
+    let context = args.context.clone();
+    if !context.is_dir() {
+        bail!("build context {} is not a directory", context.display());
+    }
+    let dockerfile = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let text = std::fs::read_to_string(&dockerfile).with_context(|| format!("reading the Dockerfile {}", dockerfile.display()))?;
+    let shown_name = dockerfile.file_name().map_or_else(|| dockerfile.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let ast = match rbuild_frontend::parser::parse(&text) {
+        Ok(a) => a,
+        Err(e) => {
+            render::parse_error(&shown_name, &text, &e);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for w in &ast.warnings {
+        eprintln!("warning: {shown_name}:{}: {}", w.line, w.message);
+    }
+    let mut tags = Vec::new();
+    for t in &args.tags {
+        tags.push(ImageRef::parse(t).with_context(|| format!("invalid tag {t:?}"))?);
+    }
+    if args.push && tags.is_empty() {
+        bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
+    }
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(v.parse::<i64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?),
+        _ => None,
+    };
+
+    let store = Arc::new(open_store(env)?);
+    let client = Arc::new(RegistryClient::new(env.registry.clone()));
+    let opts = ConvertOptions {
+        build_args: parse_build_args(&args.build_args)?,
+        target: args.target.clone(),
+        platform: Platform::host(),
+        no_cache: if args.no_cache {
+            NoCache::All
+        } else if args.no_cache_filter.is_empty() {
+            NoCache::None
+        } else {
+            NoCache::Stages(args.no_cache_filter.clone())
+        },
+        context_excludes: ignore_patterns(&context, &dockerfile)?,
+    };
+    let resolver = StoreResolver { store: store.clone(), client: client.clone(), handle: tokio::runtime::Handle::current(), pull: args.pull };
+    let plan = tokio::task::spawn_blocking(move || convert(&ast, &opts, &resolver)).await?;
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            render::convert_error(&shown_name, &text, &e);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for w in &plan.warnings {
+        eprintln!("{w}");
+    }
+
+    let context_abs = std::fs::canonicalize(&context).with_context(|| format!("resolving {}", context.display()))?;
+    let worker = Arc::new(LocalWorker::new(store.clone(), context_abs, epoch)?);
+    let progress = Arc::new(PlainProgress::new());
+    let graph = Arc::new(plan.graph);
+    let mut solve_opts = SolveOptions::default();
+    if let Some(j) = args.jobs {
+        solve_opts.jobs = j.max(1);
+    }
+    let result = solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress.clone(), solve_opts).await;
+    worker.finish();
+    let solved = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("------");
+            eprintln!(" > {}:", e.name);
+            let tail = match e.source.as_ref() {
+                WorkerError::ExitCode { tail, .. } => tail.clone(),
+                _ => Vec::new(),
+            };
+            for line in tail.iter().rev().take(10).rev() {
+                eprintln!("   {line}");
+            }
+            eprintln!("------");
+            let mut msg = format!("error: failed to solve: {}", e.source);
+            let mut cause = std::error::Error::source(e.source.as_ref());
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            eprintln!("{msg}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+
+    // Image config: the plan's config, the target's layers, and history with the times results were made.
+    let mut config = plan.config;
+    let layers = solved[plan.target].as_ref().map(|s| s.output.layers().to_vec()).unwrap_or_default();
+    let base_created = config.created.as_deref().and_then(parse_time);
+    let clamp = |t: i64| epoch.map_or(t, |e| t.min(e));
+    let layer_time = |v: usize| solved.get(v).and_then(|s| s.as_ref()).map(|s| s.created);
+    let first_layer_time = plan.history.iter().find_map(|h| match h {
+        HistoryStep::Layer { output, .. } => layer_time(*output),
+        _ => None,
+    });
+    let mut running = base_created.or(first_layer_time).unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let mut history = Vec::new();
+    for step in &plan.history {
+        match step {
+            HistoryStep::Base(h) => history.push(h.clone()),
+            HistoryStep::Layer { created_by, input, output } => {
+                let n_in = solved.get(*input).and_then(|s| s.as_ref()).map_or(0, |s| s.output.layers().len());
+                let n_out = solved.get(*output).and_then(|s| s.as_ref()).map_or(0, |s| s.output.layers().len());
+                running = layer_time(*output).map(clamp).unwrap_or(running);
+                history.push(History {
+                    created: Some(rfc3339(running)),
+                    created_by: Some(created_by.clone()),
+                    comment: Some("buildkit.dockerfile.v0".into()),
+                    empty_layer: n_out == n_in,
+                    ..Default::default()
+                });
+            }
+            HistoryStep::Meta { created_by } => history.push(History {
+                created: Some(rfc3339(clamp(running))),
+                created_by: Some(created_by.clone()),
+                comment: Some("buildkit.dockerfile.v0".into()),
+                empty_layer: true,
+                ..Default::default()
+            }),
+        }
+    }
+    config.created = history.last().and_then(|h| h.created.clone()).or_else(|| Some(rfc3339(clamp(running))));
+    config.history = history;
+    config.rootfs.diff_ids = layers;
+    let config_digest = store.write_blob(&to_canonical_json(&config))?;
+    eprintln!("writing image {config_digest}");
+    for t in &tags {
+        store.set_tag(&ImageRecord { name: t.to_string(), config: config_digest.clone(), manifest: None })?;
+        eprintln!("naming to {t}");
+    }
+    if let Some(f) = &args.iidfile {
+        std::fs::write(f, config_digest.as_str()).with_context(|| format!("writing {}", f.display()))?;
+    }
+    if args.push {
+        for t in &tags {
+            eprintln!("pushing {t}");
+            let digest = rbuild_image::local::push(&client, &store, &config_digest, t)
+                .await
+                .with_context(|| format!("pushing {t}"))?;
+            store.set_tag(&ImageRecord { name: t.to_string(), config: config_digest.clone(), manifest: Some(digest.clone()) })?;
+            println!("{t}@{digest}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,35 @@
+//! Base images for FROM and `COPY --from`: the local store first (as Docker does without `--pull`), then the
+//! registry, pulling into the store.
+
+use rbuild_cache::Store;
+use rbuild_frontend::{ImageResolver, ResolvedImage};
+use rbuild_image::registry::{ImageRef, RegistryClient};
+use rbuild_solver::oci::{ImageConfig, Platform};
+use std::sync::Arc;
+
+pub struct StoreResolver {
+    pub store: Arc<Store>,
+    pub client: Arc<RegistryClient>,
+    pub handle: tokio::runtime::Handle,
+    /// `--pull`: always ask the registry what a tag points at now.
+    pub pull: bool,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl ImageResolver for StoreResolver {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, BoxError> {
+        let r = ImageRef::parse(reference)?;
+        let name = r.to_string();
+        if !self.pull
+            && let Some(rec) = self.store.tag(&name)?
+            && self.store.has_blob(&rec.config)
+        {
+            let config: ImageConfig = serde_json::from_slice(&self.store.read_blob(&rec.config)?)?;
+            return Ok(ResolvedImage { reference: name, digest: rec.config, config });
+        }
+        eprintln!("#0 pulling {name}");
+        let pulled = self.handle.block_on(rbuild_image::local::pull(&self.client, &self.store, &r, platform))?;
+        Ok(ResolvedImage { reference: name, digest: pulled.record.config, config: pulled.config })
+    }
+}

@@ -1,0 +1,143 @@
+//! Scheduler tests with a toy worker: each "RUN" appends its argument to a list of fake layers and counts how
+//! often it ran, so deduplication, parallelism, cancellation and cache hits can be asserted exactly.
+
+use rbuild_solver::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Toy {
+    runs: Mutex<HashMap<String, usize>>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+}
+
+impl Worker for Toy {
+    fn source(&self, _: &Op) -> Result<Output, WorkerError> {
+        Ok(Output::RootFs(vec![]))
+    }
+    fn content_digest(&self, _: &Output, _: &CopyAction) -> Result<Digest, WorkerError> {
+        Ok(Digest::of(b"ctx"))
+    }
+    fn exec(&self, op: &ExecOp, inputs: &[Output], _: &mut dyn FnMut(&str)) -> Result<Output, WorkerError> {
+        let cmd = op.args.join(" ");
+        *self.runs.lock().unwrap().entry(cmd.clone()).or_default() += 1;
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        if let Some(ms) = cmd.strip_prefix("sleep ") {
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if cmd == "fail" {
+            return Err(WorkerError::ExitCode { command: cmd, code: 3, tail: vec![] });
+        }
+        let mut layers = inputs[0].layers().to_vec();
+        for i in &inputs[1..] {
+            layers.extend_from_slice(i.layers());
+        }
+        layers.push(Digest::of(cmd.as_bytes()));
+        Ok(Output::RootFs(layers))
+    }
+    fn file(&self, _: &FileOp, inputs: &[Output]) -> Result<Output, WorkerError> {
+        Ok(inputs[0].clone())
+    }
+}
+
+#[derive(Default)]
+struct MemCache(Mutex<HashMap<Digest, CacheRecord>>);
+
+impl CacheStore for MemCache {
+    fn get(&self, key: &Digest) -> Option<CacheRecord> {
+        self.0.lock().unwrap().get(key).cloned()
+    }
+    fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {
+        let r = CacheRecord { output: output.clone(), created: 1 };
+        self.0.lock().unwrap().insert(key.clone(), r.clone());
+        Ok(r)
+    }
+}
+
+fn run(g: &mut Graph, input: VertexId, extra: &[VertexId], cmd: &str) -> VertexId {
+    let mut inputs = vec![input];
+    inputs.extend_from_slice(extra);
+    g.add(Vertex {
+        op: Op::Exec(ExecOp { args: vec![cmd.into()], env: vec![], cwd: "/".into(), user: String::new(), network: Network::Host }),
+        inputs,
+        name: cmd.into(),
+        ignore_cache: false,
+    })
+}
+
+fn solve_now(g: &Graph, target: VertexId, worker: Arc<Toy>, cache: Arc<MemCache>, jobs: usize) -> Result<Vec<Option<Solved>>, SolveError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(solve(Arc::new(g.clone()), &[target], worker, cache, Arc::new(NoProgress), SolveOptions { jobs }))
+}
+
+#[test]
+fn shared_vertex_runs_once_and_independent_ones_run_in_parallel() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let common = run(&mut g, scratch, &[], "common");
+    let a = run(&mut g, common, &[], "sleep 300");
+    let b = run(&mut g, common, &[], "sleep 301");
+    let c = run(&mut g, common, &[], "sleep 302");
+    let fin = run(&mut g, a, &[b, c], "final");
+    let unused = run(&mut g, scratch, &[], "unused");
+    let _ = unused;
+    let worker = Arc::new(Toy::default());
+    let out = solve_now(&g, fin, worker.clone(), Arc::new(MemCache::default()), 4).unwrap();
+    let runs = worker.runs.lock().unwrap().clone();
+    assert_eq!(runs.get("common"), Some(&1), "a vertex needed three times runs once");
+    assert_eq!(runs.get("unused"), None, "vertices the target does not need never run");
+    assert!(worker.max_running.load(Ordering::SeqCst) >= 2, "independent steps overlap");
+    assert_eq!(out[fin].as_ref().unwrap().output.layers().len(), 7);
+}
+
+#[test]
+fn jobs_caps_concurrent_runs() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let a = run(&mut g, scratch, &[], "sleep 100");
+    let b = run(&mut g, scratch, &[], "sleep 101");
+    let c = run(&mut g, scratch, &[], "sleep 102");
+    let fin = run(&mut g, a, &[b, c], "final");
+    let worker = Arc::new(Toy::default());
+    solve_now(&g, fin, worker.clone(), Arc::new(MemCache::default()), 1).unwrap();
+    assert_eq!(worker.max_running.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn second_solve_hits_the_cache_and_changes_invalidate_downstream_only() {
+    let cache = Arc::new(MemCache::default());
+    let build = |last: &str| {
+        let mut g = Graph::default();
+        let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+        let one = run(&mut g, scratch, &[], "one");
+        let two = run(&mut g, one, &[], last);
+        (g, two)
+    };
+    let worker = Arc::new(Toy::default());
+    let (g, t) = build("two");
+    solve_now(&g, t, worker.clone(), cache.clone(), 2).unwrap();
+    let out = solve_now(&g, t, worker.clone(), cache.clone(), 2).unwrap();
+    assert!(out[t].as_ref().unwrap().cached);
+    let (g, t) = build("three");
+    solve_now(&g, t, worker.clone(), cache.clone(), 2).unwrap();
+    let runs = worker.runs.lock().unwrap().clone();
+    assert_eq!((runs["one"], runs["two"], runs["three"]), (1, 1, 1));
+}
+
+#[test]
+fn failure_reports_the_step_and_stops_dependents() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let bad = run(&mut g, scratch, &[], "fail");
+    let after = run(&mut g, bad, &[], "after");
+    let worker = Arc::new(Toy::default());
+    let err = solve_now(&g, after, worker.clone(), Arc::new(MemCache::default()), 2).unwrap_err();
+    assert_eq!(err.vertex, bad);
+    assert!(matches!(err.source.as_ref(), WorkerError::ExitCode { code: 3, .. }));
+    assert_eq!(worker.runs.lock().unwrap().get("after"), None);
+}
