@@ -85,7 +85,13 @@ impl Store {
         store_lock.lock_shared().map_err(io_err(&lock_path, "locking the store"))?;
         collect_dead_tmp(&root.join("tmp"));
         let (tmp, tmp_lock) = own_tmp_dir(&root.join("tmp"))?;
-        Ok(Store { root: root.to_path_buf(), tmp, _tmp_lock: tmp_lock, _store_lock: store_lock, counter: AtomicU64::new(0) })
+        Ok(Store {
+            root: root.to_path_buf(),
+            tmp,
+            _tmp_lock: tmp_lock,
+            _store_lock: store_lock,
+            counter: AtomicU64::new(0),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -247,7 +253,8 @@ impl Store {
 
     /// Writes a JSON index file atomically.
     pub fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::BadIndex { path: path.into(), source: e })?;
+        let bytes =
+            serde_json::to_vec_pretty(value).map_err(|e| StoreError::BadIndex { path: path.into(), source: e })?;
         let tmp = self.tmp_path("index");
         write_synced(&tmp, &bytes)?;
         if let Some(parent) = path.parent() {
@@ -272,10 +279,8 @@ impl CacheStore for Store {
     fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let record = CacheRecord { output: output.clone(), created: created as i64 };
-        self.write_json(&self.cache_path(key), &record).map_err(|e| CacheError {
-            context: format!("recording {key}"),
-            source: io::Error::other(e),
-        })?;
+        self.write_json(&self.cache_path(key), &record)
+            .map_err(|e| CacheError { context: format!("recording {key}"), source: io::Error::other(e) })?;
         Ok(record)
     }
 }
@@ -283,7 +288,9 @@ impl CacheStore for Store {
 /// Reads a JSON file; `None` if it does not exist.
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::BadIndex { path: path.into(), source: e }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::BadIndex { path: path.into(), source: e })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::Io { path: path.into(), context: "reading the index", source: e }),
     }

@@ -85,9 +85,7 @@ fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
 }
 
 fn rfc3339(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn parse_time(s: &str) -> Option<i64> {
@@ -100,8 +98,10 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         bail!("build context {} is not a directory", context.display());
     }
     let dockerfile = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&dockerfile).with_context(|| format!("reading the Dockerfile {}", dockerfile.display()))?;
-    let shown_name = dockerfile.file_name().map_or_else(|| dockerfile.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let text = std::fs::read_to_string(&dockerfile)
+        .with_context(|| format!("reading the Dockerfile {}", dockerfile.display()))?;
+    let shown_name =
+        dockerfile.file_name().map_or_else(|| dockerfile.display().to_string(), |n| n.to_string_lossy().into_owned());
     let ast = match rbuild_frontend::parser::parse(&text) {
         Ok(a) => a,
         Err(e) => {
@@ -120,7 +120,9 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
     }
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Some(v.parse::<i64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?),
+        Ok(v) if !v.is_empty() => {
+            Some(v.parse::<i64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?)
+        }
         _ => None,
     };
 
@@ -139,7 +141,12 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         },
         context_excludes: ignore_patterns(&context, &dockerfile)?,
     };
-    let resolver = StoreResolver { store: store.clone(), client: client.clone(), handle: tokio::runtime::Handle::current(), pull: args.pull };
+    let resolver = StoreResolver {
+        store: store.clone(),
+        client: client.clone(),
+        handle: tokio::runtime::Handle::current(),
+        pull: args.pull,
+    };
     let plan = tokio::task::spawn_blocking(move || convert(&ast, &opts, &resolver)).await?;
     let plan = match plan {
         Ok(p) => p,
@@ -160,7 +167,8 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     if let Some(j) = args.jobs {
         solve_opts.jobs = j.max(1);
     }
-    let result = solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress.clone(), solve_opts).await;
+    let result =
+        solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress.clone(), solve_opts).await;
     worker.finish();
     let solved = match result {
         Ok(s) => s,
@@ -240,7 +248,11 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
             let digest = rbuild_image::local::push(&client, &store, &config_digest, t)
                 .await
                 .with_context(|| format!("pushing {t}"))?;
-            store.set_tag(&ImageRecord { name: t.to_string(), config: config_digest.clone(), manifest: Some(digest.clone()) })?;
+            store.set_tag(&ImageRecord {
+                name: t.to_string(),
+                config: config_digest.clone(),
+                manifest: Some(digest.clone()),
+            })?;
             println!("{t}@{digest}");
         }
     }

@@ -172,7 +172,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Push { name } => {
             let store = open_store(&env)?;
             let r = ImageRef::parse(&name)?;
-            let rec = store.tag(&r.to_string())?.with_context(|| format!("no image named {name} in the local store"))?;
+            let rec =
+                store.tag(&r.to_string())?.with_context(|| format!("no image named {name} in the local store"))?;
             let client = RegistryClient::new(env.registry.clone());
             let digest = rbuild_image::local::push(&client, &store, &rec.config, &r).await?;
             println!("{r}@{digest}");
@@ -208,7 +209,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let full = ImageRef::parse(&name)?.to_string();
             let rec = store.tag(&full)?.with_context(|| format!("no image named {name} in the local store"))?;
             let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&rec.config)?)?;
-            let doc = serde_json::json!({"Name": full, "Id": rec.config, "ManifestDigest": rec.manifest, "Config": config});
+            let doc =
+                serde_json::json!({"Name": full, "Id": rec.config, "ManifestDigest": rec.manifest, "Config": config});
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }

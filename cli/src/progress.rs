@@ -16,7 +16,11 @@ pub struct PlainProgress {
 
 impl PlainProgress {
     pub fn new() -> Self {
-        PlainProgress { started: Instant::now(), numbers: Mutex::new(BTreeMap::new()), tails: Mutex::new(BTreeMap::new()) }
+        PlainProgress {
+            started: Instant::now(),
+            numbers: Mutex::new(BTreeMap::new()),
+            tails: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn number(&self, vertex: usize) -> usize {
@@ -35,8 +39,12 @@ impl Progress for PlainProgress {
                 let n = self.number(vertex);
                 writeln!(err, "#{n} {name}\n#{n} CACHED")
             }
-            Event::Done { vertex, elapsed, .. } => writeln!(err, "#{} DONE {:.1}s", self.number(vertex), elapsed.as_secs_f64()),
-            Event::Failed { vertex, elapsed, .. } => writeln!(err, "#{} ERROR after {:.1}s", self.number(vertex), elapsed.as_secs_f64()),
+            Event::Done { vertex, elapsed, .. } => {
+                writeln!(err, "#{} DONE {:.1}s", self.number(vertex), elapsed.as_secs_f64())
+            }
+            Event::Failed { vertex, elapsed, .. } => {
+                writeln!(err, "#{} ERROR after {:.1}s", self.number(vertex), elapsed.as_secs_f64())
+            }
             Event::Log { vertex, line } => {
                 let n = self.number(vertex);
                 let t = self.started.elapsed().as_secs_f64();

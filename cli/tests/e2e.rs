@@ -55,8 +55,21 @@ fn build_push_and_read_back_with_skopeo_umoci_runc() {
     let base_arg = format!("BASE={}/{repo}/base/busybox", reg.addr);
     let iid = ws.path("iid");
     let build = |store: &str| {
-        ws.rbuild(store, &["build", "-t", &app, "--build-arg", &base_arg, "--push", "--iidfile", iid.to_str().unwrap(), ctx.to_str().unwrap()])
-            .success()
+        ws.rbuild(
+            store,
+            &[
+                "build",
+                "-t",
+                &app,
+                "--build-arg",
+                &base_arg,
+                "--push",
+                "--iidfile",
+                iid.to_str().unwrap(),
+                ctx.to_str().unwrap(),
+            ],
+        )
+        .success()
     };
     let first = build("store-b");
     let first_id = std::fs::read_to_string(&iid).unwrap();
@@ -64,7 +77,8 @@ fn build_push_and_read_back_with_skopeo_umoci_runc() {
     assert!(steps(&first.stderr).iter().all(|(_, s)| s == "DONE"), "a first build runs every step:\n{}", first.stderr);
 
     // skopeo reads the pushed config.
-    let cfg = json(&cmd("skopeo", &["inspect", "--config", "--tls-verify=false", &format!("docker://{app}")]).success());
+    let cfg =
+        json(&cmd("skopeo", &["inspect", "--config", "--tls-verify=false", &format!("docker://{app}")]).success());
     let c = &cfg["config"];
     let env: Vec<&str> = c["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(env.contains(&"GREETING=hello") && env.contains(&"APP_HOME=/app"), "{env:?}");
@@ -79,27 +93,35 @@ fn build_push_and_read_back_with_skopeo_umoci_runc() {
     let layers = cfg["rootfs"]["diff_ids"].as_array().unwrap();
     let non_empty = history.iter().filter(|h| h["empty_layer"].as_bool() != Some(true)).count();
     assert_eq!(non_empty, layers.len(), "one history entry per layer: {history:#?}");
-    let manifest = json(&cmd("skopeo", &["inspect", "--raw", "--tls-verify=false", &format!("docker://{app}")]).success());
+    let manifest =
+        json(&cmd("skopeo", &["inspect", "--raw", "--tls-verify=false", &format!("docker://{app}")]).success());
     assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
     assert_eq!(manifest["layers"].as_array().unwrap().len(), layers.len());
 
     // skopeo copies it to an OCI layout, umoci unpacks it: files, contents, modes, owners, the whiteout.
     let layout = ws.path("layout");
-    cmd("skopeo", &["copy", "--src-tls-verify=false", &format!("docker://{app}"), &format!("oci:{}:app", layout.display())]).success();
+    cmd(
+        "skopeo",
+        &["copy", "--src-tls-verify=false", &format!("docker://{app}"), &format!("oci:{}:app", layout.display())],
+    )
+    .success();
     let bundle = ws.path("bundle");
     cmd("umoci", &["unpack", "--image", &format!("{}:app", layout.display()), bundle.to_str().unwrap()]).success();
     let rootfs = bundle.join("rootfs");
     let built = rootfs.join("app/built.txt");
     assert_eq!(std::fs::read_to_string(&built).unwrap(), "built from hello world\n");
     let m = std::fs::metadata(&built).unwrap();
-    assert_eq!((m.permissions().mode() & 0o7777, m.uid(), m.gid()), (0o640, 0, 0));
+    assert_eq!((m.permissions().mode() & 0o7777, m.uid(), m.gid()), (0o604, 0, 0));
     let script = std::fs::metadata(rootfs.join("app/app.sh")).unwrap();
     assert_eq!((script.permissions().mode() & 0o7777, script.uid(), script.gid()), (0o755, 1000, 1000));
     assert_eq!(std::fs::read_to_string(rootfs.join("etc/demo/demo.conf")).unwrap(), "color=blue\n");
     assert_eq!(std::fs::read_link(rootfs.join("bin/sh")).unwrap().to_str(), Some("/bin/busybox"));
     assert!(rootfs.join("etc/passwd").is_file());
     assert!(!rootfs.join("etc/motd").exists(), "the RUN rm must leave a whiteout that hides /etc/motd");
-    assert!(!rootfs.join("etc/hosts").exists() && !rootfs.join("etc/resolv.conf").exists(), "runtime files leaked into a layer");
+    assert!(
+        !rootfs.join("etc/hosts").exists() && !rootfs.join("etc/resolv.conf").exists(),
+        "runtime files leaked into a layer"
+    );
 
     // The image runs: runc on umoci's bundle prints what CMD says.
     let config_path = bundle.join("config.json");
@@ -135,7 +157,8 @@ fn failing_run_names_step_command_and_exit_code_and_keeps_the_store() {
     }
     let ws = Workspace::new();
     ws.build_base("store", "local/busybox");
-    let ctx = ws.context("fail", &[("Dockerfile", "FROM local/busybox\nRUN echo about to fail && exit 3\nRUN echo never\n")]);
+    let ctx =
+        ws.context("fail", &[("Dockerfile", "FROM local/busybox\nRUN echo about to fail && exit 3\nRUN echo never\n")]);
     let run = ws.rbuild("store", &["build", "-t", "local/fail", ctx.to_str().unwrap()]);
     assert_ne!(run.code, Some(0));
     assert!(run.stderr.contains("RUN echo about to fail && exit 3"), "names the step:\n{}", run.stderr);

@@ -60,6 +60,12 @@ pub struct Workspace {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Workspace {
     pub fn new() -> Workspace {
         // Under /var/tmp rather than a tmpfs /tmp: overlayfs needs upper dirs on a filesystem that supports it.
@@ -131,14 +137,22 @@ impl Run {
     }
 
     pub fn success(self) -> Run {
-        assert_eq!(self.code, Some(0), "{} failed\n--- stdout\n{}\n--- stderr\n{}", self.what, self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "{} failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.what,
+            self.stdout,
+            self.stderr
+        );
         self
     }
 }
 
 /// Runs any command to completion.
 pub fn cmd(program: &str, args: &[&str]) -> Run {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out =
+        Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program}: {e}"));
     Run::from(out, format!("{program} {}", args.join(" ")))
 }
 

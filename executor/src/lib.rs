@@ -8,3 +8,4 @@ pub mod copy;
 pub mod overlay;
 pub mod runtime;
 pub mod user;
+pub mod worker;

@@ -1,1 +1,496 @@
-//! (being written)
+//! Running one process in a container with `runc`.
+//!
+//! rbuild is a multithreaded tokio process, so it never clones itself into namespaces: it writes an OCI bundle and
+//! starts `runc run` as an ordinary child process, the runtime BuildKit uses, which brings seccomp-free but
+//! otherwise Docker-equivalent isolation (see [`spec`]) from a well-kept project. [`Runtime::run`] blocks; callers on
+//! an async runtime run it on a blocking thread.
+//!
+//! Output: runc's stdout and stderr share one pipe and every line is handed to a callback as it arrives (progress
+//! display) while the last [`TAIL_LINES`] are kept for the error message of a failed step. Lines of one stream
+//! keep their order; between stdout and stderr the order is only approximate, because `runc run` copies the
+//! container's two streams through its own pipes separately (as with `docker build`). runc's *own* messages go to a JSON log file in the bundle (`--log`), not
+//! into that stream: an `error` entry there means the process never started (bad cwd, missing executable, mount
+//! failure) and becomes [`RuntimeError::Start`]; otherwise runc's exit code is the process's.
+//!
+//! Cleanup is unconditional (a drop guard): `runc delete -f`, removing mount-point stubs (see [`stubs`]) and
+//! deleting the bundle directory, whether the step succeeded, failed, or the callback panicked.
+//!
+//! Not done here: seccomp (Docker's default profile), AppArmor, cgroup limits and cancellation by timeout.
+
+pub mod spec;
+pub mod stubs;
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::user::{ResolvedUser, resolve_in_root};
+use stubs::MountStubs;
+
+/// How many lines of output [`RunResult::tail`] keeps.
+pub const TAIL_LINES: usize = 20;
+
+/// A line longer than this is passed on in pieces, so a process printing without newlines cannot exhaust memory.
+const MAX_LINE: usize = 64 * 1024;
+
+/// The network a container sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// The host's network namespace (Docker's default for builds).
+    Host,
+    /// A fresh network namespace with only a loopback interface (`RUN --network=none`).
+    None,
+}
+
+/// A host path bound into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: String,
+    pub readonly: bool,
+}
+
+/// What to run and where.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The merged overlay directory (a mount point); used in place, never copied. Two concurrent runs must not
+    /// share one rootfs: each creates and removes mount-point stubs in it.
+    pub rootfs: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// Absolute working directory; created (owned by `user`) if it does not exist, as BuildKit does.
+    pub cwd: String,
+    pub user: ResolvedUser,
+    /// Empty: keep the host's name.
+    pub hostname: String,
+    pub network: NetworkMode,
+    pub mounts: Vec<BindMount>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunResult {
+    /// The exit code, or 128 + signal number if the process was killed.
+    pub exit_code: i32,
+    /// The last [`TAIL_LINES`] lines of combined stdout and stderr.
+    pub tail: Vec<String>,
+}
+
+/// Failures to run a container (as opposed to a process that ran and failed).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("runc not found on PATH ({path})")]
+    RuncNotFound { path: String },
+    #[error("creating directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing {path} of the runtime bundle")]
+    WriteBundle {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("building the OCI runtime config")]
+    Spec {
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    #[error("mount destination {destination:?} is not an absolute path")]
+    BadMountDestination { destination: String },
+    #[error("the command to run is empty")]
+    EmptyArgs,
+    #[error("working directory {cwd:?} is not an absolute path")]
+    RelativeCwd { cwd: String },
+    #[error("creating working directory {cwd} in the rootfs")]
+    Cwd {
+        cwd: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("inspecting mount destinations in {rootfs}")]
+    MountStubs {
+        rootfs: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting {runc}")]
+    Spawn {
+        runc: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the output of container {id}")]
+    Output {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container {id} could not start the process: {message}")]
+    Start { id: String, message: String },
+}
+
+/// Runs containers with one `runc` binary and state directory.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    runc: PathBuf,
+    state_dir: PathBuf,
+    bundle_parent: PathBuf,
+    resolv_conf: PathBuf,
+}
+
+impl Runtime {
+    /// Uses the `runc` found on `PATH`, keeping runc's state in `state_dir` (e.g. `/run/rbuild-runc`) and writing
+    /// bundles under `bundle_parent`. Both directories are created.
+    pub fn new(state_dir: PathBuf, bundle_parent: PathBuf) -> Result<Runtime, RuntimeError> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let runc = std::env::split_paths(&path)
+            .map(|dir| dir.join("runc"))
+            .find(|candidate| is_executable(candidate))
+            .ok_or_else(|| RuntimeError::RuncNotFound { path: path.to_string_lossy().into_owned() })?;
+        Runtime::with_runc(runc, state_dir, bundle_parent)
+    }
+
+    /// Uses the given `runc` binary.
+    pub fn with_runc(runc: PathBuf, state_dir: PathBuf, bundle_parent: PathBuf) -> Result<Runtime, RuntimeError> {
+        for dir in [&state_dir, &bundle_parent] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| RuntimeError::CreateDir { path: dir.clone(), source })?;
+        }
+        Ok(Runtime { runc, state_dir, bundle_parent, resolv_conf: PathBuf::from("/etc/resolv.conf") })
+    }
+
+    /// Copies `path` instead of the host's `/etc/resolv.conf` into containers.
+    pub fn with_resolv_conf(mut self, path: PathBuf) -> Runtime {
+        self.resolv_conf = path;
+        self
+    }
+
+    /// The runc binary in use.
+    pub fn runc(&self) -> &Path {
+        &self.runc
+    }
+
+    /// Runs `spec` to completion. Every output line goes to `on_output` as it arrives. A non-zero exit is a
+    /// [`RunResult`]; errors mean the process could not be started.
+    pub fn run(&self, spec: &RunSpec, on_output: &mut dyn FnMut(&str)) -> Result<RunResult, RuntimeError> {
+        if spec.args.is_empty() {
+            return Err(RuntimeError::EmptyArgs);
+        }
+        if !spec.cwd.starts_with('/') {
+            return Err(RuntimeError::RelativeCwd { cwd: spec.cwd.clone() });
+        }
+        let bundle = tempfile::Builder::new()
+            .prefix(&format!("rbuild-{}-", std::process::id()))
+            .tempdir_in(&self.bundle_parent)
+            .map_err(|source| RuntimeError::CreateDir { path: self.bundle_parent.clone(), source })?;
+        let id = bundle.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+
+        let hosts = bundle.path().join("hosts");
+        write_file(&hosts, hosts_file(&spec.hostname).as_bytes())?;
+        let resolv_conf = bundle.path().join("resolv.conf");
+        write_file(&resolv_conf, &read_host_resolv_conf(&self.resolv_conf))?;
+
+        let destinations =
+            spec::SYSTEM_MOUNT_DESTINATIONS.iter().copied().chain(spec.mounts.iter().map(|m| m.destination.as_str()));
+        let stubs = MountStubs::record(&spec.rootfs, destinations)
+            .map_err(|source| RuntimeError::MountStubs { rootfs: spec.rootfs.clone(), source })?;
+        // From here on, everything is undone by the guard, in field order: container, stubs, bundle.
+        let mut guard =
+            Cleanup { runtime: self, id: id.clone(), child: None, stubs: Some(stubs), bundle: Some(bundle) };
+
+        ensure_cwd(&spec.rootfs, &spec.cwd, &spec.user)?;
+        let oci = spec::build_spec(spec, &hosts, &resolv_conf)?;
+        let bundle_dir = guard.bundle_path();
+        let config = bundle_dir.join("config.json");
+        let json = serde_json::to_vec_pretty(&oci)
+            .map_err(|e| RuntimeError::WriteBundle { path: config.clone(), source: e.into() })?;
+        write_file(&config, &json)?;
+
+        let log = bundle_dir.join("runc.log");
+        let (reader, writer) = io::pipe().map_err(|source| RuntimeError::Spawn { runc: self.runc.clone(), source })?;
+        {
+            let stderr =
+                writer.try_clone().map_err(|source| RuntimeError::Spawn { runc: self.runc.clone(), source })?;
+            let mut command = Command::new(&self.runc);
+            command
+                .arg("--root")
+                .arg(&self.state_dir)
+                .arg("--log")
+                .arg(&log)
+                .args(["--log-format", "json", "run", "--bundle"])
+                .arg(&bundle_dir)
+                .arg(&id)
+                .stdin(Stdio::null())
+                .stdout(writer)
+                .stderr(stderr);
+            let child = command.spawn().map_err(|source| RuntimeError::Spawn { runc: self.runc.clone(), source })?;
+            guard.child = Some(child);
+            // `command` and its copies of the pipe's write end are dropped here, so EOF comes when runc exits.
+        }
+
+        let tail = pump_lines(reader, on_output).map_err(|source| RuntimeError::Output { id: id.clone(), source })?;
+        let status = match guard.child.take() {
+            Some(mut child) => child.wait().map_err(|source| RuntimeError::Output { id: id.clone(), source })?,
+            None => return Err(RuntimeError::Output { id, source: io::Error::other("runc process lost") }),
+        };
+        let runc_errors = runc_log_errors(&log);
+        drop(guard);
+
+        if !runc_errors.is_empty() {
+            return Err(RuntimeError::Start { id, message: runc_errors.join("; ") });
+        }
+        let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1);
+        Ok(RunResult { exit_code, tail })
+    }
+}
+
+/// Undoes a run: kills and deletes the container, removes mount stubs, deletes the bundle.
+struct Cleanup<'a> {
+    runtime: &'a Runtime,
+    id: String,
+    /// Still running (or not yet waited for) runc.
+    child: Option<Child>,
+    stubs: Option<MountStubs>,
+    bundle: Option<tempfile::TempDir>,
+}
+
+impl Cleanup<'_> {
+    fn bundle_path(&self) -> PathBuf {
+        self.bundle.as_ref().map(|b| b.path().to_path_buf()).unwrap_or_default()
+    }
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        // `runc run` deletes its container when the process exits; this covers runc dying or us bailing out early.
+        let deleted = Command::new(&self.runtime.runc)
+            .arg("--root")
+            .arg(&self.runtime.state_dir)
+            .args(["delete", "-f", &self.id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        tracing::debug!(id = %self.id, ?deleted, "runc delete -f");
+        if let Some(mut child) = self.child.take() {
+            if let Err(err) = child.kill() {
+                tracing::debug!(id = %self.id, error = %err, "killing runc");
+            }
+            if let Err(err) = child.wait() {
+                tracing::warn!(id = %self.id, error = %err, "waiting for runc");
+            }
+        }
+        if let Some(stubs) = self.stubs.take() {
+            let removed = stubs.remove();
+            tracing::debug!(id = %self.id, ?removed, "removed mount stubs");
+        }
+        if let Some(bundle) = self.bundle.take() {
+            let path = bundle.path().to_path_buf();
+            if let Err(err) = bundle.close() {
+                tracing::warn!(path = %path.display(), error = %err, "removing runtime bundle");
+            }
+        }
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+fn write_file(path: &Path, contents: &[u8]) -> Result<(), RuntimeError> {
+    std::fs::write(path, contents).map_err(|source| RuntimeError::WriteBundle { path: path.to_path_buf(), source })
+}
+
+/// The container's `/etc/hosts`.
+pub fn hosts_file(hostname: &str) -> String {
+    let mut out = String::from("127.0.0.1\tlocalhost");
+    if !hostname.is_empty() && hostname != "localhost" {
+        out.push('\t');
+        out.push_str(hostname);
+    }
+    out.push_str("\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    out
+}
+
+/// The host's resolver config; a host without one gives the container an empty file, as Docker does.
+fn read_host_resolv_conf(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|err| {
+        tracing::warn!(path = %path.display(), error = %err, "no resolver config to copy into containers");
+        Vec::new()
+    })
+}
+
+/// Creates `cwd` inside `rootfs` if it is missing; new directories are 0755 and owned by the process user, so
+/// runc can always `chdir` there and the user can write to a directory it caused to exist (BuildKit's rule).
+fn ensure_cwd(rootfs: &Path, cwd: &str, user: &ResolvedUser) -> Result<(), RuntimeError> {
+    let wrap = |source: io::Error| RuntimeError::Cwd { cwd: cwd.to_string(), source };
+    for missing in stubs::missing_prefixes(rootfs, Path::new(cwd)).map_err(wrap)? {
+        let host = resolve_in_root(rootfs, &missing).map_err(wrap)?;
+        std::fs::DirBuilder::new().mode(0o755).create(&host).map_err(wrap)?;
+        // The mode passed to mkdir is filtered by the umask; set it exactly.
+        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o755)).map_err(wrap)?;
+        std::os::unix::fs::lchown(&host, Some(user.uid), Some(user.gid)).map_err(wrap)?;
+    }
+    Ok(())
+}
+
+/// Reads `reader` to EOF, calling `on_output` for every line (without its newline), and returns the last lines.
+fn pump_lines(mut reader: impl Read, on_output: &mut dyn FnMut(&str)) -> io::Result<Vec<String>> {
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+    let mut emit = |bytes: &[u8]| {
+        let line = String::from_utf8_lossy(bytes);
+        let line = line.strip_suffix('\r').unwrap_or(&line);
+        on_output(line);
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.to_string());
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {
+            emit(&pending[start..start + pos]);
+            start += pos + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE {
+            emit(&pending[..MAX_LINE]);
+            pending.drain(..MAX_LINE);
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending);
+    }
+    Ok(tail.into())
+}
+
+/// The messages of `error` and `fatal` entries in runc's JSON log; a missing or unreadable log has none.
+fn runc_log_errors(log: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(log) else { return Vec::new() };
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| matches!(entry["level"].as_str(), Some("error" | "fatal" | "panic")))
+        .filter_map(|entry| entry["msg"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pump_lines_splits_keeps_tail_and_handles_partial_lines() {
+        let mut input = String::new();
+        for i in 0..30 {
+            input.push_str(&format!("line {i}\r\n"));
+        }
+        input.push_str("no newline at end");
+        let mut seen = Vec::new();
+        let tail = pump_lines(io::Cursor::new(input.into_bytes()), &mut |l| seen.push(l.to_string())).expect("pump");
+        assert_eq!(seen.len(), 31);
+        assert_eq!(seen[0], "line 0");
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(tail[0], "line 11");
+        assert_eq!(tail[TAIL_LINES - 1], "no newline at end");
+    }
+
+    #[test]
+    fn pump_lines_cuts_endless_lines() {
+        let input = vec![b'x'; MAX_LINE * 2 + 10];
+        let mut lengths = Vec::new();
+        pump_lines(io::Cursor::new(input), &mut |l| lengths.push(l.len())).expect("pump");
+        assert_eq!(lengths, [MAX_LINE, MAX_LINE, 10]);
+    }
+
+    #[test]
+    fn pump_lines_replaces_invalid_utf8() {
+        let mut seen = Vec::new();
+        pump_lines(io::Cursor::new(b"a\xffb\n".to_vec()), &mut |l| seen.push(l.to_string())).expect("pump");
+        assert_eq!(seen, ["a\u{fffd}b"]);
+    }
+
+    #[test]
+    fn runc_log_errors_picks_error_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("runc.log");
+        std::fs::write(
+            &log,
+            "{\"level\":\"warning\",\"msg\":\"meh\"}\nnot json\n{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": not found\"}\n",
+        )
+        .expect("write");
+        assert_eq!(runc_log_errors(&log), ["exec: \"nope\": not found"]);
+        assert!(runc_log_errors(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn hosts_file_names_the_host() {
+        assert_eq!(hosts_file("box"), "127.0.0.1\tlocalhost\tbox\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        assert_eq!(hosts_file(""), "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    }
+
+    #[test]
+    fn ensure_cwd_creates_missing_dirs_owned_by_the_user() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("srv")).expect("mkdir");
+        // Only root may give files away; anyone may "chown" to themselves.
+        let (uid, gid) = if nix::unistd::geteuid().is_root() {
+            (4321, 8765)
+        } else {
+            (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+        };
+        let user = ResolvedUser { uid, gid, ..ResolvedUser::default() };
+        ensure_cwd(root.path(), "/srv/app/data", &user).expect("cwd");
+        use std::os::unix::fs::MetadataExt;
+        for dir in ["srv/app", "srv/app/data"] {
+            let meta = std::fs::metadata(root.path().join(dir)).expect("created");
+            assert_eq!(meta.mode() & 0o7777, 0o755, "{dir}");
+            assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{dir}");
+        }
+        if uid == 4321 {
+            let existing = std::fs::metadata(root.path().join("srv")).expect("srv");
+            assert_ne!(existing.uid(), 4321, "existing parents keep their owner");
+        }
+    }
+
+    #[test]
+    fn new_fails_clearly_without_runc() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = Runtime::with_runc(PathBuf::from("/nonexistent/runc"), dir.path().join("state"), dir.path().join("b"))
+            .expect("dirs");
+        let spec = RunSpec {
+            rootfs: dir.path().join("rootfs"),
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: ResolvedUser::default(),
+            hostname: String::new(),
+            network: NetworkMode::Host,
+            mounts: vec![],
+        };
+        std::fs::create_dir_all(&spec.rootfs).expect("mkdir");
+        let err = rt.run(&spec, &mut |_| {}).expect_err("no runc");
+        assert!(matches!(err, RuntimeError::Spawn { .. }), "{err:?}");
+        // The bundle directory is cleaned up even though runc never started.
+        assert_eq!(std::fs::read_dir(dir.path().join("b")).expect("bundle parent").count(), 0);
+    }
+}

@@ -4,6 +4,39 @@
 //! base-image configs come in through arguments and traits, so every test of this crate runs offline and the
 //! conformance suites can compare it byte for byte against BuildKit's parser.
 
-pub mod dockerignore;
+pub mod convert;
+pub mod instructions;
 pub mod parser;
 pub mod shell;
+
+/// `.dockerignore` patterns: defined next to the build graph (whose COPY actions carry them), used here to read
+/// ignore files.
+pub use rbuild_solver::patterns as dockerignore;
+
+pub use convert::{
+    BuildPlan, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage, convert,
+};
+
+/// The closest of `candidates` to `word`, if it is close enough to be a likely typo ("did you mean").
+pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let word = word.to_lowercase();
+    candidates
+        .iter()
+        .map(|c| (edit_distance(&word, &c.to_lowercase()), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d > 0)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,1 +1,735 @@
-//! (being written)
+//! Shell-word processing of Dockerfile arguments: quotes, the escape character and `$VAR` expansion.
+//!
+//! Dockerfiles are not run through a shell: BuildKit has its own small lexer (`shell.Lex`) that removes quotes,
+//! honours the escape character and expands `$v`, `${v}` and the `${v:-w}`-family of modifiers from the build's
+//! environment. Images built elsewhere depend on its exact quirks (an unset `$1` is empty, `${v:=w}` is an error, a
+//! trailing escape is dropped, unquoted expansion results are split into words), so this is a faithful
+//! re-implementation of that lexer rather than a POSIX shell. The heredoc detector in the parser reuses it with the
+//! "raw" switches that keep quotes, escapes and unset variables verbatim.
+//!
+//! One deliberate difference: BuildKit shares one word buffer between nested `${v:-...}` scans, which makes
+//! `process_words("a${x:-b}c")` lose the leading `a`; here every scan has its own buffer, so the words are `["abc"]`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
+
+use regex::{NoExpand, Regex};
+
+use crate::parser::quote::{go_quote, is_go_digit, is_go_letter};
+
+/// A source of variable values for expansion.
+pub trait EnvLookup {
+    /// The value of `name`, or `None` if it is unset (an empty value is *set*).
+    fn lookup(&self, name: &str) -> Option<&str>;
+}
+
+impl EnvLookup for BTreeMap<String, String> {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        self.get(name).map(String::as_str)
+    }
+}
+
+impl<S: BuildHasher> EnvLookup for HashMap<String, String, S> {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        self.get(name).map(String::as_str)
+    }
+}
+
+/// An ordered environment list; a later entry for the same name wins, as in a process environment built by
+/// successive `ENV` instructions.
+impl EnvLookup for [(String, String)] {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        self.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+impl EnvLookup for Vec<(String, String)> {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        self.as_slice().lookup(name)
+    }
+}
+
+impl<T: EnvLookup + ?Sized> EnvLookup for &T {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        (**self).lookup(name)
+    }
+}
+
+/// An environment in which every variable is unset.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEnv;
+
+impl EnvLookup for NoEnv {
+    fn lookup(&self, _name: &str) -> Option<&str> {
+        None
+    }
+}
+
+/// What went wrong while processing one word.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShellErrorKind {
+    #[error("unexpected end of statement while looking for matching single-quote")]
+    UnterminatedSingleQuote,
+    #[error("unexpected end of statement while looking for matching double-quote")]
+    UnterminatedDoubleQuote,
+    #[error("unexpected end of statement while looking for matching {stop}")]
+    UnexpectedEnd { stop: char },
+    #[error("syntax error: missing '}}'")]
+    MissingBrace,
+    #[error("syntax error: missing '/' in ${{}}")]
+    MissingSlash,
+    #[error("syntax error: bad substitution")]
+    BadSubstitution,
+    #[error("unsupported modifier ({modifier}) in substitution")]
+    UnsupportedModifier { modifier: String },
+    /// `${name?message}` / `${name:?message}` on an unset (or empty) variable.
+    #[error("{name}: {message}")]
+    Required { name: String, message: String },
+    #[error("invalid pattern ({pattern}) in substitution: {reason}")]
+    InvalidPattern { pattern: String, reason: String },
+}
+
+/// A word that could not be processed, with the word itself for context.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("failed to process {}: {kind}", go_quote(.word))]
+pub struct ShellError {
+    pub word: String,
+    #[source]
+    pub kind: ShellErrorKind,
+}
+
+/// Everything one pass over a word produces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessedWord {
+    /// The word with quotes removed and variables expanded (inner whitespace kept).
+    pub result: String,
+    /// The same, split into words on unquoted whitespace (whitespace from expansions splits too).
+    pub words: Vec<String>,
+    /// Variables referenced that were set in the environment.
+    pub matched: BTreeSet<String>,
+    /// Variables referenced that were not set.
+    pub unmatched: BTreeSet<String>,
+}
+
+/// BuildKit's `shell.Lex`: one escape character plus the switches the parser needs for heredoc detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lexer {
+    escape: char,
+    raw_quotes: bool,
+    raw_escapes: bool,
+    skip_unset_env: bool,
+    skip_process_quotes: bool,
+}
+
+impl Lexer {
+    /// A lexer using `escape` (`\` or `` ` ``, from the `# escape=` directive) as escape character.
+    pub fn new(escape: char) -> Self {
+        Lexer { escape, raw_quotes: false, raw_escapes: false, skip_unset_env: false, skip_process_quotes: false }
+    }
+
+    /// The escape character this lexer honours.
+    pub fn escape(&self) -> char {
+        self.escape
+    }
+
+    /// Keep quote characters in the output (BuildKit `RawQuotes`).
+    pub fn raw_quotes(mut self, on: bool) -> Self {
+        self.raw_quotes = on;
+        self
+    }
+
+    /// Keep escape characters in the output (BuildKit `RawEscapes`).
+    pub fn raw_escapes(mut self, on: bool) -> Self {
+        self.raw_escapes = on;
+        self
+    }
+
+    /// Leave references to unset variables as written instead of expanding them to "" (BuildKit `SkipUnsetEnv`).
+    pub fn skip_unset_env(mut self, on: bool) -> Self {
+        self.skip_unset_env = on;
+        self
+    }
+
+    /// Treat quotes as ordinary characters, only expanding variables (BuildKit `SkipProcessQuotes`, used for
+    /// heredoc bodies whose quotes belong to the script).
+    pub fn skip_process_quotes(mut self, on: bool) -> Self {
+        self.skip_process_quotes = on;
+        self
+    }
+
+    /// Remove quotes and escapes from `word` and expand its variables; whitespace is kept.
+    pub fn process_word(&self, word: &str, env: &dyn EnvLookup) -> Result<String, ShellError> {
+        Ok(self.process(word, env)?.result)
+    }
+
+    /// Like [`Lexer::process_word`], then split into words on unquoted whitespace.
+    pub fn process_words(&self, word: &str, env: &dyn EnvLookup) -> Result<Vec<String>, ShellError> {
+        Ok(self.process(word, env)?.words)
+    }
+
+    /// Like [`Lexer::process_word`], also returning the names of the referenced variables that were set in `env`
+    /// (what BuildKit uses to decide that a build argument was consumed).
+    pub fn process_word_with_matches(
+        &self,
+        word: &str,
+        env: &dyn EnvLookup,
+    ) -> Result<(String, BTreeSet<String>), ShellError> {
+        let p = self.process(word, env)?;
+        Ok((p.result, p.matched))
+    }
+
+    /// One pass over `word` returning everything: result, words, matched and unmatched variable names.
+    pub fn process(&self, word: &str, env: &dyn EnvLookup) -> Result<ProcessedWord, ShellError> {
+        let mut sw = ShellWord {
+            chars: scanner_chars(word),
+            pos: 0,
+            env,
+            lex: *self,
+            raw_escapes: self.raw_escapes,
+            matched: BTreeSet::new(),
+            unmatched: BTreeSet::new(),
+        };
+        match sw.process_stop_on(None, self.raw_escapes) {
+            Ok((result, words)) => Ok(ProcessedWord { result, words, matched: sw.matched, unmatched: sw.unmatched }),
+            Err(kind) => Err(ShellError { word: word.to_string(), kind }),
+        }
+    }
+}
+
+/// The characters Go's `text/scanner` yields for `s`: a leading byte-order mark is skipped.
+pub(crate) fn scanner_chars(s: &str) -> Vec<char> {
+    let s = s.strip_prefix('\u{feff}').unwrap_or(s);
+    s.chars().collect()
+}
+
+/// Accumulates the word list: unquoted whitespace separates words, quoted text never does.
+#[derive(Default)]
+struct Words {
+    buf: String,
+    words: Vec<String>,
+    in_word: bool,
+}
+
+impl Words {
+    fn add_char(&mut self, ch: char) {
+        if ch.is_whitespace() {
+            if self.in_word && !self.buf.is_empty() {
+                self.words.push(std::mem::take(&mut self.buf));
+                self.in_word = false;
+            }
+        } else {
+            self.add_raw_char(ch);
+        }
+    }
+
+    fn add_raw_char(&mut self, ch: char) {
+        self.buf.push(ch);
+        self.in_word = true;
+    }
+
+    fn add_string(&mut self, s: &str) {
+        for ch in s.chars() {
+            self.add_char(ch);
+        }
+    }
+
+    fn add_raw_string(&mut self, s: &str) {
+        self.buf.push_str(s);
+        self.in_word = true;
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if !self.buf.is_empty() {
+            self.words.push(self.buf);
+        }
+        self.words
+    }
+}
+
+struct ShellWord<'a> {
+    chars: Vec<char>,
+    pos: usize,
+    env: &'a dyn EnvLookup,
+    lex: Lexer,
+    raw_escapes: bool,
+    matched: BTreeSet<String>,
+    unmatched: BTreeSet<String>,
+}
+
+fn is_special_param(ch: char) -> bool {
+    matches!(ch, '@' | '*' | '#' | '?' | '-' | '$' | '!' | '0')
+}
+
+/// How Go's `string(rune)` renders a scanner result; EOF (-1) becomes U+FFFD.
+fn rune_str(ch: Option<char>) -> String {
+    ch.unwrap_or('\u{fffd}').to_string()
+}
+
+impl ShellWord<'_> {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+
+    fn next(&mut self) -> Option<char> {
+        let c = self.chars.get(self.pos).copied();
+        if c.is_some() {
+            self.pos += 1;
+        }
+        c
+    }
+
+    fn get_env(&mut self, name: &str) -> Option<String> {
+        match self.env.lookup(name) {
+            Some(v) => {
+                self.matched.insert(name.to_string());
+                Some(v.to_string())
+            }
+            None => {
+                self.unmatched.insert(name.to_string());
+                None
+            }
+        }
+    }
+
+    /// Processes until `stop` (consumed) or the end of input; `None` means "until the end".
+    fn process_stop_on(
+        &mut self,
+        stop: Option<char>,
+        raw_escapes: bool,
+    ) -> Result<(String, Vec<String>), ShellErrorKind> {
+        let saved = self.raw_escapes;
+        self.raw_escapes = raw_escapes;
+        let r = self.stop_on_inner(stop);
+        self.raw_escapes = saved;
+        r
+    }
+
+    fn stop_on_inner(&mut self, stop: Option<char>) -> Result<(String, Vec<String>), ShellErrorKind> {
+        let mut result = String::new();
+        let mut words = Words::default();
+        while let Some(ch) = self.peek() {
+            if stop == Some(ch) {
+                self.pos += 1;
+                return Ok((result, words.finish()));
+            }
+            let quotes = !self.lex.skip_process_quotes;
+            match ch {
+                '$' => {
+                    let tmp = self.process_dollar()?;
+                    result.push_str(&tmp);
+                    words.add_string(&tmp);
+                }
+                '<' => {
+                    let tmp = self.process_possible_heredoc();
+                    result.push_str(&tmp);
+                    words.add_raw_string(&tmp);
+                }
+                '\'' if quotes => {
+                    let tmp = self.process_single_quote()?;
+                    result.push_str(&tmp);
+                    words.add_raw_string(&tmp);
+                }
+                '"' if quotes => {
+                    let tmp = self.process_double_quote()?;
+                    result.push_str(&tmp);
+                    words.add_raw_string(&tmp);
+                }
+                _ => {
+                    self.pos += 1;
+                    let mut ch = ch;
+                    if ch == self.lex.escape {
+                        if self.raw_escapes {
+                            words.add_raw_char(ch);
+                            result.push(ch);
+                        }
+                        // The escape character escapes the next one; at the very end it is dropped.
+                        match self.next() {
+                            None => break,
+                            Some(c) => {
+                                ch = c;
+                                words.add_raw_char(c);
+                            }
+                        }
+                    } else {
+                        words.add_char(ch);
+                    }
+                    result.push(ch);
+                }
+            }
+        }
+        if let Some(stop) = stop {
+            return Err(ShellErrorKind::UnexpectedEnd { stop });
+        }
+        Ok((result, words.finish()))
+    }
+
+    fn process_single_quote(&mut self) -> Result<String, ShellErrorKind> {
+        // Everything up to the next single quote is literal; nothing can be escaped.
+        let mut result = String::new();
+        let open = self.next();
+        if self.lex.raw_quotes {
+            result.push_str(&rune_str(open));
+        }
+        loop {
+            match self.next() {
+                None => return Err(ShellErrorKind::UnterminatedSingleQuote),
+                Some('\'') => {
+                    if self.lex.raw_quotes {
+                        result.push('\'');
+                    }
+                    return Ok(result);
+                }
+                Some(c) => result.push(c),
+            }
+        }
+    }
+
+    fn process_double_quote(&mut self) -> Result<String, ShellErrorKind> {
+        // Literal except `$`, and the escape character escapes only `"`, `$` and itself.
+        let mut result = String::new();
+        let open = self.next();
+        if self.lex.raw_quotes {
+            result.push_str(&rune_str(open));
+        }
+        loop {
+            match self.peek() {
+                None => return Err(ShellErrorKind::UnterminatedDoubleQuote),
+                Some('"') => {
+                    self.pos += 1;
+                    if self.lex.raw_quotes {
+                        result.push('"');
+                    }
+                    return Ok(result);
+                }
+                Some('$') => {
+                    let v = self.process_dollar()?;
+                    result.push_str(&v);
+                }
+                Some(mut ch) => {
+                    self.pos += 1;
+                    if ch == self.lex.escape {
+                        if self.raw_escapes {
+                            result.push(ch);
+                        }
+                        match self.peek() {
+                            None => continue,
+                            Some(c) if c == '"' || c == '$' || c == self.lex.escape => {
+                                self.pos += 1;
+                                ch = c;
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    result.push(ch);
+                }
+            }
+        }
+    }
+
+    /// `<<` keeps the blanks after it in the same word, so `<< EOF` is one heredoc word.
+    fn process_possible_heredoc(&mut self) -> String {
+        self.pos += 1;
+        if self.peek() != Some('<') {
+            return "<".to_string();
+        }
+        self.pos += 1;
+        let mut result = "<<".to_string();
+        while let Some(c @ (' ' | '\t' | '\r')) = self.peek() {
+            result.push(c);
+            self.pos += 1;
+        }
+        result
+    }
+
+    fn process_name(&mut self) -> String {
+        let mut name = String::new();
+        while let Some(ch) = self.peek() {
+            if name.is_empty() && is_go_digit(ch) {
+                // Positional parameters: all the digits form the name.
+                while let Some(d) = self.peek().filter(|c| is_go_digit(*c)) {
+                    name.push(d);
+                    self.pos += 1;
+                }
+                return name;
+            }
+            if name.is_empty() && is_special_param(ch) {
+                self.pos += 1;
+                return ch.to_string();
+            }
+            if !is_go_letter(ch) && !is_go_digit(ch) && ch != '_' {
+                break;
+            }
+            name.push(ch);
+            self.pos += 1;
+        }
+        name
+    }
+
+    fn stop_on_or(&mut self, stop: char, raw: bool, at_eof: ShellErrorKind) -> Result<String, ShellErrorKind> {
+        match self.process_stop_on(Some(stop), raw) {
+            Ok((w, _)) => Ok(w),
+            Err(_) if self.peek().is_none() => Err(at_eof),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn process_dollar(&mut self) -> Result<String, ShellErrorKind> {
+        self.pos += 1; // '$'
+        if self.peek() != Some('{') {
+            let name = self.process_name();
+            if name.is_empty() {
+                return Ok("$".to_string());
+            }
+            return Ok(match self.get_env(&name) {
+                Some(v) => v,
+                None if self.lex.skip_unset_env => format!("${name}"),
+                None => String::new(),
+            });
+        }
+        self.pos += 1; // '{'
+        match self.peek() {
+            None => return Err(ShellErrorKind::MissingBrace),
+            Some('{' | '}' | ':') => return Err(ShellErrorKind::BadSubstitution),
+            Some(_) => {}
+        }
+        let name = self.process_name();
+        let first = self.next();
+        let mut chs = rune_str(first);
+        let mut null_is_unset = false;
+        let modifier = match first {
+            Some('}') => {
+                return Ok(match self.get_env(&name) {
+                    Some(v) => v,
+                    None if self.lex.skip_unset_env => format!("${{{name}}}"),
+                    None => String::new(),
+                });
+            }
+            Some(':') => {
+                null_is_unset = true;
+                let m = self.next();
+                chs.push_str(&rune_str(m));
+                m
+            }
+            Some('+' | '-' | '?' | '#' | '%') => first,
+            Some('/') => return self.process_replace(name),
+            _ => return Err(ShellErrorKind::UnsupportedModifier { modifier: chs }),
+        };
+        let raw = matches!(modifier, Some('#' | '%'));
+        if null_is_unset && raw {
+            return Err(ShellErrorKind::UnsupportedModifier { modifier: chs });
+        }
+        let word = self.stop_on_or('}', raw, ShellErrorKind::MissingBrace)?;
+        let found = self.get_env(&name);
+        if found.is_none() && self.lex.skip_unset_env {
+            return Ok(format!("${{{name}{chs}{word}}}"));
+        }
+        let set = found.is_some();
+        let value = found.unwrap_or_default();
+        // With `:` an empty value counts as unset.
+        let unset = !set || (null_is_unset && value.is_empty());
+        match modifier {
+            Some('-') => Ok(if unset { word } else { value }),
+            Some('+') => Ok(if unset { String::new() } else { word }),
+            Some('?') if !set => Err(ShellErrorKind::Required {
+                name,
+                message: if word.is_empty() { "is not allowed to be unset".to_string() } else { word },
+            }),
+            Some('?') if unset => Err(ShellErrorKind::Required {
+                name,
+                message: if word.is_empty() { "is not allowed to be empty".to_string() } else { word },
+            }),
+            Some('?') => Ok(value),
+            Some(c @ ('%' | '#')) => {
+                // `%`/`#` remove the shortest match, `%%`/`##` the longest.
+                let (pattern, greedy) = match word.strip_prefix(c) {
+                    Some(rest) => (rest.to_string(), true),
+                    None => (word, false),
+                };
+                if c == '%' { trim_suffix(&pattern, &value, greedy) } else { trim_prefix(&pattern, &value, greedy) }
+            }
+            _ => Err(ShellErrorKind::UnsupportedModifier { modifier: chs }),
+        }
+    }
+
+    /// `${name/pattern/replacement}` and `${name//pattern/replacement}`.
+    fn process_replace(&mut self, name: String) -> Result<String, ShellErrorKind> {
+        let all = self.peek() == Some('/');
+        if all {
+            self.pos += 1;
+        }
+        let pattern = self.stop_on_or('/', true, ShellErrorKind::MissingSlash)?;
+        let replacement = self.stop_on_or('}', true, ShellErrorKind::MissingBrace)?;
+        let value = match self.get_env(&name) {
+            Some(v) => v,
+            None if self.lex.skip_unset_env => return Ok(format!("${{{name}/{pattern}/{replacement}}}")),
+            None => String::new(),
+        };
+        let re = shell_pattern_regex(&pattern, true, false)?;
+        if all {
+            Ok(re.replace_all(&value, replacement.as_str()).into_owned())
+        } else {
+            Ok(re.replace(&value, NoExpand(&replacement)).into_owned())
+        }
+    }
+}
+
+/// Converts a `${v#pattern}`-style shell pattern (`*`, `?`, `\` escapes; no bracket expressions) to a regex.
+fn shell_pattern_regex(pattern: &str, greedy: bool, anchored: bool) -> Result<Regex, ShellErrorKind> {
+    let invalid = |reason: String| ShellErrorKind::InvalidPattern { pattern: pattern.to_string(), reason };
+    let chars = scanner_chars(pattern);
+    let mut out = String::with_capacity(pattern.len() + 4);
+    if anchored {
+        out.push('^');
+    }
+    let star = if greedy { ".*" } else { ".*?" };
+    let mut i = 0;
+    while i < chars.len() {
+        let tok = chars[i];
+        i += 1;
+        match tok {
+            '*' => out.push_str(star),
+            '?' => out.push('.'),
+            '\\' => {
+                // `\}` and `\/` only protect the delimiters of `${}`; the backslash is not part of the pattern.
+                if matches!(chars.get(i), Some('}' | '/')) {
+                    continue;
+                }
+                let next = chars.get(i).copied();
+                i += 1;
+                match next {
+                    Some(c @ ('*' | '?' | '\\')) => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    other => return Err(invalid(format!("invalid escape '\\{}'", rune_str(other)))),
+                }
+            }
+            c => out.push_str(&regex::escape(c.encode_utf8(&mut [0u8; 4]))),
+        }
+    }
+    Regex::new(&out).map_err(|e| invalid(e.to_string()))
+}
+
+fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, ShellErrorKind> {
+    let re = shell_pattern_regex(pattern, greedy, true)?;
+    Ok(match re.find(value) {
+        Some(m) => value[m.end()..].to_string(),
+        None => value.to_string(),
+    })
+}
+
+/// Reverses a pattern but keeps each `\x` escape pair in order (`a\*c` becomes `c\*a`).
+fn reverse_pattern(pattern: &str) -> String {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = vec!['\0'; chars.len()];
+    let last = chars.len().saturating_sub(1);
+    let mut i = 0;
+    while i < chars.len() {
+        let out_idx = last - i;
+        if chars[i] == '\\' && i != last && out_idx >= 1 {
+            out[out_idx - 1] = '\\';
+            out[out_idx] = chars[i + 1];
+            i += 2;
+        } else {
+            out[out_idx] = chars[i];
+            i += 1;
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn trim_suffix(pattern: &str, value: &str, greedy: bool) -> Result<String, ShellErrorKind> {
+    // Regexes find the leftmost match, so the shortest *suffix* is found by reversing both sides.
+    let reversed: String = value.chars().rev().collect();
+    let trimmed = trim_prefix(&reverse_pattern(pattern), &reversed, greedy)?;
+    Ok(trimmed.chars().rev().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Vec<(String, String)> {
+        [("PWD", "/home"), ("EMPTY", ""), ("P", "a/b/c.tar.gz"), ("SP", "x  y")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn word(s: &str) -> Result<String, ShellError> {
+        Lexer::new('\\').process_word(s, &env())
+    }
+
+    #[test]
+    fn modifiers_follow_buildkit() {
+        assert_eq!(word("${P#*/}").unwrap(), "b/c.tar.gz");
+        assert_eq!(word("${P##*/}").unwrap(), "c.tar.gz");
+        assert_eq!(word("${P%.*}").unwrap(), "a/b/c.tar");
+        assert_eq!(word("${P%%.*}").unwrap(), "a/b/c");
+        assert_eq!(word("${P/\\//_}").unwrap(), "a_b/c.tar.gz");
+        assert_eq!(word("${P//\\//_}").unwrap(), "a_b_c.tar.gz");
+        assert_eq!(word("${EMPTY-x}").unwrap(), "");
+        assert_eq!(word("${EMPTY:-x}").unwrap(), "x");
+        assert_eq!(word("${EMPTY+x}").unwrap(), "x");
+        assert_eq!(word("${EMPTY:+x}").unwrap(), "");
+        assert_eq!(word("${NOPE+x}").unwrap(), "");
+        assert_eq!(word("${PWD:?boom}").unwrap(), "/home");
+        let e = word("${NOPE?boom}").unwrap_err();
+        assert_eq!(e.kind, ShellErrorKind::Required { name: "NOPE".into(), message: "boom".into() });
+        assert!(matches!(word("${P:#x}").unwrap_err().kind, ShellErrorKind::UnsupportedModifier { .. }));
+    }
+
+    #[test]
+    fn suffix_pattern_keeps_escape_pairs() {
+        assert_eq!(reverse_pattern("a\\*c"), "c\\*a");
+        assert_eq!(reverse_pattern(""), "");
+        assert_eq!(word("${P%\\*}").unwrap(), "a/b/c.tar.gz");
+    }
+
+    #[test]
+    fn expansion_results_split_into_words_but_quotes_do_not() {
+        let l = Lexer::new('\\');
+        assert_eq!(l.process_words("a$SP\"b c\"", &env()).unwrap(), vec!["ax", "yb c"]);
+        assert_eq!(l.process_words("''", &env()).unwrap(), Vec::<String>::new());
+        // Own buffer per nested scan: the prefix is kept.
+        assert_eq!(l.process_words("a${NOPE:-b}c", &env()).unwrap(), vec!["abc"]);
+    }
+
+    #[test]
+    fn matches_report_only_set_variables() {
+        let l = Lexer::new('\\');
+        let (out, m) = l.process_word_with_matches("$PWD-${NOPE:-$EMPTY}", &env()).unwrap();
+        assert_eq!(out, "/home-");
+        assert_eq!(m.into_iter().collect::<Vec<_>>(), vec!["EMPTY", "PWD"]);
+    }
+
+    #[test]
+    fn raw_mode_keeps_everything_for_heredoc_detection() {
+        let l = Lexer::new('\\').raw_quotes(true).raw_escapes(true).skip_unset_env(true);
+        assert_eq!(
+            l.process_words("RUN <<'E F' \\x $Y ${Z:-1}", &NoEnv).unwrap(),
+            vec!["RUN", "<<'E F'", "\\x", "$Y", "${Z:-1}"]
+        );
+        assert_eq!(l.process_words("a <<  EOF >f", &NoEnv).unwrap(), vec!["a", "<<  EOF", ">f"]);
+    }
+
+    #[test]
+    fn backtick_escape() {
+        let l = Lexer::new('`');
+        assert_eq!(l.process_word("a`$PWD\\b", &env()).unwrap(), "a$PWD\\b");
+    }
+
+    #[test]
+    fn env_list_last_entry_wins() {
+        let e = vec![("A".to_string(), "1".to_string()), ("A".to_string(), "2".to_string())];
+        assert_eq!(e.lookup("A"), Some("2"));
+        assert_eq!(Lexer::new('\\').process_word("$A", &e).unwrap(), "2");
+    }
+
+    #[test]
+    fn error_message_names_the_word() {
+        let e = word("he${PWD").unwrap_err();
+        assert!(e.to_string().starts_with("failed to process \"he${PWD\": "), "{e}");
+    }
+}

@@ -5,5 +5,6 @@
 //! tools (skopeo, umoci, docker load, registries) are its judges.
 
 pub mod layer;
+pub mod local;
 pub use rbuild_solver::oci;
 pub mod registry;

@@ -1,1 +1,882 @@
-//! Registry client (filled in next).
+//! Registry client: resolve, pull and push images over the OCI distribution API.
+//!
+//! `oci-client` speaks the protocol (token and basic auth, chunked uploads, digest headers); this module decides
+//! what rbuild trusts. Image documents are handled as the exact bytes the registry served or the caller built,
+//! never re-serialised, because a manifest's identity is the digest of its bytes: `oci-client`'s own typed
+//! `push_manifest` would re-encode them canonically and store a different digest than the one rbuild computed.
+//! Platform selection from an index is ours too (its resolvers ignore the variant), and every blob is verified
+//! against its descriptor's digest *and* size, so a truncated or swapped download never reaches the store.
+//!
+//! Plain HTTP is used only for loopback registries and the ones the caller lists as insecure. The connect timeout is
+//! short so that a registry that is down fails a build quickly; transfers that break midway are retried a few times
+//! from the start, since uploads stream from files on disk and downloads go to a file that is rewritten.
+
+mod reference;
+
+pub use reference::{DOCKER_HUB, ImageRef};
+
+use crate::oci::{
+    Descriptor, ImageConfig, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Manifest,
+    Platform,
+};
+use futures::{StreamExt, TryStreamExt};
+use oci_client::Reference;
+use oci_client::client::ClientConfig;
+use oci_client::client::ClientProtocol;
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use rbuild_solver::Digest;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long to wait for a TCP (and TLS) connection before giving up on a registry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a transfer may stall without receiving a byte.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Attempts for one blob transfer or manifest request; only transient failures are retried.
+const ATTEMPTS: u32 = 3;
+/// Size of one upload request body. `oci-client` sends each stream item as one PATCH, so items are this big.
+const UPLOAD_CHUNK: usize = 4 * 1024 * 1024;
+/// Layers uploaded at the same time.
+const PARALLEL_UPLOADS: usize = 3;
+/// Configs are read into memory; anything bigger than this is not an image config.
+const MAX_CONFIG_SIZE: u64 = 64 * 1024 * 1024;
+
+const MANIFEST_MEDIA_TYPES: &[&str] = &[MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST];
+
+/// Failures talking to a registry or checking what it sent. Every variant names the image (registry/repository).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid image reference {input:?}: {reason}")]
+    InvalidReference { input: String, reason: String },
+    /// An HTTP exchange failed: connection, TLS, authentication or an error status from the registry.
+    #[error("{action} {image}: {cause}")]
+    Request {
+        action: String,
+        image: String,
+        /// The HTTP status, when the registry answered.
+        status: Option<u16>,
+        /// The whole chain of causes as one line (the `source` itself often hides the innermost one).
+        cause: String,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+    #[error("{image}: no manifest for platform {wanted} in the image index (it has: {available})")]
+    NoMatchingPlatform { image: String, wanted: String, available: String },
+    #[error(
+        "{image}: {what} has unsupported media type {media_type:?} (expected an OCI or Docker schema 2 {expected})"
+    )]
+    UnsupportedMediaType { image: String, what: String, media_type: String, expected: &'static str },
+    #[error("{image}: {what} is not a valid document")]
+    BadDocument {
+        image: String,
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{image}: {what} has digest {actual}, expected {expected}")]
+    DigestMismatch { image: String, what: String, expected: String, actual: String },
+    #[error("{image}: {what} is {actual} bytes, its descriptor says {expected}")]
+    SizeMismatch { image: String, what: String, expected: u64, actual: u64 },
+    #[error("{image}: {what} is {size} bytes, more than the {limit} allowed")]
+    TooLarge { image: String, what: String, size: u64, limit: u64 },
+    #[error("{action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RegistryError {
+    /// The HTTP status the registry answered with, if the failure was an error response.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RegistryError::Request { status, .. } => *status,
+            _ => None,
+        }
+    }
+}
+
+/// A user name and password (or token) for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("username", &self.username).field("password", &"<redacted>").finish()
+    }
+}
+
+/// What the caller (the CLI, from flags and `config.json`) tells the client.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Hosts (`host:port` or `host`) allowed over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Credentials by registry host, as given by the caller.
+    pub credentials: BTreeMap<String, Credentials>,
+}
+
+/// A single-platform image as the registry serves it.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// Digest of `manifest_bytes`.
+    pub digest: Digest,
+    /// The manifest exactly as served.
+    pub manifest_bytes: Vec<u8>,
+    pub manifest: Manifest,
+    /// The config blob, verified against `manifest.config`.
+    pub config_bytes: Vec<u8>,
+    pub config: ImageConfig,
+}
+
+/// What a push did, for progress output and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushReport {
+    /// Digest of the pushed manifest.
+    pub digest: Digest,
+    /// Blobs (layers, then the config) that were uploaded.
+    pub uploaded: Vec<Digest>,
+    /// Blobs the registry already had.
+    pub skipped: Vec<Digest>,
+}
+
+/// A registry client; cheap to share (`&self` everywhere), one connection pool and token cache per registry.
+pub struct RegistryClient {
+    opts: RegistryOptions,
+    conns: Mutex<HashMap<String, Conn>>,
+}
+
+/// One registry's `oci-client` handle (clones share its pool, auth store and token cache).
+#[derive(Clone)]
+struct Conn {
+    client: oci_client::Client,
+    auth: RegistryAuth,
+}
+
+impl RegistryClient {
+    pub fn new(opts: RegistryOptions) -> Self {
+        RegistryClient { opts, conns: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether `registry` is spoken to over plain HTTP: loopback hosts and the insecure list.
+    pub fn is_plain_http(&self, registry: &str) -> bool {
+        let host = reference::host_of(registry);
+        let loopback =
+            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        loopback
+            || self
+                .opts
+                .insecure_registries
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(registry) || allowed.eq_ignore_ascii_case(host))
+    }
+
+    /// Resolves the reference to a single-platform manifest (picking `platform` from an index) and its config.
+    pub async fn resolve(&self, r: &ImageRef, platform: &Platform) -> Result<ResolvedImage, RegistryError> {
+        let conn = self.conn(r).await;
+        let (top_digest, top_bytes) = self.fetch_manifest(&conn, r, oci_ref(r)).await?;
+        if let Some(pinned) = &r.digest
+            && *pinned != top_digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                image: r.to_string(),
+                what: "manifest".into(),
+                expected: pinned.to_string(),
+                actual: top_digest.to_string(),
+            });
+        }
+        let (digest, manifest_bytes, manifest) = match parse_document(r, "manifest", &top_bytes)? {
+            Document::Manifest(m) => (top_digest, top_bytes, m),
+            Document::Index(index) => {
+                let entry = select_platform(r, &index.manifests, platform)?;
+                if !is_manifest_type(&entry.media_type) {
+                    return Err(RegistryError::UnsupportedMediaType {
+                        image: r.to_string(),
+                        what: format!("index entry {}", entry.digest),
+                        media_type: entry.media_type.clone(),
+                        expected: "image manifest",
+                    });
+                }
+                let by_digest = r.with_digest(entry.digest.clone());
+                let (digest, bytes) = self.fetch_manifest(&conn, &by_digest, oci_ref(&by_digest)).await?;
+                check_blob(&by_digest, "platform manifest", entry, &digest, bytes.len() as u64)?;
+                match parse_document(&by_digest, "platform manifest", &bytes)? {
+                    Document::Manifest(m) => (digest, bytes, m),
+                    Document::Index(_) => {
+                        return Err(RegistryError::UnsupportedMediaType {
+                            image: by_digest.to_string(),
+                            what: "index entry".into(),
+                            media_type: MEDIA_OCI_INDEX.into(),
+                            expected: "image manifest",
+                        });
+                    }
+                }
+            }
+        };
+        if manifest.config.size > MAX_CONFIG_SIZE {
+            return Err(RegistryError::TooLarge {
+                image: r.to_string(),
+                what: "image config".into(),
+                size: manifest.config.size,
+                limit: MAX_CONFIG_SIZE,
+            });
+        }
+        let config_bytes = self.fetch_blob_to_memory(&conn, r, &manifest.config, "image config").await?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|source| RegistryError::BadDocument {
+                image: r.to_string(),
+                what: format!("image config {}", manifest.config.digest),
+                source,
+            })?;
+        Ok(ResolvedImage { digest, manifest_bytes, manifest, config_bytes, config })
+    }
+
+    /// Downloads one blob to `dest`, streaming, verifying digest and size; on any failure `dest` is removed.
+    pub async fn pull_blob(&self, r: &ImageRef, desc: &Descriptor, dest: &Path) -> Result<(), RegistryError> {
+        let conn = self.conn(r).await;
+        let target = oci_ref(r);
+        let action = format!("pulling blob {} from", desc.digest);
+        let result = with_retries(r, &action, || download_to_file(&conn, r, &target, desc, dest)).await;
+        if result.is_err() {
+            // Best effort: the file may not exist if the request failed before any byte arrived.
+            let _ = tokio::fs::remove_file(dest).await;
+        }
+        result
+    }
+
+    /// Pushes an image: layers the registry lacks, then the config, then the manifest bytes as given, under the tag
+    /// of `r` (or by digest when it has none). Returns the manifest digest.
+    pub async fn push_image(
+        &self,
+        r: &ImageRef,
+        manifest_bytes: &[u8],
+        config_bytes: &[u8],
+        layers: &[(Descriptor, PathBuf)],
+    ) -> Result<Digest, RegistryError> {
+        Ok(self.push_image_report(r, manifest_bytes, config_bytes, layers).await?.digest)
+    }
+
+    /// [`RegistryClient::push_image`], also telling which blobs were uploaded and which the registry already had.
+    pub async fn push_image_report(
+        &self,
+        r: &ImageRef,
+        manifest_bytes: &[u8],
+        config_bytes: &[u8],
+        layers: &[(Descriptor, PathBuf)],
+    ) -> Result<PushReport, RegistryError> {
+        let probe = probe_document(r, "manifest", manifest_bytes)?;
+        let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+            .map_err(|source| RegistryError::BadDocument { image: r.to_string(), what: "manifest".into(), source })?;
+        let config_digest = Digest::of(config_bytes);
+        check_blob(r, "image config", &manifest.config, &config_digest, config_bytes.len() as u64)?;
+        let digest = Digest::of(manifest_bytes);
+        if let Some(pinned) = &r.digest
+            && *pinned != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                image: r.to_string(),
+                what: "manifest to push".into(),
+                expected: pinned.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        let conn = self.conn(r).await;
+        let target = oci_ref(r);
+
+        let mut seen = BTreeSet::new();
+        let unique: Vec<&(Descriptor, PathBuf)> =
+            layers.iter().filter(|(desc, _)| seen.insert(desc.digest.clone())).collect();
+        let outcomes: Vec<Result<(Digest, bool), RegistryError>> = futures::stream::iter(unique)
+            .map(|(desc, path)| {
+                let (conn, target) = (&conn, &target);
+                async move {
+                    let uploaded = push_layer(conn, r, target, desc, path).await?;
+                    Ok((desc.digest.clone(), uploaded))
+                }
+            })
+            .buffered(PARALLEL_UPLOADS)
+            .collect()
+            .await;
+        let (mut uploaded, mut skipped) = (Vec::new(), Vec::new());
+        for outcome in outcomes {
+            let (digest, was_uploaded) = outcome?;
+            if was_uploaded { uploaded.push(digest) } else { skipped.push(digest) }
+        }
+
+        if blob_exists(&conn, r, &target, &config_digest).await? {
+            skipped.push(config_digest);
+        } else {
+            let action = format!("pushing config {config_digest} to");
+            let (conn, target, digest) = (&conn, &target, &config_digest);
+            with_retries(r, &action, || async move {
+                conn.client
+                    .push_blob(target, config_bytes.to_vec(), digest.as_str())
+                    .await
+                    .map(drop)
+                    .map_err(Failure::Oci)
+            })
+            .await?;
+            uploaded.push(config_digest);
+        }
+
+        let media_type = probe.media_type.unwrap_or_else(|| MEDIA_OCI_MANIFEST.to_string());
+        self.push_manifest_with(&conn, r, manifest_bytes, &media_type, &digest).await?;
+        Ok(PushReport { digest, uploaded, skipped })
+    }
+
+    /// Pushes a manifest or index document, byte for byte, under the tag of `r` (or by digest when it has none).
+    /// The blobs it refers to must already be in the repository. Returns the document's digest.
+    pub async fn push_manifest(&self, r: &ImageRef, bytes: &[u8], media_type: &str) -> Result<Digest, RegistryError> {
+        let conn = self.conn(r).await;
+        let digest = Digest::of(bytes);
+        self.push_manifest_with(&conn, r, bytes, media_type, &digest).await?;
+        Ok(digest)
+    }
+
+    async fn push_manifest_with(
+        &self,
+        conn: &Conn,
+        r: &ImageRef,
+        bytes: &[u8],
+        media_type: &str,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        // Untagged pushes go by digest. The digest is passed as the "tag" because the URL is the same
+        // (`/manifests/<digest>`), and `oci-client`'s fallback for registries that omit `Location` needs a tag.
+        let tag = r.tag.clone().unwrap_or_else(|| digest.to_string());
+        let target = Reference::with_tag(r.registry.clone(), r.repository.clone(), tag);
+        let action = "pushing manifest to".to_string();
+        let content_type = media_type.parse().map_err(|_| RegistryError::UnsupportedMediaType {
+            image: r.to_string(),
+            what: "manifest to push".into(),
+            media_type: media_type.to_string(),
+            expected: "manifest or index",
+        })?;
+        let (target, content_type) = (&target, &content_type);
+        let location = with_retries(r, &action, || async move {
+            conn.client
+                .push_manifest_raw(target, bytes.to_vec(), Clone::clone(content_type))
+                .await
+                .map_err(Failure::Oci)
+        })
+        .await?;
+        // The registry names what it stored in `Location`; a different digest would mean it rewrote the bytes.
+        if let Some((_, stored)) = location.rsplit_once("/manifests/")
+            && stored.starts_with("sha256:")
+            && stored != digest.as_str()
+        {
+            return Err(RegistryError::DigestMismatch {
+                image: r.to_string(),
+                what: "stored manifest".into(),
+                expected: digest.to_string(),
+                actual: stored.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The connection for `r`'s registry, created on first use.
+    async fn conn(&self, r: &ImageRef) -> Conn {
+        let conn = {
+            let mut conns = self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            conns.entry(r.registry.clone()).or_insert_with(|| self.new_conn(&r.registry)).clone()
+        };
+        // `oci-client` looks credentials up by the registry it resolves (docker.io → index.docker.io).
+        let key = oci_ref(r);
+        conn.client.store_auth_if_needed(key.resolve_registry(), &conn.auth).await;
+        conn
+    }
+
+    fn new_conn(&self, registry: &str) -> Conn {
+        let plain_http = self.is_plain_http(registry);
+        let config = ClientConfig {
+            protocol: if plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            // Platform selection is done here, with variants; an index must never be resolved behind our back.
+            platform_resolver: None,
+            user_agent: concat!("rbuild/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        };
+        let auth = match self.credentials_for(registry) {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        Conn { client: oci_client::Client::new(config), auth }
+    }
+
+    /// Credentials for `registry`, also under the names `config.json` files use for it (URLs, Docker Hub aliases).
+    fn credentials_for(&self, registry: &str) -> Option<&Credentials> {
+        let mut names = vec![registry.to_string(), format!("https://{registry}"), format!("http://{registry}")];
+        if registry == DOCKER_HUB {
+            names.extend(
+                [
+                    "index.docker.io",
+                    "registry-1.docker.io",
+                    "https://index.docker.io/v1/",
+                    "https://index.docker.io/v1",
+                ]
+                .map(String::from),
+            );
+        }
+        names.iter().find_map(|name| self.opts.credentials.get(name))
+    }
+
+    /// GETs a manifest or index; returns the digest of its bytes.
+    async fn fetch_manifest(
+        &self,
+        conn: &Conn,
+        r: &ImageRef,
+        target: Reference,
+    ) -> Result<(Digest, Vec<u8>), RegistryError> {
+        let action = "fetching manifest of".to_string();
+        let target = &target;
+        let (bytes, _) = with_retries(r, &action, || async move {
+            conn.client.pull_manifest_raw(target, &conn.auth, MANIFEST_MEDIA_TYPES).await.map_err(Failure::Oci)
+        })
+        .await?;
+        Ok((Digest::of(&bytes), bytes.to_vec()))
+    }
+
+    async fn fetch_blob_to_memory(
+        &self,
+        conn: &Conn,
+        r: &ImageRef,
+        desc: &Descriptor,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let target = oci_ref(r);
+        let action = format!("pulling {what} {} from", desc.digest);
+        let target = &target;
+        with_retries(r, &action, || async move {
+            let mut stream = conn.client.pull_blob_stream(target, desc.digest.as_str()).await.map_err(Failure::Oci)?;
+            let mut check = BlobCheck::new(r, what, desc);
+            let mut out = Vec::new();
+            while let Some(chunk) = next_chunk(&mut stream).await? {
+                check.accept(&chunk)?;
+                out.extend_from_slice(&chunk);
+            }
+            check.finish()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// An `oci-client` reference for `r`: by digest when pinned, else by tag.
+fn oci_ref(r: &ImageRef) -> Reference {
+    match (&r.digest, &r.tag) {
+        (Some(d), _) => Reference::with_digest(r.registry.clone(), r.repository.clone(), d.to_string()),
+        (None, Some(t)) => Reference::with_tag(r.registry.clone(), r.repository.clone(), t.clone()),
+        (None, None) => Reference::with_tag(r.registry.clone(), r.repository.clone(), "latest".into()),
+    }
+}
+
+/// Why one attempt failed: a protocol error (maybe transient) or a verdict that retrying cannot change.
+enum Failure {
+    Oci(OciDistributionError),
+    Final(RegistryError),
+}
+
+impl From<RegistryError> for Failure {
+    fn from(e: RegistryError) -> Self {
+        Failure::Final(e)
+    }
+}
+
+/// Runs `attempt` up to [`ATTEMPTS`] times while it fails transiently; maps the last failure to a `RegistryError`.
+async fn with_retries<T, F, Fut>(r: &ImageRef, action: &str, mut attempt: F) -> Result<T, RegistryError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(Failure::Final(e)) => return Err(e),
+            Err(Failure::Oci(e)) if tries < ATTEMPTS && is_transient(&e) => {
+                tracing::warn!(image = %r, action, error = %cause_chain(&e), attempt = tries, "retrying");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
+            }
+            Err(Failure::Oci(e)) => return Err(request_error(r, action, e)),
+        }
+    }
+}
+
+fn request_error(r: &ImageRef, action: &str, source: OciDistributionError) -> RegistryError {
+    RegistryError::Request {
+        action: action.to_string(),
+        image: r.to_string(),
+        status: status_of(&source),
+        cause: cause_chain(&source),
+        source: Box::new(source),
+    }
+}
+
+fn status_of(e: &OciDistributionError) -> Option<u16> {
+    match e {
+        OciDistributionError::ServerError { code, .. } => Some(*code),
+        OciDistributionError::UnauthorizedError { .. } => Some(401),
+        OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
+        // `oci-client` drops the status of a 4xx that came with an error body; the distribution spec fixes the
+        // status of each error code, so it is recovered from the first one.
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.first().and_then(|e| spec_status(&e.code))
+        }
+        _ => None,
+    }
+}
+
+/// The HTTP status the distribution spec gives each error code.
+fn spec_status(code: &OciErrorCode) -> Option<u16> {
+    Some(match code {
+        OciErrorCode::BlobUnknown
+        | OciErrorCode::BlobUploadUnknown
+        | OciErrorCode::ManifestUnknown
+        | OciErrorCode::NameUnknown
+        | OciErrorCode::NotFound => 404,
+        OciErrorCode::BlobUploadInvalid
+        | OciErrorCode::DigestInvalid
+        | OciErrorCode::ManifestBlobUnknown
+        | OciErrorCode::ManifestInvalid
+        | OciErrorCode::ManifestUnverified
+        | OciErrorCode::NameInvalid
+        | OciErrorCode::SizeInvalid
+        | OciErrorCode::TagInvalid => 400,
+        OciErrorCode::Unauthorized => 401,
+        OciErrorCode::Denied => 403,
+        OciErrorCode::Unsupported => 405,
+        OciErrorCode::Toomanyrequests => 429,
+        OciErrorCode::Other(_) => return None,
+    })
+}
+
+/// Connection failures are final (the registry is down or the name is wrong: fail fast); broken transfers, timeouts
+/// mid-way, 5xx and 429 are worth another try.
+fn is_transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(e) => !e.is_connect() && (e.is_timeout() || e.is_body() || e.is_request()),
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RegistryError { .. } => status_of(e) == Some(429),
+        OciDistributionError::IoError(e) => !is_digest_error(e),
+        _ => false,
+    }
+}
+
+fn is_digest_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<DigestError>())
+}
+
+/// The error and all its sources on one line, without repeats (reqwest's own message hides "connection refused").
+fn cause_chain(e: &OciDistributionError) -> String {
+    if let OciDistributionError::RegistryError { envelope, url } = e {
+        // The envelope's own message wraps each error twice ("OCI API errors: [OCI API error: ...]").
+        let errors: Vec<String> = envelope.errors.iter().map(|e| format!("{} ({:?})", e.message, e.code)).collect();
+        let status = status_of(e).map_or(String::new(), |s| format!("HTTP {s}: "));
+        return format!("{status}{} at {url}", errors.join("; "));
+    }
+    error_chain(e)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = err.source();
+    }
+    parts.join(": ")
+}
+
+async fn blob_exists(conn: &Conn, r: &ImageRef, target: &Reference, digest: &Digest) -> Result<bool, RegistryError> {
+    let action = format!("checking for blob {digest} in");
+    with_retries(
+        r,
+        &action,
+        || async move { conn.client.blob_exists(target, digest.as_str()).await.map_err(Failure::Oci) },
+    )
+    .await
+}
+
+/// Uploads one layer from its file unless the registry has it; returns whether it was uploaded.
+async fn push_layer(
+    conn: &Conn,
+    r: &ImageRef,
+    target: &Reference,
+    desc: &Descriptor,
+    path: &Path,
+) -> Result<bool, RegistryError> {
+    if blob_exists(conn, r, target, &desc.digest).await? {
+        return Ok(false);
+    }
+    let io_err = |action, source| RegistryError::Io { action, path: path.to_path_buf(), source };
+    let size = tokio::fs::metadata(path).await.map_err(|e| io_err("reading layer", e))?.len();
+    if size != desc.size {
+        return Err(RegistryError::SizeMismatch {
+            image: r.to_string(),
+            what: format!("layer file {}", path.display()),
+            expected: desc.size,
+            actual: size,
+        });
+    }
+    let action = format!("pushing layer {} to", desc.digest);
+    let io_err = &io_err;
+    with_retries(r, &action, || async move {
+        let file = tokio::fs::File::open(path).await.map_err(|e| Failure::Final(io_err("opening layer", e)))?;
+        let body = file_chunks(file).map_ok(Into::into).map_err(OciDistributionError::IoError);
+        conn.client
+            .push_blob_stream(target, body, desc.digest.as_str(), Some(desc.size))
+            .await
+            .map(drop)
+            .map_err(Failure::Oci)
+    })
+    .await?;
+    Ok(true)
+}
+
+/// A file as a stream of [`UPLOAD_CHUNK`]-sized pieces (the last one shorter).
+fn file_chunks(file: tokio::fs::File) -> impl futures::Stream<Item = io::Result<Vec<u8>>> + Send + 'static {
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; UPLOAD_CHUNK];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        buf.truncate(filled);
+        Ok(Some((buf, file)))
+    })
+}
+
+async fn download_to_file(
+    conn: &Conn,
+    r: &ImageRef,
+    target: &Reference,
+    desc: &Descriptor,
+    dest: &Path,
+) -> Result<(), Failure> {
+    let io_err = |action, source| Failure::Final(RegistryError::Io { action, path: dest.to_path_buf(), source });
+    let mut stream = conn.client.pull_blob_stream(target, desc.digest.as_str()).await.map_err(Failure::Oci)?;
+    let mut file = tokio::fs::File::create(dest).await.map_err(|e| io_err("creating", e))?;
+    let mut check = BlobCheck::new(r, "blob", desc);
+    while let Some(chunk) = next_chunk(&mut stream).await? {
+        check.accept(&chunk)?;
+        file.write_all(&chunk).await.map_err(|e| io_err("writing", e))?;
+    }
+    check.finish()?;
+    file.flush().await.map_err(|e| io_err("writing", e))?;
+    file.sync_all().await.map_err(|e| io_err("syncing", e))?;
+    Ok(())
+}
+
+/// The next chunk of a blob download. `oci-client` checks the digest too and reports a mismatch as the stream's
+/// last item; [`BlobCheck::finish`] gives the better message, so that item just ends the stream here.
+async fn next_chunk<S, B>(stream: &mut S) -> Result<Option<B>, Failure>
+where
+    S: futures::Stream<Item = Result<B, io::Error>> + Unpin,
+{
+    match stream.next().await {
+        None => Ok(None),
+        Some(Ok(chunk)) => Ok(Some(chunk)),
+        Some(Err(e)) if is_digest_error(&e) => Ok(None),
+        Some(Err(e)) => Err(Failure::Oci(OciDistributionError::IoError(e))),
+    }
+}
+
+/// Counts and hashes a blob as it arrives, stops as soon as it outgrows its descriptor, and checks it at the end.
+struct BlobCheck<'a> {
+    image: &'a ImageRef,
+    what: &'a str,
+    desc: &'a Descriptor,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<'a> BlobCheck<'a> {
+    fn new(image: &'a ImageRef, what: &'a str, desc: &'a Descriptor) -> Self {
+        BlobCheck { image, what, desc, hasher: Sha256::new(), len: 0 }
+    }
+
+    fn accept(&mut self, chunk: &[u8]) -> Result<(), Failure> {
+        self.len += chunk.len() as u64;
+        if self.len > self.desc.size {
+            return Err(self.size_mismatch());
+        }
+        self.hasher.update(chunk);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), Failure> {
+        if self.len != self.desc.size {
+            return Err(self.size_mismatch());
+        }
+        let actual = Digest::from_sha256(self.hasher.finalize().into());
+        if actual != self.desc.digest {
+            return Err(Failure::Final(RegistryError::DigestMismatch {
+                image: self.image.to_string(),
+                what: format!("{} {}", self.what, self.desc.digest),
+                expected: self.desc.digest.to_string(),
+                actual: actual.to_string(),
+            }));
+        }
+        Ok(())
+    }
+
+    fn size_mismatch(&self) -> Failure {
+        Failure::Final(RegistryError::SizeMismatch {
+            image: self.image.to_string(),
+            what: format!("{} {}", self.what, self.desc.digest),
+            expected: self.desc.size,
+            actual: self.len,
+        })
+    }
+}
+
+fn check_blob(r: &ImageRef, what: &str, desc: &Descriptor, digest: &Digest, size: u64) -> Result<(), RegistryError> {
+    if *digest != desc.digest {
+        return Err(RegistryError::DigestMismatch {
+            image: r.to_string(),
+            what: what.to_string(),
+            expected: desc.digest.to_string(),
+            actual: digest.to_string(),
+        });
+    }
+    if size != desc.size {
+        return Err(RegistryError::SizeMismatch {
+            image: r.to_string(),
+            what: what.to_string(),
+            expected: desc.size,
+            actual: size,
+        });
+    }
+    Ok(())
+}
+
+/// The fields that tell a manifest from an index (the `mediaType` field is optional in OCI documents).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    schema_version: Option<u32>,
+    media_type: Option<String>,
+    manifests: Option<serde_json::Value>,
+    config: Option<serde_json::Value>,
+}
+
+enum Document {
+    Manifest(Manifest),
+    Index(crate::oci::Index),
+}
+
+fn is_manifest_type(media_type: &str) -> bool {
+    media_type == MEDIA_OCI_MANIFEST || media_type == MEDIA_DOCKER_MANIFEST
+}
+
+fn is_index_type(media_type: &str) -> bool {
+    media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST
+}
+
+fn probe_document(r: &ImageRef, what: &str, bytes: &[u8]) -> Result<Probe, RegistryError> {
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| RegistryError::BadDocument {
+        image: r.to_string(),
+        what: what.to_string(),
+        source,
+    })?;
+    let unsupported = |media_type: String| RegistryError::UnsupportedMediaType {
+        image: r.to_string(),
+        what: what.to_string(),
+        media_type,
+        expected: "manifest or index",
+    };
+    if probe.schema_version != Some(2) {
+        let version = probe.schema_version.map_or("none".to_string(), |v| v.to_string());
+        return Err(unsupported(format!("schemaVersion {version}")));
+    }
+    match &probe.media_type {
+        Some(m) if !is_manifest_type(m) && !is_index_type(m) => Err(unsupported(m.clone())),
+        _ => Ok(probe),
+    }
+}
+
+/// Parses a manifest or index, telling them apart by `mediaType` or, when it is absent, by their fields.
+fn parse_document(r: &ImageRef, what: &str, bytes: &[u8]) -> Result<Document, RegistryError> {
+    let probe = probe_document(r, what, bytes)?;
+    let bad = |source| RegistryError::BadDocument { image: r.to_string(), what: what.to_string(), source };
+    let is_index = match &probe.media_type {
+        Some(m) => is_index_type(m),
+        None => probe.manifests.is_some() && probe.config.is_none(),
+    };
+    if is_index {
+        serde_json::from_slice(bytes).map(Document::Index).map_err(bad)
+    } else {
+        serde_json::from_slice(bytes).map(Document::Manifest).map_err(bad)
+    }
+}
+
+/// The variant an index entry without one is taken to have (containerd's defaults).
+fn default_variant(architecture: &str) -> Option<&'static str> {
+    match architecture {
+        "arm64" => Some("v8"),
+        "arm" => Some("v7"),
+        _ => None,
+    }
+}
+
+fn platform_matches(want: &Platform, have: &Platform) -> bool {
+    if want.os != have.os || want.architecture != have.architecture {
+        return false;
+    }
+    match (&want.variant, &have.variant) {
+        (None, _) => true,
+        (Some(w), Some(h)) => w == h,
+        (Some(w), None) => default_variant(&want.architecture) == Some(w.as_str()),
+    }
+}
+
+fn platform_string(p: &Platform) -> String {
+    match &p.variant {
+        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+        None => format!("{}/{}", p.os, p.architecture),
+    }
+}
+
+/// The index entry for `want`: the first whose os/architecture match and whose variant matches if one is asked for.
+fn select_platform<'a>(
+    r: &ImageRef,
+    entries: &'a [Descriptor],
+    want: &Platform,
+) -> Result<&'a Descriptor, RegistryError> {
+    entries.iter().find(|e| e.platform.as_ref().is_some_and(|p| platform_matches(want, p))).ok_or_else(|| {
+        let available: Vec<String> = entries.iter().filter_map(|e| e.platform.as_ref()).map(platform_string).collect();
+        RegistryError::NoMatchingPlatform {
+            image: r.to_string(),
+            wanted: platform_string(want),
+            available: if available.is_empty() { "no platforms".into() } else { available.join(", ") },
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

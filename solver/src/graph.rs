@@ -30,10 +30,15 @@ pub enum Op {
     /// An empty root filesystem.
     Scratch,
     /// A base image, already resolved to its manifest digest.
-    Image { reference: String, digest: Digest },
+    Image {
+        reference: String,
+        digest: Digest,
+    },
     /// The local build context. Its key is its name only: steps that read it add the content digest of exactly
     /// the files they select.
-    Context { name: String },
+    Context {
+        name: String,
+    },
     Exec(ExecOp),
     File(FileOp),
 }
@@ -69,7 +74,11 @@ pub struct FileOp {
 pub enum FileAction {
     Copy(CopyAction),
     /// WORKDIR: create a directory (and its parents) if missing.
-    Mkdir { path: String, mode: u32, owner: Option<String> },
+    Mkdir {
+        path: String,
+        mode: u32,
+        owner: Option<String>,
+    },
 }
 
 /// COPY/ADD: copy `sources` from input `src` into the destination root at `dest`.

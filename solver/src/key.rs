@@ -82,7 +82,14 @@ mod tests {
         let content = Digest::of(b"content");
         let cases: Vec<(&str, Digest)> = vec![
             ("scratch", cache_key(&Op::Scratch, &[], &[])),
-            ("image", cache_key(&Op::Image { reference: "127.0.0.1:5000/base/busybox:latest".into(), digest: base.clone() }, &[], &[])),
+            (
+                "image",
+                cache_key(
+                    &Op::Image { reference: "127.0.0.1:5000/base/busybox:latest".into(), digest: base.clone() },
+                    &[],
+                    &[],
+                ),
+            ),
             ("context", cache_key(&Op::Context { name: "context".into() }, &[], &[])),
             ("exec", cache_key(&exec(&["PATH=/bin", "A=1"]), std::slice::from_ref(&base), &[])),
             (

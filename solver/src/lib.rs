@@ -10,6 +10,7 @@ pub use digest::{Digest, DigestWriter, InvalidDigest};
 pub mod graph;
 pub mod key;
 pub mod oci;
+pub mod patterns;
 pub mod solve;
 pub mod worker;
 

@@ -67,7 +67,8 @@ pub async fn solve(
     progress: Arc<dyn Progress>,
     opts: SolveOptions,
 ) -> Result<Vec<Option<Solved>>, SolveError> {
-    let ctx = Arc::new(Ctx { graph: graph.clone(), worker, cache, progress, run_slots: Semaphore::new(opts.jobs.max(1)) });
+    let ctx =
+        Arc::new(Ctx { graph: graph.clone(), worker, cache, progress, run_slots: Semaphore::new(opts.jobs.max(1)) });
     let mut futures: Vec<Option<VertexFuture>> = vec![None; graph.vertices.len()];
     for v in graph.needed(targets) {
         let inputs: Vec<VertexFuture> = graph.vertices[v].inputs.iter().filter_map(|&i| futures[i].clone()).collect();

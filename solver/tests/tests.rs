@@ -63,14 +63,26 @@ fn run(g: &mut Graph, input: VertexId, extra: &[VertexId], cmd: &str) -> VertexI
     let mut inputs = vec![input];
     inputs.extend_from_slice(extra);
     g.add(Vertex {
-        op: Op::Exec(ExecOp { args: vec![cmd.into()], env: vec![], cwd: "/".into(), user: String::new(), network: Network::Host }),
+        op: Op::Exec(ExecOp {
+            args: vec![cmd.into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: Network::Host,
+        }),
         inputs,
         name: cmd.into(),
         ignore_cache: false,
     })
 }
 
-fn solve_now(g: &Graph, target: VertexId, worker: Arc<Toy>, cache: Arc<MemCache>, jobs: usize) -> Result<Vec<Option<Solved>>, SolveError> {
+fn solve_now(
+    g: &Graph,
+    target: VertexId,
+    worker: Arc<Toy>,
+    cache: Arc<MemCache>,
+    jobs: usize,
+) -> Result<Vec<Option<Solved>>, SolveError> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(solve(Arc::new(g.clone()), &[target], worker, cache, Arc::new(NoProgress), SolveOptions { jobs }))
 }

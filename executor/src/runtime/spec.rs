@@ -1,0 +1,334 @@
+//! The OCI runtime config of a build container.
+//!
+//! It matches what `docker build` (BuildKit on runc) gives a RUN step, because Dockerfiles depend on it: the
+//! same capabilities (a Dockerfile that runs `chown` or `ping` works, one that mounts filesystems does not), the
+//! same `/proc` masking, the same `/dev` and default devices, `no_new_privs`, and `PATH`/`HOME` defaults. It is a
+//! pure function of the [`RunSpec`] so it can be checked without root.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use super::{NetworkMode, RunSpec, RuntimeError};
+
+/// `PATH` when the step's environment has none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capability set; for root it is `CapEff: 00000000a80425fb`.
+pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Paths of `/proc` and `/sys` that leak host information or allow host changes; runc hides them.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths of `/proc` that stay visible but read-only.
+pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// The destinations of the mounts every container gets, before the step's own mounts.
+pub const SYSTEM_MOUNT_DESTINATIONS: [&str; 8] =
+    ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/etc/hosts", "/etc/resolv.conf"];
+
+/// Builds the config of a container running `run`, with `/etc/hosts` and `/etc/resolv.conf` bound from the given
+/// host files.
+pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spec, RuntimeError> {
+    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()
+        .map_err(spec_error)?;
+
+    let user = UserBuilder::default()
+        .uid(run.user.uid)
+        .gid(run.user.gid)
+        .additional_gids(run.user.additional_gids.clone())
+        .build()
+        .map_err(spec_error)?;
+
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(run.args.clone())
+        .env(process_env(run))
+        .cwd(run.cwd.clone())
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        // Limits are inherited from rbuild, as the classic Docker builder does.
+        .rlimits(Vec::new())
+        .build()
+        .map_err(spec_error)?;
+
+    let mut namespace_types =
+        vec![LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount];
+    if run.network == NetworkMode::None {
+        // A fresh network namespace: runc brings up `lo` and nothing else.
+        namespace_types.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = namespace_types
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(spec_error)?;
+
+    // Deny every device, then runc appends its default allow list (null, zero, full, tty, random, urandom, pts).
+    let deny_all = LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(spec_error)?;
+    let resources = LinuxResourcesBuilder::default().devices(vec![deny_all]).build().map_err(spec_error)?;
+
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_error)?;
+
+    let root = RootBuilder::default().path(run.rootfs.clone()).readonly(false).build().map_err(spec_error)?;
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(root)
+        .mounts(mounts(run, hosts, resolv_conf)?)
+        .process(process)
+        .linux(linux)
+        .build()
+        .map_err(spec_error)?;
+    // The builder's defaults include a hostname of its own; no hostname means the namespace keeps the host's.
+    spec.set_hostname(Some(run.hostname.clone()).filter(|h| !h.is_empty()));
+    Ok(spec)
+}
+
+/// The step's environment plus `PATH` and `HOME` when it does not set them.
+pub fn process_env(run: &RunSpec) -> Vec<String> {
+    let mut env = run.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let home = run.user.home.as_deref().filter(|h| !h.is_empty()).unwrap_or("/");
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
+fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, RuntimeError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_error)
+}
+
+fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>, RuntimeError> {
+    let etc_file_options = ["rbind", "ro", "nosuid", "nodev", "noexec"];
+    let mut out = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        bind(hosts, "/etc/hosts", &etc_file_options)?,
+        bind(resolv_conf, "/etc/resolv.conf", &etc_file_options)?,
+    ];
+    // Parents before children, so a mount at /a/b is not hidden by a later one at /a.
+    let mut user_mounts: Vec<_> = run.mounts.iter().collect();
+    user_mounts.sort_by_key(|m| Path::new(&m.destination).components().count());
+    for m in user_mounts {
+        if !m.destination.starts_with('/') {
+            return Err(RuntimeError::BadMountDestination { destination: m.destination.clone() });
+        }
+        let options: &[&str] = if m.readonly { &["rbind", "ro"] } else { &["rbind", "rw"] };
+        out.push(bind(&m.source, &m.destination, options)?);
+    }
+    Ok(out)
+}
+
+fn bind(source: &Path, destination: &str, options: &[&str]) -> Result<Mount, RuntimeError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_error)
+}
+
+fn spec_error(source: oci_spec::OciSpecError) -> RuntimeError {
+    RuntimeError::Spec { source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::BindMount;
+    use crate::user::ResolvedUser;
+    use std::path::PathBuf;
+
+    fn run_spec(network: NetworkMode) -> RunSpec {
+        RunSpec {
+            rootfs: PathBuf::from("/merged"),
+            args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: vec!["FOO=bar".into()],
+            cwd: "/work".into(),
+            user: ResolvedUser { uid: 1000, gid: 1001, additional_gids: vec![7], home: Some("/home/app".into()) },
+            hostname: "box".into(),
+            network,
+            mounts: vec![
+                BindMount { source: PathBuf::from("/src/deep"), destination: "/a/b".into(), readonly: true },
+                BindMount { source: PathBuf::from("/src/top"), destination: "/a".into(), readonly: false },
+            ],
+        }
+    }
+
+    fn to_json(spec: &Spec) -> serde_json::Value {
+        serde_json::to_value(spec).expect("serialize")
+    }
+
+    #[test]
+    fn capability_mask_is_dockers() {
+        // Bit numbers from <linux/capability.h>; their union is Docker's well-known 0xa80425fb.
+        let bits: [u32; 14] = [0, 1, 4, 3, 27, 13, 6, 7, 31, 8, 10, 18, 5, 29];
+        let mask = bits.iter().fold(0u64, |m, b| m | (1 << b));
+        assert_eq!(mask, 0xa80425fb);
+        let json = to_json(&build_spec(&run_spec(NetworkMode::Host), Path::new("/h"), Path::new("/r")).expect("spec"));
+        let caps = &json["process"]["capabilities"];
+        let mut names: Vec<&str> =
+            caps["bounding"].as_array().expect("array").iter().filter_map(|v| v.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "CAP_AUDIT_WRITE",
+                "CAP_CHOWN",
+                "CAP_DAC_OVERRIDE",
+                "CAP_FOWNER",
+                "CAP_FSETID",
+                "CAP_KILL",
+                "CAP_MKNOD",
+                "CAP_NET_BIND_SERVICE",
+                "CAP_NET_RAW",
+                "CAP_SETFCAP",
+                "CAP_SETGID",
+                "CAP_SETPCAP",
+                "CAP_SETUID",
+                "CAP_SYS_CHROOT"
+            ]
+        );
+        for set in ["effective", "permitted"] {
+            assert_eq!(caps[set].as_array().map(Vec::len), Some(14), "{set}");
+        }
+        for set in ["inheritable", "ambient"] {
+            assert_eq!(caps[set].as_array().map(Vec::len), Some(0), "{set}");
+        }
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+    }
+
+    #[test]
+    fn network_namespace_only_for_network_none() {
+        for (mode, want_net) in [(NetworkMode::Host, false), (NetworkMode::None, true)] {
+            let json = to_json(&build_spec(&run_spec(mode), Path::new("/h"), Path::new("/r")).expect("spec"));
+            let types: Vec<&str> = json["linux"]["namespaces"]
+                .as_array()
+                .expect("namespaces")
+                .iter()
+                .filter_map(|n| n["type"].as_str())
+                .collect();
+            assert!(types.contains(&"pid") && types.contains(&"mount") && types.contains(&"ipc"), "{types:?}");
+            assert!(types.contains(&"uts"));
+            assert_eq!(types.contains(&"network"), want_net, "{mode:?}: {types:?}");
+            assert!(!types.contains(&"user") && !types.contains(&"cgroup"));
+        }
+    }
+
+    #[test]
+    fn process_user_env_cwd_and_root() {
+        let json = to_json(&build_spec(&run_spec(NetworkMode::Host), Path::new("/h"), Path::new("/r")).expect("spec"));
+        let p = &json["process"];
+        assert_eq!(p["user"]["uid"], 1000);
+        assert_eq!(p["user"]["gid"], 1001);
+        assert_eq!(p["user"]["additionalGids"], serde_json::json!([7]));
+        assert_eq!(p["cwd"], "/work");
+        assert_eq!(p["terminal"], false);
+        assert_eq!(p["env"], serde_json::json!(["FOO=bar", format!("PATH={DEFAULT_PATH}"), "HOME=/home/app"]));
+        assert_eq!(json["root"]["path"], "/merged");
+        assert_eq!(json["root"]["readonly"], false);
+        assert_eq!(json["hostname"], "box");
+        assert_eq!(json["linux"]["maskedPaths"].as_array().map(Vec::len), Some(MASKED_PATHS.len()));
+        assert_eq!(json["linux"]["readonlyPaths"].as_array().map(Vec::len), Some(READONLY_PATHS.len()));
+        assert_eq!(json["linux"]["resources"]["devices"][0]["allow"], false);
+    }
+
+    #[test]
+    fn env_defaults_do_not_override() {
+        let mut run = run_spec(NetworkMode::Host);
+        run.env = vec!["PATH=/x".into(), "HOME=/h".into()];
+        assert_eq!(process_env(&run), ["PATH=/x", "HOME=/h"]);
+        run.env.clear();
+        run.user.home = None;
+        assert_eq!(process_env(&run), [format!("PATH={DEFAULT_PATH}"), "HOME=/".to_string()]);
+    }
+
+    #[test]
+    fn mounts_system_first_then_user_parents_first() {
+        let json = to_json(&build_spec(&run_spec(NetworkMode::Host), Path::new("/h"), Path::new("/r")).expect("spec"));
+        let mounts = json["mounts"].as_array().expect("mounts");
+        let dests: Vec<&str> = mounts.iter().filter_map(|m| m["destination"].as_str()).collect();
+        let mut want: Vec<&str> = SYSTEM_MOUNT_DESTINATIONS.to_vec();
+        want.extend(["/a", "/a/b"]);
+        assert_eq!(dests, want);
+        assert_eq!(mounts[5]["options"], serde_json::json!(["nosuid", "noexec", "nodev", "ro"]), "/sys is ro");
+        assert_eq!(mounts[6]["source"], "/h");
+        assert_eq!(mounts[7]["source"], "/r");
+        assert_eq!(mounts[8]["options"], serde_json::json!(["rbind", "rw"]));
+        assert_eq!(mounts[9]["options"], serde_json::json!(["rbind", "ro"]));
+    }
+
+    #[test]
+    fn relative_mount_destination_is_rejected() {
+        let mut run = run_spec(NetworkMode::Host);
+        run.mounts[0].destination = "rel".into();
+        let err = build_spec(&run, Path::new("/h"), Path::new("/r")).expect_err("relative");
+        assert!(matches!(err, RuntimeError::BadMountDestination { ref destination } if destination == "rel"));
+    }
+}

@@ -1,0 +1,361 @@
+//! The local worker: the solver's [`Worker`] over this machine's store, overlayfs and runc.
+//!
+//! Every step that changes files runs on an overlay mount of its input's snapshots with a fresh upper directory;
+//! the upper directory *is* the step's layer (in overlayfs format), so committing a layer is a rename, and its
+//! diff_id is the digest of the tar it would become. A step that changed nothing adds no layer.
+
+use crate::copy::{CopyOptions, copy};
+use crate::overlay::mount_overlay;
+use crate::runtime::{NetworkMode, RunSpec, Runtime};
+use crate::user::resolve_user;
+use rbuild_cache::Store;
+use rbuild_cache::contenthash::{Selection, StatCache, content_digest};
+use rbuild_image::layer::{LayerOptions, diff_id, extract_layer};
+use rbuild_solver::oci::ImageConfig;
+use rbuild_solver::patterns::PatternMatcher;
+use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Network, Op, Output, Worker, WorkerError};
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the worker works and with what.
+pub struct LocalWorker {
+    store: Arc<Store>,
+    runtime: Runtime,
+    context: PathBuf,
+    stat_cache: StatCache,
+    layer_opts: LayerOptions,
+}
+
+impl LocalWorker {
+    /// `context` is the build context directory; `clamp_mtime` is `SOURCE_DATE_EPOCH`, if set.
+    pub fn new(store: Arc<Store>, context: PathBuf, clamp_mtime: Option<i64>) -> Result<LocalWorker, WorkerError> {
+        let runc_state = store.root().join("runc");
+        let runtime = Runtime::new(
+            runc_state,
+            store.tmp_dir("bundles").map_err(|e| WorkerError::failed("preparing the runtime", e))?,
+        )
+        .map_err(|e| WorkerError::failed("preparing the container runtime", e))?;
+        let key = Digest::of(context.as_os_str().as_encoded_bytes());
+        let stat_cache = StatCache::load(&store.root().join("index").join(format!("statcache-{}", &key.hex()[..16])));
+        Ok(LocalWorker { store, runtime, context, stat_cache, layer_opts: LayerOptions { clamp_mtime } })
+    }
+
+    /// Persists what was learned about the context (file digests), for the next build.
+    pub fn finish(&self) {
+        if let Err(e) = self.stat_cache.save() {
+            tracing::warn!(error = %e, "could not save the context stat cache");
+        }
+    }
+
+    /// Snapshot directories of a root filesystem, top-most first (overlayfs lowerdir order).
+    fn lowers(&self, layers: &[Digest]) -> Result<Vec<PathBuf>, WorkerError> {
+        layers
+            .iter()
+            .rev()
+            .map(|l| {
+                let p = self.store.snapshot_path(l);
+                if p.is_dir() {
+                    Ok(p)
+                } else {
+                    Err(WorkerError::failed(format!("layer {l}"), "its snapshot is missing from the store"))
+                }
+            })
+            .collect()
+    }
+
+    /// Mounts `layers` with a fresh upper dir, runs `f` on the merged root, unmounts, and commits the upper dir as a
+    /// new layer if anything changed.
+    fn on_overlay(
+        &self,
+        layers: &[Digest],
+        what: &str,
+        f: impl FnOnce(&Path) -> Result<(), WorkerError>,
+    ) -> Result<Output, WorkerError> {
+        let lowers = self.lowers(layers)?;
+        let dir = self.store.tmp_dir(what).map_err(|e| WorkerError::failed("creating a work directory", e))?;
+        let result = (|| {
+            let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+            let mount = mount_overlay(&lowers, &upper, &work, &merged)
+                .map_err(|e| WorkerError::failed("mounting the step's root filesystem", e))?;
+            let ran = f(&merged);
+            let unmounted =
+                mount.unmount().map_err(|e| WorkerError::failed("unmounting the step's root filesystem", e));
+            ran?;
+            unmounted?;
+            self.commit(layers, &upper)
+        })();
+        let _ = fs::remove_dir_all(&dir);
+        result
+    }
+
+    /// Turns an upper directory into the next layer (or nothing, if it is empty).
+    fn commit(&self, layers: &[Digest], upper: &Path) -> Result<Output, WorkerError> {
+        let lowers = self.lowers(layers)?;
+        prune_copied_up_dirs(upper, upper, &lowers);
+        let empty = fs::read_dir(upper).map(|mut d| d.next().is_none()).unwrap_or(true);
+        let mut out = layers.to_vec();
+        if !empty {
+            let (id, _) =
+                diff_id(upper, &self.layer_opts).map_err(|e| WorkerError::failed("computing the layer digest", e))?;
+            self.store.commit_snapshot(upper, &id).map_err(|e| WorkerError::failed("saving the layer", e))?;
+            out.push(id);
+        }
+        Ok(Output::RootFs(out))
+    }
+
+    /// Makes an image's layers available as snapshots (extracting stored blobs where a snapshot is missing).
+    fn image_rootfs(&self, config_digest: &Digest) -> Result<Output, WorkerError> {
+        let bytes = self
+            .store
+            .read_blob(config_digest)
+            .map_err(|e| WorkerError::failed(format!("reading image config {config_digest}"), e))?;
+        let config: ImageConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| WorkerError::failed(format!("parsing image config {config_digest}"), e))?;
+        for id in &config.rootfs.diff_ids {
+            if self.store.has_snapshot(id) {
+                continue;
+            }
+            let blob =
+                self.store.layer_blobs(id).into_iter().find(|b| self.store.has_blob(&b.digest)).ok_or_else(|| {
+                    WorkerError::failed(
+                        format!("layer {id} of image {config_digest}"),
+                        "neither its snapshot nor its blob is in the store",
+                    )
+                })?;
+            let dest =
+                self.store.tmp_dir("extract").map_err(|e| WorkerError::failed("creating a work directory", e))?;
+            let file = fs::File::open(self.store.blob_path(&blob.digest))
+                .map_err(|e| WorkerError::failed(format!("opening layer blob {}", blob.digest), e))?;
+            let got = extract_layer(std::io::BufReader::new(file), &dest)
+                .map_err(|e| WorkerError::failed(format!("extracting layer {}", blob.digest), e))?;
+            if &got != id {
+                let _ = fs::remove_dir_all(&dest);
+                return Err(WorkerError::failed(
+                    format!("layer {}", blob.digest),
+                    format!("its content has diff_id {got}, the image config says {id}"),
+                ));
+            }
+            self.store.commit_snapshot(&dest, id).map_err(|e| WorkerError::failed("saving the layer", e))?;
+        }
+        Ok(Output::RootFs(config.rootfs.diff_ids))
+    }
+
+    /// A read-only view of a root filesystem's merged tree, for copying from it.
+    fn with_view<T>(&self, input: &Output, f: impl FnOnce(&Path) -> Result<T, WorkerError>) -> Result<T, WorkerError> {
+        match input {
+            Output::Dir(d) => f(d),
+            Output::RootFs(layers) if layers.is_empty() => {
+                let d = self.store.tmp_dir("empty").map_err(|e| WorkerError::failed("creating a work directory", e))?;
+                let r = f(&d);
+                let _ = fs::remove_dir_all(&d);
+                r
+            }
+            Output::RootFs(layers) if layers.len() == 1 => f(&self.store.snapshot_path(&layers[0])),
+            Output::RootFs(layers) => {
+                let lowers = self.lowers(layers)?;
+                let dir =
+                    self.store.tmp_dir("view").map_err(|e| WorkerError::failed("creating a work directory", e))?;
+                let r = (|| {
+                    let mount = mount_overlay(&lowers, &dir.join("upper"), &dir.join("work"), &dir.join("merged"))
+                        .map_err(|e| WorkerError::failed("mounting a stage's filesystem to copy from", e))?;
+                    let r = f(mount.target());
+                    drop(mount);
+                    r
+                })();
+                let _ = fs::remove_dir_all(&dir);
+                r
+            }
+        }
+    }
+
+    fn copy_into(&self, merged: &Path, action: &CopyAction, src: &Output) -> Result<(), WorkerError> {
+        let matcher =
+            PatternMatcher::new(&action.excludes).map_err(|e| WorkerError::failed("invalid exclude pattern", e))?;
+        let excluded = |p: &str| matcher.matches_or_parent_matches(p).unwrap_or(false);
+        let chown = match &action.chown {
+            Some(spec) => {
+                let u = resolve_user(merged, spec).map_err(|e| WorkerError::failed(format!("--chown={spec}"), e))?;
+                Some((u.uid, u.gid))
+            }
+            None => None,
+        };
+        let opts = CopyOptions {
+            chown,
+            chmod: action.chmod,
+            extract_archives: action.extract_archives,
+            keep_owner: action.keep_owner,
+        };
+        self.with_view(src, |src_root| {
+            copy(src_root, &action.sources, &excluded, merged, &action.dest, &opts)
+                .map_err(|e| WorkerError::failed(copy_context(action), e))
+        })
+    }
+}
+
+/// Removes directories that overlayfs copied up without anything in them changing: empty in the upper dir, not
+/// opaque, and with the same mode and owner as in the layers below. They appear when a mount point is created
+/// inside an existing directory (runc's `/etc/hosts` stub) or when a file is created and deleted again; keeping
+/// them would make a step that changed nothing produce a layer.
+fn prune_copied_up_dirs(upper_root: &Path, dir: &Path, lowers: &[PathBuf]) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        if !meta.is_dir() {
+            continue;
+        }
+        prune_copied_up_dirs(upper_root, &path, lowers);
+        let is_empty = fs::read_dir(&path).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let opaque = matches!(xattr::get(&path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y");
+        if !is_empty || opaque {
+            continue;
+        }
+        let Ok(rel) = path.strip_prefix(upper_root) else { continue };
+        let below = lowers.iter().map(|l| l.join(rel)).find_map(|p| fs::symlink_metadata(p).ok());
+        if let Some(lower) = below
+            && lower.is_dir()
+            && lower.mode() == meta.mode()
+            && lower.uid() == meta.uid()
+            && lower.gid() == meta.gid()
+        {
+            let _ = fs::remove_dir(&path);
+        }
+    }
+}
+
+fn copy_context(a: &CopyAction) -> String {
+    format!("copying {} to {}", a.sources.join(" "), a.dest)
+}
+
+/// Creates `path` (and missing parents) in `root` without following symlinks out of it.
+fn mkdir_in_root(root: &Path, path: &str, mode: u32, owner: Option<(u32, u32)>) -> Result<(), WorkerError> {
+    let mut cur = root.to_path_buf();
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part == ".." {
+            return Err(WorkerError::failed(format!("creating {path}"), "the path climbs above /"));
+        }
+        cur.push(part);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(m) if m.file_type().is_symlink() => {
+                let resolved =
+                    rbuild_cache::contenthash::resolve_in_root(root, cur.strip_prefix(root).unwrap_or(&cur), true)
+                        .map_err(|e| WorkerError::failed(format!("creating {path}"), e))?;
+                if resolved.is_dir() {
+                    cur = resolved;
+                    continue;
+                }
+                return Err(WorkerError::failed(
+                    format!("creating {path}"),
+                    format!("{} is not a directory", cur.display()),
+                ));
+            }
+            Ok(_) => {
+                return Err(WorkerError::failed(
+                    format!("creating {path}"),
+                    format!("{part} exists and is not a directory"),
+                ));
+            }
+            Err(_) => {
+                fs::create_dir(&cur).map_err(|e| WorkerError::failed(format!("creating {path}"), e))?;
+                fs::set_permissions(&cur, fs::Permissions::from_mode(mode))
+                    .map_err(|e| WorkerError::failed(format!("creating {path}"), e))?;
+                if let Some((uid, gid)) = owner {
+                    chown(&cur, Some(uid), Some(gid))
+                        .map_err(|e| WorkerError::failed(format!("creating {path}"), e))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Worker for LocalWorker {
+    fn source(&self, op: &Op) -> Result<Output, WorkerError> {
+        match op {
+            Op::Scratch => Ok(Output::RootFs(vec![])),
+            Op::Context { .. } => Ok(Output::Dir(self.context.clone())),
+            Op::Image { digest, .. } => self.image_rootfs(digest),
+            Op::Exec(_) | Op::File(_) => Err(WorkerError::failed("source", "not a source op")),
+        }
+    }
+
+    fn content_digest(&self, input: &Output, action: &CopyAction) -> Result<Digest, WorkerError> {
+        let Output::Dir(root) = input else {
+            return Err(WorkerError::failed("content digest", "only directories are hashed by content"));
+        };
+        let matcher =
+            PatternMatcher::new(&action.excludes).map_err(|e| WorkerError::failed("invalid exclude pattern", e))?;
+        let excluded = |p: &str| matcher.matches_or_parent_matches(p).unwrap_or(false);
+        let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
+        content_digest(root, &sel, &excluded, Some(&self.stat_cache))
+            .map_err(|e| WorkerError::failed(copy_context(action), e))
+    }
+
+    fn exec(&self, op: &ExecOp, inputs: &[Output], log: &mut dyn FnMut(&str)) -> Result<Output, WorkerError> {
+        let layers = inputs.first().map(|o| o.layers().to_vec()).unwrap_or_default();
+        let command = op.args.join(" ");
+        let mut exit = None;
+        let out = self.on_overlay(&layers, "run", |merged| {
+            let user =
+                resolve_user(merged, &op.user).map_err(|e| WorkerError::failed(format!("USER {}", op.user), e))?;
+            if fs::symlink_metadata(merged.join(op.cwd.trim_start_matches('/'))).is_err() {
+                mkdir_in_root(merged, &op.cwd, 0o755, Some((user.uid, user.gid)))?;
+            }
+            let spec = RunSpec {
+                rootfs: merged.to_path_buf(),
+                args: op.args.clone(),
+                env: op.env.clone(),
+                cwd: op.cwd.clone(),
+                user,
+                hostname: "buildkitsandbox".into(),
+                network: match op.network {
+                    Network::Host => NetworkMode::Host,
+                    Network::None => NetworkMode::None,
+                },
+                mounts: vec![],
+            };
+            let result =
+                self.runtime.run(&spec, log).map_err(|e| WorkerError::failed(format!("running {command:?}"), e))?;
+            if result.exit_code != 0 {
+                exit = Some((result.exit_code, result.tail));
+                return Err(WorkerError::failed("run", "non-zero exit"));
+            }
+            Ok(())
+        });
+        match (out, exit) {
+            (_, Some((code, tail))) => Err(WorkerError::ExitCode { command, code, tail }),
+            (r, None) => r,
+        }
+    }
+
+    fn file(&self, op: &FileOp, inputs: &[Output]) -> Result<Output, WorkerError> {
+        let layers = op.dest.and_then(|i| inputs.get(i)).map(|o| o.layers().to_vec()).unwrap_or_default();
+        self.on_overlay(&layers, "file", |merged| {
+            for action in &op.actions {
+                match action {
+                    FileAction::Copy(c) => {
+                        let src =
+                            inputs.get(c.src).ok_or_else(|| WorkerError::failed("copy", "missing source input"))?;
+                        self.copy_into(merged, c, src)?;
+                    }
+                    FileAction::Mkdir { path, mode, owner } => {
+                        let owner = match owner {
+                            Some(spec) => {
+                                let u = resolve_user(merged, spec)
+                                    .map_err(|e| WorkerError::failed(format!("WORKDIR {path}: USER {spec}"), e))?;
+                                Some((u.uid, u.gid))
+                            }
+                            None => None,
+                        };
+                        mkdir_in_root(merged, path, *mode, owner)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}

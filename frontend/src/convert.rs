@@ -1,0 +1,985 @@
+//! Conversion: typed stages → a build graph for the target stage, plus its image config and history.
+//!
+//! Only the stages the target needs are converted (and so only their base images are resolved): a broken stage
+//! that nothing uses cannot fail a build. Expansion happens here because which variables a word sees depends on
+//! where it stands: ARGs before the first FROM are visible to FROM lines only, a stage sees the ARGs it declares
+//! and its ENV, and ENV wins over ARG.
+
+use crate::instructions::{Command, CopyInstr, HealthcheckInstr, Instruction, Located, Location, parse_instruction};
+use crate::parser::{self, Ast};
+use crate::shell::Lexer;
+use rbuild_solver::oci::{Healthcheck, History, ImageConfig, Platform};
+use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// A base image, resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The canonical reference (e.g. `docker.io/library/busybox:latest`).
+    pub reference: String,
+    /// The manifest digest (its identity for cache keys).
+    pub digest: Digest,
+    pub config: ImageConfig,
+}
+
+/// Looks up base images; the CLI implements it over the store and registries, tests with a table.
+pub trait ImageResolver {
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub build_args: BTreeMap<String, String>,
+    /// The stage to build (case-insensitive name or index); the last stage if `None`.
+    pub target: Option<String>,
+    pub platform: Platform,
+    /// Stages whose steps ignore the cache (`--no-cache` = all).
+    pub no_cache: NoCache,
+    /// `.dockerignore` patterns, applied to every read of the build context.
+    pub context_excludes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NoCache {
+    #[default]
+    None,
+    All,
+    Stages(Vec<String>),
+}
+
+/// One entry of the image history, completed after the build knows which steps made layers.
+#[derive(Debug, Clone)]
+pub enum HistoryStep {
+    /// Inherited from the base image as is.
+    Base(History),
+    /// A step that may have made a layer: it did if `output` has more layers than `input`.
+    Layer { created_by: String, input: VertexId, output: VertexId },
+    /// A step that only changed the config.
+    Meta { created_by: String },
+}
+
+/// What to build and what the image will say.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    pub graph: Graph,
+    /// The vertex whose output is the target stage's root filesystem.
+    pub target: VertexId,
+    /// The target's config (`rootfs` and `history` are filled in by the caller from the results).
+    pub config: ImageConfig,
+    pub history: Vec<HistoryStep>,
+    pub warnings: Vec<String>,
+}
+
+/// An error in the Dockerfile, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConvertError {
+    pub message: String,
+    pub hint: Option<String>,
+    pub location: Option<Location>,
+}
+
+impl fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ConvertError {
+    fn at(location: &Location, message: impl Into<String>) -> Self {
+        ConvertError { message: message.into(), hint: None, location: Some(location.clone()) }
+    }
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl From<crate::instructions::InstructionError> for ConvertError {
+    fn from(e: crate::instructions::InstructionError) -> Self {
+        ConvertError { message: e.message, hint: e.hint, location: Some(e.location) }
+    }
+}
+
+struct Stage {
+    name: Option<String>,
+    base: String,
+    platform: Option<String>,
+    from: Location,
+    instructions: Vec<Located>,
+}
+
+#[derive(Clone)]
+struct StageState {
+    rootfs: VertexId,
+    config: ImageConfig,
+    history: Vec<HistoryStep>,
+    /// ARGs declared in this stage, with their values (undefined ones are absent).
+    args: Vec<(String, String)>,
+    cmd_set: bool,
+    no_cache: bool,
+}
+
+/// The automatic platform ARGs, available without a value in the global scope.
+fn platform_args(p: &Platform) -> Vec<(String, String)> {
+    let plat = match &p.variant {
+        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
+        None => format!("{}/{}", p.os, p.architecture),
+    };
+    let variant = p.variant.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for prefix in ["TARGET", "BUILD"] {
+        out.push((format!("{prefix}PLATFORM"), plat.clone()));
+        out.push((format!("{prefix}OS"), p.os.clone()));
+        out.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        out.push((format!("{prefix}VARIANT"), variant.clone()));
+    }
+    out
+}
+
+struct Converter<'a> {
+    opts: &'a ConvertOptions,
+    resolver: &'a dyn ImageResolver,
+    lexer: Lexer,
+    stages: Vec<Stage>,
+    /// Values of the ARGs declared before the first FROM (after --build-arg overrides).
+    meta_args: Vec<(String, String)>,
+    built: Vec<Option<StageState>>,
+    in_progress: Vec<bool>,
+    graph: Graph,
+    context: Option<VertexId>,
+    images: BTreeMap<String, (VertexId, ResolvedImage)>,
+    used_args: BTreeSet<String>,
+    warnings: Vec<String>,
+}
+
+/// Converts a parsed Dockerfile into a build plan for its target stage.
+pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -> Result<BuildPlan, ConvertError> {
+    let mut c = Converter {
+        opts,
+        resolver,
+        lexer: Lexer::new(ast.escape),
+        stages: Vec::new(),
+        meta_args: Vec::new(),
+        built: Vec::new(),
+        in_progress: Vec::new(),
+        graph: Graph::default(),
+        context: None,
+        images: BTreeMap::new(),
+        used_args: BTreeSet::new(),
+        warnings: Vec::new(),
+    };
+    c.split_stages(ast)?;
+    let target = c.target_index()?;
+    let state = c.build_stage(target)?;
+    for name in opts.build_args.keys() {
+        if !c.used_args.contains(name) && !rbuild_solver::key::PROXY_VARS.contains(&name.as_str()) {
+            c.warnings.push(format!("[Warning] One or more build-args [{name}] were not consumed"));
+        }
+    }
+    Ok(BuildPlan {
+        graph: c.graph,
+        target: state.rootfs,
+        config: state.config,
+        history: state.history,
+        warnings: c.warnings,
+    })
+}
+
+impl Converter<'_> {
+    fn split_stages(&mut self, ast: &Ast) -> Result<(), ConvertError> {
+        let mut global: BTreeMap<String, String> = platform_args(&self.opts.platform).into_iter().collect();
+        for node in &ast.root.children {
+            let located = parse_instruction(node)?;
+            match &located.instruction {
+                Instruction::From { image, name, platform } => {
+                    if let Some(n) = name {
+                        if let Some(prev) = self.stages.iter().find(|s| s.name.as_deref() == Some(n)) {
+                            return Err(ConvertError::at(&located.location, format!("duplicate stage name {n:?}"))
+                                .hint(format!("the name is first used on line {}", prev.from.start_line)));
+                        }
+                        if n.parse::<usize>().is_ok() || !valid_stage_name(n) {
+                            return Err(ConvertError::at(&located.location, format!("invalid stage name {n:?}")).hint(
+                                "stage names start with a letter and contain letters, digits, '-', '_' and '.'",
+                            ));
+                        }
+                    }
+                    self.stages.push(Stage {
+                        name: name.clone(),
+                        base: image.clone(),
+                        platform: platform.clone(),
+                        from: located.location.clone(),
+                        instructions: Vec::new(),
+                    });
+                }
+                Instruction::Arg(args) if self.stages.is_empty() => {
+                    for (k, default) in args {
+                        let value = match self.opts.build_args.get(k) {
+                            Some(v) => {
+                                self.used_args.insert(k.clone());
+                                Some(v.clone())
+                            }
+                            None => match default {
+                                Some(d) => Some(self.expand(d, &global, &located.location)?),
+                                None => None,
+                            },
+                        };
+                        if let Some(v) = value {
+                            global.insert(k.clone(), v.clone());
+                            self.meta_args.retain(|(n, _)| n != k);
+                            self.meta_args.push((k.clone(), v));
+                        }
+                    }
+                }
+                _ if self.stages.is_empty() => {
+                    return Err(ConvertError::at(
+                        &located.location,
+                        format!("{} before the first FROM", keyword(&located.original)),
+                    )
+                    .hint("only ARG can come before the first FROM"));
+                }
+                _ => {
+                    if let Some(stage) = self.stages.last_mut() {
+                        stage.instructions.push(located);
+                    }
+                }
+            }
+        }
+        if self.stages.is_empty() {
+            return Err(ConvertError {
+                message: "the Dockerfile has no FROM instruction".into(),
+                hint: Some("start with FROM <image> or FROM scratch".into()),
+                location: None,
+            });
+        }
+        self.built = vec![None; self.stages.len()];
+        self.in_progress = vec![false; self.stages.len()];
+        Ok(())
+    }
+
+    fn target_index(&self) -> Result<usize, ConvertError> {
+        match &self.opts.target {
+            None => Ok(self.stages.len() - 1),
+            Some(t) => {
+                let t = t.to_lowercase();
+                self.stages.iter().position(|s| s.name.as_deref() == Some(&t)).ok_or_else(|| {
+                    let names: Vec<&str> = self.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                    let hint = match crate::suggest(&t, &names) {
+                        Some(s) => format!("did you mean {s:?}?"),
+                        None => format!("stages are: {}", names.join(", ")),
+                    };
+                    ConvertError {
+                        message: format!("target stage {t:?} could not be found"),
+                        hint: Some(hint),
+                        location: None,
+                    }
+                })
+            }
+        }
+    }
+
+    /// The global scope FROM lines see: platform ARGs and the meta ARGs.
+    fn global_env(&self) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = platform_args(&self.opts.platform).into_iter().collect();
+        env.extend(self.meta_args.iter().cloned());
+        env
+    }
+
+    fn expand(&self, word: &str, env: &BTreeMap<String, String>, at: &Location) -> Result<String, ConvertError> {
+        self.lexer.process_word(word, env).map_err(|e| ConvertError::at(at, format!("failed to expand {word:?}: {e}")))
+    }
+
+    /// A stage referred to by `--from`/`FROM`: a name (case-insensitive) or an index of an earlier stage.
+    fn find_stage(&self, reference: &str, current: usize, at: &Location) -> Result<Option<usize>, ConvertError> {
+        let lower = reference.to_lowercase();
+        if let Some(i) = self.stages.iter().position(|s| s.name.as_deref() == Some(&lower)) {
+            if i >= current {
+                return Err(ConvertError::at(
+                    at,
+                    format!("stage {reference:?} is used before it is defined (or by itself)"),
+                )
+                .hint(format!(
+                    "stage {reference:?} starts on line {}; a stage can only use earlier stages",
+                    self.stages[i].from.start_line
+                )));
+            }
+            return Ok(Some(i));
+        }
+        if let Ok(i) = reference.parse::<usize>() {
+            if i >= current {
+                return Err(ConvertError::at(at, format!("stage index {i} is not an earlier stage"))
+                    .hint(format!("stage indexes start at 0; this is stage {current}")));
+            }
+            return Ok(Some(i));
+        }
+        Ok(None)
+    }
+
+    fn image_vertex(&mut self, reference: &str, at: &Location) -> Result<(VertexId, ResolvedImage), ConvertError> {
+        if let Some(v) = self.images.get(reference) {
+            return Ok(v.clone());
+        }
+        let resolved = self
+            .resolver
+            .resolve(reference, &self.opts.platform)
+            .map_err(|e| ConvertError::at(at, format!("failed to resolve base image {reference:?}: {e}")))?;
+        let v = self.graph.add(Vertex {
+            op: Op::Image { reference: resolved.reference.clone(), digest: resolved.digest.clone() },
+            inputs: vec![],
+            name: format!("[internal] load {}", resolved.reference),
+            ignore_cache: false,
+        });
+        self.images.insert(reference.to_string(), (v, resolved.clone()));
+        Ok((v, resolved))
+    }
+
+    fn context_vertex(&mut self) -> VertexId {
+        *self.context.get_or_insert_with(|| {
+            self.graph.add(Vertex {
+                op: Op::Context { name: "context".into() },
+                inputs: vec![],
+                name: "[internal] load build context".into(),
+                ignore_cache: false,
+            })
+        })
+    }
+
+    fn build_stage(&mut self, index: usize) -> Result<StageState, ConvertError> {
+        if let Some(s) = &self.built[index] {
+            return Ok(s.clone());
+        }
+        if self.in_progress[index] {
+            return Err(ConvertError::at(&self.stages[index].from, "circular dependency between stages"));
+        }
+        self.in_progress[index] = true;
+        let global = self.global_env();
+        let from_at = self.stages[index].from.clone();
+        let base = self.expand(&self.stages[index].base.clone(), &global, &from_at)?;
+        if let Some(p) = self.stages[index].platform.clone() {
+            let p = self.expand(&p, &global, &from_at)?;
+            let host = &self.opts.platform;
+            if !p.is_empty()
+                && p != format!("{}/{}", host.os, host.architecture)
+                && !p.starts_with(&format!("{}/{}/", host.os, host.architecture))
+            {
+                self.warnings.push(format!(
+                    "line {}: FROM --platform={p} differs from the build platform; building for {}/{}",
+                    from_at.start_line, host.os, host.architecture
+                ));
+            }
+        }
+        let no_cache = match &self.opts.no_cache {
+            NoCache::None => false,
+            NoCache::All => true,
+            NoCache::Stages(names) => {
+                let name = self.stages[index].name.clone().unwrap_or_default();
+                names.iter().any(|n| n.eq_ignore_ascii_case(&name) || n == &index.to_string())
+            }
+        };
+        let mut state = if base.eq_ignore_ascii_case("scratch") {
+            let v =
+                self.graph.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+            let config = ImageConfig {
+                architecture: self.opts.platform.architecture.clone(),
+                os: self.opts.platform.os.clone(),
+                variant: self.opts.platform.variant.clone(),
+                config: rbuild_solver::oci::ContainerConfig {
+                    env: Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            StageState { rootfs: v, config, history: vec![], args: vec![], cmd_set: false, no_cache }
+        } else if let Some(parent) = self.find_stage(&base, index, &from_at)? {
+            let mut s = self.build_stage(parent)?;
+            s.args.clear();
+            s.cmd_set = false;
+            s.no_cache = no_cache;
+            s
+        } else {
+            let (v, img) = self.image_vertex(&base, &from_at)?;
+            let mut config = img.config.clone();
+            let history = config.history.drain(..).map(HistoryStep::Base).collect();
+            config.rootfs = Default::default();
+            if config.config.env.is_none() {
+                config.config.env =
+                    Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]);
+            }
+            StageState { rootfs: v, config, history, args: vec![], cmd_set: false, no_cache }
+        };
+        // ONBUILD triggers of the base run first, and are not inherited further.
+        let triggers = state.config.config.on_build.take().unwrap_or_default();
+        for trigger in triggers {
+            let ast = parser::parse(&trigger).map_err(|e| {
+                ConvertError::at(&from_at, format!("invalid ONBUILD trigger {trigger:?} in the base image: {e}"))
+            })?;
+            for node in &ast.root.children {
+                let mut located = parse_instruction(node).map_err(|e| {
+                    ConvertError::at(&from_at, format!("invalid ONBUILD trigger {trigger:?}: {}", e.message))
+                })?;
+                located.location = from_at.clone();
+                self.dispatch(index, &mut state, &located)?;
+            }
+        }
+        let instructions = self.stages[index].instructions.clone();
+        for located in &instructions {
+            self.dispatch(index, &mut state, located)?;
+        }
+        self.in_progress[index] = false;
+        self.built[index] = Some(state.clone());
+        Ok(state)
+    }
+
+    /// The variables a word in a stage sees: declared ARGs, overridden by ENV.
+    fn stage_env(&self, state: &StageState) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = state.args.iter().cloned().collect();
+        for e in state.config.config.env.iter().flatten() {
+            let (k, v) = e.split_once('=').unwrap_or((e, ""));
+            env.insert(k.to_string(), v.to_string());
+        }
+        env
+    }
+
+    fn step_name(&self, index: usize, state: &StageState, original: &str) -> String {
+        let stage = self.stages[index].name.clone().unwrap_or_else(|| format!("stage-{index}"));
+        let _ = state;
+        format!("[{stage}] {}", one_line(original))
+    }
+
+    fn dispatch(&mut self, index: usize, state: &mut StageState, located: &Located) -> Result<(), ConvertError> {
+        let at = &located.location;
+        let env = self.stage_env(state);
+        match &located.instruction {
+            Instruction::From { .. } => unreachable!("FROM starts a stage"),
+            Instruction::Arg(args) => {
+                let mut shown = Vec::new();
+                for (k, default) in args {
+                    let value = if let Some(v) = self.opts.build_args.get(k) {
+                        self.used_args.insert(k.clone());
+                        Some(v.clone())
+                    } else if let Some(d) = default {
+                        Some(self.expand(d, &env, at)?)
+                    } else if let Some((_, v)) = self.meta_args.iter().find(|(n, _)| n == k) {
+                        Some(v.clone())
+                    } else {
+                        platform_args(&self.opts.platform).into_iter().find(|(n, _)| n == k).map(|(_, v)| v)
+                    };
+                    state.args.retain(|(n, _)| n != k);
+                    match value {
+                        Some(v) => {
+                            shown.push(format!("{k}={v}"));
+                            state.args.push((k.clone(), v));
+                        }
+                        None => shown.push(k.clone()),
+                    }
+                }
+                state.history.push(HistoryStep::Meta { created_by: format!("ARG {}", shown.join(" ")) });
+            }
+            Instruction::Env(pairs) => {
+                let mut env = env;
+                let mut shown = Vec::new();
+                for (k, v) in pairs {
+                    let k = self.expand(k, &env, at)?;
+                    let v = self.expand(v, &env, at)?;
+                    set_env(&mut state.config, &k, &v);
+                    env.insert(k.clone(), v.clone());
+                    shown.push(format!("{k}={v}"));
+                }
+                state.history.push(HistoryStep::Meta { created_by: format!("ENV {}", shown.join(" ")) });
+            }
+            Instruction::Label(pairs) => {
+                let mut shown = Vec::new();
+                for (k, v) in pairs {
+                    let k = self.expand(k, &env, at)?;
+                    let v = self.expand(v, &env, at)?;
+                    shown.push(format!("{k}={v}"));
+                    state.config.config.labels.get_or_insert_with(BTreeMap::new).insert(k, v);
+                }
+                state.history.push(HistoryStep::Meta { created_by: format!("LABEL {}", shown.join(" ")) });
+            }
+            Instruction::Maintainer(m) => {
+                state.config.author = Some(m.clone());
+                state.history.push(HistoryStep::Meta { created_by: format!("MAINTAINER {m}") });
+            }
+            Instruction::Expose(ports) => {
+                let mut shown = Vec::new();
+                for p in ports {
+                    for word in self
+                        .lexer
+                        .process_words(p, &env)
+                        .map_err(|e| ConvertError::at(at, format!("failed to expand {p:?}: {e}")))?
+                    {
+                        let port = normalize_port(&word).ok_or_else(|| {
+                            ConvertError::at(at, format!("invalid port {word:?}"))
+                                .hint("EXPOSE <port>[/tcp|/udp|/sctp]")
+                        })?;
+                        shown.push(port.clone());
+                        state.config.config.exposed_ports.insert(port, serde_json::json!({}));
+                    }
+                }
+                state.history.push(HistoryStep::Meta { created_by: format!("EXPOSE {}", shown.join(" ")) });
+            }
+            Instruction::User(u) => {
+                let u = self.expand(u, &env, at)?;
+                state.config.config.user = Some(u.clone());
+                state.history.push(HistoryStep::Meta { created_by: format!("USER {u}") });
+            }
+            Instruction::Stopsignal(s) => {
+                let s = self.expand(s, &env, at)?;
+                if !valid_signal(&s) {
+                    return Err(ConvertError::at(at, format!("invalid signal {s:?}"))
+                        .hint("STOPSIGNAL SIGTERM, STOPSIGNAL 15, ..."));
+                }
+                state.config.config.stop_signal = Some(s.clone());
+                state.history.push(HistoryStep::Meta { created_by: format!("STOPSIGNAL {s}") });
+            }
+            Instruction::Volume(vols) => {
+                let mut shown = Vec::new();
+                for v in vols {
+                    let v = self.expand(v, &env, at)?;
+                    if v.is_empty() {
+                        return Err(ConvertError::at(at, "VOLUME specified can not be an empty string"));
+                    }
+                    shown.push(v.clone());
+                    state.config.config.volumes.insert(v, serde_json::json!({}));
+                }
+                state.history.push(HistoryStep::Meta { created_by: format!("VOLUME [{}]", shown.join(" ")) });
+            }
+            Instruction::Cmd(c) => {
+                let args = self.command_args(state, c);
+                state.history.push(HistoryStep::Meta { created_by: format!("CMD {}", json_list(&args)) });
+                state.config.config.cmd = Some(args);
+                state.cmd_set = true;
+            }
+            Instruction::Entrypoint(c) => {
+                let args = self.command_args(state, c);
+                state.history.push(HistoryStep::Meta { created_by: format!("ENTRYPOINT {}", json_list(&args)) });
+                state.config.config.entrypoint = Some(args);
+                if !state.cmd_set {
+                    state.config.config.cmd = None;
+                }
+            }
+            Instruction::Shell(args) => {
+                state.config.config.shell = Some(args.clone());
+                state.history.push(HistoryStep::Meta { created_by: format!("SHELL {}", json_list(args)) });
+            }
+            Instruction::Onbuild(trigger) => {
+                state.config.config.on_build.get_or_insert_with(Vec::new).push(trigger.clone());
+                state.history.push(HistoryStep::Meta { created_by: format!("ONBUILD {trigger}") });
+            }
+            Instruction::Healthcheck(h) => {
+                let hc = self.healthcheck(state, h, at)?;
+                state.config.config.healthcheck = Some(hc);
+                state.history.push(HistoryStep::Meta {
+                    created_by: format!("HEALTHCHECK {}", one_line(&strip_keyword(&located.original))),
+                });
+            }
+            Instruction::Workdir(w) => {
+                let w = self.expand(w, &env, at)?;
+                let path = join_path(state.config.config.working_dir.as_deref().unwrap_or("/"), &w);
+                state.config.config.working_dir = Some(path.clone());
+                let owner = state.config.config.user.clone().filter(|u| !u.is_empty());
+                let input = state.rootfs;
+                let name = self.step_name(index, state, &located.original);
+                state.rootfs = self.graph.add(Vertex {
+                    op: Op::File(FileOp {
+                        dest: Some(0),
+                        actions: vec![FileAction::Mkdir { path: path.clone(), mode: 0o755, owner }],
+                    }),
+                    inputs: vec![input],
+                    name,
+                    ignore_cache: state.no_cache,
+                });
+                state.history.push(HistoryStep::Layer {
+                    created_by: format!("WORKDIR {path}"),
+                    input,
+                    output: state.rootfs,
+                });
+            }
+            Instruction::Run(run) => self.dispatch_run(index, state, located, run)?,
+            Instruction::Copy(c) => self.dispatch_copy(index, state, located, c, false)?,
+            Instruction::Add(c) => self.dispatch_copy(index, state, located, c, true)?,
+        }
+        Ok(())
+    }
+
+    fn shell(state: &StageState) -> Vec<String> {
+        state.config.config.shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    fn command_args(&self, state: &StageState, c: &Command) -> Vec<String> {
+        match c {
+            Command::Exec(v) => v.clone(),
+            Command::Shell(s) => {
+                let mut v = Self::shell(state);
+                v.push(s.clone());
+                v
+            }
+        }
+    }
+
+    fn healthcheck(
+        &self,
+        state: &StageState,
+        h: &HealthcheckInstr,
+        at: &Location,
+    ) -> Result<Healthcheck, ConvertError> {
+        let dur = |v: &Option<String>, name: &str| -> Result<Option<i64>, ConvertError> {
+            match v {
+                None => Ok(None),
+                Some(s) => parse_duration(s).map(Some).ok_or_else(|| {
+                    ConvertError::at(at, format!("invalid duration {s:?} for --{name}"))
+                        .hint("durations look like 30s, 1m30s, 500ms")
+                }),
+            }
+        };
+        let test = match &h.test {
+            None => vec!["NONE".to_string()],
+            Some(Command::Exec(v)) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
+            Some(Command::Shell(s)) => vec!["CMD-SHELL".to_string(), s.clone()],
+        };
+        let _ = state;
+        let retries = match &h.retries {
+            None => None,
+            Some(r) => Some(
+                r.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| ConvertError::at(at, format!("invalid --retries value {r:?}")))?,
+            ),
+        };
+        Ok(Healthcheck {
+            test: Some(test),
+            interval: dur(&h.interval, "interval")?,
+            timeout: dur(&h.timeout, "timeout")?,
+            start_period: dur(&h.start_period, "start-period")?,
+            start_interval: dur(&h.start_interval, "start-interval")?,
+            retries,
+        })
+    }
+
+    /// Environment of a RUN: the image's ENV plus the stage's ARGs (ENV wins), plus proxy build args.
+    fn run_env(&mut self, state: &StageState) -> Vec<String> {
+        let mut env: Vec<String> = state.config.config.env.clone().unwrap_or_default();
+        let has =
+            |env: &Vec<String>, k: &str| env.iter().any(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) == k);
+        for (k, v) in &state.args {
+            if !has(&env, k) {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        for p in rbuild_solver::key::PROXY_VARS {
+            if let Some(v) = self.opts.build_args.get(*p)
+                && !has(&env, p)
+            {
+                self.used_args.insert(p.to_string());
+                env.push(format!("{p}={v}"));
+            }
+        }
+        env
+    }
+
+    fn dispatch_run(
+        &mut self,
+        index: usize,
+        state: &mut StageState,
+        located: &Located,
+        run: &crate::instructions::RunInstr,
+    ) -> Result<(), ConvertError> {
+        let at = &located.location;
+        if !run.mounts.is_empty() {
+            return Err(ConvertError::at(at, "RUN --mount is not supported yet").hint("remove the --mount flag"));
+        }
+        let network = match run.network.as_deref() {
+            None | Some("default") | Some("host") => Network::Host,
+            Some("none") => Network::None,
+            Some(other) => {
+                return Err(ConvertError::at(at, format!("unsupported network mode {other:?}"))
+                    .hint("use --network=default, none or host"));
+            }
+        };
+        if let Some(sec) = &run.security
+            && sec != "sandbox"
+        {
+            return Err(ConvertError::at(at, format!("RUN --security={sec} is not allowed"))
+                .hint("rbuild runs every step sandboxed"));
+        }
+        let args = match (&run.command, run.heredocs.as_slice()) {
+            (Command::Exec(v), _) => v.clone(),
+            (Command::Shell(cmd), [only]) if is_heredoc_marker(cmd) => {
+                // `RUN <<EOF` alone: the heredoc is the script.
+                let mut v = Self::shell(state);
+                v.push(only.content.clone());
+                v
+            }
+            (Command::Shell(cmd), docs) => {
+                let mut script = cmd.clone();
+                for d in docs {
+                    script.push('\n');
+                    script.push_str(&d.content);
+                    if !d.content.ends_with('\n') {
+                        script.push('\n');
+                    }
+                    script.push_str(&d.name);
+                }
+                let mut v = Self::shell(state);
+                v.push(script);
+                v
+            }
+        };
+        let env = self.run_env(state);
+        let input = state.rootfs;
+        let name = self.step_name(index, state, &located.original);
+        let exec = ExecOp {
+            args: args.clone(),
+            env,
+            cwd: state.config.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+            user: state.config.config.user.clone().unwrap_or_default(),
+            network,
+        };
+        state.rootfs =
+            self.graph.add(Vertex { op: Op::Exec(exec), inputs: vec![input], name, ignore_cache: state.no_cache });
+        let arg_prefix = if state.args.is_empty() {
+            String::new()
+        } else {
+            let shown: Vec<String> = state.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("|{} {} ", shown.len(), shown.join(" "))
+        };
+        state.history.push(HistoryStep::Layer {
+            created_by: format!("RUN {arg_prefix}{} # buildkit", args.join(" ")),
+            input,
+            output: state.rootfs,
+        });
+        Ok(())
+    }
+
+    fn dispatch_copy(
+        &mut self,
+        index: usize,
+        state: &mut StageState,
+        located: &Located,
+        c: &CopyInstr,
+        is_add: bool,
+    ) -> Result<(), ConvertError> {
+        let at = &located.location;
+        let kw = if is_add { "ADD" } else { "COPY" };
+        let env = self.stage_env(state);
+        if !c.heredocs.is_empty() {
+            return Err(ConvertError::at(at, format!("{kw} with a heredoc is not supported yet")));
+        }
+        if c.parents {
+            return Err(ConvertError::at(at, format!("{kw} --parents is not supported yet")));
+        }
+        if c.checksum.is_some() {
+            return Err(ConvertError::at(at, "ADD --checksum is not supported yet"));
+        }
+        let mut sources = Vec::new();
+        for s in &c.sources {
+            let s = self.expand(s, &env, at)?;
+            if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@") {
+                return Err(ConvertError::at(at, format!("{kw} from a URL ({s}) is not supported yet")));
+            }
+            sources.push(s);
+        }
+        let dest = self.expand(&c.dest, &env, at)?;
+        let workdir = state.config.config.working_dir.clone().unwrap_or_else(|| "/".into());
+        let dir_dest = dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest.is_empty();
+        let mut dest_path = join_path(&workdir, &dest);
+        if dir_dest && !dest_path.ends_with('/') {
+            dest_path.push('/');
+        }
+        let chown = match &c.chown {
+            Some(v) => Some(self.expand(v, &env, at)?),
+            None => None,
+        };
+        let chmod = match &c.chmod {
+            Some(v) => {
+                let v = self.expand(v, &env, at)?;
+                Some(u32::from_str_radix(&v, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
+                    ConvertError::at(at, format!("invalid --chmod value {v:?}"))
+                        .hint("--chmod takes an octal mode such as 755")
+                })?)
+            }
+            None => None,
+        };
+        let mut excludes = Vec::new();
+        for e in &c.excludes {
+            excludes.push(self.expand(e, &env, at)?);
+        }
+        let (src_vertex, keep_owner) = match &c.from {
+            None => {
+                excludes.splice(0..0, self.opts.context_excludes.iter().cloned());
+                (self.context_vertex(), false)
+            }
+            Some(from) => {
+                let from = self.expand(from, &self.global_env(), at)?;
+                match self.find_stage(&from, index, at)? {
+                    Some(i) => (self.build_stage(i)?.rootfs, true),
+                    None => (self.image_vertex(&from, at)?.0, true),
+                }
+            }
+        };
+        let input = state.rootfs;
+        let name = self.step_name(index, state, &located.original);
+        state.rootfs = self.graph.add(Vertex {
+            op: Op::File(FileOp {
+                dest: Some(0),
+                actions: vec![FileAction::Copy(CopyAction {
+                    src: 1,
+                    sources: sources.clone(),
+                    dest: dest_path.clone(),
+                    chown,
+                    chmod,
+                    extract_archives: is_add,
+                    keep_owner,
+                    excludes,
+                })],
+            }),
+            inputs: vec![input, src_vertex],
+            name,
+            ignore_cache: state.no_cache,
+        });
+        let from = c.from.as_ref().map(|f| format!("--from={f} ")).unwrap_or_default();
+        state.history.push(HistoryStep::Layer {
+            created_by: format!("{kw} {from}{} {dest} # buildkit", sources.join(" ")),
+            input,
+            output: state.rootfs,
+        });
+        Ok(())
+    }
+}
+
+fn set_env(config: &mut ImageConfig, key: &str, value: &str) {
+    let env = config.config.env.get_or_insert_with(Vec::new);
+    let entry = format!("{key}={value}");
+    match env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+        Some(e) => *e = entry,
+        None => env.push(entry),
+    }
+}
+
+fn is_heredoc_marker(cmd: &str) -> bool {
+    let t = cmd.trim();
+    t.starts_with("<<") && !t.contains(char::is_whitespace)
+}
+
+fn valid_stage_name(n: &str) -> bool {
+    n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+fn keyword(original: &str) -> String {
+    original.split_whitespace().next().unwrap_or("").to_uppercase()
+}
+
+fn strip_keyword(original: &str) -> String {
+    let t = original.trim_start();
+    t.find(char::is_whitespace).map_or(String::new(), |i| t[i..].trim().to_string())
+}
+
+fn one_line(s: &str) -> String {
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.chars().count() > 100 { format!("{}...", s.chars().take(97).collect::<String>()) } else { s }
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Joins a path onto the working directory and cleans it lexically (no `.`/`..`, no doubled slashes).
+pub fn join_path(base: &str, path: &str) -> String {
+    let full = if path.starts_with('/') { path.to_string() } else { format!("{base}/{path}") };
+    let mut parts: Vec<&str> = Vec::new();
+    for p in full.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+fn normalize_port(p: &str) -> Option<String> {
+    let (port, proto) = match p.split_once('/') {
+        Some((port, proto)) => (port, proto.to_lowercase()),
+        None => (p, "tcp".to_string()),
+    };
+    let valid_num = |s: &str| s.parse::<u16>().is_ok();
+    let ok = match port.split_once('-') {
+        Some((a, b)) => valid_num(a) && valid_num(b),
+        None => valid_num(port),
+    };
+    (ok && matches!(proto.as_str(), "tcp" | "udp" | "sctp")).then(|| format!("{port}/{proto}"))
+}
+
+fn valid_signal(s: &str) -> bool {
+    if let Ok(n) = s.parse::<u32>() {
+        return (1..=64).contains(&n);
+    }
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-') && !name.is_empty()
+}
+
+/// Go-style durations (`1h2m3.5s`, `300ms`) in nanoseconds.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    if s == "0" {
+        return Some(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += n * mult;
+    }
+    Some(total as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_join_like_workdir() {
+        assert_eq!(join_path("/", "app"), "/app");
+        assert_eq!(join_path("/app", "src/../lib"), "/app/lib");
+        assert_eq!(join_path("/app", "/abs"), "/abs");
+        assert_eq!(join_path("/app", "."), "/app");
+    }
+
+    #[test]
+    fn durations_and_ports() {
+        assert_eq!(parse_duration("30s"), Some(30_000_000_000));
+        assert_eq!(parse_duration("1m30s"), Some(90_000_000_000));
+        assert_eq!(parse_duration("500ms"), Some(500_000_000));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(normalize_port("80").as_deref(), Some("80/tcp"));
+        assert_eq!(normalize_port("53/UDP").as_deref(), Some("53/udp"));
+        assert_eq!(normalize_port("http"), None);
+    }
+}

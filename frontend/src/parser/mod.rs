@@ -1,0 +1,852 @@
+//! Dockerfile text to a syntax tree, reproducing BuildKit's parser (`frontend/dockerfile/parser`) byte for byte.
+//!
+//! The tree has BuildKit's shape on purpose: the root has one child per instruction, and each instruction keeps
+//! its arguments as the flat `next` list its per-instruction splitting rule produced (ENV as key/value/separator
+//! triples, FROM split on blanks, RUN as one string unless it is a JSON array, ...). Keeping that shape lets the
+//! conformance suite compare [`Node::dump`] with BuildKit's golden `result` files, and leaves the interpretation
+//! (flags, stages, variable expansion) to the typed layer above.
+//!
+//! The quirks that real Dockerfiles rely on are kept: parser directives only before anything else, comment and
+//! blank lines skipped inside continuations (with a warning for the blank ones), continuation lines keeping their
+//! leading whitespace, heredoc bodies read verbatim after the instruction line, `--flags` unquoted byte by byte,
+//! and a malformed JSON array silently meaning shell form.
+
+mod json;
+pub mod quote;
+
+use std::fmt;
+
+use crate::shell::{Lexer, NoEnv, ShellError};
+use json::JsonArray;
+use quote::{go_lower, go_quote, go_quote_list};
+
+/// The longest physical line Go's line scanner accepts (its 64 KiB buffer, newline included).
+const MAX_LINE: usize = 64 * 1024;
+
+/// A heredoc attached to a RUN/COPY/ADD instruction (`<<EOF` ... `EOF`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Heredoc {
+    /// The terminator word, quotes removed.
+    pub name: String,
+    /// The body lines exactly as written, each with its line ending; leading tabs are NOT removed here even with
+    /// `<<-` (see [`chomp_heredoc_content`]).
+    pub content: String,
+    /// False when any part of the terminator word was quoted: the body must not be variable-expanded.
+    pub expand: bool,
+    /// `<<-`: leading tabs are stripped from the body and the terminator line.
+    pub chomp: bool,
+    /// The file descriptor written before `<<` (`3<<EOF`), 0 when absent.
+    pub file_descriptor: u64,
+}
+
+/// One node of the tree; see the module documentation for its shape.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Node {
+    /// Instruction nodes: the lowercased instruction name; argument nodes: the argument.
+    pub value: String,
+    /// The argument chain, in order (BuildKit's `Next` list, flattened). For ONBUILD it holds one node whose
+    /// `children` is the inner instruction.
+    pub next: Vec<Node>,
+    /// Root: one node per instruction. The argument node of ONBUILD: the one inner instruction.
+    pub children: Vec<Node>,
+    /// Leading `--flag[=value]` words, quotes removed as BuildKit does.
+    pub flags: Vec<String>,
+    /// The arguments were given in JSON (exec) form.
+    pub json: bool,
+    /// The logical line (continuations joined) as BuildKit keeps it.
+    pub original: String,
+    pub heredocs: Vec<Heredoc>,
+    /// 1-based, inclusive; for an instruction with heredocs `end_line` is the last terminator line.
+    pub start_line: usize,
+    pub end_line: usize,
+    /// The comment lines directly above the instruction (without `#`), as BuildKit collects them.
+    pub prev_comment: Vec<String>,
+}
+
+impl Node {
+    /// BuildKit's `Node.Dump()`; for the root, `dump() + "\n"` equals a golden `result` file.
+    pub fn dump(&self) -> String {
+        let mut s = go_lower(&self.value);
+        if !self.flags.is_empty() {
+            s.push(' ');
+            s.push_str(&go_quote_list(&self.flags));
+        }
+        for c in &self.children {
+            s.push('(');
+            s.push_str(&c.dump());
+            s.push_str(")\n");
+        }
+        for n in &self.next {
+            s.push(' ');
+            if n.children.is_empty() {
+                s.push_str(&go_quote(&n.value));
+            } else {
+                s.push_str(&n.dump());
+            }
+        }
+        s.trim().to_string()
+    }
+
+    /// The instruction ONBUILD wraps, if this is an ONBUILD node with one.
+    pub fn onbuild_inner(&self) -> Option<&Node> {
+        self.next.first().and_then(|n| n.children.first())
+    }
+
+    /// Whether heredoc bodies follow this instruction's line (RUN/COPY/ADD in shell form, also behind ONBUILD).
+    fn can_contain_heredoc(&self) -> bool {
+        let node = if self.value == "onbuild" { self.onbuild_inner().unwrap_or(self) } else { self };
+        matches!(node.value.as_str(), "add" | "copy" | "run") && !node.json
+    }
+}
+
+/// A non-fatal finding, e.g. an empty line inside a continuation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub message: String,
+    /// 1-based line the warning refers to.
+    pub line: usize,
+}
+
+/// A parser directive (`# syntax=`, `# escape=`, `# check=`) from the top of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directive {
+    /// Lowercased name.
+    pub name: String,
+    pub value: String,
+    pub line: usize,
+}
+
+/// A parsed Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ast {
+    pub root: Node,
+    /// The escape character (`\` unless `# escape=` changed it).
+    pub escape: char,
+    /// The value of the `# syntax=` directive, if any.
+    pub syntax: Option<String>,
+    pub warnings: Vec<Warning>,
+    /// All parser directives, in order.
+    pub directives: Vec<Directive>,
+}
+
+impl Ast {
+    /// The value of a parser directive (`"syntax"`, `"escape"`, `"check"`).
+    pub fn directive(&self, name: &str) -> Option<&str> {
+        self.directives.iter().find(|d| d.name == name).map(|d| d.value.as_str())
+    }
+}
+
+/// Why a heredoc word could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeredocError {
+    #[error("invalid heredoc terminator: {0}")]
+    Lex(#[from] ShellError),
+    #[error("internal lexing of heredoc produced inconsistent results: {rest}")]
+    Inconsistent { rest: String },
+}
+
+/// What is wrong with a Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseErrorKind {
+    #[error("file with no instructions")]
+    NoInstructions,
+    #[error("invalid escape token '{value}' does not match ` or \\")]
+    InvalidEscapeToken { value: String },
+    #[error("only one {name} parser directive can be used")]
+    DuplicateDirective { name: String },
+    #[error("{instruction} must have two arguments")]
+    MissingValue { instruction: &'static str },
+    #[error("Syntax error - can't find = in {}. Must be of the form: name=value", go_quote(.word))]
+    MissingEquals { word: String },
+    #[error("when using JSON array syntax, arrays must be comprised of strings only")]
+    JsonNotStringArray,
+    #[error("unterminated heredoc: no line {} closes it", go_quote(.name))]
+    UnterminatedHeredoc { name: String },
+    #[error(transparent)]
+    Heredoc(#[from] HeredocError),
+    #[error("dockerfile line greater than max allowed size of {}", MAX_LINE - 1)]
+    LineTooLong,
+}
+
+/// A parse failure with the (1-based) lines it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    line: usize,
+    end_line: usize,
+    kind: ParseErrorKind,
+}
+
+impl ParseError {
+    fn new(line: usize, end_line: usize, kind: ParseErrorKind) -> Self {
+        ParseError { line: line.max(1), end_line: end_line.max(line).max(1), kind }
+    }
+
+    /// First line (1-based) of the offending instruction.
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    /// Last line (1-based) of the offending instruction.
+    pub fn end_line(&self) -> usize {
+        self.end_line
+    }
+
+    pub fn kind(&self) -> &ParseErrorKind {
+        &self.kind
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.end_line > self.line {
+            write!(f, "dockerfile parse error on lines {}-{}: {}", self.line, self.end_line, self.kind)
+        } else {
+            write!(f, "dockerfile parse error on line {}: {}", self.line, self.kind)
+        }
+    }
+}
+
+impl std::error::Error for ParseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ParseErrorKind::Heredoc(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Go's `unicode.IsSpace` applied to a single byte taken as a Latin-1 rune (how BuildKit scans flags).
+fn is_space_byte(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0x85 | 0xa0)
+}
+
+/// The byte range `a..b` of `s` as a string; a range splitting a character (possible only in byte-wise scans
+/// that treat UTF-8 continuation bytes 0x85/0xA0 as blanks) is decoded lossily instead of panicking.
+fn byte_slice(s: &str, a: usize, b: usize) -> String {
+    match s.get(a..b) {
+        Some(t) => t.to_string(),
+        None => String::from_utf8_lossy(s.as_bytes().get(a..b).unwrap_or_default()).into_owned(),
+    }
+}
+
+/// The blank class of BuildKit's `[\t\v\f\r ]+` splitting regex.
+fn is_token_blank(c: char) -> bool {
+    matches!(c, '\t' | '\u{b}' | '\u{c}' | '\r' | ' ')
+}
+
+/// Go's `regexp.Split(s, n)` for the blank-run regex (`n < 0`: all parts).
+fn split_blanks(s: &str, n: isize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if n > 0 && parts.len() as isize == n - 1 {
+            break;
+        }
+        if is_token_blank(c) {
+            let mut end = i + c.len_utf8();
+            while let Some(&(j, d)) = chars.peek() {
+                if !is_token_blank(d) {
+                    break;
+                }
+                end = j + d.len_utf8();
+                chars.next();
+            }
+            parts.push(s[start..i].to_string());
+            start = end;
+        }
+    }
+    parts.push(s[start..].to_string());
+    parts
+}
+
+/// Go regexp `\s`: `[\t\n\f\r ]`.
+fn is_re_space(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\u{c}' | '\r' | ' ')
+}
+
+/// Matches `^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$` and returns (name, value).
+fn match_directive(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix('#')?.trim_start_matches(is_re_space);
+    let name_len = rest.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(rest.len());
+    let name = &rest[..name_len];
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    let rest = rest[name_len..].trim_start_matches(is_re_space).strip_prefix('=')?;
+    if rest.is_empty() {
+        return None;
+    }
+    let value = rest.trim_start_matches(is_re_space);
+    if value.is_empty() {
+        // `.+?` needs one character: the regex takes the last blank as the value.
+        let last = rest.chars().last()?;
+        return Some((name.to_string(), last.to_string()));
+    }
+    Some((name.to_string(), value.trim_end_matches(is_re_space).to_string()))
+}
+
+/// Directive state while reading the top of the file.
+struct Directives {
+    escape: char,
+    done: bool,
+    found: Vec<Directive>,
+}
+
+impl Directives {
+    /// Looks for a directive on a (left-trimmed) line; true if the line was one.
+    fn possible_directive(&mut self, token: &str, line: usize) -> Result<bool, ParseErrorKind> {
+        if self.done {
+            return Ok(false);
+        }
+        let Some((name, value)) = match_directive(token) else {
+            self.done = true;
+            return Ok(false);
+        };
+        let name = name.to_ascii_lowercase();
+        if !matches!(name.as_str(), "syntax" | "escape" | "check") {
+            self.done = true;
+            return Ok(false);
+        }
+        if self.found.iter().any(|d| d.name == name) {
+            return Err(ParseErrorKind::DuplicateDirective { name });
+        }
+        if name == "escape" {
+            self.escape = match value.as_str() {
+                "\\" => '\\',
+                "`" => '`',
+                _ => return Err(ParseErrorKind::InvalidEscapeToken { value }),
+            };
+        }
+        self.found.push(Directive { name, value, line });
+        Ok(true)
+    }
+}
+
+fn is_comment(line: &str) -> bool {
+    line.trim_start().starts_with('#')
+}
+
+fn trim_newline(line: &str) -> &str {
+    line.trim_end_matches(['\r', '\n'])
+}
+
+/// Removes a line-continuation escape (the escape character as last non-blank, not itself escaped).
+fn trim_continuation(line: &str, escape: char) -> (String, bool) {
+    let t = line.trim_end_matches([' ', '\t']);
+    if let Some(before) = t.strip_suffix(escape)
+        && !before.ends_with(escape)
+    {
+        return (before.to_string(), false);
+    }
+    (line.to_string(), true)
+}
+
+/// Splits the input into lines that keep their `\n`, like BuildKit's scanner; also returns the index of the
+/// first line too long for Go's scanner, where BuildKit stops reading.
+fn split_lines(src: &str) -> (Vec<&str>, Option<usize>) {
+    let mut lines = Vec::new();
+    let mut rest = src;
+    while !rest.is_empty() {
+        let (line, more) = match rest.find('\n') {
+            Some(i) => rest.split_at(i + 1),
+            None => (rest, ""),
+        };
+        let too_long = if line.ends_with('\n') { line.len() > MAX_LINE } else { line.len() >= MAX_LINE };
+        if too_long {
+            let at = lines.len();
+            return (lines, Some(at));
+        }
+        lines.push(line);
+        rest = more;
+    }
+    (lines, None)
+}
+
+/// Parses a Dockerfile.
+pub fn parse(src: &str) -> Result<Ast, ParseError> {
+    let (lines, too_long) = split_lines(src);
+    let mut d = Directives { escape: '\\', done: false, found: Vec::new() };
+    let mut root = Node::default();
+    let mut warnings = Vec::new();
+    let mut comments: Vec<String> = Vec::new();
+    let mut idx = 0;
+    let mut current_line = 0;
+
+    while idx < lines.len() {
+        let mut bytes_read = lines[idx];
+        idx += 1;
+        if current_line == 0 {
+            bytes_read = bytes_read.strip_prefix('\u{feff}').unwrap_or(bytes_read);
+        }
+        if is_comment(bytes_read) {
+            // BuildKit drops the first byte (the `#`, or the first blank of an indented comment).
+            let mut chars = bytes_read.chars();
+            chars.next();
+            let comment = chars.as_str().trim();
+            if comment.is_empty() {
+                comments.clear();
+            } else {
+                comments.push(comment.to_string());
+            }
+        }
+        let token = trim_newline(bytes_read).trim_start();
+        let directive = d
+            .possible_directive(token, current_line + 1)
+            .map_err(|k| ParseError::new(current_line + 1, current_line + 1, k))?;
+        if directive {
+            comments.pop();
+        }
+        let processed = if is_comment(token) { "" } else { token };
+        current_line += 1;
+        let start_line = current_line;
+
+        let (mut line, mut end) = trim_continuation(processed, d.escape);
+        if end && line.is_empty() {
+            continue;
+        }
+        let mut has_empty_continuation = false;
+        while !end && idx < lines.len() {
+            let raw = lines[idx];
+            idx += 1;
+            let token = trim_newline(raw);
+            d.possible_directive(token, current_line + 1)
+                .map_err(|k| ParseError::new(current_line + 1, current_line + 1, k))?;
+            current_line += 1;
+            if is_comment(raw) {
+                continue;
+            }
+            if token.trim_start().is_empty() {
+                has_empty_continuation = true;
+                continue;
+            }
+            let (cont, e) = trim_continuation(token, d.escape);
+            line.push_str(&cont);
+            end = e;
+        }
+        if has_empty_continuation {
+            warnings.push(Warning { message: format!("Empty continuation line found in: {line}"), line: current_line });
+        }
+
+        let mut child = new_node_from_line(&line, d.escape, std::mem::take(&mut comments))
+            .map_err(|k| ParseError::new(start_line, current_line, k))?;
+        if child.can_contain_heredoc() && line.contains("<<") {
+            let heredocs = heredocs_from_line(&line)
+                .map_err(|e| ParseError::new(start_line, current_line, ParseErrorKind::Heredoc(e)))?;
+            for mut heredoc in heredocs {
+                let mut terminated = false;
+                while idx < lines.len() {
+                    let raw = lines[idx];
+                    idx += 1;
+                    current_line += 1;
+                    let mut candidate = trim_newline(raw);
+                    if heredoc.chomp {
+                        candidate = candidate.trim_start_matches('\t');
+                    }
+                    if candidate == heredoc.name {
+                        terminated = true;
+                        break;
+                    }
+                    heredoc.content.push_str(raw);
+                }
+                if !terminated {
+                    return Err(ParseError::new(
+                        start_line,
+                        current_line,
+                        ParseErrorKind::UnterminatedHeredoc { name: heredoc.name },
+                    ));
+                }
+                child.heredocs.push(heredoc);
+            }
+        }
+        child.start_line = start_line;
+        child.end_line = current_line;
+        if let Some(inner) = child.next.first_mut().and_then(|n| n.children.first_mut()) {
+            inner.start_line = start_line;
+            inner.end_line = current_line;
+        }
+        if root.children.is_empty() {
+            root.start_line = start_line;
+        }
+        root.end_line = current_line;
+        root.children.push(child);
+    }
+
+    if root.children.is_empty() {
+        return Err(ParseError::new(current_line, current_line, ParseErrorKind::NoInstructions));
+    }
+    if let Some(i) = too_long {
+        return Err(ParseError::new(i + 1, i + 1, ParseErrorKind::LineTooLong));
+    }
+    let syntax = d.found.iter().find(|x| x.name == "syntax").map(|x| x.value.clone());
+    Ok(Ast { root, escape: d.escape, syntax, warnings, directives: d.found })
+}
+
+/// Splits a logical line into lowercased instruction name, flags and the remaining arguments.
+fn split_command(line: &str) -> (String, Vec<String>, String) {
+    let mut parts = split_blanks(line.trim(), 2).into_iter();
+    let cmd = go_lower(&parts.next().unwrap_or_default());
+    let (args, flags) = match parts.next() {
+        Some(rest) => extract_builder_flags(&rest),
+        None => (String::new(), Vec::new()),
+    };
+    (cmd, flags, args.trim().to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Spaces,
+    Word,
+    Quote,
+}
+
+/// Takes the leading `--flag` words off an argument string. BuildKit scans this byte by byte (each byte taken
+/// as a Latin-1 character), removes quotes, always treats `\` as the escape and stops at a bare `--`.
+fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
+    let b = line.as_bytes();
+    let n = b.len();
+    let mut words = Vec::new();
+    let mut phase = Phase::Spaces;
+    let mut word = String::new();
+    let mut quote = 0u8;
+    let mut blank_ok = false;
+    let mut pos = 0;
+    while pos <= n {
+        if phase == Phase::Spaces {
+            if pos == n {
+                break;
+            }
+            if is_space_byte(b[pos]) {
+                pos += 1;
+                continue;
+            }
+            if b[pos] != b'-' || pos + 1 == n || b[pos + 1] != b'-' {
+                return (byte_slice(line, pos, n), words);
+            }
+            phase = Phase::Word;
+        }
+        if pos == n {
+            if word != "--" && (blank_ok || !word.is_empty()) {
+                words.push(word);
+            }
+            break;
+        }
+        let mut ch = b[pos];
+        if phase == Phase::Word {
+            if is_space_byte(ch) {
+                phase = Phase::Spaces;
+                if word == "--" {
+                    return (byte_slice(line, pos, n), words);
+                }
+                if blank_ok || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                word.clear();
+                blank_ok = false;
+                pos += 1;
+                continue;
+            }
+            if ch == b'\'' || ch == b'"' {
+                quote = ch;
+                blank_ok = true;
+                phase = Phase::Quote;
+                pos += 1;
+                continue;
+            }
+            if ch == b'\\' {
+                if pos + 1 == n {
+                    pos += 1;
+                    continue;
+                }
+                pos += 1;
+                ch = b[pos];
+            }
+            word.push(char::from(ch));
+            pos += 1;
+            continue;
+        }
+        // Phase::Quote
+        if ch == quote {
+            phase = Phase::Word;
+            pos += 1;
+            continue;
+        }
+        if ch == b'\\' {
+            if pos + 1 == n {
+                phase = Phase::Word;
+                pos += 1;
+                continue;
+            }
+            pos += 1;
+            ch = b[pos];
+        }
+        word.push(char::from(ch));
+        pos += 1;
+    }
+    (String::new(), words)
+}
+
+/// The parsed argument part of an instruction.
+#[derive(Default)]
+struct Args {
+    next: Vec<Node>,
+    json: bool,
+}
+
+fn arg(value: impl Into<String>) -> Node {
+    Node { value: value.into(), ..Node::default() }
+}
+
+fn args_of(values: impl IntoIterator<Item = String>) -> Args {
+    Args { next: values.into_iter().map(arg).collect(), json: false }
+}
+
+fn new_node_from_line(line: &str, escape: char, comments: Vec<String>) -> Result<Node, ParseErrorKind> {
+    let (cmd, flags, rest) = split_command(line);
+    let args = match cmd.as_str() {
+        "add" | "copy" | "volume" => parse_maybe_json_to_list(&rest)?,
+        "arg" => args_of(parse_words(&rest, escape)),
+        "cmd" | "entrypoint" | "run" | "shell" => parse_maybe_json(&rest)?,
+        "env" => parse_name_val(&rest, "ENV", escape)?,
+        "label" => parse_name_val(&rest, "LABEL", escape)?,
+        "expose" | "from" => parse_strings_whitespace_delimited(&rest),
+        "healthcheck" => parse_health_config(&rest)?,
+        "maintainer" | "stopsignal" | "user" | "workdir" => parse_string(&rest),
+        "onbuild" => {
+            if rest.is_empty() {
+                Args::default()
+            } else {
+                let inner = new_node_from_line(&rest, escape, Vec::new())?;
+                Args { next: vec![Node { children: vec![inner], ..Node::default() }], json: false }
+            }
+        }
+        // Unknown instructions parse (with one empty argument); the typed layer reports them.
+        _ => args_of([String::new()]),
+    };
+    Ok(Node {
+        value: cmd,
+        next: args.next,
+        flags,
+        json: args.json,
+        original: line.to_string(),
+        prev_comment: comments,
+        ..Node::default()
+    })
+}
+
+/// Words separated by unquoted whitespace, with quotes and escapes kept (ENV, LABEL, ARG).
+fn parse_words(rest: &str, escape: char) -> Vec<String> {
+    let chars: Vec<char> = rest.chars().collect();
+    let n = chars.len();
+    let mut words = Vec::new();
+    let mut phase = Phase::Spaces;
+    let mut word = String::new();
+    let mut quote = '\0';
+    let mut blank_ok = false;
+    let mut pos = 0;
+    while pos <= n {
+        if phase == Phase::Spaces {
+            if pos == n {
+                break;
+            }
+            if chars[pos].is_whitespace() {
+                pos += 1;
+                continue;
+            }
+            phase = Phase::Word;
+        }
+        if pos == n {
+            if blank_ok || !word.is_empty() {
+                words.push(word);
+            }
+            break;
+        }
+        let mut ch = chars[pos];
+        if phase == Phase::Word {
+            if ch.is_whitespace() {
+                phase = Phase::Spaces;
+                if blank_ok || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                blank_ok = false;
+                pos += 1;
+                continue;
+            }
+            if ch == '\'' || ch == '"' {
+                quote = ch;
+                blank_ok = true;
+                phase = Phase::Quote;
+            }
+            if ch == escape {
+                if pos + 1 == n {
+                    pos += 1;
+                    continue;
+                }
+                // An unquoted escape keeps itself and the next character, even a quote.
+                word.push(ch);
+                pos += 1;
+                ch = chars[pos];
+            }
+            word.push(ch);
+            pos += 1;
+            continue;
+        }
+        // Phase::Quote
+        if ch == quote {
+            phase = Phase::Word;
+        }
+        if ch == escape && quote != '\'' {
+            if pos + 1 == n {
+                phase = Phase::Word;
+                pos += 1;
+                continue;
+            }
+            pos += 1;
+            word.push(ch);
+            ch = chars[pos];
+        }
+        word.push(ch);
+        pos += 1;
+    }
+    words
+}
+
+/// ENV and LABEL: legacy `KEY value with spaces` or `k=v k2=v2`, as key/value/separator triples.
+fn parse_name_val(rest: &str, instruction: &'static str, escape: char) -> Result<Args, ParseErrorKind> {
+    let words = parse_words(rest, escape);
+    let Some(first) = words.first() else { return Ok(Args::default()) };
+    if !first.contains('=') {
+        let mut parts = split_blanks(rest, 2).into_iter();
+        let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+            return Err(ParseErrorKind::MissingValue { instruction });
+        };
+        return Ok(args_of([key, value, String::new()]));
+    }
+    let mut out = Vec::with_capacity(words.len() * 3);
+    for word in words {
+        let Some((k, v)) = word.split_once('=') else {
+            return Err(ParseErrorKind::MissingEquals { word });
+        };
+        out.extend([k.to_string(), v.to_string(), "=".to_string()]);
+    }
+    Ok(args_of(out))
+}
+
+fn parse_strings_whitespace_delimited(rest: &str) -> Args {
+    if rest.is_empty() {
+        return Args::default();
+    }
+    args_of(split_blanks(rest, -1))
+}
+
+fn parse_string(rest: &str) -> Args {
+    if rest.is_empty() {
+        return Args::default();
+    }
+    args_of([rest.to_string()])
+}
+
+/// `Ok(Some)` for a JSON array of strings, `Ok(None)` when the text is not JSON (shell form).
+fn parse_json(rest: &str) -> Result<Option<Args>, ParseErrorKind> {
+    let rest = rest.trim_start();
+    if !rest.starts_with('[') {
+        return Ok(None);
+    }
+    match json::parse_array(rest) {
+        JsonArray::Invalid => Ok(None),
+        JsonArray::Elements(items) => {
+            let strings: Option<Vec<String>> = items.into_iter().collect();
+            match strings {
+                Some(s) => Ok(Some(Args { json: true, ..args_of(s) })),
+                None => Err(ParseErrorKind::JsonNotStringArray),
+            }
+        }
+    }
+}
+
+/// RUN, CMD, ENTRYPOINT, SHELL: a JSON array, else the whole text as one argument.
+fn parse_maybe_json(rest: &str) -> Result<Args, ParseErrorKind> {
+    if rest.is_empty() {
+        return Ok(Args::default());
+    }
+    Ok(parse_json(rest)?.unwrap_or_else(|| args_of([rest.to_string()])))
+}
+
+/// ADD, COPY, VOLUME: a JSON array, else split on blanks (no quote handling).
+fn parse_maybe_json_to_list(rest: &str) -> Result<Args, ParseErrorKind> {
+    Ok(parse_json(rest)?.unwrap_or_else(|| parse_strings_whitespace_delimited(rest)))
+}
+
+/// HEALTHCHECK: the first word (CMD/NONE) verbatim, then the rest like RUN. Scanned byte-wise as BuildKit does.
+fn parse_health_config(rest: &str) -> Result<Args, ParseErrorKind> {
+    let b = rest.as_bytes();
+    let sep = b.iter().position(|c| is_space_byte(*c)).unwrap_or(b.len());
+    let next = b[sep..].iter().position(|c| !is_space_byte(*c)).map_or(b.len(), |i| sep + i);
+    if sep == 0 {
+        return Ok(Args::default());
+    }
+    let cmd = parse_maybe_json(&byte_slice(rest, next, b.len()))?;
+    let mut out = vec![arg(byte_slice(rest, 0, sep))];
+    out.extend(cmd.next);
+    Ok(Args { next: out, json: cmd.json })
+}
+
+/// Finds the heredoc words of an instruction line (`<<EOF`, `<<-'EOF'`, `3<<EOF`, `<< EOF`).
+pub fn heredocs_from_line(line: &str) -> Result<Vec<Heredoc>, HeredocError> {
+    let lexer = Lexer::new('\\').raw_quotes(true).raw_escapes(true).skip_unset_env(true);
+    let words = lexer.process_words(line, &NoEnv).unwrap_or_default();
+    let mut docs = Vec::new();
+    for word in words {
+        if let Some(h) = parse_heredoc(&word)? {
+            docs.push(h);
+        }
+    }
+    Ok(docs)
+}
+
+/// Reads one word as a heredoc opener (BuildKit `ParseHeredoc`); `Ok(None)` if it is not one.
+pub fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, HeredocError> {
+    // ^(\d*)<<(-?)\s*([^<]*)$
+    let digits = word.len() - word.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let Some(after) = word[digits..].strip_prefix("<<") else { return Ok(None) };
+    let (chomp, after) = match after.strip_prefix('-') {
+        Some(a) => (true, a),
+        None => (false, after),
+    };
+    let rest = after.trim_start_matches(is_re_space);
+    if rest.contains('<') || rest.is_empty() {
+        return Ok(None);
+    }
+    let file_descriptor = if digits == 0 { 0 } else { word[..digits].parse::<u64>().unwrap_or(u64::MAX) };
+
+    // Lex the terminator with and without quote removal: if quotes disappear, part of it was quoted, and a
+    // quoted terminator turns off expansion of the body. Escaped quotes survive both passes and cancel out.
+    let lexer = Lexer::new('\\').skip_unset_env(true);
+    let words = lexer.process_words(rest, &NoEnv)?;
+    if words.len() != 1 {
+        return Ok(None);
+    }
+    let raw = lexer.raw_quotes(true).process_words(rest, &NoEnv)?;
+    if raw.len() != words.len() {
+        return Err(HeredocError::Inconsistent { rest: rest.to_string() });
+    }
+    let quotes = |s: &str| s.chars().filter(|c| *c == '\'' || *c == '"').count();
+    let expand = quotes(&words[0]) == quotes(&raw[0]);
+    Ok(Some(Heredoc {
+        name: words.into_iter().next().unwrap_or_default(),
+        content: String::new(),
+        expand,
+        chomp,
+        file_descriptor,
+    }))
+}
+
+/// Removes the leading tabs of every line of a `<<-` heredoc body.
+pub fn chomp_heredoc_content(src: &str) -> String {
+    src.split_inclusive('\n').map(|l| l.trim_start_matches('\t')).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,3 @@
+//! The integration tests of `rbuild-frontend`, compiled into one binary.
+
+mod conformance;

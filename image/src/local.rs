@@ -1,0 +1,199 @@
+//! Images in the local store: pulling into it, assembling manifests from it, pushing from it.
+//!
+//! A built image is kept as its config blob plus one snapshot per layer; the compressed blob of a layer is made
+//! only when a push or export first needs it (DESIGN.md: lazy compression), then kept and reused, keyed by
+//! diff_id and media type. Pulled layers arrive compressed, so their blobs are recorded as they are and a later
+//! push of an image built on them uploads nothing new for them (same digests, the registry answers HEAD).
+
+use crate::layer::{Compression, LayerOptions, extract_layer, write_compressed_layer};
+use crate::registry::{ImageRef, RegistryClient, RegistryError};
+use rbuild_cache::{ImageRecord, LayerBlob, Store, StoreError};
+use rbuild_solver::Digest;
+use rbuild_solver::oci::{
+    Descriptor, ImageConfig, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest, Platform, to_canonical_json,
+};
+use std::fs;
+use std::io::BufReader;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("layer {digest} of {image}")]
+    Layer {
+        image: String,
+        digest: Digest,
+        #[source]
+        source: crate::layer::LayerError,
+    },
+    #[error("layer {digest} of {image} has diff_id {actual}, but the image config says {expected}")]
+    DiffIdMismatch { image: String, digest: Digest, expected: Digest, actual: Digest },
+    #[error("image {image}: the manifest lists {layers} layers but the config has {diff_ids} diff_ids")]
+    LayerCount { image: String, layers: usize, diff_ids: usize },
+    #[error("image config {digest} is not valid JSON")]
+    BadConfig {
+        digest: Digest,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("layer {diff_id}: neither a snapshot nor a stored blob exists for it")]
+    MissingLayer { diff_id: Digest },
+    #[error("creating a temporary file in the store")]
+    Tmp(#[source] std::io::Error),
+}
+
+/// An image pulled into the store.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub record: ImageRecord,
+    pub config: ImageConfig,
+}
+
+/// Pulls `r` for `platform` into the store: layer blobs (each verified), their snapshots, the config and manifest;
+/// tags it under its full name. Layers already present are not downloaded again.
+pub async fn pull(
+    client: &RegistryClient,
+    store: &Store,
+    r: &ImageRef,
+    platform: &Platform,
+) -> Result<Pulled, ImageError> {
+    let resolved = client.resolve(r, platform).await?;
+    let image = r.to_string();
+    let diff_ids = &resolved.config.rootfs.diff_ids;
+    if diff_ids.len() != resolved.manifest.layers.len() {
+        return Err(ImageError::LayerCount { image, layers: resolved.manifest.layers.len(), diff_ids: diff_ids.len() });
+    }
+    let pinned = r.with_digest(resolved.digest.clone());
+    for (desc, diff_id) in resolved.manifest.layers.iter().zip(diff_ids) {
+        if !store.has_blob(&desc.digest) {
+            let tmp = store.tmp_path("pull");
+            client.pull_blob(&pinned, desc, &tmp).await?;
+            store.import_blob(&tmp, &desc.digest)?;
+        }
+        store.add_layer_blob(
+            diff_id,
+            LayerBlob { media_type: desc.media_type.clone(), digest: desc.digest.clone(), size: desc.size },
+        )?;
+        if !store.has_snapshot(diff_id) {
+            let dest = store.tmp_dir("extract")?;
+            let file = fs::File::open(store.blob_path(&desc.digest)).map_err(ImageError::Tmp)?;
+            let actual = extract_layer(BufReader::new(file), &dest).map_err(|source| ImageError::Layer {
+                image: image.clone(),
+                digest: desc.digest.clone(),
+                source,
+            })?;
+            if &actual != diff_id {
+                let _ = fs::remove_dir_all(&dest);
+                return Err(ImageError::DiffIdMismatch {
+                    image,
+                    digest: desc.digest.clone(),
+                    expected: diff_id.clone(),
+                    actual,
+                });
+            }
+            store.commit_snapshot(&dest, diff_id)?;
+        }
+    }
+    let config = store.write_blob(&resolved.config_bytes)?;
+    let manifest = store.write_blob(&resolved.manifest_bytes)?;
+    let record = ImageRecord { name: r.to_string(), config, manifest: Some(manifest) };
+    store.set_tag(&record)?;
+    Ok(Pulled { record, config: resolved.config })
+}
+
+/// The blob of a layer in the wanted compression, making it from the snapshot if it does not exist yet.
+pub fn layer_blob(store: &Store, diff_id: &Digest, compression: Compression) -> Result<LayerBlob, ImageError> {
+    let media = compression.oci_media_type();
+    let existing = store.layer_blobs(diff_id);
+    // Any gzip blob will do for a gzip request (pulled Docker-typed layers are gzip too).
+    let acceptable = |b: &LayerBlob| match compression {
+        Compression::Gzip { .. } => b.media_type.ends_with("gzip"),
+        Compression::None => b.media_type == media,
+    };
+    if let Some(b) = existing.into_iter().find(|b| acceptable(b) && store.has_blob(&b.digest)) {
+        return Ok(b);
+    }
+    let snapshot = store.snapshot_path(diff_id);
+    if !snapshot.is_dir() {
+        return Err(ImageError::MissingLayer { diff_id: diff_id.clone() });
+    }
+    let tmp = store.tmp_path("layer");
+    let file = fs::File::create(&tmp).map_err(ImageError::Tmp)?;
+    let digests =
+        write_compressed_layer(&snapshot, std::io::BufWriter::new(file), compression, &LayerOptions::default())
+            .map_err(|source| ImageError::Layer { image: "local build".into(), digest: diff_id.clone(), source })?;
+    if &digests.diff_id != diff_id {
+        let _ = fs::remove_file(&tmp);
+        return Err(ImageError::DiffIdMismatch {
+            image: "local build".into(),
+            digest: digests.digest,
+            expected: diff_id.clone(),
+            actual: digests.diff_id,
+        });
+    }
+    store.import_blob(&tmp, &digests.digest)?;
+    let blob = LayerBlob { media_type: media.to_string(), digest: digests.digest, size: digests.size };
+    store.add_layer_blob(diff_id, blob.clone())?;
+    Ok(blob)
+}
+
+/// An image ready to push or export: manifest bytes, config bytes and layer blobs on disk.
+pub struct Assembled {
+    pub manifest_digest: Digest,
+    pub manifest_bytes: Vec<u8>,
+    pub config_bytes: Vec<u8>,
+    pub layers: Vec<(Descriptor, PathBuf)>,
+}
+
+/// Builds the OCI manifest of the image whose config is `config_digest`.
+pub fn assemble(store: &Store, config_digest: &Digest, compression: Compression) -> Result<Assembled, ImageError> {
+    let config_bytes = store.read_blob(config_digest)?;
+    let config: ImageConfig = serde_json::from_slice(&config_bytes)
+        .map_err(|source| ImageError::BadConfig { digest: config_digest.clone(), source })?;
+    let mut layers = Vec::new();
+    for diff_id in &config.rootfs.diff_ids {
+        let blob = layer_blob(store, diff_id, compression)?;
+        let path = store.blob_path(&blob.digest);
+        layers.push((
+            Descriptor {
+                media_type: blob.media_type,
+                digest: blob.digest,
+                size: blob.size,
+                platform: None,
+                annotations: None,
+            },
+            path,
+        ));
+    }
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_OCI_MANIFEST.into()),
+        config: Descriptor {
+            media_type: MEDIA_OCI_CONFIG.into(),
+            digest: config_digest.clone(),
+            size: config_bytes.len() as u64,
+            platform: None,
+            annotations: None,
+        },
+        layers: layers.iter().map(|(d, _)| d.clone()).collect(),
+        annotations: None,
+    };
+    let manifest_bytes = to_canonical_json(&manifest);
+    let manifest_digest = store.write_blob(&manifest_bytes)?;
+    Ok(Assembled { manifest_digest, manifest_bytes, config_bytes, layers })
+}
+
+/// Pushes the image whose config is `config_digest` to `r`; returns the manifest digest.
+pub async fn push(
+    client: &RegistryClient,
+    store: &Store,
+    config_digest: &Digest,
+    r: &ImageRef,
+) -> Result<Digest, ImageError> {
+    let a = assemble(store, config_digest, Compression::Gzip { level: 6 })?;
+    let digest = client.push_image(r, &a.manifest_bytes, &a.config_bytes, &a.layers).await?;
+    Ok(digest)
+}

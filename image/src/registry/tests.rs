@@ -1,0 +1,535 @@
+//! Tests against a real registry: Debian's `docker-registry` (the CNCF distribution registry) started per test on
+//! its own loopback port and storage directory, so tests run in parallel and need no network.
+
+use super::*;
+use crate::oci::{Index, RootFs, to_canonical_json};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+/// A running registry, killed when dropped.
+struct TestRegistry {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    /// Starts a registry, or returns `None` (after printing SKIPPED) when the binary is missing outside CI.
+    fn start(test: &str) -> Option<TestRegistry> {
+        let binary = ["/usr/bin/docker-registry", "/usr/local/bin/registry", "/usr/bin/registry"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "docker-registry is required in CI (apt-get install docker-registry)"
+            );
+            eprintln!("SKIPPED {test}: docker-registry is not installed (apt-get install docker-registry)");
+            return None;
+        };
+        // The port is picked by binding to port 0 and released before the registry binds it; if another process
+        // wins that race the registry exits and another port is tried.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let config = dir.path().join("config.yml");
+            let storage = dir.path().join("storage");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+                     delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    storage.display()
+                ),
+            )
+            .expect("write registry config");
+            let log = dir.path().join("registry.log");
+            let out = std::fs::File::create(&log).expect("create log");
+            let err = out.try_clone().expect("clone log handle");
+            let mut child = Command::new(&binary)
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn docker-registry");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if v2_answers(port) {
+                    return Some(TestRegistry { child, port, log, _dir: dir });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            eprintln!("registry on port {port} did not start; last log lines (newest first):\n{}", tail.join("\n"));
+        }
+        panic!("could not start docker-registry");
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn image(&self, path: &str) -> ImageRef {
+        ImageRef::parse(&format!("{}/{path}", self.host())).expect("test reference")
+    }
+
+    /// How many blob uploads the registry has seen started (`POST .../blobs/uploads/`), from its access log.
+    fn upload_starts(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"POST /v2/") && l.contains("/blobs/uploads/"))
+            .count()
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn v2_answers(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200")
+}
+
+/// A tiny real image: one gzip layer holding two files, its OCI config and manifest, written to `dir`.
+struct TestImage {
+    manifest_bytes: Vec<u8>,
+    config_bytes: Vec<u8>,
+    layer_bytes: Vec<u8>,
+    layers: Vec<(Descriptor, PathBuf)>,
+}
+
+fn make_image(dir: &Path, platform: &Platform, marker: &str) -> TestImage {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in [("hello.txt", format!("hello {marker}\n")), ("etc/os-release", "ID=test\n".to_string())] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data.as_bytes()).expect("tar entry");
+    }
+    let tar_bytes = tar.into_inner().expect("tar finish");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar_bytes).expect("gzip");
+    let layer_bytes = gz.finish().expect("gzip finish");
+
+    let config = ImageConfig {
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
+        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![Digest::of(&tar_bytes)] },
+        ..ImageConfig::default()
+    };
+    let config_bytes = to_canonical_json(&config);
+    let layer_desc = Descriptor {
+        media_type: crate::oci::MEDIA_OCI_LAYER_GZIP.into(),
+        digest: Digest::of(&layer_bytes),
+        size: layer_bytes.len() as u64,
+        platform: None,
+        annotations: None,
+    };
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_OCI_MANIFEST.into()),
+        config: Descriptor {
+            media_type: crate::oci::MEDIA_OCI_CONFIG.into(),
+            digest: Digest::of(&config_bytes),
+            size: config_bytes.len() as u64,
+            platform: None,
+            annotations: None,
+        },
+        layers: vec![layer_desc.clone()],
+        annotations: None,
+    };
+    let layer_path = dir.join(format!("layer-{marker}.tar.gz"));
+    std::fs::write(&layer_path, &layer_bytes).expect("write layer");
+    TestImage {
+        manifest_bytes: to_canonical_json(&manifest),
+        config_bytes,
+        layer_bytes,
+        layers: vec![(layer_desc, layer_path)],
+    }
+}
+
+fn amd64() -> Platform {
+    Platform { architecture: "amd64".into(), os: "linux".into(), variant: None }
+}
+
+fn arm64() -> Platform {
+    Platform { architecture: "arm64".into(), os: "linux".into(), variant: Some("v8".into()) }
+}
+
+#[tokio::test]
+async fn push_resolve_pull_round_trip() {
+    let Some(registry) = TestRegistry::start("push_resolve_pull_round_trip") else { return };
+    let work = tempfile::tempdir().expect("temp dir");
+    let img = make_image(work.path(), &amd64(), "round-trip");
+    let client = RegistryClient::new(RegistryOptions::default());
+    let r = registry.image("base/busybox:latest");
+    assert_eq!(r.to_string(), format!("127.0.0.1:{}/base/busybox:latest", registry.port));
+
+    let pushed = client.push_image(&r, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect("push");
+    assert_eq!(pushed, Digest::of(&img.manifest_bytes));
+
+    let resolved = client.resolve(&r, &amd64()).await.expect("resolve");
+    assert_eq!(resolved.digest, Digest::of(&img.manifest_bytes));
+    assert_eq!(resolved.manifest_bytes, img.manifest_bytes, "manifest must be stored byte for byte");
+    assert_eq!(resolved.config_bytes, img.config_bytes);
+    assert_eq!(resolved.config.architecture, "amd64");
+    assert_eq!(resolved.manifest.layers, vec![img.layers[0].0.clone()]);
+
+    // Resolving by digest gives the same image.
+    let by_digest = client.resolve(&r.with_digest(pushed.clone()), &amd64()).await.expect("resolve by digest");
+    assert_eq!(by_digest.digest, pushed);
+
+    let dest = work.path().join("pulled-layer");
+    client.pull_blob(&r, &resolved.manifest.layers[0], &dest).await.expect("pull layer");
+    assert_eq!(std::fs::read(&dest).expect("read pulled layer"), img.layer_bytes);
+    let dest = work.path().join("pulled-config");
+    client.pull_blob(&r, &resolved.manifest.config, &dest).await.expect("pull config");
+    assert_eq!(std::fs::read(&dest).expect("read pulled config"), img.config_bytes);
+
+    // An independent client reads the same image.
+    let skopeo = Command::new("skopeo").args(["inspect", "--tls-verify=false", &format!("docker://{r}")]).output();
+    match skopeo {
+        Ok(out) => {
+            assert!(out.status.success(), "skopeo inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+            let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("skopeo json");
+            assert_eq!(info["Digest"], pushed.as_str(), "{info}");
+            assert_eq!(info["Architecture"], "amd64", "{info}");
+            assert_eq!(info["Layers"][0], img.layers[0].0.digest.as_str(), "{info}");
+        }
+        Err(e) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "skopeo is required in CI: {e}");
+            eprintln!("SKIPPED skopeo check: {e}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn second_push_skips_existing_blobs() {
+    let Some(registry) = TestRegistry::start("second_push_skips_existing_blobs") else { return };
+    let work = tempfile::tempdir().expect("temp dir");
+    let img = make_image(work.path(), &amd64(), "skip");
+    let client = RegistryClient::new(RegistryOptions::default());
+    let r = registry.image("app/skip:v1");
+
+    let first = client.push_image_report(&r, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect("push");
+    let layer = img.layers[0].0.digest.clone();
+    let config = Digest::of(&img.config_bytes);
+    assert_eq!(first.uploaded, vec![layer.clone(), config.clone()]);
+    assert!(first.skipped.is_empty());
+    let uploads_after_first = registry.upload_starts();
+    assert_eq!(uploads_after_first, 2, "registry log:\n{}", std::fs::read_to_string(&registry.log).unwrap_or_default());
+
+    // Same blobs, another tag: nothing is uploaded again, the registry sees no new upload session.
+    let r2 = registry.image("app/skip:v2");
+    let second =
+        client.push_image_report(&r2, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect("push");
+    assert_eq!(second.digest, first.digest);
+    assert!(second.uploaded.is_empty(), "{second:?}");
+    assert_eq!(second.skipped, vec![layer, config]);
+    assert_eq!(registry.upload_starts(), uploads_after_first);
+    assert_eq!(client.resolve(&r2, &amd64()).await.expect("resolve v2").digest, first.digest);
+}
+
+#[tokio::test]
+async fn push_to_unreachable_registry_names_the_host() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let img = make_image(work.path(), &amd64(), "unreachable");
+    let port = free_port(); // released: nothing listens there
+    let r = ImageRef::parse(&format!("127.0.0.1:{port}/nobody/home:latest")).expect("reference");
+    let client = RegistryClient::new(RegistryOptions::default());
+    let started = Instant::now();
+    let err = client.push_image(&r, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect_err("must fail");
+    assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(5), "took {:?}", started.elapsed());
+    let msg = err.to_string();
+    eprintln!("unreachable registry error: {msg}");
+    assert!(msg.contains(&format!("127.0.0.1:{port}/nobody/home")), "{msg}");
+    assert!(msg.to_lowercase().contains("connect"), "the cause must be shown: {msg}");
+    assert!(matches!(err, RegistryError::Request { status: None, .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn resolve_picks_the_platform_from_an_index() {
+    let Some(registry) = TestRegistry::start("resolve_picks_the_platform_from_an_index") else { return };
+    let work = tempfile::tempdir().expect("temp dir");
+    let client = RegistryClient::new(RegistryOptions::default());
+    let r = registry.image("multi/arch:latest");
+    let mut entries = Vec::new();
+    for (platform, marker) in [(amd64(), "amd64"), (arm64(), "arm64")] {
+        let img = make_image(work.path(), &platform, marker);
+        // Each platform image is pushed by digest only (no tag), as a multi-platform build does.
+        let untagged = ImageRef { tag: None, ..r.clone() };
+        let digest =
+            client.push_image(&untagged, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect("push");
+        entries.push(Descriptor {
+            media_type: MEDIA_OCI_MANIFEST.into(),
+            digest,
+            size: img.manifest_bytes.len() as u64,
+            platform: Some(Platform { variant: None, ..platform }),
+            annotations: None,
+        });
+    }
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(MEDIA_OCI_INDEX.into()),
+        manifests: entries.clone(),
+        annotations: None,
+    };
+    let index_bytes = to_canonical_json(&index);
+    let index_digest = client.push_manifest(&r, &index_bytes, MEDIA_OCI_INDEX).await.expect("push index");
+    assert_eq!(index_digest, Digest::of(&index_bytes));
+
+    // arm64/v8 matches the entry without a variant (v8 is arm64's default).
+    let arm = client.resolve(&r, &arm64()).await.expect("resolve arm64");
+    assert_eq!(arm.digest, entries[1].digest);
+    assert_eq!(arm.config.architecture, "arm64");
+    let x86 = client.resolve(&r, &amd64()).await.expect("resolve amd64");
+    assert_eq!(x86.digest, entries[0].digest);
+
+    let s390x = Platform { architecture: "s390x".into(), os: "linux".into(), variant: None };
+    let err = client.resolve(&r, &s390x).await.expect_err("no s390x image");
+    let msg = err.to_string();
+    assert!(matches!(err, RegistryError::NoMatchingPlatform { .. }), "{err:?}");
+    assert!(msg.contains("linux/s390x") && msg.contains("linux/amd64") && msg.contains("linux/arm64"), "{msg}");
+}
+
+#[tokio::test]
+async fn docker_schema2_manifests_are_accepted() {
+    let Some(registry) = TestRegistry::start("docker_schema2_manifests_are_accepted") else { return };
+    let work = tempfile::tempdir().expect("temp dir");
+    let img = make_image(work.path(), &amd64(), "docker");
+    let client = RegistryClient::new(RegistryOptions::default());
+    let r = registry.image("docker/style:1");
+    let mut manifest: Manifest = serde_json::from_slice(&img.manifest_bytes).expect("manifest");
+    manifest.media_type = Some(MEDIA_DOCKER_MANIFEST.into());
+    manifest.config.media_type = crate::oci::MEDIA_DOCKER_CONFIG.into();
+    manifest.layers[0].media_type = crate::oci::MEDIA_DOCKER_LAYER_GZIP.into();
+    let manifest_bytes = to_canonical_json(&manifest);
+    let layers = vec![(manifest.layers[0].clone(), img.layers[0].1.clone())];
+    let digest = client.push_image(&r, &manifest_bytes, &img.config_bytes, &layers).await.expect("push");
+    let resolved = client.resolve(&r, &amd64()).await.expect("resolve");
+    assert_eq!(resolved.digest, digest);
+    assert_eq!(resolved.manifest.media_type.as_deref(), Some(MEDIA_DOCKER_MANIFEST));
+    assert_eq!(resolved.manifest_bytes, manifest_bytes);
+}
+
+#[tokio::test]
+async fn pull_with_wrong_size_fails_and_removes_the_file() {
+    let Some(registry) = TestRegistry::start("pull_with_wrong_size_fails_and_removes_the_file") else { return };
+    let work = tempfile::tempdir().expect("temp dir");
+    let img = make_image(work.path(), &amd64(), "size");
+    let client = RegistryClient::new(RegistryOptions::default());
+    let r = registry.image("sizes/check:latest");
+    client.push_image(&r, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect("push");
+
+    let missing_repo = registry.image("never/pushed:latest");
+    let err = client.resolve(&missing_repo, &amd64()).await.expect_err("no such image");
+    eprintln!("missing image error: {err}");
+    assert_eq!(err.status(), Some(404), "{err:?}");
+
+    let dest = work.path().join("short");
+    let mut desc = img.layers[0].0.clone();
+    desc.size -= 1;
+    let err = client.pull_blob(&r, &desc, &dest).await.expect_err("too long for its descriptor");
+    assert!(matches!(err, RegistryError::SizeMismatch { .. }), "{err:?}");
+    assert!(!dest.exists());
+
+    let missing = Descriptor { digest: Digest::of(b"not there"), size: 9, ..desc };
+    let err = client.pull_blob(&r, &missing, &dest).await.expect_err("unknown blob");
+    assert_eq!(err.status(), Some(404), "{err:?}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{}/sizes/check", registry.port)), "{err}");
+    assert!(!dest.exists());
+}
+
+#[tokio::test]
+async fn push_rejects_a_config_that_does_not_match_the_manifest() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let img = make_image(work.path(), &amd64(), "mismatch");
+    let client = RegistryClient::new(RegistryOptions::default());
+    let r = ImageRef::parse("127.0.0.1:1/x:latest").expect("reference");
+    let err = client.push_image(&r, &img.manifest_bytes, b"{}", &img.layers).await.expect_err("config mismatch");
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err:?}");
+}
+
+#[test]
+fn blob_check_catches_digest_and_size_mismatches() {
+    let r = ImageRef::parse("localhost/x").expect("reference");
+    let desc =
+        Descriptor { media_type: "x".into(), digest: Digest::of(b"hello"), size: 5, platform: None, annotations: None };
+    let mut ok = BlobCheck::new(&r, "blob", &desc);
+    assert!(ok.accept(b"hel").is_ok() && ok.accept(b"lo").is_ok());
+    assert!(ok.finish().is_ok());
+
+    let mut swapped = BlobCheck::new(&r, "blob", &desc);
+    assert!(swapped.accept(b"jello").is_ok());
+    assert!(matches!(swapped.finish(), Err(Failure::Final(RegistryError::DigestMismatch { .. }))));
+
+    let mut short = BlobCheck::new(&r, "blob", &desc);
+    assert!(short.accept(b"hell").is_ok());
+    assert!(matches!(short.finish(), Err(Failure::Final(RegistryError::SizeMismatch { actual: 4, .. }))));
+
+    let mut long = BlobCheck::new(&r, "blob", &desc);
+    assert!(matches!(long.accept(b"hello!"), Err(Failure::Final(RegistryError::SizeMismatch { actual: 6, .. }))));
+}
+
+#[test]
+fn platform_matching_rules() {
+    let p = |os: &str, arch: &str, variant: Option<&str>| Platform {
+        os: os.into(),
+        architecture: arch.into(),
+        variant: variant.map(String::from),
+    };
+    assert!(platform_matches(&p("linux", "amd64", None), &p("linux", "amd64", None)));
+    assert!(!platform_matches(&p("linux", "amd64", None), &p("windows", "amd64", None)));
+    assert!(!platform_matches(&p("linux", "amd64", None), &p("linux", "arm64", None)));
+    assert!(platform_matches(&p("linux", "arm", None), &p("linux", "arm", Some("v6"))), "no variant asked: any");
+    assert!(platform_matches(&p("linux", "arm", Some("v7")), &p("linux", "arm", Some("v7"))));
+    assert!(!platform_matches(&p("linux", "arm", Some("v7")), &p("linux", "arm", Some("v6"))));
+    assert!(platform_matches(&p("linux", "arm64", Some("v8")), &p("linux", "arm64", None)), "v8 is arm64's default");
+    assert!(!platform_matches(&p("linux", "arm", Some("v6")), &p("linux", "arm", None)), "v7 is arm's default");
+
+    let r = ImageRef::parse("localhost/x").expect("reference");
+    let entry = |platform: Platform, byte: &[u8]| Descriptor {
+        media_type: MEDIA_OCI_MANIFEST.into(),
+        digest: Digest::of(byte),
+        size: 1,
+        platform: Some(platform),
+        annotations: None,
+    };
+    let entries = vec![
+        entry(p("linux", "arm", Some("v6")), b"a"),
+        entry(p("linux", "arm", Some("v7")), b"b"),
+        entry(p("unknown", "unknown", None), b"c"),
+    ];
+    assert_eq!(select_platform(&r, &entries, &p("linux", "arm", Some("v7"))).expect("v7").digest, Digest::of(b"b"));
+    let err = select_platform(&r, &entries, &p("linux", "amd64", None)).expect_err("none");
+    assert!(err.to_string().contains("linux/arm/v6, linux/arm/v7, unknown/unknown"), "{err}");
+}
+
+#[test]
+fn documents_are_told_apart_by_media_type_or_shape() {
+    let r = ImageRef::parse("localhost/x").expect("reference");
+    let d = Digest::of(b"x");
+    let manifest_no_type =
+        format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},"layers":[]}}"#);
+    assert!(matches!(parse_document(&r, "m", manifest_no_type.as_bytes()), Ok(Document::Manifest(_))));
+    let index_no_type = format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"a","digest":"{d}","size":1}}]}}"#);
+    assert!(matches!(parse_document(&r, "m", index_no_type.as_bytes()), Ok(Document::Index(_))));
+    let list = format!(r#"{{"schemaVersion":2,"mediaType":"{MEDIA_DOCKER_LIST}","manifests":[]}}"#);
+    assert!(matches!(parse_document(&r, "m", list.as_bytes()), Ok(Document::Index(_))));
+
+    let schema1 = br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#;
+    let err = parse_document(&r, "m", schema1).err().expect("schema 1 is refused");
+    assert!(err.to_string().contains("schemaVersion 1"), "{err}");
+    let other = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.artifact.manifest.v1+json"}"#;
+    assert!(matches!(parse_document(&r, "m", other), Err(RegistryError::UnsupportedMediaType { .. })));
+    assert!(matches!(parse_document(&r, "m", b"not json"), Err(RegistryError::BadDocument { .. })));
+}
+
+#[test]
+fn plain_http_only_for_loopback_and_the_insecure_list() {
+    let client = RegistryClient::new(RegistryOptions {
+        insecure_registries: vec!["reg.lan:5000".into(), "other.lan".into()],
+        credentials: BTreeMap::new(),
+    });
+    for plain in
+        ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000", "reg.lan:5000", "other.lan:443"]
+    {
+        assert!(client.is_plain_http(plain), "{plain}");
+    }
+    for tls in ["docker.io", "reg.lan", "reg.lan:5001", "ghcr.io", "10.0.0.1:5000", "localhost.example.com"] {
+        assert!(!client.is_plain_http(tls), "{tls}");
+    }
+}
+
+#[test]
+fn credentials_are_found_under_config_json_names() {
+    let creds = |u: &str| Credentials { username: u.into(), password: "secret".into() };
+    let client = RegistryClient::new(RegistryOptions {
+        insecure_registries: Vec::new(),
+        credentials: BTreeMap::from([
+            ("https://index.docker.io/v1/".to_string(), creds("hub")),
+            ("ghcr.io".to_string(), creds("gh")),
+            ("https://quay.io".to_string(), creds("quay")),
+        ]),
+    });
+    assert_eq!(client.credentials_for("docker.io").map(|c| c.username.as_str()), Some("hub"));
+    assert_eq!(client.credentials_for("ghcr.io").map(|c| c.username.as_str()), Some("gh"));
+    assert_eq!(client.credentials_for("quay.io").map(|c| c.username.as_str()), Some("quay"));
+    assert!(client.credentials_for("localhost:5000").is_none());
+    assert!(!format!("{:?}", creds("u")).contains("secret"));
+}
+
+#[tokio::test]
+async fn large_layers_stream_in_chunks() {
+    let Some(registry) = TestRegistry::start("large_layers_stream_in_chunks") else { return };
+    let work = tempfile::tempdir().expect("temp dir");
+    let img = make_image(work.path(), &amd64(), "big");
+    // A 9 MiB incompressible "layer" (the registry does not look inside blobs): three upload requests.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let big: Vec<u8> = (0..9 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let big_path = work.path().join("big.bin");
+    std::fs::write(&big_path, &big).expect("write big layer");
+    let big_desc = Descriptor {
+        media_type: crate::oci::MEDIA_OCI_LAYER_GZIP.into(),
+        digest: Digest::of(&big),
+        size: big.len() as u64,
+        platform: None,
+        annotations: None,
+    };
+    let mut manifest: Manifest = serde_json::from_slice(&img.manifest_bytes).expect("manifest");
+    manifest.layers.push(big_desc.clone());
+    let manifest_bytes = to_canonical_json(&manifest);
+    let mut layers = img.layers.clone();
+    layers.push((big_desc.clone(), big_path));
+    let client = RegistryClient::new(RegistryOptions::default());
+    let r = registry.image("big/layer:latest");
+    client.push_image(&r, &manifest_bytes, &img.config_bytes, &layers).await.expect("push");
+
+    let log = std::fs::read_to_string(&registry.log).unwrap_or_default();
+    let patches = log.lines().filter(|l| l.contains("\"PATCH /v2/big/layer/blobs/uploads/")).count();
+    assert!(patches > 3, "expected the 9 MiB blob in 3 chunks plus the small layer, saw {patches} PATCHes");
+
+    let dest = work.path().join("big.pulled");
+    client.pull_blob(&r, &big_desc, &dest).await.expect("pull big layer");
+    assert!(std::fs::read(&dest).expect("read pulled") == big, "pulled bytes differ");
+}
