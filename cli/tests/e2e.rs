@@ -181,3 +181,103 @@ fn bad_dockerfile_points_at_the_line() {
     assert!(run.stderr.contains("Dockerfile:2:1"), "{}", run.stderr);
     assert!(run.stderr.contains("did you mean RUN?"), "{}", run.stderr);
 }
+
+#[test]
+fn stages_copies_archives_and_layer_edge_cases_survive_a_push() {
+    if !require(&["runc", "docker-registry", "skopeo", "umoci", "busybox", "tar"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    let reg = Registry::start();
+    ws.build_base("store", "local/busybox");
+    let dockerfile = "\
+FROM local/busybox AS base
+RUN mkdir -p /data/sub && echo old > /data/sub/old.txt && echo keep > /keep.txt
+
+FROM base AS middle
+RUN rm -rf /data && mkdir -p /data && echo new > /data/new.txt && ln /keep.txt /hard.txt && ln -s /keep.txt /soft.txt
+
+FROM middle
+COPY --from=0 /keep.txt /from-index.txt
+COPY *.conf /etc/app/
+ADD files.tar /opt/
+VOLUME /var/lib/app
+STOPSIGNAL SIGQUIT
+";
+    let ctx = ws.context(
+        "features",
+        &[
+            ("build.Dockerfile", dockerfile),
+            ("a.conf", "a\n"),
+            ("b.conf", "b\n"),
+            ("c.txt", "not copied\n"),
+            ("src/a.txt", "A\n"),
+            ("src/dir/b.txt", "B\n"),
+        ],
+    );
+    cmd(
+        "tar",
+        &["-C", ctx.join("src").to_str().unwrap(), "-cf", ctx.join("files.tar").to_str().unwrap(), "a.txt", "dir"],
+    )
+    .success();
+    let name = format!("{}/{}/features:1", reg.addr, unique("e2e"));
+    let file = ctx.join("build.Dockerfile");
+    ws.rbuild("store", &["build", "-f", file.to_str().unwrap(), "-t", &name, ctx.to_str().unwrap()]).success();
+
+    // `rbuild push NAME` pushes what the store holds.
+    let pushed = ws.rbuild("store", &["push", &name]).success();
+    assert!(pushed.stdout.contains("@sha256:"), "{}", pushed.stdout);
+    let cfg =
+        json(&cmd("skopeo", &["inspect", "--config", "--tls-verify=false", &format!("docker://{name}")]).success());
+    assert_eq!(cfg["config"]["Volumes"], serde_json::json!({"/var/lib/app": {}}));
+    assert_eq!(cfg["config"]["StopSignal"], "SIGQUIT");
+
+    let layout = ws.path("layout");
+    cmd(
+        "skopeo",
+        &["copy", "--src-tls-verify=false", &format!("docker://{name}"), &format!("oci:{}:x", layout.display())],
+    )
+    .success();
+    let bundle = ws.path("bundle");
+    cmd("umoci", &["unpack", "--image", &format!("{}:x", layout.display()), bundle.to_str().unwrap()]).success();
+    let root = bundle.join("rootfs");
+    // Deleted-then-recreated directory: an opaque directory hides the old contents.
+    assert!(!root.join("data/sub").exists(), "opaque /data must hide /data/sub");
+    assert_eq!(std::fs::read_to_string(root.join("data/new.txt")).unwrap(), "new\n");
+    // Hardlinks stay hardlinks, symlinks stay symlinks.
+    let (keep, hard) =
+        (std::fs::metadata(root.join("keep.txt")).unwrap(), std::fs::metadata(root.join("hard.txt")).unwrap());
+    assert_eq!(keep.ino(), hard.ino(), "hard.txt is a hardlink of keep.txt");
+    assert_eq!(std::fs::read_link(root.join("soft.txt")).unwrap().to_str(), Some("/keep.txt"));
+    // COPY --from=<index>, wildcards, ADD of a local tar.
+    assert_eq!(std::fs::read_to_string(root.join("from-index.txt")).unwrap(), "keep\n");
+    assert_eq!(std::fs::read_to_string(root.join("etc/app/a.conf")).unwrap(), "a\n");
+    assert_eq!(std::fs::read_to_string(root.join("etc/app/b.conf")).unwrap(), "b\n");
+    assert!(!root.join("etc/app/c.txt").exists());
+    assert_eq!(std::fs::read_to_string(root.join("opt/a.txt")).unwrap(), "A\n");
+    assert_eq!(std::fs::read_to_string(root.join("opt/dir/b.txt")).unwrap(), "B\n");
+    assert!(!root.join("opt/files.tar").exists(), "ADD extracts local archives");
+
+    // --target builds only what the target needs.
+    let mid = ws
+        .rbuild(
+            "store",
+            &["build", "-f", file.to_str().unwrap(), "--target", "middle", "-t", "local/middle", ctx.to_str().unwrap()],
+        )
+        .success();
+    assert!(!mid.stderr.contains("from-index"), "steps after the target must not run:\n{}", mid.stderr);
+    // --no-cache runs every step again.
+    let again = ws
+        .rbuild("store", &["build", "-f", file.to_str().unwrap(), "--no-cache", "-t", &name, ctx.to_str().unwrap()])
+        .success();
+    let st = steps(&again.stderr);
+    assert!(!st.is_empty() && st.iter().all(|(_, s)| s == "DONE"), "--no-cache runs everything:\n{}", again.stderr);
+
+    // rmi removes the name, and only the name.
+    ws.rbuild("store", &["rmi", &name]).success();
+    let images = ws.rbuild("store", &["images"]).success();
+    assert!(!images.stdout.contains(&name) && images.stdout.contains("local/middle"), "{}", images.stdout);
+    let missing = ws.rbuild("store", &["rmi", &name]);
+    assert_ne!(missing.code, Some(0));
+    assert!(missing.stderr.contains("no image named"), "{}", missing.stderr);
+}

@@ -740,27 +740,3 @@ fn overlay_upperdir_round_trips_through_overlayfs_and_umoci() {
     assert!(out.status.success(), "umoci: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(tree(&rootfs), expected);
 }
-
-#[test]
-#[ignore]
-fn tmp_bench_real_tree() {
-    let src = PathBuf::from(std::env::var("LAYER_BENCH_DIR").unwrap());
-    let t0 = std::time::Instant::now();
-    let first = tar_of(&src, &LayerOptions::default());
-    eprintln!("write {} MB in {:?}", first.len() >> 20, t0.elapsed());
-    let dest = TempDir::new().unwrap();
-    let t0 = std::time::Instant::now();
-    extract_layer(first.as_slice(), dest.path()).unwrap();
-    eprintln!("extract in {:?}", t0.elapsed());
-    let second = tar_of(dest.path(), &LayerOptions::default());
-    assert!(first == second);
-    let t0 = std::time::Instant::now();
-    let d = write_compressed_layer(&src, std::io::sink(), Compression::Gzip { level: 6 }, &LayerOptions::default())
-        .unwrap();
-    eprintln!("gzip {:?} in {:?}", d, t0.elapsed());
-    let f = TempDir::new().unwrap();
-    std::fs::write(f.path().join("l.tar"), &first).unwrap();
-    let out = Command::new("tar").arg("-tf").arg(f.path().join("l.tar")).output().unwrap();
-    assert!(out.status.success());
-    eprintln!("gnu tar lists {} entries", out.stdout.split(|&b| b == b'\n').count());
-}
