@@ -55,6 +55,10 @@ pub enum ContentHashError {
     EscapesRoot { name: String },
     #[error("source {name:?} not found")]
     NotFound { name: String },
+    /// The source exists but every path it names is excluded (`.dockerignore`, `--exclude`): reported apart from
+    /// [`ContentHashError::NotFound`] so that the caller can say which patterns hid it.
+    #[error("source {name:?} not found: it is excluded")]
+    Excluded { name: String },
     #[error("no source files were specified: pattern {pattern:?} matched no files")]
     NoMatch { pattern: String },
     #[error("invalid wildcard pattern {pattern:?}: {reason}")]
@@ -397,6 +401,7 @@ pub fn resolve_selection(
             lstat_opt(&path)?.map(|md| vec![(rel.clone(), path, md)]).unwrap_or_default()
         };
         let before = out.len();
+        let existed = !found.is_empty();
         for (rel, path, md) in found {
             if !rel.as_os_str().is_empty() && !md.is_dir() && excluded(&rel_string(&rel)) {
                 continue;
@@ -406,6 +411,8 @@ pub fn resolve_selection(
         if out.len() == before {
             return Err(if wildcard {
                 ContentHashError::NoMatch { pattern: source.clone() }
+            } else if existed {
+                ContentHashError::Excluded { name: source.clone() }
             } else {
                 ContentHashError::NotFound { name: source.clone() }
             });
@@ -502,10 +509,11 @@ pub fn walk_selection(
     }
     for source in &sel.sources {
         if !kept_per_source.contains_key(source.as_str()) {
+            // Resolved (so it exists) but nothing below it survived the exclusions.
             return Err(if has_wildcards(source) {
                 ContentHashError::NoMatch { pattern: source.clone() }
             } else {
-                ContentHashError::NotFound { name: source.clone() }
+                ContentHashError::Excluded { name: source.clone() }
             });
         }
     }
@@ -547,19 +555,29 @@ fn walk_dir(
 // ---------------------------------------------------------------------------------------------------------------
 // Digest
 
-/// Length-prefixed writer into the digest: no two different field sequences produce the same byte stream.
-struct Encoder(Sha256);
+/// Length-prefixed writer into the digest: no two different field sequences produce the same byte stream. While
+/// `entry` is set, the same bytes also go to it (the digest of one entry, for [`content_files`]).
+struct Encoder {
+    main: Sha256,
+    entry: Option<Sha256>,
+}
 
 impl Encoder {
+    fn update(&mut self, b: &[u8]) {
+        self.main.update(b);
+        if let Some(e) = &mut self.entry {
+            e.update(b);
+        }
+    }
     fn u8(&mut self, v: u8) {
-        self.0.update([v]);
+        self.update(&[v]);
     }
     fn u64(&mut self, v: u64) {
-        self.0.update(v.to_le_bytes());
+        self.update(&v.to_le_bytes());
     }
     fn bytes(&mut self, b: &[u8]) {
         self.u64(b.len() as u64);
-        self.0.update(b);
+        self.update(b);
     }
 }
 
@@ -618,6 +636,28 @@ pub fn content_digest(
     excluded: &dyn Fn(&str) -> bool,
     cache: Option<&StatCache>,
 ) -> Result<Digest, ContentHashError> {
+    digest_selection(root, sel, excluded, cache, false).map(|(d, _)| d)
+}
+
+/// Like [`content_digest`], plus every selected path (relative to the root) with the digest of its own part of the
+/// encoding (metadata and bytes), so that a changed content digest can be traced to the files that changed.
+pub fn content_files(
+    root: &Path,
+    sel: &Selection,
+    excluded: &dyn Fn(&str) -> bool,
+    cache: Option<&StatCache>,
+) -> Result<(Digest, Vec<(String, Digest)>), ContentHashError> {
+    digest_selection(root, sel, excluded, cache, true)
+}
+
+fn digest_selection(
+    root: &Path,
+    sel: &Selection,
+    excluded: &dyn Fn(&str) -> bool,
+    cache: Option<&StatCache>,
+    per_file: bool,
+) -> Result<(Digest, Vec<(String, Digest)>), ContentHashError> {
+    let mut files_out = Vec::new();
     let trees = walk_selection(root, sel, excluded)?;
     let files: Vec<&SelectedEntry> =
         trees.iter().flat_map(|t| t.entries.iter()).filter(|e| e.metadata.file_type().is_file()).collect();
@@ -627,7 +667,7 @@ pub fn content_digest(
         by_path.insert(e.path.as_path(), d);
     }
 
-    let mut enc = Encoder(Sha256::new());
+    let mut enc = Encoder { main: Sha256::new(), entry: None };
     enc.bytes(b"rbuild-contenthash-v1");
     enc.u8(u8::from(sel.follow_symlinks));
     let mut last_source: Option<&str> = None;
@@ -641,6 +681,9 @@ pub fn content_digest(
         enc.bytes(tree.source.rel.as_os_str().as_bytes());
         for e in &tree.entries {
             let md = &e.metadata;
+            if per_file {
+                enc.entry = Some(Sha256::new());
+            }
             enc.u8(TAG_ENTRY);
             enc.bytes(e.rel.as_os_str().as_bytes());
             enc.u8(kind_byte(md));
@@ -665,9 +708,14 @@ pub fn content_digest(
                 Some(d) if ft.is_file() => enc.bytes(d),
                 _ => enc.bytes(b""),
             }
+            if let Some(entry) = enc.entry.take() {
+                let rel =
+                    if e.rel.as_os_str().is_empty() { tree.source.rel.clone() } else { tree.source.rel.join(&e.rel) };
+                files_out.push((rel.to_string_lossy().into_owned(), Digest::from_sha256(entry.finalize().into())));
+            }
         }
     }
-    Ok(Digest::from_sha256(enc.0.finalize().into()))
+    Ok((Digest::from_sha256(enc.main.finalize().into()), files_out))
 }
 
 /// Hashes file contents, in parallel on up to 4 threads (hashing is I/O- and SHA-bound; more threads only thrash).
@@ -1095,10 +1143,13 @@ mod tests {
         let trees = walk_selection(root, &sel(&["."]), &excluded).unwrap();
         let rels: Vec<String> = trees[0].entries.iter().map(|e| rel_string(&e.rel)).collect();
         assert_eq!(rels, vec!["", "src", "src/a.rs", "vendor", "vendor/keep.txt"]);
+        // Excluded paths are reported apart from missing ones, so a COPY can say what hid them.
         let err = walk_selection(root, &sel(&["secret.key"]), &excluded).unwrap_err();
-        assert!(matches!(err, ContentHashError::NotFound { .. }));
+        assert!(matches!(&err, ContentHashError::Excluded { name } if name == "secret.key"), "{err}");
         let err = walk_selection(root, &sel(&["node_modules"]), &excluded).unwrap_err();
-        assert!(matches!(err, ContentHashError::NotFound { .. }));
+        assert!(matches!(&err, ContentHashError::Excluded { name } if name == "node_modules"), "{err}");
+        let err = walk_selection(root, &sel(&["missing.txt"]), &excluded).unwrap_err();
+        assert!(matches!(err, ContentHashError::NotFound { .. }), "{err}");
     }
 
     #[test]
@@ -1255,5 +1306,23 @@ mod tests {
         assert!(StatCache::load(&p).is_empty());
         fs::write(&p, &bytes[..10]).unwrap();
         assert!(StatCache::load(&p).is_empty());
+    }
+
+    #[test]
+    fn content_files_names_what_changed_and_agrees_with_the_digest() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        write(root, "app/a.txt", "a");
+        write(root, "app/b.txt", "b");
+        let (d1, files1) = content_files(root, &sel(&["app"]), &none, None).unwrap();
+        assert_eq!(d1, digest(root, &["app"]));
+        let names: Vec<&str> = files1.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, ["app", "app/a.txt", "app/b.txt"]);
+        fs::set_permissions(root.join("app/b.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+        let (d2, files2) = content_files(root, &sel(&["app"]), &none, None).unwrap();
+        assert_ne!(d1, d2);
+        let changed: Vec<&str> =
+            files1.iter().zip(&files2).filter(|(a, b)| a.1 != b.1).map(|(a, _)| a.0.as_str()).collect();
+        assert_eq!(changed, ["app/b.txt"]);
     }
 }

@@ -4,6 +4,7 @@
 //! at any point leaves the store readable, and several rbuild processes can share one store.
 
 pub mod contenthash;
+pub mod gc;
 pub mod store;
 
-pub use store::{ImageRecord, LayerBlob, Store, StoreError};
+pub use store::{ImageRecord, LayerBlob, LockMode, Store, StoreError};

@@ -7,6 +7,7 @@
 //! directories whose lock is free (their process died). Builds hold the store's lock shared; prune takes it
 //! exclusively, so nothing is collected from under a running build.
 
+use rbuild_solver::explain::StepInputs;
 use rbuild_solver::{CacheError, CacheRecord, CacheStore, Digest, Output};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -59,6 +60,16 @@ pub struct ImageRecord {
     pub manifest: Option<Digest>,
 }
 
+/// How a store is held: builds share it; garbage collection owns it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    /// Waits until no other process has the store open.
+    Exclusive,
+    /// Gives up at once (`Ok(None)`) if another process has the store open.
+    TryExclusive,
+}
+
 /// An open store.
 pub struct Store {
     root: PathBuf,
@@ -66,14 +77,40 @@ pub struct Store {
     _tmp_lock: File,
     _store_lock: File,
     counter: AtomicU64,
+    dead_tmp_collected: Vec<PathBuf>,
+    mode: LockMode,
 }
+
+/// The store's subdirectories (cache mounts are made by the executor, on first use).
+const SUBDIRS: [&str; 7] =
+    ["blobs/sha256", "snapshots", "index/cache", "index/tags", "index/layers", "index/steps", "tmp"];
 
 impl Store {
     /// Opens (creating if needed) the store at `root`, holding its lock shared, and removes dead processes' tmp dirs.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        for sub in ["blobs/sha256", "snapshots", "index/cache", "index/tags", "index/layers", "tmp"] {
+        Self::open_with(root, LockMode::Shared)?.ok_or_else(|| StoreError::Io {
+            path: root.join("lock"),
+            context: "locking the store",
+            source: io::Error::from(io::ErrorKind::WouldBlock),
+        })
+    }
+
+    /// Opens the store with no other process in it (waiting for running builds to finish).
+    pub fn open_exclusive(root: &Path) -> Result<Store, StoreError> {
+        Self::open_with(root, LockMode::Exclusive)?.ok_or_else(|| StoreError::Io {
+            path: root.join("lock"),
+            context: "locking the store",
+            source: io::Error::from(io::ErrorKind::WouldBlock),
+        })
+    }
+
+    /// Opens the store locked as `mode`; `None` only for [`LockMode::TryExclusive`] when another process has it.
+    pub fn open_with(root: &Path, mode: LockMode) -> Result<Option<Store>, StoreError> {
+        for sub in SUBDIRS {
             let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io_err(&p, "creating the store"))?;
+            if !p.is_dir() {
+                fs::create_dir_all(&p).map_err(io_err(&p, "creating the store"))?;
+            }
         }
         let lock_path = root.join("lock");
         let store_lock = OpenOptions::new()
@@ -82,16 +119,48 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path, "opening the store lock"))?;
-        store_lock.lock_shared().map_err(io_err(&lock_path, "locking the store"))?;
-        collect_dead_tmp(&root.join("tmp"));
+        match mode {
+            LockMode::Shared => store_lock.lock_shared().map_err(io_err(&lock_path, "locking the store"))?,
+            LockMode::Exclusive => store_lock.lock().map_err(io_err(&lock_path, "locking the store"))?,
+            LockMode::TryExclusive => match store_lock.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::Io { path: lock_path, context: "locking the store", source: e });
+                }
+            },
+        }
+        let dead_tmp_collected = collect_dead_tmp(&root.join("tmp"));
         let (tmp, tmp_lock) = own_tmp_dir(&root.join("tmp"))?;
-        Ok(Store {
+        Ok(Some(Store {
             root: root.to_path_buf(),
             tmp,
             _tmp_lock: tmp_lock,
             _store_lock: store_lock,
             counter: AtomicU64::new(0),
-        })
+            dead_tmp_collected,
+            mode,
+        }))
+    }
+
+    /// True when no other process has the store open (so collecting garbage is safe).
+    pub fn is_exclusive(&self) -> bool {
+        self.mode != LockMode::Shared
+    }
+
+    /// This process's own tmp dir.
+    pub fn own_tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Tmp dirs of processes that died without cleaning up, found (and removed) when this store was opened.
+    pub fn dead_tmp_collected(&self) -> &[PathBuf] {
+        &self.dead_tmp_collected
+    }
+
+    /// Where `RUN --mount=type=cache` directories live.
+    pub fn cache_mounts_dir(&self) -> PathBuf {
+        self.root.join("cachemounts")
     }
 
     pub fn root(&self) -> &Path {
@@ -263,17 +332,52 @@ impl Store {
         self.rename_in(&tmp, path)
     }
 
-    fn cache_path(&self, key: &Digest) -> PathBuf {
+    pub(crate) fn cache_path(&self, key: &Digest) -> PathBuf {
         let hex = key.hex();
         self.root.join("index/cache").join(&hex[..2]).join(format!("{hex}.json"))
+    }
+
+    fn step_path(&self, identity: &str) -> PathBuf {
+        let d = Digest::of(identity.as_bytes());
+        self.root.join("index/steps").join(format!("{}.json", &d.hex()[..32]))
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: what is left (a busy mount point) is collected by the next process once our lock is gone.
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Marks a cache entry as used now (its file's mtime is its last use, for LRU collection). Not fsynced: losing
+/// a last-use time in a crash only makes an entry look older.
+fn touch(path: &Path) {
+    if let Ok(f) = File::options().write(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
     }
 }
 
 impl CacheStore for Store {
     fn get(&self, key: &Digest) -> Option<CacheRecord> {
-        let record: CacheRecord = read_json(&self.cache_path(key)).ok().flatten()?;
+        let path = self.cache_path(key);
+        let record: CacheRecord = read_json(&path).ok().flatten()?;
         // An entry whose snapshots were pruned is a miss, not an error.
-        record.output.layers().iter().all(|l| self.has_snapshot(l)).then_some(record)
+        if !record.output.layers().iter().all(|l| self.has_snapshot(l)) {
+            return None;
+        }
+        touch(&path);
+        Some(record)
+    }
+
+    fn previous_step(&self, identity: &str) -> Option<StepInputs> {
+        let (stored_identity, inputs): (String, StepInputs) = read_json(&self.step_path(identity)).ok().flatten()?;
+        (stored_identity == identity).then_some(inputs)
+    }
+
+    fn record_step(&self, identity: &str, inputs: &StepInputs) -> Result<(), CacheError> {
+        self.write_json(&self.step_path(identity), &(identity, inputs))
+            .map_err(|e| CacheError { context: format!("recording step {identity}"), source: io::Error::other(e) })
     }
 
     fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {
@@ -347,9 +451,10 @@ fn own_tmp_dir(tmp_root: &Path) -> Result<(PathBuf, File), StoreError> {
     })
 }
 
-/// Removes tmp dirs left behind by processes that died (their lock is no longer held).
-fn collect_dead_tmp(tmp_root: &Path) {
-    let Ok(entries) = fs::read_dir(tmp_root) else { return };
+/// Removes tmp dirs left behind by processes that died (their lock is no longer held); returns them.
+fn collect_dead_tmp(tmp_root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(tmp_root) else { return found };
     for entry in entries.flatten() {
         let p = entry.path();
         let lock = p.join(".lock");
@@ -362,8 +467,10 @@ fn collect_dead_tmp(tmp_root: &Path) {
             // Directories left by a killed build may still be overlay mount points or hold read-only bits;
             // removal failures are left for the next run rather than failing this one.
             let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            found.push(p);
         }
     }
+    found
 }
 
 #[cfg(test)]

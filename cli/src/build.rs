@@ -9,7 +9,7 @@ use rbuild_cache::ImageRecord;
 use rbuild_executor::worker::LocalWorker;
 use rbuild_frontend::{ConvertOptions, HistoryStep, NoCache, convert};
 use rbuild_image::registry::{ImageRef, RegistryClient};
-use rbuild_solver::oci::{History, Platform, to_canonical_json};
+use rbuild_solver::oci::{History, to_canonical_json};
 use rbuild_solver::{SolveOptions, WorkerError, solve};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,17 @@ pub struct BuildArgs {
     /// Write the image ID to this file
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
+    /// A secret for RUN --mount=type=secret: id=NAME,src=FILE or id=NAME,env=VAR
+    #[arg(long = "secret", value_name = "id=NAME,src=FILE|env=VAR")]
+    secrets: Vec<String>,
+    /// An SSH agent for RUN --mount=type=ssh: default (from $SSH_AUTH_SOCK) or ID=SOCKET
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
+    ssh: Vec<String>,
+    /// Say, for every step that runs, why it missed the cache (changed instruction, file, build arg, input)
+    #[arg(long)]
+    explain_cache: bool,
+    #[command(flatten)]
+    outputs: crate::outputs::OutputArgs,
     /// The build context directory
     context: PathBuf,
 }
@@ -93,6 +104,10 @@ fn parse_time(s: &str) -> Option<i64> {
 }
 
 pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
+    let canceller = rbuild_executor::cancel::Canceller::new();
+    let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
+    let mount_sources =
+        crate::secrets::mount_sources(&args.secrets, &args.ssh, &|name: &str| std::env::var(name).ok())?;
     let context = args.context.clone();
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
@@ -119,6 +134,8 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     if args.push && tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
     }
+    let outputs = crate::outputs::plan(&args.outputs, &tags, args.push)?;
+    let platform = crate::outputs::platform(&args.outputs)?;
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => {
             Some(v.parse::<i64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?)
@@ -131,7 +148,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let opts = ConvertOptions {
         build_args: parse_build_args(&args.build_args)?,
         target: args.target.clone(),
-        platform: Platform::host(),
+        platform,
         no_cache: if args.no_cache {
             NoCache::All
         } else if args.no_cache_filter.is_empty() {
@@ -160,13 +177,22 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     }
 
     let context_abs = std::fs::canonicalize(&context).with_context(|| format!("resolving {}", context.display()))?;
-    let worker = Arc::new(LocalWorker::new(store.clone(), context_abs, epoch)?);
+    let worker = Arc::new(
+        LocalWorker::new(store.clone(), context_abs, epoch)?
+            .with_mount_sources(mount_sources)
+            .with_canceller(canceller),
+    );
     let progress = Arc::new(PlainProgress::new());
     let graph = Arc::new(plan.graph);
     let mut solve_opts = SolveOptions::default();
     if let Some(j) = args.jobs {
         solve_opts.jobs = j.max(1);
     }
+    // Steps are remembered per Dockerfile and target, so --explain-cache compares a step with its own last run.
+    let dockerfile_abs = std::fs::canonicalize(&dockerfile).unwrap_or_else(|_| dockerfile.clone());
+    solve_opts.record_scope =
+        Some(format!("{}\n{}", dockerfile_abs.display(), args.target.as_deref().unwrap_or_default()));
+    solve_opts.explain = args.explain_cache;
     let result =
         solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress.clone(), solve_opts).await;
     worker.finish();
@@ -190,9 +216,12 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
                 cause = c.source();
             }
             eprintln!("{msg}");
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(if interrupted.get() { 130 } else { 1 }));
         }
     };
+    if interrupted.get() {
+        return Ok(ExitCode::from(130));
+    }
 
     // Image config: the plan's config, the target's layers, and history with the times results were made.
     let mut config = plan.config;
@@ -242,19 +271,16 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     if let Some(f) = &args.iidfile {
         std::fs::write(f, config_digest.as_str()).with_context(|| format!("writing {}", f.display()))?;
     }
-    if args.push {
-        for t in &tags {
-            eprintln!("pushing {t}");
-            let digest = rbuild_image::local::push(&client, &store, &config_digest, t)
-                .await
-                .with_context(|| format!("pushing {t}"))?;
-            store.set_tag(&ImageRecord {
-                name: t.to_string(),
-                config: config_digest.clone(),
-                manifest: Some(digest.clone()),
-            })?;
-            println!("{t}@{digest}");
-        }
+    crate::outputs::finish(&store, &client, &config_digest, &outputs, args.outputs.metadata_file.as_deref(), epoch)
+        .await?;
+    let ran = solved.iter().zip(&graph.vertices).any(|(s, v)| {
+        s.as_ref().is_some_and(|s| !s.cached) && matches!(v.op, rbuild_solver::Op::Exec(_) | rbuild_solver::Op::File(_))
+    });
+    if ran {
+        // The store must be released first: collection needs it to itself.
+        drop(worker);
+        drop(store);
+        crate::storage::auto_gc(env);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,15 +2,19 @@
 //! and errors, and picks exit codes; the build logic itself lives in the library crates.
 
 mod build;
+mod interrupt;
+mod login;
+mod outputs;
 mod progress;
 mod render;
 mod resolver;
+mod secrets;
+mod storage;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use rbuild_cache::Store;
-use rbuild_image::registry::{Credentials, ImageRef, RegistryClient, RegistryOptions};
-use std::collections::BTreeMap;
+use rbuild_image::registry::{ImageRef, RegistryClient, RegistryOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,6 +27,8 @@ struct Cli {
     /// Registries (host[:port]) that may be reached over plain HTTP (loopback always may)
     #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
     insecure_registries: Vec<String>,
+    #[command(flatten)]
+    registry_flags: login::RegistryFlags,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -30,16 +36,35 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build an image from a Dockerfile
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// List images in the local store
     Images,
     /// Push an image from the local store to its registry
     Push {
         /// Image name (as tagged)
         name: String,
+        /// Layer compression: gzip, zstd or uncompressed
+        #[arg(long, default_value = "gzip")]
+        compression: String,
+        /// Compression level (gzip 0..=9, zstd 1..=22)
+        #[arg(long = "compression-level")]
+        compression_level: Option<String>,
     },
     /// Pull an image into the local store
-    Pull { name: String },
+    Pull {
+        name: String,
+        /// The platform to pick from a multi-platform image [default: this machine's]
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+    },
+    /// Log in to a registry (credentials are checked, then saved in Docker's config.json)
+    Login(login::LoginArgs),
+    /// Forget the credentials for a registry
+    Logout { registry: Option<String> },
+    /// Write images to a docker or OCI archive
+    Save(outputs::SaveArgs),
+    /// Read images from a docker or OCI archive into the store
+    Load(outputs::LoadArgs),
     /// Give an image in the store another name
     Tag { source: String, target: String },
     /// Remove a name from the local store
@@ -49,6 +74,12 @@ enum Cmd {
     },
     /// Print an image's config
     Inspect { name: String },
+    /// Show the store's disk usage per kind
+    Du,
+    /// Remove build cache (never tagged images)
+    Prune(storage::PruneArgs),
+    /// Verify the store's integrity (blobs, tags, cache index, leftovers)
+    Check,
     /// Tools for looking inside rbuild
     Debug {
         #[command(subcommand)]
@@ -84,6 +115,8 @@ fn main() -> ExitCode {
 pub struct Env {
     pub root: PathBuf,
     pub registry: RegistryOptions,
+    /// Collect the store after a build when it grows past this many bytes.
+    pub gc_keep_storage: Option<u64>,
 }
 
 fn env_for(cli: &Cli) -> Result<Env> {
@@ -94,59 +127,21 @@ fn env_for(cli: &Cli) -> Result<Env> {
             home.join(".local/share/rbuild")
         }
     };
-    let credentials = docker_credentials();
-    Ok(Env { root, registry: RegistryOptions { insecure_registries: cli.insecure_registries.clone(), credentials } })
-}
-
-/// Basic-auth credentials from Docker's config.json (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
-fn docker_credentials() -> BTreeMap<String, Credentials> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
-    let mut out = BTreeMap::new();
-    let Some(bytes) = dir.and_then(|d| std::fs::read(d.join("config.json")).ok()) else { return out };
-    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return out };
-    if let Some(auths) = doc.get("auths").and_then(|a| a.as_object()) {
-        for (host, entry) in auths {
-            let decoded = entry.get("auth").and_then(|a| a.as_str()).and_then(base64_decode);
-            if let Some((u, p)) = decoded.as_deref().and_then(|s| s.split_once(':')) {
-                let host = host.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
-                let host = host.split('/').next().unwrap_or(host).to_string();
-                out.insert(host, Credentials { username: u.to_string(), password: p.to_string() });
-            }
-        }
-    }
-    out
-}
-
-fn base64_decode(s: &str) -> Option<String> {
-    let mut bits: u32 = 0;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32;
-        bits = (bits << 6) | v;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    let gc_keep_storage = storage::configured_keep_storage(&root)?;
+    Ok(Env {
+        root,
+        registry: login::registry_options(&cli.registry_flags, cli.insecure_registries.clone()),
+        gc_keep_storage,
+    })
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let env = env_for(&cli)?;
     match cli.command {
-        Cmd::Build(args) => build::run(&env, args).await,
+        Cmd::Build(args) => build::run(&env, *args).await,
+        Cmd::Du => storage::du(&env),
+        Cmd::Prune(args) => storage::prune(&env, args),
+        Cmd::Check => storage::check(&env),
         Cmd::Debug { command: DebugCmd::DumpAst { file } } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             match rbuild_frontend::parser::parse(&text) {
@@ -169,21 +164,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Push { name } => {
+        Cmd::Push { name, compression, compression_level } => {
+            let compression = outputs::parse_compression(Some(&compression), compression_level.as_deref())?;
             let store = open_store(&env)?;
             let r = ImageRef::parse(&name)?;
             let rec =
                 store.tag(&r.to_string())?.with_context(|| format!("no image named {name} in the local store"))?;
             let client = RegistryClient::new(env.registry.clone());
-            let digest = rbuild_image::local::push(&client, &store, &rec.config, &r).await?;
-            println!("{r}@{digest}");
+            let outputs = [outputs::Output::Image { names: vec![r.to_string()], push: true, compression }];
+            outputs::finish(&store, &client, &rec.config, &outputs, None, None).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Pull { name } => {
+        Cmd::Login(args) => login::login(&env.registry, args).await,
+        Cmd::Logout { registry } => login::logout(registry),
+        Cmd::Save(args) => outputs::save(&env, args),
+        Cmd::Load(args) => outputs::load(&env, args),
+        Cmd::Pull { name, platform } => {
             let store = open_store(&env)?;
             let r = ImageRef::parse(&name)?;
             let client = RegistryClient::new(env.registry.clone());
-            let pulled = rbuild_image::local::pull(&client, &store, &r, &rbuild_solver::oci::Platform::host()).await?;
+            let platform = match platform {
+                Some(p) => outputs::parse_platform(&p)?,
+                None => rbuild_solver::oci::Platform::host(),
+            };
+            let pulled = rbuild_image::local::pull(&client, &store, &r, &platform).await?;
             println!("{r}: image {}", pulled.record.config);
             Ok(ExitCode::SUCCESS)
         }

@@ -45,6 +45,14 @@ impl Progress for PlainProgress {
             Event::Failed { vertex, elapsed, .. } => {
                 writeln!(err, "#{} ERROR after {:.1}s", self.number(vertex), elapsed.as_secs_f64())
             }
+            Event::Explained { vertex, reasons } => {
+                let n = self.number(vertex);
+                let mut r = Ok(());
+                for reason in reasons {
+                    r = r.and(writeln!(err, "#{n} cache miss: {reason}"));
+                }
+                r
+            }
             Event::Log { vertex, line } => {
                 let n = self.number(vertex);
                 let t = self.started.elapsed().as_secs_f64();

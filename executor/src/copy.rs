@@ -247,22 +247,16 @@ impl Copier<'_> {
         Ok(real)
     }
 
-    /// The directory a directory source's contents go into: `dest` itself, created with the source directory's
-    /// metadata if missing; an existing directory keeps its own metadata (`COPY . /` must not chmod `/`).
-    fn top_dir(&mut self, dest_rel: &Path, top: &SelectedEntry) -> Result<PathBuf, CopyError> {
+    /// The directory a directory source's contents go into: `dest` itself. A missing one is created like a missing
+    /// parent (0755, the `--chown` owner or root), not with the source directory's metadata or `--chmod`: that
+    /// is what BuildKit 0.13 does (checked by the differential suite); an existing directory keeps its own
+    /// metadata (`COPY . /` must not chmod `/`).
+    fn top_dir(&mut self, dest_rel: &Path, _top: &SelectedEntry) -> Result<PathBuf, CopyError> {
         let real = contenthash::resolve_in_root(self.dest_root, dest_rel, true)?;
         match lstat_opt(&real)? {
             Some(md) if md.is_dir() => Ok(real),
             Some(_) => Err(CopyError::NotADirectory { path: real }),
-            None => {
-                let parent_rel =
-                    real.parent().and_then(|p| p.strip_prefix(self.dest_root).ok()).unwrap_or(Path::new(""));
-                self.mkdir_all(parent_rel)?;
-                fs::create_dir(&real).map_err(io_err("create directory", &real))?;
-                let meta = self.meta_from(top)?;
-                self.apply(&real, &meta, true)?;
-                Ok(real)
-            }
+            None => self.mkdir_all(dest_rel),
         }
     }
 
@@ -780,7 +774,8 @@ mod tests {
             t,
             [
                 "parent/ 755 7:8",
-                "parent/chowned/ 700 7:8",
+                // A missing destination directory is made like a parent: --chmod is for what is copied.
+                "parent/chowned/ 755 7:8",
                 "parent/chowned/rel-link -> ../a.txt",
                 "parent/chowned/sub/ 700 7:8",
                 "parent/chowned/sub/y 700 7:8 Y",

@@ -4,8 +4,11 @@
 //! op, and returns the directory of changes. Container processes are started by `runc` as a child process, never
 //! by cloning the (multithreaded) rbuild process itself.
 
+pub mod cancel;
 pub mod copy;
+pub mod mounts;
 pub mod overlay;
+pub mod remote;
 pub mod runtime;
 pub mod user;
 pub mod worker;

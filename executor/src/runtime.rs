@@ -27,6 +27,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::cancel::{Cancelled, Canceller, Registration};
 use crate::user::{ResolvedUser, resolve_in_root};
 use stubs::MountStubs;
 
@@ -54,6 +55,15 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
+/// An empty tmpfs mounted into the container (`RUN --mount=type=tmpfs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TmpfsMount {
+    /// Absolute path inside the container.
+    pub destination: String,
+    /// Size limit in bytes; the kernel's default (half of RAM) if `None`.
+    pub size: Option<u64>,
+}
+
 /// What to run and where.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -69,6 +79,10 @@ pub struct RunSpec {
     pub hostname: String,
     pub network: NetworkMode,
     pub mounts: Vec<BindMount>,
+    pub tmpfs: Vec<TmpfsMount>,
+    /// Where to write this run's bundle instead of the runtime's bundle directory: a tmpfs when the config holds
+    /// a secret (an `env` secret is in `config.json`), so it never reaches a disk.
+    pub bundle_dir: Option<PathBuf>,
 }
 
 /// How a process ended.
@@ -135,6 +149,8 @@ pub enum RuntimeError {
     },
     #[error("container {id} could not start the process: {message}")]
     Start { id: String, message: String },
+    #[error("not starting a container")]
+    Cancelled(#[from] Cancelled),
 }
 
 /// Runs containers with one `runc` binary and state directory.
@@ -144,6 +160,7 @@ pub struct Runtime {
     state_dir: PathBuf,
     bundle_parent: PathBuf,
     resolv_conf: PathBuf,
+    canceller: Canceller,
 }
 
 impl Runtime {
@@ -167,7 +184,24 @@ impl Runtime {
                 .create(dir)
                 .map_err(|source| RuntimeError::CreateDir { path: dir.clone(), source })?;
         }
-        Ok(Runtime { runc, state_dir, bundle_parent, resolv_conf: PathBuf::from("/etc/resolv.conf") })
+        Ok(Runtime {
+            runc,
+            state_dir,
+            bundle_parent,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            canceller: Canceller::new(),
+        })
+    }
+
+    /// Registers every container with `canceller`, so cancelling it kills them (see [`crate::cancel`]).
+    pub fn with_canceller(mut self, canceller: Canceller) -> Runtime {
+        self.canceller = canceller;
+        self
+    }
+
+    /// runc's state directory (`runc --root`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// Copies `path` instead of the host's `/etc/resolv.conf` into containers.
@@ -190,10 +224,11 @@ impl Runtime {
         if !spec.cwd.starts_with('/') {
             return Err(RuntimeError::RelativeCwd { cwd: spec.cwd.clone() });
         }
+        let bundle_parent = spec.bundle_dir.as_ref().unwrap_or(&self.bundle_parent);
         let bundle = tempfile::Builder::new()
             .prefix(&format!("rbuild-{}-", std::process::id()))
-            .tempdir_in(&self.bundle_parent)
-            .map_err(|source| RuntimeError::CreateDir { path: self.bundle_parent.clone(), source })?;
+            .tempdir_in(bundle_parent)
+            .map_err(|source| RuntimeError::CreateDir { path: bundle_parent.clone(), source })?;
         let id = bundle.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
 
         let hosts = bundle.path().join("hosts");
@@ -201,13 +236,23 @@ impl Runtime {
         let resolv_conf = bundle.path().join("resolv.conf");
         write_file(&resolv_conf, &read_host_resolv_conf(&self.resolv_conf))?;
 
-        let destinations =
-            spec::SYSTEM_MOUNT_DESTINATIONS.iter().copied().chain(spec.mounts.iter().map(|m| m.destination.as_str()));
+        let destinations = spec::SYSTEM_MOUNT_DESTINATIONS
+            .iter()
+            .copied()
+            .chain(spec.mounts.iter().map(|m| m.destination.as_str()))
+            .chain(spec.tmpfs.iter().map(|m| m.destination.as_str()));
         let stubs = MountStubs::record(&spec.rootfs, destinations)
             .map_err(|source| RuntimeError::MountStubs { rootfs: spec.rootfs.clone(), source })?;
         // From here on, everything is undone by the guard, in field order: container, stubs, bundle.
-        let mut guard =
-            Cleanup { runtime: self, id: id.clone(), child: None, stubs: Some(stubs), bundle: Some(bundle) };
+        let mut guard = Cleanup {
+            runtime: self,
+            id: id.clone(),
+            child: None,
+            stubs: Some(stubs),
+            bundle: Some(bundle),
+            registration: None,
+            exited: false,
+        };
 
         ensure_cwd(&spec.rootfs, &spec.cwd, &spec.user)?;
         let oci = spec::build_spec(spec, &hosts, &resolv_conf)?;
@@ -218,6 +263,7 @@ impl Runtime {
         write_file(&config, &json)?;
 
         let log = bundle_dir.join("runc.log");
+        guard.registration = Some(self.canceller.register(&id, self.runc.clone(), self.state_dir.clone())?);
         let (reader, writer) = io::pipe().map_err(|source| RuntimeError::Spawn { runc: self.runc.clone(), source })?;
         {
             let stderr =
@@ -245,6 +291,8 @@ impl Runtime {
             None => return Err(RuntimeError::Output { id, source: io::Error::other("runc process lost") }),
         };
         let runc_errors = runc_log_errors(&log);
+        // `runc run` deletes its container when it exits by itself (normally or with an error it logged).
+        guard.exited = status.code().is_some();
         drop(guard);
 
         if !runc_errors.is_empty() {
@@ -263,6 +311,10 @@ struct Cleanup<'a> {
     child: Option<Child>,
     stubs: Option<MountStubs>,
     bundle: Option<tempfile::TempDir>,
+    /// Known to the canceller until the container is deleted.
+    registration: Option<Registration>,
+    /// runc exited on its own, having deleted the container: no `runc delete` needed.
+    exited: bool,
 }
 
 impl Cleanup<'_> {
@@ -274,15 +326,17 @@ impl Cleanup<'_> {
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         // `runc run` deletes its container when the process exits; this covers runc dying or us bailing out early.
-        let deleted = Command::new(&self.runtime.runc)
-            .arg("--root")
-            .arg(&self.runtime.state_dir)
-            .args(["delete", "-f", &self.id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        tracing::debug!(id = %self.id, ?deleted, "runc delete -f");
+        if !self.exited {
+            let deleted = Command::new(&self.runtime.runc)
+                .arg("--root")
+                .arg(&self.runtime.state_dir)
+                .args(["delete", "-f", &self.id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            tracing::debug!(id = %self.id, ?deleted, "runc delete -f");
+        }
         if let Some(mut child) = self.child.take() {
             if let Err(err) = child.kill() {
                 tracing::debug!(id = %self.id, error = %err, "killing runc");
@@ -291,6 +345,7 @@ impl Drop for Cleanup<'_> {
                 tracing::warn!(id = %self.id, error = %err, "waiting for runc");
             }
         }
+        self.registration.take();
         if let Some(stubs) = self.stubs.take() {
             let removed = stubs.remove();
             tracing::debug!(id = %self.id, ?removed, "removed mount stubs");
@@ -486,6 +541,8 @@ mod tests {
             hostname: String::new(),
             network: NetworkMode::Host,
             mounts: vec![],
+            tmpfs: vec![],
+            bundle_dir: None,
         };
         std::fs::create_dir_all(&spec.rootfs).expect("mkdir");
         let err = rt.run(&spec, &mut |_| {}).expect_err("no runc");

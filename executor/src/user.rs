@@ -121,6 +121,11 @@ pub fn resolve_user_from(user: &str, passwd: &[PasswdEntry], groups: &[GroupEntr
             }
         }
     }
+    // The primary group is always among the supplementary ones too (`id` shows `groups=0(root)`), as in
+    // BuildKit's containers; checked by the differential suite.
+    if !resolved.additional_gids.contains(&resolved.gid) {
+        resolved.additional_gids.insert(0, resolved.gid);
+    }
     Ok(resolved)
 }
 
@@ -230,19 +235,19 @@ nogroup:x:65534:
     #[test]
     fn resolution_table() {
         let cases: &[(&str, ResolvedUser)] = &[
-            ("", ids(0, 0, &[10], Some("/root"))),
-            ("root", ids(0, 0, &[10], Some("/root"))),
-            ("0", ids(0, 0, &[10], Some("/root"))),
-            ("app", ids(1000, 1000, &[10, 29, 44], Some("/home/app"))),
-            ("1000", ids(1000, 1000, &[10, 29, 44], Some("/home/app"))),
-            ("app:staff", ids(1000, 50, &[], Some("/home/app"))),
-            ("app:29", ids(1000, 29, &[], Some("/home/app"))),
-            ("app:4242", ids(1000, 4242, &[], Some("/home/app"))),
-            ("4242", ids(4242, 0, &[], None)),
-            ("4242:4343", ids(4242, 4343, &[], None)),
-            ("4242:audio", ids(4242, 29, &[], None)),
-            ("nobody", ids(65534, 65534, &[], Some("/nonexistent"))),
-            ("daemon:", ids(1, 1, &[], Some("/usr/sbin"))),
+            ("", ids(0, 0, &[0, 10], Some("/root"))),
+            ("root", ids(0, 0, &[0, 10], Some("/root"))),
+            ("0", ids(0, 0, &[0, 10], Some("/root"))),
+            ("app", ids(1000, 1000, &[1000, 10, 29, 44], Some("/home/app"))),
+            ("1000", ids(1000, 1000, &[1000, 10, 29, 44], Some("/home/app"))),
+            ("app:staff", ids(1000, 50, &[50], Some("/home/app"))),
+            ("app:29", ids(1000, 29, &[29], Some("/home/app"))),
+            ("app:4242", ids(1000, 4242, &[4242], Some("/home/app"))),
+            ("4242", ids(4242, 0, &[0], None)),
+            ("4242:4343", ids(4242, 4343, &[4343], None)),
+            ("4242:audio", ids(4242, 29, &[29], None)),
+            ("nobody", ids(65534, 65534, &[65534], Some("/nonexistent"))),
+            ("daemon:", ids(1, 1, &[1], Some("/usr/sbin"))),
         ];
         for (input, want) in cases {
             let got = resolve(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
@@ -277,8 +282,8 @@ nogroup:x:65534:
 
     #[test]
     fn empty_databases_allow_only_numeric_and_root() {
-        assert_eq!(resolve_user_from("", &[], &[]).expect("root"), ids(0, 0, &[], None));
-        assert_eq!(resolve_user_from("7:8", &[], &[]).expect("numeric"), ids(7, 8, &[], None));
+        assert_eq!(resolve_user_from("", &[], &[]).expect("root"), ids(0, 0, &[0], None));
+        assert_eq!(resolve_user_from("7:8", &[], &[]).expect("numeric"), ids(7, 8, &[8], None));
         assert!(resolve_user_from("root", &[], &[]).is_err());
     }
 
@@ -289,10 +294,10 @@ nogroup:x:65534:
         std::fs::write(root.path().join("data/passwd"), "svc:x:77:88::/srv:/bin/sh\n").expect("write");
         std::fs::write(root.path().join("data/group"), "extra:x:99:svc\n").expect("write");
         std::os::unix::fs::symlink("/data", root.path().join("etc")).expect("symlink");
-        assert_eq!(resolve_user(root.path(), "svc").expect("svc"), ids(77, 88, &[99], Some("/srv")));
+        assert_eq!(resolve_user(root.path(), "svc").expect("svc"), ids(77, 88, &[88, 99], Some("/srv")));
         // No files at all: numeric works, names do not.
         let empty = tempfile::tempdir().expect("tempdir");
-        assert_eq!(resolve_user(empty.path(), "5").expect("numeric"), ids(5, 0, &[], None));
+        assert_eq!(resolve_user(empty.path(), "5").expect("numeric"), ids(5, 0, &[0], None));
         assert!(matches!(resolve_user(empty.path(), "svc"), Err(UserError::UnknownUser { .. })));
     }
 }

@@ -4,7 +4,9 @@
 //! the upper directory *is* the step's layer (in overlayfs format), so committing a layer is a rename, and its
 //! diff_id is the digest of the tar it would become. A step that changed nothing adds no layer.
 
+use crate::cancel::Canceller;
 use crate::copy::{CopyOptions, copy};
+use crate::mounts::{MountSources, prepare};
 use crate::overlay::mount_overlay;
 use crate::runtime::{NetworkMode, RunSpec, Runtime};
 use crate::user::resolve_user;
@@ -26,20 +28,47 @@ pub struct LocalWorker {
     context: PathBuf,
     stat_cache: StatCache,
     layer_opts: LayerOptions,
+    mount_sources: MountSources,
+    canceller: Canceller,
+    bundles: PathBuf,
 }
 
 impl LocalWorker {
     /// `context` is the build context directory; `clamp_mtime` is `SOURCE_DATE_EPOCH`, if set.
     pub fn new(store: Arc<Store>, context: PathBuf, clamp_mtime: Option<i64>) -> Result<LocalWorker, WorkerError> {
         let runc_state = store.root().join("runc");
-        let runtime = Runtime::new(
-            runc_state,
-            store.tmp_dir("bundles").map_err(|e| WorkerError::failed("preparing the runtime", e))?,
-        )
-        .map_err(|e| WorkerError::failed("preparing the container runtime", e))?;
+        let bundles = store.tmp_dir("bundles").map_err(|e| WorkerError::failed("preparing the runtime", e))?;
+        let runtime = Runtime::new(runc_state, bundles.clone())
+            .map_err(|e| WorkerError::failed("preparing the container runtime", e))?;
         let key = Digest::of(context.as_os_str().as_encoded_bytes());
         let stat_cache = StatCache::load(&store.root().join("index").join(format!("statcache-{}", &key.hex()[..16])));
-        Ok(LocalWorker { store, runtime, context, stat_cache, layer_opts: LayerOptions { clamp_mtime } })
+        Ok(LocalWorker {
+            store,
+            runtime,
+            context,
+            stat_cache,
+            layer_opts: LayerOptions { clamp_mtime },
+            mount_sources: MountSources::default(),
+            canceller: Canceller::new(),
+            bundles,
+        })
+    }
+
+    /// The secrets and SSH agents `RUN --mount=type=secret|ssh` steps may use.
+    pub fn with_mount_sources(mut self, sources: MountSources) -> LocalWorker {
+        self.mount_sources = sources;
+        self
+    }
+
+    /// Steps stop (and containers are killed) when `canceller` is cancelled.
+    pub fn with_canceller(mut self, canceller: Canceller) -> LocalWorker {
+        self.runtime = self.runtime.clone().with_canceller(canceller.clone());
+        self.canceller = canceller;
+        self
+    }
+
+    fn check_cancelled(&self) -> Result<(), WorkerError> {
+        self.canceller.check().map_err(|e| WorkerError::failed("stopping", e))
     }
 
     /// Persists what was learned about the context (file digests), for the next build.
@@ -97,6 +126,11 @@ impl LocalWorker {
         let empty = fs::read_dir(upper).map(|mut d| d.next().is_none()).unwrap_or(true);
         let mut out = layers.to_vec();
         if !empty {
+            // SOURCE_DATE_EPOCH: clamp the snapshot itself, so its tar (made again at push or export) keeps this diff_id.
+            if let Some(epoch) = self.layer_opts.clamp_mtime {
+                rbuild_image::rootfs::clamp_mtimes(upper, epoch)
+                    .map_err(|e| WorkerError::failed("clamping mtimes to SOURCE_DATE_EPOCH", e))?;
+            }
             let (id, _) =
                 diff_id(upper, &self.layer_opts).map_err(|e| WorkerError::failed("computing the layer digest", e))?;
             self.store.commit_snapshot(upper, &id).map_err(|e| WorkerError::failed("saving the layer", e))?;
@@ -171,9 +205,8 @@ impl LocalWorker {
     }
 
     fn copy_into(&self, merged: &Path, action: &CopyAction, src: &Output) -> Result<(), WorkerError> {
-        let matcher =
-            PatternMatcher::new(&action.excludes).map_err(|e| WorkerError::failed("invalid exclude pattern", e))?;
-        let excluded = |p: &str| matcher.matches_or_parent_matches(p).unwrap_or(false);
+        let exclusions = Exclusions::new(action)?;
+        let excluded = |p: &str| exclusions.excluded(p);
         let chown = match &action.chown {
             Some(spec) => {
                 let u = resolve_user(merged, spec).map_err(|e| WorkerError::failed(format!("--chown={spec}"), e))?;
@@ -188,9 +221,31 @@ impl LocalWorker {
             keep_owner: action.keep_owner,
         };
         self.with_view(src, |src_root| {
-            copy(src_root, &action.sources, &excluded, merged, &action.dest, &opts)
-                .map_err(|e| WorkerError::failed(copy_context(action), e))
+            let fail = |e: crate::copy::CopyError| exclusions.explain(action, e);
+            if !action.parents {
+                return copy(src_root, &action.sources, &excluded, merged, &action.dest, &opts).map_err(fail);
+            }
+            // --parents: each match lands under dest at its own directory path.
+            let found = rbuild_cache::contenthash::resolve_sources(src_root, &action.sources, &excluded)
+                .map_err(|e| fail(e.into()))?;
+            let dest = action.dest.trim_end_matches('/');
+            for s in found {
+                let rel = parents_rel(&s.source, &s.rel);
+                let parent = rel.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                let into = if parent.is_empty() { format!("{dest}/") } else { format!("{dest}/{parent}/") };
+                let one = [s.rel.to_string_lossy().into_owned()];
+                copy(src_root, &one, &excluded, merged, &into, &opts).map_err(fail)?;
+            }
+            Ok(())
         })
+    }
+}
+
+impl Drop for LocalWorker {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir(&self.bundles) {
+            tracing::debug!(path = %self.bundles.display(), error = %err, "removing the bundle directory");
+        }
     }
 }
 
@@ -224,6 +279,54 @@ fn prune_copied_up_dirs(upper_root: &Path, dir: &Path, lowers: &[PathBuf]) {
             let _ = fs::remove_dir(&path);
         }
     }
+}
+
+/// A COPY's exclusions: the context's `.dockerignore` and the instruction's `--exclude`, kept apart so that an
+/// error can say which one hid a source.
+struct Exclusions {
+    dockerignore: PatternMatcher,
+    exclude: PatternMatcher,
+}
+
+impl Exclusions {
+    fn new(action: &CopyAction) -> Result<Exclusions, WorkerError> {
+        let dockerignore = PatternMatcher::new(&action.dockerignore)
+            .map_err(|e| WorkerError::failed("invalid .dockerignore pattern", e))?;
+        let exclude =
+            PatternMatcher::new(&action.excludes).map_err(|e| WorkerError::failed("invalid exclude pattern", e))?;
+        Ok(Exclusions { dockerignore, exclude })
+    }
+
+    fn excluded(&self, p: &str) -> bool {
+        self.dockerignore.matches_or_parent_matches(p).unwrap_or(false)
+            || self.exclude.matches_or_parent_matches(p).unwrap_or(false)
+    }
+
+    /// The error for a failed copy; a source hidden by exclusions says by which.
+    fn explain(&self, action: &CopyAction, e: crate::copy::CopyError) -> WorkerError {
+        use rbuild_cache::contenthash::ContentHashError;
+        if let crate::copy::CopyError::Select(ContentHashError::Excluded { name }) = &e {
+            let rel = rbuild_cache::contenthash::clean_clamped(name).to_string_lossy().into_owned();
+            let by = if self.dockerignore.matches_or_parent_matches(&rel).unwrap_or(false) {
+                ".dockerignore"
+            } else {
+                "--exclude"
+            };
+            return WorkerError::failed(
+                copy_context(action),
+                format!("source {name:?} not found: it was excluded by {by}"),
+            );
+        }
+        WorkerError::failed(copy_context(action), e)
+    }
+}
+
+/// For `COPY --parents`: the part of a matched path that is kept. A `/./` in the source marks where the kept part
+/// starts (`src/./a/b` keeps `a/b`); otherwise the whole path is kept.
+fn parents_rel(source: &str, matched: &Path) -> PathBuf {
+    let Some(i) = source.find("/./") else { return matched.to_path_buf() };
+    let pivot = rbuild_cache::contenthash::clean_clamped(&source[..i]);
+    matched.strip_prefix(&pivot).map(Path::to_path_buf).unwrap_or_else(|_| matched.to_path_buf())
 }
 
 fn copy_context(a: &CopyAction) -> String {
@@ -273,12 +376,55 @@ fn mkdir_in_root(root: &Path, path: &str, mode: u32, owner: Option<(u32, u32)>) 
     Ok(())
 }
 
+/// Writes a file at `path` in `root` (parents created 0755 and owned by `owner`), replacing a non-directory.
+fn mkfile_in_root(
+    root: &Path,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), WorkerError> {
+    let what = || format!("writing {path}");
+    let (parent, name) = match path.trim_end_matches('/').rsplit_once('/') {
+        Some((p, n)) if !n.is_empty() && n != "." && n != ".." => (p, n),
+        _ => return Err(WorkerError::failed(what(), "the path names no file")),
+    };
+    mkdir_in_root(root, if parent.is_empty() { "/" } else { parent }, 0o755, owner)?;
+    let dir = rbuild_cache::contenthash::resolve_in_root(root, Path::new(parent.trim_start_matches('/')), true)
+        .map_err(|e| WorkerError::failed(what(), e))?;
+    let target = dir.join(name);
+    if let Ok(m) = fs::symlink_metadata(&target) {
+        if m.is_dir() {
+            return Err(WorkerError::failed(what(), "a directory is in the way"));
+        }
+        fs::remove_file(&target).map_err(|e| WorkerError::failed(what(), e))?;
+    }
+    fs::write(&target, data).map_err(|e| WorkerError::failed(what(), e))?;
+    fs::set_permissions(&target, fs::Permissions::from_mode(mode)).map_err(|e| WorkerError::failed(what(), e))?;
+    let (uid, gid) = owner.unwrap_or((0, 0));
+    chown(&target, Some(uid), Some(gid)).map_err(|e| WorkerError::failed(what(), e))?;
+    Ok(())
+}
+
 impl Worker for LocalWorker {
     fn source(&self, op: &Op) -> Result<Output, WorkerError> {
         match op {
             Op::Scratch => Ok(Output::RootFs(vec![])),
             Op::Context { .. } => Ok(Output::Dir(self.context.clone())),
             Op::Image { digest, .. } => self.image_rootfs(digest),
+            Op::Http { url, checksum, filename } => {
+                let dir =
+                    self.store.tmp_dir("http").map_err(|e| WorkerError::failed("creating a work directory", e))?;
+                crate::remote::fetch_http(url, checksum.as_deref(), filename, &dir)
+                    .map_err(|e| WorkerError::failed(format!("ADD {url}"), e))?;
+                Ok(Output::Dir(dir))
+            }
+            Op::Git { remote, reference, keep_git_dir } => {
+                let dir = self.store.tmp_dir("git").map_err(|e| WorkerError::failed("creating a work directory", e))?;
+                crate::remote::clone_git(remote, reference, *keep_git_dir, &dir.join("repo"))
+                    .map_err(|e| WorkerError::failed(format!("ADD {remote}"), e))?;
+                Ok(Output::Dir(dir.join("repo")))
+            }
             Op::Exec(_) | Op::File(_) => Err(WorkerError::failed("source", "not a source op")),
         }
     }
@@ -287,15 +433,24 @@ impl Worker for LocalWorker {
         let Output::Dir(root) = input else {
             return Err(WorkerError::failed("content digest", "only directories are hashed by content"));
         };
-        let matcher =
-            PatternMatcher::new(&action.excludes).map_err(|e| WorkerError::failed("invalid exclude pattern", e))?;
-        let excluded = |p: &str| matcher.matches_or_parent_matches(p).unwrap_or(false);
+        let exclusions = Exclusions::new(action)?;
+        let excluded = |p: &str| exclusions.excluded(p);
         let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
-        content_digest(root, &sel, &excluded, Some(&self.stat_cache))
-            .map_err(|e| WorkerError::failed(copy_context(action), e))
+        content_digest(root, &sel, &excluded, Some(&self.stat_cache)).map_err(|e| exclusions.explain(action, e.into()))
+    }
+
+    fn content_files(&self, input: &Output, action: &CopyAction) -> Result<Vec<(String, Digest)>, WorkerError> {
+        let Output::Dir(root) = input else { return Ok(Vec::new()) };
+        let exclusions = Exclusions::new(action)?;
+        let excluded = |p: &str| exclusions.excluded(p);
+        let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
+        rbuild_cache::contenthash::content_files(root, &sel, &excluded, Some(&self.stat_cache))
+            .map(|(_, files)| files)
+            .map_err(|e| exclusions.explain(action, e.into()))
     }
 
     fn exec(&self, op: &ExecOp, inputs: &[Output], log: &mut dyn FnMut(&str)) -> Result<Output, WorkerError> {
+        self.check_cancelled()?;
         let layers = inputs.first().map(|o| o.layers().to_vec()).unwrap_or_default();
         let command = op.args.join(" ");
         let mut exit = None;
@@ -305,10 +460,12 @@ impl Worker for LocalWorker {
             if fs::symlink_metadata(merged.join(op.cwd.trim_start_matches('/'))).is_err() {
                 mkdir_in_root(merged, &op.cwd, 0o755, Some((user.uid, user.gid)))?;
             }
+            let mounts = prepare(&self.store, &self.mount_sources, &op.mounts, inputs)
+                .map_err(|e| WorkerError::failed("preparing the step's mounts", e))?;
             let spec = RunSpec {
                 rootfs: merged.to_path_buf(),
                 args: op.args.clone(),
-                env: op.env.clone(),
+                env: op.env.iter().chain(&mounts.env).cloned().collect(),
                 cwd: op.cwd.clone(),
                 user,
                 hostname: "buildkitsandbox".into(),
@@ -316,10 +473,16 @@ impl Worker for LocalWorker {
                     Network::Host => NetworkMode::Host,
                     Network::None => NetworkMode::None,
                 },
-                mounts: vec![],
+                mounts: mounts.binds.clone(),
+                tmpfs: mounts.tmpfs.clone(),
+                bundle_dir: mounts.bundle_dir.clone(),
             };
             let result =
-                self.runtime.run(&spec, log).map_err(|e| WorkerError::failed(format!("running {command:?}"), e))?;
+                self.runtime.run(&spec, log).map_err(|e| WorkerError::failed(format!("running {command:?}"), e));
+            drop(spec);
+            drop(mounts);
+            let result = result?;
+            self.check_cancelled()?;
             if result.exit_code != 0 {
                 exit = Some((result.exit_code, result.tail));
                 return Err(WorkerError::failed("run", "non-zero exit"));
@@ -333,6 +496,7 @@ impl Worker for LocalWorker {
     }
 
     fn file(&self, op: &FileOp, inputs: &[Output]) -> Result<Output, WorkerError> {
+        self.check_cancelled()?;
         let layers = op.dest.and_then(|i| inputs.get(i)).map(|o| o.layers().to_vec()).unwrap_or_default();
         self.on_overlay(&layers, "file", |merged| {
             for action in &op.actions {
@@ -352,6 +516,17 @@ impl Worker for LocalWorker {
                             None => None,
                         };
                         mkdir_in_root(merged, path, *mode, owner)?;
+                    }
+                    FileAction::MkFile { path, data, mode, owner } => {
+                        let owner = match owner {
+                            Some(spec) => {
+                                let u = resolve_user(merged, spec)
+                                    .map_err(|e| WorkerError::failed(format!("--chown={spec}"), e))?;
+                                Some((u.uid, u.gid))
+                            }
+                            None => None,
+                        };
+                        mkfile_in_root(merged, path, data.as_bytes(), *mode, owner)?;
                     }
                 }
             }

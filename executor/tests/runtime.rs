@@ -3,8 +3,9 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rbuild_executor::cancel::Canceller;
 use rbuild_executor::overlay::{OverlayMount, mount_overlay};
-use rbuild_executor::runtime::{BindMount, NetworkMode, RunResult, RunSpec, Runtime, RuntimeError};
+use rbuild_executor::runtime::{BindMount, NetworkMode, RunResult, RunSpec, Runtime, RuntimeError, TmpfsMount};
 use rbuild_executor::user::{ResolvedUser, resolve_user};
 
 use crate::support::{TestDir, busybox_rootfs, privileged};
@@ -50,6 +51,8 @@ impl Sandbox {
             hostname: "rbuild-test".into(),
             network: NetworkMode::Host,
             mounts: Vec::new(),
+            tmpfs: Vec::new(),
+            bundle_dir: None,
         }
     }
 
@@ -340,4 +343,57 @@ fn concurrent_runs_do_not_interfere() {
             assert_eq!(lines, [format!("run-{i}")]);
         }
     });
+}
+
+#[test]
+fn cancelling_kills_a_running_container_and_refuses_new_ones() {
+    gate!("cancelling_kills_a_running_container_and_refuses_new_ones");
+    let sb = Sandbox::new("cancel");
+    let canceller = Canceller::new();
+    let runtime = sb.runtime.clone().with_canceller(canceller.clone());
+    let spec = sb.spec(&["/bin/sh", "-c", "echo started; sleep 300"]);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let run = {
+        let (runtime, spec) = (runtime.clone(), spec.clone());
+        std::thread::spawn(move || {
+            runtime.run(&spec, &mut |line| {
+                if line == "started" {
+                    let _ = started_tx.send(());
+                }
+            })
+        })
+    };
+    started_rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the container started");
+    assert_eq!(canceller.running(), 1);
+    assert_eq!(canceller.cancel(std::time::Duration::from_secs(60)), 0, "every container stopped");
+    let result = run.join().expect("run thread").expect("a killed process is a result");
+    assert_eq!(result.exit_code, 128 + 9);
+    let list = std::process::Command::new(runtime.runc())
+        .arg("--root")
+        .arg(runtime.state_dir())
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "", "no container left");
+    assert_eq!(std::fs::read_dir(sb.t.path("bundles")).expect("bundles").count(), 0, "bundle removed");
+    let err = runtime.run(&spec, &mut |_| {}).expect_err("cancelled: nothing starts");
+    assert!(matches!(err, RuntimeError::Cancelled(_)), "{err:?}");
+}
+
+#[test]
+fn tmpfs_mounts_are_sized_and_leave_no_trace() {
+    gate!("tmpfs_mounts_are_sized_and_leave_no_trace");
+    let mut sb = Sandbox::new("tmpfs");
+    let mut spec = sb.spec(&[
+        "/bin/sh",
+        "-c",
+        "echo x > /scratch/deep/f 2>/dev/null; mkdir /scratch/d && df -k /scratch | tail -1",
+    ]);
+    spec.tmpfs.push(TmpfsMount { destination: "/scratch".into(), size: Some(2 << 20) });
+    let (result, lines) = sb.run(&spec);
+    assert_eq!(result.exit_code, 0, "{lines:?}");
+    let fields: Vec<&str> = lines.last().map(|l| l.split_whitespace().collect()).unwrap_or_default();
+    assert_eq!(fields.get(1), Some(&"2048"), "{lines:?}");
+    sb.finish();
+    assert!(sb.upper_entries().iter().all(|e| !e.starts_with("scratch")), "{:?}", sb.upper_entries());
 }

@@ -118,8 +118,8 @@ struct StageState {
     rootfs: VertexId,
     config: ImageConfig,
     history: Vec<HistoryStep>,
-    /// ARGs declared in this stage, with their values (undefined ones are absent).
-    args: Vec<(String, String)>,
+    /// ARGs declared in this stage, in order, with their values (`None`: declared without a value).
+    args: Vec<(String, Option<String>)>,
     cmd_set: bool,
     no_cache: bool,
 }
@@ -176,10 +176,14 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
     c.split_stages(ast)?;
     let target = c.target_index()?;
     let state = c.build_stage(target)?;
-    for name in opts.build_args.keys() {
-        if !c.used_args.contains(name) && !rbuild_solver::key::PROXY_VARS.contains(&name.as_str()) {
-            c.warnings.push(format!("[Warning] One or more build-args [{name}] were not consumed"));
-        }
+    let unused: Vec<&str> = opts
+        .build_args
+        .keys()
+        .filter(|name| !c.used_args.contains(*name) && !rbuild_solver::key::PROXY_VARS.contains(&name.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !unused.is_empty() {
+        c.warnings.push(format!("[Warning] One or more build-args [{}] were not consumed", unused.join(" ")));
     }
     Ok(BuildPlan {
         graph: c.graph,
@@ -319,14 +323,51 @@ impl Converter<'_> {
         Ok(None)
     }
 
+    /// A stage named by `COPY --from`: unlike FROM it may be defined later (BuildKit allows that); the stage
+    /// itself, or one whose conversion is under way (a cycle), is an error at the referring line.
+    fn find_stage_from(&self, reference: &str, current: usize, at: &Location) -> Result<Option<usize>, ConvertError> {
+        let lower = reference.to_lowercase();
+        let found = match self.stages.iter().position(|s| s.name.as_deref() == Some(&lower)) {
+            Some(i) => Some(i),
+            None => match reference.parse::<usize>() {
+                Ok(i) if i < self.stages.len() => Some(i),
+                Ok(i) => {
+                    return Err(ConvertError::at(at, format!("invalid stage index {i}"))
+                        .hint(format!("stages are numbered from 0 to {}", self.stages.len() - 1)));
+                }
+                Err(_) => None,
+            },
+        };
+        if let Some(i) = found
+            && (i == current || self.in_progress[i])
+        {
+            return Err(ConvertError::at(at, format!("circular dependency detected on stage: {reference}")).hint(
+                format!(
+                    "stage {reference:?} (line {}) depends on the stage being built here",
+                    self.stages[i].from.start_line
+                ),
+            ));
+        }
+        Ok(found)
+    }
+
+    /// A hint for a name that is no stage and could not be resolved as an image: the stage it was probably meant to be.
+    fn stage_hint(&self, reference: &str) -> Option<String> {
+        let names: Vec<&str> = self.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+        crate::suggest(reference, &names).map(|s| format!("no stage is named {reference:?}; did you mean {s:?}?"))
+    }
+
     fn image_vertex(&mut self, reference: &str, at: &Location) -> Result<(VertexId, ResolvedImage), ConvertError> {
         if let Some(v) = self.images.get(reference) {
             return Ok(v.clone());
         }
-        let resolved = self
-            .resolver
-            .resolve(reference, &self.opts.platform)
-            .map_err(|e| ConvertError::at(at, format!("failed to resolve base image {reference:?}: {e}")))?;
+        let resolved = self.resolver.resolve(reference, &self.opts.platform).map_err(|e| {
+            let err = ConvertError::at(at, format!("failed to resolve base image {reference:?}: {e}"));
+            match self.stage_hint(reference) {
+                Some(h) => err.hint(h),
+                None => err,
+            }
+        })?;
         let v = self.graph.add(Vertex {
             op: Op::Image { reference: resolved.reference.clone(), digest: resolved.digest.clone() },
             inputs: vec![],
@@ -411,6 +452,10 @@ impl Converter<'_> {
             }
             StageState { rootfs: v, config, history, args: vec![], cmd_set: false, no_cache }
         };
+        // BuildKit writes WorkingDir "/" when nothing set one.
+        if state.config.config.working_dir.as_deref().is_none_or(str::is_empty) {
+            state.config.config.working_dir = Some("/".into());
+        }
         // ONBUILD triggers of the base run first, and are not inherited further.
         let triggers = state.config.config.on_build.take().unwrap_or_default();
         for trigger in triggers {
@@ -436,7 +481,8 @@ impl Converter<'_> {
 
     /// The variables a word in a stage sees: declared ARGs, overridden by ENV.
     fn stage_env(&self, state: &StageState) -> BTreeMap<String, String> {
-        let mut env: BTreeMap<String, String> = state.args.iter().cloned().collect();
+        let mut env: BTreeMap<String, String> =
+            state.args.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect();
         for e in state.config.config.env.iter().flatten() {
             let (k, v) = e.split_once('=').unwrap_or((e, ""));
             env.insert(k.to_string(), v.to_string());
@@ -456,37 +502,42 @@ impl Converter<'_> {
         match &located.instruction {
             Instruction::From { .. } => unreachable!("FROM starts a stage"),
             Instruction::Arg(args) => {
+                // History shows the ARG as declared (default expanded); a --build-arg override shows only in
+                // the `|N K=V` prefix of later RUNs, as BuildKit writes it.
                 let mut shown = Vec::new();
                 for (k, default) in args {
+                    let env = self.stage_env(state);
+                    let declared = match default {
+                        Some(d) => Some(self.expand(d, &env, at)?),
+                        None => None,
+                    };
+                    shown.push(match &declared {
+                        Some(d) => format!("{k}={d}"),
+                        None => k.clone(),
+                    });
                     let value = if let Some(v) = self.opts.build_args.get(k) {
                         self.used_args.insert(k.clone());
                         Some(v.clone())
-                    } else if let Some(d) = default {
-                        Some(self.expand(d, &env, at)?)
+                    } else if declared.is_some() {
+                        declared
                     } else if let Some((_, v)) = self.meta_args.iter().find(|(n, _)| n == k) {
                         Some(v.clone())
                     } else {
                         platform_args(&self.opts.platform).into_iter().find(|(n, _)| n == k).map(|(_, v)| v)
                     };
                     state.args.retain(|(n, _)| n != k);
-                    match value {
-                        Some(v) => {
-                            shown.push(format!("{k}={v}"));
-                            state.args.push((k.clone(), v));
-                        }
-                        None => shown.push(k.clone()),
-                    }
+                    state.args.push((k.clone(), value));
                 }
                 state.history.push(HistoryStep::Meta { created_by: format!("ARG {}", shown.join(" ")) });
             }
             Instruction::Env(pairs) => {
-                let mut env = env;
+                // Every word sees the variables as they were before this ENV (`ENV A=1 B=$A` does not see A=1),
+                // as in BuildKit.
                 let mut shown = Vec::new();
                 for (k, v) in pairs {
                     let k = self.expand(k, &env, at)?;
                     let v = self.expand(v, &env, at)?;
                     set_env(&mut state.config, &k, &v);
-                    env.insert(k.clone(), v.clone());
                     shown.push(format!("{k}={v}"));
                 }
                 state.history.push(HistoryStep::Meta { created_by: format!("ENV {}", shown.join(" ")) });
@@ -513,15 +564,21 @@ impl Converter<'_> {
                         .process_words(p, &env)
                         .map_err(|e| ConvertError::at(at, format!("failed to expand {p:?}: {e}")))?
                     {
-                        let port = normalize_port(&word).ok_or_else(|| {
+                        let ports = normalize_ports(&word).ok_or_else(|| {
                             ConvertError::at(at, format!("invalid port {word:?}"))
                                 .hint("EXPOSE <port>[/tcp|/udp|/sctp]")
                         })?;
-                        shown.push(port.clone());
-                        state.config.config.exposed_ports.insert(port, serde_json::json!({}));
+                        for port in ports {
+                            shown.push(port.clone());
+                            state.config.config.exposed_ports.insert(port, serde_json::json!({}));
+                        }
                     }
                 }
-                state.history.push(HistoryStep::Meta { created_by: format!("EXPOSE {}", shown.join(" ")) });
+                // Go's `%v` of the port set: `map[53/udp:{} 80/tcp:{}]`, sorted.
+                shown.sort();
+                shown.dedup();
+                let set: Vec<String> = shown.iter().map(|p| format!("{p}:{{}}")).collect();
+                state.history.push(HistoryStep::Meta { created_by: format!("EXPOSE map[{}]", set.join(" ")) });
             }
             Instruction::User(u) => {
                 let u = self.expand(u, &env, at)?;
@@ -551,13 +608,14 @@ impl Converter<'_> {
             }
             Instruction::Cmd(c) => {
                 let args = self.command_args(state, c);
-                state.history.push(HistoryStep::Meta { created_by: format!("CMD {}", json_list(&args)) });
+                state.history.push(HistoryStep::Meta { created_by: format!("CMD {}", go_quote_list(&args)) });
                 state.config.config.cmd = Some(args);
+                state.config.config.args_escaped = Some(true);
                 state.cmd_set = true;
             }
             Instruction::Entrypoint(c) => {
                 let args = self.command_args(state, c);
-                state.history.push(HistoryStep::Meta { created_by: format!("ENTRYPOINT {}", json_list(&args)) });
+                state.history.push(HistoryStep::Meta { created_by: format!("ENTRYPOINT {}", go_quote_list(&args)) });
                 state.config.config.entrypoint = Some(args);
                 if !state.cmd_set {
                     state.config.config.cmd = None;
@@ -565,18 +623,16 @@ impl Converter<'_> {
             }
             Instruction::Shell(args) => {
                 state.config.config.shell = Some(args.clone());
-                state.history.push(HistoryStep::Meta { created_by: format!("SHELL {}", json_list(args)) });
+                state.history.push(HistoryStep::Meta { created_by: format!("SHELL [{}]", args.join(" ")) });
             }
             Instruction::Onbuild(trigger) => {
+                // BuildKit records ONBUILD in the config only, not in the history.
                 state.config.config.on_build.get_or_insert_with(Vec::new).push(trigger.clone());
-                state.history.push(HistoryStep::Meta { created_by: format!("ONBUILD {trigger}") });
             }
             Instruction::Healthcheck(h) => {
                 let hc = self.healthcheck(state, h, at)?;
+                state.history.push(HistoryStep::Meta { created_by: format!("HEALTHCHECK {}", go_healthcheck(&hc)) });
                 state.config.config.healthcheck = Some(hc);
-                state.history.push(HistoryStep::Meta {
-                    created_by: format!("HEALTHCHECK {}", one_line(&strip_keyword(&located.original))),
-                });
             }
             Instruction::Workdir(w) => {
                 let w = self.expand(w, &env, at)?;
@@ -668,7 +724,9 @@ impl Converter<'_> {
         let has =
             |env: &Vec<String>, k: &str| env.iter().any(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) == k);
         for (k, v) in &state.args {
-            if !has(&env, k) {
+            if let Some(v) = v
+                && !has(&env, k)
+            {
                 env.push(format!("{k}={v}"));
             }
         }
@@ -691,9 +749,6 @@ impl Converter<'_> {
         run: &crate::instructions::RunInstr,
     ) -> Result<(), ConvertError> {
         let at = &located.location;
-        if !run.mounts.is_empty() {
-            return Err(ConvertError::at(at, "RUN --mount is not supported yet").hint("remove the --mount flag"));
-        }
         let network = match run.network.as_deref() {
             None | Some("default") | Some("host") => Network::Host,
             Some("none") => Network::None,
@@ -708,22 +763,43 @@ impl Converter<'_> {
             return Err(ConvertError::at(at, format!("RUN --security={sec} is not allowed"))
                 .hint("rbuild runs every step sandboxed"));
         }
+        let mut pipe = None;
         let args = match (&run.command, run.heredocs.as_slice()) {
             (Command::Exec(v), _) => v.clone(),
-            (Command::Shell(cmd), [only]) if is_heredoc_marker(cmd) => {
-                // `RUN <<EOF` alone: the heredoc is the script.
+            (Command::Shell(cmd), [first, ..]) if is_heredoc_marker(cmd) => {
+                // `RUN <<EOF` alone: the heredoc is the script. With a `#!` line BuildKit writes it to a file
+                // mounted at /dev/pipes/<name> and runs that; otherwise the shell runs the text.
+                let data =
+                    if first.chomp { parser::chomp_heredoc_content(&first.content) } else { first.content.clone() };
                 let mut v = Self::shell(state);
-                v.push(only.content.clone());
+                if data.starts_with("#!") {
+                    let file = self.graph.add(Vertex {
+                        op: Op::File(FileOp {
+                            dest: None,
+                            actions: vec![FileAction::MkFile {
+                                path: format!("/{}", first.name),
+                                data,
+                                mode: 0o755,
+                                owner: None,
+                            }],
+                        }),
+                        inputs: vec![],
+                        name: "[internal] preparing inline document".into(),
+                        ignore_cache: false,
+                    });
+                    pipe = Some(file);
+                    v.push(format!("/dev/pipes/{}", first.name));
+                } else {
+                    v.push(data);
+                }
                 v
             }
             (Command::Shell(cmd), docs) => {
+                // Several heredocs, or one inside a longer command: the shell reads them itself.
                 let mut script = cmd.clone();
                 for d in docs {
                     script.push('\n');
                     script.push_str(&d.content);
-                    if !d.content.ends_with('\n') {
-                        script.push('\n');
-                    }
                     script.push_str(&d.name);
                 }
                 let mut v = Self::shell(state);
@@ -731,8 +807,18 @@ impl Converter<'_> {
                 v
             }
         };
-        let env = self.run_env(state);
+        let mut env = self.run_env(state);
         let input = state.rootfs;
+        let (mut mounts, mut extra_inputs) = self.run_mounts(index, state, at, &run.mounts, &mut env)?;
+        if let Some(file) = pipe {
+            extra_inputs.push(file);
+            mounts.push(rbuild_solver::ExecMount::Bind {
+                target: "/dev/pipes".into(),
+                input: extra_inputs.len(),
+                source: "/".into(),
+                readonly: true,
+            });
+        }
         let name = self.step_name(index, state, &located.original);
         let exec = ExecOp {
             args: args.clone(),
@@ -740,13 +826,20 @@ impl Converter<'_> {
             cwd: state.config.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
             user: state.config.config.user.clone().unwrap_or_default(),
             network,
+            mounts,
         };
-        state.rootfs =
-            self.graph.add(Vertex { op: Op::Exec(exec), inputs: vec![input], name, ignore_cache: state.no_cache });
+        let inputs = std::iter::once(input).chain(extra_inputs).collect();
+        state.rootfs = self.graph.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });
+        // BuildKit's `|N K=V ...` prefix: every ARG of the stage, with the ENV value where ENV overrides it.
         let arg_prefix = if state.args.is_empty() {
             String::new()
         } else {
-            let shown: Vec<String> = state.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let vars = self.stage_env(state);
+            let shown: Vec<String> = state
+                .args
+                .iter()
+                .map(|(k, v)| format!("{k}={}", vars.get(k).or(v.as_ref()).map_or("", String::as_str)))
+                .collect();
             format!("|{} {} ", shown.len(), shown.join(" "))
         };
         state.history.push(HistoryStep::Layer {
@@ -755,6 +848,89 @@ impl Converter<'_> {
             output: state.rootfs,
         });
         Ok(())
+    }
+
+    /// The graph mounts of a RUN's `--mount` flags, and the vertices they read (inputs 1, 2, ... of the step).
+    /// Files of the build context are first copied into a layer of their own, so `.dockerignore` applies and the
+    /// step's key covers exactly their content.
+    fn run_mounts(
+        &mut self,
+        index: usize,
+        state: &StageState,
+        at: &Location,
+        flags: &[String],
+        env: &mut Vec<String>,
+    ) -> Result<(Vec<rbuild_solver::ExecMount>, Vec<VertexId>), ConvertError> {
+        use crate::mounts::{MountType, parse_mount};
+        let vars = self.stage_env(state);
+        let workdir = state.config.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
+        let (mut mounts, mut inputs, mut ssh) = (Vec::new(), Vec::<VertexId>::new(), 0);
+        for flag in flags {
+            let lexer = &self.lexer;
+            let spec =
+                parse_mount(flag, &workdir, ssh, &mut |w| lexer.process_word(w, &vars).map_err(|e| e.to_string()))
+                    .map_err(|e| {
+                        let err = ConvertError::at(at, e.to_string());
+                        match e.hint {
+                            Some(h) => err.hint(h),
+                            None => err,
+                        }
+                    })?;
+            let source_vertex = match (spec.typ, spec.from.as_deref()) {
+                (MountType::Bind | MountType::Cache, Some(from)) => Some(match self.find_stage(from, index, at)? {
+                    Some(i) => self.build_stage(i)?.rootfs,
+                    None => self.image_vertex(from, at)?.0,
+                }),
+                (MountType::Bind, None) => Some(self.context_copy(&spec.source, &located_name(at))),
+                _ => None,
+            };
+            let input = source_vertex.map(|v| match inputs.iter().position(|i| *i == v) {
+                Some(p) => p + 1,
+                None => {
+                    inputs.push(v);
+                    inputs.len()
+                }
+            });
+            let mut mount = spec.to_exec_mount(input);
+            if let (rbuild_solver::ExecMount::Bind { source, .. }, None) = (&mut mount, spec.from.as_deref()) {
+                // The context copy holds the selected path at /mount (see `context_copy`).
+                *source = "/mount".into();
+            }
+            if spec.typ == MountType::Ssh {
+                if ssh == 0 && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    env.push(format!("SSH_AUTH_SOCK={}", spec.target.clone().unwrap_or_default()));
+                }
+                ssh += 1;
+            }
+            mounts.push(mount);
+        }
+        Ok((mounts, inputs))
+    }
+
+    /// A layer holding `source` of the build context at `/mount`, for a bind mount without `from`.
+    fn context_copy(&mut self, source: &str, name: &str) -> VertexId {
+        let context = self.context_vertex();
+        let source = join_path("/", source);
+        self.graph.add(Vertex {
+            op: Op::File(FileOp {
+                dest: None,
+                actions: vec![FileAction::Copy(CopyAction {
+                    src: 0,
+                    sources: vec![source.clone()],
+                    dest: "/mount".into(),
+                    chown: None,
+                    chmod: None,
+                    extract_archives: false,
+                    keep_owner: false,
+                    excludes: Vec::new(),
+                    dockerignore: self.opts.context_excludes.clone(),
+                    parents: false,
+                })],
+            }),
+            inputs: vec![context],
+            name: format!("[internal] {name}: context files {source} for a bind mount"),
+            ignore_cache: false,
+        })
     }
 
     fn dispatch_copy(
@@ -768,23 +944,76 @@ impl Converter<'_> {
         let at = &located.location;
         let kw = if is_add { "ADD" } else { "COPY" };
         let env = self.stage_env(state);
-        if !c.heredocs.is_empty() {
-            return Err(ConvertError::at(at, format!("{kw} with a heredoc is not supported yet")));
+        let expand_opt = |this: &Self, v: &Option<String>| match v {
+            Some(v) => this.expand(v, &env, at).map(Some),
+            None => Ok(None),
+        };
+        let chown = expand_opt(self, &c.chown)?;
+        let chmod_word = expand_opt(self, &c.chmod)?;
+        let chmod = match &chmod_word {
+            Some(v) => Some(u32::from_str_radix(v, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
+                ConvertError::at(at, format!("invalid --chmod value {v:?}"))
+                    .hint("--chmod takes an octal mode such as 755")
+            })?),
+            None => None,
+        };
+        let checksum = expand_opt(self, &c.checksum)?;
+        let mut excludes = Vec::new();
+        for e in &c.excludes {
+            excludes.push(self.expand(e, &env, at)?);
         }
-        if c.parents {
-            return Err(ConvertError::at(at, format!("{kw} --parents is not supported yet")));
-        }
-        if c.checksum.is_some() {
-            return Err(ConvertError::at(at, "ADD --checksum is not supported yet"));
-        }
-        let mut sources = Vec::new();
-        for s in &c.sources {
-            let s = self.expand(s, &env, at)?;
-            if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@") {
-                return Err(ConvertError::at(at, format!("{kw} from a URL ({s}) is not supported yet")));
+
+        // Sources: heredocs (`<<EOF`), URLs and Git repositories (ADD), and paths in the context or --from.
+        let mut heredocs = c.heredocs.iter();
+        let mut inline: Vec<(String, String)> = Vec::new();
+        let mut remote: Vec<(String, Op)> = Vec::new();
+        let mut paths = Vec::new();
+        let mut shown = Vec::new();
+        for word in &c.sources {
+            if let Ok(Some(marker)) = parser::parse_heredoc(word)
+                && let Some(doc) = heredocs.next()
+            {
+                let _ = marker;
+                let mut data =
+                    if doc.chomp { parser::chomp_heredoc_content(&doc.content) } else { doc.content.clone() };
+                if doc.expand {
+                    let raw = Lexer::new('\\').skip_process_quotes(true);
+                    data = raw
+                        .process_word(&data, &env)
+                        .map_err(|e| ConvertError::at(at, format!("failed to expand heredoc <<{}: {e}", doc.name)))?;
+                }
+                shown.push(format!("<<{}", doc.name));
+                inline.push((doc.name.clone(), data));
+                continue;
             }
-            sources.push(s);
+            let src = self.expand(word, &env, at)?;
+            shown.push(src.clone());
+            if is_add && c.from.is_none() {
+                if let Some(op) = git_source(&src, c.keep_git_dir) {
+                    remote.push((src, op));
+                    continue;
+                }
+                if src.starts_with("http://") || src.starts_with("https://") {
+                    let filename = url_filename(&src);
+                    remote.push((src.clone(), Op::Http { url: src, checksum: checksum.clone(), filename }));
+                    continue;
+                }
+            }
+            paths.push(src);
         }
+        if checksum.is_some() && (remote.is_empty() || !paths.is_empty()) {
+            return Err(ConvertError::at(at, "checksum can't be specified for non-HTTP(S) sources")
+                .hint("ADD --checksum=sha256:<hex> https://example.com/file /dest"));
+        }
+        if c.keep_git_dir && !remote.iter().any(|(_, op)| matches!(op, Op::Git { .. })) {
+            return Err(ConvertError::at(at, "--keep-git-dir is only valid for a Git repository source"));
+        }
+        if shown.is_empty() {
+            return Err(
+                ConvertError::at(at, format!("{kw} needs at least one source")).hint(format!("{kw} <src>... <dest>"))
+            );
+        }
+        // Destination: joined with WORKDIR; a trailing slash (or several sources) means "into this directory".
         let dest = self.expand(&c.dest, &env, at)?;
         let workdir = state.config.config.working_dir.clone().unwrap_or_else(|| "/".into());
         let dir_dest = dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest.is_empty();
@@ -792,60 +1021,97 @@ impl Converter<'_> {
         if dir_dest && !dest_path.ends_with('/') {
             dest_path.push('/');
         }
-        let chown = match &c.chown {
-            Some(v) => Some(self.expand(v, &env, at)?),
-            None => None,
+
+        let mut inputs = vec![state.rootfs];
+        let mut actions = Vec::new();
+        let copy = |src: usize, sources: Vec<String>, keep_owner: bool, dockerignore: Vec<String>| {
+            FileAction::Copy(CopyAction {
+                src,
+                sources,
+                dest: dest_path.clone(),
+                chown: chown.clone(),
+                chmod,
+                extract_archives: is_add,
+                keep_owner,
+                excludes: excludes.clone(),
+                dockerignore,
+                parents: c.parents,
+            })
         };
-        let chmod = match &c.chmod {
-            Some(v) => {
-                let v = self.expand(v, &env, at)?;
-                Some(u32::from_str_radix(&v, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
-                    ConvertError::at(at, format!("invalid --chmod value {v:?}"))
-                        .hint("--chmod takes an octal mode such as 755")
-                })?)
-            }
-            None => None,
-        };
-        let mut excludes = Vec::new();
-        for e in &c.excludes {
-            excludes.push(self.expand(e, &env, at)?);
-        }
-        let (src_vertex, keep_owner) = match &c.from {
-            None => {
-                excludes.splice(0..0, self.opts.context_excludes.iter().cloned());
-                (self.context_vertex(), false)
-            }
-            Some(from) => {
-                let from = self.expand(from, &self.global_env(), at)?;
-                match self.find_stage(&from, index, at)? {
-                    Some(i) => (self.build_stage(i)?.rootfs, true),
-                    None => (self.image_vertex(&from, at)?.0, true),
+        if !paths.is_empty() {
+            let (src_vertex, keep_owner, dockerignore) = match &c.from {
+                None => (self.context_vertex(), false, self.opts.context_excludes.clone()),
+                Some(from) => {
+                    let from = self.expand(from, &self.global_env(), at)?;
+                    match self.find_stage_from(&from, index, at)? {
+                        Some(i) => (self.build_stage(i)?.rootfs, true, Vec::new()),
+                        None => (self.image_vertex(&from, at)?.0, true, Vec::new()),
+                    }
                 }
+            };
+            inputs.push(src_vertex);
+            actions.push(copy(inputs.len() - 1, paths, keep_owner, dockerignore));
+        }
+        for (url, op) in remote {
+            let filename = match &op {
+                Op::Http { filename, .. } => format!("/{filename}"),
+                _ => "/".into(),
+            };
+            let v = self.graph.add(Vertex {
+                op,
+                inputs: vec![],
+                name: format!("[internal] fetch {url}"),
+                ignore_cache: false,
+            });
+            inputs.push(v);
+            // A downloaded file is copied as a file (never extracted); a repository's tree as a directory.
+            let mut action = copy(inputs.len() - 1, vec![filename], false, Vec::new());
+            if let FileAction::Copy(a) = &mut action {
+                a.extract_archives = false;
             }
-        };
+            actions.push(action);
+        }
+        if !inline.is_empty() {
+            let names: Vec<String> = inline.iter().map(|(n, _)| n.clone()).collect();
+            let files = inline
+                .into_iter()
+                .map(|(name, data)| FileAction::MkFile { path: format!("/{name}"), data, mode: 0o644, owner: None })
+                .collect();
+            let v = self.graph.add(Vertex {
+                op: Op::File(FileOp { dest: None, actions: files }),
+                inputs: vec![],
+                name: "[internal] preparing inline document".into(),
+                ignore_cache: false,
+            });
+            inputs.push(v);
+            let mut action = copy(inputs.len() - 1, names, true, Vec::new());
+            if let FileAction::Copy(a) = &mut action {
+                a.extract_archives = false;
+            }
+            actions.push(action);
+        }
         let input = state.rootfs;
         let name = self.step_name(index, state, &located.original);
         state.rootfs = self.graph.add(Vertex {
-            op: Op::File(FileOp {
-                dest: Some(0),
-                actions: vec![FileAction::Copy(CopyAction {
-                    src: 1,
-                    sources: sources.clone(),
-                    dest: dest_path.clone(),
-                    chown,
-                    chmod,
-                    extract_archives: is_add,
-                    keep_owner,
-                    excludes,
-                })],
-            }),
-            inputs: vec![input, src_vertex],
+            op: Op::File(FileOp { dest: Some(0), actions }),
+            inputs,
             name,
             ignore_cache: state.no_cache,
         });
-        let from = c.from.as_ref().map(|f| format!("--from={f} ")).unwrap_or_default();
+        // BuildKit's history: flags that change the result, sources as expanded (heredocs as <<NAME), dest as
+        // written; never --from.
+        let mut flags = String::new();
+        if c.parents {
+            flags.push_str(" --parents");
+        }
+        if let Some(o) = &chown {
+            flags.push_str(&format!(" --chown={o}"));
+        }
+        if let Some(m) = &chmod_word {
+            flags.push_str(&format!(" --chmod={m}"));
+        }
         state.history.push(HistoryStep::Layer {
-            created_by: format!("{kw} {from}{} {dest} # buildkit", sources.join(" ")),
+            created_by: format!("{kw}{flags} {} {dest} # buildkit", shown.join(" ")),
             input,
             output: state.rootfs,
         });
@@ -862,9 +1128,55 @@ fn set_env(config: &mut ImageConfig, key: &str, value: &str) {
     }
 }
 
+/// True when the whole command is one heredoc marker (`<<EOF`, `<<-"EOF"`), as BuildKit's MustParseHeredoc decides.
 fn is_heredoc_marker(cmd: &str) -> bool {
-    let t = cmd.trim();
-    t.starts_with("<<") && !t.contains(char::is_whitespace)
+    matches!(parser::parse_heredoc(cmd.trim()), Ok(Some(_)))
+}
+
+fn located_name(at: &Location) -> String {
+    format!("line {}", at.start_line)
+}
+
+/// `ADD` of a Git repository: `git@host:repo`, `git://...`, or an http(s) URL whose path ends in `.git`
+/// (optionally with `#ref[:subdir]`). `None` for anything else.
+fn git_source(src: &str, keep_git_dir: bool) -> Option<Op> {
+    let (remote, fragment) = match src.split_once('#') {
+        Some((r, f)) => (r, f),
+        None => (src, ""),
+    };
+    let is_http_git = (remote.starts_with("https://") || remote.starts_with("http://"))
+        && remote.split('?').next().is_some_and(|p| p.ends_with(".git"));
+    if !(remote.starts_with("git@") || remote.starts_with("git://") || remote.starts_with("ssh://") || is_http_git) {
+        return None;
+    }
+    let (remote, keep) = match remote.split_once('?') {
+        // BuildKit's query form: `?ref=v1&keep-git-dir=1`.
+        Some((r, q)) => {
+            let mut reference = fragment.to_string();
+            let mut keep = keep_git_dir;
+            for kv in q.split('&') {
+                match kv.split_once('=') {
+                    Some(("ref", v)) => reference = v.to_string(),
+                    Some(("keep-git-dir", v)) => keep = v == "1" || v == "true",
+                    _ => {}
+                }
+            }
+            return Some(Op::Git { remote: r.to_string(), reference, keep_git_dir: keep });
+        }
+        None => (remote, keep_git_dir),
+    };
+    let reference = fragment.split(':').next().unwrap_or("").to_string();
+    Some(Op::Git { remote: remote.to_string(), reference, keep_git_dir: keep })
+}
+
+/// The name a downloaded file gets: the URL path's last component, as BuildKit names it.
+fn url_filename(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    let path = without_query.splitn(4, '/').nth(3).unwrap_or("");
+    match path.rsplit('/').next() {
+        Some(n) if !n.is_empty() && n != "." && n != ".." => n.to_string(),
+        _ => "__unnamed__".to_string(),
+    }
 }
 
 fn valid_stage_name(n: &str) -> bool {
@@ -876,18 +1188,74 @@ fn keyword(original: &str) -> String {
     original.split_whitespace().next().unwrap_or("").to_uppercase()
 }
 
-fn strip_keyword(original: &str) -> String {
-    let t = original.trim_start();
-    t.find(char::is_whitespace).map_or(String::new(), |i| t[i..].trim().to_string())
-}
-
 fn one_line(s: &str) -> String {
     let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if s.chars().count() > 100 { format!("{}...", s.chars().take(97).collect::<String>()) } else { s }
 }
 
-fn json_list(v: &[String]) -> String {
-    serde_json::to_string(v).unwrap_or_default()
+use crate::parser::quote::{go_quote, go_quote_list};
+
+/// Go's `time.Duration.String()` of nanoseconds: `1m30s`, `500ms`, `0s`.
+pub fn go_duration(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let neg = ns < 0;
+    let u = ns.unsigned_abs();
+    let sign = if neg { "-" } else { "" };
+    let frac = |v: u64, unit: u64| -> String {
+        let whole = v / unit;
+        let rest = v % unit;
+        if rest == 0 {
+            return whole.to_string();
+        }
+        let digits = unit.to_string().len() - 1;
+        let f = format!("{rest:0digits$}");
+        format!("{whole}.{}", f.trim_end_matches('0'))
+    };
+    if u < 1_000 {
+        return format!("{sign}{u}ns");
+    }
+    if u < 1_000_000 {
+        return format!("{sign}{}µs", frac(u, 1_000));
+    }
+    if u < 1_000_000_000 {
+        return format!("{sign}{}ms", frac(u, 1_000_000));
+    }
+    let (h, rem) = (u / 3_600_000_000_000, u % 3_600_000_000_000);
+    let (m, rem) = (rem / 60_000_000_000, rem % 60_000_000_000);
+    let secs = frac(rem, 1_000_000_000);
+    match (h, m) {
+        (0, 0) => format!("{sign}{secs}s"),
+        (0, m) => format!("{sign}{m}m{secs}s"),
+        (h, m) => format!("{sign}{h}h{m}m{secs}s"),
+    }
+}
+
+/// BuildKit's history entry for HEALTHCHECK: Go's `%q` of the config struct,
+/// `&{["CMD-SHELL" "curl x"] "30s" "3s" "0s" "0s" '\x03'}`.
+fn go_healthcheck(h: &Healthcheck) -> String {
+    let d = |v: Option<i64>| go_quote(&go_duration(v.unwrap_or(0)));
+    let retries = h.retries.unwrap_or(0);
+    // Retries is an int printed with %q: a quoted rune literal ('\x03').
+    let r = match u32::try_from(retries).ok().and_then(char::from_u32) {
+        Some('\'') => "'\\''".to_string(),
+        Some('"') => "'\"'".to_string(),
+        Some(c) => {
+            let q = go_quote(&c.to_string());
+            format!("'{}'", &q[1..q.len() - 1])
+        }
+        None => retries.to_string(),
+    };
+    format!(
+        "&{{{} {} {} {} {} {}}}",
+        go_quote_list(h.test.as_deref().unwrap_or_default()),
+        d(h.interval),
+        d(h.timeout),
+        d(h.start_period),
+        d(h.start_interval),
+        r
+    )
 }
 
 /// Joins a path onto the working directory and cleans it lexically (no `.`/`..`, no doubled slashes).
@@ -906,17 +1274,26 @@ pub fn join_path(base: &str, path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-fn normalize_port(p: &str) -> Option<String> {
+/// `80`, `53/udp`, `8000-8002/tcp` → the ports Docker records (a range becomes one entry per port).
+fn normalize_ports(p: &str) -> Option<Vec<String>> {
     let (port, proto) = match p.split_once('/') {
         Some((port, proto)) => (port, proto.to_lowercase()),
         None => (p, "tcp".to_string()),
     };
-    let valid_num = |s: &str| s.parse::<u16>().is_ok();
-    let ok = match port.split_once('-') {
-        Some((a, b)) => valid_num(a) && valid_num(b),
-        None => valid_num(port),
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return None;
+    }
+    let (a, b) = match port.split_once('-') {
+        Some((a, b)) => (a.parse::<u16>().ok()?, b.parse::<u16>().ok()?),
+        None => {
+            let n = port.parse::<u16>().ok()?;
+            (n, n)
+        }
     };
-    (ok && matches!(proto.as_str(), "tcp" | "udp" | "sctp")).then(|| format!("{port}/{proto}"))
+    if b < a {
+        return None;
+    }
+    Some((a..=b).map(|n| format!("{n}/{proto}")).collect())
 }
 
 fn valid_signal(s: &str) -> bool {
@@ -978,8 +1355,15 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Some(90_000_000_000));
         assert_eq!(parse_duration("500ms"), Some(500_000_000));
         assert_eq!(parse_duration("5"), None);
-        assert_eq!(normalize_port("80").as_deref(), Some("80/tcp"));
-        assert_eq!(normalize_port("53/UDP").as_deref(), Some("53/udp"));
-        assert_eq!(normalize_port("http"), None);
+        assert_eq!(normalize_ports("80"), Some(vec!["80/tcp".to_string()]));
+        assert_eq!(normalize_ports("53/UDP"), Some(vec!["53/udp".to_string()]));
+        assert_eq!(normalize_ports("8000-8002").map(|v| v.len()), Some(3));
+        assert_eq!(normalize_ports("http"), None);
+        assert_eq!(go_duration(30_000_000_000), "30s");
+        assert_eq!(go_duration(90_000_000_000), "1m30s");
+        assert_eq!(go_duration(500_000_000), "500ms");
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        assert_eq!(go_duration(0), "0s");
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod instructions;
+pub mod mounts;
 pub mod parser;
 pub mod shell;
 

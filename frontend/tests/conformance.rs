@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use rbuild_frontend::dockerignore::{self, MatchInfo, MatchKind, PatternMatcher};
 use rbuild_frontend::parser::{self, Heredoc};
 use rbuild_frontend::shell::{Lexer, NoEnv};
+use rbuild_frontend::{ConvertOptions, ImageResolver, NoCache, ResolvedImage, convert};
+use rbuild_solver::Digest;
+use rbuild_solver::oci::{ImageConfig, Platform};
 
 fn data_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("RBUILD_CONFORMANCE") {
@@ -481,6 +484,58 @@ fn real_world_dockerfiles_parse() {
         set.check(rel, r);
     }
     println!("real-world instruction counts: {instructions:?}");
+    set.finish();
+}
+
+/// A resolver that knows every image and gives each an empty config, so conversion runs offline.
+struct EmptyConfigResolver;
+
+impl ImageResolver for EmptyConfigResolver {
+    fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ResolvedImage {
+            reference: reference.to_string(),
+            digest: Digest::of(reference.as_bytes()),
+            config: ImageConfig {
+                architecture: platform.architecture.clone(),
+                os: platform.os.clone(),
+                ..Default::default()
+            },
+        })
+    }
+}
+
+fn linux_amd64() -> Platform {
+    Platform { architecture: "amd64".into(), os: "linux".into(), variant: None }
+}
+
+/// Every real-world Dockerfile converts to a build graph for its last stage and for each named stage.
+#[test]
+fn real_world_dockerfiles_convert() {
+    let Some(dir) = data_dir() else { return };
+    let mut set = Set::new("real-world convert");
+    let mut vertices = 0;
+    for (rel, contents) in real_world_files(&dir) {
+        let r = contents.and_then(|src| {
+            let ast = parser::parse(&src).map_err(|e| e.to_string())?;
+            let opts = ConvertOptions {
+                build_args: BTreeMap::new(),
+                target: None,
+                platform: linux_amd64(),
+                no_cache: NoCache::None,
+                context_excludes: Vec::new(),
+            };
+            let plan = convert(&ast, &opts, &EmptyConfigResolver)
+                .map_err(|e| format!("line {:?}: {} ({:?})", e.location.map(|l| l.start_line), e.message, e.hint))?;
+            vertices += plan.graph.vertices.len();
+            Ok(())
+        });
+        set.check(rel, r);
+    }
+    println!("real-world convert: {vertices} vertices in all");
     set.finish();
 }
 

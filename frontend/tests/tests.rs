@@ -1,3 +1,4 @@
 //! The integration tests of `rbuild-frontend`, compiled into one binary.
 
 mod conformance;
+mod convert;

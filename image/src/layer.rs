@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 pub enum Compression {
     /// gzip at zlib level 0..=9.
     Gzip { level: u32 },
+    /// zstd at level 1..=22 (the levels `zstd -N` accepts; 3 is its default).
+    Zstd { level: i32 },
     /// A plain tar.
     None,
 }
@@ -39,6 +41,7 @@ impl Compression {
     pub fn oci_media_type(&self) -> &'static str {
         match self {
             Compression::Gzip { .. } => crate::oci::MEDIA_OCI_LAYER_GZIP,
+            Compression::Zstd { .. } => crate::oci::MEDIA_OCI_LAYER_ZSTD,
             Compression::None => crate::oci::MEDIA_OCI_LAYER_TAR,
         }
     }
@@ -87,8 +90,8 @@ pub enum LayerError {
         #[source]
         source: io::Error,
     },
-    #[error("gzip level {level} for the layer of {path} is out of range 0..=9")]
-    CompressionLevel { path: PathBuf, level: u32 },
+    #[error("compression level {level} for the layer of {path} is out of range ({range})")]
+    CompressionLevel { path: PathBuf, level: i64, range: &'static str },
     #[error("the layer being extracted into {dest} is {format}-compressed, which is not supported")]
     UnsupportedCompression { dest: PathBuf, format: &'static str },
     #[error("cannot read the layer being extracted into {dest}")]
@@ -146,12 +149,32 @@ pub fn write_compressed_layer<W: Write>(
         }
         Compression::Gzip { level } => {
             if level > 9 {
-                return Err(LayerError::CompressionLevel { path: dir.to_path_buf(), level });
+                return Err(LayerError::CompressionLevel {
+                    path: dir.to_path_buf(),
+                    level: level.into(),
+                    range: "0..=9",
+                });
             }
             let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::new(level));
             let tar = write_layer_tar(dir, DigestWriter::new(gz), opts)?;
             let (diff_id, diff_size, gz) = tar.finish();
             let mut blob = gz.finish().map_err(finish_err)?;
+            blob.flush().map_err(finish_err)?;
+            let (digest, size, _) = blob.finish();
+            Ok(LayerDigests { digest, size, diff_id, diff_size })
+        }
+        Compression::Zstd { level } => {
+            if !(1..=22).contains(&level) {
+                return Err(LayerError::CompressionLevel {
+                    path: dir.to_path_buf(),
+                    level: level.into(),
+                    range: "1..=22",
+                });
+            }
+            let zst = zstd::stream::write::Encoder::new(blob, level).map_err(finish_err)?;
+            let tar = write_layer_tar(dir, DigestWriter::new(zst), opts)?;
+            let (diff_id, diff_size, zst) = tar.finish();
+            let mut blob = zst.finish().map_err(finish_err)?;
             blob.flush().map_err(finish_err)?;
             let (digest, size, _) = blob.finish();
             Ok(LayerDigests { digest, size, diff_id, diff_size })

@@ -4,7 +4,10 @@
 //! OCI and docker archives, and speaks the registry protocol. It owns every byte format that leaves rbuild, so other
 //! tools (skopeo, umoci, docker load, registries) are its judges.
 
+pub mod auth;
+pub mod export;
 pub mod layer;
 pub mod local;
 pub use rbuild_solver::oci;
 pub mod registry;
+pub mod rootfs;

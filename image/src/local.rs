@@ -4,17 +4,26 @@
 //! only when a push or export first needs it (DESIGN.md: lazy compression), then kept and reused, keyed by
 //! diff_id and media type. Pulled layers arrive compressed, so their blobs are recorded as they are and a later
 //! push of an image built on them uploads nothing new for them (same digests, the registry answers HEAD).
+//!
+//! The store also remembers which repositories each blob was pulled from or pushed to
+//! (`index/blob-sources/<hex>.json`), so a push to another repository of the same registry can ask for a mount
+//! instead of sending the bytes again.
 
 use crate::layer::{Compression, LayerOptions, extract_layer, write_compressed_layer};
 use crate::registry::{ImageRef, RegistryClient, RegistryError};
+use futures::{StreamExt, TryStreamExt};
 use rbuild_cache::{ImageRecord, LayerBlob, Store, StoreError};
 use rbuild_solver::Digest;
 use rbuild_solver::oci::{
     Descriptor, ImageConfig, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest, Platform, to_canonical_json,
 };
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::BufReader;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Layers downloaded at the same time.
+const PARALLEL_DOWNLOADS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -66,13 +75,27 @@ pub async fn pull(
     if diff_ids.len() != resolved.manifest.layers.len() {
         return Err(ImageError::LayerCount { image, layers: resolved.manifest.layers.len(), diff_ids: diff_ids.len() });
     }
-    let pinned = r.with_digest(resolved.digest.clone());
+    let pinned = resolved.source.with_digest(resolved.digest.clone());
+    // Downloads run concurrently; each blob streams to its own temporary file and is verified on the way.
+    let missing: Vec<&Descriptor> = {
+        let mut seen = std::collections::BTreeSet::new();
+        resolved.manifest.layers.iter().filter(|d| !store.has_blob(&d.digest) && seen.insert(&d.digest)).collect()
+    };
+    futures::stream::iter(missing)
+        .map(|desc| {
+            let pinned = &pinned;
+            async move {
+                let tmp = store.tmp_path("pull");
+                client.pull_blob(pinned, desc, &tmp).await?;
+                store.import_blob(&tmp, &desc.digest)?;
+                Ok::<(), ImageError>(())
+            }
+        })
+        .buffer_unordered(PARALLEL_DOWNLOADS)
+        .try_collect::<Vec<()>>()
+        .await?;
     for (desc, diff_id) in resolved.manifest.layers.iter().zip(diff_ids) {
-        if !store.has_blob(&desc.digest) {
-            let tmp = store.tmp_path("pull");
-            client.pull_blob(&pinned, desc, &tmp).await?;
-            store.import_blob(&tmp, &desc.digest)?;
-        }
+        record_source(store, &desc.digest, &resolved.source);
         store.add_layer_blob(
             diff_id,
             LayerBlob { media_type: desc.media_type.clone(), digest: desc.digest.clone(), size: desc.size },
@@ -111,7 +134,8 @@ pub fn layer_blob(store: &Store, diff_id: &Digest, compression: Compression) -> 
     // Any gzip blob will do for a gzip request (pulled Docker-typed layers are gzip too).
     let acceptable = |b: &LayerBlob| match compression {
         Compression::Gzip { .. } => b.media_type.ends_with("gzip"),
-        Compression::None => b.media_type == media,
+        Compression::Zstd { .. } => b.media_type.ends_with("zstd"),
+        Compression::None => b.media_type.ends_with(".tar") || b.media_type.ends_with(".tar.diff"),
     };
     if let Some(b) = existing.into_iter().find(|b| acceptable(b) && store.has_blob(&b.digest)) {
         return Ok(b);
@@ -186,14 +210,71 @@ pub fn assemble(store: &Store, config_digest: &Digest, compression: Compression)
     Ok(Assembled { manifest_digest, manifest_bytes, config_bytes, layers })
 }
 
-/// Pushes the image whose config is `config_digest` to `r`; returns the manifest digest.
+/// Pushes the image whose config is `config_digest` to `r` with gzip layers; returns the manifest digest.
 pub async fn push(
     client: &RegistryClient,
     store: &Store,
     config_digest: &Digest,
     r: &ImageRef,
 ) -> Result<Digest, ImageError> {
-    let a = assemble(store, config_digest, Compression::Gzip { level: 6 })?;
-    let digest = client.push_image(r, &a.manifest_bytes, &a.config_bytes, &a.layers).await?;
-    Ok(digest)
+    Ok(push_with(client, store, config_digest, r, Compression::Gzip { level: 6 }).await?.digest)
+}
+
+/// Pushes with the given layer compression; blobs the store knows to be in another repository of the same
+/// registry are mounted from there. Records the target as a source of every blob it now holds.
+pub async fn push_with(
+    client: &RegistryClient,
+    store: &Store,
+    config_digest: &Digest,
+    r: &ImageRef,
+    compression: Compression,
+) -> Result<crate::registry::PushReport, ImageError> {
+    let a = assemble(store, config_digest, compression)?;
+    let blobs: Vec<&Digest> = a.layers.iter().map(|(d, _)| &d.digest).chain([config_digest]).collect();
+    let mut mounts = BTreeMap::new();
+    for digest in &blobs {
+        let from = source_repositories(store, digest, &r.registry);
+        if !from.is_empty() {
+            mounts.insert((*digest).clone(), from);
+        }
+    }
+    let report = client.push_image_mounting(r, &a.manifest_bytes, &a.config_bytes, &a.layers, &mounts).await?;
+    for digest in blobs {
+        record_source(store, digest, r);
+    }
+    Ok(report)
+}
+
+/// Where the store keeps the repositories known to hold a blob.
+fn sources_path(store: &Store, digest: &Digest) -> PathBuf {
+    store.root().join("index/blob-sources").join(format!("{}.json", digest.hex()))
+}
+
+fn read_sources(path: &Path) -> Vec<String> {
+    fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Notes that `r`'s repository holds `digest`. Best effort: a lost note only costs a mount later.
+pub fn record_source(store: &Store, digest: &Digest, r: &ImageRef) {
+    let path = sources_path(store, digest);
+    let entry = format!("{}/{}", r.registry, r.repository);
+    let mut sources = read_sources(&path);
+    if sources.contains(&entry) {
+        return;
+    }
+    sources.push(entry);
+    if let Err(e) = store.write_json(&path, &sources) {
+        tracing::warn!(digest = %digest, error = %e, "could not record the blob's repository");
+    }
+}
+
+/// Repositories on `registry` known to hold `digest`, most recent first.
+pub fn source_repositories(store: &Store, digest: &Digest, registry: &str) -> Vec<String> {
+    let prefix = format!("{registry}/");
+    let mut out: Vec<String> = read_sources(&sources_path(store, digest))
+        .into_iter()
+        .filter_map(|s| s.strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    out.reverse();
+    out
 }

@@ -11,8 +11,10 @@
 //! short so that a registry that is down fails a build quickly; transfers that break midway are retried a few times
 //! from the start, since uploads stream from files on disk and downloads go to a file that is rewritten.
 
+mod http;
 mod reference;
 
+pub use http::{Challenge, HttpError};
 pub use reference::{DOCKER_HUB, ImageRef};
 
 use crate::oci::{
@@ -32,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,7 +43,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a transfer may stall without receiving a byte.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Attempts for one blob transfer or manifest request; only transient failures are retried.
-const ATTEMPTS: u32 = 3;
+const ATTEMPTS: u32 = 5;
+/// The wait before the first retry; it doubles for each further one (0.25 s, 0.5 s, 1 s, 2 s).
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Where Docker looks for per-registry CAs: `<dir>/<host[:port]>/*.crt`.
+pub const DEFAULT_CERTS_DIR: &str = "/etc/docker/certs.d";
 /// Size of one upload request body. `oci-client` sends each stream item as one PATCH, so items are this big.
 const UPLOAD_CHUNK: usize = 4 * 1024 * 1024;
 /// Layers uploaded at the same time.
@@ -87,6 +93,35 @@ pub enum RegistryError {
     SizeMismatch { image: String, what: String, expected: u64, actual: u64 },
     #[error("{image}: {what} is {size} bytes, more than the {limit} allowed")]
     TooLarge { image: String, what: String, size: u64, limit: u64 },
+    /// The registry answered 401/403: the credentials are wrong or missing, or do not allow the operation.
+    #[error("{action} {image}: the registry {registry} refused {}: {cause}", if *.had_credentials {
+        "the credentials configured for it (check them, or run `rbuild login` again)"
+    } else {
+        "anonymous access (run `rbuild login` for it first)"
+    })]
+    Unauthorized { action: String, image: String, registry: String, had_credentials: bool, cause: String },
+    #[error("{action} {registry}: {source}")]
+    Http {
+        action: String,
+        registry: String,
+        #[source]
+        source: HttpError,
+    },
+    #[error("the CA certificate {} for registry {registry} cannot be used", path.display())]
+    Certificate {
+        registry: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set up an HTTP client for registry {registry}: {cause}")]
+    Client { registry: String, cause: String },
+    #[error("looking up the credentials for registry {registry}")]
+    Credentials {
+        registry: String,
+        #[source]
+        source: crate::auth::AuthError,
+    },
     #[error("{action} {}", path.display())]
     Io {
         action: &'static str,
@@ -101,6 +136,8 @@ impl RegistryError {
     pub fn status(&self) -> Option<u16> {
         match self {
             RegistryError::Request { status, .. } => *status,
+            RegistryError::Unauthorized { .. } => Some(401),
+            RegistryError::Http { source, .. } => source.status(),
             _ => None,
         }
     }
@@ -124,13 +161,21 @@ impl std::fmt::Debug for Credentials {
 pub struct RegistryOptions {
     /// Hosts (`host:port` or `host`) allowed over plain HTTP.
     pub insecure_registries: Vec<String>,
-    /// Credentials by registry host, as given by the caller.
+    /// Credentials by registry host, as given by the caller; these win over `docker_config`.
     pub credentials: BTreeMap<String, Credentials>,
+    /// Docker's `config.json`, asked (helpers included) the first time a registry is used.
+    pub docker_config: Option<Arc<crate::auth::DockerConfig>>,
+    /// Docker's `certs.d` layout: `<dir>/<host[:port]>/*.crt` are extra CAs for that registry.
+    pub certs_dir: Option<PathBuf>,
+    /// Registries (`host[:port]`) to try, in order, before Docker Hub for `docker.io` images.
+    pub mirrors: Vec<String>,
 }
 
 /// A single-platform image as the registry serves it.
 #[derive(Debug, Clone)]
 pub struct ResolvedImage {
+    /// Where the image was found: the reference itself, or the same repository on a mirror.
+    pub source: ImageRef,
     /// Digest of `manifest_bytes`.
     pub digest: Digest,
     /// The manifest exactly as served.
@@ -150,6 +195,8 @@ pub struct PushReport {
     pub uploaded: Vec<Digest>,
     /// Blobs the registry already had.
     pub skipped: Vec<Digest>,
+    /// Blobs mounted from another repository of the same registry instead of uploaded.
+    pub mounted: Vec<Digest>,
 }
 
 /// A registry client; cheap to share (`&self` everywhere), one connection pool and token cache per registry.
@@ -163,6 +210,7 @@ pub struct RegistryClient {
 struct Conn {
     client: oci_client::Client,
     auth: RegistryAuth,
+    raw: http::Raw,
 }
 
 impl RegistryClient {
@@ -170,22 +218,55 @@ impl RegistryClient {
         RegistryClient { opts, conns: Mutex::new(HashMap::new()) }
     }
 
-    /// Whether `registry` is spoken to over plain HTTP: loopback hosts and the insecure list.
+    /// Whether `registry` is spoken to over plain HTTP: hosts on the insecure list, and loopback hosts unless a CA
+    /// is configured for them in the `certs.d` directory (a CA for a host says it speaks TLS).
     pub fn is_plain_http(&self, registry: &str) -> bool {
         let host = reference::host_of(registry);
         let loopback =
             host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        loopback
-            || self
-                .opts
-                .insecure_registries
-                .iter()
-                .any(|allowed| allowed.eq_ignore_ascii_case(registry) || allowed.eq_ignore_ascii_case(host))
+        let listed = self
+            .opts
+            .insecure_registries
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(registry) || allowed.eq_ignore_ascii_case(host));
+        listed || (loopback && !self.has_certs_dir(registry))
+    }
+
+    fn has_certs_dir(&self, registry: &str) -> bool {
+        let host = reference::host_of(registry);
+        self.opts.certs_dir.as_ref().is_some_and(|base| base.join(registry).is_dir() || base.join(host).is_dir())
     }
 
     /// Resolves the reference to a single-platform manifest (picking `platform` from an index) and its config.
+    /// Docker Hub images are looked for on the configured mirrors first; a mirror that fails is skipped.
     pub async fn resolve(&self, r: &ImageRef, platform: &Platform) -> Result<ResolvedImage, RegistryError> {
-        let conn = self.conn(r).await;
+        if r.registry == DOCKER_HUB {
+            for mirror in &self.opts.mirrors {
+                let on_mirror = ImageRef { registry: mirror.clone(), ..r.clone() };
+                match self.resolve_at(&on_mirror, platform).await {
+                    Ok(resolved) => return Ok(resolved),
+                    Err(e) => tracing::warn!(image = %r, mirror, error = %e, "mirror failed, trying the next source"),
+                }
+            }
+        }
+        self.resolve_at(r, platform).await
+    }
+
+    /// Completes an authentication error with whether credentials were sent.
+    fn auth_context(&self, mut e: RegistryError) -> RegistryError {
+        if let RegistryError::Unauthorized { registry, had_credentials, .. } = &mut e {
+            let conns = self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            *had_credentials = conns.get(registry.as_str()).is_some_and(|c| !matches!(c.auth, RegistryAuth::Anonymous));
+        }
+        e
+    }
+
+    async fn resolve_at(&self, r: &ImageRef, platform: &Platform) -> Result<ResolvedImage, RegistryError> {
+        self.resolve_at_inner(r, platform).await.map_err(|e| self.auth_context(e))
+    }
+
+    async fn resolve_at_inner(&self, r: &ImageRef, platform: &Platform) -> Result<ResolvedImage, RegistryError> {
+        let conn = self.conn(r).await?;
         let (top_digest, top_bytes) = self.fetch_manifest(&conn, r, oci_ref(r)).await?;
         if let Some(pinned) = &r.digest
             && *pinned != top_digest
@@ -240,12 +321,12 @@ impl RegistryClient {
                 what: format!("image config {}", manifest.config.digest),
                 source,
             })?;
-        Ok(ResolvedImage { digest, manifest_bytes, manifest, config_bytes, config })
+        Ok(ResolvedImage { source: r.clone(), digest, manifest_bytes, manifest, config_bytes, config })
     }
 
     /// Downloads one blob to `dest`, streaming, verifying digest and size; on any failure `dest` is removed.
     pub async fn pull_blob(&self, r: &ImageRef, desc: &Descriptor, dest: &Path) -> Result<(), RegistryError> {
-        let conn = self.conn(r).await;
+        let conn = self.conn(r).await?;
         let target = oci_ref(r);
         let action = format!("pulling blob {} from", desc.digest);
         let result = with_retries(r, &action, || download_to_file(&conn, r, &target, desc, dest)).await;
@@ -253,7 +334,7 @@ impl RegistryClient {
             // Best effort: the file may not exist if the request failed before any byte arrived.
             let _ = tokio::fs::remove_file(dest).await;
         }
-        result
+        result.map_err(|e| self.auth_context(e))
     }
 
     /// Pushes an image: layers the registry lacks, then the config, then the manifest bytes as given, under the tag
@@ -268,13 +349,38 @@ impl RegistryClient {
         Ok(self.push_image_report(r, manifest_bytes, config_bytes, layers).await?.digest)
     }
 
-    /// [`RegistryClient::push_image`], also telling which blobs were uploaded and which the registry already had.
+    /// [`RegistryClient::push_image_report`] without mount candidates.
     pub async fn push_image_report(
         &self,
         r: &ImageRef,
         manifest_bytes: &[u8],
         config_bytes: &[u8],
         layers: &[(Descriptor, PathBuf)],
+    ) -> Result<PushReport, RegistryError> {
+        self.push_image_mounting(r, manifest_bytes, config_bytes, layers, &BTreeMap::new()).await
+    }
+
+    /// [`RegistryClient::push_image`], also telling which blobs were uploaded, mounted or already there.
+    /// `mount_from` names, per blob, repositories of the same registry that have it: a blob the target lacks is
+    /// mounted from the first that still has it rather than uploaded.
+    pub async fn push_image_mounting(
+        &self,
+        r: &ImageRef,
+        manifest_bytes: &[u8],
+        config_bytes: &[u8],
+        layers: &[(Descriptor, PathBuf)],
+        mount_from: &BTreeMap<Digest, Vec<String>>,
+    ) -> Result<PushReport, RegistryError> {
+        self.push_inner(r, manifest_bytes, config_bytes, layers, mount_from).await.map_err(|e| self.auth_context(e))
+    }
+
+    async fn push_inner(
+        &self,
+        r: &ImageRef,
+        manifest_bytes: &[u8],
+        config_bytes: &[u8],
+        layers: &[(Descriptor, PathBuf)],
+        mount_from: &BTreeMap<Digest, Vec<String>>,
     ) -> Result<PushReport, RegistryError> {
         let probe = probe_document(r, "manifest", manifest_bytes)?;
         let manifest: Manifest = serde_json::from_slice(manifest_bytes)
@@ -292,31 +398,39 @@ impl RegistryClient {
                 actual: digest.to_string(),
             });
         }
-        let conn = self.conn(r).await;
+        let conn = self.conn(r).await?;
         let target = oci_ref(r);
 
         let mut seen = BTreeSet::new();
         let unique: Vec<&(Descriptor, PathBuf)> =
             layers.iter().filter(|(desc, _)| seen.insert(desc.digest.clone())).collect();
-        let outcomes: Vec<Result<(Digest, bool), RegistryError>> = futures::stream::iter(unique)
+        let no_sources = Vec::new();
+        let outcomes: Vec<Result<(Digest, Pushed), RegistryError>> = futures::stream::iter(unique)
             .map(|(desc, path)| {
                 let (conn, target) = (&conn, &target);
+                let sources = mount_from.get(&desc.digest).unwrap_or(&no_sources);
                 async move {
-                    let uploaded = push_layer(conn, r, target, desc, path).await?;
-                    Ok((desc.digest.clone(), uploaded))
+                    let how = push_layer(conn, r, target, desc, path, sources).await?;
+                    Ok((desc.digest.clone(), how))
                 }
             })
             .buffered(PARALLEL_UPLOADS)
             .collect()
             .await;
-        let (mut uploaded, mut skipped) = (Vec::new(), Vec::new());
+        let (mut uploaded, mut skipped, mut mounted) = (Vec::new(), Vec::new(), Vec::new());
         for outcome in outcomes {
-            let (digest, was_uploaded) = outcome?;
-            if was_uploaded { uploaded.push(digest) } else { skipped.push(digest) }
+            match outcome? {
+                (digest, Pushed::Uploaded) => uploaded.push(digest),
+                (digest, Pushed::Existed) => skipped.push(digest),
+                (digest, Pushed::Mounted) => mounted.push(digest),
+            }
         }
 
+        let config_sources = mount_from.get(&config_digest).map_or(&[][..], Vec::as_slice);
         if blob_exists(&conn, r, &target, &config_digest).await? {
             skipped.push(config_digest);
+        } else if try_mount(&conn, r, &config_digest, config_sources).await {
+            mounted.push(config_digest);
         } else {
             let action = format!("pushing config {config_digest} to");
             let (conn, target, digest) = (&conn, &target, &config_digest);
@@ -333,15 +447,15 @@ impl RegistryClient {
 
         let media_type = probe.media_type.unwrap_or_else(|| MEDIA_OCI_MANIFEST.to_string());
         self.push_manifest_with(&conn, r, manifest_bytes, &media_type, &digest).await?;
-        Ok(PushReport { digest, uploaded, skipped })
+        Ok(PushReport { digest, uploaded, skipped, mounted })
     }
 
     /// Pushes a manifest or index document, byte for byte, under the tag of `r` (or by digest when it has none).
     /// The blobs it refers to must already be in the repository. Returns the document's digest.
     pub async fn push_manifest(&self, r: &ImageRef, bytes: &[u8], media_type: &str) -> Result<Digest, RegistryError> {
-        let conn = self.conn(r).await;
+        let conn = self.conn(r).await?;
         let digest = Digest::of(bytes);
-        self.push_manifest_with(&conn, r, bytes, media_type, &digest).await?;
+        self.push_manifest_with(&conn, r, bytes, media_type, &digest).await.map_err(|e| self.auth_context(e))?;
         Ok(digest)
     }
 
@@ -388,19 +502,65 @@ impl RegistryClient {
     }
 
     /// The connection for `r`'s registry, created on first use.
-    async fn conn(&self, r: &ImageRef) -> Conn {
-        let conn = {
-            let mut conns = self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            conns.entry(r.registry.clone()).or_insert_with(|| self.new_conn(&r.registry)).clone()
+    async fn conn(&self, r: &ImageRef) -> Result<Conn, RegistryError> {
+        let existing = self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&r.registry).cloned();
+        let conn = match existing {
+            Some(c) => c,
+            None => {
+                // Built outside the lock: a credential helper may take a while. A racing twin is harmless.
+                let creds = self.credentials_for(&r.registry)?;
+                let conn = self.new_conn(&r.registry, creds)?;
+                let mut conns = self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                conns.entry(r.registry.clone()).or_insert(conn).clone()
+            }
         };
         // `oci-client` looks credentials up by the registry it resolves (docker.io → index.docker.io).
         let key = oci_ref(r);
         conn.client.store_auth_if_needed(key.resolve_registry(), &conn.auth).await;
-        conn
+        Ok(conn)
     }
 
-    fn new_conn(&self, registry: &str) -> Conn {
+    /// The PEM CA certificates for `registry` from the `certs.d` directory (`<host:port>/` first, then `<host>/`).
+    fn extra_roots(&self, registry: &str) -> Result<Vec<(PathBuf, Vec<u8>)>, RegistryError> {
+        let Some(base) = &self.opts.certs_dir else { return Ok(Vec::new()) };
+        let host = reference::host_of(registry);
+        for name in [registry, host] {
+            let dir = base.join(name);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(RegistryError::Certificate { registry: registry.into(), path: dir, source }),
+            };
+            let mut paths: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+                .collect();
+            paths.sort();
+            let mut out = Vec::new();
+            for path in paths {
+                let pem = std::fs::read(&path).map_err(|source| RegistryError::Certificate {
+                    registry: registry.into(),
+                    path: path.clone(),
+                    source,
+                })?;
+                if reqwest::Certificate::from_pem(&pem).is_err() {
+                    return Err(RegistryError::Certificate {
+                        registry: registry.into(),
+                        path,
+                        source: io::Error::new(io::ErrorKind::InvalidData, "not a PEM certificate"),
+                    });
+                }
+                out.push((path, pem));
+            }
+            return Ok(out);
+        }
+        Ok(Vec::new())
+    }
+
+    fn new_conn(&self, registry: &str, creds: Option<Credentials>) -> Result<Conn, RegistryError> {
         let plain_http = self.is_plain_http(registry);
+        let roots = self.extra_roots(registry)?;
+        let client_err = |cause: String| RegistryError::Client { registry: registry.to_string(), cause };
         let config = ClientConfig {
             protocol: if plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
             connect_timeout: Some(CONNECT_TIMEOUT),
@@ -408,30 +568,59 @@ impl RegistryClient {
             // Platform selection is done here, with variants; an index must never be resolved behind our back.
             platform_resolver: None,
             user_agent: concat!("rbuild/", env!("CARGO_PKG_VERSION")),
+            extra_root_certificates: roots
+                .iter()
+                .map(|(_, pem)| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             ..ClientConfig::default()
         };
-        let auth = match self.credentials_for(registry) {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+        // `Client::new` would fall back to a default client (wrong protocol, no CA) on error; never that.
+        let client = oci_client::Client::try_from(config).map_err(|e| client_err(cause_chain(&e)))?;
+        let pems: Vec<Vec<u8>> = roots.into_iter().map(|(_, pem)| pem).collect();
+        let http = http::build_client(&pems).map_err(|e| client_err(error_chain(&e)))?;
+        let scheme = if plain_http { "http" } else { "https" };
+        let raw = http::Raw::new(http, format!("{scheme}://{}", registry_host(registry)), creds.clone());
+        let auth = match creds {
+            Some(c) if c.username.is_empty() => RegistryAuth::Bearer(c.password),
+            Some(c) => RegistryAuth::Basic(c.username, c.password),
             None => RegistryAuth::Anonymous,
         };
-        Conn { client: oci_client::Client::new(config), auth }
+        Ok(Conn { client, auth, raw })
     }
 
-    /// Credentials for `registry`, also under the names `config.json` files use for it (URLs, Docker Hub aliases).
-    fn credentials_for(&self, registry: &str) -> Option<&Credentials> {
-        let mut names = vec![registry.to_string(), format!("https://{registry}"), format!("http://{registry}")];
-        if registry == DOCKER_HUB {
-            names.extend(
-                [
-                    "index.docker.io",
-                    "registry-1.docker.io",
-                    "https://index.docker.io/v1/",
-                    "https://index.docker.io/v1",
-                ]
-                .map(String::from),
-            );
+    /// Credentials for `registry`: the caller's (under any of the names `config.json` files use for it), else
+    /// whatever Docker's config and its helpers say.
+    fn credentials_for(&self, registry: &str) -> Result<Option<Credentials>, RegistryError> {
+        let host = crate::auth::normalize_key(registry);
+        if let Some(c) =
+            self.opts.credentials.iter().find(|(k, _)| crate::auth::normalize_key(k) == host).map(|(_, c)| c)
+        {
+            return Ok(Some(c.clone()));
         }
-        names.iter().find_map(|name| self.opts.credentials.get(name))
+        match &self.opts.docker_config {
+            Some(config) => config
+                .credentials(registry)
+                .map_err(|source| RegistryError::Credentials { registry: registry.to_string(), source }),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks credentials against `registry` (its `/v2/` endpoint, or its token server) before they are saved.
+    pub async fn verify_login(&self, registry: &str, creds: &Credentials) -> Result<(), RegistryError> {
+        let conn = self.new_conn(registry, Some(creds.clone()))?;
+        conn.raw.verify_login().await.map_err(|source| match source.status() {
+            Some(401) | Some(403) => RegistryError::Unauthorized {
+                action: "logging in to".into(),
+                image: registry.to_string(),
+                registry: registry.to_string(),
+                had_credentials: true,
+                cause: source.to_string(),
+            },
+            _ => RegistryError::Http { action: "logging in to".into(), registry: registry.to_string(), source },
+        })
     }
 
     /// GETs a manifest or index; returns the digest of its bytes.
@@ -475,6 +664,11 @@ impl RegistryClient {
     }
 }
 
+/// The host `oci-client` really talks to for `registry` (Docker Hub's API is not at `docker.io`).
+fn registry_host(registry: &str) -> &str {
+    if registry == DOCKER_HUB { "index.docker.io" } else { registry }
+}
+
 /// An `oci-client` reference for `r`: by digest when pinned, else by tag.
 fn oci_ref(r: &ImageRef) -> Reference {
     match (&r.digest, &r.tag) {
@@ -510,7 +704,7 @@ where
             Err(Failure::Final(e)) => return Err(e),
             Err(Failure::Oci(e)) if tries < ATTEMPTS && is_transient(&e) => {
                 tracing::warn!(image = %r, action, error = %cause_chain(&e), attempt = tries, "retrying");
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
+                tokio::time::sleep(FIRST_BACKOFF * 2u32.pow(tries - 1)).await;
             }
             Err(Failure::Oci(e)) => return Err(request_error(r, action, e)),
         }
@@ -518,6 +712,18 @@ where
 }
 
 fn request_error(r: &ImageRef, action: &str, source: OciDistributionError) -> RegistryError {
+    let status = status_of(&source);
+    let auth_failure = matches!(source, OciDistributionError::AuthenticationFailure(_));
+    if matches!(status, Some(401) | Some(403)) || auth_failure {
+        return RegistryError::Unauthorized {
+            action: action.to_string(),
+            image: r.to_string(),
+            registry: r.registry.clone(),
+            // Filled in by the client, which knows whether it sent any.
+            had_credentials: false,
+            cause: cause_chain(&source),
+        };
+    }
     RegistryError::Request {
         action: action.to_string(),
         image: r.to_string(),
@@ -615,16 +821,42 @@ async fn blob_exists(conn: &Conn, r: &ImageRef, target: &Reference, digest: &Dig
     .await
 }
 
-/// Uploads one layer from its file unless the registry has it; returns whether it was uploaded.
+/// Asks for `digest` to be mounted into `r`'s repository from each of `sources` in turn; true once one works.
+async fn try_mount(conn: &Conn, r: &ImageRef, digest: &Digest, sources: &[String]) -> bool {
+    for from in sources.iter().filter(|s| **s != r.repository) {
+        match conn.raw.mount(&r.repository, from, digest.as_str()).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            // A failed mount costs nothing but the attempt: an upload is the fallback.
+            Err(e) => tracing::warn!(image = %r, from, error = %e, "cross-repository mount failed"),
+        }
+    }
+    false
+}
+
+/// How one blob got into the target repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    Existed,
+    Mounted,
+    Uploaded,
+}
+
+/// Gets one layer into the target repository: nothing if it is there, a mount from one of `sources` (other
+/// repositories of the same registry) if one works, else an upload from its file.
 async fn push_layer(
     conn: &Conn,
     r: &ImageRef,
     target: &Reference,
     desc: &Descriptor,
     path: &Path,
-) -> Result<bool, RegistryError> {
+    sources: &[String],
+) -> Result<Pushed, RegistryError> {
     if blob_exists(conn, r, target, &desc.digest).await? {
-        return Ok(false);
+        return Ok(Pushed::Existed);
+    }
+    if try_mount(conn, r, &desc.digest, sources).await {
+        return Ok(Pushed::Mounted);
     }
     let io_err = |action, source| RegistryError::Io { action, path: path.to_path_buf(), source };
     let size = tokio::fs::metadata(path).await.map_err(|e| io_err("reading layer", e))?.len();
@@ -648,7 +880,7 @@ async fn push_layer(
             .map_err(Failure::Oci)
     })
     .await?;
-    Ok(true)
+    Ok(Pushed::Uploaded)
 }
 
 /// A file as a stream of [`UPLOAD_CHUNK`]-sized pieces (the last one shorter).

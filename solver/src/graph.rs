@@ -41,6 +41,19 @@ pub enum Op {
     },
     Exec(ExecOp),
     File(FileOp),
+    /// `ADD https://...`: one file downloaded into an empty directory under `filename`, verified against
+    /// `checksum` (`sha256:...`) when given. Its key is the URL; steps that copy from it add the content digest.
+    Http {
+        url: String,
+        checksum: Option<String>,
+        filename: String,
+    },
+    /// `ADD git@...`/`ADD https://...git#ref`: a clone of `remote` at `reference` (default branch if empty).
+    Git {
+        remote: String,
+        reference: String,
+        keep_git_dir: bool,
+    },
 }
 
 /// A RUN step: input 0 is the root filesystem.
@@ -53,6 +66,53 @@ pub struct ExecOp {
     /// As written in USER (`name`, `uid`, `name:group`), resolved against the root filesystem at run time.
     pub user: String,
     pub network: Network,
+    /// `RUN --mount`s in the order written. Left out of the encoding when empty, so the keys of steps without
+    /// mounts are what they were before mounts existed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ExecMount>,
+}
+
+/// Something mounted at a path while a RUN step runs; none of it ends up in the step's layer.
+///
+/// Only definitions are here, never content: a secret or an SSH agent is named by its id, and its value reaches
+/// the executor out of band, so it cannot leak into a cache key, the cache index or the graph. Inputs are
+/// positions in the vertex's input list (0 is the root filesystem).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecMount {
+    /// `type=bind`: `source` of input `input` (a stage, an image, or a copy of context files), read-only unless
+    /// `readonly` is false, in which case writes go to a throwaway layer.
+    Bind { target: String, input: usize, source: String, readonly: bool },
+    /// `type=cache`: a directory kept in the store across builds under `id`; `from`/`source` seed it when new.
+    Cache {
+        target: String,
+        id: String,
+        sharing: CacheSharing,
+        from: Option<usize>,
+        source: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        readonly: bool,
+    },
+    /// `type=tmpfs`: an empty in-memory filesystem of at most `size` bytes.
+    Tmpfs { target: String, size: Option<u64> },
+    /// `type=secret`: the secret `id` as a file at `target` and/or in the variable `env`.
+    Secret { id: String, target: Option<String>, env: Option<String>, required: bool, mode: u32, uid: u32, gid: u32 },
+    /// `type=ssh`: a socket at `target` forwarding to the SSH agent `id`.
+    Ssh { id: String, target: String, required: bool, mode: u32, uid: u32, gid: u32 },
+}
+
+/// How concurrent steps share one cache mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheSharing {
+    /// Everyone writes at once.
+    Shared,
+    /// A step that finds the cache in use gets its own copy, which is thrown away.
+    Private,
+    /// Steps wait for each other.
+    Locked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,6 +139,13 @@ pub enum FileAction {
         mode: u32,
         owner: Option<String>,
     },
+    /// `COPY <<EOF /dest`: write a file with this content (missing parents are created 0755).
+    MkFile {
+        path: String,
+        data: String,
+        mode: u32,
+        owner: Option<String>,
+    },
 }
 
 /// COPY/ADD: copy `sources` from input `src` into the destination root at `dest`.
@@ -95,8 +162,17 @@ pub struct CopyAction {
     pub extract_archives: bool,
     /// Keep owners of the source files (COPY --from); context files become root-owned.
     pub keep_owner: bool,
-    /// Patterns of source paths not to copy (`.dockerignore`, `--exclude`), moby pattern syntax.
+    /// Patterns of source paths not to copy (`--exclude`, and `.dockerignore` for graphs made before
+    /// `dockerignore` existed), moby pattern syntax.
     pub excludes: Vec<String>,
+    /// `.dockerignore` patterns of the build context, kept apart from `excludes` so that a COPY of an ignored
+    /// path can say why it found nothing. Empty (and so absent from the key) for other sources.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dockerignore: Vec<String>,
+    /// `COPY --parents`: each source keeps its path (below the source root, up to its first wildcard-free
+    /// directory) under `dest`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub parents: bool,
 }
 
 /// A build graph.

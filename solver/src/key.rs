@@ -71,6 +71,7 @@ mod tests {
             cwd: "/src".into(),
             user: "app".into(),
             network: Network::Host,
+            mounts: Vec::new(),
         })
     }
 
@@ -106,6 +107,8 @@ mod tests {
                             extract_archives: false,
                             keep_owner: false,
                             excludes: vec!["*.md".into()],
+                            dockerignore: Vec::new(),
+                            parents: false,
                         })],
                     }),
                     &[base.clone(), base.clone()],

@@ -7,6 +7,7 @@
 pub mod digest;
 
 pub use digest::{Digest, DigestWriter, InvalidDigest};
+pub mod explain;
 pub mod graph;
 pub mod key;
 pub mod oci;
@@ -14,7 +15,9 @@ pub mod patterns;
 pub mod solve;
 pub mod worker;
 
-pub use graph::{CopyAction, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
+pub use graph::{
+    CacheSharing, CopyAction, ExecMount, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId,
+};
 pub use key::cache_key;
 pub use solve::{SolveError, SolveOptions, Solved, solve};
 pub use worker::{CacheError, CacheRecord, CacheStore, Event, NoProgress, Output, Progress, Worker, WorkerError};

@@ -6,6 +6,7 @@
 //! The first failure drops the remaining futures, so nothing new starts after it.
 
 use crate::Digest;
+use crate::explain::{InputRef, MissReason, StepInputs, explain, step_identity};
 use crate::graph::{FileAction, Graph, Op, VertexId};
 use crate::key::cache_key;
 use crate::worker::{CacheStore, Event, Output, Progress, Worker, WorkerError};
@@ -40,11 +41,27 @@ pub struct SolveError {
 pub struct SolveOptions {
     /// How many RUN steps may run at once.
     pub jobs: usize,
+    /// Where steps that run record what went into their keys (e.g. the Dockerfile's path and target), so a later
+    /// miss can be explained; `None` records nothing.
+    pub record_scope: Option<String>,
+    /// Emit [`Event::Explained`] for every step that runs.
+    pub explain: bool,
+}
+
+impl SolveOptions {
+    /// Default options with `jobs` RUN steps at once.
+    pub fn with_jobs(jobs: usize) -> Self {
+        SolveOptions { jobs, ..Self::default() }
+    }
 }
 
 impl Default for SolveOptions {
     fn default() -> Self {
-        SolveOptions { jobs: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) }
+        SolveOptions {
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            record_scope: None,
+            explain: false,
+        }
     }
 }
 
@@ -56,6 +73,10 @@ struct Ctx {
     cache: Arc<dyn CacheStore>,
     progress: Arc<dyn Progress>,
     run_slots: Semaphore,
+    /// Per vertex: its depth in its chain of steps (see [`crate::explain::step_identity`]).
+    depth: Vec<usize>,
+    record_scope: Option<String>,
+    explain: bool,
 }
 
 /// Solves `targets`; returns the result of every vertex they needed (indexed by vertex id; `None` where unneeded).
@@ -67,8 +88,16 @@ pub async fn solve(
     progress: Arc<dyn Progress>,
     opts: SolveOptions,
 ) -> Result<Vec<Option<Solved>>, SolveError> {
-    let ctx =
-        Arc::new(Ctx { graph: graph.clone(), worker, cache, progress, run_slots: Semaphore::new(opts.jobs.max(1)) });
+    let ctx = Arc::new(Ctx {
+        graph: graph.clone(),
+        worker,
+        cache,
+        progress,
+        run_slots: Semaphore::new(opts.jobs.max(1)),
+        depth: chain_depths(&graph),
+        record_scope: opts.record_scope,
+        explain: opts.explain,
+    });
     let mut futures: Vec<Option<VertexFuture>> = vec![None; graph.vertices.len()];
     for v in graph.needed(targets) {
         let inputs: Vec<VertexFuture> = graph.vertices[v].inputs.iter().filter_map(|&i| futures[i].clone()).collect();
@@ -77,6 +106,83 @@ pub async fn solve(
     }
     try_join_all(targets.iter().filter_map(|&t| futures[t].clone())).await?;
     Ok(futures.into_iter().map(|f| f.and_then(|f| f.peek().and_then(|r| r.as_ref().ok().cloned()))).collect())
+}
+
+/// Depth of each vertex in its chain of steps: sources are 0, a step is one more than the input it builds on.
+fn chain_depths(graph: &Graph) -> Vec<usize> {
+    let mut depth = vec![0; graph.vertices.len()];
+    for (v, vertex) in graph.vertices.iter().enumerate() {
+        let parent = match &vertex.op {
+            Op::Exec(_) => vertex.inputs.first(),
+            Op::File(f) => f.dest.and_then(|d| vertex.inputs.get(d)),
+            _ => continue,
+        };
+        depth[v] = parent.and_then(|&p| depth.get(p).copied()).unwrap_or(0) + 1;
+    }
+    depth
+}
+
+/// The op as its key sees it. A copy from a directory is keyed by the content digest of exactly what it selects
+/// (paths included), so its exclude patterns are left out: a `.dockerignore` edit that selects the same files must
+/// not invalidate the step, and one that selects different files already changes the content digest.
+fn key_op<'a>(op: &'a Op, inputs: &[Output]) -> std::borrow::Cow<'a, Op> {
+    let by_content = |c: &crate::graph::CopyAction| matches!(inputs.get(c.src), Some(Output::Dir(_)));
+    match op {
+        Op::File(file)
+            if file.actions.iter().any(
+                |a| matches!(a, FileAction::Copy(c) if by_content(c) && !(c.excludes.is_empty() && c.dockerignore.is_empty())),
+            ) =>
+        {
+            let mut file = file.clone();
+            for action in &mut file.actions {
+                if let FileAction::Copy(c) = action
+                    && by_content(c)
+                {
+                    c.excludes.clear();
+                    c.dockerignore.clear();
+                }
+            }
+            std::borrow::Cow::Owned(Op::File(file))
+        }
+        other => std::borrow::Cow::Borrowed(other),
+    }
+}
+
+/// What went into a step's key, with the per-file digests of its context copies.
+async fn step_inputs(
+    ctx: &Arc<Ctx>,
+    v: VertexId,
+    keyed_op: &Op,
+    key: &Digest,
+    inputs: &[Solved],
+    content: &[Digest],
+) -> Result<StepInputs, WorkerError> {
+    let vertex = &ctx.graph.vertices[v];
+    let mut files = Vec::new();
+    if let Op::File(file) = &vertex.op {
+        for action in &file.actions {
+            if let FileAction::Copy(copy) = action
+                && let Some(input @ Output::Dir(_)) = inputs.get(copy.src).map(|s| &s.output)
+            {
+                let (worker, input, copy) = (ctx.worker.clone(), input.clone(), copy.clone());
+                let list = blocking(move || worker.content_files(&input, &copy)).await?;
+                files.push(list);
+            }
+        }
+    }
+    Ok(StepInputs {
+        key: key.clone(),
+        name: vertex.name.clone(),
+        op: serde_json::to_value(keyed_op).unwrap_or_default(),
+        inputs: vertex
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(&i, s)| InputRef { name: ctx.graph.vertices[i].name.clone(), key: s.key.clone() })
+            .collect(),
+        content: content.to_vec(),
+        files,
+    })
 }
 
 async fn run_vertex(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>) -> Result<Solved, SolveError> {
@@ -98,10 +204,11 @@ async fn run_vertex(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>) -> Re
             }
         }
     }
-    let key = cache_key(&vertex.op, &input_keys, &content);
+    let keyed_op = key_op(&vertex.op, &input_outputs);
+    let key = cache_key(&keyed_op, &input_keys, &content);
 
     match &vertex.op {
-        Op::Scratch | Op::Context { .. } | Op::Image { .. } => {
+        Op::Scratch | Op::Context { .. } | Op::Image { .. } | Op::Http { .. } | Op::Git { .. } => {
             let (worker, op) = (ctx.worker.clone(), vertex.op.clone());
             let output = blocking(move || worker.source(&op)).await.map_err(fail)?;
             Ok(Solved { key, output, cached: false, created: now_unix() })
@@ -113,9 +220,27 @@ async fn run_vertex(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>) -> Re
                 ctx.progress.event(Event::Cached { vertex: v, name: vertex.name.clone() });
                 return Ok(Solved { key, output: record.output, cached: true, created: record.created });
             }
+            let identity = ctx.record_scope.as_ref().map(|scope| {
+                format!("{scope}\n{}", step_identity(&vertex.name, ctx.depth.get(v).copied().unwrap_or(0)))
+            });
+            let step_record = match &identity {
+                Some(_) => Some(step_inputs(&ctx, v, &keyed_op, &key, &inputs, &content).await.map_err(fail)?),
+                None => None,
+            };
+            let reasons = ctx.explain.then(|| {
+                let previous = identity.as_deref().and_then(|id| ctx.cache.previous_step(id));
+                match (&previous, &step_record) {
+                    _ if vertex.ignore_cache => vec![MissReason::NoCacheRequested],
+                    (Some(prev), Some(now)) => explain(prev, now),
+                    _ => vec![MissReason::NoRecord],
+                }
+            });
             let is_exec = matches!(vertex.op, Op::Exec(_));
             let _slot = if is_exec { ctx.run_slots.acquire().await.ok() } else { None };
             ctx.progress.event(Event::Started { vertex: v, name: vertex.name.clone() });
+            if let Some(reasons) = reasons {
+                ctx.progress.event(Event::Explained { vertex: v, reasons });
+            }
             let started = Instant::now();
             let c = ctx.clone();
             let result = blocking(move || {
@@ -139,6 +264,11 @@ async fn run_vertex(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>) -> Re
                         .cache
                         .put(&key, &output)
                         .map_err(|e| fail(WorkerError::failed("recording the result in the cache", e)))?;
+                    if let (Some(id), Some(inputs)) = (&identity, &step_record) {
+                        ctx.cache
+                            .record_step(id, inputs)
+                            .map_err(|e| fail(WorkerError::failed("recording the step's inputs", e)))?;
+                    }
                     ctx.progress.event(Event::Done { vertex: v, name, elapsed });
                     Ok(Solved { key, output, cached: false, created: record.created })
                 }
@@ -163,4 +293,42 @@ async fn blocking<T: Send + 'static>(
 
 fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{CopyAction, FileOp};
+
+    fn copy(excludes: &[&str]) -> Op {
+        Op::File(FileOp {
+            dest: Some(0),
+            actions: vec![FileAction::Copy(CopyAction {
+                src: 1,
+                sources: vec!["app/".into()],
+                dest: "/app/".into(),
+                chown: None,
+                chmod: None,
+                extract_archives: false,
+                keep_owner: false,
+                excludes: excludes.iter().map(|s| s.to_string()).collect(),
+                dockerignore: excludes.iter().map(|s| s.to_string()).collect(),
+                parents: false,
+            })],
+        })
+    }
+
+    #[test]
+    fn exclude_patterns_key_only_copies_that_are_not_hashed_by_content() {
+        let key = |op: &Op, src: Output| {
+            let inputs = [Output::RootFs(vec![]), src];
+            cache_key(&key_op(op, &inputs), &[], &[])
+        };
+        let dir = || Output::Dir("/ctx".into());
+        let stage = || Output::RootFs(vec![Digest::of(b"layer")]);
+        // From the context, the content digest already says exactly which files were selected.
+        assert_eq!(key(&copy(&["*.md"]), dir()), key(&copy(&["*.md", "nothing"]), dir()));
+        // From a stage, nothing else does.
+        assert_ne!(key(&copy(&["*.md"]), stage()), key(&copy(&["*.md", "nothing"]), stage()));
+    }
 }

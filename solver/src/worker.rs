@@ -5,6 +5,7 @@
 //! one on tokio's blocking pool, which is what gives parallelism without an async filesystem layer.
 
 use crate::Digest;
+use crate::explain::{MissReason, StepInputs};
 use crate::graph::{CopyAction, ExecOp, FileOp, Op, VertexId};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -61,6 +62,12 @@ pub trait Worker: Send + Sync + 'static {
     fn exec(&self, op: &ExecOp, inputs: &[Output], log: &mut dyn FnMut(&str)) -> Result<Output, WorkerError>;
     /// Applies file actions.
     fn file(&self, op: &FileOp, inputs: &[Output]) -> Result<Output, WorkerError>;
+    /// Every path `copy` selects from `input` with the digest of its entry, for explaining cache misses. Only
+    /// asked for steps that run; a worker that cannot tell returns nothing, and explanations then name no files.
+    fn content_files(&self, input: &Output, copy: &CopyAction) -> Result<Vec<(String, Digest)>, WorkerError> {
+        let _ = (input, copy);
+        Ok(Vec::new())
+    }
 }
 
 /// A failure to read or write the cache index.
@@ -87,16 +94,48 @@ pub trait CacheStore: Send + Sync + 'static {
     fn get(&self, key: &Digest) -> Option<CacheRecord>;
     /// Records `output` as made now; returns the record as stored.
     fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError>;
+    /// What went into the key of the step with this identity when it last ran (see [`crate::explain`]).
+    fn previous_step(&self, identity: &str) -> Option<StepInputs> {
+        let _ = identity;
+        None
+    }
+    /// Remembers what went into a step's key, for explaining its next miss.
+    fn record_step(&self, identity: &str, inputs: &StepInputs) -> Result<(), CacheError> {
+        let _ = (identity, inputs);
+        Ok(())
+    }
 }
 
 /// What progress output shows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Started { vertex: VertexId, name: String },
-    Cached { vertex: VertexId, name: String },
-    Done { vertex: VertexId, name: String, elapsed: Duration },
-    Failed { vertex: VertexId, name: String, elapsed: Duration },
-    Log { vertex: VertexId, line: String },
+    Started {
+        vertex: VertexId,
+        name: String,
+    },
+    Cached {
+        vertex: VertexId,
+        name: String,
+    },
+    Done {
+        vertex: VertexId,
+        name: String,
+        elapsed: Duration,
+    },
+    Failed {
+        vertex: VertexId,
+        name: String,
+        elapsed: Duration,
+    },
+    Log {
+        vertex: VertexId,
+        line: String,
+    },
+    /// Why a step that is about to run missed the cache (only with [`crate::SolveOptions::explain`]).
+    Explained {
+        vertex: VertexId,
+        reasons: Vec<MissReason>,
+    },
 }
 
 pub trait Progress: Send + Sync + 'static {

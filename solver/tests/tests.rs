@@ -69,6 +69,7 @@ fn run(g: &mut Graph, input: VertexId, extra: &[VertexId], cmd: &str) -> VertexI
             cwd: "/".into(),
             user: String::new(),
             network: Network::Host,
+            mounts: Vec::new(),
         }),
         inputs,
         name: cmd.into(),
@@ -84,7 +85,14 @@ fn solve_now(
     jobs: usize,
 ) -> Result<Vec<Option<Solved>>, SolveError> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(solve(Arc::new(g.clone()), &[target], worker, cache, Arc::new(NoProgress), SolveOptions { jobs }))
+    rt.block_on(solve(
+        Arc::new(g.clone()),
+        &[target],
+        worker,
+        cache,
+        Arc::new(NoProgress),
+        SolveOptions::with_jobs(jobs),
+    ))
 }
 
 #[test]

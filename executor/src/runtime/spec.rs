@@ -171,16 +171,32 @@ fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>,
         bind(hosts, "/etc/hosts", &etc_file_options)?,
         bind(resolv_conf, "/etc/resolv.conf", &etc_file_options)?,
     ];
-    // Parents before children, so a mount at /a/b is not hidden by a later one at /a.
-    let mut user_mounts: Vec<_> = run.mounts.iter().collect();
-    user_mounts.sort_by_key(|m| Path::new(&m.destination).components().count());
-    for m in user_mounts {
-        if !m.destination.starts_with('/') {
-            return Err(RuntimeError::BadMountDestination { destination: m.destination.clone() });
-        }
+    // Parents before children, so a mount at /a/b is not hidden by a later one at /a (a stable sort: equal depths
+    // keep the order they were given in).
+    let mut user_mounts: Vec<(&str, Mount)> = Vec::new();
+    for m in &run.mounts {
         let options: &[&str] = if m.readonly { &["rbind", "ro"] } else { &["rbind", "rw"] };
-        out.push(bind(&m.source, &m.destination, options)?);
+        user_mounts.push((&m.destination, bind(&m.source, &m.destination, options)?));
     }
+    for t in &run.tmpfs {
+        let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+        if let Some(size) = t.size {
+            options.push(format!("size={size}"));
+        }
+        let m = MountBuilder::default()
+            .destination(&t.destination)
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(options)
+            .build()
+            .map_err(spec_error)?;
+        user_mounts.push((&t.destination, m));
+    }
+    if let Some((destination, _)) = user_mounts.iter().find(|(d, _)| !d.starts_with('/')) {
+        return Err(RuntimeError::BadMountDestination { destination: destination.to_string() });
+    }
+    user_mounts.sort_by_key(|(d, _)| Path::new(d).components().count());
+    out.extend(user_mounts.into_iter().map(|(_, m)| m));
     Ok(out)
 }
 
@@ -201,7 +217,7 @@ fn spec_error(source: oci_spec::OciSpecError) -> RuntimeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::BindMount;
+    use crate::runtime::{BindMount, TmpfsMount};
     use crate::user::ResolvedUser;
     use std::path::PathBuf;
 
@@ -218,6 +234,8 @@ mod tests {
                 BindMount { source: PathBuf::from("/src/deep"), destination: "/a/b".into(), readonly: true },
                 BindMount { source: PathBuf::from("/src/top"), destination: "/a".into(), readonly: false },
             ],
+            tmpfs: vec![TmpfsMount { destination: "/a/t".into(), size: Some(4096) }],
+            bundle_dir: None,
         }
     }
 
@@ -315,13 +333,15 @@ mod tests {
         let mounts = json["mounts"].as_array().expect("mounts");
         let dests: Vec<&str> = mounts.iter().filter_map(|m| m["destination"].as_str()).collect();
         let mut want: Vec<&str> = SYSTEM_MOUNT_DESTINATIONS.to_vec();
-        want.extend(["/a", "/a/b"]);
+        want.extend(["/a", "/a/b", "/a/t"]);
         assert_eq!(dests, want);
         assert_eq!(mounts[5]["options"], serde_json::json!(["nosuid", "noexec", "nodev", "ro"]), "/sys is ro");
         assert_eq!(mounts[6]["source"], "/h");
         assert_eq!(mounts[7]["source"], "/r");
         assert_eq!(mounts[8]["options"], serde_json::json!(["rbind", "rw"]));
         assert_eq!(mounts[9]["options"], serde_json::json!(["rbind", "ro"]));
+        assert_eq!(mounts[10]["type"], "tmpfs");
+        assert_eq!(mounts[10]["options"], serde_json::json!(["nosuid", "nodev", "size=4096"]));
     }
 
     #[test]

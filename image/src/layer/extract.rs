@@ -36,7 +36,7 @@ pub(super) fn extract<R: Read>(mut reader: R, dest: &Path) -> Result<Digest, Lay
     let stream = if magic[..n].starts_with(GZIP_MAGIC) {
         Stream::Gzip(Box::new(flate2::read::MultiGzDecoder::new(head)))
     } else if magic[..n].starts_with(ZSTD_MAGIC) {
-        return Err(LayerError::UnsupportedCompression { dest: dest.to_path_buf(), format: "zstd" });
+        Stream::Zstd(Box::new(zstd::stream::read::Decoder::new(head).map_err(read_err)?))
     } else {
         Stream::Plain(head)
     };
@@ -71,6 +71,7 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 enum Stream<R: Read> {
     Plain(R),
     Gzip(Box<flate2::read::MultiGzDecoder<R>>),
+    Zstd(Box<zstd::stream::read::Decoder<'static, io::BufReader<R>>>),
 }
 
 impl<R: Read> Read for Stream<R> {
@@ -78,6 +79,7 @@ impl<R: Read> Read for Stream<R> {
         match self {
             Stream::Plain(r) => r.read(buf),
             Stream::Gzip(r) => r.read(buf),
+            Stream::Zstd(r) => r.read(buf),
         }
     }
 }

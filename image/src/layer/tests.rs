@@ -505,10 +505,25 @@ fn overlay_xattrs_in_a_tar_are_dropped() {
 }
 
 #[test]
-fn zstd_is_reported_not_misparsed() {
+fn zstd_layers_extract_to_the_same_diff_id_as_plain() {
+    let s = Snap::new();
+    s.dir("a", 0o755, (0, 0)).file("a/b.txt", b"zstd content", 0o644, (0, 0));
+    let opts = LayerOptions::default();
+    let mut blob = Vec::new();
+    let d = write_compressed_layer(s.root(), &mut blob, Compression::Zstd { level: 3 }, &opts).unwrap();
+    assert_eq!(&blob[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+    assert_ne!(d.digest, d.diff_id);
     let dest = TempDir::new().unwrap();
-    let err = extract_layer(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0][..], dest.path()).unwrap_err();
-    assert!(matches!(err, LayerError::UnsupportedCompression { format: "zstd", .. }), "{err}");
+    assert_eq!(extract_layer(blob.as_slice(), dest.path()).unwrap(), d.diff_id);
+    assert_eq!(std::fs::read(dest.path().join("a/b.txt")).unwrap(), b"zstd content");
+    let err = write_compressed_layer(s.root(), Vec::new(), Compression::Zstd { level: 23 }, &opts).unwrap_err();
+    assert!(matches!(err, LayerError::CompressionLevel { level: 23, .. }), "{err}");
+}
+
+#[test]
+fn truncated_zstd_is_an_error_not_an_empty_layer() {
+    let dest = TempDir::new().unwrap();
+    assert!(extract_layer(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0][..], dest.path()).is_err());
 }
 
 /// `tar -tvf` of `bytes` with whitespace runs collapsed, or `None` when GNU tar is not installed.

@@ -1,0 +1,457 @@
+//! Where a built image goes besides the store: `--output`, `--push`, `--metadata-file`, and `save`/`load`.
+//!
+//! The `--output` syntax is buildx's (`type=oci,dest=out.tar,compression=zstd`, CSV with quoting so
+//! `name="a,b"` names two images). Every spec is parsed before the build starts, so a typo costs nothing. The
+//! work itself is the image crate's; this module only maps options to it and reports what happened.
+
+use crate::Env;
+use anyhow::{Context as _, Result, bail};
+use rbuild_cache::{ImageRecord, Store};
+use rbuild_image::export::{self, ArchiveKind, ExportImage};
+use rbuild_image::layer::{Compression, LayerOptions};
+use rbuild_image::local::{Assembled, assemble, push_with};
+use rbuild_image::registry::{ImageRef, RegistryClient};
+use rbuild_solver::Digest;
+use rbuild_solver::oci::{ImageConfig, MEDIA_OCI_MANIFEST, Platform};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct OutputArgs {
+    /// Output destination: type=oci|docker|local|tar|image, with dest=PATH, name=NAME, push=true, tar=false,
+    /// compression=gzip|zstd|uncompressed, compression-level=N; may be repeated
+    #[arg(short = 'o', long = "output", value_name = "type=TYPE,...")]
+    pub outputs: Vec<String>,
+    /// Write the image's digests (JSON, as buildx does) to this file
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// The platform to build for and to pick base images by: os/arch[/variant] [default: this machine's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Layer compression for --push: gzip, zstd or uncompressed [default: gzip]
+    #[arg(long = "compression", value_name = "ALGORITHM")]
+    pub compression: Option<String>,
+}
+
+/// One parsed `--output`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// An OCI layout (`Oci`) or docker archive (`Docker`), as a tar file (`-` is stdout) or a directory.
+    Archive { kind: ArchiveKind, dest: PathBuf, tar: bool, names: Vec<String>, compression: Compression },
+    /// The image's filesystem in a directory.
+    Local { dest: PathBuf },
+    /// The image's filesystem as one tar file.
+    Tar { dest: PathBuf },
+    /// Named in the store, and pushed when `push`.
+    Image { names: Vec<String>, push: bool, compression: Compression },
+}
+
+/// Splits `a=b,"c=d,e",f` on commas outside double quotes, removing the quotes.
+fn split_csv(s: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if quoted {
+        bail!("unbalanced quotes in {s:?}");
+    }
+    out.push(cur);
+    Ok(out.into_iter().map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).collect())
+}
+
+/// The compression named by `algorithm` (and `level`, if given).
+pub fn parse_compression(algorithm: Option<&str>, level: Option<&str>) -> Result<Compression> {
+    let level = match level {
+        Some(l) => Some(l.parse::<i32>().with_context(|| format!("compression-level={l:?} is not a number"))?),
+        None => None,
+    };
+    Ok(match algorithm.unwrap_or("gzip") {
+        "gzip" => {
+            let level = level.unwrap_or(6);
+            if !(0..=9).contains(&level) {
+                bail!("compression-level={level} is out of range for gzip (0..=9)");
+            }
+            Compression::Gzip { level: level as u32 }
+        }
+        "zstd" => {
+            let level = level.unwrap_or(3);
+            if !(1..=22).contains(&level) {
+                bail!("compression-level={level} is out of range for zstd (1..=22)");
+            }
+            Compression::Zstd { level }
+        }
+        "uncompressed" | "none" => Compression::None,
+        other => bail!("unknown compression {other:?} (expected gzip, zstd or uncompressed)"),
+    })
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => bail!("{key}={v:?} is not true or false"),
+    }
+}
+
+/// Parses one `--output` value. `tags` are the build's `-t` names, used when an output names nothing itself.
+pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
+    let mut kind = None;
+    let mut dest = None;
+    let mut names: Vec<String> = Vec::new();
+    let mut push = false;
+    let mut tar = true;
+    let (mut algorithm, mut level) = (None, None);
+    let fields = split_csv(spec)?;
+    // `--output DIR` alone is buildx's shorthand for type=local.
+    if fields.len() == 1 && !fields[0].contains('=') {
+        return Ok(Output::Local { dest: PathBuf::from(&fields[0]) });
+    }
+    for field in fields {
+        let (k, v) = field.split_once('=').unwrap_or((field.as_str(), ""));
+        match k {
+            "type" => kind = Some(v.to_string()),
+            "dest" => dest = Some(PathBuf::from(v)),
+            "name" => names.extend(v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from)),
+            "push" => push = parse_bool(k, v)?,
+            "tar" => tar = parse_bool(k, v)?,
+            "compression" => algorithm = Some(v.to_string()),
+            "compression-level" => level = Some(v.to_string()),
+            // Accepted for buildx compatibility; rbuild always writes what was asked for.
+            "force-compression" | "oci-mediatypes" | "store" | "unpack" => {}
+            other => bail!("unknown --output option {other:?} in {spec:?}"),
+        }
+    }
+    let compression = parse_compression(algorithm.as_deref(), level.as_deref())?;
+    if names.is_empty() {
+        names = tags.to_vec();
+    }
+    for n in &names {
+        ImageRef::parse(n).with_context(|| format!("invalid name {n:?} in --output {spec:?}"))?;
+    }
+    let need_dest = |what: &str| dest.clone().with_context(|| format!("--output type={what} needs dest=PATH"));
+    Ok(match kind.as_deref() {
+        Some("oci") => Output::Archive { kind: ArchiveKind::Oci, dest: need_dest("oci")?, tar, names, compression },
+        Some("docker") => {
+            Output::Archive { kind: ArchiveKind::Docker, dest: need_dest("docker")?, tar, names, compression }
+        }
+        Some("local") => Output::Local { dest: need_dest("local")? },
+        Some("tar") => Output::Tar { dest: need_dest("tar")? },
+        Some("image" | "registry") => {
+            if names.is_empty() {
+                bail!("--output type=image needs name=NAME (or -t NAME)");
+            }
+            Output::Image { names, push: push || kind.as_deref() == Some("registry"), compression }
+        }
+        Some(other) => bail!("unknown --output type {other:?} (expected oci, docker, local, tar, image or registry)"),
+        None => bail!("--output {spec:?} has no type="),
+    })
+}
+
+/// `os/arch[/variant]`.
+pub fn parse_platform(s: &str) -> Result<Platform> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let (os, arch, variant) = match parts.as_slice() {
+        [os, arch] => (*os, *arch, None),
+        [os, arch, variant] => (*os, *arch, Some(variant.to_string())),
+        _ => bail!("--platform {s:?} is not os/arch[/variant]"),
+    };
+    if os.is_empty() || arch.is_empty() {
+        bail!("--platform {s:?} is not os/arch[/variant]");
+    }
+    let variant = variant.or_else(|| (arch == "arm64").then(|| "v8".to_string()));
+    Ok(Platform { os: os.into(), architecture: arch.into(), variant })
+}
+
+/// The platform to build and pull for.
+pub fn platform(args: &OutputArgs) -> Result<Platform> {
+    args.platform.as_deref().map_or_else(|| Ok(Platform::host()), parse_platform)
+}
+
+/// Parses every output of a build, adding `--push` as an image output.
+pub fn plan(args: &OutputArgs, tags: &[ImageRef], push: bool) -> Result<Vec<Output>> {
+    let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+    let mut outputs = args.outputs.iter().map(|o| parse_output(o, &names)).collect::<Result<Vec<_>>>()?;
+    if push {
+        let compression = parse_compression(args.compression.as_deref(), None)?;
+        outputs.push(Output::Image { names, push: true, compression });
+    }
+    Ok(outputs)
+}
+
+/// What `--metadata-file` records, in buildx's keys.
+#[derive(Default)]
+struct Metadata {
+    manifest: Option<(Digest, u64)>,
+    names: Vec<String>,
+}
+
+fn write_metadata(path: &Path, config: &Digest, m: &Metadata, store: &Store) -> Result<()> {
+    let (digest, size) = match &m.manifest {
+        Some(d) => d.clone(),
+        None => {
+            let a = assemble(store, config, Compression::Gzip { level: 6 })?;
+            let size = a.manifest_bytes.len() as u64;
+            (a.manifest_digest, size)
+        }
+    };
+    let mut doc = serde_json::json!({
+        "containerimage.config.digest": config.to_string(),
+        "containerimage.digest": digest.to_string(),
+        "containerimage.descriptor": {
+            "mediaType": MEDIA_OCI_MANIFEST,
+            "digest": digest.to_string(),
+            "size": size,
+        },
+    });
+    if !m.names.is_empty() {
+        doc["image.name"] = serde_json::Value::String(m.names.join(","));
+    }
+    let text = serde_json::to_string_pretty(&doc)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing the metadata file {}", path.display()))
+}
+
+/// A file to write to, or stdout for `-`.
+fn create_dest(dest: &Path) -> Result<Box<dyn Write>> {
+    if dest == Path::new("-") {
+        return Ok(Box::new(std::io::stdout().lock()));
+    }
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let f = std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+    Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, f)))
+}
+
+fn write_archive_to(dest: &Path, tar: bool, images: &[ExportImage], kind: ArchiveKind, mtime: u64) -> Result<()> {
+    if !tar {
+        return Ok(export::write_layout_dir(dest, images, kind)?);
+    }
+    let out = create_dest(dest)?;
+    let mut out = export::write_archive(out, images, kind, mtime)?;
+    out.flush().with_context(|| format!("writing {}", dest.display()))?;
+    Ok(())
+}
+
+fn image_config(store: &Store, config: &Digest) -> Result<ImageConfig> {
+    serde_json::from_slice(&store.read_blob(config)?).with_context(|| format!("image config {config}"))
+}
+
+/// Sends the built image (config `config`) to every output; writes the metadata file. `epoch` is
+/// `SOURCE_DATE_EPOCH`, which also dates archive entries.
+pub async fn finish(
+    store: &Store,
+    client: &RegistryClient,
+    config: &Digest,
+    outputs: &[Output],
+    metadata_file: Option<&Path>,
+    epoch: Option<i64>,
+) -> Result<()> {
+    let mut meta = Metadata::default();
+    let mtime = epoch.map_or(0, |e| e.max(0) as u64);
+    for output in outputs {
+        match output {
+            Output::Archive { kind, dest, tar, names, compression } => {
+                eprintln!("exporting to {} ({kind:?})", dest.display());
+                let a = assemble(store, config, *compression)?;
+                meta.manifest = Some((a.manifest_digest.clone(), a.manifest_bytes.len() as u64));
+                let images = [ExportImage { image: &a, names: names.clone() }];
+                write_archive_to(dest, *tar, &images, *kind, mtime)?;
+            }
+            Output::Local { dest } => {
+                eprintln!("exporting the filesystem to {}", dest.display());
+                let cfg = image_config(store, config)?;
+                rbuild_image::rootfs::unpack(store, &cfg.rootfs.diff_ids, dest)?;
+            }
+            Output::Tar { dest } => {
+                eprintln!("exporting the filesystem as a tar to {}", dest.display());
+                let cfg = image_config(store, config)?;
+                let dir = store.tmp_dir("rootfs")?;
+                let result = (|| -> Result<()> {
+                    rbuild_image::rootfs::unpack(store, &cfg.rootfs.diff_ids, &dir)?;
+                    let out = create_dest(dest)?;
+                    let opts = LayerOptions { clamp_mtime: epoch };
+                    let mut out = rbuild_image::layer::write_layer_tar(&dir, out, &opts)?;
+                    out.flush().with_context(|| format!("writing {}", dest.display()))?;
+                    Ok(())
+                })();
+                let _ = std::fs::remove_dir_all(&dir);
+                result?;
+            }
+            Output::Image { names, push, compression } => {
+                for name in names {
+                    let r = ImageRef::parse(name)?;
+                    store.set_tag(&ImageRecord { name: r.to_string(), config: config.clone(), manifest: None })?;
+                    if !meta.names.contains(&r.to_string()) {
+                        meta.names.push(r.to_string());
+                    }
+                    if *push {
+                        eprintln!("pushing {r}");
+                        let report = push_with(client, store, config, &r, *compression)
+                            .await
+                            .with_context(|| format!("pushing {r}"))?;
+                        eprintln!(
+                            "pushed {r}: {} uploaded, {} mounted, {} already there",
+                            report.uploaded.len(),
+                            report.mounted.len(),
+                            report.skipped.len()
+                        );
+                        let size = store.read_blob(&report.digest).map(|b| b.len() as u64).unwrap_or(0);
+                        meta.manifest = Some((report.digest.clone(), size));
+                        store.set_tag(&ImageRecord {
+                            name: r.to_string(),
+                            config: config.clone(),
+                            manifest: Some(report.digest.clone()),
+                        })?;
+                        println!("{r}@{}", report.digest);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(path) = metadata_file {
+        write_metadata(path, config, &meta, store)?;
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct SaveArgs {
+    /// Write to this file [default: standard output]
+    #[arg(short = 'o', long = "output", value_name = "FILE", default_value = "-")]
+    output: PathBuf,
+    /// Archive format: docker (loads with `docker load`) or oci
+    #[arg(long, default_value = "docker")]
+    format: String,
+    /// Layer compression: gzip, zstd or uncompressed
+    #[arg(long, default_value = "gzip")]
+    compression: String,
+    /// Images to save
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// Read from this file [default: standard input]
+    #[arg(short = 'i', long = "input", value_name = "FILE", default_value = "-")]
+    input: PathBuf,
+    /// The platform to load from a multi-platform archive
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+}
+
+pub fn save(env: &Env, args: SaveArgs) -> Result<ExitCode> {
+    let kind = match args.format.as_str() {
+        "docker" => ArchiveKind::Docker,
+        "oci" => ArchiveKind::Oci,
+        other => bail!("unknown --format {other:?} (expected docker or oci)"),
+    };
+    let compression = parse_compression(Some(&args.compression), None)?;
+    let store = crate::open_store(env)?;
+    // Names that point at the same image share one entry.
+    let mut groups: Vec<(Digest, Vec<String>)> = Vec::new();
+    for name in &args.names {
+        let full = ImageRef::parse(name)?.to_string();
+        let rec = store.tag(&full)?.with_context(|| format!("no image named {name} in the local store"))?;
+        match groups.iter_mut().find(|(c, _)| *c == rec.config) {
+            Some((_, names)) => names.push(full),
+            None => groups.push((rec.config, vec![full])),
+        }
+    }
+    let assembled: Vec<(Assembled, Vec<String>)> = groups
+        .into_iter()
+        .map(|(config, names)| Ok((assemble(&store, &config, compression)?, names)))
+        .collect::<Result<_>>()?;
+    let images: Vec<ExportImage> =
+        assembled.iter().map(|(a, names)| ExportImage { image: a, names: names.clone() }).collect();
+    write_archive_to(&args.output, true, &images, kind, 0)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn load(env: &Env, args: LoadArgs) -> Result<ExitCode> {
+    let platform = args.platform.as_deref().map_or_else(|| Ok(Platform::host()), parse_platform)?;
+    let store = crate::open_store(env)?;
+    let loaded = if args.input == Path::new("-") {
+        export::load(&store, std::io::stdin().lock(), Path::new("<stdin>"), &platform)?
+    } else {
+        let f = std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
+        export::load(&store, std::io::BufReader::with_capacity(1 << 20, f), &args.input, &platform)?
+    };
+    for l in &loaded {
+        if l.names.is_empty() {
+            println!("Loaded image ID: {}", l.config);
+        }
+        for n in &l.names {
+            println!("Loaded image: {n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags() -> Vec<String> {
+        vec!["docker.io/library/app:1".to_string()]
+    }
+
+    #[test]
+    fn outputs_parse_like_buildx() {
+        assert_eq!(
+            parse_output("type=oci,dest=out.tar,compression=zstd,compression-level=5", &tags()).unwrap(),
+            Output::Archive {
+                kind: ArchiveKind::Oci,
+                dest: "out.tar".into(),
+                tar: true,
+                names: tags(),
+                compression: Compression::Zstd { level: 5 }
+            }
+        );
+        assert_eq!(parse_output("./dir", &[]).unwrap(), Output::Local { dest: "./dir".into() });
+        assert_eq!(
+            parse_output(r#"type=image,"name=reg.example/a:1,reg.example/b:2",push=true"#, &[]).unwrap(),
+            Output::Image {
+                names: vec!["reg.example/a:1".into(), "reg.example/b:2".into()],
+                push: true,
+                compression: Compression::Gzip { level: 6 }
+            }
+        );
+        let Output::Archive { tar, compression, .. } =
+            parse_output("type=docker,dest=d,tar=false,compression=uncompressed", &[]).unwrap()
+        else {
+            panic!("docker archive")
+        };
+        assert_eq!((tar, compression), (false, Compression::None));
+    }
+
+    #[test]
+    fn bad_outputs_say_what_is_wrong() {
+        let err = |s: &str| format!("{:#}", parse_output(s, &[]).unwrap_err());
+        assert!(err("type=oci").contains("dest=PATH"));
+        assert!(err("type=floppy,dest=x").contains("unknown --output type"));
+        assert!(err("type=oci,dest=x,colour=red").contains("colour"));
+        assert!(err("type=oci,dest=x,compression=brotli").contains("brotli"));
+        assert!(err("type=oci,dest=x,compression=gzip,compression-level=12").contains("0..=9"));
+        assert!(err("type=image").contains("name="));
+        assert!(err(r#"type=image,name="a"#).contains("quotes"));
+    }
+
+    #[test]
+    fn platforms() {
+        assert_eq!(
+            parse_platform("linux/amd64").unwrap(),
+            Platform { os: "linux".into(), architecture: "amd64".into(), variant: None }
+        );
+        assert_eq!(parse_platform("linux/arm64").unwrap().variant.as_deref(), Some("v8"));
+        assert_eq!(parse_platform("linux/arm/v6").unwrap().variant.as_deref(), Some("v6"));
+        assert!(parse_platform("linux").is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! `rbuild du`, `rbuild prune`, `rbuild check`, and the automatic collection after a build.
+//!
+//! The GC limit comes from `$RBUILD_ROOT/config.json` (`{"gc": {"keep_storage": "10GB"}}`), overridden by the
+//! `RBUILD_GC_KEEP_STORAGE` environment variable; both are read once, in [`crate::env_for`].
+
+use crate::{Env, human_size};
+use anyhow::{Context as _, Result};
+use rbuild_cache::gc::{self, PruneOptions};
+use rbuild_cache::{LockMode, Store};
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// Remove all build cache, not only results no tagged image uses (tagged images are always kept)
+    #[arg(short, long)]
+    all: bool,
+    /// Remove least recently used cache only until the store takes at most this much (e.g. 10GB)
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
+    /// Keep cache used more recently than this (until=DURATION, e.g. until=24h)
+    #[arg(long, value_name = "FILTER")]
+    filter: Vec<String>,
+}
+
+/// The GC limit configured for the store at `root`, if any.
+pub fn configured_keep_storage(root: &Path) -> Result<Option<u64>> {
+    if let Ok(v) = std::env::var("RBUILD_GC_KEEP_STORAGE")
+        && !v.is_empty()
+    {
+        return Ok(Some(gc::parse_size(&v).context("RBUILD_GC_KEEP_STORAGE")?));
+    }
+    let path = root.join("config.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let doc: serde_json::Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    match doc.get("gc").and_then(|g| g.get("keep_storage")) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => {
+            Ok(Some(gc::parse_size(s).with_context(|| format!("{}: gc.keep_storage", path.display()))?))
+        }
+        Some(serde_json::Value::Number(n)) => Ok(n.as_u64()),
+        Some(other) => anyhow::bail!("{}: gc.keep_storage must be a size like \"10GB\", not {other}", path.display()),
+    }
+}
+
+pub fn du(env: &Env) -> Result<ExitCode> {
+    let store = crate::open_store(env)?;
+    let u = gc::disk_usage(&store)?;
+    println!("{:<14} {:>8} {:>10}", "KIND", "COUNT", "SIZE");
+    println!("{:<14} {:>8} {:>10}", "snapshots", u.snapshot_count, human_size(u.snapshots));
+    println!("{:<14} {:>8} {:>10}", "blobs", u.blob_count, human_size(u.blobs));
+    println!("{:<14} {:>8} {:>10}", "cache mounts", u.cache_mount_count, human_size(u.cache_mounts));
+    println!("{:<14} {:>8} {:>10}", "other", "", human_size(u.other));
+    println!("{:<14} {:>8} {:>10}", "total", "", human_size(u.total()));
+    println!("cache entries: {}", u.cache_entries);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn prune(env: &Env, args: PruneArgs) -> Result<ExitCode> {
+    let mut opts = PruneOptions { all: args.all, ..Default::default() };
+    if let Some(s) = &args.keep_storage {
+        opts.keep_storage = Some(gc::parse_size(s)?);
+    }
+    for f in &args.filter {
+        opts.until = Some(gc::parse_filter(f)?);
+    }
+    let store = open_exclusive(&env.root)?;
+    let r = gc::prune(&store, &opts)?;
+    println!(
+        "removed {} cache entries, {} snapshots, {} blobs, {} cache mounts",
+        r.cache_entries, r.snapshots, r.blobs, r.cache_mounts
+    );
+    println!("Total reclaimed space: {}", human_size(r.freed));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn check(env: &Env) -> Result<ExitCode> {
+    let store = open_exclusive(&env.root)?;
+    let r = gc::check(&store)?;
+    println!(
+        "{} blobs, {} snapshots, {} tags, {} cache entries ({} stale: clean misses)",
+        r.blobs, r.snapshots, r.tags, r.cache_entries, r.stale_entries
+    );
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    if r.problems.is_empty() {
+        println!("store is consistent");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// Opens the store alone, saying so when it has to wait for running builds.
+fn open_exclusive(root: &Path) -> Result<Store> {
+    let what = || format!("opening the store at {} exclusively", root.display());
+    if let Some(s) = Store::open_with(root, LockMode::TryExclusive).with_context(what)? {
+        return Ok(s);
+    }
+    eprintln!("waiting for running builds to finish...");
+    Store::open_exclusive(root).with_context(what)
+}
+
+/// After a build that added to the store: collect down to the configured limit if the store outgrew it and no
+/// other process is using it (a later build will try again otherwise).
+pub fn auto_gc(env: &Env) {
+    let Some(limit) = env.gc_keep_storage else { return };
+    match gc::auto_gc(&env.root, limit) {
+        Ok(Some(r)) if r.freed > 0 => {
+            eprintln!("gc: store was over {}, reclaimed {}", human_size(limit), human_size(r.freed));
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: automatic gc failed: {e:#}"),
+    }
+}

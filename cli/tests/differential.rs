@@ -1,0 +1,349 @@
+//! The differential suite: every `testdata/diff/<case>/` is built by rbuild and by the reference BuildKit (the
+//! dockerd of Debian 13's docker.io, BuildKit 0.13, started by `shared/tools/buildkit-up.sh`), and the final file
+//! trees (path, type, mode, owner, content, link target) and config fields must be equal.
+//!
+//! A case is a build context; `args` (one word per line) adds build flags, and a `parent/` directory is built
+//! first as `rbuild-diff/<case>-parent` (for ONBUILD). Both builders start from the same busybox base, built
+//! by each from `testdata/busybox-base`. rbuild's tree is its layer snapshots applied in order (overlayfs
+//! format); BuildKit's is its `docker save` layers applied in order (tar whiteouts).
+//!
+//! Known, deliberate differences (not compared): history `empty_layer` flags and timestamps (rbuild adds no layer
+//! for a step that changed nothing; BuildKit adds an empty one), and `created`.
+
+use crate::support::{Workspace, require, testdata};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// One file-system entry, as both builders must produce it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    kind: char,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    /// A file's bytes (see [`sha`]), a symlink's target, or empty.
+    content: String,
+}
+
+type Tree = BTreeMap<String, Entry>;
+
+fn remove_subtree(tree: &mut Tree, path: &str, keep_self: bool) {
+    let prefix = format!("{path}/");
+    tree.retain(|k, _| !k.starts_with(&prefix) && (keep_self || k != path));
+}
+
+/// A file's content as compared: short text as itself (so a difference is readable), anything else by sha256.
+fn sha(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if bytes.len() <= 200 => format!("text:{text}"),
+        _ => hex::encode(Sha256::digest(bytes)),
+    }
+}
+
+/// Applies one `docker save` layer tar.
+fn apply_tar(tree: &mut Tree, bytes: &[u8]) {
+    let mut ar = tar::Archive::new(bytes);
+    let mut links: Vec<(String, String)> = Vec::new();
+    for entry in ar.entries().unwrap() {
+        let mut e = entry.unwrap();
+        let path = e.path().unwrap().to_string_lossy().trim_start_matches("./").trim_end_matches('/').to_string();
+        if path.is_empty() {
+            continue;
+        }
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+        if name == ".wh..wh..opq" {
+            remove_subtree(tree, parent, true);
+            continue;
+        }
+        if let Some(gone) = name.strip_prefix(".wh.") {
+            let p = if parent.is_empty() { gone.to_string() } else { format!("{parent}/{gone}") };
+            remove_subtree(tree, &p, false);
+            continue;
+        }
+        let h = e.header().clone();
+        let (kind, content) = match h.entry_type() {
+            tar::EntryType::Directory => ('d', String::new()),
+            tar::EntryType::Symlink => ('l', h.link_name().unwrap().unwrap().to_string_lossy().into_owned()),
+            tar::EntryType::Link => {
+                links.push((path.clone(), h.link_name().unwrap().unwrap().to_string_lossy().into_owned()));
+                continue;
+            }
+            tar::EntryType::Fifo => ('p', String::new()),
+            tar::EntryType::Char => ('c', String::new()),
+            _ => {
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                ('f', sha(&data))
+            }
+        };
+        if kind != 'd' {
+            remove_subtree(tree, &path, false);
+        }
+        let entry =
+            Entry { kind, mode: h.mode().unwrap() & 0o7777, uid: h.uid().unwrap(), gid: h.gid().unwrap(), content };
+        tree.insert(path, entry);
+    }
+    for (path, target) in links {
+        if let Some(t) = tree.get(target.trim_start_matches("./")).cloned() {
+            tree.insert(path, t);
+        }
+    }
+}
+
+/// Applies one rbuild snapshot (an overlayfs upper directory).
+fn apply_snapshot(tree: &mut Tree, root: &Path, dir: &Path) {
+    let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    for p in names {
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let ft = md.file_type();
+        if ft.is_char_device() && md.rdev() == 0 {
+            remove_subtree(tree, &rel, false);
+            continue;
+        }
+        let (kind, content) = if ft.is_dir() {
+            if matches!(xattr::get(&p, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y") {
+                remove_subtree(tree, &rel, true);
+            }
+            ('d', String::new())
+        } else if ft.is_symlink() {
+            ('l', std::fs::read_link(&p).unwrap().to_string_lossy().into_owned())
+        } else if ft.is_fifo() {
+            ('p', String::new())
+        } else if ft.is_char_device() {
+            ('c', String::new())
+        } else {
+            ('f', sha(&std::fs::read(&p).unwrap()))
+        };
+        if kind != 'd' {
+            remove_subtree(tree, &rel, false);
+        }
+        tree.insert(rel, Entry { kind, mode: md.mode() & 0o7777, uid: md.uid().into(), gid: md.gid().into(), content });
+        if kind == 'd' {
+            apply_snapshot(tree, root, &p);
+        }
+    }
+}
+
+/// The reference BuildKit's `docker` environment, or why it cannot be used.
+fn reference() -> Result<Vec<(String, String)>, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/buildkit-up.sh");
+    if !script.is_file() {
+        return Err(format!("{} is missing", script.display()));
+    }
+    let out = Command::new("bash").arg(&script).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    if !out.status.success() || !last.starts_with("export ") {
+        return Err(format!("buildkit-up.sh failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    Ok(last["export ".len()..]
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace("$PATH", &path)))
+        .collect())
+}
+
+fn docker(env: &[(String, String)], args: &[&str]) -> crate::support::Run {
+    let out = Command::new("docker")
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("DOCKER_BUILDKIT", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("docker: {e}"));
+    crate::support::Run::from(out, format!("docker {}", args.join(" ")))
+}
+
+/// BuildKit's image: its tree and its config, from `docker save`.
+fn docker_image(env: &[(String, String)], name: &str, tmp: &Path) -> (Tree, Value) {
+    let file = tmp.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+    docker(env, &["save", "-o", file.to_str().unwrap(), name]).success();
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut ar = tar::Archive::new(std::fs::File::open(&file).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        files.insert(p, data);
+    }
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let config: Value = serde_json::from_slice(&files[manifest[0]["Config"].as_str().unwrap()]).unwrap();
+    let mut tree = Tree::new();
+    for layer in manifest[0]["Layers"].as_array().unwrap() {
+        apply_tar(&mut tree, &files[layer.as_str().unwrap()]);
+    }
+    (tree, config)
+}
+
+/// rbuild's image: its tree from the store's snapshots and its config.
+fn rbuild_image(ws: &Workspace, store: &str, name: &str) -> (Tree, Value) {
+    let run = ws.rbuild(store, &["inspect", name]).success();
+    let doc: Value = serde_json::from_str(&run.stdout).unwrap();
+    let config = doc["Config"].clone();
+    let mut tree = Tree::new();
+    for id in config["rootfs"]["diff_ids"].as_array().unwrap() {
+        let hex = id.as_str().unwrap().trim_start_matches("sha256:");
+        let snap = ws.path(store).join("snapshots").join(hex);
+        apply_snapshot(&mut tree, &snap, &snap);
+    }
+    (tree, config)
+}
+
+/// The config fields that must agree.
+fn config_fields(c: &Value) -> Value {
+    let keys = [
+        "User",
+        "ExposedPorts",
+        "Env",
+        "Entrypoint",
+        "Cmd",
+        "Volumes",
+        "WorkingDir",
+        "Labels",
+        "StopSignal",
+        "Healthcheck",
+        "OnBuild",
+        "Shell",
+        "ArgsEscaped",
+    ];
+    let cfg = &c["config"];
+    let mut out = serde_json::Map::new();
+    for k in keys {
+        let v = cfg.get(k).cloned().unwrap_or(Value::Null);
+        // Docker writes empty maps and lists where rbuild leaves a field out; both mean "none".
+        let empty = matches!(&v, Value::Object(m) if m.is_empty()) || matches!(&v, Value::Array(a) if a.is_empty());
+        out.insert(k.to_string(), if empty { Value::Null } else { v });
+    }
+    out.insert("author".into(), c.get("author").cloned().unwrap_or(Value::Null));
+    let history: Vec<Value> = c["history"]
+        .as_array()
+        .map(|h| h.iter().map(|e| e.get("created_by").cloned().unwrap_or(Value::Null)).collect())
+        .unwrap_or_default();
+    out.insert("history".into(), Value::Array(history));
+    Value::Object(out)
+}
+
+/// BuildKit leaves the empty mount points of its RUN containers (`/dev`, `/proc`, `/sys`) in the layer; rbuild
+/// does not write them (a container runtime creates them anyway). Not compared.
+fn is_mount_point(p: &str, e: &Entry) -> bool {
+    matches!(p, "dev" | "proc" | "sys") && e.kind == 'd'
+}
+
+fn tree_diff(ours: &Tree, theirs: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    for (p, e) in theirs {
+        if is_mount_point(p, e) && !ours.contains_key(p) {
+            continue;
+        }
+        match ours.get(p) {
+            None => out.push(format!("only in BuildKit: /{p} {e:?}")),
+            Some(o) if o != e => out.push(format!("differs: /{p}\n    rbuild   {o:?}\n    BuildKit {e:?}")),
+            _ => {}
+        }
+    }
+    for (p, e) in ours {
+        if !theirs.contains_key(p) {
+            out.push(format!("only in rbuild: /{p} {e:?}"));
+        }
+    }
+    out
+}
+
+fn copy_context(from: &Path, to: &Path) {
+    crate::support::copy_dir(from, to);
+    let _ = std::fs::remove_file(to.join("args"));
+    let _ = std::fs::remove_dir_all(to.join("parent"));
+}
+
+#[test]
+fn rbuild_and_buildkit_build_the_same_images() {
+    if !require(&["runc", "busybox"]) {
+        return;
+    }
+    let env = match reference() {
+        Ok(env) if docker(&env, &["version"]).code == Some(0) => env,
+        Ok(_) => {
+            println!("SKIPPED: the reference BuildKit did not answer (docker version failed)");
+            eprintln!("SKIPPED: the reference BuildKit did not answer (docker version failed)");
+            return;
+        }
+        Err(e) => {
+            println!("SKIPPED: the reference BuildKit could not be started: {e}");
+            eprintln!("SKIPPED: the reference BuildKit could not be started: {e}");
+            return;
+        }
+    };
+    let only = std::env::var("RBUILD_DIFF_CASE").ok();
+    let ws = Workspace::new();
+    let store = "store";
+    let base = ws.context_from("busybox-base");
+    ws.rbuild(store, &["build", "-t", "rbuild-diff/busybox", base.to_str().unwrap()]).success();
+    docker(&env, &["build", "--network", "host", "-q", "-t", "rbuild-diff/busybox", base.to_str().unwrap()]).success();
+
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(testdata("diff")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    cases.sort();
+    assert!(cases.len() >= 25, "at least 25 differential cases, found {}", cases.len());
+    let mut failures = Vec::new();
+    let mut passed = 0;
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        if only.as_ref().is_some_and(|o| o != &name) {
+            continue;
+        }
+        let ctx = ws.path(&format!("diff-{name}"));
+        copy_context(case, &ctx);
+        let extra = std::fs::read_to_string(case.join("args")).unwrap_or_default();
+        let extra: Vec<&str> = extra.lines().filter(|l| !l.is_empty()).collect();
+        if case.join("parent").is_dir() {
+            let parent = format!("rbuild-diff/{name}-parent");
+            let pctx = ws.path(&format!("diff-{name}-parent"));
+            copy_context(case, &pctx);
+            std::fs::copy(case.join("parent/Dockerfile"), pctx.join("Dockerfile")).unwrap();
+            ws.rbuild(store, &["build", "-t", &parent, pctx.to_str().unwrap()]).success();
+            docker(&env, &["build", "--network", "host", "-q", "-t", &parent, pctx.to_str().unwrap()]).success();
+        }
+        let tag = format!("rbuild-diff/case-{name}");
+        let mut args = vec!["build", "-t", tag.as_str()];
+        args.extend(&extra);
+        args.push(ctx.to_str().unwrap());
+        let ours = ws.rbuild(store, &args);
+        let mut dargs = vec!["build", "--network", "host", "-q", "-t", tag.as_str()];
+        dargs.extend(&extra);
+        dargs.push(ctx.to_str().unwrap());
+        let theirs = docker(&env, &dargs);
+        if ours.code != Some(0) || theirs.code != Some(0) {
+            failures.push(format!(
+                "{name}: rbuild exit {:?}, BuildKit exit {:?}\n--- rbuild\n{}\n--- BuildKit\n{}",
+                ours.code, theirs.code, ours.stderr, theirs.stderr
+            ));
+            continue;
+        }
+        let (our_tree, our_config) = rbuild_image(&ws, store, &tag);
+        let (their_tree, their_config) = docker_image(&env, &tag, ws.dir.path());
+        let mut problems = tree_diff(&our_tree, &their_tree);
+        let (a, b) = (config_fields(&our_config), config_fields(&their_config));
+        for (k, theirs) in b.as_object().unwrap() {
+            let ours = &a[k.as_str()];
+            if ours != theirs {
+                problems.push(format!("config {k} differs:\n    rbuild   {ours}\n    BuildKit {theirs}"));
+            }
+        }
+        if problems.is_empty() {
+            passed += 1;
+        } else {
+            failures.push(format!("{name}:\n  {}", problems.join("\n  ")));
+        }
+    }
+    println!("differential: {passed} passed, {} failed", failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -1,0 +1,258 @@
+//! Conversion checked against what the reference BuildKit (0.13, in Docker 26) wrote for the same Dockerfiles:
+//! history strings, config fields, and the shape of the graph for heredocs, remote sources and stage references.
+
+use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage};
+use rbuild_solver::oci::{ContainerConfig, ImageConfig, Platform};
+use rbuild_solver::{Digest, ExecMount, FileAction, Op};
+use std::collections::BTreeMap;
+
+/// Knows `base` (a config with a CMD and an ONBUILD trigger, like a parent image) and fails for anything else.
+struct Resolver;
+
+impl ImageResolver for Resolver {
+    fn resolve(
+        &self,
+        reference: &str,
+        _platform: &Platform,
+    ) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>> {
+        let config = match reference {
+            "base" => ContainerConfig {
+                env: Some(vec!["PATH=/usr/bin:/bin".into()]),
+                cmd: Some(vec!["sh".into()]),
+                ..Default::default()
+            },
+            "parent" => ContainerConfig {
+                on_build: Some(vec!["RUN echo from-parent".into(), "ENV CHILD=1".into()]),
+                ..Default::default()
+            },
+            other => return Err(format!("{other}: not found").into()),
+        };
+        Ok(ResolvedImage {
+            reference: reference.to_string(),
+            digest: Digest::of(reference.as_bytes()),
+            config: ImageConfig { architecture: "amd64".into(), os: "linux".into(), config, ..Default::default() },
+        })
+    }
+}
+
+fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions {
+    ConvertOptions {
+        build_args: build_args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        target: target.map(str::to_string),
+        platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
+        no_cache: NoCache::None,
+        context_excludes: vec!["secret.txt".into()],
+    }
+}
+
+fn convert_with(src: &str, o: &ConvertOptions) -> Result<BuildPlan, ConvertError> {
+    let ast = rbuild_frontend::parser::parse(src).expect("test Dockerfiles parse");
+    rbuild_frontend::convert(&ast, o, &Resolver)
+}
+
+fn convert(src: &str) -> BuildPlan {
+    convert_with(src, &opts(&[], None)).unwrap_or_else(|e| panic!("{e} at {:?} ({:?})", e.location, e.hint))
+}
+
+fn history(plan: &BuildPlan) -> Vec<String> {
+    plan.history
+        .iter()
+        .filter_map(|h| match h {
+            HistoryStep::Base(_) => None,
+            HistoryStep::Layer { created_by, .. } | HistoryStep::Meta { created_by } => Some(created_by.clone()),
+        })
+        .collect()
+}
+
+/// The history strings and config of the probe Dockerfile the reference built (`docker build` with BuildKit 0.13,
+/// `--build-arg A1=ba1 --build-arg A2=ba2`): byte for byte what it wrote.
+#[test]
+fn history_and_config_match_buildkit() {
+    let src = "FROM base AS b0\nRUN echo b0 > /b0\n\nFROM b0\nARG A1\nARG A2=two\nARG A3=three\nARG A4\n\
+ENV E1=e1 A3=env3\nRUN echo $A1 $A2\nCOPY --chown=1:1 --chmod=644 a.txt /x/\nCOPY --from=b0 /etc/passwd /p\n\
+COPY <<EOF /h.txt\nhello\nEOF\nCOPY <<A <<B /hd/\naaa\nA\nbbb\nB\nADD a.txt /y\nWORKDIR /w\n\
+RUN <<EOF\necho heredoc > /r.txt\nEOF\nRUN <<EOF\n#!/bin/sh\necho shebang > /s.txt\nEOF\nRUN cat <<X > /t.txt\ntt\nX\n\
+EXPOSE 80 53/udp\nVOLUME /data /d2\nLABEL k=v \"a b\"=c\nUSER 1000\nSTOPSIGNAL SIGINT\nSHELL [\"/bin/sh\", \"-xc\"]\n\
+HEALTHCHECK --interval=5s --retries=3 CMD echo ok\nONBUILD RUN echo onb\nMAINTAINER me\nCMD echo cmd\n\
+ENTRYPOINT [\"/bin/sh\"]\n";
+    let plan = convert_with(src, &opts(&[("A1", "ba1"), ("A2", "ba2")], None)).unwrap();
+    let p = "|4 A1=ba1 A2=ba2 A3=env3 A4=";
+    let expected = vec![
+        "RUN /bin/sh -c echo b0 > /b0 # buildkit".to_string(),
+        "ARG A1".into(),
+        "ARG A2=two".into(),
+        "ARG A3=three".into(),
+        "ARG A4".into(),
+        "ENV E1=e1 A3=env3".into(),
+        format!("RUN {p} /bin/sh -c echo $A1 $A2 # buildkit"),
+        "COPY --chown=1:1 --chmod=644 a.txt /x/ # buildkit".into(),
+        "COPY /etc/passwd /p # buildkit".into(),
+        "COPY <<EOF /h.txt # buildkit".into(),
+        "COPY <<A <<B /hd/ # buildkit".into(),
+        "ADD a.txt /y # buildkit".into(),
+        "WORKDIR /w".into(),
+        format!("RUN {p} /bin/sh -c echo heredoc > /r.txt\n # buildkit"),
+        format!("RUN {p} /bin/sh -c /dev/pipes/EOF # buildkit"),
+        format!("RUN {p} /bin/sh -c cat <<X > /t.txt\ntt\nX # buildkit"),
+        "EXPOSE map[53/udp:{} 80/tcp:{}]".into(),
+        "VOLUME [/data /d2]".into(),
+        "LABEL k=v a b=c".into(),
+        "USER 1000".into(),
+        "STOPSIGNAL SIGINT".into(),
+        "SHELL [/bin/sh -xc]".into(),
+        "HEALTHCHECK &{[\"CMD-SHELL\" \"echo ok\"] \"5s\" \"0s\" \"0s\" \"0s\" '\\x03'}".into(),
+        "MAINTAINER me".into(),
+        "CMD [\"/bin/sh\" \"-xc\" \"echo cmd\"]".into(),
+        "ENTRYPOINT [\"/bin/sh\"]".into(),
+    ];
+    assert_eq!(history(&plan), expected);
+    let c = &plan.config.config;
+    assert_eq!(plan.config.author.as_deref(), Some("me"));
+    assert_eq!(c.env.as_deref(), Some(&["PATH=/usr/bin:/bin".to_string(), "E1=e1".into(), "A3=env3".into()][..]));
+    assert_eq!(c.cmd.as_deref(), Some(&["/bin/sh".to_string(), "-xc".into(), "echo cmd".into()][..]));
+    assert_eq!(c.args_escaped, Some(true));
+    assert_eq!(c.on_build.as_deref(), Some(&["RUN echo onb".to_string()][..]));
+    assert_eq!(c.stop_signal.as_deref(), Some("SIGINT"));
+    let hc = c.healthcheck.as_ref().unwrap();
+    assert_eq!((hc.interval, hc.retries, hc.timeout), (Some(5_000_000_000), Some(3), None));
+    assert_eq!(c.exposed_ports.keys().collect::<Vec<_>>(), ["53/udp", "80/tcp"]);
+    assert_eq!(c.working_dir.as_deref(), Some("/w"));
+}
+
+#[test]
+fn copy_heredocs_become_files_copied_with_copy_semantics() {
+    let plan = convert("FROM base\nARG V=1\nCOPY --chmod=600 <<EOF <<'RAW' /etc/\nv=$V\nEOF\nv=$V\nRAW\n");
+    let mkfiles: Vec<(String, String, u32)> = plan
+        .graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::File(f) if f.dest.is_none() => Some(f.actions.iter().filter_map(|a| match a {
+                FileAction::MkFile { path, data, mode, .. } => Some((path.clone(), data.clone(), *mode)),
+                _ => None,
+            })),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    // An unquoted delimiter expands, a quoted one does not.
+    assert_eq!(mkfiles, vec![("/EOF".into(), "v=1\n".into(), 0o644), ("/RAW".into(), "v=$V\n".into(), 0o644)]);
+    let Op::File(copy) = &plan.graph.vertices[plan.target].op else { panic!("COPY is a file op") };
+    let FileAction::Copy(c) = &copy.actions[0] else { panic!("a copy action") };
+    assert_eq!(
+        (c.sources.clone(), c.dest.as_str(), c.chmod),
+        (vec!["EOF".to_string(), "RAW".into()], "/etc/", Some(0o600))
+    );
+}
+
+#[test]
+fn shebang_heredoc_runs_as_a_mounted_script() {
+    let plan = convert("FROM base\nRUN <<-EOF\n\t#!/bin/sh\n\techo hi\n\tEOF\n");
+    let Op::Exec(exec) = &plan.graph.vertices[plan.target].op else { panic!("RUN is an exec op") };
+    assert_eq!(exec.args, ["/bin/sh", "-c", "/dev/pipes/EOF"]);
+    let [ExecMount::Bind { target, input, source, readonly }] = exec.mounts.as_slice() else {
+        panic!("one bind mount: {:?}", exec.mounts)
+    };
+    assert_eq!((target.as_str(), source.as_str(), *readonly), ("/dev/pipes", "/", true));
+    let script = plan.graph.vertices[plan.target].inputs[*input];
+    let Op::File(f) = &plan.graph.vertices[script].op else { panic!("the script is a file op") };
+    // <<- strips leading tabs.
+    assert_eq!(
+        f.actions,
+        [FileAction::MkFile { path: "/EOF".into(), data: "#!/bin/sh\necho hi\n".into(), mode: 0o755, owner: None }]
+    );
+}
+
+#[test]
+fn add_urls_and_git_repositories_are_sources() {
+    let plan = convert(
+        "FROM base\nADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 \
+https://example.com/dl/tool.tar.gz?x=1 /opt/\nADD https://github.com/moby/moby.git#v1.0:docs /src\n\
+ADD git@github.com:moby/buildkit.git /bk\n",
+    );
+    let sources: Vec<&Op> =
+        plan.graph.vertices.iter().map(|v| &v.op).filter(|o| matches!(o, Op::Http { .. } | Op::Git { .. })).collect();
+    assert_eq!(
+        sources,
+        [
+            &Op::Http {
+                url: "https://example.com/dl/tool.tar.gz?x=1".into(),
+                checksum: Some(format!("sha256:{}", "0".repeat(64))),
+                filename: "tool.tar.gz".into()
+            },
+            &Op::Git {
+                remote: "https://github.com/moby/moby.git".into(),
+                reference: "v1.0".into(),
+                keep_git_dir: false
+            },
+            &Op::Git {
+                remote: "git@github.com:moby/buildkit.git".into(),
+                reference: String::new(),
+                keep_git_dir: false
+            },
+        ]
+    );
+    let err = convert_with("FROM base\nADD --checksum=sha256:00 a.txt /\n", &opts(&[], None)).unwrap_err();
+    assert!(err.message.contains("non-HTTP"), "{}", err.message);
+}
+
+#[test]
+fn copy_from_may_name_a_later_stage_but_not_a_cycle() {
+    let plan = convert("FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nRUN touch /x\nFROM a\n");
+    assert!(plan.graph.vertices.iter().any(|v| matches!(&v.op, Op::Exec(_))), "stage b is converted for a");
+    let err = convert_with(
+        "FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nCOPY --from=a /y /y\n",
+        &opts(&[], Some("a")),
+    )
+    .unwrap_err();
+    assert!(err.message.contains("circular dependency"), "{}", err.message);
+    assert_eq!(err.location.map(|l| l.start_line), Some(4), "points at the COPY that closes the cycle");
+    let err = convert_with("FROM base AS a\nCOPY --from=a /y /y\n", &opts(&[], None)).unwrap_err();
+    assert!(err.message.contains("circular dependency"), "{}", err.message);
+    // FROM only sees earlier stages: a later one is an error at the FROM line, not an image pull.
+    let err = convert_with("FROM base\nFROM later AS x\nFROM base AS later\n", &opts(&[], Some("x"))).unwrap_err();
+    assert!(err.message.contains("used before it is defined"), "{}", err.message);
+    assert_eq!(err.location.map(|l| l.start_line), Some(2));
+}
+
+#[test]
+fn unknown_stage_names_suggest_the_stage() {
+    let err =
+        convert_with("FROM base AS builder\nFROM base\nCOPY --from=buidler /a /a\n", &opts(&[], None)).unwrap_err();
+    assert_eq!(err.location.map(|l| l.start_line), Some(3));
+    assert_eq!(err.hint.as_deref(), Some("no stage is named \"buidler\"; did you mean \"builder\"?"));
+    let err = convert_with("FROM base AS builder\nFROM bulder\n", &opts(&[], None)).unwrap_err();
+    assert_eq!(err.location.map(|l| l.start_line), Some(2));
+    assert!(err.hint.unwrap_or_default().contains("\"builder\""));
+}
+
+#[test]
+fn onbuild_triggers_run_in_the_child_only() {
+    let plan = convert("FROM parent\nRUN echo child\n");
+    let h = history(&plan);
+    assert_eq!(h[0], "RUN /bin/sh -c echo from-parent # buildkit");
+    assert_eq!(h[1], "ENV CHILD=1");
+    assert_eq!(plan.config.config.on_build, None, "triggers are not inherited further");
+}
+
+#[test]
+fn unused_build_args_make_one_warning() {
+    let plan = convert_with(
+        "FROM base\nARG USED\n",
+        &opts(&[("USED", "1"), ("B", "2"), ("A", "3"), ("HTTP_PROXY", "p")], None),
+    )
+    .unwrap();
+    assert_eq!(plan.warnings, ["[Warning] One or more build-args [A B] were not consumed"]);
+}
+
+#[test]
+fn copy_keeps_dockerignore_apart_from_exclude() {
+    let plan = convert("FROM base\nCOPY --exclude=*.md --parents a/ /dst/\n");
+    let Op::File(f) = &plan.graph.vertices[plan.target].op else { panic!("COPY is a file op") };
+    let FileAction::Copy(c) = &f.actions[0] else { panic!("a copy") };
+    assert_eq!(
+        (c.excludes.clone(), c.dockerignore.clone(), c.parents),
+        (vec!["*.md".to_string()], vec!["secret.txt".to_string()], true)
+    );
+    assert_eq!(history(&plan).last().map(String::as_str), Some("COPY --parents a/ /dst/ # buildkit"));
+}
