@@ -49,7 +49,10 @@ fn json_file(p: &Path) -> serde_json::Value {
 
 /// Starts the reference dockerd; `None` (with a visible message) when it cannot start outside CI.
 fn docker_env() -> Option<Vec<(String, String)>> {
-    let out = std::process::Command::new("bash").arg("/work/shared/tools/buildkit-up.sh").output();
+    // shared/ sits beside the repository (CI clones it there too).
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/buildkit-up.sh");
+    let script = if beside.is_file() { beside } else { Path::new("/work/shared/tools/buildkit-up.sh").to_path_buf() };
+    let out = std::process::Command::new("bash").arg(&script).output();
     let line = out.as_ref().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().last().map(str::to_string));
     let Some(line) = line.filter(|l| l.starts_with("export ")) else {
         let msg =
