@@ -154,4 +154,5 @@ for c in noop bigcontext-warm edit-one parallel cold run-overhead; do
   [ "$ok" = ok ] || status=1
   printf '%-16s %8sms %8sms %8s %8s %6s %s\n' "$c" "$r" "$b" "${h:+${h}ms}" "$ratio" "≤$target" "$ok"
 done
+printf 'bench took %ss\n' "$SECONDS"
 exit $status

@@ -430,6 +430,20 @@ fn sorted_dir(dir: &Path) -> Result<Vec<OsString>, ContentHashError> {
     Ok(names)
 }
 
+/// A directory's entries with their `lstat`, sorted by name. The stat is taken relative to the open directory
+/// (`DirEntry::metadata` is an `fstatat` on it), which spares the kernel resolving the full path of every file of
+/// a large context again.
+fn sorted_dir_with_metadata(dir: &Path) -> Result<Vec<(OsString, Metadata)>, ContentHashError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        let md = entry.metadata().map_err(|e| io_err("stat", &entry.path())(e))?;
+        out.push((entry.file_name(), md));
+    }
+    out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(out)
+}
+
 /// Expands a wildcard source component by component. Returns (rel as matched, real path, lstat of real path).
 fn resolve_wildcard(
     root: &Path,
@@ -529,12 +543,11 @@ fn walk_dir(
     out: &mut Vec<SelectedEntry>,
 ) -> Result<bool, ContentHashError> {
     let mut any = false;
-    for name in sorted_dir(dir)? {
+    for (name, md) in sorted_dir_with_metadata(dir)? {
         let path = dir.join(&name);
         let child_rel = rel.join(&name);
         let child_root_rel = root_rel.join(&name);
         let is_excluded = excluded(&rel_string(&child_root_rel));
-        let md = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
         if md.is_dir() {
             let at = out.len();
             out.push(SelectedEntry { rel: child_rel.clone(), path: path.clone(), metadata: md });
@@ -661,11 +674,9 @@ fn digest_selection(
     let trees = walk_selection(root, sel, excluded)?;
     let files: Vec<&SelectedEntry> =
         trees.iter().flat_map(|t| t.entries.iter()).filter(|e| e.metadata.file_type().is_file()).collect();
+    // In walk order: the n-th regular file met below is `file_digests[n]`.
     let file_digests = hash_files(&files, cache)?;
-    let mut by_path: HashMap<&Path, [u8; 32]> = HashMap::with_capacity(files.len());
-    for (e, d) in files.iter().zip(file_digests) {
-        by_path.insert(e.path.as_path(), d);
-    }
+    let mut next_file = file_digests.iter();
 
     let mut enc = Encoder { main: Sha256::new(), entry: None };
     enc.bytes(b"rbuild-contenthash-v1");
@@ -698,15 +709,23 @@ fn digest_selection(
                 enc.bytes(b"");
             }
             enc.u64(if ft.is_char_device() || ft.is_block_device() { md.rdev() } else { 0 });
-            let xattrs = file_xattrs(&e.path)?;
+            let hashed = if ft.is_file() { next_file.next() } else { None };
+            let listed;
+            let xattrs = match hashed {
+                Some(h) => &h.xattrs,
+                None => {
+                    listed = file_xattrs(&e.path)?;
+                    &listed
+                }
+            };
             enc.u64(xattrs.len() as u64);
-            for (name, value) in &xattrs {
+            for (name, value) in xattrs {
                 enc.bytes(name.as_bytes());
                 enc.bytes(value);
             }
-            match by_path.get(e.path.as_path()) {
-                Some(d) if ft.is_file() => enc.bytes(d),
-                _ => enc.bytes(b""),
+            match hashed {
+                Some(h) => enc.bytes(&h.digest),
+                None => enc.bytes(b""),
             }
             if let Some(entry) = enc.entry.take() {
                 let rel =
@@ -719,13 +738,20 @@ fn digest_selection(
 }
 
 /// Hashes file contents, in parallel on up to 4 threads (hashing is I/O- and SHA-bound; more threads only thrash).
-fn hash_files(files: &[&SelectedEntry], cache: Option<&StatCache>) -> Result<Vec<[u8; 32]>, ContentHashError> {
+/// A regular file's content digest and xattrs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hashed {
+    digest: [u8; 32],
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+fn hash_files(files: &[&SelectedEntry], cache: Option<&StatCache>) -> Result<Vec<Hashed>, ContentHashError> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4).min(files.len());
     if workers <= 1 {
         return files.iter().map(|e| hash_one(&e.path, &e.metadata, cache)).collect();
     }
     let next = AtomicUsize::new(0);
-    type Slot = Mutex<Option<Result<[u8; 32], ContentHashError>>>;
+    type Slot = Mutex<Option<Result<Hashed, ContentHashError>>>;
     let results: Vec<Slot> = files.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -753,12 +779,13 @@ fn hash_files(files: &[&SelectedEntry], cache: Option<&StatCache>) -> Result<Vec
     Ok(out)
 }
 
-fn hash_one(path: &Path, md: &Metadata, cache: Option<&StatCache>) -> Result<[u8; 32], ContentHashError> {
+fn hash_one(path: &Path, md: &Metadata, cache: Option<&StatCache>) -> Result<Hashed, ContentHashError> {
     let key = StatKey::of(md);
-    if let Some(d) = cache.and_then(|c| c.lookup(path, &key)) {
-        return Ok(d);
+    if let Some(h) = cache.and_then(|c| c.lookup(path, &key)) {
+        return Ok(h);
     }
     let recorded_ns = now_ns();
+    let xattrs = file_xattrs(path)?;
     let mut f = File::open(path).map_err(io_err("open", path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -771,17 +798,17 @@ fn hash_one(path: &Path, md: &Metadata, cache: Option<&StatCache>) -> Result<[u8
         };
         hasher.update(&buf[..n]);
     }
-    let digest: [u8; 32] = hasher.finalize().into();
+    let hashed = Hashed { digest: hasher.finalize().into(), xattrs };
     if let Some(c) = cache {
         c.files_read.fetch_add(1, Ordering::Relaxed);
         // Only remember the digest if the file did not change while it was read.
         if let Ok(after) = f.metadata()
             && StatKey::of(&after) == key
         {
-            c.insert(path, key, recorded_ns, digest);
+            c.insert(path, key, recorded_ns, hashed.clone());
         }
     }
-    Ok(digest)
+    Ok(hashed)
 }
 
 fn now_ns() -> i64 {
@@ -813,17 +840,20 @@ impl StatKey {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct CacheEntry {
     key: StatKey,
     /// When the file was hashed (wall clock, before reading it).
     recorded_ns: i64,
-    digest: [u8; 32],
+    /// Content digest and xattrs: an xattr change moves ctime, so an unchanged stat vouches for both, and a warm
+    /// build needs no `llistxattr` per file.
+    hashed: Hashed,
 }
 
 #[derive(Debug, Default)]
 struct CacheInner {
-    entries: HashMap<PathBuf, CacheEntry>,
+    /// Keyed by the path's bytes: hashing a `Path` walks its components, which showed up in profiles.
+    entries: HashMap<Vec<u8>, CacheEntry>,
     dirty: bool,
 }
 
@@ -840,7 +870,7 @@ pub struct StatCache {
 }
 
 const CACHE_MAGIC: &[u8; 16] = b"rbuild-statcache";
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
 
 impl StatCache {
     /// Loads the cache stored at `path`; anything unreadable gives an empty cache that will be saved there.
@@ -898,32 +928,34 @@ impl StatCache {
         Ok(())
     }
 
-    /// The cached digest of `path`, if its stat is unchanged and the entry is not racy.
-    fn lookup(&self, path: &Path, key: &StatKey) -> Option<[u8; 32]> {
+    /// The cached digest and xattrs of `path`, if its stat is unchanged and the entry is not racy.
+    fn lookup(&self, path: &Path, key: &StatKey) -> Option<Hashed> {
         let inner = self.inner.lock().ok()?;
-        let e = inner.entries.get(path)?;
+        let e = inner.entries.get(path.as_os_str().as_bytes())?;
         // Racy-git rule: a file modified in the same timestamp tick as (or after) the moment it was hashed may
         // have been edited again without its mtime moving; only entries whose mtime is safely older are trusted.
-        if e.key == *key && key.mtime_ns < e.recorded_ns.saturating_sub(RACY_MARGIN_NS) { Some(e.digest) } else { None }
+        // ctime too, since it is what an xattr, mode or owner change moves.
+        let safe = e.recorded_ns.saturating_sub(RACY_MARGIN_NS);
+        (e.key == *key && key.mtime_ns < safe && key.ctime_ns < safe).then(|| e.hashed.clone())
     }
 
-    fn insert(&self, path: &Path, key: StatKey, recorded_ns: i64, digest: [u8; 32]) {
+    fn insert(&self, path: &Path, key: StatKey, recorded_ns: i64, hashed: Hashed) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.entries.insert(path.to_path_buf(), CacheEntry { key, recorded_ns, digest });
+            inner.entries.insert(path.as_os_str().as_bytes().to_vec(), CacheEntry { key, recorded_ns, hashed });
             inner.dirty = true;
         }
     }
 }
 
-fn encode_cache(entries: &HashMap<PathBuf, CacheEntry>) -> Vec<u8> {
-    let mut sorted: Vec<(&PathBuf, &CacheEntry)> = entries.iter().collect();
-    sorted.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+fn encode_cache(entries: &HashMap<Vec<u8>, CacheEntry>) -> Vec<u8> {
+    let mut sorted: Vec<(&Vec<u8>, &CacheEntry)> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut out = Vec::with_capacity(64 + sorted.len() * 128);
     out.extend_from_slice(CACHE_MAGIC);
     out.extend_from_slice(&CACHE_VERSION.to_le_bytes());
     out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
     for (path, e) in sorted {
-        let p = path.as_os_str().as_bytes();
+        let p = path.as_slice();
         out.extend_from_slice(&(p.len() as u32).to_le_bytes());
         out.extend_from_slice(p);
         out.extend_from_slice(&e.key.size.to_le_bytes());
@@ -932,7 +964,14 @@ fn encode_cache(entries: &HashMap<PathBuf, CacheEntry>) -> Vec<u8> {
         out.extend_from_slice(&e.key.ino.to_le_bytes());
         out.extend_from_slice(&e.key.mode.to_le_bytes());
         out.extend_from_slice(&e.recorded_ns.to_le_bytes());
-        out.extend_from_slice(&e.digest);
+        out.extend_from_slice(&e.hashed.digest);
+        out.extend_from_slice(&(e.hashed.xattrs.len() as u32).to_le_bytes());
+        for (name, value) in &e.hashed.xattrs {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
+        }
     }
     let sum: [u8; 32] = Sha256::digest(&out).into();
     out.extend_from_slice(&sum);
@@ -955,7 +994,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode_cache(bytes: &[u8]) -> Option<HashMap<PathBuf, CacheEntry>> {
+fn decode_cache(bytes: &[u8]) -> Option<HashMap<Vec<u8>, CacheEntry>> {
     let body_len = bytes.len().checked_sub(32)?;
     let (body, sum) = bytes.split_at(body_len);
     let expect: [u8; 32] = Sha256::digest(body).into();
@@ -970,7 +1009,7 @@ fn decode_cache(bytes: &[u8]) -> Option<HashMap<PathBuf, CacheEntry>> {
     let mut entries = HashMap::new();
     for _ in 0..count {
         let plen = u32::from_le_bytes(c.array()?) as usize;
-        let path = PathBuf::from(OsStr::from_bytes(c.take(plen)?));
+        let path = c.take(plen)?.to_vec();
         let key = StatKey {
             size: u64::from_le_bytes(c.array()?),
             mtime_ns: i64::from_le_bytes(c.array()?),
@@ -980,7 +1019,15 @@ fn decode_cache(bytes: &[u8]) -> Option<HashMap<PathBuf, CacheEntry>> {
         };
         let recorded_ns = i64::from_le_bytes(c.array()?);
         let digest = c.array()?;
-        entries.insert(path, CacheEntry { key, recorded_ns, digest });
+        let n = u32::from_le_bytes(c.array()?) as usize;
+        let mut xattrs = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            let len = u32::from_le_bytes(c.array()?) as usize;
+            let name = OsStr::from_bytes(c.take(len)?).to_os_string();
+            let len = u32::from_le_bytes(c.array()?) as usize;
+            xattrs.push((name, c.take(len)?.to_vec()));
+        }
+        entries.insert(path, CacheEntry { key, recorded_ns, hashed: Hashed { digest, xattrs } });
     }
     if !c.0.is_empty() {
         return None;
@@ -1241,6 +1288,11 @@ mod tests {
         assert!(cache.is_empty());
         let d1 = content_digest(&root, &sel(&["."]), &none, Some(&cache)).unwrap();
         assert_eq!(cache.files_read(), 2);
+        // `set_mtime` just moved the files' ctime to now; pretend they were hashed a few seconds later, as a next
+        // build would, so the racy rule does not apply.
+        for e in cache.inner.lock().unwrap().entries.values_mut() {
+            e.recorded_ns += 3 * RACY_MARGIN_NS;
+        }
         cache.save().unwrap();
 
         let cache = StatCache::load(&cache_path);
@@ -1282,12 +1334,17 @@ mod tests {
         let cache = StatCache::load(Path::new("/nonexistent/statcache"));
         let key = StatKey { size: 3, mtime_ns: 10_000_000_000, ctime_ns: 10_000_000_000, ino: 7, mode: 0o100644 };
         let p = Path::new("/ctx/f");
-        cache.insert(p, key, key.mtime_ns + 500_000_000, [1; 32]);
+        let h = |b: u8| Hashed { digest: [b; 32], xattrs: vec![("user.k".into(), vec![b])] };
+        cache.insert(p, key, key.mtime_ns + 500_000_000, h(1));
         assert_eq!(cache.lookup(p, &key), None, "hashed in the same tick as the last write: racy");
-        cache.insert(p, key, key.mtime_ns + RACY_MARGIN_NS + 1, [2; 32]);
-        assert_eq!(cache.lookup(p, &key), Some([2; 32]));
+        cache.insert(p, key, key.mtime_ns + RACY_MARGIN_NS + 1, h(2));
+        assert_eq!(cache.lookup(p, &key), Some(h(2)));
         let moved = StatKey { ctime_ns: key.ctime_ns + 1, ..key };
         assert_eq!(cache.lookup(p, &moved), None);
+        // A recent ctime (chmod, chown, setxattr right before hashing) is racy too, even with an old mtime.
+        let recent_ctime = StatKey { ctime_ns: key.mtime_ns + RACY_MARGIN_NS, ..key };
+        cache.insert(p, recent_ctime, key.mtime_ns + RACY_MARGIN_NS + 1, h(3));
+        assert_eq!(cache.lookup(p, &recent_ctime), None);
     }
 
     #[test]
@@ -1296,9 +1353,12 @@ mod tests {
         let p = t.path().join("c");
         let cache = StatCache::load(&p);
         let key = StatKey { size: 1, mtime_ns: 1, ctime_ns: 1, ino: 1, mode: 1 };
-        cache.insert(Path::new("/x"), key, 10_000_000_000, [3; 32]);
+        let hashed = Hashed { digest: [3; 32], xattrs: vec![("user.a".into(), b"1".to_vec())] };
+        cache.insert(Path::new("/x"), key, 10_000_000_000, hashed.clone());
         cache.save().unwrap();
-        assert_eq!(StatCache::load(&p).len(), 1);
+        let loaded = StatCache::load(&p);
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded.inner.lock().unwrap().entries[b"/x".as_slice()].hashed, hashed, "xattrs survive a save");
         let mut bytes = fs::read(&p).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;

@@ -278,6 +278,10 @@ impl Store {
 
     /// Points `record.name` at an image.
     pub fn set_tag(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        // An unchanged rebuild names the same image again: skip the synced rewrite.
+        if matches!(self.tag(&record.name), Ok(Some(existing)) if existing == *record) {
+            return Ok(());
+        }
         self.write_json(&self.tag_path(&record.name), record)
     }
 
@@ -376,8 +380,16 @@ impl CacheStore for Store {
     }
 
     fn record_step(&self, identity: &str, inputs: &StepInputs) -> Result<(), CacheError> {
-        self.write_json(&self.step_path(identity), &(identity, inputs))
-            .map_err(|e| CacheError { context: format!("recording step {identity}"), source: io::Error::other(e) })
+        // Advisory data (it only explains a later miss): atomic, but not worth two fsyncs per step.
+        let path = self.step_path(identity);
+        let written = serde_json::to_vec(&(identity, inputs))
+            .map_err(|e| StoreError::BadIndex { path: path.clone(), source: e })
+            .and_then(|bytes| {
+                let tmp = self.tmp_path("step");
+                fs::write(&tmp, bytes).map_err(io_err(&tmp, "writing a step record"))?;
+                fs::rename(&tmp, &path).map_err(io_err(&path, "moving a step record into the store"))
+            });
+        written.map_err(|e| CacheError { context: format!("recording step {identity}"), source: io::Error::other(e) })
     }
 
     fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {

@@ -42,7 +42,7 @@ pub struct BuildArgs {
     /// Push the image to the registry named by each -t
     #[arg(long)]
     push: bool,
-    /// How many RUN steps may run at once [default: number of CPUs]
+    /// How many RUN steps may run at once [default: twice the number of CPUs, at least 4]
     #[arg(long)]
     jobs: Option<usize>,
     /// Write the image ID to this file

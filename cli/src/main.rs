@@ -127,6 +127,8 @@ fn env_for(cli: &Cli) -> Result<Env> {
             home.join(".local/share/rbuild")
         }
     };
+    // Overlay mounts and runc bundles need absolute paths into the store.
+    let root = std::path::absolute(&root).with_context(|| format!("resolving the store path {}", root.display()))?;
     let gc_keep_storage = storage::configured_keep_storage(&root)?;
     Ok(Env {
         root,

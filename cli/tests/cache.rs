@@ -279,3 +279,60 @@ fn automatic_gc_keeps_the_store_under_the_configured_size_but_keeps_tagged_image
     let check = ws.rbuild("store", &["check"]).success();
     assert!(check.stdout.contains("store is consistent"), "{}", check.stdout);
 }
+
+#[test]
+fn no_cache_filter_reruns_only_the_named_stage() {
+    if !require(&["runc", "busybox"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("store", "local/busybox");
+    let dockerfile = "\
+FROM local/busybox AS deps
+RUN echo deps > /deps
+FROM local/busybox AS build
+RUN echo build > /build
+FROM local/busybox
+COPY --from=deps /deps /deps
+COPY --from=build /build /build
+";
+    let ctx = ws.context("filter", &[("Dockerfile", dockerfile)]);
+    build(&ws, &ctx, &[]);
+    let run = build(&ws, &ctx, &["--no-cache-filter", "build"]);
+    assert_eq!(status(&run, "RUN echo build"), "DONE");
+    assert_eq!(status(&run, "RUN echo deps"), "CACHED");
+    // The rerun produced the same key, so what copies from it is still cached.
+    assert_eq!(status(&run, "COPY --from=build"), "CACHED");
+    let all = build(&ws, &ctx, &["--no-cache"]);
+    assert_eq!(steps_that_ran(&all), 4, "{}", all.stderr);
+}
+
+#[test]
+fn pull_re_resolves_a_tag_that_is_already_in_the_store() {
+    if !require(&["runc", "busybox", "docker-registry"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    let reg = crate::support::Registry::start();
+    let base = format!("{}/{}/base:latest", reg.addr, crate::support::unique("pull"));
+    let base_ctx = ws.context_from("busybox-base");
+    ws.rbuild("publisher", &["build", "-t", &base, "--push", base_ctx.to_str().unwrap()]).success();
+    let ctx = ws.context("on-base", &[("Dockerfile", &format!("FROM {base}\nRUN cat /version 2>/dev/null; true\n"))]);
+    let first = build(&ws, &ctx, &[]);
+    assert!(first.stderr.contains("pulling"), "the first build pulls:\n{}", first.stderr);
+
+    // A new image is pushed under the same tag.
+    fs::write(base_ctx.join("version"), "v2").unwrap();
+    let df = fs::read_to_string(base_ctx.join("Dockerfile")).unwrap();
+    fs::write(base_ctx.join("Dockerfile"), format!("{df}COPY version /version\n")).unwrap();
+    ws.rbuild("publisher", &["build", "-t", &base, "--push", base_ctx.to_str().unwrap()]).success();
+
+    // Without --pull the tag in the local store is used, as Docker does.
+    let local = build(&ws, &ctx, &[]);
+    assert!(!local.stderr.contains("pulling"), "{}", local.stderr);
+    assert_eq!(status(&local, "RUN cat /version"), "CACHED");
+    let pulled = build(&ws, &ctx, &["--pull"]);
+    assert!(pulled.stderr.contains("pulling"), "{}", pulled.stderr);
+    assert_eq!(status(&pulled, "RUN cat /version"), "DONE");
+    assert!(pulled.stderr.lines().any(|l| l.ends_with(" v2")), "the new base is used:\n{}", pulled.stderr);
+}

@@ -8,5 +8,6 @@ mod errors;
 mod executor;
 mod frontend_builds;
 mod outputs;
+mod pull;
 mod registry;
 mod support;

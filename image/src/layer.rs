@@ -17,6 +17,7 @@
 //! because they would change how overlayfs reads the snapshot.
 
 mod extract;
+mod gzip;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -132,7 +133,7 @@ pub fn diff_id(dir: &Path, opts: &LayerOptions) -> Result<(Digest, u64), LayerEr
 }
 
 /// Writes the snapshot `dir` as a compressed layer blob to `out`.
-pub fn write_compressed_layer<W: Write>(
+pub fn write_compressed_layer<W: Write + Send>(
     dir: &Path,
     out: W,
     compression: Compression,
@@ -155,13 +156,16 @@ pub fn write_compressed_layer<W: Write>(
                     range: "0..=9",
                 });
             }
-            let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::new(level));
-            let tar = write_layer_tar(dir, DigestWriter::new(gz), opts)?;
-            let (diff_id, diff_size, gz) = tar.finish();
-            let mut blob = gz.finish().map_err(finish_err)?;
-            blob.flush().map_err(finish_err)?;
-            let (digest, size, _) = blob.finish();
-            Ok(LayerDigests { digest, size, diff_id, diff_size })
+            // The tar is written on this thread while its blocks are deflated on all cores (gzip.rs).
+            std::thread::scope(|scope| {
+                let gz = gzip::ParGzip::new(blob, level, scope).map_err(finish_err)?;
+                let tar = write_layer_tar(dir, DigestWriter::new(gz), opts)?;
+                let (diff_id, diff_size, gz) = tar.finish();
+                let mut blob = gz.finish().map_err(finish_err)?;
+                blob.flush().map_err(finish_err)?;
+                let (digest, size, _) = blob.finish();
+                Ok(LayerDigests { digest, size, diff_id, diff_size })
+            })
         }
         Compression::Zstd { level } => {
             if !(1..=22).contains(&level) {

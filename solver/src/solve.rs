@@ -58,7 +58,9 @@ impl SolveOptions {
 impl Default for SolveOptions {
     fn default() -> Self {
         SolveOptions {
-            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            // RUN steps often wait on the network, disk or `sleep` rather than a core (BuildKit sets no limit at
+            // all), so twice the cores, and at least 4, keeps a small machine busy without thrashing a large one.
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_mul(2).max(4),
             record_scope: None,
             explain: false,
         }
