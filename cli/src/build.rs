@@ -7,9 +7,9 @@ use crate::{Env, open_store};
 use anyhow::{Context as _, Result, bail};
 use rbuild_cache::ImageRecord;
 use rbuild_executor::worker::LocalWorker;
-use rbuild_frontend::{ConvertOptions, HistoryStep, NoCache, convert};
+use rbuild_frontend::{ConvertOptions, NoCache, convert};
 use rbuild_image::registry::{ImageRef, RegistryClient};
-use rbuild_solver::oci::{History, to_canonical_json};
+use rbuild_solver::oci::to_canonical_json;
 use rbuild_solver::{SolveOptions, WorkerError, solve};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,14 +95,6 @@ fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
     Ok(Vec::new())
 }
 
-fn rfc3339(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-fn parse_time(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp())
-}
-
 pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let canceller = rbuild_executor::cancel::Canceller::new();
     let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
@@ -165,7 +157,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         pull: args.pull,
     };
     let plan = tokio::task::spawn_blocking(move || convert(&ast, &opts, &resolver)).await?;
-    let plan = match plan {
+    let mut plan = match plan {
         Ok(p) => p,
         Err(e) => {
             render::convert_error(&shown_name, &text, &e);
@@ -183,7 +175,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
             .with_canceller(canceller),
     );
     let progress = Arc::new(PlainProgress::new());
-    let graph = Arc::new(plan.graph);
+    let graph = Arc::new(std::mem::take(&mut plan.graph));
     let mut solve_opts = SolveOptions::default();
     if let Some(j) = args.jobs {
         solve_opts.jobs = j.max(1);
@@ -223,45 +215,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
 
-    // Image config: the plan's config, the target's layers, and history with the times results were made.
-    let mut config = plan.config;
-    let layers = solved[plan.target].as_ref().map(|s| s.output.layers().to_vec()).unwrap_or_default();
-    let base_created = config.created.as_deref().and_then(parse_time);
-    let clamp = |t: i64| epoch.map_or(t, |e| t.min(e));
-    let layer_time = |v: usize| solved.get(v).and_then(|s| s.as_ref()).map(|s| s.created);
-    let first_layer_time = plan.history.iter().find_map(|h| match h {
-        HistoryStep::Layer { output, .. } => layer_time(*output),
-        _ => None,
-    });
-    let mut running = base_created.or(first_layer_time).unwrap_or_else(|| chrono::Utc::now().timestamp());
-    let mut history = Vec::new();
-    for step in &plan.history {
-        match step {
-            HistoryStep::Base(h) => history.push(h.clone()),
-            HistoryStep::Layer { created_by, input, output } => {
-                let n_in = solved.get(*input).and_then(|s| s.as_ref()).map_or(0, |s| s.output.layers().len());
-                let n_out = solved.get(*output).and_then(|s| s.as_ref()).map_or(0, |s| s.output.layers().len());
-                running = layer_time(*output).map(clamp).unwrap_or(running);
-                history.push(History {
-                    created: Some(rfc3339(running)),
-                    created_by: Some(created_by.clone()),
-                    comment: Some("buildkit.dockerfile.v0".into()),
-                    empty_layer: n_out == n_in,
-                    ..Default::default()
-                });
-            }
-            HistoryStep::Meta { created_by } => history.push(History {
-                created: Some(rfc3339(clamp(running))),
-                created_by: Some(created_by.clone()),
-                comment: Some("buildkit.dockerfile.v0".into()),
-                empty_layer: true,
-                ..Default::default()
-            }),
-        }
-    }
-    config.created = history.last().and_then(|h| h.created.clone()).or_else(|| Some(rfc3339(clamp(running))));
-    config.history = history;
-    config.rootfs.diff_ids = layers;
+    let config = rbuild_frontend::history::image_config(&plan, &solved, chrono::Utc::now().timestamp(), epoch);
     let config_digest = store.write_blob(&to_canonical_json(&config))?;
     eprintln!("writing image {config_digest}");
     for t in &tags {

@@ -5,6 +5,7 @@
 //! conformance suites can compare it byte for byte against BuildKit's parser.
 
 pub mod convert;
+pub mod history;
 pub mod instructions;
 pub mod mounts;
 pub mod parser;
