@@ -155,8 +155,8 @@ fn every_output_is_read_by_docker_skopeo_and_umoci() {
 }
 
 #[test]
-fn zstd_output_and_push_read_with_skopeo_and_umoci() {
-    if !require(&["runc", "busybox", "skopeo", "umoci", "docker-registry", "zstd"]) {
+fn zstd_output_and_push_read_with_skopeo_umoci_and_podman() {
+    if !require(&["runc", "busybox", "skopeo", "umoci", "docker-registry", "zstd", "podman"]) {
         return;
     }
     let ws = Workspace::new();
@@ -209,6 +209,22 @@ fn zstd_output_and_push_read_with_skopeo_and_umoci() {
         cmd("umoci", &["unpack", "--image", &format!("{}:z", layout.display()), bundle.to_str().unwrap()]).success();
         assert_eq!(std::fs::read_to_string(bundle.join("rootfs/srv/data/msg")).unwrap(), "rbuild-output-test\n");
     }
+    // podman unpacks the zstd layers itself (no transcoding): its exported container filesystem has the files.
+    // Its storage lives in this test's directory, so nothing is left on the machine.
+    let (proot, prun) = (ws.path("podman-root"), ws.path("podman-run"));
+    let podman = |args: &[&str]| {
+        let mut all = vec!["--root", proot.to_str().unwrap(), "--runroot", prun.to_str().unwrap(), "--log-level=error"];
+        all.extend_from_slice(args);
+        cmd("podman", &all)
+    };
+    let container = podman(&["create", "--tls-verify=false", &name]).success().stdout.trim().to_string();
+    let exported = ws.path("podman-export.tar");
+    podman(&["export", "-o", exported.to_str().unwrap(), &container]).success();
+    let listing = cmd("tar", &["-tf", exported.to_str().unwrap()]).success().stdout;
+    assert!(listing.lines().any(|l| l == "srv/data/msg") && listing.lines().any(|l| l == "bin/busybox"), "{listing}");
+    podman(&["rm", "-f", &container]).success();
+    let _ = podman(&["rmi", "-a", "-f"]);
+
     // The zstd CLI decompresses each layer of the archive to exactly its diff_id.
     let dir = ws.path("z-dir");
     std::fs::create_dir_all(&dir).unwrap();
