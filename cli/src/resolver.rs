@@ -26,7 +26,11 @@ impl ImageResolver for StoreResolver {
             && self.store.has_blob(&rec.config)
         {
             let config: ImageConfig = serde_json::from_slice(&self.store.read_blob(&rec.config)?)?;
-            return Ok(ResolvedImage { reference: name, digest: rec.config, config });
+            // A tag holds one platform's image; one pulled for another platform is not the image asked for.
+            let variant_ok = platform.variant.is_none() || config.variant == platform.variant;
+            if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
+                return Ok(ResolvedImage { reference: name, digest: rec.config, config });
+            }
         }
         eprintln!("#0 pulling {name}");
         let pulled = self.handle.block_on(rbuild_image::local::pull(&self.client, &self.store, &r, platform))?;

@@ -139,6 +139,14 @@ fn platform_is_picked_from_a_multi_platform_index() {
             });
         assert_eq!(config["architecture"], want.as_str(), "pull into {store}");
     }
+    // Regression: a store that holds the tag for amd64 must not hand that image to an arm64 build.
+    let out_dir = ws.path("arm-rootfs-2");
+    let dest = format!("type=local,dest={}", out_dir.display());
+    let args = ["build", "--platform", "linux/arm64", "-t", "local/on-arm", "--output", &dest, ctx.to_str().unwrap()];
+    rbuild_env(&ws, "pull-amd64", &args, &[], None).success();
+    assert_eq!(std::fs::read_to_string(out_dir.join("arch")).unwrap(), "arm64", "the local amd64 tag was reused");
+    assert_eq!(inspect(&ws, "pull-amd64", "local/on-arm")["Config"]["architecture"], "arm64");
+
     let missing = rbuild_env(&ws, "pull-s390x", &["pull", &idx, "--platform", "linux/s390x"], &[], None);
     assert_ne!(missing.code, Some(0));
     assert!(
