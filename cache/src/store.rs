@@ -350,7 +350,7 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         // Best effort: what is left (a busy mount point) is collected by the next process once our lock is gone.
-        let _ = fs::remove_dir_all(&self.tmp);
+        remove_unmounted(&self.tmp);
     }
 }
 
@@ -476,13 +476,62 @@ fn collect_dead_tmp(tmp_root: &Path) -> Vec<PathBuf> {
             Err(_) => true,
         };
         if dead {
-            // Directories left by a killed build may still be overlay mount points or hold read-only bits;
-            // removal failures are left for the next run rather than failing this one.
-            let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            // Directories left by a killed build may still hold mount points (the step's overlay, a secrets
+            // tmpfs); removal failures are left for the next run rather than failing this one.
+            if p.is_dir() {
+                remove_unmounted(&p);
+            } else {
+                let _ = fs::remove_file(&p);
+            }
             found.push(p);
         }
     }
     found
+}
+
+/// Removes `dir` after detaching every mount at or below it. `remove_dir_all` does not stop at mount points: run
+/// on a directory that still holds a mount (left by a process that was killed mid-step), it would delete through
+/// the mount into whatever is mounted there. If any mount cannot be detached, the directory is left alone.
+fn remove_unmounted(dir: &Path) {
+    for mount in mounts_under(dir) {
+        let Ok(c) = std::ffi::CString::new(mount.as_os_str().as_encoded_bytes()) else { return };
+        // SAFETY: `c` is a valid NUL-terminated path; umount2 has no other preconditions.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return;
+        }
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// Mount points at or below `dir`, deepest first, from this process's `/proc/self/mountinfo`.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut out: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    out.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    out.dedup();
+    out
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes (`\040`).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -540,5 +589,43 @@ mod tests {
         let _second = Store::open(dir.path()).unwrap();
         assert!(!dead.exists(), "a dead process's tmp dir is removed");
         assert!(live_tmp.exists(), "a live process's tmp dir is kept");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo("/var/tmp/a\\040b\\134c"), "/var/tmp/a b\\c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    /// Regression: collecting a dead process's tmp dir must never delete through a mount left inside it.
+    #[test]
+    fn dead_tmp_dirs_with_mounts_are_unmounted_not_deleted_through() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI runs as root");
+            eprintln!("SKIPPED: needs root to mount");
+            return;
+        }
+        let dir = tempfile::Builder::new().tempdir_in("/var/tmp").unwrap();
+        let precious = dir.path().join("precious");
+        fs::create_dir(&precious).unwrap();
+        fs::write(precious.join("keep.txt"), b"keep").unwrap();
+        let store_root = dir.path().join("store");
+        drop(Store::open(&store_root).unwrap());
+        let dead = store_root.join("tmp/999998-0");
+        let target = dead.join("run-0/merged");
+        fs::create_dir_all(&target).unwrap();
+        File::create(dead.join(".lock")).unwrap();
+        let (src, dst) = (
+            std::ffi::CString::new(precious.to_str().unwrap()).unwrap(),
+            std::ffi::CString::new(target.to_str().unwrap()).unwrap(),
+        );
+        // SAFETY: valid NUL-terminated paths; a plain bind mount.
+        let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
+        assert_eq!(rc, 0, "bind mount: {}", io::Error::last_os_error());
+        let _store = Store::open(&store_root).unwrap();
+        assert!(!dead.exists(), "the dead tmp dir is collected");
+        assert_eq!(fs::read(precious.join("keep.txt")).unwrap(), b"keep", "nothing was deleted through the mount");
+        assert!(mounts_under(&store_root).is_empty(), "no mount is left behind");
     }
 }
