@@ -7,71 +7,22 @@
 //! for runc. It works on path strings in userspace so it runs on any kernel; the result is only as stable as the
 //! rootfs itself, which is fine here because nothing else writes to a snapshot while a step is being prepared.
 
-use std::collections::VecDeque;
-use std::ffi::OsString;
+use rbuild_cache::contenthash::ContentHashError;
 use std::io;
-use std::path::{Component, Path, PathBuf};
-
-/// How many symlinks one resolution may follow before it is declared a loop (Linux's own limit is 40).
-const MAX_SYMLINKS: usize = 255;
+use std::path::{Path, PathBuf};
 
 /// Returns the host path of `path` interpreted inside `root`, following symlinks without escaping `root`.
 ///
 /// Components that do not exist (or whose parent is not a directory) are appended lexically, so the result can
 /// name a path that is about to be created. Errors are I/O errors other than "not found", and symlink loops.
+/// The resolution itself is the one COPY sources use (`rbuild_cache::contenthash::resolve_in_root`), so the
+/// executor and the content hasher can never disagree about where a path leads.
 pub fn resolve_in_root(root: &Path, path: &Path) -> io::Result<PathBuf> {
-    let mut pending: VecDeque<OsString> = VecDeque::new();
-    push_front_components(&mut pending, path);
-    let mut resolved: Vec<OsString> = Vec::new();
-    let mut followed = 0usize;
-    while let Some(name) = pending.pop_front() {
-        if name == ".." {
-            resolved.pop();
-            continue;
-        }
-        let mut candidate = root.to_path_buf();
-        candidate.extend(&resolved);
-        candidate.push(&name);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                followed += 1;
-                if followed > MAX_SYMLINKS {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                }
-                let target = std::fs::read_link(&candidate)?;
-                if target.is_absolute() {
-                    resolved.clear();
-                }
-                push_front_components(&mut pending, &target);
-            }
-            Ok(_) => resolved.push(name),
-            Err(err) if is_absent(&err) => resolved.push(name),
-            Err(err) => return Err(err),
-        }
-    }
-    let mut out = root.to_path_buf();
-    out.extend(&resolved);
-    Ok(out)
-}
-
-/// Whether an error from `lstat` means "this component does not exist (yet)".
-fn is_absent(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ENOTDIR)
-}
-
-/// Puts the normal and `..` components of `path` in front of `pending`, keeping their order.
-fn push_front_components(pending: &mut VecDeque<OsString>, path: &Path) {
-    let parts: Vec<OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-        })
-        .collect();
-    for part in parts.into_iter().rev() {
-        pending.push_front(part);
-    }
+    rbuild_cache::contenthash::resolve_in_root(root, path, true).map_err(|e| match e {
+        ContentHashError::SymlinkLoop { .. } => io::Error::from_raw_os_error(libc::ELOOP),
+        ContentHashError::Io { source, .. } => source,
+        other => io::Error::other(other),
+    })
 }
 
 #[cfg(test)]
