@@ -204,10 +204,16 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
             let mut msg = format!("error: failed to solve: {}", e.source);
             let mut cause = std::error::Error::source(e.source.as_ref());
             while let Some(c) = cause {
-                msg.push_str(&format!(": {c}"));
+                let text = c.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(&format!(": {text}"));
+                }
                 cause = c.source();
             }
             eprintln!("{msg}");
+            if let Some(loc) = plan.locations.get(&e.vertex) {
+                eprint!("{}", render::snippet(&shown_name, &text, loc.start_line, loc.end_line));
+            }
             return Ok(ExitCode::from(if interrupted.get() { 130 } else { 1 }));
         }
     };

@@ -8,9 +8,15 @@ use rbuild_frontend::parser::ParseError;
 
 /// Any error, with its causes.
 pub fn error(e: &anyhow::Error) {
+    let mut shown = vec![e.to_string()];
     eprintln!("error: {e}");
     for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        // Some errors already quote their cause in their own message; say each thing once.
+        let text = cause.to_string();
+        if !shown.iter().any(|s| s.contains(&text)) {
+            eprintln!("  caused by: {text}");
+            shown.push(text);
+        }
     }
 }
 

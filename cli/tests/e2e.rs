@@ -163,6 +163,7 @@ fn failing_run_names_step_command_and_exit_code_and_keeps_the_store() {
     assert_ne!(run.code, Some(0));
     assert!(run.stderr.contains("RUN echo about to fail && exit 3"), "names the step:\n{}", run.stderr);
     assert!(run.stderr.contains("exit code: 3"), "names the code:\n{}", run.stderr);
+    assert!(run.stderr.contains(" --> Dockerfile:2:1"), "points at the Dockerfile line:\n{}", run.stderr);
     assert!(run.stderr.contains("about to fail"), "shows the output:\n{}", run.stderr);
     assert!(!run.stderr.contains("never"), "nothing after the failure runs:\n{}", run.stderr);
     // The store is intact: the earlier image is there and builds on it still work.

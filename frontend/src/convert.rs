@@ -73,6 +73,8 @@ pub struct BuildPlan {
     pub config: ImageConfig,
     pub history: Vec<HistoryStep>,
     pub warnings: Vec<String>,
+    /// The Dockerfile lines each vertex comes from, so a failing step can be shown in its source.
+    pub locations: BTreeMap<VertexId, Location>,
 }
 
 /// An error in the Dockerfile, with where it is.
@@ -155,6 +157,7 @@ struct Converter<'a> {
     images: BTreeMap<String, (VertexId, ResolvedImage)>,
     used_args: BTreeSet<String>,
     warnings: Vec<String>,
+    locations: BTreeMap<VertexId, Location>,
 }
 
 /// Converts a parsed Dockerfile into a build plan for its target stage.
@@ -172,6 +175,7 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
         images: BTreeMap::new(),
         used_args: BTreeSet::new(),
         warnings: Vec::new(),
+        locations: BTreeMap::new(),
     };
     c.split_stages(ast)?;
     let target = c.target_index()?;
@@ -191,6 +195,7 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
         config: state.config,
         history: state.history,
         warnings: c.warnings,
+        locations: c.locations,
     })
 }
 
@@ -496,7 +501,18 @@ impl Converter<'_> {
         format!("[{stage}] {}", one_line(original))
     }
 
+    /// Dispatches one instruction and records its location for every vertex it added (vertices of other stages
+    /// converted on the way, for `COPY --from`, were recorded by their own instructions first).
     fn dispatch(&mut self, index: usize, state: &mut StageState, located: &Located) -> Result<(), ConvertError> {
+        let before = self.graph.vertices.len();
+        let result = self.dispatch_one(index, state, located);
+        for v in before..self.graph.vertices.len() {
+            self.locations.entry(v).or_insert_with(|| located.location.clone());
+        }
+        result
+    }
+
+    fn dispatch_one(&mut self, index: usize, state: &mut StageState, located: &Located) -> Result<(), ConvertError> {
         let at = &located.location;
         let env = self.stage_env(state);
         match &located.instruction {

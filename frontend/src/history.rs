@@ -72,7 +72,14 @@ mod tests {
     }
 
     fn plan(history: Vec<HistoryStep>, target: usize) -> BuildPlan {
-        BuildPlan { graph: Graph::default(), target, config: ImageConfig::default(), history, warnings: vec![] }
+        BuildPlan {
+            graph: Graph::default(),
+            target,
+            config: ImageConfig::default(),
+            history,
+            warnings: vec![],
+            locations: Default::default(),
+        }
     }
 
     #[test]
