@@ -483,7 +483,8 @@ pub fn check(store: &Store) -> Result<CheckReport, GcError> {
     }
     if store.is_exclusive() {
         for p in list_dir(&root.join("tmp"))? {
-            if p != store.own_tmp() {
+            let own_lock = p.with_extension("") == store.own_tmp() && p.extension().is_some_and(|e| e == "lock");
+            if p != store.own_tmp() && !own_lock {
                 r.problems.push(format!("leftover tmp entry {}", p.display()));
             }
         }

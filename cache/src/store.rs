@@ -351,6 +351,10 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort: what is left (a busy mount point) is collected by the next process once our lock is gone.
         remove_unmounted(&self.tmp);
+        if !self.tmp.exists() {
+            // Unlinked while still held, so no other process can take it for a dir that is still here.
+            let _ = fs::remove_file(tmp_lock_path(&self.tmp));
+        }
     }
 }
 
@@ -445,15 +449,50 @@ fn escape_name(name: &str) -> String {
     out
 }
 
+/// The lock file of the tmp dir `dir`: a sibling, `tmp/<pid>-<n>.lock`, taken *before* the dir is created and
+/// released only after it is removed. A collector that finds the lock free knows the dir (if any) is dead; a dir
+/// whose lock is held is never touched, and a dir is only ever created by the process holding its lock.
+fn tmp_lock_path(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_os_string();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Whether the open file `f` is still the file at `path` (not unlinked or replaced since it was opened).
+fn still_linked(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), fs::metadata(path)) {
+        (Ok(held), Ok(at_path)) => held.ino() == at_path.ino() && held.dev() == at_path.dev(),
+        _ => false,
+    }
+}
+
 /// Creates this process's tmp dir, locked for as long as the store is open.
 fn own_tmp_dir(tmp_root: &Path) -> Result<(PathBuf, File), StoreError> {
     for attempt in 0u32..1000 {
-        let p = tmp_root.join(format!("{}-{attempt}", std::process::id()));
-        if fs::create_dir(&p).is_ok() {
-            let lock_path = p.join(".lock");
-            let f = File::create(&lock_path).map_err(io_err(&lock_path, "creating a tmp lock"))?;
-            f.lock().map_err(io_err(&lock_path, "locking a tmp dir"))?;
-            return Ok((p, f));
+        let dir = tmp_root.join(format!("{}-{attempt}", std::process::id()));
+        let lock_path = tmp_lock_path(&dir);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path, "creating a tmp lock"))?;
+        if f.try_lock().is_err() {
+            continue;
+        }
+        // A collector may have judged the file dead and unlinked it between our open and our lock: only a lock on
+        // the file that is still at that path counts.
+        if !still_linked(&f, &lock_path) {
+            continue;
+        }
+        // We hold the lock, so whatever is at `dir` was left by a dead process with our pid.
+        if dir.exists() {
+            remove_unmounted(&dir);
+        }
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok((dir, f)),
+            Err(_) => continue,
         }
     }
     Err(StoreError::Io {
@@ -467,23 +506,35 @@ fn own_tmp_dir(tmp_root: &Path) -> Result<(PathBuf, File), StoreError> {
 fn collect_dead_tmp(tmp_root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let Ok(entries) = fs::read_dir(tmp_root) else { return found };
-    for entry in entries.flatten() {
-        let p = entry.path();
-        let lock = p.join(".lock");
-        let dead = match File::open(&lock) {
-            Ok(f) => f.try_lock().is_ok(),
-            // A dir without a lock file is a dir whose creator died before locking it, or a stray file.
-            Err(_) => true,
-        };
-        if dead {
-            // Directories left by a killed build may still hold mount points (the step's overlay, a secrets
-            // tmpfs); removal failures are left for the next run rather than failing this one.
-            if p.is_dir() {
-                remove_unmounted(&p);
-            } else {
-                let _ = fs::remove_file(&p);
+    let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    names.sort();
+    for p in names {
+        if p.extension().is_some_and(|e| e == "lock") {
+            // A lock file: free means its process is gone. Remove the dir first, then the lock, while holding it.
+            let Ok(f) = File::options().write(true).open(&p) else { continue };
+            if f.try_lock().is_err() || !still_linked(&f, &p) {
+                // Held, or unlinked by its owner after we opened it (a new owner may hold a new file there now).
+                continue;
             }
-            found.push(p);
+            let dir = p.with_extension("");
+            if dir.exists() {
+                remove_unmounted(&dir);
+                found.push(dir);
+            }
+            let _ = fs::remove_file(&p);
+        } else if !tmp_lock_path(&p).exists() {
+            // A dir with no lock beside it was never owned under the current scheme (its creator holds the lock
+            // before creating it and removes the dir before the lock), unless an older rbuild made it with the
+            // lock inside: that one is alive while its inner lock is held.
+            let alive = File::open(p.join(".lock")).is_ok_and(|f| f.try_lock().is_err());
+            if !alive {
+                if p.is_dir() {
+                    remove_unmounted(&p);
+                } else {
+                    let _ = fs::remove_file(&p);
+                }
+                found.push(p);
+            }
         }
     }
     found
@@ -627,5 +678,30 @@ mod tests {
         assert!(!dead.exists(), "the dead tmp dir is collected");
         assert_eq!(fs::read(precious.join("keep.txt")).unwrap(), b"keep", "nothing was deleted through the mount");
         assert!(mounts_under(&store_root).is_empty(), "no mount is left behind");
+    }
+
+    /// Regression: a store opening while another one is being created must never collect the other's fresh tmp
+    /// dir (it used to, in the moment between creating the dir and locking the lock file inside it).
+    #[test]
+    fn concurrent_opens_never_collect_each_others_tmp_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..40 {
+                        let store = Store::open(&root).expect("open");
+                        let work = store.tmp_dir("w").expect("own tmp dir is intact");
+                        fs::write(work.join("f"), b"x").expect("write in own tmp dir");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let left: Vec<_> = fs::read_dir(root.join("tmp")).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "closed stores leave nothing in tmp/: {left:?}");
     }
 }

@@ -1,8 +1,8 @@
 //! Running one process in a container with `runc`.
 //!
 //! rbuild is a multithreaded tokio process, so it never clones itself into namespaces: it writes an OCI bundle and
-//! starts `runc run` as an ordinary child process, the runtime BuildKit uses, which brings seccomp-free but
-//! otherwise Docker-equivalent isolation (see [`spec`]) from a well-kept project. [`Runtime::run`] blocks; callers on
+//! starts `runc run` as an ordinary child process, the runtime BuildKit uses, which brings Docker-equivalent isolation
+//! (see [`spec`], and [`seccomp`] for the syscall filter) from a well-kept project. [`Runtime::run`] blocks; callers on
 //! an async runtime run it on a blocking thread.
 //!
 //! Output: runc's stdout and stderr share one pipe and every line is handed to a callback as it arrives (progress
@@ -15,8 +15,9 @@
 //! Cleanup is unconditional (a drop guard): `runc delete -f`, removing mount-point stubs (see [`stubs`]) and
 //! deleting the bundle directory, whether the step succeeded, failed, or the callback panicked.
 //!
-//! Not done here: seccomp (Docker's default profile), AppArmor, cgroup limits and cancellation by timeout.
+//! Not done here: AppArmor, cgroup limits and cancellation by timeout.
 
+pub mod seccomp;
 pub mod spec;
 pub mod stubs;
 

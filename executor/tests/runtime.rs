@@ -398,3 +398,56 @@ fn tmpfs_mounts_are_sized_and_leave_no_trace() {
     sb.finish();
     assert!(sb.upper_entries().iter().all(|e| !e.starts_with("scratch")), "{:?}", sb.upper_entries());
 }
+
+/// Docker's default seccomp profile is in force, and the tools a build script uses still work under it.
+#[test]
+fn seccomp_filter_is_active_and_everyday_tools_still_work() {
+    gate!("seccomp_filter_is_active_and_everyday_tools_still_work");
+    let sb = Sandbox::new("seccomp-ok");
+    let (result, lines) = sb.run(&sb.spec(&["cat", "/proc/self/status"]));
+    assert_eq!(result.exit_code, 0);
+    let field =
+        |name: &str| lines.iter().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default();
+    assert_eq!(field("Seccomp:"), "2", "filter mode: {lines:?}");
+    let script = "set -e
+        cd /tmp
+        mkdir -p d/sub && echo hello > d/sub/f && cat d/sub/f
+        cp d/sub/f d/g && chmod 640 d/g && chown 1000:1000 d/g && ln -s g d/link && ln d/g d/hard
+        ls -l d >/dev/null
+        tar -cf d.tar d && gzip -9 d.tar && rm -r d && tar -xzf d.tar.gz && test -L d/link
+        find d -type f | sort
+        wget -h 2>&1 | head -1 >/dev/null || true
+        date +%Y >/dev/null && sleep 0.1 && id -u
+        linux32 true && chroot / true && ionice -c 3 true && nproc >/dev/null
+        echo done";
+    let (result, lines) = sb.sh(script);
+    assert_eq!(result.exit_code, 0, "{lines:?}");
+    assert_eq!(lines, ["hello", "d/g", "d/hard", "d/sub/f", "0", "done"]);
+    // As a user, too (setuid/setgroups are allowed; runc sets the user after the filter is loaded).
+    let mut spec = sb.spec(&["/bin/sh", "-c", "id -u && echo x > mine && chmod 600 mine && cat mine"]);
+    spec.user = resolve_user(&sb.merged(), "app").expect("app");
+    spec.cwd = "/home/app".into();
+    let (result, lines) = sb.run(&spec);
+    assert_eq!(result.exit_code, 0, "{lines:?}");
+    assert_eq!(lines, ["1000", "x"]);
+}
+
+/// What the profile refuses although the capability set alone would allow it.
+#[test]
+fn seccomp_refuses_new_namespaces() {
+    gate!("seccomp_refuses_new_namespaces");
+    let sb = Sandbox::new("seccomp-deny");
+    // A user namespace needs no capability; only the filter (clone/unshare with CLONE_NEWUSER) stops it.
+    for args in [["unshare", "-U", "true"], ["unshare", "-r", "true"], ["unshare", "-m", "true"]] {
+        let (result, lines) = sb.run(&sb.spec(&args));
+        assert_ne!(result.exit_code, 0, "{args:?} must fail: {lines:?}");
+        assert!(lines.iter().any(|l| l.contains("Operation not permitted")), "{args:?}: {lines:?}");
+    }
+    // Docker refuses unshare(2) altogether without CAP_SYS_ADMIN, even with no flags (which the kernel allows).
+    let (result, lines) = sb.run(&sb.spec(&["unshare", "true"]));
+    assert_ne!(result.exit_code, 0, "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("unshare(0x0): Operation not permitted")), "{lines:?}");
+    // nsenter needs setns, which is refused (EPERM from the filter rather than a missing namespace file).
+    let (result, lines) = sb.run(&sb.spec(&["nsenter", "-t", "1", "-U", "true"]));
+    assert_ne!(result.exit_code, 0, "{lines:?}");
+}

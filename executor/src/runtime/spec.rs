@@ -2,8 +2,9 @@
 //!
 //! It matches what `docker build` (BuildKit on runc) gives a RUN step, because Dockerfiles depend on it: the
 //! same capabilities (a Dockerfile that runs `chown` or `ping` works, one that mounts filesystems does not), the
-//! same `/proc` masking, the same `/dev` and default devices, `no_new_privs`, and `PATH`/`HOME` defaults. It is a
-//! pure function of the [`RunSpec`] so it can be checked without root.
+//! same `/proc` masking, the same `/dev` and default devices, `no_new_privs`, Docker's default seccomp profile (see
+//! [`super::seccomp`]), and `PATH`/`HOME` defaults. It is a function of the [`RunSpec`] and the host's architecture
+//! and kernel version only, so it can be checked without root.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -14,7 +15,7 @@ use oci_spec::runtime::{
     UserBuilder,
 };
 
-use super::{NetworkMode, RunSpec, RuntimeError};
+use super::{NetworkMode, RunSpec, RuntimeError, seccomp};
 
 /// `PATH` when the step's environment has none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -63,6 +64,8 @@ pub const SYSTEM_MOUNT_DESTINATIONS: [&str; 8] =
 /// host files.
 pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spec, RuntimeError> {
     let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    // The filter is resolved for the capabilities the process gets, as Docker does.
+    let seccomp = seccomp::docker_default(&caps, seccomp::host_goarch(), seccomp::host_kernel()).map_err(spec_error)?;
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -113,6 +116,7 @@ pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spe
         .resources(resources)
         .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
         .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        .seccomp(seccomp)
         .build()
         .map_err(spec_error)?;
 
@@ -280,6 +284,27 @@ mod tests {
             assert_eq!(caps[set].as_array().map(Vec::len), Some(0), "{set}");
         }
         assert_eq!(json["process"]["noNewPrivileges"], true);
+    }
+
+    #[test]
+    fn seccomp_profile_is_dockers_default_for_the_default_capabilities() {
+        let json = to_json(&build_spec(&run_spec(NetworkMode::Host), Path::new("/h"), Path::new("/r")).expect("spec"));
+        let seccomp = &json["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(seccomp["defaultErrnoRet"], 1);
+        let names = |name: &str| {
+            seccomp["syscalls"]
+                .as_array()
+                .expect("syscalls")
+                .iter()
+                .filter(|r| r["names"].as_array().is_some_and(|n| n.iter().any(|n| n == name)))
+                .count()
+        };
+        // Resolved for DEFAULT_CAPABILITIES: chroot (CAP_SYS_CHROOT) is in, mount (CAP_SYS_ADMIN) is not.
+        assert_eq!(names("chroot"), 1);
+        assert_eq!(names("read"), 1);
+        assert_eq!(names("mount"), 0);
+        assert_eq!(names("keyctl"), 0);
     }
 
     #[test]
