@@ -12,7 +12,7 @@ use crate::runtime::{NetworkMode, RunSpec, Runtime};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
 use rbuild_cache::contenthash::{Selection, StatCache, content_digest};
-use rbuild_image::layer::{LayerOptions, diff_id, extract_layer};
+use rbuild_image::layer::{LayerOptions, diff_id};
 use rbuild_solver::oci::ImageConfig;
 use rbuild_solver::patterns::PatternMatcher;
 use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Network, Op, Output, Worker, WorkerError};
@@ -148,30 +148,8 @@ impl LocalWorker {
         let config: ImageConfig = serde_json::from_slice(&bytes)
             .map_err(|e| WorkerError::failed(format!("parsing image config {config_digest}"), e))?;
         for id in &config.rootfs.diff_ids {
-            if self.store.has_snapshot(id) {
-                continue;
-            }
-            let blob =
-                self.store.layer_blobs(id).into_iter().find(|b| self.store.has_blob(&b.digest)).ok_or_else(|| {
-                    WorkerError::failed(
-                        format!("layer {id} of image {config_digest}"),
-                        "neither its snapshot nor its blob is in the store",
-                    )
-                })?;
-            let dest =
-                self.store.tmp_dir("extract").map_err(|e| WorkerError::failed("creating a work directory", e))?;
-            let file = fs::File::open(self.store.blob_path(&blob.digest))
-                .map_err(|e| WorkerError::failed(format!("opening layer blob {}", blob.digest), e))?;
-            let got = extract_layer(std::io::BufReader::new(file), &dest)
-                .map_err(|e| WorkerError::failed(format!("extracting layer {}", blob.digest), e))?;
-            if &got != id {
-                let _ = fs::remove_dir_all(&dest);
-                return Err(WorkerError::failed(
-                    format!("layer {}", blob.digest),
-                    format!("its content has diff_id {got}, the image config says {id}"),
-                ));
-            }
-            self.store.commit_snapshot(&dest, id).map_err(|e| WorkerError::failed("saving the layer", e))?;
+            rbuild_image::rootfs::ensure_snapshot(&self.store, id)
+                .map_err(|e| WorkerError::failed(format!("layer {id} of image {config_digest}"), e))?;
         }
         Ok(Output::RootFs(config.rootfs.diff_ids))
     }

@@ -9,7 +9,7 @@
 //! (`index/blob-sources/<hex>.json`), so a push to another repository of the same registry can ask for a mount
 //! instead of sending the bytes again.
 
-use crate::layer::{Compression, LayerOptions, extract_layer, write_compressed_layer};
+use crate::layer::{Compression, LayerOptions, write_compressed_layer};
 use crate::registry::{ImageRef, RegistryClient, RegistryError};
 use futures::{StreamExt, TryStreamExt};
 use rbuild_cache::{ImageRecord, LayerBlob, Store, StoreError};
@@ -19,7 +19,6 @@ use rbuild_solver::oci::{
 };
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 /// Layers downloaded at the same time.
@@ -37,6 +36,13 @@ pub enum ImageError {
         digest: Digest,
         #[source]
         source: crate::layer::LayerError,
+    },
+    #[error("layer {digest} of {image}")]
+    Unpack {
+        image: String,
+        digest: Digest,
+        #[source]
+        source: Box<crate::rootfs::RootfsError>,
     },
     #[error("layer {digest} of {image} has diff_id {actual}, but the image config says {expected}")]
     DiffIdMismatch { image: String, digest: Digest, expected: Digest, actual: Digest },
@@ -100,25 +106,11 @@ pub async fn pull(
             diff_id,
             LayerBlob { media_type: desc.media_type.clone(), digest: desc.digest.clone(), size: desc.size },
         )?;
-        if !store.has_snapshot(diff_id) {
-            let dest = store.tmp_dir("extract")?;
-            let file = fs::File::open(store.blob_path(&desc.digest)).map_err(ImageError::Tmp)?;
-            let actual = extract_layer(BufReader::new(file), &dest).map_err(|source| ImageError::Layer {
-                image: image.clone(),
-                digest: desc.digest.clone(),
-                source,
-            })?;
-            if &actual != diff_id {
-                let _ = fs::remove_dir_all(&dest);
-                return Err(ImageError::DiffIdMismatch {
-                    image,
-                    digest: desc.digest.clone(),
-                    expected: diff_id.clone(),
-                    actual,
-                });
-            }
-            store.commit_snapshot(&dest, diff_id)?;
-        }
+        crate::rootfs::ensure_snapshot(store, diff_id).map_err(|source| ImageError::Unpack {
+            image: image.clone(),
+            digest: desc.digest.clone(),
+            source: Box::new(source),
+        })?;
     }
     let config = store.write_blob(&resolved.config_bytes)?;
     let manifest = store.write_blob(&resolved.manifest_bytes)?;
