@@ -137,7 +137,14 @@ fn reference() -> Result<Vec<(String, String)>, String> {
     if !script.is_file() {
         return Err(format!("{} is missing", script.display()));
     }
-    let out = Command::new("bash").arg(&script).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+    // Serialised: on a fresh machine the script downloads and unpacks dockerd, which two tests must not do at once.
+    let out = Command::new("flock")
+        .arg(crate::support::BUILDKIT_UP_LOCK)
+        .arg("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();
     if !out.status.success() || !last.starts_with("export ") {

@@ -52,7 +52,13 @@ fn docker_env() -> Option<Vec<(String, String)>> {
     // shared/ sits beside the repository (CI clones it there too).
     let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/buildkit-up.sh");
     let script = if beside.is_file() { beside } else { Path::new("/work/shared/tools/buildkit-up.sh").to_path_buf() };
-    let out = std::process::Command::new("bash").arg(&script).output();
+    // Serialised with the differential suite: the first run on a machine downloads and unpacks dockerd.
+    let out = std::process::Command::new("flock")
+        .arg(crate::support::BUILDKIT_UP_LOCK)
+        .arg("bash")
+        .arg(&script)
+        .stdin(std::process::Stdio::null())
+        .output();
     let line = out.as_ref().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().last().map(str::to_string));
     let Some(line) = line.filter(|l| l.starts_with("export ")) else {
         let msg =

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The lock file that serialises runs of `shared/tools/buildkit-up.sh` between tests (see `flock(1)`).
+pub const BUILDKIT_UP_LOCK: &str = "/tmp/rbuild-buildkit-up.lock";
+
 /// True when running in CI, where nothing may be skipped.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
