@@ -139,6 +139,7 @@ fn reference() -> Result<Vec<(String, String)>, String> {
     }
     // Serialised: on a fresh machine the script downloads and unpacks dockerd, which two tests must not do at once.
     let out = Command::new("flock")
+        .arg("-o") // the lock must not be inherited by the dockerd the script starts
         .arg(crate::support::BUILDKIT_UP_LOCK)
         .arg("bash")
         .arg(&script)

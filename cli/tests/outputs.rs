@@ -54,6 +54,7 @@ fn docker_env() -> Option<Vec<(String, String)>> {
     let script = if beside.is_file() { beside } else { Path::new("/work/shared/tools/buildkit-up.sh").to_path_buf() };
     // Serialised with the differential suite: the first run on a machine downloads and unpacks dockerd.
     let out = std::process::Command::new("flock")
+        .arg("-o") // the lock must not be inherited by the dockerd the script starts
         .arg(crate::support::BUILDKIT_UP_LOCK)
         .arg("bash")
         .arg(&script)
