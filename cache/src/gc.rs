@@ -454,7 +454,20 @@ pub fn check(store: &Store) -> Result<CheckReport, GcError> {
             r.problems.push(format!("stray entry in snapshots: {}", p.display()));
         }
     }
-    r.tags = store.tags()?.len();
+    if let Some(mode) = store.was_exposed() {
+        r.problems.push(format!(
+            "the store root {} had mode {mode:04o}: other users could reach its content (it is 0700 now)",
+            root.display()
+        ));
+    }
+    if let Some(p) = crate::store::root_problem(root) {
+        r.problems.push(p);
+    }
+    let (tags, bad_tags) = store.tags_checked()?;
+    r.tags = tags.len();
+    for e in bad_tags {
+        r.problems.push(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()));
+    }
     let (_, tag_problems) = mark_tags(store)?;
     r.problems.extend(tag_problems);
     for e in cache_entries(store)? {
@@ -480,6 +493,9 @@ pub fn check(store: &Store) -> Result<CheckReport, GcError> {
     }
     for p in store.dead_tmp_collected() {
         r.problems.push(format!("a dead process left {} behind", p.display()));
+    }
+    for what in store.reaped() {
+        r.problems.push(format!("a dead process left a container running: {what}"));
     }
     if store.is_exclusive() {
         for p in list_dir(&root.join("tmp"))? {

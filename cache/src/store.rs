@@ -35,7 +35,13 @@ pub enum StoreError {
     },
     #[error("no image named {0:?} in the local store")]
     NoSuchImage(String),
+    #[error("store {path} is owned by uid {owner}, not by this user (uid {user}): refusing to use it")]
+    NotOwned { path: PathBuf, owner: u32, user: u32 },
 }
+
+/// Called with the tmp dirs of dead processes before they are collected, so that whatever those processes left
+/// running there (containers) is stopped before their mounts are detached. Returns a line per thing it stopped.
+pub type Reaper<'a> = &'a dyn Fn(&[PathBuf]) -> Vec<String>;
 
 fn io_err<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io { path: path.to_path_buf(), context, source }
@@ -78,12 +84,15 @@ pub struct Store {
     _store_lock: File,
     counter: AtomicU64,
     dead_tmp_collected: Vec<PathBuf>,
+    reaped: Vec<String>,
+    /// The mode the store root had when it was found reachable by other users (and made private).
+    was_exposed: Option<u32>,
     mode: LockMode,
 }
 
 /// The store's subdirectories (cache mounts are made by the executor, on first use).
-const SUBDIRS: [&str; 7] =
-    ["blobs/sha256", "snapshots", "index/cache", "index/tags", "index/layers", "index/steps", "tmp"];
+const SUBDIRS: [&str; 8] =
+    ["blobs/sha256", "snapshots", "index/cache", "index/tags", "index/layers", "index/steps", "index/unpacked", "tmp"];
 
 impl Store {
     /// Opens (creating if needed) the store at `root`, holding its lock shared, and removes dead processes' tmp dirs.
@@ -106,6 +115,12 @@ impl Store {
 
     /// Opens the store locked as `mode`; `None` only for [`LockMode::TryExclusive`] when another process has it.
     pub fn open_with(root: &Path, mode: LockMode) -> Result<Option<Store>, StoreError> {
+        Self::open_reaping(root, mode, &|_| Vec::new())
+    }
+
+    /// Like [`Store::open_with`], calling `reaper` with the tmp dirs of dead processes before they are collected.
+    pub fn open_reaping(root: &Path, mode: LockMode, reaper: Reaper) -> Result<Option<Store>, StoreError> {
+        let was_exposed = private_root(root)?;
         for sub in SUBDIRS {
             let p = root.join(sub);
             if !p.is_dir() {
@@ -130,7 +145,7 @@ impl Store {
                 }
             },
         }
-        let dead_tmp_collected = collect_dead_tmp(&root.join("tmp"));
+        let (dead_tmp_collected, reaped) = collect_dead_tmp(&root.join("tmp"), reaper);
         let (tmp, tmp_lock) = own_tmp_dir(&root.join("tmp"))?;
         Ok(Some(Store {
             root: root.to_path_buf(),
@@ -139,8 +154,32 @@ impl Store {
             _store_lock: store_lock,
             counter: AtomicU64::new(0),
             dead_tmp_collected,
+            reaped,
+            was_exposed,
             mode,
         }))
+    }
+
+    /// The mode of the store root if opening found it reachable by other users (it is 0700 now).
+    pub fn was_exposed(&self) -> Option<u32> {
+        self.was_exposed
+    }
+
+    /// Records that the snapshot `diff_id` was unpacked from another builder's layer (so its own tar, as rbuild
+    /// writes it, need not hash to its name; `check --deep` compares it with its blob instead).
+    pub fn mark_unpacked(&self, diff_id: &Digest) -> Result<(), StoreError> {
+        let p = self.root.join("index/unpacked").join(diff_id.hex());
+        write_synced(&p, b"")
+    }
+
+    /// Whether [`Store::mark_unpacked`] was called for `diff_id`.
+    pub fn is_unpacked(&self, diff_id: &Digest) -> bool {
+        self.root.join("index/unpacked").join(diff_id.hex()).exists()
+    }
+
+    /// What the reaper stopped when this store was opened (containers of dead processes).
+    pub fn reaped(&self) -> &[String] {
+        &self.reaped
     }
 
     /// True when no other process has the store open (so collecting garbage is safe).
@@ -298,20 +337,30 @@ impl Store {
         }
     }
 
-    /// Every tag, sorted by name.
+    /// Every readable tag, sorted by name; a malformed tag file is left out (see [`Store::tags_checked`]).
     pub fn tags(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        Ok(self.tags_checked()?.0)
+    }
+
+    /// Every readable tag, sorted by name, and the tag files that could not be read. One damaged file must not
+    /// hide every other image: `images` lists the rest and `check` reports the damaged one.
+    pub fn tags_checked(&self) -> Result<(Vec<ImageRecord>, Vec<StoreError>), StoreError> {
         let dir = self.root.join("index/tags");
         let mut out = Vec::new();
+        let mut bad = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir, "listing tags"))? {
             let entry = entry.map_err(io_err(&dir, "listing tags"))?;
-            if entry.file_name().to_string_lossy().ends_with(".json")
-                && let Some(r) = read_json::<ImageRecord>(&entry.path())?
-            {
-                out.push(r);
+            if !entry.file_name().to_string_lossy().ends_with(".json") {
+                continue;
+            }
+            match read_json::<ImageRecord>(&entry.path()) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(e) => bad.push(e),
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok((out, bad))
     }
 
     // ---- helpers ----
@@ -502,12 +551,67 @@ fn own_tmp_dir(tmp_root: &Path) -> Result<(PathBuf, File), StoreError> {
     })
 }
 
-/// Removes tmp dirs left behind by processes that died (their lock is no longer held); returns them.
-fn collect_dead_tmp(tmp_root: &Path) -> Vec<PathBuf> {
+/// Makes the store root reachable by its owner only (0700, as Docker's data root). Image content holds setuid
+/// binaries, device nodes made by RUN steps and agent sockets: a traversable store would hand them to every local
+/// user. An existing root with wider permissions is tightened; one owned by another user is refused.
+fn private_root(root: &Path) -> Result<Option<u32>, StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = root.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        fs::create_dir_all(parent).map_err(io_err(parent, "creating the store's parent directory"))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(StoreError::Io { path: root.into(), context: "creating the store", source: e }),
+    }
+    let meta = fs::metadata(root).map_err(io_err(root, "inspecting the store"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    if meta.uid() != user {
+        return Err(StoreError::NotOwned { path: root.into(), owner: meta.uid(), user });
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(root, "making the store private (chmod 0700)"))?;
+        return Ok(Some(meta.mode() & 0o7777));
+    }
+    Ok(None)
+}
+
+/// What is wrong with the store root's ownership or permissions, if anything (for `check`).
+pub fn root_problem(root: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(root) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("cannot inspect the store root {}: {e}", root.display())),
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    if meta.uid() != user {
+        return Some(format!("the store root {} is owned by uid {}, not {user}", root.display(), meta.uid()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Some(format!(
+            "the store root {} has mode {:04o}: other users can reach its content (want 0700)",
+            root.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    None
+}
+
+/// Removes tmp dirs left behind by processes that died (their lock is no longer held); returns them, and what
+/// `reaper` stopped in them first.
+fn collect_dead_tmp(tmp_root: &Path, reaper: Reaper) -> (Vec<PathBuf>, Vec<String>) {
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir(tmp_root) else { return found };
+    let Ok(entries) = fs::read_dir(tmp_root) else { return (found, Vec::new()) };
     let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     names.sort();
+    // First find the dead (holding their locks), then let the reaper stop what runs there, then collect.
+    let mut dead_locked = Vec::new();
+    let mut dead_unlocked = Vec::new();
     for p in names {
         if p.extension().is_some_and(|e| e == "lock") {
             // A lock file: free means its process is gone. Remove the dir first, then the lock, while holding it.
@@ -516,28 +620,37 @@ fn collect_dead_tmp(tmp_root: &Path) -> Vec<PathBuf> {
                 // Held, or unlinked by its owner after we opened it (a new owner may hold a new file there now).
                 continue;
             }
-            let dir = p.with_extension("");
-            if dir.exists() {
-                remove_unmounted(&dir);
-                found.push(dir);
-            }
-            let _ = fs::remove_file(&p);
+            dead_locked.push((p, f));
         } else if !tmp_lock_path(&p).exists() {
             // A dir with no lock beside it was never owned under the current scheme (its creator holds the lock
             // before creating it and removes the dir before the lock), unless an older rbuild made it with the
             // lock inside: that one is alive while its inner lock is held.
             let alive = File::open(p.join(".lock")).is_ok_and(|f| f.try_lock().is_err());
             if !alive {
-                if p.is_dir() {
-                    remove_unmounted(&p);
-                } else {
-                    let _ = fs::remove_file(&p);
-                }
-                found.push(p);
+                dead_unlocked.push(p);
             }
         }
     }
-    found
+    let mut dirs: Vec<PathBuf> = dead_locked.iter().map(|(p, _)| p.with_extension("")).collect();
+    dirs.extend(dead_unlocked.iter().cloned());
+    let reaped = if dirs.is_empty() { Vec::new() } else { reaper(&dirs) };
+    for (lock, _held) in &dead_locked {
+        let dir = lock.with_extension("");
+        if dir.exists() {
+            remove_unmounted(&dir);
+            found.push(dir);
+        }
+        let _ = fs::remove_file(lock);
+    }
+    for p in dead_unlocked {
+        if p.is_dir() {
+            remove_unmounted(&p);
+        } else {
+            let _ = fs::remove_file(&p);
+        }
+        found.push(p);
+    }
+    (found, reaped)
 }
 
 /// Removes `dir` after detaching every mount at or below it. `remove_dir_all` does not stop at mount points: run
@@ -703,5 +816,58 @@ mod tests {
         }
         let left: Vec<_> = fs::read_dir(root.join("tmp")).unwrap().flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "closed stores leave nothing in tmp/: {left:?}");
+    }
+
+    /// Regression (adversarial review, hole 4): the store was created 0755, so any local user could run a
+    /// setuid-root binary from `snapshots/` or open device nodes made by RUN steps.
+    #[test]
+    fn the_store_root_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("a/store");
+        drop(Store::open(&fresh).unwrap());
+        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777, 0o700);
+        assert_eq!(root_problem(&fresh), None);
+        // An existing store with wider permissions is reported, and tightened when opened.
+        fs::set_permissions(&fresh, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(root_problem(&fresh).is_some_and(|p| p.contains("0755")), "{:?}", root_problem(&fresh));
+        assert_eq!(Store::open(&fresh).unwrap().was_exposed(), Some(0o755));
+        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777, 0o700);
+    }
+
+    /// Regression (adversarial review, item 10): one malformed tag file made `images` and `check` fail.
+    #[test]
+    fn a_malformed_tag_file_hides_no_other_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = store.write_blob(b"{}").unwrap();
+        store.set_tag(&ImageRecord { name: "good".into(), config, manifest: None }).unwrap();
+        fs::write(dir.path().join("index/tags/broken.json"), b"{not json").unwrap();
+        let tags = store.tags().unwrap();
+        assert_eq!(tags.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["good"]);
+        let (_, bad) = store.tags_checked().unwrap();
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].to_string().contains("broken.json"), "{}", bad[0]);
+    }
+
+    /// The reaper sees a dead process's tmp dir before it is removed (so its containers die before their mounts).
+    #[test]
+    fn the_reaper_runs_before_dead_tmp_dirs_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let dead = dir.path().join("tmp/999997-0");
+        fs::create_dir_all(dead.join("bundles-0")).unwrap();
+        File::create(tmp_lock_path(&dead)).unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let reaper = |dirs: &[PathBuf]| {
+            for d in dirs {
+                seen.lock().unwrap().push((d.clone(), d.join("bundles-0").exists()));
+            }
+            vec!["killed container x".to_string()]
+        };
+        let store = Store::open_reaping(dir.path(), LockMode::Shared, &reaper).unwrap().unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![(dead.clone(), true)]);
+        assert_eq!(store.reaped(), ["killed container x".to_string()]);
+        assert!(!dead.exists());
     }
 }

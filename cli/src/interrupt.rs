@@ -25,25 +25,36 @@ impl Interrupted {
     }
 }
 
-/// Starts watching for SIGINT and SIGTERM; the first one cancels `canceller`.
+/// Starts watching for SIGINT and SIGTERM; the first one cancels `canceller`, a second one exits at once.
+///
+/// The signals are handled on a thread of their own with its own small runtime, never on the build's runtime:
+/// a build whose worker threads are all busy (a pull unpacking layers, a stuck registry call) must still hear the
+/// second Ctrl-C and exit.
 pub fn watch(canceller: Canceller) -> std::io::Result<Interrupted> {
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (mut int, mut term) = {
+        let _entered = runtime.enter();
+        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
+    };
     let flag = Interrupted::default();
     let set = flag.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        set.0.store(true, Ordering::SeqCst);
-        eprintln!("interrupted: stopping running steps (press Ctrl-C again to exit at once)");
-        let cancel = tokio::task::spawn_blocking(move || canceller.cancel(KILL_TIMEOUT));
-        tokio::select! {
-            _ = int.recv() => std::process::exit(130),
-            _ = term.recv() => std::process::exit(130),
-            _ = cancel => {}
-        }
-    });
+    std::thread::Builder::new().name("rbuild-signals".into()).spawn(move || {
+        runtime.block_on(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            set.0.store(true, Ordering::SeqCst);
+            eprintln!("interrupted: stopping running steps (press Ctrl-C again to exit at once)");
+            // Cancelling waits for containers to die: on a thread of its own, so this one keeps listening.
+            std::thread::spawn(move || canceller.cancel(KILL_TIMEOUT));
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("interrupted again: exiting now");
+            std::process::exit(130);
+        })
+    })?;
     Ok(flag)
 }

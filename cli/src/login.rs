@@ -63,7 +63,31 @@ pub fn registry_options(flags: &RegistryFlags, insecure_registries: Vec<String>)
         docker_config,
         certs_dir: Some(flags.certs_dir.clone()),
         mirrors: flags.mirrors.iter().map(|m| auth::normalize_key(m.trim())).filter(|m| !m.is_empty()).collect(),
+        timeouts: registry_timeouts(),
     }
+}
+
+/// `RBUILD_REGISTRY_IDLE_TIMEOUT` and `RBUILD_REGISTRY_DEADLINE` (seconds) override how long a registry may stall
+/// and the base deadline of a request; an unparsable value is reported and ignored.
+fn registry_timeouts() -> rbuild_image::registry::Timeouts {
+    let mut t = rbuild_image::registry::Timeouts::default();
+    let secs = |name: &str| {
+        let v = std::env::var(name).ok().filter(|v| !v.is_empty())?;
+        match v.parse::<f64>() {
+            Ok(s) if s > 0.0 && s.is_finite() => Some(std::time::Duration::from_secs_f64(s)),
+            _ => {
+                eprintln!("warning: ignoring {name}={v:?}: expected a number of seconds");
+                None
+            }
+        }
+    };
+    if let Some(d) = secs("RBUILD_REGISTRY_IDLE_TIMEOUT") {
+        t.idle = d;
+    }
+    if let Some(d) = secs("RBUILD_REGISTRY_DEADLINE") {
+        t.request = d;
+    }
+    t
 }
 
 fn registry_name(arg: Option<&str>) -> String {

@@ -15,7 +15,8 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use rbuild_cache::Store;
 use rbuild_image::registry::{ImageRef, RegistryClient, RegistryOptions};
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -78,8 +79,8 @@ enum Cmd {
     Du,
     /// Remove build cache (never tagged images)
     Prune(storage::PruneArgs),
-    /// Verify the store's integrity (blobs, tags, cache index, leftovers)
-    Check,
+    /// Verify the store's integrity (blobs, tags, cache index, permissions, leftovers of dead processes)
+    Check(storage::CheckArgs),
     /// Tools for looking inside rbuild
     Debug {
         #[command(subcommand)]
@@ -143,7 +144,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Build(args) => build::run(&env, *args).await,
         Cmd::Du => storage::du(&env),
         Cmd::Prune(args) => storage::prune(&env, args),
-        Cmd::Check => storage::check(&env),
+        Cmd::Check(args) => storage::check(&env, args),
         Cmd::Debug { command: DebugCmd::DumpAst { file } } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             match rbuild_frontend::parser::parse(&text) {
@@ -159,10 +160,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Images => {
             let store = open_store(&env)?;
-            println!("{:<60} {:<20} {:>10}", "NAME", "IMAGE ID", "SIZE");
-            for rec in store.tags()? {
+            let _ = writeln!(std::io::stdout(), "{:<60} {:<20} {:>10}", "NAME", "IMAGE ID", "SIZE");
+            let (tags, bad) = store.tags_checked()?;
+            for e in bad {
+                eprintln!("warning: {:#}", anyhow::Error::from(e));
+            }
+            let mut out = std::io::stdout().lock();
+            for rec in tags {
                 let size = image_size(&store, &rec.config).map(human_size).unwrap_or_else(|| "?".into());
-                println!("{:<60} {:<20} {:>10}", rec.name, &rec.config.hex()[..12], size);
+                // A closed pipe (`rbuild images | head -1`) ends the listing, successfully.
+                if writeln!(out, "{:<60} {:<20} {:>10}", rec.name, &rec.config.hex()[..12], size).is_err() {
+                    break;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -224,7 +233,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 pub fn open_store(env: &Env) -> Result<Store> {
-    Store::open(&env.root).with_context(|| format!("opening the store at {}", env.root.display()))
+    open_store_as(&env.root, rbuild_cache::LockMode::Shared)?
+        .with_context(|| format!("opening the store at {}", env.root.display()))
+}
+
+/// Opens the store at `root` locked as `mode`, first stopping containers that dead rbuild processes left running
+/// (`kill -9` during a RUN), so that their mounts can be collected.
+pub fn open_store_as(root: &Path, mode: rbuild_cache::LockMode) -> Result<Option<Store>> {
+    let runc_state = root.join("runc");
+    let reaper = |dead: &[PathBuf]| match rbuild_executor::reap::find_runc() {
+        Some(runc) => rbuild_executor::reap::reap_containers(&runc, &runc_state, dead),
+        None => Vec::new(),
+    };
+    let store =
+        Store::open_reaping(root, mode, &reaper).with_context(|| format!("opening the store at {}", root.display()))?;
+    if let Some(s) = &store {
+        for r in s.reaped() {
+            eprintln!("warning: stopped a container left running by a dead rbuild process: {r}");
+        }
+    }
+    Ok(store)
 }
 
 fn image_size(store: &Store, config: &rbuild_solver::Digest) -> Option<u64> {

@@ -18,9 +18,18 @@ pub struct StoreResolver {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ImageResolver for StoreResolver {
+    /// The error carries its whole chain of causes in its message: the frontend shows one line per failed base
+    /// image, and "layer X" without "digest mismatch" under it says nothing.
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, BoxError> {
+        self.resolve_chained(reference, platform).map_err(|e| crate::login::error_chain(e.as_ref()).into())
+    }
+}
+
+impl StoreResolver {
+    fn resolve_chained(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, BoxError> {
         let r = ImageRef::parse(reference)?;
         let name = r.to_string();
+        let mut local_other = None;
         if !self.pull
             && let Some(rec) = self.store.tag(&name)?
             && self.store.has_blob(&rec.config)
@@ -31,9 +40,25 @@ impl ImageResolver for StoreResolver {
             if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
                 return Ok(ResolvedImage { reference: name, digest: rec.config, config });
             }
+            local_other = Some(match &config.variant {
+                Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
+                None => format!("{}/{}", config.os, config.architecture),
+            });
         }
         eprintln!("#0 pulling {name}");
-        let pulled = self.handle.block_on(rbuild_image::local::pull(&self.client, &self.store, &r, platform))?;
+        let pulled = self.handle.block_on(rbuild_image::local::pull(&self.client, &self.store, &r, platform));
+        let pulled = match (pulled, local_other) {
+            (Ok(p), _) => p,
+            (Err(e), Some(local)) => {
+                let e: BoxError = Box::new(e);
+                return Err(format!(
+                    "the local image {name} is {local}, not the platform asked for, and pulling it failed: {}",
+                    crate::login::error_chain(e.as_ref())
+                )
+                .into());
+            }
+            (Err(e), None) => return Err(Box::new(e)),
+        };
         Ok(ResolvedImage { reference: name, digest: pulled.record.config, config: pulled.config })
     }
 }

@@ -79,9 +79,20 @@ pub fn prune(env: &Env, args: PruneArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn check(env: &Env) -> Result<ExitCode> {
+/// `rbuild check [--deep]`.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Also re-compute every snapshot's content digest (reads every file in the store)
+    #[arg(long)]
+    deep: bool,
+}
+
+pub fn check(env: &Env, args: CheckArgs) -> Result<ExitCode> {
     let store = open_exclusive(&env.root)?;
-    let r = gc::check(&store)?;
+    let mut r = gc::check(&store)?;
+    if args.deep {
+        deep_check_snapshots(&store, &mut r.problems)?;
+    }
     println!(
         "{} blobs, {} snapshots, {} tags, {} cache entries ({} stale: clean misses)",
         r.blobs, r.snapshots, r.tags, r.cache_entries, r.stale_entries
@@ -97,14 +108,42 @@ pub fn check(env: &Env) -> Result<ExitCode> {
     }
 }
 
+/// Re-computes each snapshot's diff_id: a file edited in `snapshots/` would otherwise go into the next RUN unseen.
+fn deep_check_snapshots(store: &Store, problems: &mut Vec<String>) -> Result<()> {
+    use rbuild_image::rootfs::{SnapshotCheck, verify_snapshot};
+    let dir = store.root().join("snapshots");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut unverifiable = 0;
+    for name in names {
+        let Ok(diff_id) = format!("sha256:{name}").parse::<rbuild_solver::Digest>() else { continue };
+        match verify_snapshot(store, &diff_id) {
+            Ok(SnapshotCheck::Intact) => {}
+            Ok(SnapshotCheck::Modified { actual }) => {
+                problems.push(format!("snapshot {diff_id} was modified: its content now hashes to {actual}"))
+            }
+            Ok(SnapshotCheck::Unverifiable) => unverifiable += 1,
+            Err(e) => problems.push(format!("snapshot {diff_id}: {:#}", anyhow::Error::from(e))),
+        }
+    }
+    if unverifiable > 0 {
+        println!("{unverifiable} snapshots unpacked from other builders' layers have no stored blob to verify against");
+    }
+    Ok(())
+}
+
 /// Opens the store alone, saying so when it has to wait for running builds.
 fn open_exclusive(root: &Path) -> Result<Store> {
-    let what = || format!("opening the store at {} exclusively", root.display());
-    if let Some(s) = Store::open_with(root, LockMode::TryExclusive).with_context(what)? {
+    if let Some(s) = crate::open_store_as(root, LockMode::TryExclusive)? {
         return Ok(s);
     }
     eprintln!("waiting for running builds to finish...");
-    Store::open_exclusive(root).with_context(what)
+    crate::open_store_as(root, LockMode::Exclusive)?
+        .with_context(|| format!("opening the store at {} exclusively", root.display()))
 }
 
 /// After a build that added to the store: collect down to the configured limit if the store outgrew it and no

@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod copy;
 pub mod mounts;
 pub mod overlay;
+pub mod reap;
 pub mod remote;
 pub mod runtime;
 pub mod user;

@@ -37,6 +37,63 @@ pub enum RemoteError {
     BadChecksum { checksum: String },
     #[error("invalid download file name {name:?}")]
     BadName { name: String },
+    #[error("refusing {what} {value:?}: {reason}")]
+    Refused { what: &'static str, value: String, reason: &'static str },
+}
+
+/// Checks a value before it is handed to `git` or `curl` as an argument: a leading `-` would make it an option
+/// (`--pathspec-from-file=/etc/shadow`, `--upload-pack=...`), and control characters have no place in a URL or ref.
+fn plain_argument(what: &'static str, value: &str) -> Result<(), RemoteError> {
+    let refuse = |reason| Err(RemoteError::Refused { what, value: value.to_string(), reason });
+    if value.starts_with('-') {
+        return refuse("it starts with '-' and would be read as an option");
+    }
+    if value.chars().any(char::is_control) {
+        return refuse("it contains control characters");
+    }
+    Ok(())
+}
+
+/// The URL schemes `ADD <url>` may download from. Anything else (`file://`, `ftp://`, `gopher://`, ...) could read
+/// the build machine's own files or reach services a Dockerfile has no business with.
+fn check_http_url(url: &str) -> Result<(), RemoteError> {
+    plain_argument("URL", url)?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(RemoteError::Refused {
+            what: "URL",
+            value: url.to_string(),
+            reason: "only http:// and https:// may be downloaded",
+        });
+    }
+    Ok(())
+}
+
+/// The Git remotes `ADD` may clone: https/http/ssh/git URLs and scp-like `user@host:path`. Git's other transports
+/// (`file://`, plain paths, `ext::`, `fd::`) would read the build machine's own repositories or run commands.
+fn check_git_remote(remote: &str) -> Result<(), RemoteError> {
+    plain_argument("Git remote", remote)?;
+    let allowed_scheme = ["https://", "http://", "ssh://", "git://"].iter().any(|s| remote.starts_with(s));
+    // scp-like syntax: `user@host:path`, where the part before ':' has no '/' (otherwise git reads a local path).
+    let scp_like = remote.split_once(':').is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
+    // The host (after any `scheme://` and `user@`) must not look like an option to ssh (`-oProxyCommand=...`).
+    let after_scheme = remote.split_once("://").map_or(remote, |(_, rest)| rest);
+    let authority = after_scheme.split(['/', ':']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.starts_with('-') || authority.starts_with('-') {
+        return Err(RemoteError::Refused {
+            what: "Git remote",
+            value: remote.to_string(),
+            reason: "its host starts with '-' and would be read as an option",
+        });
+    }
+    if !(allowed_scheme || scp_like) || remote.contains("::") {
+        return Err(RemoteError::Refused {
+            what: "Git remote",
+            value: remote.to_string(),
+            reason: "only https://, http://, ssh://, git:// and user@host:path remotes may be cloned",
+        });
+    }
+    Ok(())
 }
 
 fn run(program: &'static str, args: &[&str], what: &str) -> Result<(), RemoteError> {
@@ -85,8 +142,32 @@ pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path)
     }
     let expected = checksum.map(parse_checksum).transpose()?;
     let dest = dir.join(filename);
+    check_http_url(url)?;
     let dest_str = dest.to_string_lossy().into_owned();
-    run("curl", &["--silent", "--show-error", "--fail", "--location", "--output", &dest_str, url], url)?;
+    // `--proto`/`--proto-redir` keep a redirect from leading to `file://` or another scheme; the timeouts keep a
+    // stalled server from holding the build forever (no data for 60 s, at most an hour in all).
+    let args = [
+        "--silent",
+        "--show-error",
+        "--fail",
+        "--location",
+        "--proto",
+        "=http,https",
+        "--proto-redir",
+        "=http,https",
+        "--connect-timeout",
+        "30",
+        "--speed-limit",
+        "1",
+        "--speed-time",
+        "60",
+        "--max-time",
+        "3600",
+        "--output",
+        &dest_str,
+        url,
+    ];
+    run("curl", &args, url)?;
     if let (Some(expected), Some(raw)) = (expected, checksum) {
         let got = sha256_file(&dest)?;
         if got != expected {
@@ -96,15 +177,48 @@ pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path)
     Ok(dest)
 }
 
+/// Every git command runs with only the network transports enabled, so a submodule cannot use `file` or `ext`.
+const GIT_TRANSPORTS: [&str; 10] = [
+    "-c",
+    "protocol.allow=never",
+    "-c",
+    "protocol.https.allow=always",
+    "-c",
+    "protocol.http.allow=always",
+    "-c",
+    "protocol.ssh.allow=always",
+    "-c",
+    "protocol.git.allow=always",
+];
+
 /// Clones `remote` at `reference` (a branch, tag or commit; the default branch when empty) into `dir`, which must
 /// not exist yet. Without `keep_git_dir` the `.git` directory is removed, as BuildKit does.
 pub fn clone_git(remote: &str, reference: &str, keep_git_dir: bool, dir: &Path) -> Result<(), RemoteError> {
+    check_git_remote(remote)?;
+    if !reference.is_empty() {
+        plain_argument("Git ref", reference)?;
+    }
     let dir_str = dir.to_string_lossy().into_owned();
     let what = if reference.is_empty() { remote.to_string() } else { format!("{remote}#{reference}") };
-    run("git", &["clone", "--quiet", "--recurse-submodules", remote, &dir_str], &what)?;
+    // Submodules are cloned with the same transports allowed and no others (`file` and `ext` never).
+    let git = |args: &[&str]| {
+        let mut all = GIT_TRANSPORTS.to_vec();
+        all.extend_from_slice(args);
+        run("git", &all, &what)
+    };
+    git(&["clone", "--quiet", "--recurse-submodules", "--", remote, &dir_str])?;
     if !reference.is_empty() {
-        run("git", &["-C", &dir_str, "-c", "advice.detachedHead=false", "checkout", "--quiet", reference], &what)?;
-        run("git", &["-C", &dir_str, "submodule", "update", "--quiet", "--init", "--recursive"], &what)?;
+        git(&[
+            "-C",
+            &dir_str,
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--quiet",
+            "--end-of-options",
+            reference,
+        ])?;
+        git(&["-C", &dir_str, "submodule", "update", "--quiet", "--init", "--recursive"])?;
     }
     if !keep_git_dir {
         let git = dir.join(".git");
@@ -125,24 +239,81 @@ mod tests {
         assert!(matches!(parse_checksum("sha256:abc"), Err(RemoteError::BadChecksum { .. })));
     }
 
+    /// Serves `body` once over HTTP on a loopback port; returns the URL of `/name`.
+    fn serve_once(body: &'static [u8], name: &str) -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = listener.accept() {
+                let mut req = [0u8; 4096];
+                let _ = conn.read(&mut req);
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(body);
+            }
+        });
+        format!("http://127.0.0.1:{port}/{name}")
+    }
+
     #[test]
-    fn file_urls_download_and_verify() {
+    fn http_urls_download_and_verify() {
         if std::process::Command::new("curl").arg("--version").output().is_err() {
             eprintln!("SKIPPED: needs curl");
             return;
         }
         let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src.txt");
-        std::fs::write(&src, "hello\n").unwrap();
-        let url = format!("file://{}", src.display());
         let out = t.path().join("out");
         std::fs::create_dir(&out).unwrap();
         // sha256("hello\n")
         let sum = "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
-        let got = fetch_http(&url, Some(sum), "f.txt", &out).unwrap();
+        let got = fetch_http(&serve_once(b"hello\n", "f.txt"), Some(sum), "f.txt", &out).unwrap();
         assert_eq!(std::fs::read_to_string(got).unwrap(), "hello\n");
         let wrong = format!("sha256:{}", "0".repeat(64));
+        let url = serve_once(b"hello\n", "g.txt");
         assert!(matches!(fetch_http(&url, Some(&wrong), "g.txt", &out), Err(RemoteError::Checksum { .. })));
         assert!(matches!(fetch_http(&url, None, "../x", &out), Err(RemoteError::BadName { .. })));
+    }
+
+    /// Regression (adversarial review, hole 2): `file://` read the build machine's files into the image.
+    #[test]
+    fn only_http_and_https_urls_are_downloaded() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, "host file").unwrap();
+        for url in [format!("file://{}", secret.display()), "ftp://127.0.0.1/x".into(), "--config=/etc/x".into()] {
+            let err = fetch_http(&url, None, "x", t.path()).unwrap_err();
+            assert!(matches!(err, RemoteError::Refused { .. }), "{url}: {err}");
+        }
+        assert!(!t.path().join("x").exists());
+    }
+
+    /// Regression (adversarial review, hole 2): `ADD repo.git#--pathspec-from-file=/etc/shadow` made `git
+    /// checkout` read a host file into its error output. Refs and remotes are never options.
+    #[test]
+    fn git_refs_and_remotes_are_never_options() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, "TOPSECRET").unwrap();
+        let inject = format!("--pathspec-from-file={}", secret.display());
+        let remote_ok = "https://127.0.0.1:1/repo.git";
+        let err = clone_git(remote_ok, &inject, false, &t.path().join("a")).unwrap_err();
+        assert!(matches!(err, RemoteError::Refused { what: "Git ref", .. }), "{err}");
+        assert!(!format!("{err:?}").contains("TOPSECRET"));
+        for remote in [
+            "--upload-pack=touch /tmp/pwned".to_string(),
+            format!("file://{}", t.path().display()),
+            t.path().display().to_string(),
+            "ext::sh -c touch% /tmp/pwned".into(),
+            "/etc:x@y".into(),
+            "ssh://-oProxyCommand=touch%20/tmp/pwned/r.git".into(),
+            "git@-oProxyCommand=x:r.git".into(),
+        ] {
+            let err = clone_git(&remote, "", false, &t.path().join("b")).unwrap_err();
+            assert!(matches!(err, RemoteError::Refused { what: "Git remote", .. }), "{remote}: {err}");
+        }
+        for ok in ["https://h/r.git", "git@github.com:o/r.git", "ssh://git@h/r.git", "git://h/r"] {
+            check_git_remote(ok).unwrap();
+        }
     }
 }

@@ -468,6 +468,7 @@ fn finish_image(
                 let _ = fs::remove_dir_all(&dest);
                 return Err(ExportError::DiffIdMismatch { path: path.clone(), expected: diff_id.clone(), actual });
             }
+            store.mark_unpacked(diff_id)?;
             store.commit_snapshot(&dest, diff_id)?;
         }
         store.add_layer_blob(diff_id, LayerBlob { media_type, digest: digest.clone(), size })?;

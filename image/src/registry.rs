@@ -40,8 +40,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long to wait for a TCP (and TLS) connection before giving up on a registry.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a transfer may stall without receiving a byte.
-const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a transfer may stall without receiving a byte (the default of [`Timeouts::idle`]).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts for one blob transfer or manifest request; only transient failures are retried.
 const ATTEMPTS: u32 = 5;
 /// The wait before the first retry; it doubles for each further one (0.25 s, 0.5 s, 1 s, 2 s).
@@ -129,6 +129,15 @@ pub enum RegistryError {
         #[source]
         source: io::Error,
     },
+    /// A registry that stalls or trickles: the request did not finish within its deadline.
+    #[error(
+        "{action} {image}: the registry did not finish within {}s (it stalled or sent too slowly; the deadline \
+         allows {}s plus 1s per {} KiB)",
+        limit.as_secs(),
+        base.as_secs(),
+        min_rate / 1024
+    )]
+    Deadline { action: String, image: String, limit: Duration, base: Duration, min_rate: u64 },
 }
 
 impl RegistryError {
@@ -169,6 +178,32 @@ pub struct RegistryOptions {
     pub certs_dir: Option<PathBuf>,
     /// Registries (`host[:port]`) to try, in order, before Docker Hub for `docker.io` images.
     pub mirrors: Vec<String>,
+    pub timeouts: Timeouts,
+}
+
+/// Limits that keep a stalled or trickling registry from holding a build forever.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A transfer that receives nothing for this long fails (and is retried).
+    pub idle: Duration,
+    /// Every request must finish within this, plus one second per `min_rate` bytes of its expected size: a
+    /// registry sending a byte a minute never trips `idle`, but does trip this.
+    pub request: Duration,
+    /// Bytes per second, the slowest transfer rate the deadline allows for.
+    pub min_rate: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { idle: READ_TIMEOUT, request: Duration::from_secs(120), min_rate: 32 * 1024 }
+    }
+}
+
+impl Timeouts {
+    /// The deadline for a request that transfers `size` bytes.
+    pub fn deadline(&self, size: u64) -> Duration {
+        self.request + Duration::from_secs(size / self.min_rate.max(1))
+    }
 }
 
 /// A single-platform image as the registry serves it.
@@ -321,6 +356,20 @@ impl RegistryClient {
                 what: format!("image config {}", manifest.config.digest),
                 source,
             })?;
+        // A plain manifest (no index) is one platform's image: the one asked for, or an error naming what it is.
+        let has = Platform {
+            os: config.os.clone(),
+            architecture: config.architecture.clone(),
+            variant: config.variant.clone(),
+        };
+        let unnamed = has.os.is_empty() || has.architecture.is_empty();
+        if !unnamed && !platform_matches(platform, &has) {
+            return Err(RegistryError::NoMatchingPlatform {
+                image: r.to_string(),
+                wanted: platform_string(platform),
+                available: platform_string(&has),
+            });
+        }
         Ok(ResolvedImage { source: r.clone(), digest, manifest_bytes, manifest, config_bytes, config })
     }
 
@@ -329,7 +378,8 @@ impl RegistryClient {
         let conn = self.conn(r).await?;
         let target = oci_ref(r);
         let action = format!("pulling blob {} from", desc.digest);
-        let result = with_retries(r, &action, || download_to_file(&conn, r, &target, desc, dest)).await;
+        let transfer = with_retries(r, &action, || download_to_file(&conn, r, &target, desc, dest));
+        let result = within(self.opts.timeouts, desc.size, r, &action, transfer).await;
         if result.is_err() {
             // Best effort: the file may not exist if the request failed before any byte arrived.
             let _ = tokio::fs::remove_file(dest).await;
@@ -564,7 +614,7 @@ impl RegistryClient {
         let config = ClientConfig {
             protocol: if plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
             connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
+            read_timeout: Some(self.opts.timeouts.idle),
             // Platform selection is done here, with variants; an index must never be resolved behind our back.
             platform_resolver: None,
             user_agent: concat!("rbuild/", env!("CARGO_PKG_VERSION")),
@@ -635,9 +685,15 @@ impl RegistryClient {
     ) -> Result<(Digest, Vec<u8>), RegistryError> {
         let action = "fetching manifest of".to_string();
         let target = &target;
-        let (bytes, _) = with_retries(r, &action, || async move {
-            conn.client.pull_manifest_raw(target, &conn.auth, MANIFEST_MEDIA_TYPES).await.map_err(Failure::Oci)
-        })
+        let (bytes, _) = within(
+            self.opts.timeouts,
+            0,
+            r,
+            &action,
+            with_retries(r, &action, || async move {
+                conn.client.pull_manifest_raw(target, &conn.auth, MANIFEST_MEDIA_TYPES).await.map_err(Failure::Oci)
+            }),
+        )
         .await?;
         Ok((Digest::of(&bytes), bytes.to_vec()))
     }
@@ -652,7 +708,7 @@ impl RegistryClient {
         let target = oci_ref(r);
         let action = format!("pulling {what} {} from", desc.digest);
         let target = &target;
-        with_retries(r, &action, || async move {
+        let attempt = with_retries(r, &action, || async move {
             let mut stream = conn.client.pull_blob_stream(target, desc.digest.as_str()).await.map_err(Failure::Oci)?;
             let mut check = BlobCheck::new(r, what, desc);
             let mut out = Vec::new();
@@ -662,9 +718,29 @@ impl RegistryClient {
             }
             check.finish()?;
             Ok(out)
-        })
-        .await
+        });
+        within(self.opts.timeouts, desc.size, r, &action, attempt).await
     }
+}
+
+/// Runs a registry request under its deadline ([`Timeouts::deadline`] of `size`).
+async fn within<T>(
+    timeouts: Timeouts,
+    size: u64,
+    r: &ImageRef,
+    action: &str,
+    request: impl Future<Output = Result<T, RegistryError>>,
+) -> Result<T, RegistryError> {
+    let limit = timeouts.deadline(size);
+    tokio::time::timeout(limit, request).await.unwrap_or_else(|_| {
+        Err(RegistryError::Deadline {
+            action: action.to_string(),
+            image: r.to_string(),
+            limit,
+            base: timeouts.request,
+            min_rate: timeouts.min_rate,
+        })
+    })
 }
 
 /// The host `oci-client` really talks to for `registry` (Docker Hub's API is not at `docker.io`).

@@ -43,6 +43,57 @@ pub enum RootfsError {
     DiffIdMismatch { diff_id: Digest, blob: Digest, actual: Digest },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("snapshot {diff_id}: hashing its content")]
+    Hash {
+        diff_id: Digest,
+        #[source]
+        source: crate::layer::LayerError,
+    },
+}
+
+/// What [`verify_snapshot`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotCheck {
+    /// The snapshot's content is what its name says.
+    Intact,
+    /// The content changed since the snapshot was committed: its tree digest is `actual`.
+    Modified { actual: Digest },
+    /// A snapshot unpacked from another builder's layer, whose blob is no longer stored: nothing to compare with.
+    Unverifiable,
+}
+
+/// Re-computes a snapshot's content digest (`rbuild check --deep`). A snapshot rbuild made is named by the digest
+/// of its own tar, so recomputing that is enough; one unpacked from another builder's layer (whose tar rbuild
+/// would write differently) is compared with a fresh unpacking of its stored blob.
+pub fn verify_snapshot(store: &Store, diff_id: &Digest) -> Result<SnapshotCheck, RootfsError> {
+    let hash = |dir: &Path| {
+        crate::layer::diff_id(dir, &crate::layer::LayerOptions::default())
+            .map(|(d, _)| d)
+            .map_err(|source| RootfsError::Hash { diff_id: diff_id.clone(), source })
+    };
+    let path = store.snapshot_path(diff_id);
+    let actual = hash(&path)?;
+    if &actual == diff_id {
+        return Ok(SnapshotCheck::Intact);
+    }
+    let Some(blob) = store.layer_blobs(diff_id).into_iter().find(|b| store.has_blob(&b.digest)) else {
+        // No blob: a snapshot rbuild made must hash to its name; an unpacked one has nothing to compare with.
+        return Ok(if store.is_unpacked(diff_id) {
+            SnapshotCheck::Unverifiable
+        } else {
+            SnapshotCheck::Modified { actual }
+        });
+    };
+    let fresh = store.tmp_dir("verify")?;
+    let blob_path = store.blob_path(&blob.digest);
+    let result = fs::File::open(&blob_path).map_err(io_err("open", &blob_path)).and_then(|file| {
+        crate::layer::extract_layer(io::BufReader::new(file), &fresh)
+            .map_err(|source| RootfsError::Extract { diff_id: diff_id.clone(), source })?;
+        hash(&fresh)
+    });
+    let _ = fs::remove_dir_all(&fresh);
+    let expected = result?;
+    Ok(if expected == actual { SnapshotCheck::Intact } else { SnapshotCheck::Modified { actual } })
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
@@ -110,6 +161,7 @@ pub fn ensure_snapshot(store: &Store, diff_id: &Digest) -> Result<PathBuf, Rootf
         let _ = fs::remove_dir_all(&dest);
         return Err(RootfsError::DiffIdMismatch { diff_id: diff_id.clone(), blob: blob.digest, actual });
     }
+    store.mark_unpacked(diff_id)?;
     store.commit_snapshot(&dest, diff_id)?;
     Ok(path)
 }
