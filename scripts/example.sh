@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --bin rbuild
-rbuild=$PWD/target/release/rbuild
+install -m 0755 target/release/rbuild /usr/local/bin/rbuild
+rbuild=/usr/local/bin/rbuild
 work=$(mktemp -d /var/tmp/rbuild-example.XXXXXX)
 cp -r testdata/busybox-base "$work/base" && cp /bin/busybox "$work/base/busybox"
 "$rbuild" build -t example/busybox "$work/base"

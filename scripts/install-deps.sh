@@ -2,18 +2,26 @@
 # Installs what rbuild's builds and tests need on Debian/Ubuntu (run as root): the OCI runtime, the static busybox
 # the test images are made of, a registry to push to, and the independent tools the tests check output with.
 set -euo pipefail
-pkgs=(runc busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client openssl apache2-utils zstd buildah podman)
+pkgs=(runc crun passt slirp4netns busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client
+  openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # docker-registry's package would start its own service on :5000; tests start their own on free ports.
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Packages must not start services while installing (docker-registry's would take port 5000; the tests start
+  # their own registries on free ports). A policy-rc.d that says "not now" does that, so nothing has to be stopped
+  # afterwards: this script never stops or kills a service it did not start. An existing policy is left alone.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=false
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=true
+  fi
+  status=0
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+  if $own_policy; then rm -f "$policy"; fi
+  [ "$status" -eq 0 ] || exit "$status"
 fi
-# The registry service from the package is not needed (and would hold port 5000).
-if command -v systemctl >/dev/null 2>&1; then systemctl stop docker-registry >/dev/null 2>&1 || true; fi
-pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry/config.yml' 2>/dev/null || true
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install Rust first: https://rustup.rs (rbuild needs Rust 1.89 or newer)" >&2
   exit 1

@@ -109,8 +109,11 @@ pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
     let mut tar = true;
     let (mut algorithm, mut level) = (None, None);
     let fields = split_csv(spec)?;
-    // `--output DIR` alone is buildx's shorthand for type=local.
+    // `--output DIR` alone is buildx's shorthand for type=local; `--output -` for a tar of the files on stdout.
     if fields.len() == 1 && !fields[0].contains('=') {
+        if fields[0] == "-" {
+            return Ok(Output::Tar { dest: PathBuf::from("-") });
+        }
         return Ok(Output::Local { dest: PathBuf::from(&fields[0]) });
     }
     for field in fields {
@@ -141,6 +144,8 @@ pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
         Some("docker") => {
             Output::Archive { kind: ArchiveKind::Docker, dest: need_dest("docker")?, tar, names, compression }
         }
+        // A directory cannot go to stdout: buildx writes the same files as a tar there.
+        Some("local") if dest.as_deref() == Some(Path::new("-")) => Output::Tar { dest: PathBuf::from("-") },
         Some("local") => Output::Local { dest: need_dest("local")? },
         Some("tar") => Output::Tar { dest: need_dest("tar")? },
         Some("image" | "registry") => {
@@ -182,6 +187,16 @@ pub fn plan(args: &OutputArgs, tags: &[ImageRef], push: bool) -> Result<Vec<Outp
         let compression = parse_compression(args.compression.as_deref(), None)?;
         outputs.push(Output::Image { names, push: true, compression });
     }
+    let to_stdout = outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Archive { dest, .. } | Output::Tar { dest } if dest.as_os_str() == "-"))
+        .count();
+    if to_stdout > 1 {
+        anyhow::bail!("only one --output can write to stdout (dest=-)");
+    }
+    if to_stdout == 1 && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        anyhow::bail!("refusing to write an archive to a terminal (dest=-): redirect stdout to a file or a pipe");
+    }
     Ok(outputs)
 }
 
@@ -217,10 +232,15 @@ fn write_metadata(path: &Path, config: &Digest, m: &Metadata, store: &Store) -> 
     std::fs::write(path, text + "\n").with_context(|| format!("writing the metadata file {}", path.display()))
 }
 
-/// A file to write to, or stdout for `-`.
+/// A file to write to, or stdout for `-` (never a terminal: an archive there is garbage on the screen).
 fn create_dest(dest: &Path) -> Result<Box<dyn Write>> {
     if dest == Path::new("-") {
-        return Ok(Box::new(std::io::stdout().lock()));
+        use std::io::IsTerminal as _;
+        let stdout = std::io::stdout();
+        if stdout.is_terminal() {
+            anyhow::bail!("refusing to write an archive to a terminal: redirect stdout to a file or a pipe");
+        }
+        return Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, stdout.lock())));
     }
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -416,6 +436,9 @@ mod tests {
             }
         );
         assert_eq!(parse_output("./dir", &[]).unwrap(), Output::Local { dest: "./dir".into() });
+        // Regression (issue 11, item 3): `-o -` made a directory named `-`.
+        assert_eq!(parse_output("-", &[]).unwrap(), Output::Tar { dest: "-".into() });
+        assert_eq!(parse_output("type=local,dest=-", &[]).unwrap(), Output::Tar { dest: "-".into() });
         assert_eq!(
             parse_output(r#"type=image,"name=reg.example/a:1,reg.example/b:2",push=true"#, &[]).unwrap(),
             Output::Image {

@@ -10,7 +10,7 @@
 //! Known, deliberate differences (not compared): history `empty_layer` flags and timestamps (rbuild adds no layer
 //! for a step that changed nothing; BuildKit adds an empty one), and `created`.
 
-use crate::support::{Workspace, require, testdata};
+use crate::support::{Workspace, require, skip, testdata};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
@@ -279,16 +279,8 @@ fn rbuild_and_buildkit_build_the_same_images() {
     }
     let env = match reference() {
         Ok(env) if docker(&env, &["version"]).code == Some(0) => env,
-        Ok(_) => {
-            println!("SKIPPED: the reference BuildKit did not answer (docker version failed)");
-            eprintln!("SKIPPED: the reference BuildKit did not answer (docker version failed)");
-            return;
-        }
-        Err(e) => {
-            println!("SKIPPED: the reference BuildKit could not be started: {e}");
-            eprintln!("SKIPPED: the reference BuildKit could not be started: {e}");
-            return;
-        }
+        Ok(_) => return skip("the reference BuildKit did not answer (docker version failed)"),
+        Err(e) => return skip(&format!("the reference BuildKit could not be started: {e}")),
     };
     let only = std::env::var("RBUILD_DIFF_CASE").ok();
     let ws = Workspace::new();

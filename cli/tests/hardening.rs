@@ -255,3 +255,96 @@ fn a_trickling_registry_times_out_and_a_second_ctrl_c_exits_at_once() {
     assert_eq!(status.code(), Some(130));
     assert!(second.elapsed() < Duration::from_secs(2), "exit took {:?}", second.elapsed());
 }
+
+/// A registry on loopback whose one image has a layer that is not a tar (its digest is right, so only unpacking
+/// it fails, with a cause below "layer X"). Returns the image reference.
+fn lying_registry() -> String {
+    use sha2::{Digest as _, Sha256};
+    let sha = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let evil = vec![b'x'; 1024];
+    let claimed = sha(&evil);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{claimed}"]}},"config":{{}}}}"#
+    )
+    .into_bytes();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{claimed}","size":{}}}]}}"#,
+        sha(&config),
+        config.len(),
+        evil.len()
+    )
+    .into_bytes();
+    let config_digest = sha(&config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten().take(200) {
+            let mut conn = conn;
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+            let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+            let (ctype, body): (&str, &[u8]) = if path == "/v2/" {
+                ("application/json", b"{}")
+            } else if path.contains("/manifests/") {
+                ("application/vnd.oci.image.manifest.v1+json", &manifest)
+            } else if path.ends_with(&config_digest) {
+                ("application/octet-stream", &config)
+            } else {
+                ("application/octet-stream", &evil)
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            if !line.starts_with("HEAD") {
+                let _ = conn.write_all(body);
+            }
+        }
+    });
+    format!("{addr}/liar/base:1")
+}
+
+/// Item 11: `build` showed "failed to resolve base image ... layer ..." and dropped why; `pull` printed it. Both
+/// must say what was wrong with the layer.
+#[test]
+fn a_bad_base_image_layer_error_keeps_its_cause_in_build_as_in_pull() {
+    let ws = Workspace::new();
+    let image = lying_registry();
+    let pull = ws.rbuild("store", &["pull", &image]);
+    assert_eq!(pull.code, Some(1), "{}", pull.stderr);
+    assert!(pull.stderr.contains("layer"), "pull: {}", pull.stderr);
+    let ctx = ws.context("liar", &[("Dockerfile", &format!("FROM {image}\nRUN true\n"))]);
+    let build = ws.rbuild("store", &["build", ctx.to_str().unwrap()]);
+    assert_eq!(build.code, Some(1), "{}", build.stderr);
+    assert!(build.stderr.contains("Dockerfile:1"), "names the line: {}", build.stderr);
+    let innermost = pull.stderr.lines().rev().find_map(|l| l.trim().strip_prefix("caused by: ")).unwrap();
+    let tail = &innermost[..innermost.len().min(40)];
+    assert!(build.stderr.contains(tail), "build must show the cause {tail:?} that pull shows:\n{}", build.stderr);
+}
+
+/// Item 12: `--platform linux/arm64` on a base that has only linux/amd64 silently built amd64. It must fail,
+/// naming the platform the base has.
+#[test]
+fn a_base_without_the_requested_platform_is_an_error_naming_what_it_has() {
+    if !require(&["runc", "docker-registry"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    let registry = crate::support::Registry::start();
+    let base = format!("{}/{}:1", registry.addr, crate::support::unique("amd64-only"));
+    let ctx = ws.context_from("busybox-base");
+    ws.rbuild("a", &["build", "-t", &base, "--push", ctx.to_str().unwrap()]).success();
+    let app = ws.context("app", &[("Dockerfile", &format!("FROM {base}\nRUN true\n"))]);
+    let run = ws.rbuild("b", &["build", "--platform", "linux/arm64", app.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("linux/arm64") && run.stderr.contains("linux/amd64"), "{}", run.stderr);
+    // The same with the base only in the local store: it is amd64, not what was asked for.
+    let local = ws.rbuild("a", &["build", "--platform", "linux/arm64", app.to_str().unwrap()]);
+    assert_eq!(local.code, Some(1), "{}", local.stderr);
+    assert!(local.stderr.contains("linux/amd64"), "{}", local.stderr);
+}

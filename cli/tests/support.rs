@@ -36,6 +36,13 @@ pub fn require(tools: &[&str]) -> bool {
     false
 }
 
+/// Skips a test whose requirement is missing, visibly; in CI, where nothing may be skipped, fails it instead.
+pub fn skip(why: &str) {
+    assert!(!in_ci(), "{why} (CI must have everything: see .ci/run)");
+    eprintln!("SKIPPED: {why}");
+    println!("SKIPPED: {why}");
+}
+
 pub fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
 }

@@ -163,11 +163,16 @@ pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path)
         "60",
         "--max-time",
         "3600",
+        // The file's mtime is the server's Last-Modified, as BuildKit sets it.
+        "--remote-time",
         "--output",
         &dest_str,
         url,
     ];
     run("curl", &args, url)?;
+    // BuildKit gives downloaded files mode 0600 (ADD --chmod changes it when copying).
+    std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|source| RemoteError::Read { path: dest.clone(), source })?;
     if let (Some(expected), Some(raw)) = (expected, checksum) {
         let got = sha256_file(&dest)?;
         if got != expected {
@@ -248,7 +253,10 @@ mod tests {
             if let Ok((mut conn, _)) = listener.accept() {
                 let mut req = [0u8; 4096];
                 let _ = conn.read(&mut req);
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Sun, 13 Sep 2020 12:26:40 GMT\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = conn.write_all(head.as_bytes());
                 let _ = conn.write_all(body);
             }
@@ -268,7 +276,11 @@ mod tests {
         // sha256("hello\n")
         let sum = "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
         let got = fetch_http(&serve_once(b"hello\n", "f.txt"), Some(sum), "f.txt", &out).unwrap();
-        assert_eq!(std::fs::read_to_string(got).unwrap(), "hello\n");
+        assert_eq!(std::fs::read_to_string(&got).unwrap(), "hello\n");
+        // Regression (issue 11, item 7): downloads are 0600, as BuildKit makes them; mtime from Last-Modified.
+        let meta = std::fs::metadata(&got).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+        assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 1_600_000_000);
         let wrong = format!("sha256:{}", "0".repeat(64));
         let url = serve_once(b"hello\n", "g.txt");
         assert!(matches!(fetch_http(&url, Some(&wrong), "g.txt", &out), Err(RemoteError::Checksum { .. })));

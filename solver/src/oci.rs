@@ -21,6 +21,16 @@ pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifes
 pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
+/// Reads `null` as the type's default. Configs written by dockerd and BuildKit say `"created": null`,
+/// `"config": null`, `"diff_ids": null` or `"ExposedPorts": null` for what they leave empty; that is not an error.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The whole image config blob.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageConfig {
@@ -28,17 +38,17 @@ pub struct ImageConfig {
     pub created: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub os: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub config: ContainerConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub rootfs: RootFs,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<History>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
@@ -50,7 +60,7 @@ pub struct ImageConfig {
 pub struct ContainerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
     pub exposed_ports: BTreeMap<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
@@ -58,7 +68,7 @@ pub struct ContainerConfig {
     pub entrypoint: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
@@ -100,7 +110,7 @@ pub struct Healthcheck {
 pub struct RootFs {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub diff_ids: Vec<Digest>,
 }
 
@@ -202,5 +212,23 @@ mod tests {
         assert_eq!(cfg.config.env.as_deref(), Some(&["A=1".to_string()][..]));
         let back = String::from_utf8(to_canonical_json(&cfg)).unwrap();
         assert!(back.contains(r#""Foo":1"#) && back.contains(r#""container":"abc""#), "{back}");
+    }
+}
+
+#[cfg(test)]
+mod null_tests {
+    use super::*;
+
+    /// Regression (issue 11, item 14): layer-less images written by dockerd/BuildKit were "not a valid document".
+    #[test]
+    fn configs_with_nulls_for_empty_fields_parse() {
+        let doc = br#"{"architecture":"amd64","os":"linux","created":null,"config":null,"history":null,
+            "rootfs":{"type":"layers","diff_ids":null}}"#;
+        let c: ImageConfig = serde_json::from_slice(doc).expect("parses");
+        assert!(c.rootfs.diff_ids.is_empty() && c.created.is_none() && c.history.is_empty());
+        let doc = br#"{"architecture":"amd64","os":"linux","config":{"ExposedPorts":null,"Volumes":null,"Env":null},
+            "rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let c: ImageConfig = serde_json::from_slice(doc).expect("parses");
+        assert!(c.config.exposed_ports.is_empty() && c.config.env.is_none());
     }
 }

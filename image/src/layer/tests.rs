@@ -17,7 +17,8 @@ fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        eprintln!("skipped: layer tests need root (mknod, chown, trusted.* xattrs)");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI runs as root: layer tests need mknod and chown");
+        eprintln!("SKIPPED: layer tests need root (mknod, chown, trusted.* xattrs)");
     }
     root
 }
