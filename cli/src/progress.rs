@@ -45,6 +45,9 @@ impl Progress for PlainProgress {
             Event::Failed { vertex, elapsed, .. } => {
                 writeln!(err, "#{} ERROR after {:.1}s", self.number(vertex), elapsed.as_secs_f64())
             }
+            Event::Canceled { vertex, elapsed, .. } => {
+                writeln!(err, "#{} CANCELED after {:.1}s", self.number(vertex), elapsed.as_secs_f64())
+            }
             Event::Explained { vertex, reasons } => {
                 let n = self.number(vertex);
                 let mut r = Ok(());

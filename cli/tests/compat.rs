@@ -37,3 +37,30 @@ fn output_dash_writes_the_archive_to_stdout() {
     assert!(tar_names(&local.stdout).iter().any(|n| n == "hello.txt"));
     assert!(!ws.path("-").exists());
 }
+
+/// Item 4: a failing step cancels the steps running beside it; rbuild exits promptly, reports the failing step,
+/// and nothing of the canceled step prints after the error.
+#[test]
+fn a_failing_step_cancels_its_running_siblings() {
+    if !crate::support::require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("store", "base");
+    let dockerfile = "FROM base AS slow\nRUN echo started-$((1+1)); sleep 30; echo finished-$((1+1))\n\
+                      FROM base AS bad\nRUN sleep 1; exit 3\n\
+                      FROM base\nCOPY --from=slow /etc/passwd /a\nCOPY --from=bad /etc/passwd /b\n";
+    let ctx = ws.context("siblings", &[("Dockerfile", dockerfile)]);
+    let started = std::time::Instant::now();
+    let run = ws.rbuild("store", &["build", ctx.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}:\n{}", run.stderr);
+    assert!(run.stderr.contains("CANCELED"), "{}", run.stderr);
+    assert!(run.stderr.contains("exit code: 3"), "the failing step's error is reported: {}", run.stderr);
+    // The command says `$((1+1))`; only its output says `2`.
+    assert!(run.stderr.contains("started-2"), "{}", run.stderr);
+    assert!(!run.stderr.contains("finished-2"), "{}", run.stderr);
+    let error_at = run.stderr.find("error: failed to solve").expect("error line");
+    assert!(!run.stderr[error_at..].contains("CANCELED"), "the error comes last:\n{}", run.stderr);
+}

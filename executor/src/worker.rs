@@ -21,6 +21,9 @@ use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// How long cancelling waits for killed containers to go away.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where the worker works and with what.
 pub struct LocalWorker {
     store: Arc<Store>,
@@ -385,6 +388,13 @@ fn mkfile_in_root(
 }
 
 impl Worker for LocalWorker {
+    fn cancel(&self) {
+        let left = self.canceller.cancel(CANCEL_TIMEOUT);
+        if left > 0 {
+            tracing::warn!(left, "containers still running after cancelling the build");
+        }
+    }
+
     fn source(&self, op: &Op) -> Result<Output, WorkerError> {
         match op {
             Op::Scratch => Ok(Output::RootFs(vec![])),

@@ -3,7 +3,9 @@
 //! Every vertex becomes one shared future that first awaits its inputs, then computes its cache key, then either
 //! takes the cached result or runs the op on the blocking pool. Sharing the futures is what deduplicates work (a
 //! stage used by two others runs once); awaiting inputs concurrently is what runs independent stages in parallel.
-//! The first failure drops the remaining futures, so nothing new starts after it.
+//! The first failure cancels the rest, as BuildKit does: nothing new starts, the worker stops the steps that are
+//! running (they are reported `CANCELED`), and the solve returns only once they have ended, so no output of a
+//! sibling step appears after the error and the process does not wait for them to run to completion.
 
 use crate::Digest;
 use crate::explain::{InputRef, MissReason, StepInputs, explain, step_identity};
@@ -13,8 +15,12 @@ use crate::worker::{CacheStore, Event, Output, Progress, Worker, WorkerError};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, try_join_all};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+
+/// How long a failed solve waits for the steps it cancelled to end.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
 /// A vertex's result.
 #[derive(Debug, Clone)]
@@ -35,6 +41,8 @@ pub struct SolveError {
     pub name: String,
     #[source]
     pub source: Arc<WorkerError>,
+    /// The step did not fail by itself: it was stopped because another one failed.
+    pub canceled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +87,45 @@ struct Ctx {
     depth: Vec<usize>,
     record_scope: Option<String>,
     explain: bool,
+    /// Set by the first step that fails; every step that ends in an error after it was canceled.
+    failed: AtomicBool,
+    /// The first failure: what the solve reports, whichever future happens to end first.
+    first_error: std::sync::Mutex<Option<SolveError>>,
+    /// Steps on the blocking pool right now, and a wake-up for when that count drops.
+    in_flight: AtomicUsize,
+    landed: Notify,
+}
+
+/// Counts a step as running on the blocking pool until dropped (which happens on that thread, whatever the fate
+/// of the future that started it).
+struct InFlight(Arc<Ctx>);
+
+impl InFlight {
+    fn new(ctx: &Arc<Ctx>) -> InFlight {
+        ctx.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(ctx.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.landed.notify_waiters();
+    }
+}
+
+/// Waits until no step is running on the blocking pool, or `limit` passed.
+async fn wait_for_running_steps(ctx: &Ctx, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let landed = ctx.landed.notified();
+        if ctx.in_flight.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, landed).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Solves `targets`; returns the result of every vertex they needed (indexed by vertex id; `None` where unneeded).
@@ -99,6 +146,10 @@ pub async fn solve(
         depth: chain_depths(&graph),
         record_scope: opts.record_scope,
         explain: opts.explain,
+        failed: AtomicBool::new(false),
+        first_error: std::sync::Mutex::new(None),
+        in_flight: AtomicUsize::new(0),
+        landed: Notify::new(),
     });
     let mut futures: Vec<Option<VertexFuture>> = vec![None; graph.vertices.len()];
     for v in graph.needed(targets) {
@@ -106,7 +157,12 @@ pub async fn solve(
         let ctx = ctx.clone();
         futures[v] = Some(run_vertex(ctx, v, inputs).boxed().shared());
     }
-    try_join_all(targets.iter().filter_map(|&t| futures[t].clone())).await?;
+    if let Err(e) = try_join_all(targets.iter().filter_map(|&t| futures[t].clone())).await {
+        // The failing step has cancelled the others; let them end (killed) before the error is reported.
+        wait_for_running_steps(&ctx, CANCEL_WAIT).await;
+        let first = ctx.first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        return Err(first.unwrap_or(e));
+    }
     Ok(futures.into_iter().map(|f| f.and_then(|f| f.peek().and_then(|r| r.as_ref().ok().cloned()))).collect())
 }
 
@@ -187,10 +243,36 @@ async fn step_inputs(
     })
 }
 
+/// Runs one vertex; the first failure of the whole solve is recorded and cancels the other steps.
 async fn run_vertex(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>) -> Result<Solved, SolveError> {
+    let result = run_vertex_inner(ctx.clone(), v, inputs).await;
+    if let Err(e) = &result
+        && !e.canceled
+        && ctx.first_failure(e)
+    {
+        let worker = ctx.worker.clone();
+        tokio::task::spawn_blocking(move || worker.cancel());
+    }
+    result
+}
+
+impl Ctx {
+    /// Records `e` if it is the solve's first failure; true if it was.
+    fn first_failure(&self, e: &SolveError) -> bool {
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if self.failed.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        *first = Some(e.clone());
+        true
+    }
+}
+
+async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>) -> Result<Solved, SolveError> {
     let inputs = try_join_all(inputs).await?;
     let vertex = &ctx.graph.vertices[v];
-    let fail = |e: WorkerError| SolveError { vertex: v, name: vertex.name.clone(), source: Arc::new(e) };
+    let fail =
+        |e: WorkerError| SolveError { vertex: v, name: vertex.name.clone(), source: Arc::new(e), canceled: false };
     let input_keys: Vec<Digest> = inputs.iter().map(|s| s.key.clone()).collect();
     let input_outputs: Vec<Output> = inputs.iter().map(|s| s.output.clone()).collect();
 
@@ -245,9 +327,25 @@ async fn run_vertex(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>) -> Re
             }
             let started = Instant::now();
             let c = ctx.clone();
+            let running = InFlight::new(&ctx);
             let result = blocking(move || {
+                let _running = running;
                 let vertex = &c.graph.vertices[v];
-                match &vertex.op {
+                let error = |e: WorkerError, canceled| SolveError {
+                    vertex: v,
+                    name: vertex.name.clone(),
+                    source: Arc::new(e),
+                    canceled,
+                };
+                if c.failed.load(Ordering::SeqCst) {
+                    c.progress.event(Event::Canceled {
+                        vertex: v,
+                        name: vertex.name.clone(),
+                        elapsed: started.elapsed(),
+                    });
+                    return Ok(Err(error(WorkerError::failed("canceled", "another step failed"), true)));
+                }
+                let result = match &vertex.op {
                     Op::Exec(exec) => {
                         let progress = c.progress.clone();
                         let mut log = |line: &str| progress.event(Event::Log { vertex: v, line: line.to_string() });
@@ -255,13 +353,36 @@ async fn run_vertex(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>) -> Re
                     }
                     Op::File(file) => c.worker.file(file, &input_outputs),
                     _ => unreachable!("sources are handled above"),
+                };
+                // Reported here, on the step's own thread, so the order is right even after the solve gave up on
+                // this step's future: the first failure, then the steps it canceled.
+                let e = match result {
+                    Ok(output) => return Ok(Ok(output)),
+                    Err(e) => e,
+                };
+                let (name, elapsed) = (vertex.name.clone(), started.elapsed());
+                if c.failed.load(Ordering::SeqCst) {
+                    c.progress.event(Event::Canceled { vertex: v, name, elapsed });
+                    return Ok(Err(error(e, true)));
                 }
+                let e = error(e, false);
+                if c.first_failure(&e) {
+                    c.progress.event(Event::Failed { vertex: v, name, elapsed });
+                    c.worker.cancel();
+                } else {
+                    c.progress.event(Event::Canceled { vertex: v, name, elapsed });
+                }
+                Ok(Err(e))
             })
             .await;
-            let elapsed = started.elapsed();
-            let name = vertex.name.clone();
+            // The step's own failure was handled on its thread; only a panic is left to report here.
+            let result = match result {
+                Ok(r) => r,
+                Err(e) => Err(fail(e)),
+            };
             match result {
                 Ok(output) => {
+                    let (name, elapsed) = (vertex.name.clone(), started.elapsed());
                     let record = ctx
                         .cache
                         .put(&key, &output)
@@ -274,10 +395,7 @@ async fn run_vertex(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>) -> Re
                     ctx.progress.event(Event::Done { vertex: v, name, elapsed });
                     Ok(Solved { key, output, cached: false, created: record.created })
                 }
-                Err(e) => {
-                    ctx.progress.event(Event::Failed { vertex: v, name, elapsed });
-                    Err(fail(e))
-                }
+                Err(e) => Err(e),
             }
         }
     }

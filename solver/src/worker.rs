@@ -68,6 +68,9 @@ pub trait Worker: Send + Sync + 'static {
         let _ = (input, copy);
         Ok(Vec::new())
     }
+    /// Stops every running step at once and refuses new ones: another step failed. Running steps then end with an
+    /// error (the solver reports them as canceled). Blocks until they are stopped; called on a blocking thread.
+    fn cancel(&self) {}
 }
 
 /// A failure to read or write the cache index.
@@ -123,6 +126,12 @@ pub enum Event {
         elapsed: Duration,
     },
     Failed {
+        vertex: VertexId,
+        name: String,
+        elapsed: Duration,
+    },
+    /// A step that was running when another one failed, and was stopped.
+    Canceled {
         vertex: VertexId,
         name: String,
         elapsed: Duration,

@@ -12,6 +12,8 @@ struct Toy {
     runs: Mutex<HashMap<String, usize>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
+    /// Set by `cancel`: a running "wait" step ends (with an error) as soon as it sees it.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl Worker for Toy {
@@ -29,6 +31,17 @@ impl Worker for Toy {
         if let Some(ms) = cmd.strip_prefix("sleep ") {
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
         }
+        if let Some(ms) = cmd.strip_prefix("wait ") {
+            // Like a container: runs until its time is up or it is killed.
+            let until = std::time::Instant::now() + Duration::from_millis(ms.parse().unwrap());
+            while std::time::Instant::now() < until {
+                if self.cancelled.load(Ordering::SeqCst) {
+                    self.running.fetch_sub(1, Ordering::SeqCst);
+                    return Err(WorkerError::ExitCode { command: cmd, code: 137, tail: vec![] });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         self.running.fetch_sub(1, Ordering::SeqCst);
         if cmd == "fail" {
             return Err(WorkerError::ExitCode { command: cmd, code: 3, tail: vec![] });
@@ -42,6 +55,19 @@ impl Worker for Toy {
     }
     fn file(&self, _: &FileOp, inputs: &[Output]) -> Result<Output, WorkerError> {
         Ok(inputs[0].clone())
+    }
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Records every progress event.
+#[derive(Default)]
+struct Events(Mutex<Vec<Event>>);
+
+impl Progress for Events {
+    fn event(&self, event: Event) {
+        self.0.lock().unwrap().push(event);
     }
 }
 
@@ -160,4 +186,40 @@ fn failure_reports_the_step_and_stops_dependents() {
     assert_eq!(err.vertex, bad);
     assert!(matches!(err.source.as_ref(), WorkerError::ExitCode { code: 3, .. }));
     assert_eq!(worker.runs.lock().unwrap().get("after"), None);
+}
+
+/// Regression (issue 11, item 4): when a step failed, steps running beside it ran to completion (15 s where
+/// BuildKit stops in 1.3 s) and printed after the error. They are canceled, the error is the failing step's, and
+/// the solve returns only after they ended.
+#[test]
+fn a_failure_cancels_running_siblings_and_reports_the_failing_step() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let slow = run(&mut g, scratch, &[], "wait 20000");
+    let bad = run(&mut g, scratch, &[], "fail");
+    let fin = run(&mut g, slow, &[bad], "final");
+    let worker = Arc::new(Toy::default());
+    let events = Arc::new(Events::default());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let t0 = std::time::Instant::now();
+    let err = rt
+        .block_on(solve(
+            Arc::new(g.clone()),
+            &[fin],
+            worker.clone(),
+            Arc::new(MemCache::default()),
+            events.clone(),
+            SolveOptions::with_jobs(4),
+        ))
+        .unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+    assert_eq!(err.vertex, bad, "the error is the failing step's, not the canceled one's");
+    assert!(!err.canceled);
+    assert_eq!(worker.running.load(Ordering::SeqCst), 0, "nothing is left running when solve returns");
+    let events = events.0.lock().unwrap();
+    let failed = events.iter().position(|e| matches!(e, Event::Failed { vertex, .. } if *vertex == bad));
+    let canceled = events.iter().position(|e| matches!(e, Event::Canceled { vertex, .. } if *vertex == slow));
+    assert!(failed.is_some() && canceled.is_some(), "{events:?}");
+    assert!(failed < canceled, "ERROR is reported before CANCELED");
+    assert!(!events.iter().any(|e| matches!(e, Event::Started { vertex, .. } if *vertex == fin)));
 }
