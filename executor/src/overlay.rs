@@ -148,6 +148,8 @@ pub fn mount_overlay(
     work: &Path,
     target: &Path,
 ) -> Result<OverlayMount, OverlayError> {
+    let lowers = distinct_lowers(lowers);
+    let lowers = lowers.as_slice();
     if lowers.len() > MAX_LOWERS {
         return Err(OverlayError::TooManyLowers { count: lowers.len() });
     }
@@ -175,6 +177,15 @@ pub fn mount_overlay(
     };
     mounted?;
     Ok(OverlayMount { target: target.to_path_buf(), mounted: true, empty_lower })
+}
+
+/// `lowers` (top-most first) with every repeated layer kept only at its top-most place. Overlayfs refuses a
+/// directory that appears twice (ELOOP, "Too many levels of symbolic links"), and two steps that add the same
+/// files (`COPY a /a` twice) have the same snapshot. Dropping the lower copy changes nothing: everything that layer
+/// sets, deletes or makes opaque, the same layer higher up sets, deletes or makes opaque again over all of it.
+fn distinct_lowers(lowers: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    lowers.iter().filter(|l| seen.insert(l.as_path())).cloned().collect()
 }
 
 fn check_path(path: &Path) -> Result<(), OverlayError> {

@@ -72,3 +72,21 @@ fn many_long_lower_paths_beyond_one_page() {
     assert_eq!(std::fs::read_to_string(t.path("merged/f59")).expect("read"), "59");
     mount.unmount().expect("unmount");
 }
+
+/// Regression (issue 11, item 10): two steps that add the same files have one snapshot, which then appeared twice
+/// in lowerdir, and overlayfs refused the mount ("Too many levels of symbolic links").
+#[test]
+fn a_layer_repeated_in_the_stack_mounts_once_at_its_top_most_place() {
+    if !privileged("a_layer_repeated_in_the_stack_mounts_once_at_its_top_most_place") {
+        return;
+    }
+    let t = TestDir::new("ovl-repeat");
+    for (layer, content) in [("same", "same"), ("mid", "mid")] {
+        std::fs::create_dir_all(t.path(layer)).expect("mkdir");
+        std::fs::write(t.path(layer).join("shared"), content).expect("write");
+    }
+    let lowers = [t.path("same"), t.path("mid"), t.path("same")];
+    let mount = mount_overlay(&lowers, &t.path("upper"), &t.path("work"), &t.path("merged")).expect("mount");
+    assert_eq!(std::fs::read_to_string(t.path("merged/shared")).expect("read"), "same", "the top-most copy wins");
+    mount.unmount().expect("unmount");
+}
