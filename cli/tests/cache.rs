@@ -301,7 +301,7 @@ COPY --from=build /build /build
     let run = build(&ws, &ctx, &["--no-cache-filter", "build"]);
     assert_eq!(status(&run, "RUN echo build"), "DONE");
     assert_eq!(status(&run, "RUN echo deps"), "CACHED");
-    // The rerun produced the same key, so what copies from it is still cached.
+    // The rerun wrote the same file, so what copies it is still cached (keyed by the content it reads).
     assert_eq!(status(&run, "COPY --from=build"), "CACHED");
     let all = build(&ws, &ctx, &["--no-cache"]);
     assert_eq!(steps_that_ran(&all), 4, "{}", all.stderr);

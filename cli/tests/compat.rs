@@ -64,3 +64,58 @@ fn a_failing_step_cancels_its_running_siblings() {
     let error_at = run.stderr.find("error: failed to solve").expect("error line");
     assert!(!run.stderr[error_at..].contains("CANCELED"), "the error comes last:\n{}", run.stderr);
 }
+
+fn read_out(ws: &Workspace, dir: &str, file: &str) -> String {
+    std::fs::read_to_string(ws.path(dir).join(file)).unwrap_or_else(|e| panic!("{dir}/{file}: {e}"))
+}
+
+/// Item 1 (a silent wrong result): `--no-cache-filter STAGE` re-ran the stage, but `COPY --from=STAGE` and
+/// `RUN --mount=from=STAGE` stayed CACHED and the image carried the old output.
+#[test]
+fn no_cache_filter_stage_output_reaches_copy_from_and_mount_from() {
+    if !crate::support::require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("store", "base");
+    let dockerfile = "FROM base AS gen\nRUN cat /proc/sys/kernel/random/uuid > /stamp\n\
+                      FROM base\nCOPY --from=gen /stamp /copied\n\
+                      RUN --mount=from=gen,source=/stamp,target=/m cat /m > /mounted\n";
+    let ctx = ws.context("filter", &[("Dockerfile", dockerfile)]);
+    let build = |out: &str, extra: &[&str]| {
+        let mut args = vec!["build", "-o"];
+        let dest = format!("type=local,dest={}", ws.path(out).display());
+        args.push(&dest);
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        ws.rbuild("store", &args).success()
+    };
+    build("one", &[]);
+    let again = build("two", &["--no-cache-filter", "gen"]);
+    let (first, second) = (read_out(&ws, "one", "copied"), read_out(&ws, "two", "copied"));
+    assert_ne!(first, second, "the re-run stage's new file must be copied:\n{}", again.stderr);
+    assert_eq!(read_out(&ws, "two", "mounted"), second, "and mounted:\n{}", again.stderr);
+    // A plain rebuild afterwards is all cached and gives the newest output.
+    let third = build("three", &[]);
+    assert_eq!(read_out(&ws, "three", "copied"), second);
+    assert!(!third.stderr.contains("DONE"), "nothing runs:\n{}", third.stderr);
+}
+
+/// Item 1, the opposite case: a stage rebuilt to the same files must not invalidate `COPY --from` users.
+#[test]
+fn a_stage_rebuilt_to_the_same_files_invalidates_nothing_downstream() {
+    if !crate::support::require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("store", "base");
+    let dockerfile = "FROM base AS gen\nARG V=1\nRUN echo \"build $V\" > /log && echo same > /f\n\
+                      FROM base\nCOPY --from=gen /f /f\nRUN echo downstream-$((1+1)) > /d\n";
+    let ctx = ws.context("same", &[("Dockerfile", dockerfile)]);
+    ws.rbuild("store", &["build", ctx.to_str().unwrap()]).success();
+    let second = ws.rbuild("store", &["build", "--build-arg", "V=2", ctx.to_str().unwrap()]).success();
+    assert!(second.stderr.contains("RUN echo \"build $V\""), "{}", second.stderr);
+    let ran: Vec<&str> = second.stderr.lines().filter(|l| l.contains(" DONE ")).collect();
+    assert_eq!(ran.len(), 1, "only the changed stage step runs:\n{}", second.stderr);
+    assert!(!second.stderr.contains("downstream-2"), "{}", second.stderr);
+}

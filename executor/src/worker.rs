@@ -419,7 +419,14 @@ impl Worker for LocalWorker {
 
     fn content_digest(&self, input: &Output, action: &CopyAction) -> Result<Digest, WorkerError> {
         let Output::Dir(root) = input else {
-            return Err(WorkerError::failed("content digest", "only directories are hashed by content"));
+            // A stage's files (COPY --from, RUN --mount=from= after that stage re-ran): hashed in a view of its
+            // merged tree, with no stat cache (that one is the build context's).
+            let exclusions = Exclusions::new(action)?;
+            let excluded = |p: &str| exclusions.excluded(p);
+            let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
+            return self.with_view(input, |view| {
+                content_digest(view, &sel, &excluded, None).map_err(|e| exclusions.explain(action, e.into()))
+            });
         };
         let exclusions = Exclusions::new(action)?;
         let excluded = |p: &str| exclusions.excluded(p);

@@ -273,7 +273,18 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
     let vertex = &ctx.graph.vertices[v];
     let fail =
         |e: WorkerError| SolveError { vertex: v, name: vertex.name.clone(), source: Arc::new(e), canceled: false };
-    let input_keys: Vec<Digest> = inputs.iter().map(|s| s.key.clone()).collect();
+    // A step's input is named by its content: the layers a step produced (free: they are content digests), or the
+    // key of a source (an image's config digest, a context, a URL). So a stage re-run under the same key
+    // (`--no-cache-filter`) with new files changes what follows, and one re-run to the same layers does not.
+    let input_keys: Vec<Digest> = vertex
+        .inputs
+        .iter()
+        .zip(&inputs)
+        .map(|(&i, s)| match ctx.graph.vertices[i].op {
+            Op::Exec(_) | Op::File(_) => layers_digest(&s.output),
+            _ => s.key.clone(),
+        })
+        .collect();
     let input_outputs: Vec<Output> = inputs.iter().map(|s| s.output.clone()).collect();
 
     // Content digests of the files each COPY selects from a directory input (the build context).
@@ -298,11 +309,27 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
             Ok(Solved { key, output, cached: false, created: now_unix() })
         }
         Op::Exec(_) | Op::File(_) => {
-            if !vertex.ignore_cache
-                && let Some(record) = ctx.cache.get(&key)
-            {
-                ctx.progress.event(Event::Cached { vertex: v, name: vertex.name.clone() });
-                return Ok(Solved { key, output: record.output, cached: true, created: record.created });
+            // A step that reads part of another stage (COPY --from, RUN --mount=from=) has a second key, made from
+            // the content of exactly what it reads: asked for when the first misses, so a stage rebuilt to other
+            // layers but the same selected files still hits (BuildKit's content-based cache).
+            let mut selection_key = None;
+            if !vertex.ignore_cache {
+                let mut hit = ctx.cache.get(&key);
+                if hit.is_none() && reads_part_of_a_step(&ctx.graph, vertex) {
+                    let k = selection_based_key(&ctx, vertex, &keyed_op, &input_keys, &inputs, &content)
+                        .await
+                        .map_err(fail)?;
+                    hit = ctx.cache.get(&k);
+                    if let Some(record) = &hit {
+                        // Found by content: the definition key names the same result from now on.
+                        let _ = ctx.cache.put(&key, &record.output);
+                    }
+                    selection_key = Some(k);
+                }
+                if let Some(record) = hit {
+                    ctx.progress.event(Event::Cached { vertex: v, name: vertex.name.clone() });
+                    return Ok(Solved { key, output: record.output, cached: true, created: record.created });
+                }
             }
             let identity = ctx.record_scope.as_ref().map(|scope| {
                 format!("{scope}\n{}", step_identity(&vertex.name, ctx.depth.get(v).copied().unwrap_or(0)))
@@ -387,6 +414,11 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                         .cache
                         .put(&key, &output)
                         .map_err(|e| fail(WorkerError::failed("recording the result in the cache", e)))?;
+                    if let Some(selection_key) = &selection_key {
+                        ctx.cache
+                            .put(selection_key, &output)
+                            .map_err(|e| fail(WorkerError::failed("recording the result in the cache", e)))?;
+                    }
                     if let (Some(id), Some(inputs)) = (&identity, &step_record) {
                         ctx.cache
                             .record_step(id, inputs)
@@ -398,6 +430,95 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                 Err(e) => Err(e),
             }
         }
+    }
+}
+
+/// The digest that names a step's output by content: its layers.
+fn layers_digest(output: &Output) -> Digest {
+    let layers = serde_json::to_vec(output.layers()).unwrap_or_default();
+    Digest::of(&[b"layers:".as_slice(), &layers].concat())
+}
+
+/// Whether `vertex` reads only part of some step's output (a COPY source, a bind mount's source).
+fn reads_part_of_a_step(graph: &Graph, vertex: &crate::graph::Vertex) -> bool {
+    selections_by_input(&vertex.op).iter().any(|(pos, _)| {
+        !is_root_input(&vertex.op, *pos)
+            && vertex.inputs.get(*pos).is_some_and(|&i| matches!(graph.vertices[i].op, Op::Exec(_) | Op::File(_)))
+    })
+}
+
+/// The second key of a step that reads part of another step's output: that input is named by the content digest
+/// of exactly what is read instead of by its layers.
+async fn selection_based_key(
+    ctx: &Arc<Ctx>,
+    vertex: &crate::graph::Vertex,
+    keyed_op: &Op,
+    input_keys: &[Digest],
+    inputs: &[Solved],
+    content: &[Digest],
+) -> Result<Digest, WorkerError> {
+    let selections = selections_by_input(&vertex.op);
+    let mut keys = input_keys.to_vec();
+    let mut content = content.to_vec();
+    for (pos, &input) in vertex.inputs.iter().enumerate() {
+        let read_in_part = !is_root_input(&vertex.op, pos)
+            && matches!(ctx.graph.vertices[input].op, Op::Exec(_) | Op::File(_))
+            && selections.iter().any(|(i, _)| *i == pos);
+        if !read_in_part {
+            continue;
+        }
+        keys[pos] = Digest::of(b"by-content");
+        for (_, selection) in selections.iter().filter(|(i, _)| *i == pos) {
+            let (worker, output, selection) = (ctx.worker.clone(), inputs[pos].output.clone(), selection.clone());
+            content.push(blocking(move || worker.content_digest(&output, &selection)).await?);
+        }
+    }
+    Ok(cache_key(keyed_op, &keys, &content))
+}
+
+/// Whether input `pos` is the root filesystem `op` builds on.
+fn is_root_input(op: &Op, pos: usize) -> bool {
+    match op {
+        Op::Exec(_) => pos == 0,
+        Op::File(f) => f.dest == Some(pos),
+        _ => false,
+    }
+}
+
+/// What `op` reads in part from each input, as copy selections: COPY sources, and the source of bind mounts.
+fn selections_by_input(op: &Op) -> Vec<(usize, crate::graph::CopyAction)> {
+    match op {
+        Op::File(f) => f
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                FileAction::Copy(c) => Some((c.src, c.clone())),
+                _ => None,
+            })
+            .collect(),
+        Op::Exec(e) => e
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                crate::graph::ExecMount::Bind { input, source, .. } if *input != 0 => Some((
+                    *input,
+                    crate::graph::CopyAction {
+                        src: *input,
+                        sources: vec![source.clone()],
+                        dest: "/".into(),
+                        chown: None,
+                        chmod: None,
+                        extract_archives: false,
+                        keep_owner: true,
+                        excludes: Vec::new(),
+                        dockerignore: Vec::new(),
+                        parents: false,
+                    },
+                )),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
