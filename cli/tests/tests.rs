@@ -7,6 +7,7 @@ mod e2e;
 mod errors;
 mod executor;
 mod frontend_builds;
+mod network;
 mod outputs;
 mod pull;
 mod registry;
