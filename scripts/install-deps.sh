@@ -2,7 +2,7 @@
 # Installs what rbuild's builds and tests need on Debian/Ubuntu (run as root): the OCI runtime, the static busybox
 # the test images are made of, a registry to push to, and the independent tools the tests check output with.
 set -euo pipefail
-pkgs=(runc busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client openssl apache2-utils zstd buildah podman)
+pkgs=(runc busybox-static slirp4netns gcc libc6-dev iproute2 docker-registry skopeo umoci ca-certificates curl git openssh-client openssl apache2-utils zstd buildah podman)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

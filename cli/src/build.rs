@@ -319,3 +319,87 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbuild_frontend::instructions::Location;
+    use rbuild_solver::{ExecOp, Graph, Network, Op, Vertex};
+
+    fn plan(networks: &[Network]) -> rbuild_frontend::BuildPlan {
+        let mut graph = Graph::default();
+        let mut locations = BTreeMap::new();
+        let base = graph.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+        for (i, network) in networks.iter().enumerate() {
+            let exec = ExecOp {
+                args: vec!["true".into()],
+                env: vec![],
+                cwd: "/".into(),
+                user: String::new(),
+                network: *network,
+                mounts: vec![],
+            };
+            let v = graph.add(Vertex {
+                op: Op::Exec(exec),
+                inputs: vec![base],
+                name: format!("RUN {i}"),
+                ignore_cache: false,
+            });
+            locations.insert(v, Location { start_line: i + 2, end_line: i + 2 });
+        }
+        rbuild_frontend::BuildPlan {
+            graph,
+            target: base,
+            config: Default::default(),
+            history: vec![],
+            warnings: vec![],
+            locations,
+        }
+    }
+
+    fn networks(plan: &rbuild_frontend::BuildPlan) -> Vec<Network> {
+        plan.graph
+            .vertices
+            .iter()
+            .filter_map(|v| match &v.op {
+                Op::Exec(e) => Some(e.network),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn allow_takes_repeats_and_comma_lists_and_refuses_unknown_names() {
+        let all = ["security.insecure".to_string(), "network.host".to_string()];
+        assert_eq!(
+            parse_entitlements(&all).expect("known"),
+            Entitlements { network_host: true, security_insecure: true }
+        );
+        assert_eq!(parse_entitlements(&[]).expect("none"), Entitlements::default());
+        let err = parse_entitlements(&["network.hots".to_string()]).expect_err("unknown");
+        assert!(err.to_string().contains("network.hots"), "{err}");
+    }
+
+    #[test]
+    fn network_flag_fills_in_steps_that_did_not_choose() {
+        let granted = Entitlements { network_host: true, ..Entitlements::default() };
+        for (flag, want) in [
+            (NetworkFlag::Default, Network::Default),
+            (NetworkFlag::None, Network::None),
+            (NetworkFlag::Host, Network::Host),
+        ] {
+            let mut p = plan(&[Network::Default, Network::None, Network::Host]);
+            apply_network(&mut p, flag, &granted).expect("allowed");
+            assert_eq!(networks(&p), [want, Network::None, Network::Host], "{flag:?}");
+        }
+    }
+
+    #[test]
+    fn run_network_host_without_the_entitlement_names_its_line() {
+        let mut p = plan(&[Network::Default, Network::Host]);
+        let err = apply_network(&mut p, NetworkFlag::Default, &Entitlements::default()).expect_err("refused");
+        assert_eq!(err.message, "RUN --network=host needs the network.host entitlement");
+        assert_eq!(err.location, Some(Location { start_line: 3, end_line: 3 }));
+        assert!(err.hint.as_deref().is_some_and(|h| h.contains("--allow network.host")), "{err:?}");
+    }
+}

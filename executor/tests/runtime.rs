@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rbuild_executor::cancel::Canceller;
 use rbuild_executor::overlay::{OverlayMount, mount_overlay};
+use rbuild_executor::runtime::network::NetworkStack;
 use rbuild_executor::runtime::{BindMount, NetworkMode, RunResult, RunSpec, Runtime, RuntimeError, TmpfsMount};
 use rbuild_executor::user::{ResolvedUser, resolve_user};
 
@@ -215,6 +216,35 @@ fn network_none_has_only_loopback() {
         let (_, lines) = sb.run(&spec);
         assert!(lines.iter().skip(2).count() > 1, "host interfaces visible: {lines:?}");
     }
+}
+
+#[test]
+fn joined_network_stack_is_private_and_torn_down_on_drop() {
+    gate!("joined_network_stack_is_private_and_torn_down_on_drop");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|dir| dir.join("slirp4netns").is_file()) {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI needs slirp4netns");
+        eprintln!("SKIPPED: needs slirp4netns");
+        return;
+    }
+    let sb = Sandbox::new("netjoin");
+    let dir = sb.t.path("net");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let stack = NetworkStack::start(&dir).expect("network stack");
+    let pid = stack.pid().expect("running");
+    let mut spec = sb.spec(&["/bin/sh", "-c", "ip -o -4 addr show | awk '{print $2, $4}'; cat /etc/resolv.conf"]);
+    spec.network = stack.mode();
+    // Two runs see the same namespace (one per build, joined by every step).
+    for _ in 0..2 {
+        let (result, lines) = sb.run(&spec);
+        assert_eq!(result.exit_code, 0, "{lines:?}");
+        assert_eq!(lines, ["lo 127.0.0.1/8", "tap0 10.0.2.100/24", "nameserver 10.0.2.3"]);
+    }
+    drop(stack);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "slirp4netns was stopped and reaped");
+    assert!(!dir.exists(), "the namespace file and its directory are gone");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(dir.to_str().expect("utf-8")), "the namespace file is no longer bound");
 }
 
 #[test]
