@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rbuild_executor::cancel::Canceller;
 use rbuild_executor::overlay::{OverlayMount, mount_overlay};
-use rbuild_executor::runtime::network::NetworkStack;
+use rbuild_executor::runtime::network::{NetworkError, NetworkStack};
 use rbuild_executor::runtime::{BindMount, NetworkMode, RunResult, RunSpec, Runtime, RuntimeError, TmpfsMount};
 use rbuild_executor::user::{ResolvedUser, resolve_user};
 
@@ -242,6 +242,23 @@ fn joined_network_stack_is_private_and_torn_down_on_drop() {
     }
     drop(stack);
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "slirp4netns was stopped and reaped");
+    assert!(!dir.exists(), "the namespace file and its directory are gone");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(dir.to_str().expect("utf-8")), "the namespace file is no longer bound");
+}
+
+#[test]
+fn a_stack_that_dies_at_start_is_an_error_with_its_message_and_leaves_nothing() {
+    gate!("a_stack_that_dies_at_start_is_an_error_with_its_message_and_leaves_nothing");
+    let t = TestDir::new("netfail");
+    let fake = t.path("slirp4netns");
+    std::fs::write(&fake, "#!/bin/sh\necho 'cannot open tap: no such device' >&2\nexit 1\n").expect("write");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let dir = t.path("net");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let err = NetworkStack::start_with(&fake, &dir).expect_err("the stack died");
+    assert!(matches!(err, NetworkError::NotReady { .. }), "{err:?}");
+    assert!(err.to_string().contains("cannot open tap: no such device"), "{err}");
     assert!(!dir.exists(), "the namespace file and its directory are gone");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mounts.contains(dir.to_str().expect("utf-8")), "the namespace file is no longer bound");

@@ -34,6 +34,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// How long slirp4netns may take to configure the namespace (it takes tens of milliseconds).
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The DNS forwarder slirp4netns offers inside the namespace.
 pub const NAMESERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 3));
 
@@ -144,18 +147,21 @@ impl NetworkStack {
         stack.child = Some(spawned?);
         stack.exit = Some(exit_w);
 
-        // slirp4netns writes "1" once the interface is configured, or exits (EOF) on failure.
+        // slirp4netns writes "1" once the interface is configured, or exits (EOF) on failure; one that does neither
+        // within READY_TIMEOUT is given up on (and killed by the drop).
+        let mut pollfd = libc::pollfd { fd: ready_r.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let timeout_ms = i32::try_from(READY_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `pollfd` is one valid, initialised entry for an fd this function owns.
+        let polled = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
         let mut byte = [0u8; 1];
-        let ready = loop {
-            match ready_r.read(&mut byte) {
-                Ok(n) => break n == 1,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break false,
-            }
-        };
+        let ready = polled > 0 && matches!(ready_r.read(&mut byte), Ok(1));
         if !ready {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let log = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("; ");
+            let mut log =
+                log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("; ");
+            if polled == 0 {
+                log = format!("no sign of life within {}s; {log}", READY_TIMEOUT.as_secs());
+            }
             return Err(NetworkError::NotReady { log });
         }
         tracing::debug!(netns = %stack.netns.display(), "network stack up");
