@@ -57,10 +57,76 @@ pub struct BuildArgs {
     /// Say, for every step that runs, why it missed the cache (changed instruction, file, build arg, input)
     #[arg(long)]
     explain_cache: bool,
+    /// The network of RUN steps without --network: default (a private namespace with outbound access through
+    /// slirp4netns), none (only loopback) or host (the host's; needs --allow network.host)
+    #[arg(long, value_enum, default_value = "default")]
+    network: NetworkFlag,
+    /// Grant an entitlement: network.host (RUN --network=host, --network host), security.insecure; repeatable,
+    /// or comma-separated
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',')]
+    allow: Vec<String>,
     #[command(flatten)]
     outputs: crate::outputs::OutputArgs,
     /// The build context directory
     context: PathBuf,
+}
+
+/// `--network`: the network mode RUN steps get unless they say otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NetworkFlag {
+    Default,
+    None,
+    Host,
+}
+
+/// What `--allow` granted (buildx's entitlements).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Entitlements {
+    network_host: bool,
+    /// Parsed for buildx compatibility; `RUN --security=insecure` stays refused (every step runs sandboxed).
+    security_insecure: bool,
+}
+
+fn parse_entitlements(allow: &[String]) -> Result<Entitlements> {
+    let mut out = Entitlements::default();
+    for a in allow.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+        match a {
+            "network.host" => out.network_host = true,
+            "security.insecure" => out.security_insecure = true,
+            other => bail!("unknown entitlement {other:?} in --allow: use network.host or security.insecure"),
+        }
+    }
+    Ok(out)
+}
+
+const NETWORK_HOST_HINT: &str = "pass --allow network.host to rbuild build to let steps use the host's network";
+
+/// Gives every RUN step that did not choose a network the build's (`--network`), and refuses host networking
+/// that the `network.host` entitlement does not allow, naming the first step that asks for it.
+fn apply_network(
+    plan: &mut rbuild_frontend::BuildPlan,
+    flag: NetworkFlag,
+    allowed: &Entitlements,
+) -> Result<(), rbuild_frontend::ConvertError> {
+    use rbuild_solver::{Network, Op};
+    let build_default = match flag {
+        NetworkFlag::Default => Network::Default,
+        NetworkFlag::None => Network::None,
+        NetworkFlag::Host => Network::Host,
+    };
+    for (id, vertex) in plan.graph.vertices.iter_mut().enumerate() {
+        let Op::Exec(exec) = &mut vertex.op else { continue };
+        if exec.network == Network::Default {
+            exec.network = build_default;
+        } else if exec.network == Network::Host && !allowed.network_host {
+            return Err(rbuild_frontend::ConvertError {
+                message: "RUN --network=host needs the network.host entitlement".into(),
+                hint: Some(NETWORK_HOST_HINT.into()),
+                location: plan.locations.get(&id).cloned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
@@ -135,6 +201,11 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         _ => None,
     };
 
+    let entitlements = parse_entitlements(&args.allow)?;
+    if args.network == NetworkFlag::Host && !entitlements.network_host {
+        bail!("--network host needs the network.host entitlement; {NETWORK_HOST_HINT}");
+    }
+
     let store = Arc::new(open_store(env)?);
     let client = Arc::new(RegistryClient::new(env.registry.clone()));
     let opts = ConvertOptions {
@@ -166,6 +237,10 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     };
     for w in &plan.warnings {
         eprintln!("{w}");
+    }
+    if let Err(e) = apply_network(&mut plan, args.network, &entitlements) {
+        render::convert_error(&shown_name, &text, &e);
+        return Ok(ExitCode::from(1));
     }
 
     let context_abs = std::fs::canonicalize(&context).with_context(|| format!("resolving {}", context.display()))?;
@@ -243,4 +318,88 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         crate::storage::auto_gc(env);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbuild_frontend::instructions::Location;
+    use rbuild_solver::{ExecOp, Graph, Network, Op, Vertex};
+
+    fn plan(networks: &[Network]) -> rbuild_frontend::BuildPlan {
+        let mut graph = Graph::default();
+        let mut locations = BTreeMap::new();
+        let base = graph.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+        for (i, network) in networks.iter().enumerate() {
+            let exec = ExecOp {
+                args: vec!["true".into()],
+                env: vec![],
+                cwd: "/".into(),
+                user: String::new(),
+                network: *network,
+                mounts: vec![],
+            };
+            let v = graph.add(Vertex {
+                op: Op::Exec(exec),
+                inputs: vec![base],
+                name: format!("RUN {i}"),
+                ignore_cache: false,
+            });
+            locations.insert(v, Location { start_line: i + 2, end_line: i + 2 });
+        }
+        rbuild_frontend::BuildPlan {
+            graph,
+            target: base,
+            config: Default::default(),
+            history: vec![],
+            warnings: vec![],
+            locations,
+        }
+    }
+
+    fn networks(plan: &rbuild_frontend::BuildPlan) -> Vec<Network> {
+        plan.graph
+            .vertices
+            .iter()
+            .filter_map(|v| match &v.op {
+                Op::Exec(e) => Some(e.network),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn allow_takes_repeats_and_comma_lists_and_refuses_unknown_names() {
+        let all = ["security.insecure".to_string(), "network.host".to_string()];
+        assert_eq!(
+            parse_entitlements(&all).expect("known"),
+            Entitlements { network_host: true, security_insecure: true }
+        );
+        assert_eq!(parse_entitlements(&[]).expect("none"), Entitlements::default());
+        let err = parse_entitlements(&["network.hots".to_string()]).expect_err("unknown");
+        assert!(err.to_string().contains("network.hots"), "{err}");
+    }
+
+    #[test]
+    fn network_flag_fills_in_steps_that_did_not_choose() {
+        let granted = Entitlements { network_host: true, ..Entitlements::default() };
+        for (flag, want) in [
+            (NetworkFlag::Default, Network::Default),
+            (NetworkFlag::None, Network::None),
+            (NetworkFlag::Host, Network::Host),
+        ] {
+            let mut p = plan(&[Network::Default, Network::None, Network::Host]);
+            apply_network(&mut p, flag, &granted).expect("allowed");
+            assert_eq!(networks(&p), [want, Network::None, Network::Host], "{flag:?}");
+        }
+    }
+
+    #[test]
+    fn run_network_host_without_the_entitlement_names_its_line() {
+        let mut p = plan(&[Network::Default, Network::Host]);
+        let err = apply_network(&mut p, NetworkFlag::Default, &Entitlements::default()).expect_err("refused");
+        assert_eq!(err.message, "RUN --network=host needs the network.host entitlement");
+        assert_eq!(err.location, Some(Location { start_line: 3, end_line: 3 }));
+        assert!(err.hint.as_deref().is_some_and(|h| h.contains("--allow network.host")), "{err:?}");
+    }
 }

@@ -119,12 +119,14 @@ fn run_steps_are_isolated_like_docker() {
 RUN sh -c 'ls /proc | grep -E "^[0-9]+$" | sort -n | tr "\n" " " > /pids; grep CapEff /proc/self/status > /capeff; if mount -t tmpfs none /mnt 2>/dev/null; then echo mounted; else echo refused; fi > /mount; if echo evil > /proc/sys/kernel/hostname 2>/dev/null; then echo written; else echo refused; fi > /procsys; hostname > /hostname'
 {}
 {}
+{}
 "#,
             probe("--network=none", "/net-none"),
-            probe("", "/net-default")
+            probe("", "/net-default"),
+            probe("--network=host", "/net-host")
         ),
     );
-    ws.rbuild("s", &["build", "-t", "iso", ctx.to_str().expect("utf-8")]).success();
+    ws.rbuild("s", &["build", "--allow", "network.host", "-t", "iso", ctx.to_str().expect("utf-8")]).success();
     let file = |p: &str| image_file(&ws, "s", "iso", p);
 
     let pids: Vec<u32> = file("/pids").split_whitespace().map(|p| p.parse().expect("pid")).collect();
@@ -135,7 +137,8 @@ RUN sh -c 'ls /proc | grep -E "^[0-9]+$" | sort -n | tr "\n" " " > /pids; grep C
     assert_eq!(file("/procsys").trim(), "refused", "/proc/sys is read-only");
     assert_eq!(file("/hostname").trim(), "buildkitsandbox");
     assert_eq!(file("/net-none").trim(), "failed", "--network=none has only its own loopback");
-    assert_eq!(file("/net-default").trim(), "connected", "the default network is the host's");
+    assert_eq!(file("/net-default").trim(), "failed", "the default network is private: no host loopback");
+    assert_eq!(file("/net-host").trim(), "connected", "--network=host (allowed) is the host's");
 }
 
 #[test]

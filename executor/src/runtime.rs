@@ -17,6 +17,7 @@
 //!
 //! Not done here: AppArmor, cgroup limits and cancellation by timeout.
 
+pub mod network;
 pub mod seccomp;
 pub mod spec;
 pub mod stubs;
@@ -39,12 +40,15 @@ pub const TAIL_LINES: usize = 20;
 const MAX_LINE: usize = 64 * 1024;
 
 /// The network a container sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkMode {
-    /// The host's network namespace (Docker's default for builds).
+    /// The host's network namespace (`RUN --network=host`, with the `network.host` entitlement).
     Host,
     /// A fresh network namespace with only a loopback interface (`RUN --network=none`).
     None,
+    /// An existing network namespace, bound to the file `netns` (the build's [`network::NetworkStack`], the
+    /// default). With a `nameserver`, the container's `/etc/resolv.conf` names it instead of the host's servers.
+    Join { netns: PathBuf, nameserver: Option<std::net::IpAddr> },
 }
 
 /// A host path bound into the container.
@@ -168,11 +172,7 @@ impl Runtime {
     /// Uses the `runc` found on `PATH`, keeping runc's state in `state_dir` (e.g. `/run/rbuild-runc`) and writing
     /// bundles under `bundle_parent`. Both directories are created.
     pub fn new(state_dir: PathBuf, bundle_parent: PathBuf) -> Result<Runtime, RuntimeError> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let runc = std::env::split_paths(&path)
-            .map(|dir| dir.join("runc"))
-            .find(|candidate| is_executable(candidate))
-            .ok_or_else(|| RuntimeError::RuncNotFound { path: path.to_string_lossy().into_owned() })?;
+        let runc = find_executable("runc").map_err(|path| RuntimeError::RuncNotFound { path })?;
         Runtime::with_runc(runc, state_dir, bundle_parent)
     }
 
@@ -235,7 +235,11 @@ impl Runtime {
         let hosts = bundle.path().join("hosts");
         write_file(&hosts, hosts_file(&spec.hostname).as_bytes())?;
         let resolv_conf = bundle.path().join("resolv.conf");
-        write_file(&resolv_conf, &read_host_resolv_conf(&self.resolv_conf))?;
+        let mut resolver = read_host_resolv_conf(&self.resolv_conf);
+        if let NetworkMode::Join { nameserver: Some(ns), .. } = &spec.network {
+            resolver = with_nameserver(&resolver, *ns);
+        }
+        write_file(&resolv_conf, &resolver)?;
 
         let destinations = spec::SYSTEM_MOUNT_DESTINATIONS
             .iter()
@@ -360,6 +364,15 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// The first executable `name` on `PATH`; the `PATH` searched, as the error.
+pub(crate) fn find_executable(name: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(|| path.to_string_lossy().into_owned())
+}
+
 fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
@@ -385,6 +398,23 @@ fn read_host_resolv_conf(path: &Path) -> Vec<u8> {
         tracing::warn!(path = %path.display(), error = %err, "no resolver config to copy into containers");
         Vec::new()
     })
+}
+
+/// The host's resolver config with its `nameserver` lines replaced by `nameserver` (a user-mode stack's DNS
+/// forwarder: the host's own servers may be loopback addresses, unreachable from the container's namespace).
+/// `search`, `domain` and `options` lines are kept, as Docker keeps them.
+fn with_nameserver(host: &[u8], nameserver: std::net::IpAddr) -> Vec<u8> {
+    let mut out = format!("nameserver {nameserver}\n").into_bytes();
+    for line in host.split_inclusive(|b| *b == b'\n') {
+        let first = line.split(|b| b.is_ascii_whitespace()).find(|w| !w.is_empty());
+        if first != Some(b"nameserver".as_slice()) {
+            out.extend_from_slice(line);
+        }
+    }
+    if out.last() != Some(&b'\n') {
+        out.push(b'\n');
+    }
+    out
 }
 
 /// Creates `cwd` inside `rootfs` if it is missing; new directories are 0755 and owned by the process user, so
@@ -502,6 +532,18 @@ mod tests {
     fn hosts_file_names_the_host() {
         assert_eq!(hosts_file("box"), "127.0.0.1\tlocalhost\tbox\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         assert_eq!(hosts_file(""), "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    }
+
+    #[test]
+    fn with_nameserver_replaces_only_nameservers() {
+        let host =
+            b"# generated\nnameserver 127.0.0.53\n  nameserver\t10.255.255.53\nsearch corp.example\noptions ndots:2";
+        let got = with_nameserver(host, std::net::IpAddr::from([10, 0, 2, 3]));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "nameserver 10.0.2.3\n# generated\nsearch corp.example\noptions ndots:2\n"
+        );
+        assert_eq!(with_nameserver(b"", std::net::IpAddr::from([10, 0, 2, 3])), b"nameserver 10.0.2.3\n");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::cancel::Canceller;
 use crate::copy::{CopyOptions, copy};
 use crate::mounts::{MountSources, prepare};
 use crate::overlay::mount_overlay;
+use crate::runtime::network::NetworkStack;
 use crate::runtime::{NetworkMode, RunSpec, Runtime};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
@@ -19,7 +20,7 @@ use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Network, Op,
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// How long cancelling waits for killed containers to go away.
 const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -34,6 +35,9 @@ pub struct LocalWorker {
     mount_sources: MountSources,
     canceller: Canceller,
     bundles: PathBuf,
+    /// The build's private network, started by the first RUN with the default network (see
+    /// [`crate::runtime::network`]) and stopped by [`LocalWorker::finish`] or drop.
+    network: Mutex<Option<Arc<NetworkStack>>>,
 }
 
 impl LocalWorker {
@@ -54,6 +58,7 @@ impl LocalWorker {
             mount_sources: MountSources::default(),
             canceller: Canceller::new(),
             bundles,
+            network: Mutex::new(None),
         })
     }
 
@@ -74,11 +79,33 @@ impl LocalWorker {
         self.canceller.check().map_err(|e| WorkerError::failed("stopping", e))
     }
 
-    /// Persists what was learned about the context (file digests), for the next build.
+    /// Persists what was learned about the context (file digests), for the next build, and stops the build's
+    /// network stack (RUN steps still holding it keep it until they end).
     pub fn finish(&self) {
         if let Err(e) = self.stat_cache.save() {
             tracing::warn!(error = %e, "could not save the context stat cache");
         }
+        if let Ok(mut net) = self.network.lock() {
+            net.take();
+        }
+    }
+
+    /// The build's private network, started on first use; concurrent first uses start it once.
+    fn private_network(&self) -> Result<Arc<NetworkStack>, WorkerError> {
+        let mut net = self.network.lock().map_err(|_| WorkerError::failed("network", "a RUN step panicked"))?;
+        if let Some(stack) = net.as_ref() {
+            return Ok(stack.clone());
+        }
+        let dir = self.store.tmp_dir("net").map_err(|e| WorkerError::failed("preparing the build's network", e))?;
+        let stack = match NetworkStack::start(&dir) {
+            Ok(stack) => Arc::new(stack),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(WorkerError::failed("starting the build's network", e));
+            }
+        };
+        *net = Some(stack.clone());
+        Ok(stack)
     }
 
     /// Snapshot directories of a root filesystem, top-most first (overlayfs lowerdir order).
@@ -457,6 +484,15 @@ impl Worker for LocalWorker {
             }
             let mounts = prepare(&self.store, &self.mount_sources, &op.mounts, inputs)
                 .map_err(|e| WorkerError::failed("preparing the step's mounts", e))?;
+            // Held until the container is gone, so a concurrent `finish` cannot pull the namespace from under it.
+            let (network, stack) = match op.network {
+                Network::Default => {
+                    let stack = self.private_network()?;
+                    (stack.mode(), Some(stack))
+                }
+                Network::Host => (NetworkMode::Host, None),
+                Network::None => (NetworkMode::None, None),
+            };
             let spec = RunSpec {
                 rootfs: merged.to_path_buf(),
                 args: op.args.clone(),
@@ -464,10 +500,7 @@ impl Worker for LocalWorker {
                 cwd: op.cwd.clone(),
                 user,
                 hostname: "buildkitsandbox".into(),
-                network: match op.network {
-                    Network::Host => NetworkMode::Host,
-                    Network::None => NetworkMode::None,
-                },
+                network,
                 mounts: mounts.binds.clone(),
                 tmpfs: mounts.tmpfs.clone(),
                 bundle_dir: mounts.bundle_dir.clone(),
@@ -476,6 +509,7 @@ impl Worker for LocalWorker {
                 self.runtime.run(&spec, log).map_err(|e| WorkerError::failed(format!("running {command:?}"), e));
             drop(spec);
             drop(mounts);
+            drop(stack);
             let result = result?;
             self.check_cancelled()?;
             if result.exit_code != 0 {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rbuild_executor::cancel::Canceller;
 use rbuild_executor::overlay::{OverlayMount, mount_overlay};
+use rbuild_executor::runtime::network::{NetworkError, NetworkStack};
 use rbuild_executor::runtime::{BindMount, NetworkMode, RunResult, RunSpec, Runtime, RuntimeError, TmpfsMount};
 use rbuild_executor::user::{ResolvedUser, resolve_user};
 
@@ -215,6 +216,52 @@ fn network_none_has_only_loopback() {
         let (_, lines) = sb.run(&spec);
         assert!(lines.iter().skip(2).count() > 1, "host interfaces visible: {lines:?}");
     }
+}
+
+#[test]
+fn joined_network_stack_is_private_and_torn_down_on_drop() {
+    gate!("joined_network_stack_is_private_and_torn_down_on_drop");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|dir| dir.join("slirp4netns").is_file()) {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI needs slirp4netns");
+        eprintln!("SKIPPED: needs slirp4netns");
+        return;
+    }
+    let sb = Sandbox::new("netjoin");
+    let dir = sb.t.path("net");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let stack = NetworkStack::start(&dir).expect("network stack");
+    let pid = stack.pid().expect("running");
+    let mut spec = sb.spec(&["/bin/sh", "-c", "ip -o -4 addr show | awk '{print $2, $4}'; cat /etc/resolv.conf"]);
+    spec.network = stack.mode();
+    // Two runs see the same namespace (one per build, joined by every step).
+    for _ in 0..2 {
+        let (result, lines) = sb.run(&spec);
+        assert_eq!(result.exit_code, 0, "{lines:?}");
+        assert_eq!(lines, ["lo 127.0.0.1/8", "tap0 10.0.2.100/24", "nameserver 10.0.2.3"]);
+    }
+    drop(stack);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "slirp4netns was stopped and reaped");
+    assert!(!dir.exists(), "the namespace file and its directory are gone");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(dir.to_str().expect("utf-8")), "the namespace file is no longer bound");
+}
+
+#[test]
+fn a_stack_that_dies_at_start_is_an_error_with_its_message_and_leaves_nothing() {
+    gate!("a_stack_that_dies_at_start_is_an_error_with_its_message_and_leaves_nothing");
+    let t = TestDir::new("netfail");
+    let fake = t.path("slirp4netns");
+    std::fs::write(&fake, "#!/bin/sh\necho 'cannot open tap: no such device' >&2\nexit 1\n").expect("write");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let dir = t.path("net");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let err = NetworkStack::start_with(&fake, &dir).expect_err("the stack died");
+    assert!(matches!(err, NetworkError::NotReady { .. }), "{err:?}");
+    assert!(err.to_string().contains("cannot open tap: no such device"), "{err}");
+    assert!(!dir.exists(), "the namespace file and its directory are gone");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(dir.to_str().expect("utf-8")), "the namespace file is no longer bound");
 }
 
 #[test]

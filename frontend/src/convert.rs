@@ -766,7 +766,8 @@ impl Converter<'_> {
     ) -> Result<(), ConvertError> {
         let at = &located.location;
         let network = match run.network.as_deref() {
-            None | Some("default") | Some("host") => Network::Host,
+            None | Some("default") => Network::Default,
+            Some("host") => Network::Host,
             Some("none") => Network::None,
             Some(other) => {
                 return Err(ConvertError::at(at, format!("unsupported network mode {other:?}"))

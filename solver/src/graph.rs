@@ -115,10 +115,15 @@ pub enum CacheSharing {
     Locked,
 }
 
+/// The network namespace a RUN step runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Network {
+    /// The build's default: a private namespace with outbound connectivity through a user-mode network stack.
+    Default,
+    /// The host's namespace (`RUN --network=host`); needs the `network.host` entitlement.
     Host,
+    /// A private namespace with only a loopback interface.
     None,
 }
 

@@ -95,17 +95,26 @@ pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spe
         .build()
         .map_err(spec_error)?;
 
-    let mut namespace_types =
-        vec![LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount];
-    if run.network == NetworkMode::None {
+    let mut namespaces =
+        [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount]
+            .into_iter()
+            .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(spec_error)?;
+    match &run.network {
+        NetworkMode::Host => {}
         // A fresh network namespace: runc brings up `lo` and nothing else.
-        namespace_types.push(LinuxNamespaceType::Network);
+        NetworkMode::None => namespaces
+            .push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).build().map_err(spec_error)?),
+        // The build's namespace, set up (and torn down) by its network stack.
+        NetworkMode::Join { netns, .. } => namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(netns.clone())
+                .build()
+                .map_err(spec_error)?,
+        ),
     }
-    let namespaces = namespace_types
-        .into_iter()
-        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(spec_error)?;
 
     // Deny every device, then runc appends its default allow list (null, zero, full, tty, random, urandom, pts).
     let deny_all = LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(spec_error)?;
@@ -308,19 +317,22 @@ mod tests {
     }
 
     #[test]
-    fn network_namespace_only_for_network_none() {
-        for (mode, want_net) in [(NetworkMode::Host, false), (NetworkMode::None, true)] {
-            let json = to_json(&build_spec(&run_spec(mode), Path::new("/h"), Path::new("/r")).expect("spec"));
-            let types: Vec<&str> = json["linux"]["namespaces"]
-                .as_array()
-                .expect("namespaces")
-                .iter()
-                .filter_map(|n| n["type"].as_str())
-                .collect();
+    fn network_namespace_fresh_for_none_joined_for_join_absent_for_host() {
+        let join = NetworkMode::Join { netns: PathBuf::from("/store/tmp/net-0/netns"), nameserver: None };
+        for (mode, want_net, want_path) in [
+            (NetworkMode::Host, false, None),
+            (NetworkMode::None, true, None),
+            (join, true, Some("/store/tmp/net-0/netns")),
+        ] {
+            let json = to_json(&build_spec(&run_spec(mode.clone()), Path::new("/h"), Path::new("/r")).expect("spec"));
+            let namespaces = json["linux"]["namespaces"].as_array().expect("namespaces");
+            let types: Vec<&str> = namespaces.iter().filter_map(|n| n["type"].as_str()).collect();
             assert!(types.contains(&"pid") && types.contains(&"mount") && types.contains(&"ipc"), "{types:?}");
             assert!(types.contains(&"uts"));
             assert_eq!(types.contains(&"network"), want_net, "{mode:?}: {types:?}");
             assert!(!types.contains(&"user") && !types.contains(&"cgroup"));
+            let path = namespaces.iter().find(|n| n["type"] == "network").and_then(|n| n["path"].as_str());
+            assert_eq!(path, want_path, "{mode:?}");
         }
     }
 
