@@ -1,6 +1,9 @@
 //! `rbuild`: the command line. Parses arguments, reads the environment and config files once, renders progress
 //! and errors, and picks exit codes; the build logic itself lives in the library crates.
 
+// Doc comments on the argument structs are `--help` text (`HOST[:PORT]`), not links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod build;
 mod interrupt;
 mod login;
@@ -94,7 +97,19 @@ enum DebugCmd {
     DumpAst { file: PathBuf },
 }
 
+/// `RBUILD_LOG=debug` (or any `tracing` filter, e.g. `rbuild_executor=debug`) shows the libraries' events on stderr.
+fn init_logging() {
+    let Ok(filter) = std::env::var("RBUILD_LOG") else { return };
+    match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(filter) => {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        }
+        Err(e) => eprintln!("warning: ignoring RBUILD_LOG={filter:?}: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
