@@ -3,7 +3,10 @@
 # order), from `cargo metadata`: an arrow that is not in the table below fails CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo metadata --format-version 1 --no-deps | python3 -c '
+meta=$(mktemp)
+trap 'rm -f "$meta"' EXIT
+cargo metadata --format-version 1 --no-deps > "$meta"
+python3 - "$meta" <<'PY'
 import json, sys
 allowed = {
     "rbuild-solver": set(),
@@ -13,19 +16,20 @@ allowed = {
     "rbuild-executor": {"rbuild-image", "rbuild-cache", "rbuild-solver"},
     "rbuild": {"rbuild-frontend", "rbuild-solver", "rbuild-executor", "rbuild-cache", "rbuild-image"},
 }
-meta = json.load(sys.stdin)
+meta = json.load(open(sys.argv[1]))
 names = {p["name"] for p in meta["packages"]}
 bad = []
 for p in meta["packages"]:
-    if p["name"] not in allowed:
-        bad.append(f"{p[\"name\"]}: a crate the arrow table does not know (add it to scripts/check-arrows.sh)")
+    name = p["name"]
+    if name not in allowed:
+        bad.append("%s: a crate the arrow table does not know (add it to scripts/check-arrows.sh)" % name)
         continue
     for d in p["dependencies"]:
-        if d["name"] in names and d.get("kind") is None and d["name"] not in allowed[p["name"]]:
-            bad.append(f"{p[\"name\"]} -> {d[\"name\"]}: not an arrow DESIGN.md allows")
+        if d["name"] in names and d.get("kind") is None and d["name"] not in allowed[name]:
+            bad.append("%s -> %s: not an arrow DESIGN.md allows" % (name, d["name"]))
 for b in bad:
-    print("error:", b, file=sys.stderr)
+    print("error: " + b, file=sys.stderr)
 if bad:
     sys.exit(1)
-print(f"dependency arrows: {len(meta[\"packages\"])} crates, all arrows allowed")
-'
+print("dependency arrows: %d crates, every arrow allowed" % len(meta["packages"]))
+PY
