@@ -5,21 +5,23 @@
 //! diff_id is the digest of the tar it would become. A step that changed nothing adds no layer.
 
 use crate::cancel::Canceller;
-use crate::copy::{CopyOptions, copy};
+use crate::copy::{CopyOptions, copy, copy_checked};
 use crate::mounts::{MountSources, prepare};
 use crate::overlay::mount_overlay;
 use crate::runtime::{NetworkMode, RunSpec, Runtime};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
-use rbuild_cache::contenthash::{Selection, StatCache, content_digest};
+use rbuild_cache::confined::Root;
+use rbuild_cache::contenthash::{Selection, StatCache};
 use rbuild_image::layer::{LayerOptions, diff_id};
 use rbuild_solver::oci::ImageConfig;
 use rbuild_solver::patterns::PatternMatcher;
 use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Network, Op, Output, Worker, WorkerError};
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Where the worker works and with what.
 pub struct LocalWorker {
@@ -31,6 +33,9 @@ pub struct LocalWorker {
     mount_sources: MountSources,
     canceller: Canceller,
     bundles: PathBuf,
+    /// Fingerprints of the walks context digests were computed from, by [`walk_key`]: the copy that runs on a
+    /// cache miss checks it copies exactly those files, unchanged.
+    walks: Mutex<HashMap<String, Digest>>,
 }
 
 impl LocalWorker {
@@ -51,6 +56,7 @@ impl LocalWorker {
             mount_sources: MountSources::default(),
             canceller: Canceller::new(),
             bundles,
+            walks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -201,10 +207,17 @@ impl LocalWorker {
         self.with_view(src, |src_root| {
             let fail = |e: crate::copy::CopyError| exclusions.explain(action, e);
             if !action.parents {
-                return copy(src_root, &action.sources, &excluded, merged, &action.dest, &opts).map_err(fail);
+                let expect = match src {
+                    Output::Dir(_) => self.walks.lock().ok().and_then(|w| w.get(&walk_key(src_root, action)).cloned()),
+                    Output::RootFs(_) => None,
+                };
+                return copy_checked(src_root, &action.sources, &excluded, merged, &action.dest, &opts, expect.as_ref())
+                    .map_err(fail);
             }
-            // --parents: each match lands under dest at its own directory path.
-            let found = rbuild_cache::contenthash::resolve_sources(src_root, &action.sources, &excluded)
+            // --parents: each match lands under dest at its own directory path. (Each file is still read beneath
+            // the root and checked against the walk that copies it; the matches are not compared with the hash's.)
+            let root = Root::open(src_root).map_err(|e| WorkerError::failed(copy_context(action), e))?;
+            let found = rbuild_cache::contenthash::resolve_sources(&root, &action.sources, &excluded)
                 .map_err(|e| fail(e.into()))?;
             let dest = action.dest.trim_end_matches('/');
             for s in found {
@@ -305,6 +318,16 @@ fn parents_rel(source: &str, matched: &Path) -> PathBuf {
     let Some(i) = source.find("/./") else { return matched.to_path_buf() };
     let pivot = rbuild_cache::contenthash::clean_clamped(&source[..i]);
     matched.strip_prefix(&pivot).map(Path::to_path_buf).unwrap_or_else(|_| matched.to_path_buf())
+}
+
+/// What identifies a context copy's selection: the same key for the hash and for the copy of one step.
+fn walk_key(root: &Path, a: &CopyAction) -> String {
+    let mut key = root.to_string_lossy().into_owned();
+    for part in [&a.sources, &a.excludes, &a.dockerignore] {
+        key.push('\0');
+        key.push_str(&part.join("\n"));
+    }
+    key
 }
 
 fn copy_context(a: &CopyAction) -> String {
@@ -414,7 +437,13 @@ impl Worker for LocalWorker {
         let exclusions = Exclusions::new(action)?;
         let excluded = |p: &str| exclusions.excluded(p);
         let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
-        content_digest(root, &sel, &excluded, Some(&self.stat_cache)).map_err(|e| exclusions.explain(action, e.into()))
+        let src = Root::open(root).map_err(|e| WorkerError::failed(copy_context(action), e))?;
+        let hashed = rbuild_cache::contenthash::hash_selection(&src, &sel, &excluded, Some(&self.stat_cache))
+            .map_err(|e| exclusions.explain(action, e.into()))?;
+        if let Ok(mut walks) = self.walks.lock() {
+            walks.insert(walk_key(root, action), hashed.fingerprint);
+        }
+        Ok(hashed.digest)
     }
 
     fn content_files(&self, input: &Output, action: &CopyAction) -> Result<Vec<(String, Digest)>, WorkerError> {
@@ -422,7 +451,8 @@ impl Worker for LocalWorker {
         let exclusions = Exclusions::new(action)?;
         let excluded = |p: &str| exclusions.excluded(p);
         let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
-        rbuild_cache::contenthash::content_files(root, &sel, &excluded, Some(&self.stat_cache))
+        let src = Root::open(root).map_err(|e| WorkerError::failed(copy_context(action), e))?;
+        rbuild_cache::contenthash::content_files(&src, &sel, &excluded, Some(&self.stat_cache))
             .map(|(_, files)| files)
             .map_err(|e| exclusions.explain(action, e.into()))
     }
