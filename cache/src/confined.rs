@@ -192,7 +192,11 @@ pub fn fd_xattrs(file: &File, skip: impl Fn(&[u8]) -> bool) -> io::Result<Vec<(O
 /// The xattrs of `name` in the directory open as `dir`, without opening `name` itself (a symlink, FIFO or device
 /// node must not be opened): through `/proc/self/fd/<dir>/<name>`, which the kernel resolves to that very directory
 /// and then does not follow `name`. Without `/proc` such entries have no xattrs.
-pub fn name_xattrs(dir: BorrowedFd<'_>, name: &OsStr, skip: impl Fn(&[u8]) -> bool) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+pub fn name_xattrs(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    skip: impl Fn(&[u8]) -> bool,
+) -> io::Result<Vec<(OsString, Vec<u8>)>> {
     use std::os::fd::AsRawFd;
     let path = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
     let names = match xattr::list(&path) {
@@ -225,8 +229,8 @@ pub struct Root {
 impl Root {
     /// Opens `path` (which is trusted: symlinks in it are followed) as the root.
     pub fn open(path: &Path) -> io::Result<Root> {
-        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(errno)?;
+        let fd =
+            rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(errno)?;
         Ok(Root { fd, path: path.to_path_buf() })
     }
 
@@ -318,6 +322,18 @@ impl Root {
         let Some(name) = rel.file_name() else { return Ok(Vec::new()) };
         let dir = self.open_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)?;
         name_xattrs(dir.as_fd(), name, skip)
+    }
+
+    /// The bytes of the file `rel`, symlinks followed inside the root only (see [`Root::open_in_root`]).
+    pub fn read_in_root(&self, rel: &Path) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut f = self.open_in_root(rel, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        if !fstat(&f)?.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        let mut out = Vec::new();
+        f.read_to_end(&mut out)?;
+        Ok(out)
     }
 
     /// Opens `rel` following symlinks as if the root were `/` (`RESOLVE_IN_ROOT`: an absolute target or `..` stops

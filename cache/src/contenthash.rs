@@ -252,7 +252,11 @@ pub fn resolve(
             if links > MAX_SYMLINKS {
                 return Err(ContentHashError::SymlinkLoop { path: root.path().join(rel) });
             }
-            let target = confined::read_link_at(dir, &name).map_err(io_err("read symlink", &real))?;
+            // EINVAL: no longer a symlink; swapped since the stat.
+            let target = confined::read_link_at(dir, &name).map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => ContentHashError::Changed { path: real.clone() },
+                _ => changed_or_io(&real, e),
+            })?;
             if target.is_absolute() {
                 resolved.clear();
                 fds.clear();
@@ -281,9 +285,8 @@ pub fn resolve(
         (None, Some(st)) => Some(st),
         (None, None) => Some(match resolved.split_last() {
             // The path ended in `..` or was empty: the directory the walk stands in.
-            _ if fds.len() == resolved.len() => {
-                confined::fstat(fds.last().map_or(root.fd(), |f| f.as_fd())).map_err(io_err("stat", &here(&resolved)))?
-            }
+            _ if fds.len() == resolved.len() => confined::fstat(fds.last().map_or(root.fd(), |f| f.as_fd()))
+                .map_err(io_err("stat", &here(&resolved)))?,
             Some((last, _)) => {
                 let parent = fds.get(resolved.len().wrapping_sub(2)).map_or(root.fd(), |f| f.as_fd());
                 confined::stat_at(parent, last).map_err(io_err("stat", &here(&resolved)))?
@@ -519,7 +522,8 @@ pub fn resolve_selection(
             resolve_wildcard(root, source, &rel, sel.follow_symlinks, &hidden)?
         } else {
             let r = resolve(root, &rel, sel.follow_symlinks, &hidden)?;
-            directly_excluded = r.hidden.as_deref() == Some(rel.as_path());
+            // Named straight at (or below) an excluded path, not led there by a symlink: say it is excluded.
+            directly_excluded = r.hidden.as_deref().is_some_and(|h| rel.starts_with(h));
             r.stat.map(|st| vec![(rel.clone(), r.real, st)]).unwrap_or_default()
         };
         let before = out.len();
@@ -839,8 +843,7 @@ fn digest_selection(
 ) -> Result<HashedSelection, ContentHashError> {
     let mut files_out = Vec::new();
     let trees = walk_selection(root, sel, excluded)?;
-    let files: Vec<&SelectedEntry> =
-        trees.iter().flat_map(|t| t.entries.iter()).filter(|e| e.stat.is_file()).collect();
+    let files: Vec<&SelectedEntry> = trees.iter().flat_map(|t| t.entries.iter()).filter(|e| e.stat.is_file()).collect();
     // In walk order: the n-th regular file met below is `file_digests[n]`.
     let file_digests = hash_files(root, &files, cache)?;
     let mut next_file = file_digests.iter();
@@ -915,7 +918,11 @@ struct Hashed {
 }
 
 /// Hashes file contents, in parallel on up to 4 threads (hashing is I/O- and SHA-bound; more threads only thrash).
-fn hash_files(root: &Root, files: &[&SelectedEntry], cache: Option<&StatCache>) -> Result<Vec<Hashed>, ContentHashError> {
+fn hash_files(
+    root: &Root,
+    files: &[&SelectedEntry],
+    cache: Option<&StatCache>,
+) -> Result<Vec<Hashed>, ContentHashError> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4).min(files.len());
     if workers <= 1 {
         return files.iter().map(|e| hash_one(root, e, cache)).collect();
@@ -1284,6 +1291,95 @@ mod tests {
         );
     }
 
+    /// `keys/` ignored, and every kind of link into it: a source must find nothing wherever it is led from.
+    #[test]
+    fn dockerignore_applies_to_where_a_source_leads() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        write(root, "keys/id_rsa", "secret");
+        write(root, "sub/ok.txt", "ok");
+        symlink("keys", root.join("kl")).unwrap();
+        symlink("/keys", root.join("abs")).unwrap();
+        symlink("sub/../keys", root.join("dotdot")).unwrap();
+        symlink("../../../keys", root.join("sub/up")).unwrap();
+        symlink("kl", root.join("chain")).unwrap();
+        symlink("keys/id_rsa", root.join("idl")).unwrap();
+        let keys = |p: &str| p == "keys" || p.starts_with("keys/");
+        let r = rt(root);
+        for source in ["kl/id_rsa", "abs/id_rsa", "dotdot/id_rsa", "sub/up/id_rsa", "chain/id_rsa", "idl", "kl", "kl/"]
+        {
+            let err = walk_selection(&r, &sel(&[source]), &keys).unwrap_err();
+            assert!(matches!(&err, ContentHashError::NotFound { name } if name == source), "{source}: {err}");
+            let shown = format!("\"/{}\": not found", clean_clamped(source).display());
+            assert_eq!(err.to_string(), shown);
+        }
+        for pattern in ["kl/*", "k*/id_rsa", "*/id_rsa", "id*", "chain/*"] {
+            let err = walk_selection(&r, &sel(&[pattern]), &keys).unwrap_err();
+            assert!(matches!(err, ContentHashError::NoMatch { .. }), "{pattern}: {err}");
+        }
+        // Named straight at it: reported as excluded, so the caller can say by what.
+        let err = walk_selection(&r, &sel(&["keys/id_rsa"]), &keys).unwrap_err();
+        assert!(matches!(err, ContentHashError::Excluded { .. }), "{err}");
+        // The whole root: the links are entries (copied as links), the ignored directory is not.
+        let trees = walk_selection(&r, &sel(&["."]), &keys).unwrap();
+        let rels: Vec<String> = trees[0].entries.iter().map(|e| rel_string(&e.rel)).collect();
+        assert_eq!(rels, ["", "abs", "chain", "dotdot", "idl", "kl", "sub", "sub/ok.txt", "sub/up"]);
+        // A re-included file below the ignored directory is reachable through the link, and only it.
+        let reinclude = |p: &str| keys(p) && p != "keys/pub";
+        write(root, "keys/pub", "public");
+        let trees = walk_selection(&r, &sel(&["kl"]), &reinclude).unwrap();
+        let rels: Vec<String> = trees[0].entries.iter().map(|e| rel_string(&e.real)).collect();
+        assert_eq!(rels, ["keys", "keys/pub"]);
+        assert!(walk_selection(&r, &sel(&["kl/id_rsa"]), &reinclude).is_err());
+    }
+
+    /// A racing writer swaps a directory for a symlink to a host directory after the walk opened it (here: from the
+    /// exclusion callback, which the walk calls while listing). The files listed are then read beneath the root
+    /// without following anything, so the hash fails instead of reading the host's files.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_walk_is_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("ctx");
+        let host = t.path().join("host");
+        write(&root, "d/f1", "context");
+        write(&root, "d/f2", "context");
+        write(&host, "f1", "CANARY");
+        write(&host, "f2", "CANARY");
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        let swap = |p: &str| {
+            if p == "d/f1" && !swapped.swap(true, Ordering::SeqCst) {
+                fs::rename(root.join("d"), root.join("d.real")).unwrap();
+                symlink(&host, root.join("d")).unwrap();
+            }
+            false
+        };
+        let err = content_digest(&rt(&root), &sel(&["d"]), &swap, None).unwrap_err();
+        assert!(matches!(err, ContentHashError::Changed { .. }), "{err}");
+        assert!(swapped.load(Ordering::SeqCst));
+        // And from now on `d` resolves inside the root (to nothing): the host directory is never a source.
+        let err = content_digest(&rt(&root), &sel(&["d/f1"]), &none, None).unwrap_err();
+        assert!(matches!(err, ContentHashError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn walk_fingerprint_moves_with_any_selected_change() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        write(root, "d/a", "a");
+        write(root, "other", "o");
+        let r = rt(root);
+        let fp = || fingerprint(&walk_selection(&r, &sel(&["d"]), &none).unwrap());
+        let hashed = hash_selection(&r, &sel(&["d"]), &none, None).unwrap();
+        assert_eq!(hashed.fingerprint, fp());
+        fs::write(root.join("other"), "unselected").unwrap();
+        assert_eq!(fp(), hashed.fingerprint, "an unselected file does not count");
+        fs::write(root.join("d/a"), "b").unwrap();
+        assert_ne!(fp(), hashed.fingerprint, "same size, new bytes: mtime/ctime moved");
+        let edited = fp();
+        write(root, "d/new", "");
+        assert_ne!(fp(), edited, "a new file counts");
+    }
+
     #[test]
     fn symlinks_resolve_inside_root() {
         let t = tempfile::tempdir().unwrap();
@@ -1343,8 +1439,9 @@ mod tests {
         symlink("target.txt", root.join("link")).unwrap();
         let followed = resolve_selection(&rt(root), &sel(&["link"]), &none).unwrap();
         assert_eq!(followed[0].0.real, PathBuf::from("target.txt"));
-        let kept = resolve_selection(&rt(root), &Selection { sources: vec!["link".into()], follow_symlinks: false }, &none)
-            .unwrap();
+        let kept =
+            resolve_selection(&rt(root), &Selection { sources: vec!["link".into()], follow_symlinks: false }, &none)
+                .unwrap();
         assert_eq!(kept[0].0.real, PathBuf::from("link"));
     }
 
@@ -1474,7 +1571,11 @@ mod tests {
         let d2 = content_digest(&rt(&root), &sel(&["."]), &none, Some(&cache)).unwrap();
         assert_eq!(d2, d1);
         assert_eq!(cache.files_read(), 0, "unchanged old files must come from the cache");
-        assert_eq!(d1, content_digest(&rt(&root), &sel(&["."]), &none, None).unwrap(), "cache must not alter the digest");
+        assert_eq!(
+            d1,
+            content_digest(&rt(&root), &sel(&["."]), &none, None).unwrap(),
+            "cache must not alter the digest"
+        );
 
         // A real edit (mtime moves) is re-read.
         fs::write(root.join("a.txt"), "AAAA").unwrap();

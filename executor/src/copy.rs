@@ -670,8 +670,8 @@ fn is_tar_header(block: &[u8; 512]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
     use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::symlink;
 
     struct Fixture {
@@ -912,6 +912,49 @@ mod tests {
         write(&f.dst, "blocker", "", 0o644);
         let err = run(&f, &["a.txt"], "/blocker/x/", &CopyOptions::default()).unwrap_err();
         assert!(matches!(err, CopyError::NotADirectory { .. }), "{err}");
+    }
+
+    /// Issue #9 hole 5, deterministically: the source directory is swapped for a symlink to a host directory (with
+    /// files of the same names) while the copy walks it. Nothing of the host directory may be copied.
+    #[test]
+    fn a_source_dir_swapped_for_a_symlink_mid_copy_is_never_followed() {
+        let f = fixture();
+        let host = f.src.parent().unwrap().join("host");
+        write(&f.src, "d/f1", "context", 0o644);
+        write(&f.src, "d/f2", "context", 0o644);
+        write(&host, "f1", "CANARY", 0o644);
+        write(&host, "f2", "CANARY", 0o644);
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        let swap = |p: &str| {
+            if p == "d/f1" && !swapped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                fs::rename(f.src.join("d"), f.src.join("d.real")).unwrap();
+                symlink(&host, f.src.join("d")).unwrap();
+            }
+            false
+        };
+        let result = copy(&f.src, &["d/".to_string()], &swap, &f.dst, "/out/", &CopyOptions::default());
+        assert!(swapped.load(std::sync::atomic::Ordering::SeqCst), "the swap happened during the copy");
+        for name in ["f1", "f2"] {
+            let copied = fs::read_to_string(f.dst.join("out").join(name)).unwrap_or_default();
+            assert!(!copied.contains("CANARY"), "the host's {name} was copied: {result:?}");
+        }
+        assert!(result.is_err(), "the copy notices the change");
+    }
+
+    #[test]
+    fn a_copy_checks_it_copies_what_was_hashed() {
+        let f = ctx();
+        let root = Root::open(&f.src).unwrap();
+        let sel = Selection { sources: vec!["dir".into()], follow_symlinks: true };
+        let hashed = contenthash::hash_selection(&root, &sel, &none, None).unwrap();
+        let sources = ["dir".to_string()];
+        copy_checked(&f.src, &sources, &none, &f.dst, "/same/", &CopyOptions::default(), Some(&hashed.fingerprint))
+            .unwrap();
+        fs::write(f.src.join("dir/x"), "edited after hashing").unwrap();
+        let err =
+            copy_checked(&f.src, &sources, &none, &f.dst, "/late/", &CopyOptions::default(), Some(&hashed.fingerprint))
+                .unwrap_err();
+        assert!(matches!(err, CopyError::Select(ContentHashError::Changed { .. })), "{err}");
     }
 
     #[test]

@@ -17,9 +17,9 @@ use rbuild_image::layer::{LayerOptions, diff_id};
 use rbuild_solver::oci::ImageConfig;
 use rbuild_solver::patterns::PatternMatcher;
 use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Network, Op, Output, Worker, WorkerError};
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -211,8 +211,16 @@ impl LocalWorker {
                     Output::Dir(_) => self.walks.lock().ok().and_then(|w| w.get(&walk_key(src_root, action)).cloned()),
                     Output::RootFs(_) => None,
                 };
-                return copy_checked(src_root, &action.sources, &excluded, merged, &action.dest, &opts, expect.as_ref())
-                    .map_err(fail);
+                return copy_checked(
+                    src_root,
+                    &action.sources,
+                    &excluded,
+                    merged,
+                    &action.dest,
+                    &opts,
+                    expect.as_ref(),
+                )
+                .map_err(fail);
             }
             // --parents: each match lands under dest at its own directory path. (Each file is still read beneath
             // the root and checked against the walk that copies it; the matches are not compared with the hash's.)
