@@ -13,9 +13,17 @@
 //!   or a `..` stops at the root), so a source can never reach outside it. With `follow_symlinks` (what the
 //!   Dockerfile frontend always asks for) the final component is followed too: BuildKit copies the *target's*
 //!   content for `COPY link /x` (moby/buildkit#1260), while symlinks *inside* a copied directory stay symlinks;
-//! - exclusions (`.dockerignore` and `COPY --exclude`) are an opaque callback on root-relative paths. Because
-//!   Docker's patterns may re-include files below an excluded directory (`!dir/keep`), an excluded directory is still
-//!   walked and kept only when something below it is selected.
+//! - exclusions (`.dockerignore` and `COPY --exclude`) are an opaque callback on root-relative paths, asked about
+//!   both names of an entry: the path as the source spells it, and the real path it leads to. Resolution asks it
+//!   about every entry a source passes through (symlinks included) and treats an excluded one as missing, which is
+//!   what BuildKit's filtered context transfer amounts to: with `keys/` ignored and `kl -> keys`, `COPY kl/id_rsa`
+//!   is `"/kl/id_rsa": not found`, through any chain of links, `..` or absolute targets. Because Docker's patterns
+//!   may re-include files below an excluded directory (`!dir/keep`), an excluded directory is still walked and kept
+//!   only when something below it is selected;
+//! - every read is confined to the root by the kernel ([`crate::confined`]): resolution walks from directory fds
+//!   without letting the kernel follow links, the walk lists directories through their fds, and files are opened
+//!   beneath the root with no symlinks allowed and checked to be the file the walk listed. A writer swapping a
+//!   directory for a symlink mid-build makes the build fail ([`ContentHashError::Changed`]), never read outside.
 //!
 //! The digest covers path, type, permission and special mode bits, owner, symlink target, device numbers, xattrs and
 //! file bytes — never timestamps — in a length-prefixed encoding, so that touching a file changes nothing and two

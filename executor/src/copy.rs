@@ -1,8 +1,10 @@
 //! COPY and ADD into a root filesystem, with Docker's rules.
 //!
 //! Which files a source selects is decided by `rbuild_cache::contenthash::walk_selection`, the same code the
-//! cache key is computed from, so a copy can never write files the digest did not cover. This module only decides
-//! where they land and with what metadata:
+//! cache key is computed from, so a copy can never write files the digest did not cover. Sources are read only
+//! through `rbuild_cache::confined` (beneath the source root, checked against the stat the walk listed), and
+//! [`copy_checked`] also checks the walk is the one the key was hashed from. This module only decides where they
+//! land and with what metadata:
 //!
 //! - a directory source copies its *contents*; a file lands *at* `dest`, or *inside* it when `dest` ends with `/`
 //!   or is an existing directory; several selected sources (after wildcard expansion) need such a directory
