@@ -117,16 +117,29 @@ pub fn copy_checked(
     expect_walk: Option<&Digest>,
 ) -> Result<(), CopyError> {
     let src = Root::open(src_root).map_err(io_err("open", src_root))?;
+    copy_from(&src, sources, excluded, dest_root, dest, opts, expect_walk)
+}
+
+/// [`copy_checked`] from a source root that is already open (the build context, opened once per build).
+pub fn copy_from(
+    src: &Root,
+    sources: &[String],
+    excluded: &dyn Fn(&str) -> bool,
+    dest_root: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+    expect_walk: Option<&Digest>,
+) -> Result<(), CopyError> {
     let sel = Selection { sources: sources.to_vec(), follow_symlinks: true };
-    let trees = contenthash::walk_selection(&src, &sel, excluded)?;
+    let trees = contenthash::walk_selection(src, &sel, excluded)?;
     if let Some(want) = expect_walk
         && contenthash::fingerprint(&trees) != *want
     {
-        return Err(ContentHashError::Changed { path: src_root.to_path_buf() }.into());
+        return Err(ContentHashError::Changed { path: src.path().to_path_buf() }.into());
     }
     let dest_rel = contenthash::clean_clamped(dest);
     let dir_syntax = dest.ends_with('/') || dest.ends_with("/.") || dest_rel.as_os_str().is_empty();
-    let mut c = Copier { src: &src, dest_root, opts, hardlinks: HashMap::new(), dir_times: Vec::new() };
+    let mut c = Copier { src, dest_root, opts, hardlinks: HashMap::new(), dir_times: Vec::new() };
     if trees.len() > 1 && !dir_syntax && !c.is_dir_in_root(&dest_rel)? {
         return Err(CopyError::DestNotDirectory { dest: dest.to_string() });
     }
@@ -156,7 +169,7 @@ pub fn copy_checked(
             }
         } else if opts.extract_archives
             && top.stat.is_file()
-            && let Some(kind) = sniff_archive(&src, top)?
+            && let Some(kind) = sniff_archive(src, top)?
         {
             let dir = c.mkdir_all(&dest_rel)?;
             c.extract(top, kind, &dir)?;

@@ -5,7 +5,7 @@
 //! diff_id is the digest of the tar it would become. A step that changed nothing adds no layer.
 
 use crate::cancel::Canceller;
-use crate::copy::{CopyOptions, copy, copy_checked};
+use crate::copy::{CopyOptions, copy_from};
 use crate::mounts::{MountSources, prepare};
 use crate::overlay::mount_overlay;
 use crate::runtime::{NetworkMode, RunSpec, Runtime};
@@ -28,6 +28,9 @@ pub struct LocalWorker {
     store: Arc<Store>,
     runtime: Runtime,
     context: PathBuf,
+    /// The context directory, opened once: every context read of the build starts from this fd, so even a swap of
+    /// the context directory itself cannot change what the build reads from.
+    context_root: Option<Root>,
     stat_cache: StatCache,
     layer_opts: LayerOptions,
     mount_sources: MountSources,
@@ -47,10 +50,18 @@ impl LocalWorker {
             .map_err(|e| WorkerError::failed("preparing the container runtime", e))?;
         let key = Digest::of(context.as_os_str().as_encoded_bytes());
         let stat_cache = StatCache::load(&store.root().join("index").join(format!("statcache-{}", &key.hex()[..16])));
+        let context_root = match Root::open(&context) {
+            Ok(root) => Some(root),
+            Err(e) => {
+                tracing::debug!(path = %context.display(), error = %e, "the build context cannot be opened now");
+                None
+            }
+        };
         Ok(LocalWorker {
             store,
             runtime,
             context,
+            context_root,
             stat_cache,
             layer_opts: LayerOptions { clamp_mtime },
             mount_sources: MountSources::default(),
@@ -188,6 +199,20 @@ impl LocalWorker {
         }
     }
 
+    /// The open root of a directory input: the context's own fd, or `dir` opened now.
+    fn open_dir_input<'a>(
+        &'a self,
+        dir: &Path,
+        action: &CopyAction,
+        owned: &'a mut Option<Root>,
+    ) -> Result<&'a Root, WorkerError> {
+        if let Some(root) = self.context_root.as_ref().filter(|_| dir == self.context) {
+            return Ok(root);
+        }
+        let root = Root::open(dir).map_err(|e| WorkerError::failed(copy_context(action), e))?;
+        Ok(owned.insert(root))
+    }
+
     fn copy_into(&self, merged: &Path, action: &CopyAction, src: &Output) -> Result<(), WorkerError> {
         let exclusions = Exclusions::new(action)?;
         let excluded = |p: &str| exclusions.excluded(p);
@@ -206,26 +231,19 @@ impl LocalWorker {
         };
         self.with_view(src, |src_root| {
             let fail = |e: crate::copy::CopyError| exclusions.explain(action, e);
+            let mut owned = None;
+            let root = self.open_dir_input(src_root, action, &mut owned)?;
             if !action.parents {
                 let expect = match src {
                     Output::Dir(_) => self.walks.lock().ok().and_then(|w| w.get(&walk_key(src_root, action)).cloned()),
                     Output::RootFs(_) => None,
                 };
-                return copy_checked(
-                    src_root,
-                    &action.sources,
-                    &excluded,
-                    merged,
-                    &action.dest,
-                    &opts,
-                    expect.as_ref(),
-                )
-                .map_err(fail);
+                return copy_from(root, &action.sources, &excluded, merged, &action.dest, &opts, expect.as_ref())
+                    .map_err(fail);
             }
             // --parents: each match lands under dest at its own directory path. (Each file is still read beneath
             // the root and checked against the walk that copies it; the matches are not compared with the hash's.)
-            let root = Root::open(src_root).map_err(|e| WorkerError::failed(copy_context(action), e))?;
-            let found = rbuild_cache::contenthash::resolve_sources(&root, &action.sources, &excluded)
+            let found = rbuild_cache::contenthash::resolve_sources(root, &action.sources, &excluded)
                 .map_err(|e| fail(e.into()))?;
             let dest = action.dest.trim_end_matches('/');
             for s in found {
@@ -233,7 +251,7 @@ impl LocalWorker {
                 let parent = rel.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
                 let into = if parent.is_empty() { format!("{dest}/") } else { format!("{dest}/{parent}/") };
                 let one = [s.rel.to_string_lossy().into_owned()];
-                copy(src_root, &one, &excluded, merged, &into, &opts).map_err(fail)?;
+                copy_from(root, &one, &excluded, merged, &into, &opts, None).map_err(fail)?;
             }
             Ok(())
         })
@@ -445,8 +463,9 @@ impl Worker for LocalWorker {
         let exclusions = Exclusions::new(action)?;
         let excluded = |p: &str| exclusions.excluded(p);
         let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
-        let src = Root::open(root).map_err(|e| WorkerError::failed(copy_context(action), e))?;
-        let hashed = rbuild_cache::contenthash::hash_selection(&src, &sel, &excluded, Some(&self.stat_cache))
+        let mut owned = None;
+        let src = self.open_dir_input(root, action, &mut owned)?;
+        let hashed = rbuild_cache::contenthash::hash_selection(src, &sel, &excluded, Some(&self.stat_cache))
             .map_err(|e| exclusions.explain(action, e.into()))?;
         if let Ok(mut walks) = self.walks.lock() {
             walks.insert(walk_key(root, action), hashed.fingerprint);
@@ -459,8 +478,9 @@ impl Worker for LocalWorker {
         let exclusions = Exclusions::new(action)?;
         let excluded = |p: &str| exclusions.excluded(p);
         let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
-        let src = Root::open(root).map_err(|e| WorkerError::failed(copy_context(action), e))?;
-        rbuild_cache::contenthash::content_files(&src, &sel, &excluded, Some(&self.stat_cache))
+        let mut owned = None;
+        let src = self.open_dir_input(root, action, &mut owned)?;
+        rbuild_cache::contenthash::content_files(src, &sel, &excluded, Some(&self.stat_cache))
             .map(|(_, files)| files)
             .map_err(|e| exclusions.explain(action, e.into()))
     }
