@@ -13,23 +13,32 @@
 //!   or a `..` stops at the root), so a source can never reach outside it. With `follow_symlinks` (what the
 //!   Dockerfile frontend always asks for) the final component is followed too: BuildKit copies the *target's*
 //!   content for `COPY link /x` (moby/buildkit#1260), while symlinks *inside* a copied directory stay symlinks;
-//! - exclusions (`.dockerignore` and `COPY --exclude`) are an opaque callback on root-relative paths. Because
-//!   Docker's patterns may re-include files below an excluded directory (`!dir/keep`), an excluded directory is still
-//!   walked and kept only when something below it is selected.
+//! - exclusions (`.dockerignore` and `COPY --exclude`) are an opaque callback on root-relative paths, asked about
+//!   both names of an entry: the path as the source spells it, and the real path it leads to. Resolution asks it
+//!   about every entry a source passes through (symlinks included) and treats an excluded one as missing, which is
+//!   what BuildKit's filtered context transfer amounts to: with `keys/` ignored and `kl -> keys`, `COPY kl/id_rsa`
+//!   is `"/kl/id_rsa": not found`, through any chain of links, `..` or absolute targets. Because Docker's patterns
+//!   may re-include files below an excluded directory (`!dir/keep`), an excluded directory is still walked and kept
+//!   only when something below it is selected;
+//! - every read is confined to the root by the kernel ([`crate::confined`]): resolution walks from directory fds
+//!   without letting the kernel follow links, the walk lists directories through their fds, and files are opened
+//!   beneath the root with no symlinks allowed and checked to be the file the walk listed. A writer swapping a
+//!   directory for a symlink mid-build makes the build fail ([`ContentHashError::Changed`]), never read outside.
 //!
 //! The digest covers path, type, permission and special mode bits, owner, symlink target, device numbers, xattrs and
 //! file bytes — never timestamps — in a length-prefixed encoding, so that touching a file changes nothing and two
 //! different trees cannot produce the same byte stream. File bytes are hashed separately (in parallel) and their
 //! SHA-256 enters the stream; a persistent [`StatCache`] skips re-reading files whose stat is unchanged.
 
+use crate::confined::{self, Root, Stat};
 use rbuild_solver::Digest;
 use sha2::{Digest as _, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, Metadata};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -53,7 +62,8 @@ pub fn is_ignored_xattr(name: &[u8]) -> bool {
 pub enum ContentHashError {
     #[error("source {name:?} is outside the source root (`..` climbs above it)")]
     EscapesRoot { name: String },
-    #[error("source {name:?} not found")]
+    /// BuildKit's wording: `"/kl/id_rsa": not found`.
+    #[error("\"/{}\": not found", clean_clamped(name).display())]
     NotFound { name: String },
     /// The source exists but every path it names is excluded (`.dockerignore`, `--exclude`): reported apart from
     /// [`ContentHashError::NotFound`] so that the caller can say which patterns hid it.
@@ -63,6 +73,9 @@ pub enum ContentHashError {
     NoMatch { pattern: String },
     #[error("invalid wildcard pattern {pattern:?}: {reason}")]
     BadPattern { pattern: String, reason: &'static str },
+    /// A file or directory changed between being listed and being read (or between the hash and the copy).
+    #[error("{path} changed while the build read it (is something writing to the build context?)")]
+    Changed { path: PathBuf },
     #[error("too many levels of symbolic links resolving {path}")]
     SymlinkLoop { path: PathBuf },
     #[error("cannot {op} {path}")]
@@ -95,8 +108,9 @@ pub struct SelectedSource {
     /// The cleaned root-relative path under the name it was selected by (empty for the root itself). Its last
     /// component is the name a file lands under when copied into a directory.
     pub rel: PathBuf,
-    /// The real path on disk, symlinks resolved inside the root.
-    pub path: PathBuf,
+    /// Where it really is: root-relative, symlinks resolved inside the root, so a path of plain names that
+    /// [`Root::open_beneath`] opens without following anything.
+    pub real: PathBuf,
     /// The source contained wildcards.
     pub wildcard: bool,
 }
@@ -106,10 +120,11 @@ pub struct SelectedSource {
 pub struct SelectedEntry {
     /// Relative to the selected source; empty for the source itself.
     pub rel: PathBuf,
-    /// The path on disk.
-    pub path: PathBuf,
-    /// `lstat` of `path`.
-    pub metadata: Metadata,
+    /// Root-relative path of plain names (see [`SelectedSource::real`]).
+    pub real: PathBuf,
+    /// `lstat` of the entry when it was listed. Whoever reads the entry later checks that it is still this file
+    /// ([`Stat::same_content`]), so what is hashed is what is copied.
+    pub stat: Stat,
 }
 
 /// A selected source and everything below it that is not excluded.
@@ -160,23 +175,59 @@ pub fn clean_clamped(path: &str) -> PathBuf {
 /// if `root` were `/`: an absolute target restarts at `root`, `..` never climbs above it. The final component is
 /// followed only if `follow_final`. Components that do not exist are appended as they are, so the result can be
 /// used to create them; every existing component of the result is a real directory (no symlinks), which is what
-/// keeps writes below `root`.
+/// keeps writes below `root`. The walk itself is confined by the kernel (see [`resolve`]).
 pub fn resolve_in_root(root: &Path, rel: &Path, follow_final: bool) -> Result<PathBuf, ContentHashError> {
+    let root_fd = match Root::open(root) {
+        Ok(r) => r,
+        // Nothing exists yet: every component is missing, appended lexically as `resolve` would.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(root.join(clean_clamped(&rel.to_string_lossy()))),
+        Err(e) => return Err(io_err("open", root)(e)),
+    };
+    let r = resolve(&root_fd, rel, follow_final, &|_, _| Ok(false))?;
+    Ok(root.join(r.real))
+}
+
+/// Where [`resolve`] led.
+#[derive(Debug)]
+pub struct Resolved {
+    /// Root-relative; every existing component a real directory (or, last, the entry itself).
+    pub real: PathBuf,
+    /// `lstat` of the entry `real` names; `None` when it does not exist (or is hidden).
+    pub stat: Option<Stat>,
+    /// The first path the `hidden` check hid, root-relative: the resolution treated it as missing.
+    pub hidden: Option<PathBuf>,
+}
+
+/// Resolves `rel` inside `root` with chroot semantics, like [`resolve_in_root`], one component at a time from
+/// directory file descriptors (`fstatat`, `readlinkat` and `openat` with `O_NOFOLLOW` on single names), so that a
+/// component swapped for a symlink by a racing writer is read as a symlink and resolved inside the root too, never
+/// followed by the kernel. `..` returns to the directory fd the walk came from, never to a parent found by name.
+///
+/// `hidden(real, stat)` is asked about every existing entry the path passes through, by its real root-relative
+/// path: symlinks on the way, the directories they lead through and the final entry. A hidden entry is treated as
+/// missing, which is how `.dockerignore` applies to where a path *leads* and not only to how it is spelled.
+pub fn resolve(
+    root: &Root,
+    rel: &Path,
+    follow_final: bool,
+    hidden: &dyn Fn(&Path, &Stat) -> Result<bool, ContentHashError>,
+) -> Result<Resolved, ContentHashError> {
     let mut pending: VecDeque<OsString> = VecDeque::new();
-    for c in rel.components() {
-        match c {
-            Component::Normal(n) => pending.push_back(n.to_os_string()),
-            Component::ParentDir => pending.push_back(OsString::from("..")),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
+    push_components(&mut pending, rel);
     let mut resolved: Vec<OsString> = Vec::new();
-    // Index in `resolved` of the first component that does not exist on disk.
+    // fds[i] is the open directory resolved[..=i], for the existing prefix of `resolved`.
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    // Index in `resolved` of the first component that does not exist (or is not a directory but has more below).
     let mut missing_from: Option<usize> = None;
+    let mut hidden_at: Option<PathBuf> = None;
+    let mut last_stat: Option<Stat> = None;
     let mut links = 0usize;
+    let here = |resolved: &[OsString]| root.path().join(resolved.iter().collect::<PathBuf>());
     while let Some(name) = pending.pop_front() {
+        last_stat = None;
         if name == ".." {
             resolved.pop();
+            fds.truncate(resolved.len());
             if missing_from.is_some_and(|m| resolved.len() <= m) {
                 missing_from = None;
             }
@@ -186,39 +237,90 @@ pub fn resolve_in_root(root: &Path, rel: &Path, follow_final: bool) -> Result<Pa
             resolved.push(name);
             continue;
         }
-        let mut candidate = root.to_path_buf();
-        candidate.extend(&resolved);
-        candidate.push(&name);
-        let is_last = pending.is_empty();
-        match fs::symlink_metadata(&candidate) {
+        let dir = fds.last().map_or(root.fd(), |f| f.as_fd());
+        let st = match confined::stat_at(dir, &name) {
+            Ok(st) => st,
             Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
                 missing_from = Some(resolved.len());
                 resolved.push(name);
+                continue;
             }
-            Err(e) => return Err(io_err("stat", &candidate)(e)),
-            Ok(md) if md.file_type().is_symlink() && (!is_last || follow_final) => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(ContentHashError::SymlinkLoop { path: root.join(rel) });
-                }
-                let target = fs::read_link(&candidate).map_err(io_err("read symlink", &candidate))?;
-                if target.is_absolute() {
-                    resolved.clear();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push_front(n.to_os_string()),
-                        Component::ParentDir => pending.push_front(OsString::from("..")),
-                        Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-                    }
-                }
+            Err(e) => return Err(io_err("stat", &here(&resolved).join(&name))(e)),
+        };
+        let real: PathBuf = resolved.iter().chain(std::iter::once(&name)).collect();
+        if hidden(&real, &st)? {
+            hidden_at.get_or_insert(real);
+            missing_from = Some(resolved.len());
+            resolved.push(name);
+            continue;
+        }
+        let is_last = pending.is_empty();
+        if st.is_symlink() && (!is_last || follow_final) {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(ContentHashError::SymlinkLoop { path: root.path().join(rel) });
             }
-            Ok(_) => resolved.push(name),
+            // EINVAL: no longer a symlink; swapped since the stat.
+            let target = confined::read_link_at(dir, &name).map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => ContentHashError::Changed { path: real.clone() },
+                _ => changed_or_io(&real, e),
+            })?;
+            if target.is_absolute() {
+                resolved.clear();
+                fds.clear();
+            }
+            let mut rest = VecDeque::new();
+            push_components(&mut rest, &target);
+            rest.append(&mut pending);
+            pending = rest;
+            continue;
+        }
+        if is_last {
+            resolved.push(name);
+            last_stat = Some(st);
+        } else if st.is_dir() {
+            let fd = confined::open_dir_at(dir, &name).map_err(|e| changed_or_io(&real, e))?;
+            fds.push(fd);
+            resolved.push(name);
+        } else {
+            // Not a directory, yet something is looked up below it: that is missing.
+            missing_from = Some(resolved.len());
+            resolved.push(name);
         }
     }
-    let mut out = root.to_path_buf();
-    out.extend(&resolved);
-    Ok(out)
+    let stat = match (missing_from, last_stat) {
+        (Some(_), _) => None,
+        (None, Some(st)) => Some(st),
+        (None, None) => Some(match resolved.split_last() {
+            // The path ended in `..` or was empty: the directory the walk stands in.
+            _ if fds.len() == resolved.len() => confined::fstat(fds.last().map_or(root.fd(), |f| f.as_fd()))
+                .map_err(io_err("stat", &here(&resolved)))?,
+            Some((last, _)) => {
+                let parent = fds.get(resolved.len().wrapping_sub(2)).map_or(root.fd(), |f| f.as_fd());
+                confined::stat_at(parent, last).map_err(io_err("stat", &here(&resolved)))?
+            }
+            None => confined::fstat(root.fd()).map_err(io_err("stat", root.path()))?,
+        }),
+    };
+    Ok(Resolved { real: resolved.iter().collect(), stat, hidden: hidden_at })
+}
+
+fn push_components(to: &mut VecDeque<OsString>, path: &Path) {
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => to.push_back(n.to_os_string()),
+            Component::ParentDir => to.push_back(OsString::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+}
+
+/// An entry that was there a moment ago is gone or became something else: the tree is being changed.
+fn changed_or_io(real: &Path, e: io::Error) -> ContentHashError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => ContentHashError::Changed { path: real.to_path_buf() },
+        _ => ContentHashError::Io { op: "open", path: real.to_path_buf(), source: e },
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -360,58 +462,90 @@ fn read_class_char(p: &[char], i: &mut usize) -> Result<char, &'static str> {
 // ---------------------------------------------------------------------------------------------------------------
 // Selection
 
-fn lstat_opt(path: &Path) -> Result<Option<Metadata>, ContentHashError> {
-    match fs::symlink_metadata(path) {
-        Ok(md) => Ok(Some(md)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
-        Err(e) => Err(io_err("stat", path)(e)),
-    }
-}
-
 fn rel_string(rel: &Path) -> String {
     rel.to_string_lossy().into_owned()
 }
 
+/// Whether `real` (root-relative, existing, with stat `st`) is outside the selectable tree: excluded, and not a
+/// directory that still holds something selectable (Docker's `!dir/keep` re-includes below an excluded `dir`).
+/// This is the tree BuildKit transfers: a path through `kl -> keys` with `keys/` ignored finds nothing.
+fn is_hidden(root: &Root, real: &Path, st: &Stat, excluded: &dyn Fn(&str) -> bool) -> Result<bool, ContentHashError> {
+    if real.as_os_str().is_empty() || !excluded(&rel_string(real)) {
+        return Ok(false);
+    }
+    if !st.is_dir() {
+        return Ok(true);
+    }
+    let fd = root.open_dir(real).map_err(|e| changed_or_io(real, e))?;
+    Ok(!any_selectable_below(root, &fd, real, excluded)?)
+}
+
+fn any_selectable_below(
+    root: &Root,
+    dir: &OwnedFd,
+    real: &Path,
+    excluded: &dyn Fn(&str) -> bool,
+) -> Result<bool, ContentHashError> {
+    for (name, st) in confined::list_dir(dir).map_err(io_err("read directory", &root.path().join(real)))? {
+        let child = real.join(&name);
+        if !excluded(&rel_string(&child)) {
+            return Ok(true);
+        }
+        if st.is_dir() {
+            let fd = confined::open_dir_for_listing_at(dir, &name).map_err(|e| changed_or_io(&child, e))?;
+            if any_selectable_below(root, &fd, &child, excluded)? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Resolves sources the way Dockerfile COPY/ADD do (final symlinks followed). See [`resolve_selection`].
 pub fn resolve_sources(
-    root: &Path,
+    root: &Root,
     sources: &[String],
     excluded: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<SelectedSource>, ContentHashError> {
     let sel = Selection { sources: sources.to_vec(), follow_symlinks: true };
-    resolve_selection(root, &sel, excluded)
+    Ok(resolve_selection(root, &sel, excluded)?.into_iter().map(|(s, _)| s).collect())
 }
 
-/// Resolves every source to the files or directories it names, in source order (wildcard matches sorted by name).
-/// A selected path that is excluded is dropped when it is not a directory; an excluded directory is kept here and
-/// dropped by [`walk_selection`] when nothing below it is selected.
+/// Resolves every source to the files or directories it names, in source order (wildcard matches sorted by name),
+/// with their stat. Exclusions apply both to the path as named and to every real path the resolution passes
+/// through (see [`resolve`]). A selected path that is excluded is dropped when it is not a directory; an excluded
+/// directory is kept here and dropped by [`walk_selection`] when nothing below it is selected.
 pub fn resolve_selection(
-    root: &Path,
+    root: &Root,
     sel: &Selection,
     excluded: &dyn Fn(&str) -> bool,
-) -> Result<Vec<SelectedSource>, ContentHashError> {
+) -> Result<Vec<(SelectedSource, Stat)>, ContentHashError> {
+    let hidden = |real: &Path, st: &Stat| is_hidden(root, real, st, excluded);
     let mut out = Vec::new();
     for source in &sel.sources {
         let rel = clean_source(source)?;
         let wildcard = has_wildcards(source);
+        let mut directly_excluded = false;
         let found = if wildcard {
-            resolve_wildcard(root, source, &rel, sel.follow_symlinks)?
+            resolve_wildcard(root, source, &rel, sel.follow_symlinks, &hidden)?
         } else {
-            let path = resolve_in_root(root, &rel, sel.follow_symlinks)?;
-            lstat_opt(&path)?.map(|md| vec![(rel.clone(), path, md)]).unwrap_or_default()
+            let r = resolve(root, &rel, sel.follow_symlinks, &hidden)?;
+            // Named straight at (or below) an excluded path, not led there by a symlink: say it is excluded.
+            directly_excluded = r.hidden.as_deref().is_some_and(|h| rel.starts_with(h));
+            r.stat.map(|st| vec![(rel.clone(), r.real, st)]).unwrap_or_default()
         };
         let before = out.len();
         let existed = !found.is_empty();
-        for (rel, path, md) in found {
-            if !rel.as_os_str().is_empty() && !md.is_dir() && excluded(&rel_string(&rel)) {
+        for (rel, real, st) in found {
+            if !rel.as_os_str().is_empty() && !st.is_dir() && excluded(&rel_string(&rel)) {
                 continue;
             }
-            out.push(SelectedSource { source: source.clone(), rel, path, wildcard });
+            out.push((SelectedSource { source: source.clone(), rel, real, wildcard }, st));
         }
         if out.len() == before {
             return Err(if wildcard {
                 ContentHashError::NoMatch { pattern: source.clone() }
-            } else if existed {
+            } else if existed || directly_excluded {
                 ContentHashError::Excluded { name: source.clone() }
             } else {
                 ContentHashError::NotFound { name: source.clone() }
@@ -421,51 +555,35 @@ pub fn resolve_selection(
     Ok(out)
 }
 
-fn sorted_dir(dir: &Path) -> Result<Vec<OsString>, ContentHashError> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
-        names.push(entry.map_err(io_err("read directory", dir))?.file_name());
-    }
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(names)
-}
-
-/// A directory's entries with their `lstat`, sorted by name. The stat is taken relative to the open directory
-/// (`DirEntry::metadata` is an `fstatat` on it), which spares the kernel resolving the full path of every file of
-/// a large context again.
-fn sorted_dir_with_metadata(dir: &Path) -> Result<Vec<(OsString, Metadata)>, ContentHashError> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err("read directory", dir))? {
-        let entry = entry.map_err(io_err("read directory", dir))?;
-        let md = entry.metadata().map_err(|e| io_err("stat", &entry.path())(e))?;
-        out.push((entry.file_name(), md));
-    }
-    out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    Ok(out)
-}
-
 /// Expands a wildcard source component by component. Returns (rel as matched, real path, lstat of real path).
 fn resolve_wildcard(
-    root: &Path,
+    root: &Root,
     source: &str,
     rel: &Path,
     follow_final: bool,
-) -> Result<Vec<(PathBuf, PathBuf, Metadata)>, ContentHashError> {
+    hidden: &dyn Fn(&Path, &Stat) -> Result<bool, ContentHashError>,
+) -> Result<Vec<(PathBuf, PathBuf, Stat)>, ContentHashError> {
     let bad = |reason| ContentHashError::BadPattern { pattern: source.to_string(), reason };
     let comps: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-    // Candidates: (rel as named, real path relative to root with every symlink resolved).
-    let mut candidates: Vec<(PathBuf, PathBuf)> = vec![(PathBuf::new(), PathBuf::new())];
+    // Candidates: (rel as named, real path relative to root with every symlink resolved, its stat).
+    let mut candidates: Vec<(PathBuf, PathBuf, Option<Stat>)> = vec![(PathBuf::new(), PathBuf::new(), None)];
     for (i, comp) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
         let mut next = Vec::new();
-        for (named, real) in &candidates {
+        for (named, real, st) in &candidates {
             let names: Vec<OsString> = if has_wildcards(comp) {
-                let dir = root.join(real);
-                if !lstat_opt(&dir)?.is_some_and(|m| m.is_dir()) {
+                if st.is_some_and(|s| !s.is_dir()) {
                     continue;
                 }
+                let fd = match root.open_dir(real) {
+                    Ok(fd) => fd,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+                        continue;
+                    }
+                    Err(e) => return Err(changed_or_io(real, e)),
+                };
                 let mut matched = Vec::new();
-                for name in sorted_dir(&dir)? {
+                for (name, _) in confined::list_dir(&fd).map_err(io_err("read directory", &root.path().join(real)))? {
                     if match_component(comp, &name.to_string_lossy()).map_err(bad)? {
                         matched.push(name);
                     }
@@ -475,45 +593,41 @@ fn resolve_wildcard(
                 vec![OsString::from(comp)]
             };
             for name in names {
-                let path = resolve_in_root(root, &real.join(&name), !last || follow_final)?;
-                if lstat_opt(&path)?.is_some() {
-                    let real_rel = path.strip_prefix(root).map(Path::to_path_buf).unwrap_or_default();
-                    next.push((named.join(&name), real_rel));
+                let r = resolve(root, &real.join(&name), !last || follow_final, hidden)?;
+                if let Some(st) = r.stat {
+                    next.push((named.join(&name), r.real, Some(st)));
                 }
             }
         }
         candidates = next;
     }
-    let mut out = Vec::new();
-    for (named, real) in candidates {
-        let path = root.join(&real);
-        if let Some(md) = lstat_opt(&path)? {
-            out.push((named, path, md));
-        }
-    }
-    Ok(out)
+    Ok(candidates.into_iter().filter_map(|(named, real, st)| st.map(|st| (named, real, st))).collect())
 }
 
 /// Resolves the selection and walks every selected directory: the exact list of entries a copy writes and the
-/// digest covers.
+/// digest covers. Directories are listed through their own fds, opened one name at a time without following
+/// symlinks, so a directory swapped for a symlink while the walk runs fails the walk instead of leading it out.
 pub fn walk_selection(
-    root: &Path,
+    root: &Root,
     sel: &Selection,
     excluded: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<SelectedTree>, ContentHashError> {
     let mut trees = Vec::new();
     let sources = resolve_selection(root, sel, excluded)?;
     let mut kept_per_source: HashMap<&str, usize> = HashMap::new();
-    for source in &sources {
-        let md = fs::symlink_metadata(&source.path).map_err(io_err("stat", &source.path))?;
+    for (source, st) in &sources {
         let mut entries = Vec::new();
-        let keep = if md.is_dir() {
-            let top_excluded = !source.rel.as_os_str().is_empty() && excluded(&rel_string(&source.rel));
-            entries.push(SelectedEntry { rel: PathBuf::new(), path: source.path.clone(), metadata: md });
-            let any = walk_dir(&source.path, &source.rel, Path::new(""), excluded, &mut entries)?;
+        let keep = if st.is_dir() {
+            let fd = root.open_dir(&source.real).map_err(|e| changed_or_io(&source.real, e))?;
+            let st = confined::fstat(&fd).map_err(io_err("stat", &root.path().join(&source.real)))?;
+            let top_excluded = !source.rel.as_os_str().is_empty()
+                && (excluded(&rel_string(&source.rel)) || excluded(&rel_string(&source.real)));
+            entries.push(SelectedEntry { rel: PathBuf::new(), real: source.real.clone(), stat: st });
+            let at = Walking { root, excluded, named: &source.rel };
+            let any = at.walk_dir(&fd, &source.real, Path::new(""), &mut entries)?;
             !top_excluded || any
         } else {
-            entries.push(SelectedEntry { rel: PathBuf::new(), path: source.path.clone(), metadata: md });
+            entries.push(SelectedEntry { rel: PathBuf::new(), real: source.real.clone(), stat: *st });
             true
         };
         if keep {
@@ -534,35 +648,50 @@ pub fn walk_selection(
     Ok(trees)
 }
 
-/// Appends the selected entries below `dir`; returns whether anything was selected.
-fn walk_dir(
-    dir: &Path,
-    root_rel: &Path,
-    rel: &Path,
-    excluded: &dyn Fn(&str) -> bool,
-    out: &mut Vec<SelectedEntry>,
-) -> Result<bool, ContentHashError> {
-    let mut any = false;
-    for (name, md) in sorted_dir_with_metadata(dir)? {
-        let path = dir.join(&name);
-        let child_rel = rel.join(&name);
-        let child_root_rel = root_rel.join(&name);
-        let is_excluded = excluded(&rel_string(&child_root_rel));
-        if md.is_dir() {
-            let at = out.len();
-            out.push(SelectedEntry { rel: child_rel.clone(), path: path.clone(), metadata: md });
-            let below = walk_dir(&path, &child_root_rel, &child_rel, excluded, out)?;
-            if is_excluded && !below {
-                out.truncate(at);
-            } else {
+struct Walking<'a> {
+    root: &'a Root,
+    excluded: &'a dyn Fn(&str) -> bool,
+    /// The selected source's root-relative path as named (exclusions see both names of an entry).
+    named: &'a Path,
+}
+
+impl Walking<'_> {
+    /// Appends the selected entries below the directory open as `dir` (at root-relative `real`, source-relative
+    /// `rel`); returns whether anything was selected.
+    fn walk_dir(
+        &self,
+        dir: &OwnedFd,
+        real: &Path,
+        rel: &Path,
+        out: &mut Vec<SelectedEntry>,
+    ) -> Result<bool, ContentHashError> {
+        let mut any = false;
+        let listed = confined::list_dir(dir).map_err(io_err("read directory", &self.root.path().join(real)))?;
+        for (name, st) in listed {
+            let child_real = real.join(&name);
+            let child_rel = rel.join(&name);
+            let named_child = self.named.join(&child_rel);
+            let is_excluded = (self.excluded)(&rel_string(&child_real))
+                || (named_child != child_real && (self.excluded)(&rel_string(&named_child)));
+            if st.is_dir() {
+                let fd = confined::open_dir_for_listing_at(dir, &name).map_err(|e| changed_or_io(&child_real, e))?;
+                // The stat of what was opened, not of what was listed: they differ only if it was just swapped.
+                let st = confined::fstat(&fd).map_err(io_err("stat", &self.root.path().join(&child_real)))?;
+                let at = out.len();
+                out.push(SelectedEntry { rel: child_rel.clone(), real: child_real.clone(), stat: st });
+                let below = self.walk_dir(&fd, &child_real, &child_rel, out)?;
+                if is_excluded && !below {
+                    out.truncate(at);
+                } else {
+                    any = true;
+                }
+            } else if !is_excluded {
+                out.push(SelectedEntry { rel: child_rel, real: child_real, stat: st });
                 any = true;
             }
-        } else if !is_excluded {
-            out.push(SelectedEntry { rel: child_rel, path, metadata: md });
-            any = true;
         }
+        Ok(any)
     }
-    Ok(any)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -598,45 +727,76 @@ const TAG_SOURCE: u8 = 1;
 const TAG_MATCH: u8 = 2;
 const TAG_ENTRY: u8 = 3;
 
-fn kind_byte(md: &Metadata) -> u8 {
-    let ft = md.file_type();
-    if ft.is_dir() {
+fn kind_byte(st: &Stat) -> u8 {
+    if st.is_dir() {
         b'd'
-    } else if ft.is_file() {
+    } else if st.is_file() {
         b'f'
-    } else if ft.is_symlink() {
+    } else if st.is_symlink() {
         b'l'
-    } else if ft.is_char_device() {
+    } else if st.is_char_device() {
         b'c'
-    } else if ft.is_block_device() {
+    } else if st.is_block_device() {
         b'b'
-    } else if ft.is_fifo() {
+    } else if st.is_fifo() {
         b'p'
     } else {
         b's'
     }
 }
 
-/// The xattrs of `path` (not following a symlink) that describe the file, sorted by name.
-pub fn file_xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, ContentHashError> {
-    let names = match xattr::list(path) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("list xattrs of", path)(e)),
-    };
-    let mut out = Vec::new();
-    for name in names {
-        if is_ignored_xattr(name.as_bytes()) {
-            continue;
-        }
-        match xattr::get(path, &name) {
-            Ok(Some(v)) => out.push((name, v)),
-            Ok(None) => {}
-            Err(e) => return Err(io_err("read xattr of", path)(e)),
+/// The xattrs of a selected entry that describe the file, sorted by name, read without following it.
+pub fn entry_xattrs(root: &Root, e: &SelectedEntry) -> Result<Vec<(OsString, Vec<u8>)>, ContentHashError> {
+    root.xattrs(&e.real, &e.stat, is_ignored_xattr).map_err(|err| changed_or_io(&e.real, err))
+}
+
+/// Opens a selected regular file for reading and checks that it is still the file that was listed.
+pub fn open_entry(root: &Root, e: &SelectedEntry) -> Result<File, ContentHashError> {
+    let f = root.open_file(&e.real).map_err(|err| changed_or_io(&e.real, err))?;
+    check_unchanged(&f, e)?;
+    Ok(f)
+}
+
+/// Fails with [`ContentHashError::Changed`] unless the open `f` still is `e` as listed (see [`Stat::same_content`]).
+pub fn check_unchanged(f: &File, e: &SelectedEntry) -> Result<(), ContentHashError> {
+    let now = confined::fstat(f).map_err(io_err("stat", &e.real))?;
+    if now.same_content(&e.stat) { Ok(()) } else { Err(ContentHashError::Changed { path: e.real.clone() }) }
+}
+
+/// The target of a selected symlink, checked to be the link that was listed.
+pub fn entry_link(root: &Root, e: &SelectedEntry) -> Result<PathBuf, ContentHashError> {
+    let (target, st) = root.read_link(&e.real).map_err(|err| changed_or_io(&e.real, err))?;
+    if (st.dev, st.ino) != (e.stat.dev, e.stat.ino) {
+        return Err(ContentHashError::Changed { path: e.real.clone() });
+    }
+    Ok(target)
+}
+
+/// A digest of what identifies every walked entry (path, device, inode, type, mode, owner, size and, for
+/// non-directories, times), with no content read. Two walks with the same fingerprint listed the same files in the
+/// same state, so a copy that walks again can check it copies exactly what the cache key's digest covered.
+pub fn fingerprint(trees: &[SelectedTree]) -> Digest {
+    let mut enc = Encoder { main: Sha256::new(), entry: None };
+    enc.bytes(b"rbuild-walk-v1");
+    for tree in trees {
+        enc.bytes(tree.source.source.as_bytes());
+        enc.bytes(tree.source.rel.as_os_str().as_bytes());
+        for e in &tree.entries {
+            let st = &e.stat;
+            enc.bytes(e.real.as_os_str().as_bytes());
+            enc.bytes(e.rel.as_os_str().as_bytes());
+            for v in [st.dev, st.ino, u64::from(st.mode), u64::from(st.uid), u64::from(st.gid)] {
+                enc.u64(v);
+            }
+            // A directory's times move whenever anything in it changes, selected or not: its entries say enough.
+            if !st.is_dir() {
+                for v in [st.size as i64, st.mtime.0, st.mtime.1, st.ctime.0, st.ctime.1] {
+                    enc.u64(v as u64);
+                }
+            }
         }
     }
-    out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    Ok(out)
+    Digest::from_sha256(enc.main.finalize().into())
 }
 
 /// Digest of exactly the selected files: for every selected path (recursively for directories, parents first,
@@ -644,38 +804,56 @@ pub fn file_xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, ContentHashE
 /// symlink target, device numbers, xattrs (sorted, storage-specific ones left out) and, for regular files, the
 /// SHA-256 of their bytes. Timestamps never enter it.
 pub fn content_digest(
-    root: &Path,
+    root: &Root,
     sel: &Selection,
     excluded: &dyn Fn(&str) -> bool,
     cache: Option<&StatCache>,
 ) -> Result<Digest, ContentHashError> {
-    digest_selection(root, sel, excluded, cache, false).map(|(d, _)| d)
+    digest_selection(root, sel, excluded, cache, false).map(|d| d.digest)
 }
 
 /// Like [`content_digest`], plus every selected path (relative to the root) with the digest of its own part of the
 /// encoding (metadata and bytes), so that a changed content digest can be traced to the files that changed.
 pub fn content_files(
-    root: &Path,
+    root: &Root,
     sel: &Selection,
     excluded: &dyn Fn(&str) -> bool,
     cache: Option<&StatCache>,
 ) -> Result<(Digest, Vec<(String, Digest)>), ContentHashError> {
-    digest_selection(root, sel, excluded, cache, true)
+    digest_selection(root, sel, excluded, cache, true).map(|d| (d.digest, d.files))
+}
+
+/// The content digest of a selection and the [`fingerprint`] of the walk it was computed from.
+#[derive(Debug, Clone)]
+pub struct HashedSelection {
+    pub digest: Digest,
+    pub fingerprint: Digest,
+    /// Per-file digests, when asked for ([`content_files`]).
+    pub files: Vec<(String, Digest)>,
+}
+
+/// [`content_digest`] and the fingerprint of the walk it hashed.
+pub fn hash_selection(
+    root: &Root,
+    sel: &Selection,
+    excluded: &dyn Fn(&str) -> bool,
+    cache: Option<&StatCache>,
+) -> Result<HashedSelection, ContentHashError> {
+    digest_selection(root, sel, excluded, cache, false)
 }
 
 fn digest_selection(
-    root: &Path,
+    root: &Root,
     sel: &Selection,
     excluded: &dyn Fn(&str) -> bool,
     cache: Option<&StatCache>,
     per_file: bool,
-) -> Result<(Digest, Vec<(String, Digest)>), ContentHashError> {
+) -> Result<HashedSelection, ContentHashError> {
     let mut files_out = Vec::new();
     let trees = walk_selection(root, sel, excluded)?;
-    let files: Vec<&SelectedEntry> =
-        trees.iter().flat_map(|t| t.entries.iter()).filter(|e| e.metadata.file_type().is_file()).collect();
+    let files: Vec<&SelectedEntry> = trees.iter().flat_map(|t| t.entries.iter()).filter(|e| e.stat.is_file()).collect();
     // In walk order: the n-th regular file met below is `file_digests[n]`.
-    let file_digests = hash_files(&files, cache)?;
+    let file_digests = hash_files(root, &files, cache)?;
     let mut next_file = file_digests.iter();
 
     let mut enc = Encoder { main: Sha256::new(), entry: None };
@@ -691,30 +869,29 @@ fn digest_selection(
         enc.u8(TAG_MATCH);
         enc.bytes(tree.source.rel.as_os_str().as_bytes());
         for e in &tree.entries {
-            let md = &e.metadata;
+            let st = &e.stat;
             if per_file {
                 enc.entry = Some(Sha256::new());
             }
             enc.u8(TAG_ENTRY);
             enc.bytes(e.rel.as_os_str().as_bytes());
-            enc.u8(kind_byte(md));
-            enc.u64(u64::from(md.mode() & 0o7777));
-            enc.u64(u64::from(md.uid()));
-            enc.u64(u64::from(md.gid()));
-            let ft = md.file_type();
-            if ft.is_symlink() {
-                let target = fs::read_link(&e.path).map_err(io_err("read symlink", &e.path))?;
+            enc.u8(kind_byte(st));
+            enc.u64(u64::from(st.permissions()));
+            enc.u64(u64::from(st.uid));
+            enc.u64(u64::from(st.gid));
+            if st.is_symlink() {
+                let target = entry_link(root, e)?;
                 enc.bytes(target.as_os_str().as_bytes());
             } else {
                 enc.bytes(b"");
             }
-            enc.u64(if ft.is_char_device() || ft.is_block_device() { md.rdev() } else { 0 });
-            let hashed = if ft.is_file() { next_file.next() } else { None };
+            enc.u64(if st.is_char_device() || st.is_block_device() { st.rdev } else { 0 });
+            let hashed = if st.is_file() { next_file.next() } else { None };
             let listed;
             let xattrs = match hashed {
                 Some(h) => &h.xattrs,
                 None => {
-                    listed = file_xattrs(&e.path)?;
+                    listed = entry_xattrs(root, e)?;
                     &listed
                 }
             };
@@ -734,10 +911,13 @@ fn digest_selection(
             }
         }
     }
-    Ok((Digest::from_sha256(enc.main.finalize().into()), files_out))
+    Ok(HashedSelection {
+        digest: Digest::from_sha256(enc.main.finalize().into()),
+        fingerprint: fingerprint(&trees),
+        files: files_out,
+    })
 }
 
-/// Hashes file contents, in parallel on up to 4 threads (hashing is I/O- and SHA-bound; more threads only thrash).
 /// A regular file's content digest and xattrs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Hashed {
@@ -745,10 +925,15 @@ struct Hashed {
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
-fn hash_files(files: &[&SelectedEntry], cache: Option<&StatCache>) -> Result<Vec<Hashed>, ContentHashError> {
+/// Hashes file contents, in parallel on up to 4 threads (hashing is I/O- and SHA-bound; more threads only thrash).
+fn hash_files(
+    root: &Root,
+    files: &[&SelectedEntry],
+    cache: Option<&StatCache>,
+) -> Result<Vec<Hashed>, ContentHashError> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4).min(files.len());
     if workers <= 1 {
-        return files.iter().map(|e| hash_one(&e.path, &e.metadata, cache)).collect();
+        return files.iter().map(|e| hash_one(root, e, cache)).collect();
     }
     let next = AtomicUsize::new(0);
     type Slot = Mutex<Option<Result<Hashed, ContentHashError>>>;
@@ -759,7 +944,7 @@ fn hash_files(files: &[&SelectedEntry], cache: Option<&StatCache>) -> Result<Vec
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(e) = files.get(i) else { break };
-                    let r = hash_one(&e.path, &e.metadata, cache);
+                    let r = hash_one(root, e, cache);
                     if let Ok(mut slot) = results[i].lock() {
                         *slot = Some(r);
                     }
@@ -771,7 +956,7 @@ fn hash_files(files: &[&SelectedEntry], cache: Option<&StatCache>) -> Result<Vec
     for (slot, e) in results.into_iter().zip(files) {
         let r = slot.into_inner().ok().flatten().ok_or_else(|| ContentHashError::Io {
             op: "hash",
-            path: e.path.clone(),
+            path: e.real.clone(),
             source: io::Error::other("hashing thread did not finish"),
         })?;
         out.push(r?);
@@ -779,34 +964,34 @@ fn hash_files(files: &[&SelectedEntry], cache: Option<&StatCache>) -> Result<Vec
     Ok(out)
 }
 
-fn hash_one(path: &Path, md: &Metadata, cache: Option<&StatCache>) -> Result<Hashed, ContentHashError> {
-    let key = StatKey::of(md);
-    if let Some(h) = cache.and_then(|c| c.lookup(path, &key)) {
+/// Hashes the bytes of the file that was listed as `e`: opened beneath the root, checked to be the listed file
+/// before and after reading, so the digest belongs to the stat a later copy checks against.
+fn hash_one(root: &Root, e: &SelectedEntry, cache: Option<&StatCache>) -> Result<Hashed, ContentHashError> {
+    let key = StatKey::of(&e.stat);
+    let path = root.path().join(&e.real);
+    if let Some(h) = cache.and_then(|c| c.lookup(&path, &key)) {
         return Ok(h);
     }
     let recorded_ns = now_ns();
-    let xattrs = file_xattrs(path)?;
-    let mut f = File::open(path).map_err(io_err("open", path))?;
+    let mut f = open_entry(root, e)?;
+    let xattrs = confined::fd_xattrs(&f, is_ignored_xattr).map_err(io_err("read xattrs of", &path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match f.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err("read", path)(e)),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(io_err("read", &path)(err)),
         };
         hasher.update(&buf[..n]);
     }
+    // Written to while it was read: the bytes belong to no stat anyone can check later.
+    check_unchanged(&f, e)?;
     let hashed = Hashed { digest: hasher.finalize().into(), xattrs };
     if let Some(c) = cache {
         c.files_read.fetch_add(1, Ordering::Relaxed);
-        // Only remember the digest if the file did not change while it was read.
-        if let Ok(after) = f.metadata()
-            && StatKey::of(&after) == key
-        {
-            c.insert(path, key, recorded_ns, hashed.clone());
-        }
+        c.insert(&path, key, recorded_ns, hashed.clone());
     }
     Ok(hashed)
 }
@@ -829,13 +1014,13 @@ struct StatKey {
 }
 
 impl StatKey {
-    fn of(md: &Metadata) -> StatKey {
+    fn of(st: &Stat) -> StatKey {
         StatKey {
-            size: md.size(),
-            mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()),
-            ctime_ns: md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec()),
-            ino: md.ino(),
-            mode: md.mode(),
+            size: st.size,
+            mtime_ns: st.mtime.0.saturating_mul(1_000_000_000).saturating_add(st.mtime.1),
+            ctime_ns: st.ctime.0.saturating_mul(1_000_000_000).saturating_add(st.ctime.1),
+            ino: st.ino,
+            mode: st.mode,
         }
     }
 }
@@ -1038,7 +1223,7 @@ fn decode_cache(bytes: &[u8]) -> Option<HashMap<Vec<u8>, CacheEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 
     fn write(root: &Path, rel: &str, data: &str) {
         let p = root.join(rel);
@@ -1062,8 +1247,12 @@ mod tests {
         false
     }
 
+    fn rt(path: &Path) -> Root {
+        Root::open(path).unwrap()
+    }
+
     fn digest(root: &Path, sources: &[&str]) -> Digest {
-        content_digest(root, &sel(sources), &none, None).unwrap()
+        content_digest(&rt(root), &sel(sources), &none, None).unwrap()
     }
 
     #[test]
@@ -1110,6 +1299,95 @@ mod tests {
         );
     }
 
+    /// `keys/` ignored, and every kind of link into it: a source must find nothing wherever it is led from.
+    #[test]
+    fn dockerignore_applies_to_where_a_source_leads() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        write(root, "keys/id_rsa", "secret");
+        write(root, "sub/ok.txt", "ok");
+        symlink("keys", root.join("kl")).unwrap();
+        symlink("/keys", root.join("abs")).unwrap();
+        symlink("sub/../keys", root.join("dotdot")).unwrap();
+        symlink("../../../keys", root.join("sub/up")).unwrap();
+        symlink("kl", root.join("chain")).unwrap();
+        symlink("keys/id_rsa", root.join("idl")).unwrap();
+        let keys = |p: &str| p == "keys" || p.starts_with("keys/");
+        let r = rt(root);
+        for source in ["kl/id_rsa", "abs/id_rsa", "dotdot/id_rsa", "sub/up/id_rsa", "chain/id_rsa", "idl", "kl", "kl/"]
+        {
+            let err = walk_selection(&r, &sel(&[source]), &keys).unwrap_err();
+            assert!(matches!(&err, ContentHashError::NotFound { name } if name == source), "{source}: {err}");
+            let shown = format!("\"/{}\": not found", clean_clamped(source).display());
+            assert_eq!(err.to_string(), shown);
+        }
+        for pattern in ["kl/*", "k*/id_rsa", "*/id_rsa", "id*", "chain/*"] {
+            let err = walk_selection(&r, &sel(&[pattern]), &keys).unwrap_err();
+            assert!(matches!(err, ContentHashError::NoMatch { .. }), "{pattern}: {err}");
+        }
+        // Named straight at it: reported as excluded, so the caller can say by what.
+        let err = walk_selection(&r, &sel(&["keys/id_rsa"]), &keys).unwrap_err();
+        assert!(matches!(err, ContentHashError::Excluded { .. }), "{err}");
+        // The whole root: the links are entries (copied as links), the ignored directory is not.
+        let trees = walk_selection(&r, &sel(&["."]), &keys).unwrap();
+        let rels: Vec<String> = trees[0].entries.iter().map(|e| rel_string(&e.rel)).collect();
+        assert_eq!(rels, ["", "abs", "chain", "dotdot", "idl", "kl", "sub", "sub/ok.txt", "sub/up"]);
+        // A re-included file below the ignored directory is reachable through the link, and only it.
+        let reinclude = |p: &str| keys(p) && p != "keys/pub";
+        write(root, "keys/pub", "public");
+        let trees = walk_selection(&r, &sel(&["kl"]), &reinclude).unwrap();
+        let rels: Vec<String> = trees[0].entries.iter().map(|e| rel_string(&e.real)).collect();
+        assert_eq!(rels, ["keys", "keys/pub"]);
+        assert!(walk_selection(&r, &sel(&["kl/id_rsa"]), &reinclude).is_err());
+    }
+
+    /// A racing writer swaps a directory for a symlink to a host directory after the walk opened it (here: from the
+    /// exclusion callback, which the walk calls while listing). The files listed are then read beneath the root
+    /// without following anything, so the hash fails instead of reading the host's files.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_walk_is_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("ctx");
+        let host = t.path().join("host");
+        write(&root, "d/f1", "context");
+        write(&root, "d/f2", "context");
+        write(&host, "f1", "CANARY");
+        write(&host, "f2", "CANARY");
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        let swap = |p: &str| {
+            if p == "d/f1" && !swapped.swap(true, Ordering::SeqCst) {
+                fs::rename(root.join("d"), root.join("d.real")).unwrap();
+                symlink(&host, root.join("d")).unwrap();
+            }
+            false
+        };
+        let err = content_digest(&rt(&root), &sel(&["d"]), &swap, None).unwrap_err();
+        assert!(matches!(err, ContentHashError::Changed { .. }), "{err}");
+        assert!(swapped.load(Ordering::SeqCst));
+        // And from now on `d` resolves inside the root (to nothing): the host directory is never a source.
+        let err = content_digest(&rt(&root), &sel(&["d/f1"]), &none, None).unwrap_err();
+        assert!(matches!(err, ContentHashError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn walk_fingerprint_moves_with_any_selected_change() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        write(root, "d/a", "a");
+        write(root, "other", "o");
+        let r = rt(root);
+        let fp = || fingerprint(&walk_selection(&r, &sel(&["d"]), &none).unwrap());
+        let hashed = hash_selection(&r, &sel(&["d"]), &none, None).unwrap();
+        assert_eq!(hashed.fingerprint, fp());
+        fs::write(root.join("other"), "unselected").unwrap();
+        assert_eq!(fp(), hashed.fingerprint, "an unselected file does not count");
+        fs::write(root.join("d/a"), "b").unwrap();
+        assert_ne!(fp(), hashed.fingerprint, "same size, new bytes: mtime/ctime moved");
+        let edited = fp();
+        write(root, "d/new", "");
+        assert_ne!(fp(), edited, "a new file counts");
+    }
+
     #[test]
     fn symlinks_resolve_inside_root() {
         let t = tempfile::tempdir().unwrap();
@@ -1129,10 +1407,10 @@ mod tests {
         assert!(matches!(resolve_in_root(root, Path::new("loop1/x"), true), Err(ContentHashError::SymlinkLoop { .. })));
 
         // A source through a symlink to /etc sees the root's etc, never the host's.
-        let got = resolve_sources(root, &["abs/passwd".to_string()], &none).unwrap();
-        assert_eq!(got[0].path, root.join("etc/passwd"));
+        let got = resolve_sources(&rt(root), &["abs/passwd".to_string()], &none).unwrap();
+        assert_eq!(got[0].real, PathBuf::from("etc/passwd"));
         assert_eq!(got[0].rel, PathBuf::from("abs/passwd"));
-        let err = resolve_sources(root, &["abs/shadow".to_string()], &none).unwrap_err();
+        let err = resolve_sources(&rt(root), &["abs/shadow".to_string()], &none).unwrap_err();
         assert!(matches!(&err, ContentHashError::NotFound { name } if name == "abs/shadow"), "{err}");
     }
 
@@ -1144,20 +1422,20 @@ mod tests {
         write(root, "d1/g.txt", "g");
         write(root, "d2/f2.txt", "2");
         write(root, "e/f3.txt", "3");
-        let got = resolve_sources(root, &["d*/f?.txt".to_string()], &none).unwrap();
+        let got = resolve_sources(&rt(root), &["d*/f?.txt".to_string()], &none).unwrap();
         let rels: Vec<_> = got.iter().map(|s| s.rel.clone()).collect();
         assert_eq!(rels, vec![PathBuf::from("d1/f1.txt"), PathBuf::from("d2/f2.txt")]);
         assert!(got.iter().all(|s| s.wildcard));
 
-        let err = resolve_sources(root, &["*.nope".to_string()], &none).unwrap_err();
+        let err = resolve_sources(&rt(root), &["*.nope".to_string()], &none).unwrap_err();
         assert!(matches!(&err, ContentHashError::NoMatch { pattern } if pattern == "*.nope"));
         assert!(err.to_string().contains("no source files were specified"));
-        let err = resolve_sources(root, &["missing.txt".to_string()], &none).unwrap_err();
+        let err = resolve_sources(&rt(root), &["missing.txt".to_string()], &none).unwrap_err();
         assert!(err.to_string().contains("missing.txt") && err.to_string().contains("not found"));
-        let err = resolve_sources(root, &["[".to_string()], &none).unwrap_err();
+        let err = resolve_sources(&rt(root), &["[".to_string()], &none).unwrap_err();
         assert!(matches!(err, ContentHashError::BadPattern { .. }));
         // Everything the wildcard matched is excluded: same as matching nothing.
-        let err = resolve_sources(root, &["d1/*.txt".to_string()], &|p: &str| p.ends_with(".txt")).unwrap_err();
+        let err = resolve_sources(&rt(root), &["d1/*.txt".to_string()], &|p: &str| p.ends_with(".txt")).unwrap_err();
         assert!(matches!(err, ContentHashError::NoMatch { .. }));
     }
 
@@ -1167,11 +1445,12 @@ mod tests {
         let root = t.path();
         write(root, "target.txt", "content");
         symlink("target.txt", root.join("link")).unwrap();
-        let followed = resolve_selection(root, &sel(&["link"]), &none).unwrap();
-        assert_eq!(followed[0].path, root.join("target.txt"));
-        let kept = resolve_selection(root, &Selection { sources: vec!["link".into()], follow_symlinks: false }, &none)
-            .unwrap();
-        assert_eq!(kept[0].path, root.join("link"));
+        let followed = resolve_selection(&rt(root), &sel(&["link"]), &none).unwrap();
+        assert_eq!(followed[0].0.real, PathBuf::from("target.txt"));
+        let kept =
+            resolve_selection(&rt(root), &Selection { sources: vec!["link".into()], follow_symlinks: false }, &none)
+                .unwrap();
+        assert_eq!(kept[0].0.real, PathBuf::from("link"));
     }
 
     #[test]
@@ -1187,15 +1466,15 @@ mod tests {
             (p == "node_modules" || p.starts_with("node_modules/") || p == "vendor" || p == "vendor/drop.txt")
                 || p == "secret.key"
         };
-        let trees = walk_selection(root, &sel(&["."]), &excluded).unwrap();
+        let trees = walk_selection(&rt(root), &sel(&["."]), &excluded).unwrap();
         let rels: Vec<String> = trees[0].entries.iter().map(|e| rel_string(&e.rel)).collect();
         assert_eq!(rels, vec!["", "src", "src/a.rs", "vendor", "vendor/keep.txt"]);
         // Excluded paths are reported apart from missing ones, so a COPY can say what hid them.
-        let err = walk_selection(root, &sel(&["secret.key"]), &excluded).unwrap_err();
+        let err = walk_selection(&rt(root), &sel(&["secret.key"]), &excluded).unwrap_err();
         assert!(matches!(&err, ContentHashError::Excluded { name } if name == "secret.key"), "{err}");
-        let err = walk_selection(root, &sel(&["node_modules"]), &excluded).unwrap_err();
+        let err = walk_selection(&rt(root), &sel(&["node_modules"]), &excluded).unwrap_err();
         assert!(matches!(&err, ContentHashError::Excluded { name } if name == "node_modules"), "{err}");
-        let err = walk_selection(root, &sel(&["missing.txt"]), &excluded).unwrap_err();
+        let err = walk_selection(&rt(root), &sel(&["missing.txt"]), &excluded).unwrap_err();
         assert!(matches!(err, ContentHashError::NotFound { .. }), "{err}");
     }
 
@@ -1238,9 +1517,9 @@ mod tests {
 
         // Excluded files do not count.
         let excl = |p: &str| p == "app/new.rs";
-        let with_excl = content_digest(root, &sel(&["app"]), &excl, None).unwrap();
+        let with_excl = content_digest(&rt(root), &sel(&["app"]), &excl, None).unwrap();
         fs::write(root.join("app/new.rs"), "changed").unwrap();
-        assert_eq!(content_digest(root, &sel(&["app"]), &excl, None).unwrap(), with_excl);
+        assert_eq!(content_digest(&rt(root), &sel(&["app"]), &excl, None).unwrap(), with_excl);
     }
 
     #[test]
@@ -1286,7 +1565,7 @@ mod tests {
 
         let cache = StatCache::load(&cache_path);
         assert!(cache.is_empty());
-        let d1 = content_digest(&root, &sel(&["."]), &none, Some(&cache)).unwrap();
+        let d1 = content_digest(&rt(&root), &sel(&["."]), &none, Some(&cache)).unwrap();
         assert_eq!(cache.files_read(), 2);
         // `set_mtime` just moved the files' ctime to now; pretend they were hashed a few seconds later, as a next
         // build would, so the racy rule does not apply.
@@ -1297,14 +1576,18 @@ mod tests {
 
         let cache = StatCache::load(&cache_path);
         assert_eq!(cache.len(), 2);
-        let d2 = content_digest(&root, &sel(&["."]), &none, Some(&cache)).unwrap();
+        let d2 = content_digest(&rt(&root), &sel(&["."]), &none, Some(&cache)).unwrap();
         assert_eq!(d2, d1);
         assert_eq!(cache.files_read(), 0, "unchanged old files must come from the cache");
-        assert_eq!(d1, content_digest(&root, &sel(&["."]), &none, None).unwrap(), "cache must not alter the digest");
+        assert_eq!(
+            d1,
+            content_digest(&rt(&root), &sel(&["."]), &none, None).unwrap(),
+            "cache must not alter the digest"
+        );
 
         // A real edit (mtime moves) is re-read.
         fs::write(root.join("a.txt"), "AAAA").unwrap();
-        let d3 = content_digest(&root, &sel(&["."]), &none, Some(&cache)).unwrap();
+        let d3 = content_digest(&rt(&root), &sel(&["."]), &none, Some(&cache)).unwrap();
         assert_ne!(d3, d1);
         assert_eq!(cache.files_read(), 1);
     }
@@ -1317,13 +1600,13 @@ mod tests {
         let md = fs::metadata(root.join("f.txt")).unwrap();
         let cache_path = t.path().join("statcache");
         let cache = StatCache::load(&cache_path);
-        let d1 = content_digest(&root, &sel(&["f.txt"]), &none, Some(&cache)).unwrap();
+        let d1 = content_digest(&rt(&root), &sel(&["f.txt"]), &none, Some(&cache)).unwrap();
         cache.save().unwrap();
 
         fs::write(root.join("f.txt"), "after!").unwrap();
         set_mtime(&root.join("f.txt"), md.mtime(), md.mtime_nsec());
         let cache = StatCache::load(&cache_path);
-        let d2 = content_digest(&root, &sel(&["f.txt"]), &none, Some(&cache)).unwrap();
+        let d2 = content_digest(&rt(&root), &sel(&["f.txt"]), &none, Some(&cache)).unwrap();
         assert_ne!(d2, d1);
         assert_eq!(cache.files_read(), 1);
     }
@@ -1374,12 +1657,12 @@ mod tests {
         let root = t.path();
         write(root, "app/a.txt", "a");
         write(root, "app/b.txt", "b");
-        let (d1, files1) = content_files(root, &sel(&["app"]), &none, None).unwrap();
+        let (d1, files1) = content_files(&rt(root), &sel(&["app"]), &none, None).unwrap();
         assert_eq!(d1, digest(root, &["app"]));
         let names: Vec<&str> = files1.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(names, ["app", "app/a.txt", "app/b.txt"]);
         fs::set_permissions(root.join("app/b.txt"), fs::Permissions::from_mode(0o600)).unwrap();
-        let (d2, files2) = content_files(root, &sel(&["app"]), &none, None).unwrap();
+        let (d2, files2) = content_files(&rt(root), &sel(&["app"]), &none, None).unwrap();
         assert_ne!(d1, d2);
         let changed: Vec<&str> =
             files1.iter().zip(&files2).filter(|(a, b)| a.1 != b.1).map(|(a, _)| a.0.as_str()).collect();

@@ -621,7 +621,8 @@ mod tests {
     #[test]
     fn plain_prune_keeps_tagged_images_and_their_cache_all_keeps_only_images() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_exclusive(dir.path()).unwrap();
+        // A store of its own making (a tempdir is 0755, which opening reports and tightens).
+        let store = Store::open_exclusive(&dir.path().join("store")).unwrap();
         let base = snapshot(&store, "base", 10);
         let app = snapshot(&store, "app", 10);
         let junk = snapshot(&store, "junk", 100_000);
@@ -654,7 +655,8 @@ mod tests {
     #[test]
     fn until_spares_recent_entries_and_keep_storage_drops_lru_first() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_exclusive(dir.path()).unwrap();
+        // A store of its own making (a tempdir is 0755, which opening reports and tightens).
+        let store = Store::open_exclusive(&dir.path().join("store")).unwrap();
         let keys: Vec<Digest> = (0..3u8).map(|i| Digest::of(&[i])).collect();
         for (i, k) in keys.iter().enumerate() {
             let s = snapshot(&store, &format!("s{i}"), 200_000);
@@ -677,7 +679,8 @@ mod tests {
     #[test]
     fn check_finds_corrupt_blobs_missing_configs_and_malformed_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_exclusive(dir.path()).unwrap();
+        // A store of its own making (a tempdir is 0755, which opening reports and tightens).
+        let store = Store::open_exclusive(&dir.path().join("store")).unwrap();
         let b = store.write_blob(b"hello").unwrap();
         fs::write(store.blob_path(&b), b"jello").unwrap();
         store.set_tag(&ImageRecord { name: "x:1".into(), config: Digest::of(b"none"), manifest: None }).unwrap();

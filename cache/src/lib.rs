@@ -3,6 +3,7 @@
 //! Nothing here knows about Dockerfiles. Every write goes to `tmp/`, is fsynced and renamed into place, so a crash
 //! at any point leaves the store readable, and several rbuild processes can share one store.
 
+pub mod confined;
 pub mod contenthash;
 pub mod gc;
 pub mod store;

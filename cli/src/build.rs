@@ -148,12 +148,20 @@ fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// `.dockerignore` patterns: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's.
+/// `.dockerignore` patterns: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's. A file in
+/// the context is context content, read beneath it (a `.dockerignore` linking to `/etc/shadow` reads the context's
+/// own `etc/shadow`, if any); one outside it was named by whoever ran the build and is read as named.
 fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
+    let root = rbuild_cache::confined::Root::open(context)
+        .with_context(|| format!("opening the build context {}", context.display()))?;
     let beside = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
     for candidate in [beside, context.join(".dockerignore")] {
-        match std::fs::read_to_string(&candidate) {
-            Ok(text) => return Ok(rbuild_frontend::dockerignore::read_ignore_file(&text)),
+        let read = match candidate.strip_prefix(context) {
+            Ok(rel) => root.read_in_root(rel),
+            Err(_) => std::fs::read(&candidate),
+        };
+        match read {
+            Ok(bytes) => return Ok(rbuild_frontend::dockerignore::read_ignore_file(&String::from_utf8_lossy(&bytes))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", candidate.display())),
         }

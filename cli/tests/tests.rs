@@ -3,6 +3,7 @@
 
 mod cache;
 mod compat;
+mod context_safety;
 mod differential;
 mod e2e;
 mod errors;

@@ -1,8 +1,10 @@
 //! COPY and ADD into a root filesystem, with Docker's rules.
 //!
 //! Which files a source selects is decided by `rbuild_cache::contenthash::walk_selection`, the same code the
-//! cache key is computed from, so a copy can never write files the digest did not cover. This module only decides
-//! where they land and with what metadata:
+//! cache key is computed from, so a copy can never write files the digest did not cover. Sources are read only
+//! through `rbuild_cache::confined` (beneath the source root, checked against the stat the walk listed), and
+//! [`copy_checked`] also checks the walk is the one the key was hashed from. This module only decides where they
+//! land and with what metadata:
 //!
 //! - a directory source copies its *contents*; a file lands *at* `dest`, or *inside* it when `dest` ends with `/`
 //!   or is an existing directory; several selected sources (after wildcard expansion) need such a directory
@@ -20,13 +22,15 @@
 //!   unless `--chown` is given (BuildKit ≥ 0.23 applies `--chown` to extracted entries). A file that only looks
 //!   like an archive is copied as a file.
 
+use rbuild_cache::confined::{self, Root};
 use rbuild_cache::contenthash::{self, ContentHashError, SelectedEntry, Selection};
+use rbuild_solver::Digest;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -97,17 +101,51 @@ pub fn copy(
     dest: &str,
     opts: &CopyOptions,
 ) -> Result<(), CopyError> {
+    copy_checked(src_root, sources, excluded, dest_root, dest, opts, None)
+}
+
+/// [`copy`], failing with [`ContentHashError::Changed`] unless the walk of the sources has the fingerprint
+/// `expect_walk` ([`contenthash::fingerprint`]): the one the step's cache key was hashed from. Every file is read
+/// beneath `src_root` and checked to be the file that walk listed, so a layer holds what its key says.
+pub fn copy_checked(
+    src_root: &Path,
+    sources: &[String],
+    excluded: &dyn Fn(&str) -> bool,
+    dest_root: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+    expect_walk: Option<&Digest>,
+) -> Result<(), CopyError> {
+    let src = Root::open(src_root).map_err(io_err("open", src_root))?;
+    copy_from(&src, sources, excluded, dest_root, dest, opts, expect_walk)
+}
+
+/// [`copy_checked`] from a source root that is already open (the build context, opened once per build).
+pub fn copy_from(
+    src: &Root,
+    sources: &[String],
+    excluded: &dyn Fn(&str) -> bool,
+    dest_root: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+    expect_walk: Option<&Digest>,
+) -> Result<(), CopyError> {
     let sel = Selection { sources: sources.to_vec(), follow_symlinks: true };
-    let trees = contenthash::walk_selection(src_root, &sel, excluded)?;
+    let trees = contenthash::walk_selection(src, &sel, excluded)?;
+    if let Some(want) = expect_walk
+        && contenthash::fingerprint(&trees) != *want
+    {
+        return Err(ContentHashError::Changed { path: src.path().to_path_buf() }.into());
+    }
     let dest_rel = contenthash::clean_clamped(dest);
     let dir_syntax = dest.ends_with('/') || dest.ends_with("/.") || dest_rel.as_os_str().is_empty();
-    let mut c = Copier { dest_root, opts, hardlinks: HashMap::new(), dir_times: Vec::new() };
+    let mut c = Copier { src, dest_root, opts, hardlinks: HashMap::new(), dir_times: Vec::new() };
     if trees.len() > 1 && !dir_syntax && !c.is_dir_in_root(&dest_rel)? {
         return Err(CopyError::DestNotDirectory { dest: dest.to_string() });
     }
     for tree in &trees {
         let top = &tree.entries[0];
-        if top.metadata.is_dir() {
+        if top.stat.is_dir() {
             let target = c.top_dir(&dest_rel, top)?;
             let mut dirs: HashMap<&Path, PathBuf> = HashMap::new();
             dirs.insert(Path::new(""), target);
@@ -117,12 +155,12 @@ pub fn copy(
                     // walk_selection lists parents before children; anything else is a bug in the walk.
                     return Err(CopyError::Io {
                         op: "place",
-                        path: e.path.clone(),
+                        path: e.real.clone(),
                         source: io::Error::other("entry listed before its parent directory"),
                     });
                 };
                 let target = pdir.join(name);
-                if e.metadata.is_dir() {
+                if e.stat.is_dir() {
                     let real = c.dir_entry(e, &target)?;
                     dirs.insert(e.rel.as_path(), real);
                 } else {
@@ -130,14 +168,14 @@ pub fn copy(
                 }
             }
         } else if opts.extract_archives
-            && top.metadata.is_file()
-            && let Some(kind) = sniff_archive(&top.path)?
+            && top.stat.is_file()
+            && let Some(kind) = sniff_archive(src, top)?
         {
             let dir = c.mkdir_all(&dest_rel)?;
-            c.extract(&top.path, kind, &dir)?;
+            c.extract(top, kind, &dir)?;
         } else {
             let target = if dir_syntax || c.is_dir_in_root(&dest_rel)? {
-                let name = tree.source.rel.file_name().or(top.path.file_name()).unwrap_or(OsStr::new("file"));
+                let name = tree.source.rel.file_name().or(top.real.file_name()).unwrap_or(OsStr::new("file"));
                 c.mkdir_all(&dest_rel)?.join(name)
             } else {
                 // `COPY f /x` where /x is a symlink writes to its target, like cp; resolved inside dest_root.
@@ -166,6 +204,7 @@ struct Meta {
 }
 
 struct Copier<'a> {
+    src: &'a Root,
     dest_root: &'a Path,
     opts: &'a CopyOptions,
     /// (dev, ino) of a copied multiply-linked source file → where it was written.
@@ -182,8 +221,8 @@ fn lstat_opt(path: &Path) -> Result<Option<Metadata>, CopyError> {
     }
 }
 
-fn times_of(md: &Metadata) -> Times {
-    [(md.atime(), md.atime_nsec()), (md.mtime(), md.mtime_nsec())]
+fn times_of(st: &confined::Stat) -> Times {
+    [st.atime, st.mtime]
 }
 
 fn set_times(path: &Path, times: &Times) -> Result<(), CopyError> {
@@ -214,11 +253,13 @@ impl Copier<'_> {
         self.opts.chown.unwrap_or((0, 0))
     }
 
-    fn meta_from(&self, e: &SelectedEntry) -> Result<Meta, CopyError> {
-        let md = &e.metadata;
-        let (uid, gid) = self.opts.chown.unwrap_or(if self.opts.keep_owner { (md.uid(), md.gid()) } else { (0, 0) });
-        let mode = if md.file_type().is_symlink() { None } else { Some(self.opts.chmod.unwrap_or(md.mode() & 0o7777)) };
-        Ok(Meta { uid, gid, mode, xattrs: contenthash::file_xattrs(&e.path)?, times: times_of(md) })
+    /// The metadata to give a copy of `e`; `xattrs` as read from the source (through the fd the copy read, for
+    /// regular files).
+    fn meta_from(&self, e: &SelectedEntry, xattrs: Vec<(OsString, Vec<u8>)>) -> Meta {
+        let st = &e.stat;
+        let (uid, gid) = self.opts.chown.unwrap_or(if self.opts.keep_owner { (st.uid, st.gid) } else { (0, 0) });
+        let mode = if st.is_symlink() { None } else { Some(self.opts.chmod.unwrap_or(st.permissions())) };
+        Meta { uid, gid, mode, xattrs, times: times_of(st) }
     }
 
     fn is_dir_in_root(&self, rel: &Path) -> Result<bool, CopyError> {
@@ -263,7 +304,8 @@ impl Copier<'_> {
     /// Creates or merges into a directory at `target`; returns the real directory (a symlink to a directory inside
     /// the root is followed, relative to the root).
     fn dir_entry(&mut self, e: &SelectedEntry, target: &Path) -> Result<PathBuf, CopyError> {
-        let meta = self.meta_from(e)?;
+        let xattrs = contenthash::entry_xattrs(self.src, e)?;
+        let meta = self.meta_from(e, xattrs);
         self.make_dir(target, &meta)
     }
 
@@ -303,34 +345,42 @@ impl Copier<'_> {
 
     fn non_dir_entry(&mut self, e: &SelectedEntry, target: &Path) -> Result<(), CopyError> {
         self.clear_target(target)?;
-        let md = &e.metadata;
-        let ft = md.file_type();
-        if ft.is_file() {
-            if md.nlink() > 1
-                && let Some(first) = self.hardlinks.get(&(md.dev(), md.ino()))
+        let st = &e.stat;
+        let xattrs = if st.is_file() {
+            if st.nlink > 1
+                && let Some(first) = self.hardlinks.get(&(st.dev, st.ino))
             {
                 return fs::hard_link(first, target).map_err(io_err("hard link", target));
             }
-            let mut src = File::open(&e.path).map_err(io_err("open", &e.path))?;
+            // Read beneath the source root and checked to be the listed file before and after the bytes move.
+            let mut src = contenthash::open_entry(self.src, e)?;
+            let xattrs = confined::fd_xattrs(&src, contenthash::is_ignored_xattr)
+                .map_err(io_err("read xattrs of", &self.src.path().join(&e.real)))?;
             let mut dst = create_file(target)?;
             io::copy(&mut src, &mut dst).map_err(io_err("write", target))?;
-            if md.nlink() > 1 {
-                self.hardlinks.insert((md.dev(), md.ino()), target.to_path_buf());
+            contenthash::check_unchanged(&src, e)?;
+            if st.nlink > 1 {
+                self.hardlinks.insert((st.dev, st.ino), target.to_path_buf());
             }
-        } else if ft.is_symlink() {
-            let link = fs::read_link(&e.path).map_err(io_err("read symlink", &e.path))?;
+            xattrs
+        } else if st.is_symlink() {
+            let link = contenthash::entry_link(self.src, e)?;
             std::os::unix::fs::symlink(&link, target).map_err(io_err("create symlink", target))?;
-        } else if ft.is_fifo() {
+            contenthash::entry_xattrs(self.src, e)?
+        } else if st.is_fifo() {
             mknod(target, libc::S_IFIFO, 0)?;
-        } else if ft.is_char_device() {
-            mknod(target, libc::S_IFCHR, md.rdev())?;
-        } else if ft.is_block_device() {
-            mknod(target, libc::S_IFBLK, md.rdev())?;
+            contenthash::entry_xattrs(self.src, e)?
+        } else if st.is_char_device() {
+            mknod(target, libc::S_IFCHR, st.rdev)?;
+            contenthash::entry_xattrs(self.src, e)?
+        } else if st.is_block_device() {
+            mknod(target, libc::S_IFBLK, st.rdev)?;
+            contenthash::entry_xattrs(self.src, e)?
         } else {
-            tracing::debug!(path = %e.path.display(), "skipping socket in COPY source");
+            tracing::debug!(path = %e.real.display(), "skipping socket in COPY source");
             return Ok(());
-        }
-        let meta = self.meta_from(e)?;
+        };
+        let meta = self.meta_from(e, xattrs);
         self.apply(target, &meta, false)
     }
 
@@ -368,10 +418,14 @@ impl Copier<'_> {
     // -----------------------------------------------------------------------------------------------------------
     // ADD archive extraction
 
-    fn extract(&mut self, archive: &Path, kind: Compression, dir: &Path) -> Result<(), CopyError> {
+    fn extract(&mut self, e: &SelectedEntry, kind: Compression, dir: &Path) -> Result<(), CopyError> {
+        let archive_path = self.src.path().join(&e.real);
+        let archive = archive_path.as_path();
         let arch_err = |source| CopyError::Archive { archive: archive.to_path_buf(), source };
         let dir_rel = dir.strip_prefix(self.dest_root).unwrap_or(Path::new("")).to_path_buf();
-        let mut stream = Decompressed::open(archive, kind)?;
+        let file = contenthash::open_entry(self.src, e)?;
+        let check = file.try_clone().map_err(arch_err)?;
+        let mut stream = Decompressed::open(file, archive, kind)?;
         {
             let mut ar = tar::Archive::new(&mut stream.reader);
             for entry in ar.entries().map_err(arch_err)? {
@@ -455,7 +509,9 @@ impl Copier<'_> {
                 self.apply(&target, &meta, false)?;
             }
         }
-        stream.finish(archive)
+        stream.finish(archive)?;
+        contenthash::check_unchanged(&check, e)?;
+        Ok(())
     }
 }
 
@@ -525,8 +581,8 @@ struct Decompressed {
 }
 
 impl Decompressed {
-    fn open(archive: &Path, kind: Compression) -> Result<Decompressed, CopyError> {
-        let file = File::open(archive).map_err(io_err("open", archive))?;
+    /// Reads `file` (the archive at `archive`, named in errors) decompressed as `kind`.
+    fn open(file: File, archive: &Path, kind: Compression) -> Result<Decompressed, CopyError> {
         if let Some(program) = kind.program() {
             let mut child = Command::new(program)
                 .arg("-dc")
@@ -579,12 +635,14 @@ impl Drop for Decompressed {
 }
 
 /// Whether `path` is a tar archive (possibly compressed), judged by content as Docker does.
-fn sniff_archive(path: &Path) -> Result<Option<Compression>, CopyError> {
+fn sniff_archive(src: &Root, e: &SelectedEntry) -> Result<Option<Compression>, CopyError> {
+    let path = &src.path().join(&e.real);
     let mut head = [0u8; 6];
-    let mut f = File::open(path).map_err(io_err("open", path))?;
+    let mut f = contenthash::open_entry(src, e)?;
     let n = read_full(&mut f, &mut head).map_err(io_err("read", path))?;
     let kind = Compression::from_magic(&head[..n]);
-    let mut stream = Decompressed::open(path, kind)?;
+    f.seek(io::SeekFrom::Start(0)).map_err(io_err("read", path))?;
+    let mut stream = Decompressed::open(f, path, kind)?;
     let mut block = [0u8; 512];
     // A decompression error means "not an archive" (Docker copies such files as they are).
     let got = read_full(&mut stream.reader, &mut block).unwrap_or(0);
@@ -628,6 +686,7 @@ fn is_tar_header(block: &[u8; 512]) -> bool {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::symlink;
 
     struct Fixture {
@@ -868,6 +927,49 @@ mod tests {
         write(&f.dst, "blocker", "", 0o644);
         let err = run(&f, &["a.txt"], "/blocker/x/", &CopyOptions::default()).unwrap_err();
         assert!(matches!(err, CopyError::NotADirectory { .. }), "{err}");
+    }
+
+    /// Issue #9 hole 5, deterministically: the source directory is swapped for a symlink to a host directory (with
+    /// files of the same names) while the copy walks it. Nothing of the host directory may be copied.
+    #[test]
+    fn a_source_dir_swapped_for_a_symlink_mid_copy_is_never_followed() {
+        let f = fixture();
+        let host = f.src.parent().unwrap().join("host");
+        write(&f.src, "d/f1", "context", 0o644);
+        write(&f.src, "d/f2", "context", 0o644);
+        write(&host, "f1", "CANARY", 0o644);
+        write(&host, "f2", "CANARY", 0o644);
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        let swap = |p: &str| {
+            if p == "d/f1" && !swapped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                fs::rename(f.src.join("d"), f.src.join("d.real")).unwrap();
+                symlink(&host, f.src.join("d")).unwrap();
+            }
+            false
+        };
+        let result = copy(&f.src, &["d/".to_string()], &swap, &f.dst, "/out/", &CopyOptions::default());
+        assert!(swapped.load(std::sync::atomic::Ordering::SeqCst), "the swap happened during the copy");
+        for name in ["f1", "f2"] {
+            let copied = fs::read_to_string(f.dst.join("out").join(name)).unwrap_or_default();
+            assert!(!copied.contains("CANARY"), "the host's {name} was copied: {result:?}");
+        }
+        assert!(result.is_err(), "the copy notices the change");
+    }
+
+    #[test]
+    fn a_copy_checks_it_copies_what_was_hashed() {
+        let f = ctx();
+        let root = Root::open(&f.src).unwrap();
+        let sel = Selection { sources: vec!["dir".into()], follow_symlinks: true };
+        let hashed = contenthash::hash_selection(&root, &sel, &none, None).unwrap();
+        let sources = ["dir".to_string()];
+        copy_checked(&f.src, &sources, &none, &f.dst, "/same/", &CopyOptions::default(), Some(&hashed.fingerprint))
+            .unwrap();
+        fs::write(f.src.join("dir/x"), "edited after hashing").unwrap();
+        let err =
+            copy_checked(&f.src, &sources, &none, &f.dst, "/late/", &CopyOptions::default(), Some(&hashed.fingerprint))
+                .unwrap_err();
+        assert!(matches!(err, CopyError::Select(ContentHashError::Changed { .. })), "{err}");
     }
 
     #[test]

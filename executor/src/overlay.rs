@@ -443,7 +443,7 @@ mod tests {
         let err = mount_overlay(&[PathBuf::from("rel")], Path::new("/u"), Path::new("/w"), Path::new("/t"))
             .expect_err("relative");
         assert!(matches!(err, OverlayError::NotAbsolute { ref path } if path == Path::new("rel")), "{err:?}");
-        let many = vec![PathBuf::from("/l"); MAX_LOWERS + 1];
+        let many: Vec<PathBuf> = (0..=MAX_LOWERS).map(|i| PathBuf::from(format!("/l{i}"))).collect();
         let err = mount_overlay(&many, Path::new("/u"), Path::new("/w"), Path::new("/t")).expect_err("too many");
         assert!(matches!(err, OverlayError::TooManyLowers { count } if count == MAX_LOWERS + 1), "{err:?}");
     }

@@ -5,18 +5,20 @@
 //! diff_id is the digest of the tar it would become. A step that changed nothing adds no layer.
 
 use crate::cancel::Canceller;
-use crate::copy::{CopyOptions, copy};
+use crate::copy::{CopyOptions, copy_from};
 use crate::mounts::{MountSources, prepare};
 use crate::overlay::mount_overlay;
 use crate::runtime::network::NetworkStack;
 use crate::runtime::{NetworkMode, RunSpec, Runtime};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
-use rbuild_cache::contenthash::{Selection, StatCache, content_digest};
+use rbuild_cache::confined::Root;
+use rbuild_cache::contenthash::{Selection, StatCache};
 use rbuild_image::layer::{LayerOptions, diff_id};
 use rbuild_solver::oci::ImageConfig;
 use rbuild_solver::patterns::PatternMatcher;
 use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Network, Op, Output, Worker, WorkerError};
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
@@ -30,6 +32,9 @@ pub struct LocalWorker {
     store: Arc<Store>,
     runtime: Runtime,
     context: PathBuf,
+    /// The context directory, opened once: every context read of the build starts from this fd, so even a swap of
+    /// the context directory itself cannot change what the build reads from.
+    context_root: Option<Root>,
     stat_cache: StatCache,
     layer_opts: LayerOptions,
     mount_sources: MountSources,
@@ -38,6 +43,9 @@ pub struct LocalWorker {
     /// The build's private network, started by the first RUN with the default network (see
     /// [`crate::runtime::network`]) and stopped by [`LocalWorker::finish`] or drop.
     network: Mutex<Option<Arc<NetworkStack>>>,
+    /// Fingerprints of the walks context digests were computed from, by [`walk_key`]: the copy that runs on a
+    /// cache miss checks it copies exactly those files, unchanged.
+    walks: Mutex<HashMap<String, Digest>>,
 }
 
 impl LocalWorker {
@@ -49,16 +57,25 @@ impl LocalWorker {
             .map_err(|e| WorkerError::failed("preparing the container runtime", e))?;
         let key = Digest::of(context.as_os_str().as_encoded_bytes());
         let stat_cache = StatCache::load(&store.root().join("index").join(format!("statcache-{}", &key.hex()[..16])));
+        let context_root = match Root::open(&context) {
+            Ok(root) => Some(root),
+            Err(e) => {
+                tracing::debug!(path = %context.display(), error = %e, "the build context cannot be opened now");
+                None
+            }
+        };
         Ok(LocalWorker {
             store,
             runtime,
             context,
+            context_root,
             stat_cache,
             layer_opts: LayerOptions { clamp_mtime },
             mount_sources: MountSources::default(),
             canceller: Canceller::new(),
             bundles,
             network: Mutex::new(None),
+            walks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -212,6 +229,20 @@ impl LocalWorker {
         }
     }
 
+    /// The open root of a directory input: the context's own fd, or `dir` opened now.
+    fn open_dir_input<'a>(
+        &'a self,
+        dir: &Path,
+        action: &CopyAction,
+        owned: &'a mut Option<Root>,
+    ) -> Result<&'a Root, WorkerError> {
+        if let Some(root) = self.context_root.as_ref().filter(|_| dir == self.context) {
+            return Ok(root);
+        }
+        let root = Root::open(dir).map_err(|e| WorkerError::failed(copy_context(action), e))?;
+        Ok(owned.insert(root))
+    }
+
     fn copy_into(&self, merged: &Path, action: &CopyAction, src: &Output) -> Result<(), WorkerError> {
         let exclusions = Exclusions::new(action)?;
         let excluded = |p: &str| exclusions.excluded(p);
@@ -230,11 +261,19 @@ impl LocalWorker {
         };
         self.with_view(src, |src_root| {
             let fail = |e: crate::copy::CopyError| exclusions.explain(action, e);
+            let mut owned = None;
+            let root = self.open_dir_input(src_root, action, &mut owned)?;
             if !action.parents {
-                return copy(src_root, &action.sources, &excluded, merged, &action.dest, &opts).map_err(fail);
+                let expect = match src {
+                    Output::Dir(_) => self.walks.lock().ok().and_then(|w| w.get(&walk_key(src_root, action)).cloned()),
+                    Output::RootFs(_) => None,
+                };
+                return copy_from(root, &action.sources, &excluded, merged, &action.dest, &opts, expect.as_ref())
+                    .map_err(fail);
             }
-            // --parents: each match lands under dest at its own directory path.
-            let found = rbuild_cache::contenthash::resolve_sources(src_root, &action.sources, &excluded)
+            // --parents: each match lands under dest at its own directory path. (Each file is still read beneath
+            // the root and checked against the walk that copies it; the matches are not compared with the hash's.)
+            let found = rbuild_cache::contenthash::resolve_sources(root, &action.sources, &excluded)
                 .map_err(|e| fail(e.into()))?;
             let dest = action.dest.trim_end_matches('/');
             for s in found {
@@ -242,7 +281,7 @@ impl LocalWorker {
                 let parent = rel.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
                 let into = if parent.is_empty() { format!("{dest}/") } else { format!("{dest}/{parent}/") };
                 let one = [s.rel.to_string_lossy().into_owned()];
-                copy(src_root, &one, &excluded, merged, &into, &opts).map_err(fail)?;
+                copy_from(root, &one, &excluded, merged, &into, &opts, None).map_err(fail)?;
             }
             Ok(())
         })
@@ -335,6 +374,16 @@ fn parents_rel(source: &str, matched: &Path) -> PathBuf {
     let Some(i) = source.find("/./") else { return matched.to_path_buf() };
     let pivot = rbuild_cache::contenthash::clean_clamped(&source[..i]);
     matched.strip_prefix(&pivot).map(Path::to_path_buf).unwrap_or_else(|_| matched.to_path_buf())
+}
+
+/// What identifies a context copy's selection: the same key for the hash and for the copy of one step.
+fn walk_key(root: &Path, a: &CopyAction) -> String {
+    let mut key = root.to_string_lossy().into_owned();
+    for part in [&a.sources, &a.excludes, &a.dockerignore] {
+        key.push('\0');
+        key.push_str(&part.join("\n"));
+    }
+    key
 }
 
 fn copy_context(a: &CopyAction) -> String {
@@ -452,13 +501,22 @@ impl Worker for LocalWorker {
             let excluded = |p: &str| exclusions.excluded(p);
             let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
             return self.with_view(input, |view| {
-                content_digest(view, &sel, &excluded, None).map_err(|e| exclusions.explain(action, e.into()))
+                let root = Root::open(view).map_err(|e| WorkerError::failed("opening a stage's files to hash", e))?;
+                rbuild_cache::contenthash::content_digest(&root, &sel, &excluded, None)
+                    .map_err(|e| exclusions.explain(action, e.into()))
             });
         };
         let exclusions = Exclusions::new(action)?;
         let excluded = |p: &str| exclusions.excluded(p);
         let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
-        content_digest(root, &sel, &excluded, Some(&self.stat_cache)).map_err(|e| exclusions.explain(action, e.into()))
+        let mut owned = None;
+        let src = self.open_dir_input(root, action, &mut owned)?;
+        let hashed = rbuild_cache::contenthash::hash_selection(src, &sel, &excluded, Some(&self.stat_cache))
+            .map_err(|e| exclusions.explain(action, e.into()))?;
+        if let Ok(mut walks) = self.walks.lock() {
+            walks.insert(walk_key(root, action), hashed.fingerprint);
+        }
+        Ok(hashed.digest)
     }
 
     fn content_files(&self, input: &Output, action: &CopyAction) -> Result<Vec<(String, Digest)>, WorkerError> {
@@ -466,7 +524,9 @@ impl Worker for LocalWorker {
         let exclusions = Exclusions::new(action)?;
         let excluded = |p: &str| exclusions.excluded(p);
         let sel = Selection { sources: action.sources.clone(), follow_symlinks: true };
-        rbuild_cache::contenthash::content_files(root, &sel, &excluded, Some(&self.stat_cache))
+        let mut owned = None;
+        let src = self.open_dir_input(root, action, &mut owned)?;
+        rbuild_cache::contenthash::content_files(src, &sel, &excluded, Some(&self.stat_cache))
             .map(|(_, files)| files)
             .map_err(|e| exclusions.explain(action, e.into()))
     }

@@ -4,8 +4,10 @@
 //! `/etc/passwd` may point at `../../../../etc/shadow`. Every path the executor reads or creates inside a
 //! rootfs therefore goes through [`resolve_in_root`], which follows symlinks the way the kernel would inside a
 //! `chroot` (absolute targets restart at the rootfs, `..` stops at the rootfs), like `filepath-securejoin` does
-//! for runc. It works on path strings in userspace so it runs on any kernel; the result is only as stable as the
-//! rootfs itself, which is fine here because nothing else writes to a snapshot while a step is being prepared.
+//! for runc. The walk itself goes from directory fds one name at a time (`O_NOFOLLOW`), so it cannot be led out
+//! of the root while it runs; the *result* is a path string, only as stable as the rootfs itself, which is fine
+//! here because nothing else writes to a snapshot while a step is being prepared. (Build-context reads, where a
+//! writer may race, never go through a path string: see `rbuild_cache::confined`.)
 
 use rbuild_cache::contenthash::ContentHashError;
 use std::io;
