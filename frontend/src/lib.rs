@@ -7,8 +7,10 @@
 pub mod convert;
 pub mod history;
 pub mod instructions;
+pub mod lint;
 pub mod mounts;
 pub mod parser;
+pub mod platform;
 pub mod shell;
 
 /// `.dockerignore` patterns: defined next to the build graph (whose COPY actions carry them), used here to read

@@ -35,7 +35,7 @@ impl ImageResolver for Resolver {
     }
 }
 
-fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions {
+pub fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions {
     ConvertOptions {
         build_args: build_args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         target: target.map(str::to_string),
@@ -45,16 +45,16 @@ fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions {
     }
 }
 
-fn convert_with(src: &str, o: &ConvertOptions) -> Result<BuildPlan, ConvertError> {
+pub fn convert_with(src: &str, o: &ConvertOptions) -> Result<BuildPlan, ConvertError> {
     let ast = rbuild_frontend::parser::parse(src).expect("test Dockerfiles parse");
     rbuild_frontend::convert(&ast, o, &Resolver)
 }
 
-fn convert(src: &str) -> BuildPlan {
+pub fn convert(src: &str) -> BuildPlan {
     convert_with(src, &opts(&[], None)).unwrap_or_else(|e| panic!("{e} at {:?} ({:?})", e.location, e.hint))
 }
 
-fn history(plan: &BuildPlan) -> Vec<String> {
+pub fn history(plan: &BuildPlan) -> Vec<String> {
     plan.history
         .iter()
         .filter_map(|h| match h {
