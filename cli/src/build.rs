@@ -82,11 +82,26 @@ fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// The largest Dockerfile (and `.dockerignore`) rbuild reads: 10 MiB, like BuildKit's limit on a Dockerfile.
+/// Both come from the build's input, so `-f /dev/zero` or a huge file must be an error, not unbounded memory.
+const MAX_INPUT_FILE: u64 = 10 << 20;
+
+/// Reads a text file of at most [`MAX_INPUT_FILE`] bytes.
+fn read_limited(path: &Path, what: &str) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_INPUT_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_INPUT_FILE {
+        return Err(std::io::Error::other(format!("{what} is larger than the limit of {} MiB", MAX_INPUT_FILE >> 20)));
+    }
+    Ok(text)
+}
+
 /// `.dockerignore` patterns: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's.
 fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
     let beside = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
     for candidate in [beside, context.join(".dockerignore")] {
-        match std::fs::read_to_string(&candidate) {
+        match read_limited(&candidate, ".dockerignore") {
             Ok(text) => return Ok(rbuild_frontend::dockerignore::read_ignore_file(&text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", candidate.display())),
@@ -105,7 +120,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         bail!("build context {} is not a directory", context.display());
     }
     let dockerfile = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&dockerfile)
+    let text = read_limited(&dockerfile, "the Dockerfile")
         .with_context(|| format!("reading the Dockerfile {}", dockerfile.display()))?;
     let shown_name =
         dockerfile.file_name().map_or_else(|| dockerfile.display().to_string(), |n| n.to_string_lossy().into_owned());
