@@ -757,10 +757,8 @@ impl Converter<'_> {
             }
             StageState::new(v, config, history, no_cache)
         };
-        // BuildKit writes WorkingDir "/" when nothing set one.
-        if state.config.config.working_dir.as_deref().is_none_or(str::is_empty) {
-            state.config.config.working_dir = Some("/".into());
-        }
+        // WorkingDir stays as the base left it (unset for scratch and most images) unless the Dockerfile sets
+        // one, as BuildKit writes it; steps still run in "/" when it is unset.
         // ONBUILD triggers of the base run first, and are not inherited further.
         let triggers = state.config.config.on_build.take().unwrap_or_default();
         for trigger in triggers {
@@ -1589,12 +1587,19 @@ pub fn join_path(base: &str, path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// `80`, `53/udp`, `8000-8002/tcp` → the ports Docker records (a range becomes one entry per port).
+/// `80`, `53/udp`, `8000-8002/tcp` → the ports Docker records (a range becomes one entry per port). Like Docker's
+/// `nat.ParsePortSpecs`, a published form (`127.0.0.1:80:80`, `[::1]:8080:8080`, `5000:5000`) exposes its
+/// container port.
 fn normalize_ports(p: &str) -> Option<Vec<String>> {
-    let (port, proto) = match p.split_once('/') {
+    let (spec, proto) = match p.split_once('/') {
         Some((port, proto)) => (port, proto.to_lowercase()),
         None => (p, "tcp".to_string()),
     };
+    let rest = match spec.strip_prefix('[') {
+        Some(after) => after.split_once("]:")?.1,
+        None => spec,
+    };
+    let port = rest.rsplit_once(':').map_or(rest, |(_, container)| container);
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
         return None;
     }
@@ -1674,6 +1679,11 @@ mod tests {
         assert_eq!(normalize_ports("53/UDP"), Some(vec!["53/udp".to_string()]));
         assert_eq!(normalize_ports("8000-8002").map(|v| v.len()), Some(3));
         assert_eq!(normalize_ports("http"), None);
+        // Issue 11 item 16: published forms expose the container port, as Docker's nat.ParsePortSpecs does.
+        assert_eq!(normalize_ports("127.0.0.1:80:80"), Some(vec!["80/tcp".to_string()]));
+        assert_eq!(normalize_ports("[::1]:8080:8081/udp"), Some(vec!["8081/udp".to_string()]));
+        assert_eq!(normalize_ports("5000:5001"), Some(vec!["5001/tcp".to_string()]));
+        assert_eq!(normalize_ports("[::1]8080"), None);
         assert_eq!(go_duration(30_000_000_000), "30s");
         assert_eq!(go_duration(90_000_000_000), "1m30s");
         assert_eq!(go_duration(500_000_000), "500ms");
