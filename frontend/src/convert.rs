@@ -10,7 +10,8 @@
 //!   linear in the number of lines;
 //! - stages are converted in dependency order found up front (FROM and `COPY --from` are known from the global
 //!   ARGs alone), so a chain of a thousand `FROM sN AS sN+1` stages needs no recursion; only references that are
-//!   known late (`RUN --mount=from=$VAR`, ONBUILD triggers) recurse, at most [`MAX_STAGE_NESTING`] deep;
+//!   known late (`COPY --from` in an ONBUILD trigger of a base image) recurse, at most [`MAX_STAGE_NESTING`]
+//!   deep;
 //! - every byte that expansion adds, and every copy of a stage's environment (inherited by a child stage, handed
 //!   to a RUN), is charged to one budget of [`MAX_VARIABLE_BYTES`] for the whole conversion.
 
@@ -25,8 +26,8 @@ use std::rc::Rc;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-/// How deeply stage conversions may nest through references found only while converting (`RUN --mount=from=$V`,
-/// `COPY --from` in an ONBUILD trigger); references known up front never nest.
+/// How deeply stage conversions may nest through references found only while converting (`COPY --from` in an
+/// ONBUILD trigger of a base image); references known up front never nest.
 pub const MAX_STAGE_NESTING: usize = 16;
 
 /// The bytes a conversion may spend on variable values beyond the Dockerfile's own text: growth by expansion,
@@ -293,8 +294,10 @@ struct Converter<'a> {
     global: BTreeMap<String, String>,
     /// Converted stages; shared, since a stage named by `COPY --from` needs only its root filesystem.
     built: Vec<Option<Rc<StageState>>>,
-    /// Stage names (lowercase) to indexes.
+    /// Stage names (lowercase) to indexes; with duplicate names, the last stage.
     names: HashMap<String, usize>,
+    /// Stage names (lowercase) to the indexes of every stage of that name, ascending.
+    all_names: HashMap<String, Vec<usize>>,
     in_progress: Vec<bool>,
     /// How many stage conversions are under way inside each other.
     nesting: usize,
@@ -320,6 +323,7 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
         global: BTreeMap::new(),
         built: Vec::new(),
         names: HashMap::new(),
+        all_names: HashMap::new(),
         in_progress: Vec::new(),
         nesting: 0,
         spent: Cell::new(0),
@@ -368,9 +372,10 @@ impl Converter<'_> {
             match &located.instruction {
                 Instruction::From { image, name, platform } => {
                     if let Some(n) = name {
-                        if let Some(prev) = self.names.get(n).map(|&i| &self.stages[i]) {
-                            return Err(ConvertError::at(&located.location, format!("duplicate stage name {n:?}"))
-                                .hint(format!("the name is first used on line {}", prev.from.start_line)));
+                        // BuildKit builds with a warning: the last stage of a name is the one `--from`,
+                        // `--target` and later FROM lines mean.
+                        if self.names.contains_key(n) {
+                            self.lint.duplicate_stage_name(n, &located.location);
                         }
                         if n.parse::<usize>().is_ok() || !valid_stage_name(n) {
                             return Err(ConvertError::at(&located.location, format!("invalid stage name {n:?}")).hint(
@@ -380,6 +385,7 @@ impl Converter<'_> {
                     }
                     if let Some(n) = name {
                         self.names.insert(n.clone(), self.stages.len());
+                        self.all_names.entry(n.clone()).or_default().push(self.stages.len());
                     }
                     self.stages.push(Stage {
                         name: name.clone(),
@@ -516,14 +522,14 @@ impl Converter<'_> {
     fn static_order(&self, target: usize) -> Vec<usize> {
         let mut order = Vec::new();
         let mut state = vec![0u8; self.stages.len()]; // 0: new, 1: on the stack, 2: done
-        let mut stack: Vec<(usize, Vec<usize>)> = vec![(target, self.static_deps(target))];
+        let mut stack: Vec<(usize, Vec<usize>)> = vec![(target, self.static_deps(target, true))];
         state[target] = 1;
         while let Some((node, deps)) = stack.last_mut() {
             let node = *node;
             match deps.pop() {
                 Some(d) if state[d] == 0 => {
                     state[d] = 1;
-                    let dd = self.static_deps(d);
+                    let dd = self.static_deps(d, true);
                     stack.push((d, dd));
                 }
                 // A cycle: leave the order to conversion, which reports the cycle at the line that closes it.
@@ -541,8 +547,9 @@ impl Converter<'_> {
         order
     }
 
-    /// The stages stage `index` names in ways known before converting it (see [`Converter::static_order`]).
-    fn static_deps(&self, index: usize) -> Vec<usize> {
+    /// The stages stage `index` names in ways known before converting it (see [`Converter::static_order`]);
+    /// with `earlier_only`, only those defined before it (a later one is an error when converting).
+    fn static_deps(&self, index: usize, earlier_only: bool) -> Vec<usize> {
         let stage = &self.stages[index];
         let by_name = |name: &str| {
             let lower = name.to_lowercase();
@@ -550,18 +557,23 @@ impl Converter<'_> {
         };
         let expand = |w: &str| self.lexer.process_word(w, &self.global).ok();
         let mut deps = Vec::new();
-        if let Some(i) = expand(&stage.base).as_deref().and_then(by_name).filter(|i| *i < index) {
-            deps.push(i);
-        }
+        let base = expand(&stage.base).unwrap_or_default();
+        let parent = match self.all_names.get(&base.to_lowercase()) {
+            Some(all) => all.partition_point(|&i| i < index).checked_sub(1).map(|p| all[p]),
+            None => base.parse::<usize>().ok().filter(|i| *i < index),
+        };
+        deps.extend(parent);
         for located in &stage.instructions {
             match &located.instruction {
                 Instruction::Copy(c) => {
-                    if let Some(i) = c.from.as_deref().and_then(expand).as_deref().and_then(by_name) {
+                    if let Some(i) = c.from.as_deref().and_then(expand).as_deref().and_then(by_name)
+                        && (i < index || !earlier_only)
+                    {
                         deps.push(i);
                     }
                 }
                 Instruction::Run(r) => {
-                    for flag in r.mounts.iter().filter(|f| !f.contains('$')) {
+                    for flag in &r.mounts {
                         let mut literal =
                             |w: &str| self.lexer.process_word(w, &crate::shell::NoEnv).map_err(|e| e.to_string());
                         if let Ok(spec) = crate::mounts::parse_mount(flag, "/", 0, &mut literal)
@@ -583,18 +595,17 @@ impl Converter<'_> {
     /// A stage referred to by `--from`/`FROM`: a name (case-insensitive) or an index of an earlier stage.
     fn find_stage(&self, reference: &str, current: usize, at: &Location) -> Result<Option<usize>, ConvertError> {
         let lower = reference.to_lowercase();
-        if let Some(&i) = self.names.get(&lower) {
-            if i >= current {
-                return Err(ConvertError::at(
-                    at,
-                    format!("stage {reference:?} is used before it is defined (or by itself)"),
-                )
+        if let Some(all) = self.all_names.get(&lower) {
+            // The last stage of that name defined before this one, as BuildKit finds it while adding stages.
+            let before = all.partition_point(|&i| i < current);
+            if before > 0 {
+                return Ok(Some(all[before - 1]));
+            }
+            return Err(ConvertError::at(at, format!("stage {reference:?} is used before it is defined (or by itself)"))
                 .hint(format!(
                     "stage {reference:?} starts on line {}; a stage can only use earlier stages",
-                    self.stages[i].from.start_line
+                    self.stages[all[0]].from.start_line
                 )));
-            }
-            return Ok(Some(i));
         }
         if let Ok(i) = reference.parse::<usize>() {
             if i >= current {
@@ -622,7 +633,7 @@ impl Converter<'_> {
             },
         };
         if let Some(i) = found
-            && (i == current || self.in_progress[i])
+            && (i == current || self.in_progress[i] || (i > current && self.reaches(i, current)))
         {
             return Err(ConvertError::at(at, format!("circular dependency detected on stage: {reference}")).hint(
                 format!(
@@ -631,7 +642,40 @@ impl Converter<'_> {
                 ),
             ));
         }
+        if let Some(i) = found
+            && i > current
+        {
+            return Err(ConvertError::at(
+                at,
+                format!(
+                    "cannot copy from stage {:?}, it needs to be defined before current stage {:?}",
+                    self.stage_name(i),
+                    self.stage_name(current)
+                ),
+            )
+            .hint(format!("stage {reference:?} starts on line {}; move it above this stage", self.stages[i].from.start_line)));
+        }
         Ok(found)
+    }
+
+    /// BuildKit's name for a stage in messages: its name, or `stage-N`.
+    fn stage_name(&self, index: usize) -> String {
+        self.stages[index].name.clone().unwrap_or_else(|| format!("stage-{index}"))
+    }
+
+    /// Whether stage `from` depends on stage `to` through references known up front (an explicit-stack search).
+    fn reaches(&self, from: usize, to: usize) -> bool {
+        let mut seen = vec![false; self.stages.len()];
+        let mut stack = vec![from];
+        while let Some(i) = stack.pop() {
+            if i == to {
+                return true;
+            }
+            if !std::mem::replace(&mut seen[i], true) {
+                stack.extend(self.static_deps(i, false));
+            }
+        }
+        false
     }
 
     /// A hint for a name that is no stage and could not be resolved as an image: the stage it was probably meant to be.
@@ -684,7 +728,7 @@ impl Converter<'_> {
                 &self.stages[index].from,
                 format!("stages depend on each other more than {MAX_STAGE_NESTING} levels deep"),
             )
-            .hint("a chain of RUN --mount=from= or ONBUILD references this long is not supported"));
+            .hint("a chain of ONBUILD triggers that copy from stages this long is not supported"));
         }
         self.nesting += 1;
         let r = self.build_stage_inner(index);

@@ -3,7 +3,7 @@
 //! A check never changes the build; it adds a warning in BuildKit's short format
 //! (`RuleName: message (line N)`), so that output and CI greps written for BuildKit keep working. The
 //! `# check=skip=Rule1,Rule2`, `# check=skip=all` and `# check=error=true` directive is honoured as BuildKit reads
-//! it. Implemented today: `SecretsUsedInArgOrEnv`.
+//! it. Implemented today: `SecretsUsedInArgOrEnv` and `DuplicateStageName`.
 
 use crate::convert::ConvertError;
 use crate::instructions::Location;
@@ -13,6 +13,9 @@ use std::sync::LazyLock;
 
 /// BuildKit's `SecretsUsedInArgOrEnv` rule name.
 pub const SECRETS_USED_IN_ARG_OR_ENV: &str = "SecretsUsedInArgOrEnv";
+
+/// BuildKit's `DuplicateStageName` rule name.
+pub const DUPLICATE_STAGE_NAME: &str = "DuplicateStageName";
 
 /// BuildKit's deny list (`getSecretsRegex` in dockerfile2llb): one of these tokens as a whole `_`-separated word
 /// of the name, case-insensitively.
@@ -92,6 +95,13 @@ impl Lint {
             );
             self.report(SECRETS_USED_IN_ARG_OR_ENV, message, at);
         }
+    }
+
+    /// DuplicateStageName: a second stage with a name already used (the last one wins).
+    pub fn duplicate_stage_name(&mut self, name: &str, at: &Location) {
+        let message =
+            format!("Duplicate stage name {}, stage names should be unique", crate::parser::quote::go_quote(name));
+        self.report(DUPLICATE_STAGE_NAME, message, at);
     }
 
     /// With `# check=error=true`, any rule that fired fails the build, as in BuildKit.

@@ -196,23 +196,63 @@ ADD git@github.com:moby/buildkit.git /bk\n",
     assert!(err.message.contains("non-HTTP"), "{}", err.message);
 }
 
+/// Issue 11 item 15: `COPY --from` a stage defined later built; BuildKit 0.13 refuses it (checked against the
+/// reference: "cannot copy from stage \"b\", it needs to be defined before current stage \"a\"").
 #[test]
-fn copy_from_may_name_a_later_stage_but_not_a_cycle() {
-    let plan = convert("FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nRUN touch /x\nFROM a\n");
-    assert!(plan.graph.vertices.iter().any(|v| matches!(&v.op, Op::Exec(_))), "stage b is converted for a");
+fn copy_from_a_later_stage_is_an_error_and_a_cycle_says_so() {
+    let err = convert_with("FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nRUN touch /x\nFROM a\n", &opts(&[], None))
+        .unwrap_err();
+    assert_eq!(err.message, "cannot copy from stage \"b\", it needs to be defined before current stage \"a\"");
+    assert_eq!(err.location.map(|l| l.start_line), Some(2));
+    // A stage the target does not need may name a later one: BuildKit only checks what it converts.
+    assert!(convert_with("FROM base\nCOPY --from=1 /y /y\nFROM base\nRUN true\n", &opts(&[], None)).is_ok());
     let err = convert_with(
         "FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nCOPY --from=a /y /y\n",
         &opts(&[], Some("a")),
     )
     .unwrap_err();
     assert!(err.message.contains("circular dependency"), "{}", err.message);
-    assert_eq!(err.location.map(|l| l.start_line), Some(4), "points at the COPY that closes the cycle");
+    assert_eq!(err.location.map(|l| l.start_line), Some(2), "points at the COPY that starts the cycle");
     let err = convert_with("FROM base AS a\nCOPY --from=a /y /y\n", &opts(&[], None)).unwrap_err();
     assert!(err.message.contains("circular dependency"), "{}", err.message);
     // FROM only sees earlier stages: a later one is an error at the FROM line, not an image pull.
     let err = convert_with("FROM base\nFROM later AS x\nFROM base AS later\n", &opts(&[], Some("x"))).unwrap_err();
     assert!(err.message.contains("used before it is defined"), "{}", err.message);
     assert_eq!(err.location.map(|l| l.start_line), Some(2));
+}
+
+/// Issue 11 item 16: two stages of one name were an error; BuildKit builds, the last one wins for `--from` and
+/// `--target`, a FROM line means the last one before it, and newer BuildKit warns (DuplicateStageName).
+#[test]
+fn duplicate_stage_names_warn_and_the_last_wins() {
+    let src = "FROM base AS a\nRUN echo first\nFROM a AS a\nRUN echo second\nFROM base\nCOPY --from=a /x /x\n";
+    let plan = convert(src);
+    assert_eq!(
+        plan.warnings,
+        ["DuplicateStageName: Duplicate stage name \"a\", stage names should be unique (line 3)"]
+    );
+    let runs: Vec<String> = plan
+        .graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::Exec(e) => e.args.last().cloned(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, ["echo first", "echo second"], "the second a is built FROM the first");
+    let plan = convert_with(src, &opts(&[], Some("a"))).unwrap();
+    assert_eq!(history(&plan).last().map(String::as_str), Some("RUN /bin/sh -c echo second # buildkit"));
+}
+
+/// Issue 11 item 15: `RUN --mount=from=$VAR` built (and an unset VAR mounted the context); BuildKit refuses any
+/// variable in `from`, because it resolves stage dependencies before expanding.
+#[test]
+fn mount_from_a_variable_is_refused_like_buildkit() {
+    for src in ["FROM base\nRUN --mount=from=$NOPE,target=/m true\n", "FROM base AS s\nFROM base\nARG P=s\nRUN --mount=from=${P},target=/m true\n"] {
+        let err = convert_with(src, &opts(&[], None)).unwrap_err();
+        assert!(err.message.contains("'from' doesn't support variable expansion, define alias stage instead"), "{}", err.message);
+    }
 }
 
 #[test]
