@@ -21,7 +21,7 @@ pub struct BuildArgs {
     /// Name (and optionally tag) for the image; may be repeated
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     tags: Vec<String>,
-    /// The Dockerfile [default: CONTEXT/Dockerfile]
+    /// The Dockerfile [default: CONTEXT/Dockerfile, else CONTEXT/dockerfile]
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment)
@@ -119,7 +119,12 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
-    let dockerfile = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    // Like docker build: `Dockerfile`, else `dockerfile`.
+    let dockerfile = args.file.clone().unwrap_or_else(|| {
+        let upper = context.join("Dockerfile");
+        let lower = context.join("dockerfile");
+        if !upper.exists() && lower.exists() { lower } else { upper }
+    });
     let text = read_limited(&dockerfile, "the Dockerfile")
         .with_context(|| format!("reading the Dockerfile {}", dockerfile.display()))?;
     let shown_name =

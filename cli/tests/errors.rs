@@ -143,3 +143,13 @@ fn hostile_dockerfiles_fail_with_their_line_not_a_crash() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Issue 11 item 17: without -f, `dockerfile` is used when `Dockerfile` does not exist, as docker build does.
+#[test]
+fn lowercase_dockerfile_is_the_default_fallback() {
+    let ws = Workspace::new();
+    let ctx = ws.context("lower", &[("dockerfile", "FROM scratch\nEXPOSE not-a-port\n")]);
+    let run = ws.rbuild("store", &["build", ctx.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("invalid port") && run.stderr.contains("dockerfile:2:"), "{}", run.stderr);
+}

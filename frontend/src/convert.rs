@@ -335,6 +335,9 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
         warnings: Vec::new(),
         locations: BTreeMap::new(),
     };
+    if let Some(w) = syntax_warning(ast) {
+        c.warnings.push(w);
+    }
     c.split_stages(ast)?;
     c.check_platforms()?;
     let target = c.target_index()?;
@@ -827,10 +830,27 @@ impl Converter<'_> {
         Ok(state)
     }
 
-    fn step_name(&self, index: usize, state: &StageState, original: &str) -> String {
+    /// A step's progress title: the instruction with the stage's variables expanded, as BuildKit prints it
+    /// (`RUN echo dev` for `RUN echo $VERSION`). For RUN (`run`) quotes and unset variables stay as written; for
+    /// COPY, ADD and WORKDIR quotes are removed and unset variables are empty. A RUN that maps secrets to
+    /// environment variables is shown as written, so that no variable of that name is printed. The first word is
+    /// upper-cased; a word that does not expand is shown as written.
+    fn step_name(&self, index: usize, state: &StageState, original: &str, run: Option<bool>) -> String {
         let stage = self.stages[index].name.clone().unwrap_or_else(|| format!("stage-{index}"));
-        let _ = state;
-        format!("[{stage}] {}", one_line(original))
+        let lexer = match run {
+            Some(true) => None,
+            Some(false) => Some(self.lexer.raw_quotes(true).skip_unset_env(true)),
+            None => Some(self.lexer),
+        };
+        let shown = lexer
+            .and_then(|l| l.process_word(original, &StageVars(state)).ok())
+            .filter(|w| self.charge(w.len().saturating_sub(original.len()), &self.stages[index].from).is_ok())
+            .unwrap_or_else(|| original.to_string());
+        let shown = match shown.split_once(char::is_whitespace) {
+            Some((kw, rest)) => format!("{} {rest}", kw.to_uppercase()),
+            None => shown.to_uppercase(),
+        };
+        format!("[{stage}] {}", one_line(&shown))
     }
 
     /// Dispatches one instruction and records its location for every vertex it added (vertices of other stages
@@ -986,7 +1006,7 @@ impl Converter<'_> {
                 state.config.config.working_dir = Some(path.clone());
                 let owner = state.config.config.user.clone().filter(|u| !u.is_empty());
                 let input = state.rootfs;
-                let name = self.step_name(index, state, &located.original);
+                let name = self.step_name(index, state, &located.original, None);
                 state.rootfs = self.graph.add(Vertex {
                     op: Op::File(FileOp {
                         dest: Some(0),
@@ -1165,7 +1185,8 @@ impl Converter<'_> {
                 readonly: true,
             });
         }
-        let name = self.step_name(index, state, &located.original);
+        let secret_env = run.mounts.iter().any(|m| m.contains("secret") && m.contains("env"));
+        let name = self.step_name(index, state, &located.original, Some(secret_env));
         let exec = ExecOp {
             args: args.clone(),
             env,
@@ -1448,7 +1469,7 @@ impl Converter<'_> {
             actions.push(action);
         }
         let input = state.rootfs;
-        let name = self.step_name(index, state, &located.original);
+        let name = self.step_name(index, state, &located.original, None);
         state.rootfs = self.graph.add(Vertex {
             op: Op::File(FileOp { dest: Some(0), actions }),
             inputs,
@@ -1474,6 +1495,29 @@ impl Converter<'_> {
         });
         Ok(())
     }
+}
+
+/// rbuild has one built-in frontend, BuildKit's `docker/dockerfile:1`. A `# syntax=` naming it (any 1.x tag, with
+/// or without `docker.io/`, a `-labs` suffix or a digest) is accepted without pulling anything; any other value is
+/// not run either, and gets a warning that says so: an error would refuse Dockerfiles that build fine with the
+/// built-in frontend, which is what almost every `# syntax=` line asks for.
+fn syntax_warning(ast: &Ast) -> Option<String> {
+    let d = ast.directives.iter().find(|d| d.name == "syntax")?;
+    let image = d.value.split('@').next().unwrap_or_default();
+    let image = image.strip_prefix("docker.io/").unwrap_or(image);
+    let builtin = match image.strip_prefix("docker/dockerfile:") {
+        Some(tag) => {
+            let version = tag.strip_suffix("-labs").unwrap_or(tag);
+            version == "1" || version.strip_prefix("1.").is_some_and(|v| v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+        }
+        None => image == "docker/dockerfile",
+    };
+    (!builtin).then(|| {
+        format!(
+            "line {}: # syntax={} is not supported: rbuild has one built-in frontend (docker/dockerfile:1) and builds with it",
+            d.line, d.value
+        )
+    })
 }
 
 /// A word as shown in an error message: quoted, and at most 200 characters of it.

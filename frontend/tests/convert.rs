@@ -313,3 +313,44 @@ fn working_dir_stays_unset_unless_the_dockerfile_sets_one() {
     });
     assert_eq!(run.as_deref(), Some("/app"));
 }
+
+/// Issue 11 item 17: progress titles showed `${VERSION}` where BuildKit prints the value. Checked against the
+/// reference: `RUN --mount=from=s,target=/m echo $V ${E} $NOPE "q" \$V` is shown as
+/// `RUN --mount=from=s,target=/m echo dev e1 $NOPE "q" $V`.
+#[test]
+fn step_titles_show_variables_expanded_as_buildkit_prints_them() {
+    let src = "FROM base AS s\nFROM base\nARG V=dev\nENV E=e1\n\
+run --mount=from=s,target=/m echo $V ${E} $NOPE \"q\" \\$V\nCOPY --chmod=644 \"a.txt\" /$V/$E/$NOPE\nWORKDIR /w/$V\n\
+RUN --mount=type=secret,id=t,env=V echo $V\n";
+    let plan = convert(src);
+    let names: Vec<&str> = plan
+        .graph
+        .vertices
+        .iter()
+        .map(|v| v.name.as_str())
+        .filter(|n| n.starts_with("[stage-1]"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "[stage-1] RUN --mount=from=s,target=/m echo dev e1 $NOPE \"q\" $V",
+            "[stage-1] COPY --chmod=644 a.txt /dev/e1/",
+            "[stage-1] WORKDIR /w/dev",
+            "[stage-1] RUN --mount=type=secret,id=t,env=V echo $V",
+        ]
+    );
+}
+
+/// Issue 11 item 15: an unknown `# syntax=` was silently ignored; the built-in one is accepted quietly.
+#[test]
+fn syntax_directive_other_than_the_builtin_frontend_warns() {
+    for ok in ["docker/dockerfile:1", "docker/dockerfile:1.7", "docker.io/docker/dockerfile:1.4.3-labs", "docker/dockerfile:1@sha256:ac85"] {
+        let plan = convert(&format!("# syntax={ok}\nFROM base\n"));
+        assert!(plan.warnings.is_empty(), "{ok}: {:?}", plan.warnings);
+    }
+    for other in ["docker/dockerfile:2", "example.com/my/frontend", "docker/dockerfile-upstream:master", "docker/dockerfile:1.x"] {
+        let plan = convert(&format!("# syntax={other}\nFROM base\n"));
+        assert_eq!(plan.warnings.len(), 1, "{other}");
+        assert!(plan.warnings[0].starts_with(&format!("line 1: # syntax={other} is not supported")), "{:?}", plan.warnings);
+    }
+}
