@@ -121,12 +121,36 @@ fn hostile_dockerfiles_fail_with_their_line_not_a_crash() {
         doubling.push_str(&format!("ARG A{}=${{A{i}}}${{A{i}}}\n", i + 1));
     }
     let cases: Vec<(&str, String, Vec<&str>, &str, &str)> = vec![
-        ("nested-expansion", format!("FROM scratch\nENV A={}\n", nest(3_000)), vec![], "nested more than 64 levels deep", "Dockerfile:2:"),
+        (
+            "nested-expansion",
+            format!("FROM scratch\nENV A={}\n", nest(3_000)),
+            vec![],
+            "nested more than 64 levels deep",
+            "Dockerfile:2:",
+        ),
         ("stage-chain", chain, vec![], "invalid port", "Dockerfile:1002:"),
-        ("nested-onbuild", format!("FROM scratch\n{}RUN x\n", "ONBUILD ".repeat(8_000)), vec![], "ONBUILD is nested more than 8 levels deep", "line 2"),
+        (
+            "nested-onbuild",
+            format!("FROM scratch\n{}RUN x\n", "ONBUILD ".repeat(8_000)),
+            vec![],
+            "ONBUILD is nested more than 8 levels deep",
+            "line 2",
+        ),
         ("doubling-args", doubling, vec![], "larger than 1048576 bytes", "Dockerfile:19:"),
-        ("bad-platform", "FROM --platform=foo scratch\n".into(), vec![], "failed to parse platform foo", "Dockerfile:1:"),
-        ("platform-list", "FROM scratch\n".into(), vec!["--platform", "linux/amd64,linux/arm64"], "multi-platform builds are not supported yet", ""),
+        (
+            "bad-platform",
+            "FROM --platform=foo scratch\n".into(),
+            vec![],
+            "failed to parse platform foo",
+            "Dockerfile:1:",
+        ),
+        (
+            "platform-list",
+            "FROM scratch\n".into(),
+            vec!["--platform", "linux/amd64,linux/arm64"],
+            "multi-platform builds are not supported yet",
+            "",
+        ),
         ("dev-zero", "FROM scratch\n".into(), vec!["-f", "/dev/zero"], "larger than the limit of 10 MiB", "/dev/zero"),
     ];
     let mut failures = Vec::new();

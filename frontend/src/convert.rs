@@ -15,16 +15,16 @@
 //! - every byte that expansion adds, and every copy of a stage's environment (inherited by a child stage, handed
 //!   to a RUN), is charged to one budget of [`MAX_VARIABLE_BYTES`] for the whole conversion.
 
-use crate::lint::Lint;
 use crate::instructions::{Command, CopyInstr, HealthcheckInstr, Instruction, Located, Location, parse_instruction};
+use crate::lint::Lint;
 use crate::parser::{self, Ast};
 use crate::shell::{EnvLookup, Lexer};
 use rbuild_solver::oci::{Healthcheck, History, ImageConfig, Platform};
 use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
 use std::cell::Cell;
-use std::rc::Rc;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::rc::Rc;
 
 /// How deeply stage conversions may nest through references found only while converting (`COPY --from` in an
 /// ONBUILD trigger of a base image); references known up front never nest.
@@ -604,11 +604,14 @@ impl Converter<'_> {
             if before > 0 {
                 return Ok(Some(all[before - 1]));
             }
-            return Err(ConvertError::at(at, format!("stage {reference:?} is used before it is defined (or by itself)"))
-                .hint(format!(
-                    "stage {reference:?} starts on line {}; a stage can only use earlier stages",
-                    self.stages[all[0]].from.start_line
-                )));
+            return Err(ConvertError::at(
+                at,
+                format!("stage {reference:?} is used before it is defined (or by itself)"),
+            )
+            .hint(format!(
+                "stage {reference:?} starts on line {}; a stage can only use earlier stages",
+                self.stages[all[0]].from.start_line
+            )));
         }
         if let Ok(i) = reference.parse::<usize>() {
             if i >= current {
@@ -656,7 +659,10 @@ impl Converter<'_> {
                     self.stage_name(current)
                 ),
             )
-            .hint(format!("stage {reference:?} starts on line {}; move it above this stage", self.stages[i].from.start_line)));
+            .hint(format!(
+                "stage {reference:?} starts on line {}; move it above this stage",
+                self.stages[i].from.start_line
+            )));
         }
         Ok(found)
     }
@@ -1097,7 +1103,7 @@ impl Converter<'_> {
         for p in rbuild_solver::key::PROXY_VARS {
             if let Some(v) = self.opts.build_args.get(*p)
                 && !state.has_env(p)
-                && !state.arg_pos.get(*p).is_some_and(|&i| state.args[i].1.is_some())
+                && state.arg_pos.get(*p).is_none_or(|&i| state.args[i].1.is_none())
             {
                 self.used_args.insert(p.to_string());
                 env.push(format!("{p}={v}"));
@@ -1234,12 +1240,12 @@ impl Converter<'_> {
             let this = &*self;
             let spec = parse_mount(flag, &workdir, ssh, &mut |w| this.expand(w, &vars, at).map_err(|e| e.message))
                 .map_err(|e| {
-                        let err = ConvertError::at(at, e.to_string());
-                        match e.hint {
-                            Some(h) => err.hint(h),
-                            None => err,
-                        }
-                    })?;
+                    let err = ConvertError::at(at, e.to_string());
+                    match e.hint {
+                        Some(h) => err.hint(h),
+                        None => err,
+                    }
+                })?;
             let source_vertex = match (spec.typ, spec.from.as_deref()) {
                 (MountType::Bind | MountType::Cache, Some(from)) => Some(match self.find_stage(from, index, at)? {
                     Some(i) => self.build_stage(i)?.rootfs,
@@ -1508,7 +1514,10 @@ fn syntax_warning(ast: &Ast) -> Option<String> {
     let builtin = match image.strip_prefix("docker/dockerfile:") {
         Some(tag) => {
             let version = tag.strip_suffix("-labs").unwrap_or(tag);
-            version == "1" || version.strip_prefix("1.").is_some_and(|v| v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+            version == "1"
+                || version
+                    .strip_prefix("1.")
+                    .is_some_and(|v| v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
         }
         None => image == "docker/dockerfile",
     };

@@ -123,8 +123,17 @@ mod tests {
 
     #[test]
     fn secret_names_follow_buildkit() {
-        for name in ["PASSWORD", "db_password", "GITHUB_TOKEN", "api_key", "AWS_SECRET", "secret_MESSAGE", "auth", "Apikey", "MY_KEY_FILE"]
-        {
+        for name in [
+            "PASSWORD",
+            "db_password",
+            "GITHUB_TOKEN",
+            "api_key",
+            "AWS_SECRET",
+            "secret_MESSAGE",
+            "auth",
+            "Apikey",
+            "MY_KEY_FILE",
+        ] {
             assert!(is_secret_name(name), "{name}");
         }
         // A token must be a whole `_` word; `PUBLIC` allows it.

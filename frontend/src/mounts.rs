@@ -74,7 +74,11 @@ pub struct MountError {
 
 /// A value as shown in an error: at most 200 characters of it.
 fn shorten(value: &str) -> String {
-    if value.chars().count() <= 200 { value.to_string() } else { format!("{}...", value.chars().take(197).collect::<String>()) }
+    if value.chars().count() <= 200 {
+        value.to_string()
+    } else {
+        format!("{}...", value.chars().take(197).collect::<String>())
+    }
 }
 
 /// The default target of the `n`th SSH mount of a step.

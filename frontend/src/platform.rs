@@ -25,13 +25,49 @@ pub enum PlatformError {
 }
 
 const KNOWN_OS: &[&str] = &[
-    "aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js", "linux", "nacl", "netbsd",
-    "openbsd", "plan9", "solaris", "windows", "zos",
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "windows",
+    "zos",
 ];
 
 const KNOWN_ARCH: &[&str] = &[
-    "386", "amd64", "amd64p32", "arm", "armbe", "arm64", "arm64be", "ppc64", "ppc64le", "loong64", "mips", "mipsle",
-    "mips64", "mips64le", "mips64p32", "mips64p32le", "ppc", "riscv", "riscv64", "s390", "s390x", "sparc", "sparc64",
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "ppc64",
+    "ppc64le",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
     "wasm",
 ];
 
@@ -157,14 +193,12 @@ mod tests {
     /// Issue 9 item 12: these were taken as platforms (`foo`, an arch of `amd64,linux`, ...).
     #[test]
     fn refuses_what_containerd_refuses() {
-        for bad in ["foo", "linux/", "/amd64", "", "linux/amd64/../../x", "linux/amd64,linux/arm64", "linux/*", "a/b/c/d"]
+        for bad in
+            ["foo", "linux/", "/amd64", "", "linux/amd64/../../x", "linux/amd64,linux/arm64", "linux/*", "a/b/c/d"]
         {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            p("foo"),
-            "error: \"foo\": unknown operating system or architecture: invalid argument"
-        );
+        assert_eq!(p("foo"), "error: \"foo\": unknown operating system or architecture: invalid argument");
         assert_eq!(p("a/b/c/d"), "error: \"a/b/c/d\": cannot parse platform specifier: invalid argument");
         assert!(p("linux/").contains("\"\" is an invalid component of \"linux/\""), "{}", p("linux/"));
     }

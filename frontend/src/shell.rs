@@ -217,7 +217,11 @@ impl Lexer {
 
 /// A word as shown in an error: at most 200 characters, so that a huge word does not flood the terminal.
 fn shorten(word: &str) -> String {
-    if word.chars().count() <= 200 { word.to_string() } else { format!("{}...", word.chars().take(197).collect::<String>()) }
+    if word.chars().count() <= 200 {
+        word.to_string()
+    } else {
+        format!("{}...", word.chars().take(197).collect::<String>())
+    }
 }
 
 /// The characters Go's `text/scanner` yields for `s`: a leading byte-order mark is skipped.

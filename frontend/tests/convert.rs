@@ -200,8 +200,9 @@ ADD git@github.com:moby/buildkit.git /bk\n",
 /// reference: "cannot copy from stage \"b\", it needs to be defined before current stage \"a\"").
 #[test]
 fn copy_from_a_later_stage_is_an_error_and_a_cycle_says_so() {
-    let err = convert_with("FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nRUN touch /x\nFROM a\n", &opts(&[], None))
-        .unwrap_err();
+    let err =
+        convert_with("FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nRUN touch /x\nFROM a\n", &opts(&[], None))
+            .unwrap_err();
     assert_eq!(err.message, "cannot copy from stage \"b\", it needs to be defined before current stage \"a\"");
     assert_eq!(err.location.map(|l| l.start_line), Some(2));
     // A stage the target does not need may name a later one: BuildKit only checks what it converts.
@@ -249,9 +250,16 @@ fn duplicate_stage_names_warn_and_the_last_wins() {
 /// variable in `from`, because it resolves stage dependencies before expanding.
 #[test]
 fn mount_from_a_variable_is_refused_like_buildkit() {
-    for src in ["FROM base\nRUN --mount=from=$NOPE,target=/m true\n", "FROM base AS s\nFROM base\nARG P=s\nRUN --mount=from=${P},target=/m true\n"] {
+    for src in [
+        "FROM base\nRUN --mount=from=$NOPE,target=/m true\n",
+        "FROM base AS s\nFROM base\nARG P=s\nRUN --mount=from=${P},target=/m true\n",
+    ] {
         let err = convert_with(src, &opts(&[], None)).unwrap_err();
-        assert!(err.message.contains("'from' doesn't support variable expansion, define alias stage instead"), "{}", err.message);
+        assert!(
+            err.message.contains("'from' doesn't support variable expansion, define alias stage instead"),
+            "{}",
+            err.message
+        );
     }
 }
 
@@ -323,13 +331,8 @@ fn step_titles_show_variables_expanded_as_buildkit_prints_them() {
 run --mount=from=s,target=/m echo $V ${E} $NOPE \"q\" \\$V\nCOPY --chmod=644 \"a.txt\" /$V/$E/$NOPE\nWORKDIR /w/$V\n\
 RUN --mount=type=secret,id=t,env=V echo $V\n";
     let plan = convert(src);
-    let names: Vec<&str> = plan
-        .graph
-        .vertices
-        .iter()
-        .map(|v| v.name.as_str())
-        .filter(|n| n.starts_with("[stage-1]"))
-        .collect();
+    let names: Vec<&str> =
+        plan.graph.vertices.iter().map(|v| v.name.as_str()).filter(|n| n.starts_with("[stage-1]")).collect();
     assert_eq!(
         names,
         [
@@ -344,13 +347,24 @@ RUN --mount=type=secret,id=t,env=V echo $V\n";
 /// Issue 11 item 15: an unknown `# syntax=` was silently ignored; the built-in one is accepted quietly.
 #[test]
 fn syntax_directive_other_than_the_builtin_frontend_warns() {
-    for ok in ["docker/dockerfile:1", "docker/dockerfile:1.7", "docker.io/docker/dockerfile:1.4.3-labs", "docker/dockerfile:1@sha256:ac85"] {
+    for ok in [
+        "docker/dockerfile:1",
+        "docker/dockerfile:1.7",
+        "docker.io/docker/dockerfile:1.4.3-labs",
+        "docker/dockerfile:1@sha256:ac85",
+    ] {
         let plan = convert(&format!("# syntax={ok}\nFROM base\n"));
         assert!(plan.warnings.is_empty(), "{ok}: {:?}", plan.warnings);
     }
-    for other in ["docker/dockerfile:2", "example.com/my/frontend", "docker/dockerfile-upstream:master", "docker/dockerfile:1.x"] {
+    for other in
+        ["docker/dockerfile:2", "example.com/my/frontend", "docker/dockerfile-upstream:master", "docker/dockerfile:1.x"]
+    {
         let plan = convert(&format!("# syntax={other}\nFROM base\n"));
         assert_eq!(plan.warnings.len(), 1, "{other}");
-        assert!(plan.warnings[0].starts_with(&format!("line 1: # syntax={other} is not supported")), "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].starts_with(&format!("line 1: # syntax={other} is not supported")),
+            "{:?}",
+            plan.warnings
+        );
     }
 }
