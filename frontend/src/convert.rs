@@ -780,6 +780,8 @@ impl Converter<'_> {
                 variant: self.opts.platform.variant.clone(),
                 config: rbuild_solver::oci::ContainerConfig {
                     env: Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]),
+                    // BuildKit's `emptyImage` (checked against the reference): "/" for scratch.
+                    working_dir: Some("/".into()),
                     ..Default::default()
                 },
                 ..Default::default()
@@ -810,8 +812,8 @@ impl Converter<'_> {
             }
             StageState::new(v, config, history, no_cache)
         };
-        // WorkingDir stays as the base left it (unset for scratch and most images) unless the Dockerfile sets
-        // one, as BuildKit writes it; steps still run in "/" when it is unset.
+        // WorkingDir stays as the base image left it (often unset) unless the Dockerfile sets one, as BuildKit
+        // writes it; steps still run in "/" when it is unset.
         // ONBUILD triggers of the base run first, and are not inherited further.
         let triggers = state.config.config.on_build.take().unwrap_or_default();
         for trigger in triggers {

@@ -305,14 +305,16 @@ fn copy_keeps_dockerignore_apart_from_exclude() {
     assert_eq!(history(&plan).last().map(String::as_str), Some("COPY --parents a/ /dst/ # buildkit"));
 }
 
-/// Issue 11 item 5: WorkingDir was written as "/" when neither the base nor the Dockerfile set one; BuildKit leaves
-/// it unset (39 of 67 differential mismatches).
+/// Issue 11 item 5: WorkingDir was written as "/" when the base image has none; BuildKit keeps the base's (unset)
+/// value unless the Dockerfile sets one. A scratch stage starts from BuildKit's empty image, whose WorkingDir is
+/// "/" (checked against the reference BuildKit in `testdata/diff/workdir-unset`).
 #[test]
-fn working_dir_stays_unset_unless_the_dockerfile_sets_one() {
-    for src in ["FROM scratch\nRUN true\n", "FROM base\nCOPY a.txt /\n", "FROM base AS b\nFROM b\nRUN true\n"] {
+fn working_dir_is_the_base_images_unless_the_dockerfile_sets_one() {
+    for src in ["FROM base\nCOPY a.txt /\n", "FROM base AS b\nFROM b\nRUN true\n"] {
         let plan = convert(src);
         assert_eq!(plan.config.config.working_dir, None, "{src}");
     }
+    assert_eq!(convert("FROM scratch\nRUN true\n").config.config.working_dir.as_deref(), Some("/"));
     let plan = convert("FROM scratch\nWORKDIR app\nRUN true\n");
     assert_eq!(plan.config.config.working_dir.as_deref(), Some("/app"));
     let run = plan.graph.vertices.iter().find_map(|v| match &v.op {
