@@ -179,10 +179,10 @@ struct StageState {
     rootfs: VertexId,
     config: ImageConfig,
     history: HistoryLog,
-    /// ARGs declared in this stage, in order of first declaration, with their values (`None`: declared without a
-    /// value). A redeclared ARG keeps its place, as in BuildKit's `|N K=V` history prefix.
+    /// ARGs declared in this stage, in order, with their values (`None`: declared without a value). A redeclared
+    /// ARG is listed again, as BuildKit 0.13 lists it in the `|N K=V` history prefix.
     args: Vec<(String, Option<String>)>,
-    /// Where each ARG is in `args`.
+    /// Where the latest declaration of each ARG is in `args`.
     arg_pos: HashMap<String, usize>,
     /// Where each variable is in `config.config.env` (its first entry).
     env_pos: HashMap<String, usize>,
@@ -210,13 +210,17 @@ impl StageState {
 
     /// Declares (or redeclares) an ARG.
     fn set_arg(&mut self, key: &str, value: Option<String>) {
-        match self.arg_pos.get(key) {
-            Some(&i) => self.args[i].1 = value,
-            None => {
-                self.arg_pos.insert(key.to_string(), self.args.len());
-                self.args.push((key.to_string(), value));
-            }
-        }
+        self.arg_pos.insert(key.to_string(), self.args.len());
+        self.args.push((key.to_string(), value));
+    }
+
+    /// The latest declaration of each ARG, in order of those declarations.
+    fn current_args(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.args
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| self.arg_pos.get(k) == Some(i))
+            .map(|(_, (k, v))| (k.as_str(), v.as_deref()))
     }
 
     /// Sets an ENV variable: replaces its entry in place (BuildKit's `addEnv`) or appends one.
@@ -1095,7 +1099,7 @@ impl Converter<'_> {
     /// Environment of a RUN: the image's ENV plus the stage's ARGs (ENV wins), plus proxy build args.
     fn run_env(&mut self, state: &StageState) -> Vec<String> {
         let mut env: Vec<String> = state.config.config.env.clone().unwrap_or_default();
-        for (k, v) in &state.args {
+        for (k, v) in state.current_args() {
             if let Some(v) = v
                 && !state.has_env(k)
             {
@@ -1205,7 +1209,8 @@ impl Converter<'_> {
         };
         let inputs = std::iter::once(input).chain(extra_inputs).collect();
         state.rootfs = self.graph.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });
-        // BuildKit's `|N K=V ...` prefix: every ARG of the stage, with the ENV value where ENV overrides it.
+        // BuildKit's `|N K=V ...` prefix: every ARG declaration of the stage (a redeclared one twice, as BuildKit 0.13
+        // writes it), each with its current value, the ENV value where ENV overrides it.
         let arg_prefix = if state.args.is_empty() {
             String::new()
         } else {

@@ -370,3 +370,15 @@ fn syntax_directive_other_than_the_builtin_frontend_warns() {
         );
     }
 }
+
+/// A redeclared ARG: BuildKit 0.13 (the reference) writes `RUN |3 A=3 B=2 A=3 ...`; the RUN sees each once.
+#[test]
+fn redeclared_args_in_the_run_prefix_match_buildkit() {
+    let plan = convert("FROM base\nARG A=1\nARG B=2\nARG A=3\nRUN true\n");
+    assert_eq!(history(&plan).last().map(String::as_str), Some("RUN |3 A=3 B=2 A=3 /bin/sh -c true # buildkit"));
+    let env = plan.graph.vertices.iter().find_map(|v| match &v.op {
+        Op::Exec(e) => Some(e.env.clone()),
+        _ => None,
+    });
+    assert_eq!(env.unwrap_or_default(), ["PATH=/usr/bin:/bin", "B=2", "A=3"]);
+}
