@@ -21,7 +21,7 @@ pub struct BuildArgs {
     /// Name (and optionally tag) for the image; may be repeated
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     tags: Vec<String>,
-    /// The Dockerfile [default: CONTEXT/Dockerfile]
+    /// The Dockerfile [default: CONTEXT/Dockerfile, else CONTEXT/dockerfile]
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment)
@@ -148,6 +148,21 @@ fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// The largest Dockerfile (and `.dockerignore`) rbuild reads: 10 MiB, like BuildKit's limit on a Dockerfile.
+/// Both come from the build's input, so `-f /dev/zero` or a huge file must be an error, not unbounded memory.
+const MAX_INPUT_FILE: u64 = 10 << 20;
+
+/// Reads a text file of at most [`MAX_INPUT_FILE`] bytes.
+fn read_limited(path: &Path, what: &str) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_INPUT_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_INPUT_FILE {
+        return Err(std::io::Error::other(format!("{what} is larger than the limit of {} MiB", MAX_INPUT_FILE >> 20)));
+    }
+    Ok(text)
+}
+
 /// `.dockerignore` patterns: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's. A file in
 /// the context is context content, read beneath it (a `.dockerignore` linking to `/etc/shadow` reads the context's
 /// own `etc/shadow`, if any); one outside it was named by whoever ran the build and is read as named.
@@ -157,11 +172,20 @@ fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
     let beside = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
     for candidate in [beside, context.join(".dockerignore")] {
         let read = match candidate.strip_prefix(context) {
-            Ok(rel) => root.read_in_root(rel),
-            Err(_) => std::fs::read(&candidate),
+            Ok(rel) => root.read_in_root(rel).and_then(|bytes| {
+                if bytes.len() as u64 > MAX_INPUT_FILE {
+                    Err(std::io::Error::other(format!(
+                        ".dockerignore is larger than the limit of {} MiB",
+                        MAX_INPUT_FILE >> 20
+                    )))
+                } else {
+                    Ok(String::from_utf8_lossy(&bytes).into_owned())
+                }
+            }),
+            Err(_) => read_limited(&candidate, ".dockerignore"),
         };
         match read {
-            Ok(bytes) => return Ok(rbuild_frontend::dockerignore::read_ignore_file(&String::from_utf8_lossy(&bytes))),
+            Ok(text) => return Ok(rbuild_frontend::dockerignore::read_ignore_file(&text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", candidate.display())),
         }
@@ -178,8 +202,13 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
-    let dockerfile = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&dockerfile)
+    // Like docker build: `Dockerfile`, else `dockerfile`.
+    let dockerfile = args.file.clone().unwrap_or_else(|| {
+        let upper = context.join("Dockerfile");
+        let lower = context.join("dockerfile");
+        if !upper.exists() && lower.exists() { lower } else { upper }
+    });
+    let text = read_limited(&dockerfile, "the Dockerfile")
         .with_context(|| format!("reading the Dockerfile {}", dockerfile.display()))?;
     let shown_name =
         dockerfile.file_name().map_or_else(|| dockerfile.display().to_string(), |n| n.to_string_lossy().into_owned());

@@ -161,17 +161,15 @@ pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
 
 /// `os/arch[/variant]`.
 pub fn parse_platform(s: &str) -> Result<Platform> {
-    let parts: Vec<&str> = s.split('/').collect();
-    let (os, arch, variant) = match parts.as_slice() {
-        [os, arch] => (*os, *arch, None),
-        [os, arch, variant] => (*os, *arch, Some(variant.to_string())),
-        _ => bail!("--platform {s:?} is not os/arch[/variant]"),
-    };
-    if os.is_empty() || arch.is_empty() {
-        bail!("--platform {s:?} is not os/arch[/variant]");
+    if s.contains(',') {
+        bail!("--platform {s:?}: multi-platform builds are not supported yet; build one platform at a time");
     }
-    let variant = variant.or_else(|| (arch == "arm64").then(|| "v8".to_string()));
-    Ok(Platform { os: os.into(), architecture: arch.into(), variant })
+    let mut p = rbuild_frontend::platform::parse(s).with_context(|| format!("invalid --platform {s:?}"))?;
+    // rbuild names 64-bit ARM with its variant, as the images it picks from an index do.
+    if p.architecture == "arm64" && p.variant.is_none() {
+        p.variant = Some("v8".into());
+    }
+    Ok(p)
 }
 
 /// The platform to build and pull for.
@@ -475,6 +473,14 @@ mod tests {
         );
         assert_eq!(parse_platform("linux/arm64").unwrap().variant.as_deref(), Some("v8"));
         assert_eq!(parse_platform("linux/arm/v6").unwrap().variant.as_deref(), Some("v6"));
-        assert!(parse_platform("linux").is_err());
+        // containerd's grammar: a lone OS takes this machine's architecture, aliases fold.
+        assert_eq!(parse_platform("linux").unwrap().architecture, Platform::host().architecture);
+        assert_eq!(parse_platform("linux/x86_64").unwrap().architecture, "amd64");
+        for bad in ["foo", "linux/", "", "linux/amd64/../../x"] {
+            assert!(parse_platform(bad).is_err(), "{bad:?}");
+        }
+        // Issue 11 item 2: a list was parsed as one platform with arch "amd64,linux".
+        let e = parse_platform("linux/amd64,linux/arm64").unwrap_err().to_string();
+        assert!(e.contains("multi-platform builds are not supported yet"), "{e}");
     }
 }

@@ -104,3 +104,76 @@ fn dump_ast_prints_buildkits_format() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains(":2:"), "points at line 2: {}", run.stderr);
 }
+
+/// Issue 9 items 6, 7 and 12 through the real binary: hostile Dockerfiles end with exit code 1 and a message that
+/// names the line, never a stack overflow (exit 134), a hang or unbounded memory.
+#[test]
+fn hostile_dockerfiles_fail_with_their_line_not_a_crash() {
+    let ws = Workspace::new();
+    let nest = |n: usize| format!("{}x{}", "${X:-".repeat(n), "}".repeat(n));
+    let mut chain = String::from("FROM scratch AS s0\n");
+    for i in 0..1_000 {
+        chain.push_str(&format!("FROM s{i} AS s{}\n", i + 1));
+    }
+    chain.push_str("EXPOSE not-a-port\n");
+    let mut doubling = String::from("FROM scratch\nARG A0=xxxxxxxxxxxxxxxx\n");
+    for i in 0..30 {
+        doubling.push_str(&format!("ARG A{}=${{A{i}}}${{A{i}}}\n", i + 1));
+    }
+    let cases: Vec<(&str, String, Vec<&str>, &str, &str)> = vec![
+        (
+            "nested-expansion",
+            format!("FROM scratch\nENV A={}\n", nest(3_000)),
+            vec![],
+            "nested more than 64 levels deep",
+            "Dockerfile:2:",
+        ),
+        ("stage-chain", chain, vec![], "invalid port", "Dockerfile:1002:"),
+        (
+            "nested-onbuild",
+            format!("FROM scratch\n{}RUN x\n", "ONBUILD ".repeat(8_000)),
+            vec![],
+            "ONBUILD is nested more than 8 levels deep",
+            "line 2",
+        ),
+        ("doubling-args", doubling, vec![], "larger than 1048576 bytes", "Dockerfile:19:"),
+        (
+            "bad-platform",
+            "FROM --platform=foo scratch\n".into(),
+            vec![],
+            "failed to parse platform foo",
+            "Dockerfile:1:",
+        ),
+        (
+            "platform-list",
+            "FROM scratch\n".into(),
+            vec!["--platform", "linux/amd64,linux/arm64"],
+            "multi-platform builds are not supported yet",
+            "",
+        ),
+        ("dev-zero", "FROM scratch\n".into(), vec!["-f", "/dev/zero"], "larger than the limit of 10 MiB", "/dev/zero"),
+    ];
+    let mut failures = Vec::new();
+    for (name, dockerfile, flags, message, place) in cases {
+        let ctx = ws.context(name, &[("Dockerfile", &dockerfile)]);
+        let mut args = vec!["build"];
+        args.extend(flags);
+        args.push(ctx.to_str().unwrap());
+        let run = ws.rbuild("store", &args);
+        let tail: String = run.stderr.chars().rev().take(2_000).collect::<Vec<_>>().into_iter().rev().collect();
+        if run.code != Some(1) || !run.stderr.contains(message) || !run.stderr.contains(place) {
+            failures.push(format!("--- {name}: exit {:?}, want 1 with {message:?} at {place:?}\n{tail}", run.code));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Issue 11 item 17: without -f, `dockerfile` is used when `Dockerfile` does not exist, as docker build does.
+#[test]
+fn lowercase_dockerfile_is_the_default_fallback() {
+    let ws = Workspace::new();
+    let ctx = ws.context("lower", &[("dockerfile", "FROM scratch\nEXPOSE not-a-port\n")]);
+    let run = ws.rbuild("store", &["build", ctx.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("invalid port") && run.stderr.contains("dockerfile:2:"), "{}", run.stderr);
+}

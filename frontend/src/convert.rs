@@ -4,14 +4,35 @@
 //! that nothing uses cannot fail a build. Expansion happens here because which variables a word sees depends on
 //! where it stands: ARGs before the first FROM are visible to FROM lines only, a stage sees the ARGs it declares
 //! and its ENV, and ENV wins over ARG.
+//!
+//! The Dockerfile is untrusted input, so conversion is bounded in time, stack and memory:
+//! - a stage's variables are looked up through indexes, never copied per instruction, so ENV/ARG handling is
+//!   linear in the number of lines;
+//! - stages are converted in dependency order found up front (FROM and `COPY --from` are known from the global
+//!   ARGs alone), so a chain of a thousand `FROM sN AS sN+1` stages needs no recursion; only references that are
+//!   known late (`COPY --from` in an ONBUILD trigger of a base image) recurse, at most [`MAX_STAGE_NESTING`]
+//!   deep;
+//! - every byte that expansion adds, and every copy of a stage's environment (inherited by a child stage, handed
+//!   to a RUN), is charged to one budget of [`MAX_VARIABLE_BYTES`] for the whole conversion.
 
 use crate::instructions::{Command, CopyInstr, HealthcheckInstr, Instruction, Located, Location, parse_instruction};
+use crate::lint::Lint;
 use crate::parser::{self, Ast};
-use crate::shell::Lexer;
+use crate::shell::{EnvLookup, Lexer};
 use rbuild_solver::oci::{Healthcheck, History, ImageConfig, Platform};
 use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::rc::Rc;
+
+/// How deeply stage conversions may nest through references found only while converting (`COPY --from` in an
+/// ONBUILD trigger of a base image); references known up front never nest.
+pub const MAX_STAGE_NESTING: usize = 16;
+
+/// The bytes a conversion may spend on variable values beyond the Dockerfile's own text: growth by expansion,
+/// environments inherited by child stages and copied into RUN steps (256 MiB).
+pub const MAX_VARIABLE_BYTES: usize = 256 << 20;
 
 /// A base image, resolved.
 #[derive(Debug, Clone)]
@@ -115,15 +136,138 @@ struct Stage {
     instructions: Vec<Located>,
 }
 
+/// A stage's history: what it inherited from its parent stage, shared rather than copied (a chain of N stages
+/// would otherwise copy N²/2 entries), and its own steps.
+#[derive(Clone, Default)]
+struct HistoryLog {
+    inherited: Option<Rc<HistoryLog>>,
+    own: Vec<HistoryStep>,
+}
+
+impl HistoryLog {
+    fn push(&mut self, step: HistoryStep) {
+        self.own.push(step);
+    }
+
+    /// Everything, oldest first; iterative, however long the chain of parents.
+    fn flatten(&self) -> Vec<HistoryStep> {
+        let mut parts = vec![&self.own];
+        let mut next = self.inherited.as_deref();
+        while let Some(log) = next {
+            parts.push(&log.own);
+            next = log.inherited.as_deref();
+        }
+        parts.into_iter().rev().flatten().cloned().collect()
+    }
+}
+
+impl Drop for HistoryLog {
+    /// Unlinks the chain one parent at a time: the default drop would recurse once per ancestor.
+    fn drop(&mut self) {
+        let mut next = self.inherited.take();
+        while let Some(rc) = next {
+            match Rc::try_unwrap(rc) {
+                Ok(mut log) => next = log.inherited.take(),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 struct StageState {
     rootfs: VertexId,
     config: ImageConfig,
-    history: Vec<HistoryStep>,
-    /// ARGs declared in this stage, in order, with their values (`None`: declared without a value).
+    history: HistoryLog,
+    /// ARGs declared in this stage, in order, with their values (`None`: declared without a value). A redeclared
+    /// ARG is listed again, as BuildKit 0.13 lists it in the `|N K=V` history prefix.
     args: Vec<(String, Option<String>)>,
+    /// Where the latest declaration of each ARG is in `args`.
+    arg_pos: HashMap<String, usize>,
+    /// Where each variable is in `config.config.env` (its first entry).
+    env_pos: HashMap<String, usize>,
     cmd_set: bool,
     no_cache: bool,
+}
+
+impl StageState {
+    fn new(rootfs: VertexId, config: ImageConfig, history: Vec<HistoryStep>, no_cache: bool) -> Self {
+        let mut s = StageState {
+            rootfs,
+            config,
+            history: HistoryLog { inherited: None, own: history },
+            args: Vec::new(),
+            arg_pos: HashMap::new(),
+            env_pos: HashMap::new(),
+            cmd_set: false,
+            no_cache,
+        };
+        for (i, e) in s.config.config.env.iter().flatten().enumerate() {
+            s.env_pos.entry(env_key(e).to_string()).or_insert(i);
+        }
+        s
+    }
+
+    /// Declares (or redeclares) an ARG.
+    fn set_arg(&mut self, key: &str, value: Option<String>) {
+        self.arg_pos.insert(key.to_string(), self.args.len());
+        self.args.push((key.to_string(), value));
+    }
+
+    /// The latest declaration of each ARG, in order of those declarations.
+    fn current_args(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.args
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| self.arg_pos.get(k) == Some(i))
+            .map(|(_, (k, v))| (k.as_str(), v.as_deref()))
+    }
+
+    /// Sets an ENV variable: replaces its entry in place (BuildKit's `addEnv`) or appends one.
+    fn set_env(&mut self, key: &str, value: &str) {
+        let env = self.config.config.env.get_or_insert_with(Vec::new);
+        let entry = format!("{key}={value}");
+        match self.env_pos.get(key) {
+            Some(&i) if i < env.len() => env[i] = entry,
+            _ => {
+                self.env_pos.insert(key.to_string(), env.len());
+                env.push(entry);
+            }
+        }
+    }
+
+    fn has_env(&self, key: &str) -> bool {
+        self.env_pos.contains_key(key)
+    }
+
+    /// Bytes held by the stage's variables: what a child stage copies.
+    fn variable_bytes(&self) -> usize {
+        let env: usize = self.config.config.env.iter().flatten().map(String::len).sum();
+        let args: usize = self.args.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len)).sum();
+        let labels: usize = self.config.config.labels.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
+        env + args + labels
+    }
+}
+
+/// The name part of a `K=V` environment entry.
+fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(k, _)| k)
+}
+
+/// The variables a word in a stage sees: its declared ARGs, overridden by its ENV. A view through the stage's
+/// indexes, so that no instruction copies the whole environment.
+struct StageVars<'a>(&'a StageState);
+
+impl EnvLookup for StageVars<'_> {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        let s = self.0;
+        if let Some(&i) = s.env_pos.get(name)
+            && let Some(e) = s.config.config.env.as_ref().and_then(|env| env.get(i))
+        {
+            return Some(e.split_once('=').map_or("", |(_, v)| v));
+        }
+        s.arg_pos.get(name).and_then(|&i| s.args.get(i)).and_then(|(_, v)| v.as_deref())
+    }
 }
 
 /// The automatic platform ARGs, available without a value in the global scope.
@@ -149,9 +293,21 @@ struct Converter<'a> {
     lexer: Lexer,
     stages: Vec<Stage>,
     /// Values of the ARGs declared before the first FROM (after --build-arg overrides).
-    meta_args: Vec<(String, String)>,
-    built: Vec<Option<StageState>>,
+    meta_args: BTreeMap<String, String>,
+    /// The scope FROM lines and `COPY --from` see: the platform ARGs and the meta ARGs.
+    global: BTreeMap<String, String>,
+    /// Converted stages; shared, since a stage named by `COPY --from` needs only its root filesystem.
+    built: Vec<Option<Rc<StageState>>>,
+    /// Stage names (lowercase) to indexes; with duplicate names, the last stage.
+    names: HashMap<String, usize>,
+    /// Stage names (lowercase) to the indexes of every stage of that name, ascending.
+    all_names: HashMap<String, Vec<usize>>,
     in_progress: Vec<bool>,
+    /// How many stage conversions are under way inside each other.
+    nesting: usize,
+    /// Bytes charged against [`MAX_VARIABLE_BYTES`].
+    spent: Cell<usize>,
+    lint: Lint,
     graph: Graph,
     context: Option<VertexId>,
     images: BTreeMap<String, (VertexId, ResolvedImage)>,
@@ -167,9 +323,15 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
         resolver,
         lexer: Lexer::new(ast.escape),
         stages: Vec::new(),
-        meta_args: Vec::new(),
+        meta_args: BTreeMap::new(),
+        global: BTreeMap::new(),
         built: Vec::new(),
+        names: HashMap::new(),
+        all_names: HashMap::new(),
         in_progress: Vec::new(),
+        nesting: 0,
+        spent: Cell::new(0),
+        lint: Lint::from_directive(ast)?,
         graph: Graph::default(),
         context: None,
         images: BTreeMap::new(),
@@ -177,9 +339,17 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
         warnings: Vec::new(),
         locations: BTreeMap::new(),
     };
+    if let Some(w) = syntax_warning(ast) {
+        c.warnings.push(w);
+    }
     c.split_stages(ast)?;
+    c.check_platforms()?;
     let target = c.target_index()?;
-    let state = c.build_stage(target)?;
+    // Dependencies first, so that converting a stage finds the stages it names already converted.
+    for i in c.static_order(target) {
+        c.build_stage(i)?;
+    }
+    let state = Rc::unwrap_or_clone(c.build_stage(target)?);
     let unused: Vec<&str> = opts
         .build_args
         .keys()
@@ -189,11 +359,13 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
     if !unused.is_empty() {
         c.warnings.push(format!("[Warning] One or more build-args [{}] were not consumed", unused.join(" ")));
     }
+    c.lint.finish()?;
+    c.warnings.extend(c.lint.warnings);
     Ok(BuildPlan {
         graph: c.graph,
         target: state.rootfs,
         config: state.config,
-        history: state.history,
+        history: state.history.flatten(),
         warnings: c.warnings,
         locations: c.locations,
     })
@@ -207,15 +379,20 @@ impl Converter<'_> {
             match &located.instruction {
                 Instruction::From { image, name, platform } => {
                     if let Some(n) = name {
-                        if let Some(prev) = self.stages.iter().find(|s| s.name.as_deref() == Some(n)) {
-                            return Err(ConvertError::at(&located.location, format!("duplicate stage name {n:?}"))
-                                .hint(format!("the name is first used on line {}", prev.from.start_line)));
+                        // BuildKit builds with a warning: the last stage of a name is the one `--from`,
+                        // `--target` and later FROM lines mean.
+                        if self.names.contains_key(n) {
+                            self.lint.duplicate_stage_name(n, &located.location);
                         }
                         if n.parse::<usize>().is_ok() || !valid_stage_name(n) {
                             return Err(ConvertError::at(&located.location, format!("invalid stage name {n:?}")).hint(
                                 "stage names start with a letter and contain letters, digits, '-', '_' and '.'",
                             ));
                         }
+                    }
+                    if let Some(n) = name {
+                        self.names.insert(n.clone(), self.stages.len());
+                        self.all_names.entry(n.clone()).or_default().push(self.stages.len());
                     }
                     self.stages.push(Stage {
                         name: name.clone(),
@@ -238,9 +415,9 @@ impl Converter<'_> {
                             },
                         };
                         if let Some(v) = value {
+                            self.charge(v.len(), &located.location)?;
                             global.insert(k.clone(), v.clone());
-                            self.meta_args.retain(|(n, _)| n != k);
-                            self.meta_args.push((k.clone(), v));
+                            self.meta_args.insert(k.clone(), v);
                         }
                     }
                 }
@@ -267,6 +444,7 @@ impl Converter<'_> {
         }
         self.built = vec![None; self.stages.len()];
         self.in_progress = vec![false; self.stages.len()];
+        self.global = global;
         Ok(())
     }
 
@@ -275,7 +453,7 @@ impl Converter<'_> {
             None => Ok(self.stages.len() - 1),
             Some(t) => {
                 let t = t.to_lowercase();
-                self.stages.iter().position(|s| s.name.as_deref() == Some(&t)).ok_or_else(|| {
+                self.names.get(&t).copied().ok_or_else(|| {
                     let names: Vec<&str> = self.stages.iter().filter_map(|s| s.name.as_deref()).collect();
                     let hint = match crate::suggest(&t, &names) {
                         Some(s) => format!("did you mean {s:?}?"),
@@ -291,32 +469,153 @@ impl Converter<'_> {
         }
     }
 
-    /// The global scope FROM lines see: platform ARGs and the meta ARGs.
-    fn global_env(&self) -> BTreeMap<String, String> {
-        let mut env: BTreeMap<String, String> = platform_args(&self.opts.platform).into_iter().collect();
-        env.extend(self.meta_args.iter().cloned());
-        env
+    /// Charges `bytes` against [`MAX_VARIABLE_BYTES`]; the error names the instruction that went over.
+    fn charge(&self, bytes: usize, at: &Location) -> Result<(), ConvertError> {
+        let spent = self.spent.get().saturating_add(bytes);
+        self.spent.set(spent);
+        if spent > MAX_VARIABLE_BYTES {
+            return Err(ConvertError::at(
+                at,
+                format!("variable values in this Dockerfile exceed {} MiB", MAX_VARIABLE_BYTES >> 20),
+            )
+            .hint("expansions, environments inherited by stages and handed to RUN steps all count; a variable is probably doubled or copied many times"));
+        }
+        Ok(())
     }
 
-    fn expand(&self, word: &str, env: &BTreeMap<String, String>, at: &Location) -> Result<String, ConvertError> {
-        self.lexer.process_word(word, env).map_err(|e| ConvertError::at(at, format!("failed to expand {word:?}: {e}")))
+    /// Expands one word; what expansion adds to it is charged to the budget.
+    fn expand(&self, word: &str, env: &dyn EnvLookup, at: &Location) -> Result<String, ConvertError> {
+        let r = self
+            .lexer
+            .process_word(word, env)
+            .map_err(|e| ConvertError::at(at, format!("failed to expand {}: {e}", short(word))))?;
+        self.charge(r.len().saturating_sub(word.len()), at)?;
+        Ok(r)
+    }
+
+    /// Like [`Converter::expand`], split into words.
+    fn expand_words(&self, word: &str, env: &dyn EnvLookup, at: &Location) -> Result<Vec<String>, ConvertError> {
+        let r = self
+            .lexer
+            .process_words(word, env)
+            .map_err(|e| ConvertError::at(at, format!("failed to expand {}: {e}", short(word))))?;
+        self.charge(r.iter().map(String::len).sum::<usize>().saturating_sub(word.len()), at)?;
+        Ok(r)
+    }
+
+    /// Validates every stage's `FROM --platform` as BuildKit does before converting anything: the value, expanded
+    /// with the global ARGs, must be one platform that containerd can parse.
+    fn check_platforms(&mut self) -> Result<(), ConvertError> {
+        for i in 0..self.stages.len() {
+            let Some(p) = self.stages[i].platform.clone() else { continue };
+            let at = self.stages[i].from.clone();
+            let value = self.expand(&p, &self.global, &at)?;
+            if value.is_empty() {
+                return Err(ConvertError::at(&at, format!("empty platform value from expression {p}"))
+                    .hint("FROM --platform=<os>/<arch>[/<variant>], e.g. linux/amd64 or $BUILDPLATFORM"));
+            }
+            if let Err(e) = crate::platform::parse(&value) {
+                return Err(ConvertError::at(&at, format!("failed to parse platform {p}: {e}"))
+                    .hint("FROM --platform=<os>/<arch>[/<variant>], e.g. linux/amd64 or $BUILDPLATFORM"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stages `target` needs that can be found without converting anything (FROM a stage, `COPY --from`, and
+    /// `RUN --mount=from=` with no variables), in an order where each comes after the stages it needs. Found with
+    /// an explicit stack: a chain of any length takes no recursion. References that are errors are left out, and
+    /// a cycle gives no order at all; converting finds and reports them at their line.
+    fn static_order(&self, target: usize) -> Vec<usize> {
+        let mut order = Vec::new();
+        let mut state = vec![0u8; self.stages.len()]; // 0: new, 1: on the stack, 2: done
+        let mut stack: Vec<(usize, Vec<usize>)> = vec![(target, self.static_deps(target, true))];
+        state[target] = 1;
+        while let Some((node, deps)) = stack.last_mut() {
+            let node = *node;
+            match deps.pop() {
+                Some(d) if state[d] == 0 => {
+                    state[d] = 1;
+                    let dd = self.static_deps(d, true);
+                    stack.push((d, dd));
+                }
+                // A cycle: leave the order to conversion, which reports the cycle at the line that closes it.
+                Some(d) if state[d] == 1 => return Vec::new(),
+                Some(_) => {}
+                None => {
+                    stack.pop();
+                    state[node] = 2;
+                    if node != target {
+                        order.push(node);
+                    }
+                }
+            }
+        }
+        order
+    }
+
+    /// The stages stage `index` names in ways known before converting it (see [`Converter::static_order`]);
+    /// with `earlier_only`, only those defined before it (a later one is an error when converting).
+    fn static_deps(&self, index: usize, earlier_only: bool) -> Vec<usize> {
+        let stage = &self.stages[index];
+        let by_name = |name: &str| {
+            let lower = name.to_lowercase();
+            self.names.get(&lower).copied().or_else(|| name.parse::<usize>().ok())
+        };
+        let expand = |w: &str| self.lexer.process_word(w, &self.global).ok();
+        let mut deps = Vec::new();
+        let base = expand(&stage.base).unwrap_or_default();
+        let parent = match self.all_names.get(&base.to_lowercase()) {
+            Some(all) => all.partition_point(|&i| i < index).checked_sub(1).map(|p| all[p]),
+            None => base.parse::<usize>().ok().filter(|i| *i < index),
+        };
+        deps.extend(parent);
+        for located in &stage.instructions {
+            match &located.instruction {
+                Instruction::Copy(c) => {
+                    if let Some(i) = c.from.as_deref().and_then(expand).as_deref().and_then(by_name)
+                        && (i < index || !earlier_only)
+                    {
+                        deps.push(i);
+                    }
+                }
+                Instruction::Run(r) => {
+                    for flag in &r.mounts {
+                        let mut literal =
+                            |w: &str| self.lexer.process_word(w, &crate::shell::NoEnv).map_err(|e| e.to_string());
+                        if let Ok(spec) = crate::mounts::parse_mount(flag, "/", 0, &mut literal)
+                            && let Some(i) = spec.from.as_deref().and_then(by_name).filter(|i| *i < index)
+                        {
+                            deps.push(i);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Popped from the end: reverse, so that stages are converted in the order the Dockerfile names them.
+        deps.retain(|i| *i < self.stages.len() && *i != index);
+        deps.reverse();
+        deps
     }
 
     /// A stage referred to by `--from`/`FROM`: a name (case-insensitive) or an index of an earlier stage.
     fn find_stage(&self, reference: &str, current: usize, at: &Location) -> Result<Option<usize>, ConvertError> {
         let lower = reference.to_lowercase();
-        if let Some(i) = self.stages.iter().position(|s| s.name.as_deref() == Some(&lower)) {
-            if i >= current {
-                return Err(ConvertError::at(
-                    at,
-                    format!("stage {reference:?} is used before it is defined (or by itself)"),
-                )
-                .hint(format!(
-                    "stage {reference:?} starts on line {}; a stage can only use earlier stages",
-                    self.stages[i].from.start_line
-                )));
+        if let Some(all) = self.all_names.get(&lower) {
+            // The last stage of that name defined before this one, as BuildKit finds it while adding stages.
+            let before = all.partition_point(|&i| i < current);
+            if before > 0 {
+                return Ok(Some(all[before - 1]));
             }
-            return Ok(Some(i));
+            return Err(ConvertError::at(
+                at,
+                format!("stage {reference:?} is used before it is defined (or by itself)"),
+            )
+            .hint(format!(
+                "stage {reference:?} starts on line {}; a stage can only use earlier stages",
+                self.stages[all[0]].from.start_line
+            )));
         }
         if let Ok(i) = reference.parse::<usize>() {
             if i >= current {
@@ -332,8 +631,8 @@ impl Converter<'_> {
     /// itself, or one whose conversion is under way (a cycle), is an error at the referring line.
     fn find_stage_from(&self, reference: &str, current: usize, at: &Location) -> Result<Option<usize>, ConvertError> {
         let lower = reference.to_lowercase();
-        let found = match self.stages.iter().position(|s| s.name.as_deref() == Some(&lower)) {
-            Some(i) => Some(i),
+        let found = match self.names.get(&lower) {
+            Some(&i) => Some(i),
             None => match reference.parse::<usize>() {
                 Ok(i) if i < self.stages.len() => Some(i),
                 Ok(i) => {
@@ -344,7 +643,7 @@ impl Converter<'_> {
             },
         };
         if let Some(i) = found
-            && (i == current || self.in_progress[i])
+            && (i == current || self.in_progress[i] || (i > current && self.reaches(i, current)))
         {
             return Err(ConvertError::at(at, format!("circular dependency detected on stage: {reference}")).hint(
                 format!(
@@ -353,7 +652,43 @@ impl Converter<'_> {
                 ),
             ));
         }
+        if let Some(i) = found
+            && i > current
+        {
+            return Err(ConvertError::at(
+                at,
+                format!(
+                    "cannot copy from stage {:?}, it needs to be defined before current stage {:?}",
+                    self.stage_name(i),
+                    self.stage_name(current)
+                ),
+            )
+            .hint(format!(
+                "stage {reference:?} starts on line {}; move it above this stage",
+                self.stages[i].from.start_line
+            )));
+        }
         Ok(found)
+    }
+
+    /// BuildKit's name for a stage in messages: its name, or `stage-N`.
+    fn stage_name(&self, index: usize) -> String {
+        self.stages[index].name.clone().unwrap_or_else(|| format!("stage-{index}"))
+    }
+
+    /// Whether stage `from` depends on stage `to` through references known up front (an explicit-stack search).
+    fn reaches(&self, from: usize, to: usize) -> bool {
+        let mut seen = vec![false; self.stages.len()];
+        let mut stack = vec![from];
+        while let Some(i) = stack.pop() {
+            if i == to {
+                return true;
+            }
+            if !std::mem::replace(&mut seen[i], true) {
+                stack.extend(self.static_deps(i, false));
+            }
+        }
+        false
     }
 
     /// A hint for a name that is no stage and could not be resolved as an image: the stage it was probably meant to be.
@@ -394,27 +729,41 @@ impl Converter<'_> {
         })
     }
 
-    fn build_stage(&mut self, index: usize) -> Result<StageState, ConvertError> {
+    fn build_stage(&mut self, index: usize) -> Result<Rc<StageState>, ConvertError> {
         if let Some(s) = &self.built[index] {
             return Ok(s.clone());
         }
         if self.in_progress[index] {
             return Err(ConvertError::at(&self.stages[index].from, "circular dependency between stages"));
         }
+        if self.nesting >= MAX_STAGE_NESTING {
+            return Err(ConvertError::at(
+                &self.stages[index].from,
+                format!("stages depend on each other more than {MAX_STAGE_NESTING} levels deep"),
+            )
+            .hint("a chain of ONBUILD triggers that copy from stages this long is not supported"));
+        }
+        self.nesting += 1;
+        let r = self.build_stage_inner(index);
+        self.nesting -= 1;
+        r
+    }
+
+    fn build_stage_inner(&mut self, index: usize) -> Result<Rc<StageState>, ConvertError> {
         self.in_progress[index] = true;
-        let global = self.global_env();
         let from_at = self.stages[index].from.clone();
-        let base = self.expand(&self.stages[index].base.clone(), &global, &from_at)?;
+        let base = self.expand(&self.stages[index].base.clone(), &self.global, &from_at)?;
         if let Some(p) = self.stages[index].platform.clone() {
-            let p = self.expand(&p, &global, &from_at)?;
+            // Valid: `check_platforms` saw every stage before conversion started.
+            let p = self.expand(&p, &self.global, &from_at)?;
             let host = &self.opts.platform;
-            if !p.is_empty()
-                && p != format!("{}/{}", host.os, host.architecture)
-                && !p.starts_with(&format!("{}/{}/", host.os, host.architecture))
+            if let Ok(wanted) = crate::platform::parse(&p)
+                && crate::platform::normalize(&wanted) != crate::platform::normalize(host)
             {
                 self.warnings.push(format!(
-                    "line {}: FROM --platform={p} differs from the build platform; building for {}/{}",
-                    from_at.start_line, host.os, host.architecture
+                    "line {}: FROM --platform={p} differs from the build platform; building for {}",
+                    from_at.start_line,
+                    crate::platform::format(host)
                 ));
             }
         }
@@ -435,17 +784,27 @@ impl Converter<'_> {
                 variant: self.opts.platform.variant.clone(),
                 config: rbuild_solver::oci::ContainerConfig {
                     env: Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]),
+                    // BuildKit's `emptyImage` (checked against the reference): "/" for scratch.
+                    working_dir: Some("/".into()),
                     ..Default::default()
                 },
                 ..Default::default()
             };
-            StageState { rootfs: v, config, history: vec![], args: vec![], cmd_set: false, no_cache }
+            StageState::new(v, config, vec![], no_cache)
         } else if let Some(parent) = self.find_stage(&base, index, &from_at)? {
-            let mut s = self.build_stage(parent)?;
-            s.args.clear();
-            s.cmd_set = false;
-            s.no_cache = no_cache;
-            s
+            let p = self.build_stage(parent)?;
+            // The child holds its own copy of everything the parent's variables hold; the history is shared.
+            self.charge(p.variable_bytes(), &from_at)?;
+            StageState {
+                rootfs: p.rootfs,
+                config: p.config.clone(),
+                history: HistoryLog { inherited: Some(Rc::new(p.history.clone())), own: Vec::new() },
+                args: Vec::new(),
+                arg_pos: HashMap::new(),
+                env_pos: p.env_pos.clone(),
+                cmd_set: false,
+                no_cache,
+            }
         } else {
             let (v, img) = self.image_vertex(&base, &from_at)?;
             let mut config = img.config.clone();
@@ -455,12 +814,10 @@ impl Converter<'_> {
                 config.config.env =
                     Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]);
             }
-            StageState { rootfs: v, config, history, args: vec![], cmd_set: false, no_cache }
+            StageState::new(v, config, history, no_cache)
         };
-        // BuildKit writes WorkingDir "/" when nothing set one.
-        if state.config.config.working_dir.as_deref().is_none_or(str::is_empty) {
-            state.config.config.working_dir = Some("/".into());
-        }
+        // WorkingDir stays as the base image left it (often unset) unless the Dockerfile sets one, as BuildKit
+        // writes it; steps still run in "/" when it is unset.
         // ONBUILD triggers of the base run first, and are not inherited further.
         let triggers = state.config.config.on_build.take().unwrap_or_default();
         for trigger in triggers {
@@ -480,25 +837,32 @@ impl Converter<'_> {
             self.dispatch(index, &mut state, located)?;
         }
         self.in_progress[index] = false;
+        let state = Rc::new(state);
         self.built[index] = Some(state.clone());
         Ok(state)
     }
 
-    /// The variables a word in a stage sees: declared ARGs, overridden by ENV.
-    fn stage_env(&self, state: &StageState) -> BTreeMap<String, String> {
-        let mut env: BTreeMap<String, String> =
-            state.args.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect();
-        for e in state.config.config.env.iter().flatten() {
-            let (k, v) = e.split_once('=').unwrap_or((e, ""));
-            env.insert(k.to_string(), v.to_string());
-        }
-        env
-    }
-
-    fn step_name(&self, index: usize, state: &StageState, original: &str) -> String {
+    /// A step's progress title: the instruction with the stage's variables expanded, as BuildKit prints it
+    /// (`RUN echo dev` for `RUN echo $VERSION`). For RUN (`run`) quotes and unset variables stay as written; for
+    /// COPY, ADD and WORKDIR quotes are removed and unset variables are empty. A RUN that maps secrets to
+    /// environment variables is shown as written, so that no variable of that name is printed. The first word is
+    /// upper-cased; a word that does not expand is shown as written.
+    fn step_name(&self, index: usize, state: &StageState, original: &str, run: Option<bool>) -> String {
         let stage = self.stages[index].name.clone().unwrap_or_else(|| format!("stage-{index}"));
-        let _ = state;
-        format!("[{stage}] {}", one_line(original))
+        let lexer = match run {
+            Some(true) => None,
+            Some(false) => Some(self.lexer.raw_quotes(true).skip_unset_env(true)),
+            None => Some(self.lexer),
+        };
+        let shown = lexer
+            .and_then(|l| l.process_word(original, &StageVars(state)).ok())
+            .filter(|w| self.charge(w.len().saturating_sub(original.len()), &self.stages[index].from).is_ok())
+            .unwrap_or_else(|| original.to_string());
+        let shown = match shown.split_once(char::is_whitespace) {
+            Some((kw, rest)) => format!("{} {rest}", kw.to_uppercase()),
+            None => shown.to_uppercase(),
+        };
+        format!("[{stage}] {}", one_line(&shown))
     }
 
     /// Dispatches one instruction and records its location for every vertex it added (vertices of other stages
@@ -514,7 +878,6 @@ impl Converter<'_> {
 
     fn dispatch_one(&mut self, index: usize, state: &mut StageState, located: &Located) -> Result<(), ConvertError> {
         let at = &located.location;
-        let env = self.stage_env(state);
         match &located.instruction {
             Instruction::From { .. } => unreachable!("FROM starts a stage"),
             Instruction::Arg(args) => {
@@ -522,9 +885,9 @@ impl Converter<'_> {
                 // the `|N K=V` prefix of later RUNs, as BuildKit writes it.
                 let mut shown = Vec::new();
                 for (k, default) in args {
-                    let env = self.stage_env(state);
+                    self.lint.secret_key("ARG", k, at);
                     let declared = match default {
-                        Some(d) => Some(self.expand(d, &env, at)?),
+                        Some(d) => Some(self.expand(d, &StageVars(state), at)?),
                         None => None,
                     };
                     shown.push(match &declared {
@@ -536,24 +899,27 @@ impl Converter<'_> {
                         Some(v.clone())
                     } else if declared.is_some() {
                         declared
-                    } else if let Some((_, v)) = self.meta_args.iter().find(|(n, _)| n == k) {
+                    } else if let Some(v) = self.meta_args.get(k) {
                         Some(v.clone())
                     } else {
                         platform_args(&self.opts.platform).into_iter().find(|(n, _)| n == k).map(|(_, v)| v)
                     };
-                    state.args.retain(|(n, _)| n != k);
-                    state.args.push((k.clone(), value));
+                    state.set_arg(k, value);
                 }
                 state.history.push(HistoryStep::Meta { created_by: format!("ARG {}", shown.join(" ")) });
             }
             Instruction::Env(pairs) => {
                 // Every word sees the variables as they were before this ENV (`ENV A=1 B=$A` does not see A=1),
-                // as in BuildKit.
-                let mut shown = Vec::new();
+                // as in BuildKit: expand all of them, then set them.
+                let mut expanded = Vec::with_capacity(pairs.len());
                 for (k, v) in pairs {
-                    let k = self.expand(k, &env, at)?;
-                    let v = self.expand(v, &env, at)?;
-                    set_env(&mut state.config, &k, &v);
+                    let vars = StageVars(state);
+                    expanded.push((self.expand(k, &vars, at)?, self.expand(v, &vars, at)?));
+                }
+                let mut shown = Vec::new();
+                for (k, v) in expanded {
+                    self.lint.secret_key("ENV", &k, at);
+                    state.set_env(&k, &v);
                     shown.push(format!("{k}={v}"));
                 }
                 state.history.push(HistoryStep::Meta { created_by: format!("ENV {}", shown.join(" ")) });
@@ -561,8 +927,8 @@ impl Converter<'_> {
             Instruction::Label(pairs) => {
                 let mut shown = Vec::new();
                 for (k, v) in pairs {
-                    let k = self.expand(k, &env, at)?;
-                    let v = self.expand(v, &env, at)?;
+                    let k = self.expand(k, &StageVars(state), at)?;
+                    let v = self.expand(v, &StageVars(state), at)?;
                     shown.push(format!("{k}={v}"));
                     state.config.config.labels.get_or_insert_with(BTreeMap::new).insert(k, v);
                 }
@@ -575,11 +941,7 @@ impl Converter<'_> {
             Instruction::Expose(ports) => {
                 let mut shown = Vec::new();
                 for p in ports {
-                    for word in self
-                        .lexer
-                        .process_words(p, &env)
-                        .map_err(|e| ConvertError::at(at, format!("failed to expand {p:?}: {e}")))?
-                    {
+                    for word in self.expand_words(p, &StageVars(state), at)? {
                         let ports = normalize_ports(&word).ok_or_else(|| {
                             ConvertError::at(at, format!("invalid port {word:?}"))
                                 .hint("EXPOSE <port>[/tcp|/udp|/sctp]")
@@ -597,12 +959,12 @@ impl Converter<'_> {
                 state.history.push(HistoryStep::Meta { created_by: format!("EXPOSE map[{}]", set.join(" ")) });
             }
             Instruction::User(u) => {
-                let u = self.expand(u, &env, at)?;
+                let u = self.expand(u, &StageVars(state), at)?;
                 state.config.config.user = Some(u.clone());
                 state.history.push(HistoryStep::Meta { created_by: format!("USER {u}") });
             }
             Instruction::Stopsignal(s) => {
-                let s = self.expand(s, &env, at)?;
+                let s = self.expand(s, &StageVars(state), at)?;
                 if !valid_signal(&s) {
                     return Err(ConvertError::at(at, format!("invalid signal {s:?}"))
                         .hint("STOPSIGNAL SIGTERM, STOPSIGNAL 15, ..."));
@@ -613,7 +975,7 @@ impl Converter<'_> {
             Instruction::Volume(vols) => {
                 let mut shown = Vec::new();
                 for v in vols {
-                    let v = self.expand(v, &env, at)?;
+                    let v = self.expand(v, &StageVars(state), at)?;
                     if v.is_empty() {
                         return Err(ConvertError::at(at, "VOLUME specified can not be an empty string"));
                     }
@@ -651,12 +1013,12 @@ impl Converter<'_> {
                 state.config.config.healthcheck = Some(hc);
             }
             Instruction::Workdir(w) => {
-                let w = self.expand(w, &env, at)?;
+                let w = self.expand(w, &StageVars(state), at)?;
                 let path = join_path(state.config.config.working_dir.as_deref().unwrap_or("/"), &w);
                 state.config.config.working_dir = Some(path.clone());
                 let owner = state.config.config.user.clone().filter(|u| !u.is_empty());
                 let input = state.rootfs;
-                let name = self.step_name(index, state, &located.original);
+                let name = self.step_name(index, state, &located.original, None);
                 state.rootfs = self.graph.add(Vertex {
                     op: Op::File(FileOp {
                         dest: Some(0),
@@ -737,18 +1099,17 @@ impl Converter<'_> {
     /// Environment of a RUN: the image's ENV plus the stage's ARGs (ENV wins), plus proxy build args.
     fn run_env(&mut self, state: &StageState) -> Vec<String> {
         let mut env: Vec<String> = state.config.config.env.clone().unwrap_or_default();
-        let has =
-            |env: &Vec<String>, k: &str| env.iter().any(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) == k);
-        for (k, v) in &state.args {
+        for (k, v) in state.current_args() {
             if let Some(v) = v
-                && !has(&env, k)
+                && !state.has_env(k)
             {
                 env.push(format!("{k}={v}"));
             }
         }
         for p in rbuild_solver::key::PROXY_VARS {
             if let Some(v) = self.opts.build_args.get(*p)
-                && !has(&env, p)
+                && !state.has_env(p)
+                && state.arg_pos.get(*p).is_none_or(|&i| state.args[i].1.is_none())
             {
                 self.used_args.insert(p.to_string());
                 env.push(format!("{p}={v}"));
@@ -825,6 +1186,7 @@ impl Converter<'_> {
             }
         };
         let mut env = self.run_env(state);
+        self.charge(env.iter().map(String::len).sum(), at)?;
         let input = state.rootfs;
         let (mut mounts, mut extra_inputs) = self.run_mounts(index, state, at, &run.mounts, &mut env)?;
         if let Some(file) = pipe {
@@ -836,7 +1198,8 @@ impl Converter<'_> {
                 readonly: true,
             });
         }
-        let name = self.step_name(index, state, &located.original);
+        let secret_env = run.mounts.iter().any(|m| m.contains("secret") && m.contains("env"));
+        let name = self.step_name(index, state, &located.original, Some(secret_env));
         let exec = ExecOp {
             args: args.clone(),
             env,
@@ -847,18 +1210,17 @@ impl Converter<'_> {
         };
         let inputs = std::iter::once(input).chain(extra_inputs).collect();
         state.rootfs = self.graph.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });
-        // BuildKit's `|N K=V ...` prefix: every ARG of the stage, with the ENV value where ENV overrides it.
+        // BuildKit's `|N K=V ...` prefix: every ARG declaration of the stage (a redeclared one twice, as BuildKit 0.13
+        // writes it), each with its current value, the ENV value where ENV overrides it.
         let arg_prefix = if state.args.is_empty() {
             String::new()
         } else {
-            let vars = self.stage_env(state);
-            let shown: Vec<String> = state
-                .args
-                .iter()
-                .map(|(k, v)| format!("{k}={}", vars.get(k).or(v.as_ref()).map_or("", String::as_str)))
-                .collect();
+            let vars = StageVars(state);
+            let shown: Vec<String> =
+                state.args.iter().map(|(k, _)| format!("{k}={}", vars.lookup(k).unwrap_or(""))).collect();
             format!("|{} {} ", shown.len(), shown.join(" "))
         };
+        self.charge(arg_prefix.len(), at)?;
         state.history.push(HistoryStep::Layer {
             created_by: format!("RUN {arg_prefix}{} # buildkit", args.join(" ")),
             input,
@@ -879,26 +1241,28 @@ impl Converter<'_> {
         env: &mut Vec<String>,
     ) -> Result<(Vec<rbuild_solver::ExecMount>, Vec<VertexId>), ConvertError> {
         use crate::mounts::{MountType, parse_mount};
-        let vars = self.stage_env(state);
+        let vars = StageVars(state);
         let workdir = state.config.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
         let (mut mounts, mut inputs, mut ssh) = (Vec::new(), Vec::<VertexId>::new(), 0);
         for flag in flags {
-            let lexer = &self.lexer;
-            let spec =
-                parse_mount(flag, &workdir, ssh, &mut |w| lexer.process_word(w, &vars).map_err(|e| e.to_string()))
-                    .map_err(|e| {
-                        let err = ConvertError::at(at, e.to_string());
-                        match e.hint {
-                            Some(h) => err.hint(h),
-                            None => err,
-                        }
-                    })?;
+            let this = &*self;
+            let spec = parse_mount(flag, &workdir, ssh, &mut |w| this.expand(w, &vars, at).map_err(|e| e.message))
+                .map_err(|e| {
+                    let err = ConvertError::at(at, e.to_string());
+                    match e.hint {
+                        Some(h) => err.hint(h),
+                        None => err,
+                    }
+                })?;
             let source_vertex = match (spec.typ, spec.from.as_deref()) {
                 (MountType::Bind | MountType::Cache, Some(from)) => Some(match self.find_stage(from, index, at)? {
                     Some(i) => self.build_stage(i)?.rootfs,
                     None => self.image_vertex(from, at)?.0,
                 }),
-                (MountType::Bind, None) => Some(self.context_copy(&spec.source, &located_name(at))),
+                (MountType::Bind, None) => {
+                    self.charge(self.dockerignore_bytes(), at)?;
+                    Some(self.context_copy(&spec.source, &located_name(at)))
+                }
                 _ => None,
             };
             let input = source_vertex.map(|v| match inputs.iter().position(|i| *i == v) {
@@ -922,6 +1286,11 @@ impl Converter<'_> {
             mounts.push(mount);
         }
         Ok((mounts, inputs))
+    }
+
+    /// The size of the `.dockerignore` patterns, which every step reading the context carries a copy of.
+    fn dockerignore_bytes(&self) -> usize {
+        self.opts.context_excludes.iter().map(String::len).sum()
     }
 
     /// A layer holding `source` of the build context at `/mount`, for a bind mount without `from`.
@@ -960,9 +1329,10 @@ impl Converter<'_> {
     ) -> Result<(), ConvertError> {
         let at = &located.location;
         let kw = if is_add { "ADD" } else { "COPY" };
-        let env = self.stage_env(state);
+        let vars = StageVars(state);
+        let env: &dyn EnvLookup = &vars;
         let expand_opt = |this: &Self, v: &Option<String>| match v {
-            Some(v) => this.expand(v, &env, at).map(Some),
+            Some(v) => this.expand(v, env, at).map(Some),
             None => Ok(None),
         };
         let chown = expand_opt(self, &c.chown)?;
@@ -977,7 +1347,7 @@ impl Converter<'_> {
         let checksum = expand_opt(self, &c.checksum)?;
         let mut excludes = Vec::new();
         for e in &c.excludes {
-            excludes.push(self.expand(e, &env, at)?);
+            excludes.push(self.expand(e, env, at)?);
         }
 
         // Sources: heredocs (`<<EOF`), URLs and Git repositories (ADD), and paths in the context or --from.
@@ -995,15 +1365,17 @@ impl Converter<'_> {
                     if doc.chomp { parser::chomp_heredoc_content(&doc.content) } else { doc.content.clone() };
                 if doc.expand {
                     let raw = Lexer::new('\\').skip_process_quotes(true);
-                    data = raw
-                        .process_word(&data, &env)
+                    let expanded = raw
+                        .process_word(&data, env)
                         .map_err(|e| ConvertError::at(at, format!("failed to expand heredoc <<{}: {e}", doc.name)))?;
+                    self.charge(expanded.len().saturating_sub(data.len()), at)?;
+                    data = expanded;
                 }
                 shown.push(format!("<<{}", doc.name));
                 inline.push((doc.name.clone(), data));
                 continue;
             }
-            let src = self.expand(word, &env, at)?;
+            let src = self.expand(word, env, at)?;
             shown.push(src.clone());
             if is_add && c.from.is_none() {
                 if let Some(op) = git_source(&src, c.keep_git_dir) {
@@ -1031,7 +1403,7 @@ impl Converter<'_> {
             );
         }
         // Destination: joined with WORKDIR; a trailing slash (or several sources) means "into this directory".
-        let dest = self.expand(&c.dest, &env, at)?;
+        let dest = self.expand(&c.dest, env, at)?;
         let workdir = state.config.config.working_dir.clone().unwrap_or_else(|| "/".into());
         let dir_dest = dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest.is_empty();
         let mut dest_path = join_path(&workdir, &dest);
@@ -1057,9 +1429,12 @@ impl Converter<'_> {
         };
         if !paths.is_empty() {
             let (src_vertex, keep_owner, dockerignore) = match &c.from {
-                None => (self.context_vertex(), false, self.opts.context_excludes.clone()),
+                None => {
+                    self.charge(self.dockerignore_bytes(), at)?;
+                    (self.context_vertex(), false, self.opts.context_excludes.clone())
+                }
                 Some(from) => {
-                    let from = self.expand(from, &self.global_env(), at)?;
+                    let from = self.expand(from, &self.global, at)?;
                     match self.find_stage_from(&from, index, at)? {
                         Some(i) => (self.build_stage(i)?.rootfs, true, Vec::new()),
                         None => (self.image_vertex(&from, at)?.0, true, Vec::new()),
@@ -1108,7 +1483,7 @@ impl Converter<'_> {
             actions.push(action);
         }
         let input = state.rootfs;
-        let name = self.step_name(index, state, &located.original);
+        let name = self.step_name(index, state, &located.original, None);
         state.rootfs = self.graph.add(Vertex {
             op: Op::File(FileOp { dest: Some(0), actions }),
             inputs,
@@ -1136,12 +1511,38 @@ impl Converter<'_> {
     }
 }
 
-fn set_env(config: &mut ImageConfig, key: &str, value: &str) {
-    let env = config.config.env.get_or_insert_with(Vec::new);
-    let entry = format!("{key}={value}");
-    match env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
-        Some(e) => *e = entry,
-        None => env.push(entry),
+/// rbuild has one built-in frontend, BuildKit's `docker/dockerfile:1`. A `# syntax=` naming it (any 1.x tag, with
+/// or without `docker.io/`, a `-labs` suffix or a digest) is accepted without pulling anything; any other value is
+/// not run either, and gets a warning that says so: an error would refuse Dockerfiles that build fine with the
+/// built-in frontend, which is what almost every `# syntax=` line asks for.
+fn syntax_warning(ast: &Ast) -> Option<String> {
+    let d = ast.directives.iter().find(|d| d.name == "syntax")?;
+    let image = d.value.split('@').next().unwrap_or_default();
+    let image = image.strip_prefix("docker.io/").unwrap_or(image);
+    let builtin = match image.strip_prefix("docker/dockerfile:") {
+        Some(tag) => {
+            let version = tag.strip_suffix("-labs").unwrap_or(tag);
+            version == "1"
+                || version
+                    .strip_prefix("1.")
+                    .is_some_and(|v| v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+        }
+        None => image == "docker/dockerfile",
+    };
+    (!builtin).then(|| {
+        format!(
+            "line {}: # syntax={} is not supported: rbuild has one built-in frontend (docker/dockerfile:1) and builds with it",
+            d.line, d.value
+        )
+    })
+}
+
+/// A word as shown in an error message: quoted, and at most 200 characters of it.
+fn short(word: &str) -> String {
+    if word.chars().count() <= 200 {
+        format!("{word:?}")
+    } else {
+        format!("{:?}...", word.chars().take(197).collect::<String>())
     }
 }
 
@@ -1291,12 +1692,19 @@ pub fn join_path(base: &str, path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// `80`, `53/udp`, `8000-8002/tcp` → the ports Docker records (a range becomes one entry per port).
+/// `80`, `53/udp`, `8000-8002/tcp` → the ports Docker records (a range becomes one entry per port). Like Docker's
+/// `nat.ParsePortSpecs`, a published form (`127.0.0.1:80:80`, `[::1]:8080:8080`, `5000:5000`) exposes its
+/// container port.
 fn normalize_ports(p: &str) -> Option<Vec<String>> {
-    let (port, proto) = match p.split_once('/') {
+    let (spec, proto) = match p.split_once('/') {
         Some((port, proto)) => (port, proto.to_lowercase()),
         None => (p, "tcp".to_string()),
     };
+    let rest = match spec.strip_prefix('[') {
+        Some(after) => after.split_once("]:")?.1,
+        None => spec,
+    };
+    let port = rest.rsplit_once(':').map_or(rest, |(_, container)| container);
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
         return None;
     }
@@ -1376,6 +1784,11 @@ mod tests {
         assert_eq!(normalize_ports("53/UDP"), Some(vec!["53/udp".to_string()]));
         assert_eq!(normalize_ports("8000-8002").map(|v| v.len()), Some(3));
         assert_eq!(normalize_ports("http"), None);
+        // Issue 11 item 16: published forms expose the container port, as Docker's nat.ParsePortSpecs does.
+        assert_eq!(normalize_ports("127.0.0.1:80:80"), Some(vec!["80/tcp".to_string()]));
+        assert_eq!(normalize_ports("[::1]:8080:8081/udp"), Some(vec!["8081/udp".to_string()]));
+        assert_eq!(normalize_ports("5000:5001"), Some(vec!["5001/tcp".to_string()]));
+        assert_eq!(normalize_ports("[::1]8080"), None);
         assert_eq!(go_duration(30_000_000_000), "30s");
         assert_eq!(go_duration(90_000_000_000), "1m30s");
         assert_eq!(go_duration(500_000_000), "500ms");

@@ -7,8 +7,10 @@
 pub mod convert;
 pub mod history;
 pub mod instructions;
+pub mod lint;
 pub mod mounts;
 pub mod parser;
+pub mod platform;
 pub mod shell;
 
 /// `.dockerignore` patterns: defined next to the build graph (whose COPY actions carry them), used here to read
@@ -19,11 +21,23 @@ pub use convert::{
     BuildPlan, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage, convert,
 };
 
+/// The longest word (in characters) worth a "did you mean": edit distance is quadratic, and a typo is short.
+const MAX_SUGGEST_LEN: usize = 256;
+
 /// The closest of `candidates` to `word`, if it is close enough to be a likely typo ("did you mean").
 pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let len = word.chars().count();
+    if len > MAX_SUGGEST_LEN {
+        return None;
+    }
     let word = word.to_lowercase();
     candidates
         .iter()
+        // The distance is at least the difference in length: skip what cannot be close without computing it.
+        .filter(|c| {
+            let n = c.chars().count();
+            n <= MAX_SUGGEST_LEN && n.abs_diff(len) <= 2.max(n / 3)
+        })
         .map(|c| (edit_distance(&word, &c.to_lowercase()), *c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d > 0)
         .min_by_key(|(d, _)| *d)
@@ -41,4 +55,22 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_are_for_typos_and_cheap_for_huge_words() {
+        assert_eq!(suggest("RUNN", &["run", "copy"]), Some("run"));
+        assert_eq!(suggest("buidler", &["builder", "final"]), Some("builder"));
+        let huge = "b".repeat(1 << 20);
+        let long_names: Vec<String> = (0..100).map(|i| format!("{}{i}", "b".repeat(60_000))).collect();
+        let names: Vec<&str> = long_names.iter().map(String::as_str).collect();
+        let start = std::time::Instant::now();
+        assert_eq!(suggest(&huge, &names), None);
+        assert_eq!(suggest("b", &names), None);
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+    }
 }

@@ -65,11 +65,20 @@ pub struct MountSpec {
 
 /// A `--mount` value that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid --mount {value:?}: {reason}")]
+#[error("invalid --mount {:?}: {reason}", shorten(.value))]
 pub struct MountError {
     pub value: String,
     pub reason: String,
     pub hint: Option<&'static str>,
+}
+
+/// A value as shown in an error: at most 200 characters of it.
+fn shorten(value: &str) -> String {
+    if value.chars().count() <= 200 {
+        value.to_string()
+    } else {
+        format!("{}...", value.chars().take(197).collect::<String>())
+    }
 }
 
 /// The default target of the `n`th SSH mount of a step.
@@ -134,6 +143,13 @@ pub fn parse_mount(
             continue;
         };
         let key = key.to_ascii_lowercase();
+        // BuildKit resolves stage dependencies before expanding anything, so `from` must be literal.
+        if key == "from" && raw.contains('$') {
+            return Err(fail(
+                "'from' doesn't support variable expansion, define alias stage instead".into(),
+                Some("name the stage with FROM <image> AS <name> and use from=<name>"),
+            ));
+        }
         let v = expand(raw).map_err(|r| fail(r, None))?;
         let boolean = |v: &str| parse_bool(v).ok_or_else(|| fail(format!("{key}={v:?} is not a boolean"), None));
         let number = |v: &str| v.parse::<u32>().map_err(|_| fail(format!("{key}={v:?} is not a number"), None));

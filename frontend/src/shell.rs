@@ -9,6 +9,11 @@
 //!
 //! One deliberate difference: BuildKit shares one word buffer between nested `${v:-...}` scans, which makes
 //! `process_words("a${x:-b}c")` lose the leading `a`; here every scan has its own buffer, so the words are `["abc"]`.
+//!
+//! Two limits BuildKit does not have, because a Dockerfile is untrusted input and Go's growable stacks hide what a
+//! fixed Rust stack cannot: `${v:-${w:-...}}` may nest at most [`MAX_NESTING`] deep (the scanner recurses once per
+//! level), and one word may grow by at most [`MAX_EXPANSION`] bytes through expansion (thirty lines of
+//! `ARG A2=${A1}${A1}` would otherwise need gigabytes). Both are errors that name the word, never a crash.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
@@ -16,6 +21,13 @@ use std::hash::BuildHasher;
 use regex::{NoExpand, Regex};
 
 use crate::parser::quote::{go_quote, is_go_digit, is_go_letter};
+
+/// How deeply `${...}` expressions may nest inside each other's modifier words.
+pub const MAX_NESTING: usize = 64;
+
+/// How many bytes one word may grow by through variable expansion (1 MiB). Literal text never counts, so a long
+/// heredoc body is not limited by it.
+pub const MAX_EXPANSION: usize = 1 << 20;
 
 /// A source of variable values for expansion.
 pub trait EnvLookup {
@@ -88,11 +100,15 @@ pub enum ShellErrorKind {
     Required { name: String, message: String },
     #[error("invalid pattern ({pattern}) in substitution: {reason}")]
     InvalidPattern { pattern: String, reason: String },
+    #[error("variable substitutions are nested more than {limit} levels deep")]
+    TooDeep { limit: usize },
+    #[error("variable expansion makes the word larger than {} bytes", .limit)]
+    TooLarge { limit: usize },
 }
 
 /// A word that could not be processed, with the word itself for context.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("failed to process {}: {kind}", go_quote(.word))]
+#[error("failed to process {}: {kind}", go_quote(&shorten(.word)))]
 pub struct ShellError {
     pub word: String,
     #[source]
@@ -189,11 +205,22 @@ impl Lexer {
             raw_escapes: self.raw_escapes,
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
+            depth: 0,
+            limit: word.len().saturating_add(MAX_EXPANSION),
         };
         match sw.process_stop_on(None, self.raw_escapes) {
             Ok((result, words)) => Ok(ProcessedWord { result, words, matched: sw.matched, unmatched: sw.unmatched }),
             Err(kind) => Err(ShellError { word: word.to_string(), kind }),
         }
+    }
+}
+
+/// A word as shown in an error: at most 200 characters, so that a huge word does not flood the terminal.
+fn shorten(word: &str) -> String {
+    if word.chars().count() <= 200 {
+        word.to_string()
+    } else {
+        format!("{}...", word.chars().take(197).collect::<String>())
     }
 }
 
@@ -255,6 +282,10 @@ struct ShellWord<'a> {
     raw_escapes: bool,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
+    /// How many `${...}` scans are open (each is one level of recursion).
+    depth: usize,
+    /// The most bytes any string built for this word may hold: the word's own length plus [`MAX_EXPANSION`].
+    limit: usize,
 }
 
 fn is_special_param(ch: char) -> bool {
@@ -292,16 +323,27 @@ impl ShellWord<'_> {
         }
     }
 
+    fn check_len(&self, len: usize) -> Result<(), ShellErrorKind> {
+        if len > self.limit { Err(ShellErrorKind::TooLarge { limit: MAX_EXPANSION }) } else { Ok(()) }
+    }
+
     /// Processes until `stop` (consumed) or the end of input; `None` means "until the end".
     fn process_stop_on(
         &mut self,
         stop: Option<char>,
         raw_escapes: bool,
     ) -> Result<(String, Vec<String>), ShellErrorKind> {
+        // Each nested `${v:-...}` word is scanned by a recursive call: bound the depth so that no input can
+        // exhaust the stack.
+        if self.depth >= MAX_NESTING {
+            return Err(ShellErrorKind::TooDeep { limit: MAX_NESTING });
+        }
+        self.depth += 1;
         let saved = self.raw_escapes;
         self.raw_escapes = raw_escapes;
         let r = self.stop_on_inner(stop);
         self.raw_escapes = saved;
+        self.depth -= 1;
         r
     }
 
@@ -317,6 +359,7 @@ impl ShellWord<'_> {
             match ch {
                 '$' => {
                     let tmp = self.process_dollar()?;
+                    self.check_len(result.len() + tmp.len())?;
                     result.push_str(&tmp);
                     words.add_string(&tmp);
                 }
@@ -332,6 +375,7 @@ impl ShellWord<'_> {
                 }
                 '"' if quotes => {
                     let tmp = self.process_double_quote()?;
+                    self.check_len(result.len() + tmp.len())?;
                     result.push_str(&tmp);
                     words.add_raw_string(&tmp);
                 }
@@ -404,6 +448,7 @@ impl ShellWord<'_> {
                 }
                 Some('$') => {
                     let v = self.process_dollar()?;
+                    self.check_len(result.len() + v.len())?;
                     result.push_str(&v);
                 }
                 Some(mut ch) => {
@@ -469,6 +514,7 @@ impl ShellWord<'_> {
     fn stop_on_or(&mut self, stop: char, raw: bool, at_eof: ShellErrorKind) -> Result<String, ShellErrorKind> {
         match self.process_stop_on(Some(stop), raw) {
             Ok((w, _)) => Ok(w),
+            Err(e @ (ShellErrorKind::TooDeep { .. } | ShellErrorKind::TooLarge { .. })) => Err(e),
             Err(_) if self.peek().is_none() => Err(at_eof),
             Err(e) => Err(e),
         }
@@ -566,6 +612,15 @@ impl ShellWord<'_> {
             None => String::new(),
         };
         let re = shell_pattern_regex(&pattern, true, false)?;
+        // Every match inserts the replacement, and with `//` each `$group` in it may insert up to the whole
+        // value: bound the result before building it.
+        let (matches, per_match) = if all {
+            let refs = replacement.matches('$').count();
+            (re.find_iter(&value).count(), replacement.len().saturating_add(refs.saturating_mul(value.len())))
+        } else {
+            (usize::from(re.is_match(&value)), replacement.len())
+        };
+        self.check_len(value.len().saturating_add(matches.saturating_mul(per_match)))?;
         if all {
             Ok(re.replace_all(&value, replacement.as_str()).into_owned())
         } else {
@@ -725,6 +780,43 @@ mod tests {
         let e = vec![("A".to_string(), "1".to_string()), ("A".to_string(), "2".to_string())];
         assert_eq!(e.lookup("A"), Some("2"));
         assert_eq!(Lexer::new('\\').process_word("$A", &e).unwrap(), "2");
+    }
+
+    /// Issue 9 item 6: `${X:-` nested 3,000 deep overflowed the stack (exit 134).
+    #[test]
+    fn deeply_nested_substitutions_are_an_error_not_a_stack_overflow() {
+        let l = Lexer::new('\\');
+        for depth in [MAX_NESTING + 1, 3_000, 100_000] {
+            let w = format!("{}x{}", "${X:-".repeat(depth), "}".repeat(depth));
+            let e = l.process_word(&w, &NoEnv).unwrap_err();
+            assert_eq!(e.kind, ShellErrorKind::TooDeep { limit: MAX_NESTING }, "depth {depth}");
+            assert!(e.to_string().len() < 400, "the message shows a shortened word: {e}");
+            // Inside double quotes, and unterminated, the limit holds too.
+            let q = format!("{}x", "\"${X:-".repeat(depth));
+            assert!(matches!(l.process_word(&q, &NoEnv).unwrap_err().kind, ShellErrorKind::TooDeep { .. }));
+        }
+        let ok = format!("{}x{}", "${X:-".repeat(20), "}".repeat(20));
+        assert_eq!(l.process_word(&ok, &NoEnv).unwrap(), "x");
+    }
+
+    /// Issue 9 item 7: doubling a variable on every line reached gigabytes; one word may grow by 1 MiB at most.
+    #[test]
+    fn expansion_growth_is_capped() {
+        let l = Lexer::new('\\');
+        let half = vec![("A".to_string(), "a".repeat(MAX_EXPANSION / 2))];
+        assert_eq!(l.process_word("${A}", &half).unwrap().len(), MAX_EXPANSION / 2);
+        assert_eq!(l.process_word("$A$A", &half).unwrap().len(), MAX_EXPANSION);
+        let e = l.process_word("$A$A$A", &half).unwrap_err();
+        assert_eq!(e.kind, ShellErrorKind::TooLarge { limit: MAX_EXPANSION });
+        assert!(matches!(l.process_word("\"$A${A}$A\"", &half).unwrap_err().kind, ShellErrorKind::TooLarge { .. }));
+        assert!(matches!(l.process_word("${X:-$A$A$A}", &half).unwrap_err().kind, ShellErrorKind::TooLarge { .. }));
+        // `//` with a replacement that refers to the match multiplies the value: bounded before it is built.
+        let small = vec![("A".to_string(), "a".repeat(4096)), ("R".to_string(), "$0".repeat(512))];
+        assert!(matches!(l.process_word("${A//a/$R}", &small).unwrap_err().kind, ShellErrorKind::TooLarge { .. }));
+        assert_eq!(l.process_word("${A//a/b}", &small).unwrap(), "b".repeat(4096));
+        // Literal text does not count: a long heredoc body is not an expansion.
+        let long = "x".repeat(2 * MAX_EXPANSION);
+        assert_eq!(l.process_word(&long, &NoEnv).unwrap().len(), long.len());
     }
 
     #[test]

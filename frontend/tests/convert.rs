@@ -35,7 +35,7 @@ impl ImageResolver for Resolver {
     }
 }
 
-fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions {
+pub fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions {
     ConvertOptions {
         build_args: build_args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         target: target.map(str::to_string),
@@ -45,16 +45,16 @@ fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions {
     }
 }
 
-fn convert_with(src: &str, o: &ConvertOptions) -> Result<BuildPlan, ConvertError> {
+pub fn convert_with(src: &str, o: &ConvertOptions) -> Result<BuildPlan, ConvertError> {
     let ast = rbuild_frontend::parser::parse(src).expect("test Dockerfiles parse");
     rbuild_frontend::convert(&ast, o, &Resolver)
 }
 
-fn convert(src: &str) -> BuildPlan {
+pub fn convert(src: &str) -> BuildPlan {
     convert_with(src, &opts(&[], None)).unwrap_or_else(|e| panic!("{e} at {:?} ({:?})", e.location, e.hint))
 }
 
-fn history(plan: &BuildPlan) -> Vec<String> {
+pub fn history(plan: &BuildPlan) -> Vec<String> {
     plan.history
         .iter()
         .filter_map(|h| match h {
@@ -196,23 +196,71 @@ ADD git@github.com:moby/buildkit.git /bk\n",
     assert!(err.message.contains("non-HTTP"), "{}", err.message);
 }
 
+/// Issue 11 item 15: `COPY --from` a stage defined later built; BuildKit 0.13 refuses it (checked against the
+/// reference: "cannot copy from stage \"b\", it needs to be defined before current stage \"a\"").
 #[test]
-fn copy_from_may_name_a_later_stage_but_not_a_cycle() {
-    let plan = convert("FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nRUN touch /x\nFROM a\n");
-    assert!(plan.graph.vertices.iter().any(|v| matches!(&v.op, Op::Exec(_))), "stage b is converted for a");
+fn copy_from_a_later_stage_is_an_error_and_a_cycle_says_so() {
+    let err =
+        convert_with("FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nRUN touch /x\nFROM a\n", &opts(&[], None))
+            .unwrap_err();
+    assert_eq!(err.message, "cannot copy from stage \"b\", it needs to be defined before current stage \"a\"");
+    assert_eq!(err.location.map(|l| l.start_line), Some(2));
+    // A stage the target does not need may name a later one: BuildKit only checks what it converts.
+    assert!(convert_with("FROM base\nCOPY --from=1 /y /y\nFROM base\nRUN true\n", &opts(&[], None)).is_ok());
     let err = convert_with(
         "FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\nCOPY --from=a /y /y\n",
         &opts(&[], Some("a")),
     )
     .unwrap_err();
     assert!(err.message.contains("circular dependency"), "{}", err.message);
-    assert_eq!(err.location.map(|l| l.start_line), Some(4), "points at the COPY that closes the cycle");
+    assert_eq!(err.location.map(|l| l.start_line), Some(2), "points at the COPY that starts the cycle");
     let err = convert_with("FROM base AS a\nCOPY --from=a /y /y\n", &opts(&[], None)).unwrap_err();
     assert!(err.message.contains("circular dependency"), "{}", err.message);
     // FROM only sees earlier stages: a later one is an error at the FROM line, not an image pull.
     let err = convert_with("FROM base\nFROM later AS x\nFROM base AS later\n", &opts(&[], Some("x"))).unwrap_err();
     assert!(err.message.contains("used before it is defined"), "{}", err.message);
     assert_eq!(err.location.map(|l| l.start_line), Some(2));
+}
+
+/// Issue 11 item 16: two stages of one name were an error; BuildKit builds, the last one wins for `--from` and
+/// `--target`, a FROM line means the last one before it, and newer BuildKit warns (DuplicateStageName).
+#[test]
+fn duplicate_stage_names_warn_and_the_last_wins() {
+    let src = "FROM base AS a\nRUN echo first\nFROM a AS a\nRUN echo second\nFROM base\nCOPY --from=a /x /x\n";
+    let plan = convert(src);
+    assert_eq!(
+        plan.warnings,
+        ["DuplicateStageName: Duplicate stage name \"a\", stage names should be unique (line 3)"]
+    );
+    let runs: Vec<String> = plan
+        .graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::Exec(e) => e.args.last().cloned(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, ["echo first", "echo second"], "the second a is built FROM the first");
+    let plan = convert_with(src, &opts(&[], Some("a"))).unwrap();
+    assert_eq!(history(&plan).last().map(String::as_str), Some("RUN /bin/sh -c echo second # buildkit"));
+}
+
+/// Issue 11 item 15: `RUN --mount=from=$VAR` built (and an unset VAR mounted the context); BuildKit refuses any
+/// variable in `from`, because it resolves stage dependencies before expanding.
+#[test]
+fn mount_from_a_variable_is_refused_like_buildkit() {
+    for src in [
+        "FROM base\nRUN --mount=from=$NOPE,target=/m true\n",
+        "FROM base AS s\nFROM base\nARG P=s\nRUN --mount=from=${P},target=/m true\n",
+    ] {
+        let err = convert_with(src, &opts(&[], None)).unwrap_err();
+        assert!(
+            err.message.contains("'from' doesn't support variable expansion, define alias stage instead"),
+            "{}",
+            err.message
+        );
+    }
 }
 
 #[test]
@@ -255,4 +303,82 @@ fn copy_keeps_dockerignore_apart_from_exclude() {
         (vec!["*.md".to_string()], vec!["secret.txt".to_string()], true)
     );
     assert_eq!(history(&plan).last().map(String::as_str), Some("COPY --parents a/ /dst/ # buildkit"));
+}
+
+/// Issue 11 item 5: WorkingDir was written as "/" when the base image has none; BuildKit keeps the base's (unset)
+/// value unless the Dockerfile sets one. A scratch stage starts from BuildKit's empty image, whose WorkingDir is
+/// "/" (checked against the reference BuildKit in `testdata/diff/workdir-unset`).
+#[test]
+fn working_dir_is_the_base_images_unless_the_dockerfile_sets_one() {
+    for src in ["FROM base\nCOPY a.txt /\n", "FROM base AS b\nFROM b\nRUN true\n"] {
+        let plan = convert(src);
+        assert_eq!(plan.config.config.working_dir, None, "{src}");
+    }
+    assert_eq!(convert("FROM scratch\nRUN true\n").config.config.working_dir.as_deref(), Some("/"));
+    let plan = convert("FROM scratch\nWORKDIR app\nRUN true\n");
+    assert_eq!(plan.config.config.working_dir.as_deref(), Some("/app"));
+    let run = plan.graph.vertices.iter().find_map(|v| match &v.op {
+        Op::Exec(e) => Some(e.cwd.clone()),
+        _ => None,
+    });
+    assert_eq!(run.as_deref(), Some("/app"));
+}
+
+/// Issue 11 item 17: progress titles showed `${VERSION}` where BuildKit prints the value. Checked against the
+/// reference: `RUN --mount=from=s,target=/m echo $V ${E} $NOPE "q" \$V` is shown as
+/// `RUN --mount=from=s,target=/m echo dev e1 $NOPE "q" $V`.
+#[test]
+fn step_titles_show_variables_expanded_as_buildkit_prints_them() {
+    let src = "FROM base AS s\nFROM base\nARG V=dev\nENV E=e1\n\
+run --mount=from=s,target=/m echo $V ${E} $NOPE \"q\" \\$V\nCOPY --chmod=644 \"a.txt\" /$V/$E/$NOPE\nWORKDIR /w/$V\n\
+RUN --mount=type=secret,id=t,env=V echo $V\n";
+    let plan = convert(src);
+    let names: Vec<&str> =
+        plan.graph.vertices.iter().map(|v| v.name.as_str()).filter(|n| n.starts_with("[stage-1]")).collect();
+    assert_eq!(
+        names,
+        [
+            "[stage-1] RUN --mount=from=s,target=/m echo dev e1 $NOPE \"q\" $V",
+            "[stage-1] COPY --chmod=644 a.txt /dev/e1/",
+            "[stage-1] WORKDIR /w/dev",
+            "[stage-1] RUN --mount=type=secret,id=t,env=V echo $V",
+        ]
+    );
+}
+
+/// Issue 11 item 15: an unknown `# syntax=` was silently ignored; the built-in one is accepted quietly.
+#[test]
+fn syntax_directive_other_than_the_builtin_frontend_warns() {
+    for ok in [
+        "docker/dockerfile:1",
+        "docker/dockerfile:1.7",
+        "docker.io/docker/dockerfile:1.4.3-labs",
+        "docker/dockerfile:1@sha256:ac85",
+    ] {
+        let plan = convert(&format!("# syntax={ok}\nFROM base\n"));
+        assert!(plan.warnings.is_empty(), "{ok}: {:?}", plan.warnings);
+    }
+    for other in
+        ["docker/dockerfile:2", "example.com/my/frontend", "docker/dockerfile-upstream:master", "docker/dockerfile:1.x"]
+    {
+        let plan = convert(&format!("# syntax={other}\nFROM base\n"));
+        assert_eq!(plan.warnings.len(), 1, "{other}");
+        assert!(
+            plan.warnings[0].starts_with(&format!("line 1: # syntax={other} is not supported")),
+            "{:?}",
+            plan.warnings
+        );
+    }
+}
+
+/// A redeclared ARG: BuildKit 0.13 (the reference) writes `RUN |3 A=3 B=2 A=3 ...`; the RUN sees each once.
+#[test]
+fn redeclared_args_in_the_run_prefix_match_buildkit() {
+    let plan = convert("FROM base\nARG A=1\nARG B=2\nARG A=3\nRUN true\n");
+    assert_eq!(history(&plan).last().map(String::as_str), Some("RUN |3 A=3 B=2 A=3 /bin/sh -c true # buildkit"));
+    let env = plan.graph.vertices.iter().find_map(|v| match &v.op {
+        Op::Exec(e) => Some(e.env.clone()),
+        _ => None,
+    });
+    assert_eq!(env.unwrap_or_default(), ["PATH=/usr/bin:/bin", "B=2", "A=3"]);
 }

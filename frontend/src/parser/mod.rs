@@ -23,6 +23,10 @@ use quote::{go_lower, go_quote, go_quote_list};
 /// The longest physical line Go's line scanner accepts (its 64 KiB buffer, newline included).
 const MAX_LINE: usize = 64 * 1024;
 
+/// How many `ONBUILD` keywords may wrap one instruction. BuildKit parses any number (the typed layer then rejects
+/// `ONBUILD ONBUILD`); each level is one recursive call here, so a line of thousands would exhaust the stack.
+pub const MAX_ONBUILD_NESTING: usize = 8;
+
 /// A heredoc attached to a RUN/COPY/ADD instruction (`<<EOF` ... `EOF`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Heredoc {
@@ -168,6 +172,8 @@ pub enum ParseErrorKind {
     Heredoc(#[from] HeredocError),
     #[error("dockerfile line greater than max allowed size of {}", MAX_LINE - 1)]
     LineTooLong,
+    #[error("ONBUILD is nested more than {limit} levels deep")]
+    OnbuildTooDeep { limit: usize },
 }
 
 /// A parse failure with the (1-based) lines it concerns.
@@ -430,7 +436,7 @@ pub fn parse(src: &str) -> Result<Ast, ParseError> {
             warnings.push(Warning { message: format!("Empty continuation line found in: {line}"), line: current_line });
         }
 
-        let mut child = new_node_from_line(&line, d.escape, std::mem::take(&mut comments))
+        let mut child = new_node_from_line(&line, d.escape, std::mem::take(&mut comments), 0)
             .map_err(|k| ParseError::new(start_line, current_line, k))?;
         if child.can_contain_heredoc() && line.contains("<<") {
             let heredocs = heredocs_from_line(&line)
@@ -603,7 +609,7 @@ fn args_of(values: impl IntoIterator<Item = String>) -> Args {
     Args { next: values.into_iter().map(arg).collect(), json: false }
 }
 
-fn new_node_from_line(line: &str, escape: char, comments: Vec<String>) -> Result<Node, ParseErrorKind> {
+fn new_node_from_line(line: &str, escape: char, comments: Vec<String>, depth: usize) -> Result<Node, ParseErrorKind> {
     let (cmd, flags, rest) = split_command(line);
     let args = match cmd.as_str() {
         "add" | "copy" | "volume" => parse_maybe_json_to_list(&rest)?,
@@ -617,8 +623,10 @@ fn new_node_from_line(line: &str, escape: char, comments: Vec<String>) -> Result
         "onbuild" => {
             if rest.is_empty() {
                 Args::default()
+            } else if depth >= MAX_ONBUILD_NESTING {
+                return Err(ParseErrorKind::OnbuildTooDeep { limit: MAX_ONBUILD_NESTING });
             } else {
-                let inner = new_node_from_line(&rest, escape, Vec::new())?;
+                let inner = new_node_from_line(&rest, escape, Vec::new(), depth + 1)?;
                 Args { next: vec![Node { children: vec![inner], ..Node::default() }], json: false }
             }
         }

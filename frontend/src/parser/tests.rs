@@ -183,3 +183,14 @@ fn garbled_input_never_panics() {
         }
     }
 }
+
+/// Issue 9 item 6: a line of thousands of `ONBUILD` keywords recursed once per keyword and overflowed the stack.
+#[test]
+fn deeply_nested_onbuild_is_an_error_with_its_line() {
+    let deep = format!("FROM a\n{}RUN x\n", "ONBUILD ".repeat(8_000));
+    let e = parse(&deep).unwrap_err();
+    assert_eq!((e.line(), e.kind().clone()), (2, ParseErrorKind::OnbuildTooDeep { limit: MAX_ONBUILD_NESTING }));
+    assert!(e.to_string().starts_with("dockerfile parse error on line 2: ONBUILD is nested"), "{e}");
+    // BuildKit's parser accepts a few levels (the typed layer rejects them later): so does this one.
+    assert!(parse("FROM a\nONBUILD ONBUILD RUN x\n").is_ok());
+}
