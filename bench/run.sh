@@ -11,7 +11,9 @@
 #   run-overhead     20 `RUN true` steps, cold (--no-cache): the fixed cost of one container (issue #5)
 # Every tool builds FROM the same busybox base (testdata/busybox-base, built by rbuild and pushed to a throwaway
 # local registry), pulled into each tool before anything is timed. Each number is the median of REPS runs.
-# Env: BENCH_DIR (work dir, default /var/tmp/rbuild-bench), REPS (default 5), SKIP_BUILDAH=1, KEEP=1 (keep BENCH_DIR).
+# Env: BENCH_DIR (work dir, default /var/tmp/rbuild-bench), REPS (default 5), SKIP_BUILDAH=1, KEEP=1 (keep BENCH_DIR),
+#      CASES="run-overhead cold" (only these cases), RBUILD_BEFORE=path/to/an/older/rbuild (timed as one more tool,
+#      "before", to show what a change did in the same run).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -104,6 +106,7 @@ build() {
   local out=$work/last-$tool.log
   case $tool in
     rbuild) "$RBUILD" --root "$store" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
+    before) "$RBUILD_BEFORE" --root "$work/store-before" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
     buildkit) docker build --network host -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
     buildah) buildah bud --layers --network host --tls-verify=false -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
   esac >"$out" 2>&1 || { log "$tool build of $ctx failed:"; tail -30 "$out" >&2; exit 1; }
@@ -113,6 +116,12 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 tools=(rbuild buildkit)
 [ $have_buildah = 0 ] || tools+=(buildah)
+if [ -n "${RBUILD_BEFORE:-}" ]; then
+  tools+=(before)
+  "$RBUILD_BEFORE" --root "$work/store-before" pull "$base" >/dev/null
+fi
+cases=${CASES:-noop bigcontext-warm edit-one parallel cold run-overhead}
+want() { [[ " $cases " == *" $1 "* ]]; }
 declare -A result
 
 # timed CASE TOOL REPS BEFORE CONTEXT [EXTRA...]: runs BEFORE (a shell snippet) untimed, then the build, REPS times.
@@ -133,26 +142,28 @@ timed() {
 for tool in "${tools[@]}"; do
   log "== $tool"
   build "$tool" "$ten"  # warm-up: fills the cache
-  timed noop "$tool" "$reps" ":" "$ten"
-  timed edit-one "$tool" "$reps" 'echo "last $TOOL $I" >"$ten/last.txt"' "$ten"
-  timed cold "$tool" 3 ":" "$ten" --no-cache
-  timed parallel "$tool" 2 ":" "$par" --no-cache
-  timed run-overhead "$tool" 3 ":" "$runs" --no-cache
-  build "$tool" "$big"  # warm-up
-  timed bigcontext-warm "$tool" "$reps" ":" "$big"
+  ! want noop || timed noop "$tool" "$reps" ":" "$ten"
+  ! want edit-one || timed edit-one "$tool" "$reps" 'echo "last $TOOL $I" >"$ten/last.txt"' "$ten"
+  ! want cold || timed cold "$tool" 3 ":" "$ten" --no-cache
+  ! want parallel || timed parallel "$tool" 2 ":" "$par" --no-cache
+  ! want run-overhead || timed run-overhead "$tool" 3 ":" "$runs" --no-cache
+  if want bigcontext-warm; then
+    build "$tool" "$big"  # warm-up
+    timed bigcontext-warm "$tool" "$reps" ":" "$big"
+  fi
 done
 
-printf '\n%-16s %10s %10s %10s %8s %8s\n' case rbuild buildkit buildah ratio target
+printf '\n%-16s %10s %10s %10s %10s %8s %8s\n' case rbuild buildkit buildah before ratio target
 status=0
-for c in noop bigcontext-warm edit-one parallel cold run-overhead; do
+for c in $cases; do
   case $c in
     noop | bigcontext-warm) target=0.5 ;; edit-one | run-overhead) target=0.8 ;; parallel) target=1.1 ;; cold) target=1.0 ;;
   esac
-  r=${result[$c,rbuild]} b=${result[$c,buildkit]} h=${result[$c,buildah]:-}
+  r=${result[$c,rbuild]} b=${result[$c,buildkit]} h=${result[$c,buildah]:-} o=${result[$c,before]:-}
   ratio=$(awk -v r="$r" -v b="$b" 'BEGIN {printf "%.2f", r / b}')
   ok=$(awk -v x="$ratio" -v t="$target" 'BEGIN {print (x <= t) ? "ok" : "MISSED"}')
   [ "$ok" = ok ] || status=1
-  printf '%-16s %8sms %8sms %8s %8s %6s %s\n' "$c" "$r" "$b" "${h:+${h}ms}" "$ratio" "≤$target" "$ok"
+  printf '%-16s %8sms %8sms %10s %10s %8s %6s %s\n' "$c" "$r" "$b" "${h:+${h}ms}" "${o:+${o}ms}" "$ratio" "≤$target" "$ok"
 done
 printf 'bench took %ss\n' "$SECONDS"
 exit $status

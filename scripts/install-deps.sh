@@ -3,7 +3,7 @@
 # the test images are made of, a registry to push to, and the independent tools the tests check output with.
 set -euo pipefail
 pkgs=(runc crun passt slirp4netns busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client
-  openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2)
+  openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2 mmdebstrap)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -7,8 +7,8 @@
 //! by each from `testdata/busybox-base`. rbuild's tree is its layer snapshots applied in order (overlayfs
 //! format); BuildKit's is its `docker save` layers applied in order (tar whiteouts).
 //!
-//! Known, deliberate differences (not compared): history `empty_layer` flags and timestamps (rbuild adds no layer
-//! for a step that changed nothing; BuildKit adds an empty one), and `created`.
+//! The number of layers and each history entry's `created_by` and `empty_layer` are compared too (a RUN that
+//! changes nothing adds an empty layer in both). Not compared: timestamps (`created`).
 
 use crate::support::{Workspace, require, skip, testdata};
 use serde_json::Value;
@@ -234,9 +234,19 @@ fn config_fields(c: &Value) -> Value {
     out.insert("author".into(), c.get("author").cloned().unwrap_or(Value::Null));
     let history: Vec<Value> = c["history"]
         .as_array()
-        .map(|h| h.iter().map(|e| e.get("created_by").cloned().unwrap_or(Value::Null)).collect())
+        .map(|h| {
+            h.iter()
+                .map(|e| {
+                    let created_by = e.get("created_by").cloned().unwrap_or(Value::Null);
+                    let empty = e.get("empty_layer").and_then(Value::as_bool).unwrap_or(false);
+                    serde_json::json!({ "created_by": created_by, "empty_layer": empty })
+                })
+                .collect()
+        })
         .unwrap_or_default();
     out.insert("history".into(), Value::Array(history));
+    let layers = c["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len);
+    out.insert("layers".into(), Value::from(layers));
     Value::Object(out)
 }
 

@@ -390,3 +390,41 @@ fn killed_build_leaves_no_network_stack_behind() {
     assert_eq!(netns_mounts(), Vec::<String>::new(), "the next start detached the leftover namespace");
     assert_eq!(slirps_for(&store_s), Vec::<u32>::new());
 }
+
+/// A Debian bookworm root (`mmdebstrap --variant=apt`) as a tar, made once per machine and kept under /var/cache:
+/// a real distribution's package manager to reach the network with.
+fn debian_root_tar() -> PathBuf {
+    let dir = Path::new("/var/cache/rbuild-tests");
+    std::fs::create_dir_all(dir).unwrap();
+    let tar = dir.join("debian-bookworm-apt.tar");
+    // One maker at a time (tests run in parallel, CI runs may overlap); the tar appears whole, by rename.
+    let lock = std::fs::File::create(dir.join("debian.lock")).unwrap();
+    lock.lock().unwrap();
+    if !tar.exists() {
+        let partial = dir.join("debian-bookworm-apt.tar.partial");
+        let _ = std::fs::remove_file(&partial);
+        let made =
+            cmd("mmdebstrap", &["--quiet", "--variant=apt", "--format=tar", "bookworm", partial.to_str().unwrap()]);
+        assert_eq!(made.code, Some(0), "mmdebstrap failed:\n{}", made.stderr);
+        std::fs::rename(&partial, &tar).unwrap();
+    }
+    tar
+}
+
+/// Issue 9, hole 3: with a private network by default, a debian-based RUN still reaches the outside world:
+/// `apt-get update` fetches the package lists (through the user-mode stack and its DNS forwarder).
+#[test]
+fn a_debian_based_run_can_apt_get_update() {
+    if !require(&["runc", "mmdebstrap"]) {
+        return;
+    }
+    let tar = debian_root_tar();
+    let ws = Workspace::new();
+    let dockerfile =
+        "FROM scratch\nADD debian.tar /\nRUN apt-get update && ls /var/lib/apt/lists/ | grep -q bookworm\n";
+    let ctx = ws.context("debian", &[("Dockerfile", dockerfile)]);
+    std::fs::copy(&tar, ctx.join("debian.tar")).unwrap();
+    let run = ws.rbuild("store", &["build", ctx.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "apt-get update failed in a default RUN:\n{}", run.stderr);
+    assert!(run.stderr.contains("bookworm"), "{}", run.stderr);
+}

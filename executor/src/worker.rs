@@ -2,7 +2,8 @@
 //!
 //! Every step that changes files runs on an overlay mount of its input's snapshots with a fresh upper directory;
 //! the upper directory *is* the step's layer (in overlayfs format), so committing a layer is a rename, and its
-//! diff_id is the digest of the tar it would become. A step that changed nothing adds no layer.
+//! diff_id is the digest of the tar it would become. A step that changed nothing adds an empty layer, as in
+//! BuildKit's images.
 
 use crate::cancel::Canceller;
 use crate::copy::{CopyOptions, copy_from};
@@ -166,23 +167,21 @@ impl LocalWorker {
         result
     }
 
-    /// Turns an upper directory into the next layer (or nothing, if it is empty).
+    /// Turns an upper directory into the next layer. A step that changed nothing still adds one, an empty layer,
+    /// as BuildKit's images have (a RUN, or a WORKDIR of a directory that exists, is a layer there either way).
     fn commit(&self, layers: &[Digest], upper: &Path) -> Result<Output, WorkerError> {
         let lowers = self.lowers(layers)?;
         prune_copied_up_dirs(upper, upper, &lowers);
-        let empty = fs::read_dir(upper).map(|mut d| d.next().is_none()).unwrap_or(true);
-        let mut out = layers.to_vec();
-        if !empty {
-            // SOURCE_DATE_EPOCH: clamp the snapshot itself, so its tar (made again at push or export) keeps this diff_id.
-            if let Some(epoch) = self.layer_opts.clamp_mtime {
-                rbuild_image::rootfs::clamp_mtimes(upper, epoch)
-                    .map_err(|e| WorkerError::failed("clamping mtimes to SOURCE_DATE_EPOCH", e))?;
-            }
-            let (id, _) =
-                diff_id(upper, &self.layer_opts).map_err(|e| WorkerError::failed("computing the layer digest", e))?;
-            self.store.commit_snapshot(upper, &id).map_err(|e| WorkerError::failed("saving the layer", e))?;
-            out.push(id);
+        // SOURCE_DATE_EPOCH: clamp the snapshot itself, so its tar (made again at push or export) keeps this diff_id.
+        if let Some(epoch) = self.layer_opts.clamp_mtime {
+            rbuild_image::rootfs::clamp_mtimes(upper, epoch)
+                .map_err(|e| WorkerError::failed("clamping mtimes to SOURCE_DATE_EPOCH", e))?;
         }
+        let (id, _) =
+            diff_id(upper, &self.layer_opts).map_err(|e| WorkerError::failed("computing the layer digest", e))?;
+        self.store.commit_snapshot(upper, &id).map_err(|e| WorkerError::failed("saving the layer", e))?;
+        let mut out = layers.to_vec();
+        out.push(id);
         Ok(Output::RootFs(out))
     }
 
