@@ -1106,13 +1106,21 @@ impl Converter<'_> {
                 env.push(format!("{k}={v}"));
             }
         }
-        for p in rbuild_solver::key::PROXY_VARS {
-            if let Some(v) = self.opts.build_args.get(*p)
-                && !state.has_env(p)
-                && state.arg_pos.get(*p).is_none_or(|&i| state.args[i].1.is_none())
-            {
-                self.used_args.insert(p.to_string());
-                env.push(format!("{p}={v}"));
+        // A proxy build arg reaches RUN in both spellings, as BuildKit's proxy environment does: tools read
+        // `http_proxy` or `HTTP_PROXY`, whichever they know. (Neither reaches the cache key or the history.)
+        for pair in rbuild_solver::key::PROXY_VARS.chunks(2) {
+            let [upper, lower] = pair else { continue };
+            let declared = |name: &str| state.arg_pos.get(name).is_some_and(|&i| state.args[i].1.is_some());
+            let value = [upper, lower].into_iter().find_map(|p| self.opts.build_args.get(*p).map(|v| (*p, v.clone())));
+            let Some((given, value)) = value else { continue };
+            if declared(upper) || declared(lower) {
+                continue;
+            }
+            self.used_args.insert(given.to_string());
+            for name in [upper, lower] {
+                if !state.has_env(name) {
+                    env.push(format!("{name}={value}"));
+                }
             }
         }
         env

@@ -382,3 +382,29 @@ fn redeclared_args_in_the_run_prefix_match_buildkit() {
     });
     assert_eq!(env.unwrap_or_default(), ["PATH=/usr/bin:/bin", "B=2", "A=3"]);
 }
+
+/// Regression (issue 11, item 13): `--build-arg http_proxy=...` reached RUN only as `http_proxy`; BuildKit's proxy
+/// environment has both spellings. Neither changes the step's cache key or its history.
+#[test]
+fn proxy_build_args_reach_run_in_both_spellings_and_stay_out_of_keys() {
+    use rbuild_solver::{Op, key::cache_key};
+    let run_env = |args: &[(&str, &str)]| {
+        let plan = convert_with("FROM base\nRUN fetch\n", &opts(args, None)).unwrap();
+        let exec = plan.graph.vertices.iter().find_map(|v| match &v.op {
+            Op::Exec(e) => Some(e.clone()),
+            _ => None,
+        });
+        let exec = exec.expect("a RUN");
+        let key = cache_key(&Op::Exec(exec.clone()), &[], &[]);
+        (exec.env, key, history(&plan))
+    };
+    let (env, key, hist) = run_env(&[("http_proxy", "http://proxy:3128"), ("NO_PROXY", "localhost")]);
+    for want in
+        ["HTTP_PROXY=http://proxy:3128", "http_proxy=http://proxy:3128", "NO_PROXY=localhost", "no_proxy=localhost"]
+    {
+        assert!(env.iter().any(|e| e == want), "{want} missing from {env:?}");
+    }
+    let (_, plain_key, plain_hist) = run_env(&[]);
+    assert_eq!(key, plain_key, "proxies stay out of the cache key");
+    assert_eq!(hist, plain_hist, "and out of the history");
+}

@@ -13,7 +13,8 @@ use serde::Serialize;
 /// Bumped whenever the meaning of a key changes, so old cache entries are never confused with new ones.
 pub const KEY_VERSION: u32 = 1;
 
-/// Variables that change how a step reaches the network, not what it produces (BuildKit's proxy build args).
+/// Variables that change how a step reaches the network, not what it produces (BuildKit's proxy build args), in
+/// (UPPER, lower) pairs: a RUN sees both spellings of each.
 pub const PROXY_VARS: &[&str] = &[
     "HTTP_PROXY",
     "http_proxy",
