@@ -15,6 +15,19 @@ fn containers(store: &Path) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
 }
 
+/// `rbuild build CTX` into the workspace's store, running in the background, its output discarded.
+fn spawn_build(ws: &Workspace, ctx: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("--root")
+        .arg(ws.path("store"))
+        .args(["build", ctx.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Processes whose command line contains `needle`.
 fn processes_with(needle: &str) -> usize {
     std::fs::read_dir("/proc")
@@ -39,15 +52,7 @@ fn a_container_of_a_killed_build_is_stopped_and_reported_by_the_next_start() {
     ws.build_base("store", "base");
     let marker = format!("sleep 4{}", std::process::id() % 1000 + 1000);
     let ctx = ws.context("slow", &[("Dockerfile", &format!("FROM base\nRUN {marker}\n"))]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .arg("--root")
-        .arg(ws.path("store"))
-        .args(["build", ctx.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_build(&ws, &ctx);
     let deadline = Instant::now() + Duration::from_secs(60);
     while processes_with(&marker) == 0 {
         assert!(Instant::now() < deadline, "the RUN step never started");
@@ -226,15 +231,7 @@ fn a_trickling_registry_times_out_and_a_second_ctrl_c_exits_at_once() {
     assert!(stderr.contains("did not finish within 2s"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rbuild"))
-        .arg("--root")
-        .arg(ws.path("store"))
-        .args(["build", ctx.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_build(&ws, &ctx);
     std::thread::sleep(Duration::from_millis(1500));
     let pid = child.id().to_string();
     cmd("kill", &["-INT", &pid]);
