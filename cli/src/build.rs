@@ -65,6 +65,9 @@ pub struct BuildArgs {
     /// or comma-separated
     #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',')]
     allow: Vec<String>,
+    /// Set a label on the image (KEY=VALUE; wins over a LABEL of the same key in the Dockerfile)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     #[command(flatten)]
     outputs: crate::outputs::OutputArgs,
     /// The build context directory
@@ -144,6 +147,19 @@ fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
                 }
             }
         }
+    }
+    Ok(out)
+}
+
+/// `--label KEY=VALUE` (as docker: `--label KEY` alone is an empty value).
+fn parse_labels(args: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        let (k, v) = a.split_once('=').unwrap_or((a.as_str(), ""));
+        if k.is_empty() {
+            bail!("invalid --label {a:?}: the key is empty");
+        }
+        out.insert(k.to_string(), v.to_string());
     }
     Ok(out)
 }
@@ -230,6 +246,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
     }
     let outputs = crate::outputs::plan(&args.outputs, &tags, args.push)?;
+    let labels = parse_labels(&args.labels)?;
     let platform = crate::outputs::platform(&args.outputs)?;
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => {
@@ -333,7 +350,10 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
 
-    let config = rbuild_frontend::history::image_config(&plan, &solved, chrono::Utc::now().timestamp(), epoch);
+    let mut config = rbuild_frontend::history::image_config(&plan, &solved, chrono::Utc::now().timestamp(), epoch);
+    if !labels.is_empty() {
+        config.config.labels.get_or_insert_with(Default::default).extend(labels);
+    }
     let config_digest = store.write_blob(&to_canonical_json(&config))?;
     eprintln!("writing image {config_digest}");
     for t in &tags {

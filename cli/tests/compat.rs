@@ -119,3 +119,19 @@ fn a_stage_rebuilt_to_the_same_files_invalidates_nothing_downstream() {
     assert_eq!(ran.len(), 1, "only the changed stage step runs:\n{}", second.stderr);
     assert!(!second.stderr.contains("downstream-2"), "{}", second.stderr);
 }
+
+/// Item 17: `--label k=v` on the command line lands in the image config, over a Dockerfile LABEL of the same key.
+#[test]
+fn command_line_labels_land_in_the_image_and_win_over_the_dockerfile() {
+    let ws = Workspace::new();
+    let ctx =
+        ws.context("labels", &[("Dockerfile", "FROM scratch\nLABEL a=dockerfile b=kept\nCOPY f /f\n"), ("f", "x")]);
+    let ctx = ctx.to_str().unwrap();
+    ws.rbuild("store", &["build", "-t", "labelled", "--label", "a=cli", "--label", "c=new", ctx]).success();
+    let inspect = ws.rbuild("store", &["inspect", "labelled"]).success();
+    let doc: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    let labels = &doc["Config"]["config"]["Labels"];
+    assert_eq!(labels, &serde_json::json!({"a": "cli", "b": "kept", "c": "new"}), "{}", inspect.stdout);
+    let bad = ws.rbuild("store", &["build", "--label", "=x", ctx]);
+    assert_eq!(bad.code, Some(1), "{}", bad.stderr);
+}
