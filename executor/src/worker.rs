@@ -9,7 +9,7 @@ use crate::copy::{CopyOptions, copy};
 use crate::mounts::{MountSources, prepare};
 use crate::overlay::mount_overlay;
 use crate::runtime::network::NetworkStack;
-use crate::runtime::{NetworkMode, RunSpec, Runtime};
+use crate::runtime::{ContainerOptions, NetworkMode, RunSpec, Runtime};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
 use rbuild_cache::contenthash::{Selection, StatCache, content_digest};
@@ -38,6 +38,8 @@ pub struct LocalWorker {
     /// The build's private network, started by the first RUN with the default network (see
     /// [`crate::runtime::network`]) and stopped by [`LocalWorker::finish`] or drop.
     network: Mutex<Option<Arc<NetworkStack>>>,
+    /// Limits and settings of every RUN container (`--memory`, `--add-host`, ...).
+    container: ContainerOptions,
 }
 
 impl LocalWorker {
@@ -59,12 +61,19 @@ impl LocalWorker {
             canceller: Canceller::new(),
             bundles,
             network: Mutex::new(None),
+            container: ContainerOptions::default(),
         })
     }
 
     /// The secrets and SSH agents `RUN --mount=type=secret|ssh` steps may use.
     pub fn with_mount_sources(mut self, sources: MountSources) -> LocalWorker {
         self.mount_sources = sources;
+        self
+    }
+
+    /// The limits and settings RUN containers get (the build's `--memory`, `--add-host`, `--ulimit`, ...).
+    pub fn with_container_options(mut self, options: ContainerOptions) -> LocalWorker {
+        self.container = options;
         self
     }
 
@@ -504,6 +513,7 @@ impl Worker for LocalWorker {
                 mounts: mounts.binds.clone(),
                 tmpfs: mounts.tmpfs.clone(),
                 bundle_dir: mounts.bundle_dir.clone(),
+                options: self.container.clone(),
             };
             let result =
                 self.runtime.run(&spec, log).map_err(|e| WorkerError::failed(format!("running {command:?}"), e));
