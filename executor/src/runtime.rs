@@ -311,6 +311,10 @@ impl Runtime {
             return Err(RuntimeError::Start { id, message: runc_errors.join("; ") });
         }
         let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1);
+        let mut tail = tail;
+        if let Some(hint) = oom_hint(exit_code, &spec.options) {
+            tail.push(hint);
+        }
         Ok(RunResult { exit_code, tail })
     }
 }
@@ -386,6 +390,16 @@ fn is_executable(path: &Path) -> bool {
 
 fn write_file(path: &Path, contents: &[u8]) -> Result<(), RuntimeError> {
     std::fs::write(path, contents).map_err(|source| RuntimeError::WriteBundle { path: path.to_path_buf(), source })
+}
+
+/// A line for the step's error when it was killed (SIGKILL: exit code 137) under a memory limit: the kernel's OOM
+/// killer is the likely cause, and `docker build` users expect to be told. (runc removes the container's cgroup,
+/// and with it the OOM counter, before rbuild could read it.)
+fn oom_hint(exit_code: i32, options: &ContainerOptions) -> Option<String> {
+    let limit = options.memory?;
+    (exit_code == 128 + 9).then(|| {
+        format!("rbuild: killed (SIGKILL) under --memory {} MiB: most likely out of memory", limit / (1024 * 1024))
+    })
 }
 
 /// The container's `/etc/hosts`: localhost, the container's name, then the `--add-host` entries in order.
@@ -542,6 +556,17 @@ mod tests {
     fn hosts_file_names_the_host() {
         assert_eq!(hosts_file("box", &[]), "127.0.0.1\tlocalhost\tbox\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         assert_eq!(hosts_file("", &[]), "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    }
+
+    #[test]
+    fn oom_hint_only_for_sigkill_under_a_memory_limit() {
+        let limited = ContainerOptions { memory: Some(64 << 20), ..ContainerOptions::default() };
+        assert_eq!(
+            oom_hint(137, &limited).as_deref(),
+            Some("rbuild: killed (SIGKILL) under --memory 64 MiB: most likely out of memory")
+        );
+        assert_eq!(oom_hint(1, &limited), None);
+        assert_eq!(oom_hint(137, &ContainerOptions::default()), None);
     }
 
     #[test]

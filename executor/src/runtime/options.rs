@@ -62,6 +62,19 @@ impl Default for ContainerOptions {
 }
 
 impl ContainerOptions {
+    /// Docker's swap default: with a memory limit and no `--memory-swap`, as much swap as memory (memory plus swap
+    /// is twice the limit). Only where the kernel accounts swap (`host_limits_swap`): runc fails to set a swap
+    /// limit the cgroup has no file for.
+    pub fn with_swap_default(mut self, host_limits_swap: bool) -> ContainerOptions {
+        if host_limits_swap
+            && self.memory_swap.is_none()
+            && let Some(memory) = self.memory
+        {
+            self.memory_swap = Some(memory.saturating_mul(2));
+        }
+        self
+    }
+
     /// Checks the combination of memory flags as Docker does: a swap limit needs a memory limit no larger than it.
     pub fn validate(&self) -> Result<(), OptionError> {
         match (self.memory, self.memory_swap) {
@@ -72,6 +85,13 @@ impl ContainerOptions {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether this host's cgroups can limit swap: cgroup v2 (`memory.swap.max`), or cgroup v1 with swap accounting
+/// (`memory.memsw.limit_in_bytes`).
+pub fn host_limits_swap() -> bool {
+    let cgroup = std::path::Path::new("/sys/fs/cgroup");
+    cgroup.join("cgroup.controllers").exists() || cgroup.join("memory/memory.memsw.limit_in_bytes").exists()
 }
 
 /// One `--add-host` entry.
@@ -278,6 +298,10 @@ mod tests {
         assert_eq!(opts(Some(1 << 30), Some(-1)).validate(), Ok(()));
         assert_eq!(opts(None, Some(-1)).validate(), Ok(()));
         assert_eq!(opts(Some(1 << 30), Some(2 << 30)).validate(), Ok(()));
+        assert_eq!(opts(Some(1 << 30), None).with_swap_default(true).memory_swap, Some(2 << 30));
+        assert_eq!(opts(Some(1 << 30), None).with_swap_default(false).memory_swap, None);
+        assert_eq!(opts(Some(1 << 30), Some(-1)).with_swap_default(true).memory_swap, Some(-1));
+        assert_eq!(opts(None, None).with_swap_default(true).memory_swap, None);
     }
 
     #[test]

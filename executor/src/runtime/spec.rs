@@ -477,7 +477,10 @@ mod tests {
         assert_eq!(r["memory"], serde_json::json!({"limit": 64 << 20, "swap": -1}));
         assert_eq!(r["cpu"], serde_json::json!({"shares": 512, "period": 100_000, "quota": 50_000, "cpus": "0"}));
         assert_eq!(r["pids"]["limit"], 100);
-        assert_eq!(json["process"]["rlimits"], serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200}]));
+        assert_eq!(
+            json["process"]["rlimits"],
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200}])
+        );
         let mounts = json["mounts"].as_array().expect("mounts");
         let shm: Vec<_> = mounts.iter().filter(|m| m["destination"] == "/dev/shm").collect();
         assert_eq!(shm.len(), 1);

@@ -1,0 +1,160 @@
+//! Issue 12's RUN-container flags through real `rbuild build` runs on runc: cgroup limits (`--memory`, the default
+//! pids limit and `--pids-limit`), `--add-host`, `--shm-size`, `--ulimit`, and (issue 11 item 11) a step's tmpfs
+//! at `/dev/shm` replacing the default one. Each test asserts what the step saw or what stopped it.
+
+use crate::support::{Run, Workspace, require};
+use serde_json::Value;
+
+/// A file of image `name`'s top-most layer that has it.
+fn image_file(ws: &Workspace, store: &str, name: &str, path: &str) -> String {
+    let run = ws.rbuild(store, &["inspect", name]).success();
+    let doc: Value = serde_json::from_str(&run.stdout).expect("inspect prints JSON");
+    let layers: Vec<String> = doc["Config"]["rootfs"]["diff_ids"]
+        .as_array()
+        .expect("diff_ids")
+        .iter()
+        .filter_map(|d| d.as_str().map(|d| d.trim_start_matches("sha256:").to_string()))
+        .collect();
+    layers
+        .iter()
+        .rev()
+        .map(|l| ws.path(store).join("snapshots").join(l).join(path.trim_start_matches('/')))
+        .find(|p| p.exists())
+        .map(|p| std::fs::read_to_string(&p).expect("read"))
+        .unwrap_or_else(|| panic!("{path} is not in image {name}"))
+}
+
+/// Builds `FROM base` plus `body` with extra flags.
+fn build(ws: &Workspace, name: &str, body: &str, flags: &[&str]) -> Run {
+    let ctx = ws.context(name, &[("Dockerfile", &format!("FROM base\n{body}\n"))]);
+    let mut args = vec!["build", "-t", name];
+    args.extend_from_slice(flags);
+    let ctx = ctx.to_str().expect("utf-8").to_string();
+    args.push(&ctx);
+    ws.rbuild("s", &args)
+}
+
+/// The numbers a fork loop printed as `started N`, the last one.
+fn last_started(run: &Run) -> Option<u32> {
+    run.stderr.lines().filter_map(|l| l.split("started ").nth(1)).filter_map(|n| n.trim().parse().ok()).last()
+}
+
+#[test]
+fn memory_limit_kills_a_step_that_allocates_more() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    // busybox `tail` keeps its whole input when it has no newline: 200 MiB of real memory.
+    let body = "RUN head -c 200m /dev/zero | tail > /dev/null";
+    let limited = build(&ws, "mem", body, &["--memory", "64m"]);
+    assert_ne!(limited.code, Some(0), "a 200 MiB step passed under --memory 64m:\n{}", limited.stderr);
+    assert!(limited.stderr.contains("exit code: 137"), "killed by SIGKILL:\n{}", limited.stderr);
+    assert!(limited.stderr.contains("most likely out of memory"), "the error says why:\n{}", limited.stderr);
+    // The same step without the limit passes: it was the limit that stopped it.
+    build(&ws, "mem", body, &["--no-cache"]).success();
+}
+
+#[test]
+fn default_pids_limit_stops_a_fork_loop() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    // Bounded just above the default limit (16384), so it ends either way; the sleepers die with the container.
+    let body = "RUN n=0; while [ $n -lt 16500 ]; do sleep 300 & n=$((n+1)); \
+                [ $((n % 500)) = 0 ] && echo started $n; done; kill $(jobs -p) 2>/dev/null; echo all started";
+    let run = build(&ws, "pids", body, &[]);
+    assert_ne!(run.code, Some(0), "16500 processes started in one step:\n{}", run.stderr);
+    assert!(run.stderr.contains("can't fork"), "{}", run.stderr);
+    let last = last_started(&run).expect("progress lines");
+    assert!((15_000..16_384).contains(&last), "stopped near the default limit, after {last}");
+}
+
+#[test]
+fn pids_limit_flag_sets_the_limit() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    let body = "RUN n=0; while [ $n -lt 200 ]; do sleep 300 & n=$((n+1)); echo started $n; done; \
+                kill $(jobs -p); echo all started";
+    let run = build(&ws, "pids", body, &["--pids-limit", "64"]);
+    assert_ne!(run.code, Some(0), "200 processes started under --pids-limit 64:\n{}", run.stderr);
+    assert!(run.stderr.contains("can't fork"), "{}", run.stderr);
+    let last = last_started(&run).expect("progress lines");
+    assert!((50..64).contains(&last), "stopped at the limit, after {last}");
+    // Without a limit the same loop completes.
+    let free = build(&ws, "pids", body, &["--pids-limit", "-1", "--no-cache"]).success();
+    assert_eq!(last_started(&free), Some(200));
+}
+
+#[test]
+fn add_host_entries_show_in_etc_hosts() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    build(
+        &ws,
+        "hosts",
+        "RUN cat /etc/hosts > /hosts",
+        &["--add-host", "db:10.1.2.3", "--add-host=cache=10.1.2.4", "--add-host", "v6:fd00::5"],
+    )
+    .success();
+    let hosts = image_file(&ws, "s", "hosts", "/hosts");
+    let lines: Vec<&str> = hosts.lines().collect();
+    assert_eq!(lines[lines.len() - 3..], ["10.1.2.3\tdb", "10.1.2.4\tcache", "fd00::5\tv6"], "{hosts}");
+    assert!(hosts.starts_with("127.0.0.1\tlocalhost"), "{hosts}");
+    let refused = build(&ws, "gw", "RUN true", &["--add-host", "gw:host-gateway"]);
+    assert_ne!(refused.code, Some(0));
+    assert!(refused.stderr.contains("host-gateway is not supported"), "{}", refused.stderr);
+}
+
+#[test]
+fn shm_size_sets_the_size_of_dev_shm() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    let body = "RUN df -k /dev/shm | tail -1 | awk '{print $2}' > /shm";
+    build(&ws, "shm", body, &["--shm-size", "128m"]).success();
+    assert_eq!(image_file(&ws, "s", "shm", "/shm").trim(), "131072");
+    build(&ws, "shm-default", body, &["--no-cache"]).success();
+    assert_eq!(image_file(&ws, "s", "shm-default", "/shm").trim(), "65536", "Docker's 64m by default");
+}
+
+#[test]
+fn ulimit_sets_the_steps_rlimits() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    build(&ws, "ulimit", "RUN echo $(ulimit -Sn) $(ulimit -Hn) > /nofile", &["--ulimit", "nofile=100:200"]).success();
+    assert_eq!(image_file(&ws, "s", "ulimit", "/nofile").trim(), "100 200");
+}
+
+#[test]
+fn tmpfs_mount_at_dev_shm_replaces_the_default_one() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    build(
+        &ws,
+        "shm-mount",
+        "RUN --mount=type=tmpfs,target=/dev/shm,size=1m grep ' /dev/shm ' /proc/self/mountinfo > /mounts",
+        &[],
+    )
+    .success();
+    let mounts = image_file(&ws, "s", "shm-mount", "/mounts");
+    assert_eq!(mounts.lines().count(), 1, "one /dev/shm mount:\n{mounts}");
+    assert!(mounts.contains("size=1024k"), "the step's size:\n{mounts}");
+}
