@@ -36,7 +36,7 @@ fn build(ws: &Workspace, name: &str, body: &str, flags: &[&str]) -> Run {
 
 /// The numbers a fork loop printed as `started N`, the last one.
 fn last_started(run: &Run) -> Option<u32> {
-    run.stderr.lines().filter_map(|l| l.split("started ").nth(1)).filter_map(|n| n.trim().parse().ok()).last()
+    run.stderr.lines().filter_map(|l| l.split("started ").nth(1)).filter_map(|n| n.trim().parse().ok()).next_back()
 }
 
 #[test]
