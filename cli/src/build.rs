@@ -93,6 +93,9 @@ struct ContainerArgs {
     /// CFS quota of RUN steps, in microseconds per period
     #[arg(long, value_name = "MICROSECONDS", allow_hyphen_values = true)]
     cpu_quota: Option<i64>,
+    /// Number of CPUs each RUN step may use (e.g. 1.5): a CFS quota per 100 ms period
+    #[arg(long, value_name = "CPUS", value_parser = options::parse_cpus, conflicts_with_all = ["cpu_period", "cpu_quota"])]
+    cpus: Option<i64>,
     /// CPUs RUN steps may use (e.g. 0-2,4)
     #[arg(long, value_name = "CPUS", value_parser = options::parse_cpuset)]
     cpuset_cpus: Option<String>,
@@ -116,8 +119,8 @@ impl ContainerArgs {
             memory: self.memory,
             memory_swap: self.memory_swap,
             cpu_shares: self.cpu_shares,
-            cpu_period: self.cpu_period,
-            cpu_quota: self.cpu_quota,
+            cpu_period: self.cpu_period.or(self.cpus.map(|_| options::CPUS_PERIOD)),
+            cpu_quota: self.cpu_quota.or(self.cpus),
             cpuset_cpus: self.cpuset_cpus.clone(),
             pids_limit: Some(self.pids_limit).filter(|n| *n > 0),
             extra_hosts: self.add_hosts.clone(),
@@ -507,6 +510,9 @@ mod tests {
         assert_eq!(d, options::ContainerOptions::default());
         assert_eq!(container_options(&["--pids-limit=-1"]).expect("unlimited").pids_limit, None);
         assert_eq!(container_options(&["--pids-limit=50"]).expect("50").pids_limit, Some(50));
+        let cpus = container_options(&["--cpus=1.5"]).expect("cpus");
+        assert_eq!((cpus.cpu_period, cpus.cpu_quota), (Some(100_000), Some(150_000)));
+        assert!(container_options(&["--cpus=1", "--cpu-quota=5000"]).is_err(), "conflicting, as in Docker");
     }
 
     #[test]

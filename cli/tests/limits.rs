@@ -158,3 +158,24 @@ fn tmpfs_mount_at_dev_shm_replaces_the_default_one() {
     assert_eq!(mounts.lines().count(), 1, "one /dev/shm mount:\n{mounts}");
     assert!(mounts.contains("size=1024k"), "the step's size:\n{mounts}");
 }
+
+#[test]
+fn cpuset_cpus_and_cpus_apply_to_the_step() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    let body = "RUN grep Cpus_allowed_list /proc/self/status | awk '{print $2}' > /cpus";
+    build(&ws, "cpuset", body, &["--cpuset-cpus", "0", "--cpus", "0.5"]).success();
+    assert_eq!(image_file(&ws, "s", "cpuset", "/cpus").trim(), "0");
+    // A tenth of a CPU: a busy loop's CPU time is about a tenth of its wall time. (Unlimited, it is more than half
+    // even on a loaded 2-core machine; a shared machine only lowers the ratio further, so the bound is one-sided.)
+    let body = "RUN busybox time -f '%e %U %S' sh -c 'i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done' 2> /time";
+    build(&ws, "quota", body, &["--cpus", "0.1"]).success();
+    let time = image_file(&ws, "s", "quota", "/time");
+    let nums: Vec<f64> = time.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    let [wall, user, sys] = nums[..] else { panic!("busybox time printed {time:?}") };
+    assert!(wall > 0.5, "the loop ran long enough to measure: {time}");
+    assert!((user + sys) / wall < 0.3, "throttled to a tenth of a CPU: {time}");
+}

@@ -16,6 +16,12 @@ use oci_spec::runtime::PosixRlimitType;
 /// 16384 still stops a fork bomb long before the host's `pid_max`.
 pub const DEFAULT_PIDS_LIMIT: i64 = 16384;
 
+/// The smallest `--memory` Docker accepts (6 MiB); below it a container cannot even start its process.
+pub const MIN_MEMORY: i64 = 6 * 1024 * 1024;
+
+/// The CFS period `--cpus` uses, Docker's (100 ms).
+pub const CPUS_PERIOD: u64 = 100_000;
+
 /// The size of `/dev/shm` unless `--shm-size` says otherwise: Docker's 64 MiB.
 pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
 
@@ -77,6 +83,22 @@ impl ContainerOptions {
 
     /// Checks the combination of memory flags as Docker does: a swap limit needs a memory limit no larger than it.
     pub fn validate(&self) -> Result<(), OptionError> {
+        if let Some(memory) = self.memory
+            && memory < MIN_MEMORY
+        {
+            return Err(OptionError::MemoryTooSmall { memory });
+        }
+        if let Some(period) = self.cpu_period
+            && !(1000..=1_000_000).contains(&period)
+        {
+            return Err(OptionError::CpuPeriod { period });
+        }
+        if let Some(quota) = self.cpu_quota
+            && quota != -1
+            && quota < 1000
+        {
+            return Err(OptionError::CpuQuota { quota });
+        }
         match (self.memory, self.memory_swap) {
             (None, Some(swap)) if swap != -1 => Err(OptionError::SwapWithoutMemory),
             (Some(memory), Some(swap)) if swap != -1 && swap < memory => {
@@ -117,6 +139,14 @@ pub enum OptionError {
     Size { value: String },
     #[error("invalid --memory-swap {value:?}: use a size (e.g. 1g) or -1 for unlimited swap")]
     Swap { value: String },
+    #[error("--memory {memory} is below the minimum of 6 MiB")]
+    MemoryTooSmall { memory: i64 },
+    #[error("--cpu-period {period} is out of range: use 1000 to 1000000 microseconds")]
+    CpuPeriod { period: u64 },
+    #[error("--cpu-quota {quota} is out of range: use at least 1000 microseconds, or -1 for none")]
+    CpuQuota { quota: i64 },
+    #[error("invalid --cpus {value:?}: use a positive number of CPUs, e.g. 1.5")]
+    Cpus { value: String },
     #[error("--memory-swap needs --memory: set the memory limit too")]
     SwapWithoutMemory,
     #[error("--memory-swap {swap} is below --memory {memory}: it is the total of memory and swap")]
@@ -257,6 +287,17 @@ pub fn parse_ulimit(value: &str) -> Result<Ulimit, OptionError> {
     Ok(Ulimit { typ, soft, hard })
 }
 
+/// `--cpus`: a number of CPUs, as the CFS quota per [`CPUS_PERIOD`] (`1.5` is 150000 per 100000).
+pub fn parse_cpus(value: &str) -> Result<i64, OptionError> {
+    let err = || OptionError::Cpus { value: value.to_string() };
+    let cpus: f64 = value.trim().parse().map_err(|_| err())?;
+    let quota = (cpus * CPUS_PERIOD as f64).round();
+    if !quota.is_finite() || quota < 1000.0 || quota > i64::MAX as f64 {
+        return Err(err());
+    }
+    Ok(quota as i64)
+}
+
 /// A plain number flag (`--cpu-shares`, `--cpu-period`, `--cpu-quota`).
 pub fn parse_number<T: std::str::FromStr>(flag: &'static str, value: &str) -> Result<T, OptionError> {
     value.trim().parse().map_err(|_| OptionError::Number { flag, value: value.to_string() })
@@ -332,6 +373,28 @@ mod tests {
         assert!(matches!(parse_ulimit("files=1"), Err(OptionError::UlimitName { .. })));
         for bad in ["nofile", "nofile=", "nofile=a:b", "nofile=1:"] {
             assert!(matches!(parse_ulimit(bad), Err(OptionError::Ulimit { .. })), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn memory_and_cpu_ranges_are_dockers() {
+        let check = |o: ContainerOptions| o.validate();
+        let d = ContainerOptions::default;
+        assert_eq!(
+            check(ContainerOptions { memory: Some(1 << 20), ..d() }),
+            Err(OptionError::MemoryTooSmall { memory: 1 << 20 })
+        );
+        assert_eq!(check(ContainerOptions { memory: Some(MIN_MEMORY), ..d() }), Ok(()));
+        assert_eq!(
+            check(ContainerOptions { cpu_period: Some(999), ..d() }),
+            Err(OptionError::CpuPeriod { period: 999 })
+        );
+        assert_eq!(check(ContainerOptions { cpu_quota: Some(10), ..d() }), Err(OptionError::CpuQuota { quota: 10 }));
+        assert_eq!(check(ContainerOptions { cpu_quota: Some(-1), cpu_period: Some(1000), ..d() }), Ok(()));
+        assert_eq!(parse_cpus("1.5"), Ok(150_000));
+        assert_eq!(parse_cpus("0.01"), Ok(1000));
+        for bad in ["0", "-1", "x", "0.001"] {
+            assert!(matches!(parse_cpus(bad), Err(OptionError::Cpus { .. })), "{bad:?}");
         }
     }
 
