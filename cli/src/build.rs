@@ -6,6 +6,7 @@ use crate::resolver::StoreResolver;
 use crate::{Env, open_store};
 use anyhow::{Context as _, Result, bail};
 use rbuild_cache::ImageRecord;
+use rbuild_executor::runtime::options;
 use rbuild_executor::worker::LocalWorker;
 use rbuild_frontend::{ConvertOptions, NoCache, convert};
 use rbuild_image::registry::{ImageRef, RegistryClient};
@@ -70,8 +71,68 @@ pub struct BuildArgs {
     labels: Vec<String>,
     #[command(flatten)]
     outputs: crate::outputs::OutputArgs,
+    #[command(flatten)]
+    container: ContainerArgs,
     /// The build context directory
     context: PathBuf,
+}
+
+/// The settings of RUN containers, as `docker build` defines them (sizes like `64m`, `1g`); see
+/// [`rbuild_executor::runtime::options`].
+#[derive(Debug, Clone, clap::Args)]
+struct ContainerArgs {
+    /// Memory limit of each RUN step (e.g. 64m, 1g)
+    #[arg(short = 'm', long, value_name = "BYTES", value_parser = options::parse_memory)]
+    memory: Option<i64>,
+    /// Memory plus swap limit of each RUN step; -1 for unlimited swap
+    #[arg(long, value_name = "BYTES", value_parser = options::parse_memory_swap, allow_hyphen_values = true)]
+    memory_swap: Option<i64>,
+    /// CPU shares (relative weight) of RUN steps
+    #[arg(short = 'c', long, value_name = "SHARES")]
+    cpu_shares: Option<u64>,
+    /// CFS period of RUN steps, in microseconds
+    #[arg(long, value_name = "MICROSECONDS")]
+    cpu_period: Option<u64>,
+    /// CFS quota of RUN steps, in microseconds per period
+    #[arg(long, value_name = "MICROSECONDS", allow_hyphen_values = true)]
+    cpu_quota: Option<i64>,
+    /// Number of CPUs each RUN step may use (e.g. 1.5): a CFS quota per 100 ms period
+    #[arg(long, value_name = "CPUS", value_parser = options::parse_cpus, conflicts_with_all = ["cpu_period", "cpu_quota"])]
+    cpus: Option<i64>,
+    /// CPUs RUN steps may use (e.g. 0-2,4)
+    #[arg(long, value_name = "CPUS", value_parser = options::parse_cpuset)]
+    cpuset_cpus: Option<String>,
+    /// Maximum number of processes and threads in each RUN step (rbuild's; -1 or 0 for no limit)
+    #[arg(long, value_name = "N", default_value_t = options::DEFAULT_PIDS_LIMIT, allow_hyphen_values = true)]
+    pids_limit: i64,
+    /// Add a host to the /etc/hosts of RUN steps: HOST:IP or HOST=IP; repeatable
+    #[arg(long = "add-host", value_name = "HOST:IP", value_parser = options::parse_add_host)]
+    add_hosts: Vec<options::HostEntry>,
+    /// Size of /dev/shm in RUN steps [default: 64m]
+    #[arg(long, value_name = "BYTES", value_parser = options::parse_shm_size)]
+    shm_size: Option<u64>,
+    /// A resource limit of RUN steps: NAME=SOFT[:HARD] (e.g. nofile=1024:2048); repeatable
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]", value_parser = options::parse_ulimit)]
+    ulimits: Vec<options::Ulimit>,
+}
+
+impl ContainerArgs {
+    fn options(&self) -> Result<options::ContainerOptions> {
+        let out = options::ContainerOptions {
+            memory: self.memory,
+            memory_swap: self.memory_swap,
+            cpu_shares: self.cpu_shares,
+            cpu_period: self.cpu_period.or(self.cpus.map(|_| options::CPUS_PERIOD)),
+            cpu_quota: self.cpu_quota.or(self.cpus),
+            cpuset_cpus: self.cpuset_cpus.clone(),
+            pids_limit: Some(self.pids_limit).filter(|n| *n > 0),
+            extra_hosts: self.add_hosts.clone(),
+            shm_size: self.shm_size.unwrap_or(options::DEFAULT_SHM_SIZE),
+            ulimits: self.ulimits.clone(),
+        };
+        out.validate()?;
+        Ok(out.with_swap_default(options::host_limits_swap()))
+    }
 }
 
 /// `--network`: the network mode RUN steps get unless they say otherwise.
@@ -256,6 +317,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     };
 
     let entitlements = parse_entitlements(&args.allow)?;
+    let container_options = args.container.options()?;
     if args.network == NetworkFlag::Host && !entitlements.network_host {
         bail!("--network host needs the network.host entitlement; {NETWORK_HOST_HINT}");
     }
@@ -301,6 +363,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let worker = Arc::new(
         LocalWorker::new(store.clone(), context_abs, epoch)?
             .with_mount_sources(mount_sources)
+            .with_container_options(container_options)
             .with_canceller(canceller),
     );
     let progress = Arc::new(PlainProgress::new());
@@ -458,5 +521,67 @@ mod tests {
         assert_eq!(err.message, "RUN --network=host needs the network.host entitlement");
         assert_eq!(err.location, Some(Location { start_line: 3, end_line: 3 }));
         assert!(err.hint.as_deref().is_some_and(|h| h.contains("--allow network.host")), "{err:?}");
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct ContainerFlags {
+        #[command(flatten)]
+        container: ContainerArgs,
+    }
+
+    fn container_options(args: &[&str]) -> Result<options::ContainerOptions> {
+        use clap::Parser as _;
+        let flags = ContainerFlags::try_parse_from(std::iter::once("build").chain(args.iter().copied()))?;
+        flags.container.options()
+    }
+
+    #[test]
+    fn container_flags_take_dockers_syntax() {
+        let o = container_options(&[
+            "--memory=64m",
+            "--memory-swap",
+            "-1",
+            "--cpu-shares=512",
+            "--cpu-quota=-1",
+            "--cpuset-cpus=0-1",
+            "--add-host=db:10.1.2.3",
+            "--add-host",
+            "cache=10.1.2.4",
+            "--shm-size=128m",
+            "--ulimit",
+            "nofile=100:200",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (o.memory, o.memory_swap, o.cpu_shares, o.cpu_quota),
+            (Some(64 << 20), Some(-1), Some(512), Some(-1))
+        );
+        assert_eq!(o.cpuset_cpus.as_deref(), Some("0-1"));
+        let hosts: Vec<String> = o.extra_hosts.iter().map(|h| format!("{}={}", h.host, h.ip)).collect();
+        assert_eq!(hosts, ["db=10.1.2.3", "cache=10.1.2.4"]);
+        assert_eq!(o.shm_size, 128 << 20);
+        assert_eq!((o.ulimits[0].soft, o.ulimits[0].hard), (100, 200));
+        assert_eq!(o.pids_limit, Some(options::DEFAULT_PIDS_LIMIT));
+
+        let d = container_options(&[]).expect("defaults");
+        assert_eq!(d, options::ContainerOptions::default());
+        assert_eq!(container_options(&["--pids-limit=-1"]).expect("unlimited").pids_limit, None);
+        assert_eq!(container_options(&["--pids-limit=50"]).expect("50").pids_limit, Some(50));
+        let cpus = container_options(&["--cpus=1.5"]).expect("cpus");
+        assert_eq!((cpus.cpu_period, cpus.cpu_quota), (Some(100_000), Some(150_000)));
+        assert!(container_options(&["--cpus=1", "--cpu-quota=5000"]).is_err(), "conflicting, as in Docker");
+    }
+
+    #[test]
+    fn container_flags_refuse_bad_values_clearly() {
+        let err = container_options(&["--memory-swap=1g"]).expect_err("no memory");
+        assert!(err.to_string().contains("--memory-swap needs --memory"), "{err}");
+        let err = container_options(&["--memory=1g", "--memory-swap=512m"]).expect_err("below");
+        assert!(err.to_string().contains("below --memory"), "{err}");
+        let err = container_options(&["--add-host=gw:host-gateway"]).expect_err("gateway");
+        assert!(err.to_string().contains("host-gateway is not supported"), "{err}");
+        for bad in [&["--memory=lots"][..], &["--ulimit=nofile"], &["--add-host=db"], &["--shm-size=0"]] {
+            assert!(container_options(bad).is_err(), "{bad:?}");
+        }
     }
 }

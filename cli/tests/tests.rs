@@ -10,6 +10,7 @@ mod errors;
 mod executor;
 mod frontend_builds;
 mod hardening;
+mod limits;
 mod network;
 mod outputs;
 mod pull;

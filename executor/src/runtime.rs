@@ -15,9 +15,13 @@
 //! Cleanup is unconditional (a drop guard): `runc delete -f`, removing mount-point stubs (see [`stubs`]) and
 //! deleting the bundle directory, whether the step succeeded, failed, or the callback panicked.
 //!
-//! Not done here: AppArmor, cgroup limits and cancellation by timeout.
+//! Each container gets its own cgroup (runc's default: one named by the container id, under rbuild's own), where
+//! the build's [`ContainerOptions`] limits apply — including a default pids limit, so a fork bomb stops there.
+//!
+//! Not done here: AppArmor and cancellation by timeout.
 
 pub mod network;
+pub mod options;
 pub mod seccomp;
 pub mod spec;
 pub mod stubs;
@@ -31,6 +35,7 @@ use std::process::{Child, Command, Stdio};
 
 use crate::cancel::{Cancelled, Canceller, Registration};
 use crate::user::{ResolvedUser, resolve_in_root};
+pub use options::ContainerOptions;
 use stubs::MountStubs;
 
 /// How many lines of output [`RunResult::tail`] keeps.
@@ -88,6 +93,8 @@ pub struct RunSpec {
     /// Where to write this run's bundle instead of the runtime's bundle directory: a tmpfs when the config holds
     /// a secret (an `env` secret is in `config.json`), so it never reaches a disk.
     pub bundle_dir: Option<PathBuf>,
+    /// Limits, extra hosts, `/dev/shm` size and rlimits (the build's flags).
+    pub options: ContainerOptions,
 }
 
 /// How a process ended.
@@ -233,7 +240,7 @@ impl Runtime {
         let id = bundle.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
 
         let hosts = bundle.path().join("hosts");
-        write_file(&hosts, hosts_file(&spec.hostname).as_bytes())?;
+        write_file(&hosts, hosts_file(&spec.hostname, &spec.options.extra_hosts).as_bytes())?;
         let resolv_conf = bundle.path().join("resolv.conf");
         let mut resolver = read_host_resolv_conf(&self.resolv_conf);
         if let NetworkMode::Join { nameserver: Some(ns), .. } = &spec.network {
@@ -304,6 +311,10 @@ impl Runtime {
             return Err(RuntimeError::Start { id, message: runc_errors.join("; ") });
         }
         let exit_code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(-1);
+        let mut tail = tail;
+        if let Some(hint) = oom_hint(exit_code, &spec.options) {
+            tail.push(hint);
+        }
         Ok(RunResult { exit_code, tail })
     }
 }
@@ -381,14 +392,27 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<(), RuntimeError> {
     std::fs::write(path, contents).map_err(|source| RuntimeError::WriteBundle { path: path.to_path_buf(), source })
 }
 
-/// The container's `/etc/hosts`.
-pub fn hosts_file(hostname: &str) -> String {
+/// A line for the step's error when it was killed (SIGKILL: exit code 137) under a memory limit: the kernel's OOM
+/// killer is the likely cause, and `docker build` users expect to be told. (runc removes the container's cgroup,
+/// and with it the OOM counter, before rbuild could read it.)
+fn oom_hint(exit_code: i32, options: &ContainerOptions) -> Option<String> {
+    let limit = options.memory?;
+    (exit_code == 128 + 9).then(|| {
+        format!("rbuild: killed (SIGKILL) under --memory {} MiB: most likely out of memory", limit / (1024 * 1024))
+    })
+}
+
+/// The container's `/etc/hosts`: localhost, the container's name, then the `--add-host` entries in order.
+pub fn hosts_file(hostname: &str, extra: &[options::HostEntry]) -> String {
     let mut out = String::from("127.0.0.1\tlocalhost");
     if !hostname.is_empty() && hostname != "localhost" {
         out.push('\t');
         out.push_str(hostname);
     }
     out.push_str("\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for entry in extra {
+        out.push_str(&format!("{}\t{}\n", entry.ip, entry.host));
+    }
     out
 }
 
@@ -530,8 +554,31 @@ mod tests {
 
     #[test]
     fn hosts_file_names_the_host() {
-        assert_eq!(hosts_file("box"), "127.0.0.1\tlocalhost\tbox\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        assert_eq!(hosts_file(""), "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        assert_eq!(hosts_file("box", &[]), "127.0.0.1\tlocalhost\tbox\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        assert_eq!(hosts_file("", &[]), "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    }
+
+    #[test]
+    fn oom_hint_only_for_sigkill_under_a_memory_limit() {
+        let limited = ContainerOptions { memory: Some(64 << 20), ..ContainerOptions::default() };
+        assert_eq!(
+            oom_hint(137, &limited).as_deref(),
+            Some("rbuild: killed (SIGKILL) under --memory 64 MiB: most likely out of memory")
+        );
+        assert_eq!(oom_hint(1, &limited), None);
+        assert_eq!(oom_hint(137, &ContainerOptions::default()), None);
+    }
+
+    #[test]
+    fn hosts_file_ends_with_added_hosts_in_order() {
+        let extra = [
+            options::HostEntry { host: "db".into(), ip: std::net::IpAddr::from([10, 1, 2, 3]) },
+            options::HostEntry { host: "v6".into(), ip: "fd00::2".parse().expect("ip") },
+        ];
+        assert_eq!(
+            hosts_file("box", &extra),
+            "127.0.0.1\tlocalhost\tbox\n::1\tlocalhost ip6-localhost ip6-loopback\n10.1.2.3\tdb\nfd00::2\tv6\n"
+        );
     }
 
     #[test]
@@ -586,6 +633,7 @@ mod tests {
             mounts: vec![],
             tmpfs: vec![],
             bundle_dir: None,
+            options: ContainerOptions::default(),
         };
         std::fs::create_dir_all(&spec.rootfs).expect("mkdir");
         let err = rt.run(&spec, &mut |_| {}).expect_err("no runc");

@@ -10,7 +10,7 @@ use crate::copy::{CopyOptions, copy_from};
 use crate::mounts::{MountSources, prepare};
 use crate::overlay::mount_overlay;
 use crate::runtime::network::NetworkStack;
-use crate::runtime::{NetworkMode, RunSpec, Runtime};
+use crate::runtime::{ContainerOptions, NetworkMode, RunSpec, Runtime};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
 use rbuild_cache::confined::Root;
@@ -47,6 +47,8 @@ pub struct LocalWorker {
     /// Fingerprints of the walks context digests were computed from, by [`walk_key`]: the copy that runs on a
     /// cache miss checks it copies exactly those files, unchanged.
     walks: Mutex<HashMap<String, Digest>>,
+    /// Limits and settings of every RUN container (`--memory`, `--add-host`, ...).
+    container: ContainerOptions,
 }
 
 impl LocalWorker {
@@ -77,12 +79,19 @@ impl LocalWorker {
             bundles,
             network: Mutex::new(None),
             walks: Mutex::new(HashMap::new()),
+            container: ContainerOptions::default(),
         })
     }
 
     /// The secrets and SSH agents `RUN --mount=type=secret|ssh` steps may use.
     pub fn with_mount_sources(mut self, sources: MountSources) -> LocalWorker {
         self.mount_sources = sources;
+        self
+    }
+
+    /// The limits and settings RUN containers get (the build's `--memory`, `--add-host`, `--ulimit`, ...).
+    pub fn with_container_options(mut self, options: ContainerOptions) -> LocalWorker {
+        self.container = options;
         self
     }
 
@@ -563,6 +572,7 @@ impl Worker for LocalWorker {
                 mounts: mounts.binds.clone(),
                 tmpfs: mounts.tmpfs.clone(),
                 bundle_dir: mounts.bundle_dir.clone(),
+                options: self.container.clone(),
             };
             let result =
                 self.runtime.run(&spec, log).map_err(|e| WorkerError::failed(format!("running {command:?}"), e));

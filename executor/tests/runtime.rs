@@ -54,6 +54,7 @@ impl Sandbox {
             mounts: Vec::new(),
             tmpfs: Vec::new(),
             bundle_dir: None,
+            options: Default::default(),
         }
     }
 

@@ -5,14 +5,18 @@
 //! same `/proc` masking, the same `/dev` and default devices, `no_new_privs`, Docker's default seccomp profile (see
 //! [`super::seccomp`]), and `PATH`/`HOME` defaults. It is a function of the [`RunSpec`] and the host's architecture
 //! and kernel version only, so it can be checked without root.
+//!
+//! The build's [`super::ContainerOptions`] add cgroup limits (`linux.resources`; runc puts every container in a
+//! cgroup of its own, named by its id), rlimits and the size of `/dev/shm`. A step's own tmpfs at `/dev/shm`
+//! replaces the default one rather than stacking on it, as BuildKit dedups mounts by destination.
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::{NetworkMode, RunSpec, RuntimeError, seccomp};
@@ -90,8 +94,15 @@ pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spe
         .cwd(run.cwd.clone())
         .capabilities(capabilities)
         .no_new_privileges(true)
-        // Limits are inherited from rbuild, as the classic Docker builder does.
-        .rlimits(Vec::new())
+        // Limits not named by --ulimit are inherited from rbuild, as the classic Docker builder does.
+        .rlimits(
+            run.options
+                .ulimits
+                .iter()
+                .map(|u| PosixRlimitBuilder::default().typ(u.typ).soft(u.soft).hard(u.hard).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(spec_error)?,
+        )
         .build()
         .map_err(spec_error)?;
 
@@ -116,9 +127,7 @@ pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spe
         ),
     }
 
-    // Deny every device, then runc appends its default allow list (null, zero, full, tty, random, urandom, pts).
-    let deny_all = LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(spec_error)?;
-    let resources = LinuxResourcesBuilder::default().devices(vec![deny_all]).build().map_err(spec_error)?;
+    let resources = resources(&run.options)?;
 
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
@@ -142,6 +151,44 @@ pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spe
     // The builder's defaults include a hostname of its own; no hostname means the namespace keeps the host's.
     spec.set_hostname(Some(run.hostname.clone()).filter(|h| !h.is_empty()));
     Ok(spec)
+}
+
+/// The container's cgroup settings: every device denied (runc then appends its default allow list: null, zero,
+/// full, tty, random, urandom, pts), and the build's memory, CPU and pids limits.
+pub fn resources(options: &super::ContainerOptions) -> Result<LinuxResources, RuntimeError> {
+    let deny_all = LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(spec_error)?;
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![deny_all]);
+    if options.memory.is_some() || options.memory_swap.is_some() {
+        let mut memory = LinuxMemoryBuilder::default();
+        if let Some(limit) = options.memory {
+            memory = memory.limit(limit);
+        }
+        if let Some(swap) = options.memory_swap {
+            memory = memory.swap(swap);
+        }
+        resources = resources.memory(memory.build().map_err(spec_error)?);
+    }
+    let o = options;
+    if o.cpu_shares.is_some() || o.cpu_period.is_some() || o.cpu_quota.is_some() || o.cpuset_cpus.is_some() {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Some(shares) = o.cpu_shares {
+            cpu = cpu.shares(shares);
+        }
+        if let Some(period) = o.cpu_period {
+            cpu = cpu.period(period);
+        }
+        if let Some(quota) = o.cpu_quota {
+            cpu = cpu.quota(quota);
+        }
+        if let Some(cpus) = &o.cpuset_cpus {
+            cpu = cpu.cpus(cpus.clone());
+        }
+        resources = resources.cpu(cpu.build().map_err(spec_error)?);
+    }
+    if let Some(limit) = options.pids_limit {
+        resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build().map_err(spec_error)?);
+    }
+    resources.build().map_err(spec_error)
 }
 
 /// The step's environment plus `PATH` and `HOME` when it does not set them.
@@ -169,6 +216,7 @@ fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result
 
 fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>, RuntimeError> {
     let etc_file_options = ["rbind", "ro", "nosuid", "nodev", "noexec"];
+    let shm_size = format!("size={}k", run.options.shm_size.div_ceil(1024));
     let mut out = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
@@ -178,7 +226,7 @@ fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>,
             "devpts",
             &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
         )?,
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", &shm_size])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
         bind(hosts, "/etc/hosts", &etc_file_options)?,
@@ -205,6 +253,12 @@ fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>,
             .map_err(spec_error)?;
         user_mounts.push((&t.destination, m));
     }
+    // A step's own mount at a system destination (`RUN --mount=type=tmpfs,target=/dev/shm`) replaces the
+    // system's, as BuildKit keeps only the last mount of a destination; stacking both would leave two mounts.
+    out.retain(|m| {
+        let dest = m.destination();
+        !user_mounts.iter().any(|(d, _)| Path::new(d.trim_end_matches('/')) == dest.as_path() && !d.is_empty())
+    });
     if let Some((destination, _)) = user_mounts.iter().find(|(d, _)| !d.starts_with('/')) {
         return Err(RuntimeError::BadMountDestination { destination: destination.to_string() });
     }
@@ -249,6 +303,7 @@ mod tests {
             ],
             tmpfs: vec![TmpfsMount { destination: "/a/t".into(), size: Some(4096) }],
             bundle_dir: None,
+            options: Default::default(),
         }
     }
 
@@ -387,5 +442,63 @@ mod tests {
         run.mounts[0].destination = "rel".into();
         let err = build_spec(&run, Path::new("/h"), Path::new("/r")).expect_err("relative");
         assert!(matches!(err, RuntimeError::BadMountDestination { ref destination } if destination == "rel"));
+    }
+
+    #[test]
+    fn default_resources_limit_pids_only() {
+        let json = to_json(&build_spec(&run_spec(NetworkMode::Host), Path::new("/h"), Path::new("/r")).expect("spec"));
+        let resources = &json["linux"]["resources"];
+        assert_eq!(resources["pids"]["limit"], crate::runtime::options::DEFAULT_PIDS_LIMIT);
+        assert!(resources.get("memory").is_none() && resources.get("cpu").is_none(), "{resources}");
+        assert_eq!(json["process"]["rlimits"], serde_json::json!([]));
+        let shm = json["mounts"].as_array().expect("mounts").iter().find(|m| m["destination"] == "/dev/shm").cloned();
+        assert_eq!(shm.map(|m| m["options"][4].clone()), Some(serde_json::json!("size=65536k")));
+    }
+
+    #[test]
+    fn options_become_cgroup_limits_rlimits_and_shm_size() {
+        use crate::runtime::options::Ulimit;
+        use oci_spec::runtime::PosixRlimitType;
+        let mut run = run_spec(NetworkMode::Host);
+        run.options = crate::runtime::ContainerOptions {
+            memory: Some(64 << 20),
+            memory_swap: Some(-1),
+            cpu_shares: Some(512),
+            cpu_period: Some(100_000),
+            cpu_quota: Some(50_000),
+            cpuset_cpus: Some("0".into()),
+            pids_limit: Some(100),
+            extra_hosts: vec![],
+            shm_size: 128 << 20,
+            ulimits: vec![Ulimit { typ: PosixRlimitType::RlimitNofile, soft: 100, hard: 200 }],
+        };
+        let json = to_json(&build_spec(&run, Path::new("/h"), Path::new("/r")).expect("spec"));
+        let r = &json["linux"]["resources"];
+        assert_eq!(r["memory"], serde_json::json!({"limit": 64 << 20, "swap": -1}));
+        assert_eq!(r["cpu"], serde_json::json!({"shares": 512, "period": 100_000, "quota": 50_000, "cpus": "0"}));
+        assert_eq!(r["pids"]["limit"], 100);
+        assert_eq!(
+            json["process"]["rlimits"],
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200}])
+        );
+        let mounts = json["mounts"].as_array().expect("mounts");
+        let shm: Vec<_> = mounts.iter().filter(|m| m["destination"] == "/dev/shm").collect();
+        assert_eq!(shm.len(), 1);
+        assert_eq!(shm[0]["options"], serde_json::json!(["nosuid", "noexec", "nodev", "mode=1777", "size=131072k"]));
+        run.options.pids_limit = None;
+        let json = to_json(&build_spec(&run, Path::new("/h"), Path::new("/r")).expect("spec"));
+        assert!(json["linux"]["resources"].get("pids").is_none());
+    }
+
+    #[test]
+    fn a_step_tmpfs_at_dev_shm_replaces_the_default_one() {
+        let mut run = run_spec(NetworkMode::Host);
+        run.tmpfs.push(TmpfsMount { destination: "/dev/shm".into(), size: Some(1 << 20) });
+        let json = to_json(&build_spec(&run, Path::new("/h"), Path::new("/r")).expect("spec"));
+        let shm: Vec<_> =
+            json["mounts"].as_array().expect("mounts").iter().filter(|m| m["destination"] == "/dev/shm").collect();
+        assert_eq!(shm.len(), 1, "{shm:?}");
+        assert_eq!(shm[0]["source"], "tmpfs");
+        assert_eq!(shm[0]["options"], serde_json::json!(["nosuid", "nodev", "size=1048576"]));
     }
 }
