@@ -358,6 +358,13 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         render::convert_error(&shown_name, &text, &e);
         return Ok(ExitCode::from(1));
     }
+    // `--add-host`, `--ulimit` and `--shm-size` change what a RUN can produce: they are part of its key.
+    let settings = container_options.key_settings();
+    for vertex in &mut plan.graph.vertices {
+        if let rbuild_solver::Op::Exec(exec) = &mut vertex.op {
+            exec.settings.clone_from(&settings);
+        }
+    }
 
     let context_abs = std::fs::canonicalize(&context).with_context(|| format!("resolving {}", context.display()))?;
     let worker = Arc::new(
@@ -458,6 +465,7 @@ mod tests {
                 user: String::new(),
                 network: *network,
                 mounts: vec![],
+                settings: Vec::new(),
             };
             let v = graph.add(Vertex {
                 op: Op::Exec(exec),

@@ -152,6 +152,12 @@ fn add_host_entries_show_in_etc_hosts() {
     let lines: Vec<&str> = hosts.lines().collect();
     assert_eq!(lines[lines.len() - 3..], ["10.1.2.3\tdb", "10.1.2.4\tcache", "fd00::5\tv6"], "{hosts}");
     assert!(hosts.starts_with("127.0.0.1\tlocalhost"), "{hosts}");
+    // The entries are part of the step's key (as in BuildKit's exec op): another address re-runs it, the same
+    // ones hit the cache.
+    build(&ws, "hosts", "RUN cat /etc/hosts > /hosts", &["--add-host", "db:10.9.9.9"]).success();
+    assert!(image_file(&ws, "s", "hosts", "/hosts").ends_with("10.9.9.9\tdb\n"));
+    let again = build(&ws, "hosts", "RUN cat /etc/hosts > /hosts", &["--add-host", "db:10.9.9.9"]).success();
+    assert!(again.stderr.contains("CACHED"), "{}", again.stderr);
     let refused = build(&ws, "gw", "RUN true", &["--add-host", "gw:host-gateway"]);
     assert_ne!(refused.code, Some(0));
     assert!(refused.stderr.contains("host-gateway is not supported"), "{}", refused.stderr);

@@ -1215,6 +1215,7 @@ impl Converter<'_> {
             user: state.config.config.user.clone().unwrap_or_default(),
             network,
             mounts,
+            settings: Vec::new(),
         };
         let inputs = std::iter::once(input).chain(extra_inputs).collect();
         state.rootfs = self.graph.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });

@@ -209,6 +209,7 @@ mod tests {
             user: String::new(),
             network: Network::Host,
             mounts: vec![],
+            settings: Vec::new(),
         });
         let files: Vec<(String, Digest)> = files.into_iter().map(|(p, d)| (p.to_string(), Digest::of(d))).collect();
         let content = if files.is_empty() { vec![] } else { vec![Digest::of(format!("{files:?}").as_bytes())] };

@@ -70,6 +70,11 @@ pub struct ExecOp {
     /// mounts are what they were before mounts existed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<ExecMount>,
+    /// Container settings that change what a step can produce, which BuildKit keeps in the exec op's metadata:
+    /// `--add-host` entries, `--ulimit`s, a `/dev/shm` size other than the default, as `name=value` lines. Left
+    /// out of the encoding when empty, so the keys of steps built with the defaults do not change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
 }
 
 /// Something mounted at a path while a RUN step runs; none of it ends up in the step's layer.

@@ -73,6 +73,7 @@ mod tests {
             user: "app".into(),
             network: Network::Host,
             mounts: Vec::new(),
+            settings: Vec::new(),
         })
     }
 

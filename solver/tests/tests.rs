@@ -96,6 +96,7 @@ fn run(g: &mut Graph, input: VertexId, extra: &[VertexId], cmd: &str) -> VertexI
             user: String::new(),
             network: Network::Host,
             mounts: Vec::new(),
+            settings: Vec::new(),
         }),
         inputs,
         name: cmd.into(),

@@ -68,6 +68,18 @@ impl Default for ContainerOptions {
 }
 
 impl ContainerOptions {
+    /// The settings that change what a step can produce, as `name=value` lines for the step's cache key (see
+    /// `ExecOp::settings`): extra hosts, ulimits, a non-default `/dev/shm` size. Resource limits are left out:
+    /// they decide whether a step finishes, not what it writes (BuildKit does not key them either).
+    pub fn key_settings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.extra_hosts.iter().map(|h| format!("add-host={}:{}", h.host, h.ip)).collect();
+        out.extend(self.ulimits.iter().map(|u| format!("ulimit={:?}={}:{}", u.typ, u.soft, u.hard)));
+        if self.shm_size != DEFAULT_SHM_SIZE {
+            out.push(format!("shm-size={}", self.shm_size));
+        }
+        out
+    }
+
     /// Docker's swap default: with a memory limit and no `--memory-swap`, as much swap as memory (memory plus swap
     /// is twice the limit). Only where the kernel accounts swap (`host_limits_swap`): runc fails to set a swap
     /// limit the cgroup has no file for.
