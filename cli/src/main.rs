@@ -10,7 +10,6 @@ mod login;
 mod outputs;
 mod progress;
 mod render;
-mod resolver;
 mod secrets;
 mod storage;
 
@@ -182,7 +181,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let mut out = std::io::stdout().lock();
             for rec in tags {
-                let size = image_size(&store, &rec.config).map(human_size).unwrap_or_else(|| "?".into());
+                let size =
+                    image_size(&store, &rec.config).map(rbuild_builder::human_size).unwrap_or_else(|| "?".into());
                 // A closed pipe (`rbuild images | head -1`) ends the listing, successfully.
                 if writeln!(out, "{:<60} {:<20} {:>10}", rec.name, &rec.config.hex()[..12], size).is_err() {
                     break;
@@ -198,7 +198,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 store.tag(&r.to_string())?.with_context(|| format!("no image named {name} in the local store"))?;
             let client = RegistryClient::new(env.registry.clone());
             let outputs = [outputs::Output::Image { names: vec![r.to_string()], push: true, compression }];
-            outputs::finish(&store, &client, &rec.config, &outputs, None, None).await?;
+            let reporter = progress::PlainProgress::new();
+            let pushed =
+                rbuild_builder::outputs::finish(&store, &client, &rec.config, &outputs, None, None, &reporter).await?;
+            for p in pushed {
+                println!("{}@{}", p.name, p.digest);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Login(args) => login::login(&env.registry, args).await,
@@ -252,16 +257,10 @@ pub fn open_store(env: &Env) -> Result<Store> {
         .with_context(|| format!("opening the store at {}", env.root.display()))
 }
 
-/// Opens the store at `root` locked as `mode`, first stopping containers that dead rbuild processes left running
-/// (`kill -9` during a RUN), so that their mounts can be collected.
+/// Opens the store at `root` locked as `mode` (see [`rbuild_builder::open_store`]), saying which containers of
+/// dead rbuild processes it stopped.
 pub fn open_store_as(root: &Path, mode: rbuild_cache::LockMode) -> Result<Option<Store>> {
-    let runc_state = root.join("runc");
-    let reaper = |dead: &[PathBuf]| match rbuild_executor::reap::find_runc() {
-        Some(runc) => rbuild_executor::reap::reap_containers(&runc, &runc_state, dead),
-        None => Vec::new(),
-    };
-    let store =
-        Store::open_reaping(root, mode, &reaper).with_context(|| format!("opening the store at {}", root.display()))?;
+    let store = rbuild_builder::open_store(root, mode)?;
     if let Some(s) = &store {
         for r in s.reaped() {
             eprintln!("warning: stopped a container left running by a dead rbuild process: {r}");
@@ -288,15 +287,4 @@ fn dir_size(p: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-fn human_size(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", units[i]) }
 }

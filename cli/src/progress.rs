@@ -1,6 +1,7 @@
 //! Plain progress on stderr: a line when a step starts and when it ends (`CACHED` or its duration), and its
 //! output lines in between, prefixed with the step number so parallel steps stay readable.
 
+use rbuild_builder::Reporter;
 use rbuild_solver::{Event, Progress};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -68,5 +69,15 @@ impl Progress for PlainProgress {
                 writeln!(err, "#{n} {t:.3} {line}")
             }
         };
+    }
+}
+
+impl Reporter for PlainProgress {
+    fn message(&self, text: &str) {
+        eprintln!("#0 {text}");
+    }
+
+    fn warning(&self, text: &str) {
+        eprintln!("{text}");
     }
 }

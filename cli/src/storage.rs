@@ -3,8 +3,9 @@
 //! The GC limit comes from `$RBUILD_ROOT/config.json` (`{"gc": {"keep_storage": "10GB"}}`), overridden by the
 //! `RBUILD_GC_KEEP_STORAGE` environment variable; both are read once, in [`crate::env_for`].
 
-use crate::{Env, human_size};
+use crate::Env;
 use anyhow::{Context as _, Result};
+use rbuild_builder::human_size;
 use rbuild_cache::gc::{self, PruneOptions};
 use rbuild_cache::{LockMode, Store};
 use std::path::Path;
@@ -144,17 +145,4 @@ fn open_exclusive(root: &Path) -> Result<Store> {
     eprintln!("waiting for running builds to finish...");
     crate::open_store_as(root, LockMode::Exclusive)?
         .with_context(|| format!("opening the store at {} exclusively", root.display()))
-}
-
-/// After a build that added to the store: collect down to the configured limit if the store outgrew it and no
-/// other process is using it (a later build will try again otherwise).
-pub fn auto_gc(env: &Env) {
-    let Some(limit) = env.gc_keep_storage else { return };
-    match gc::auto_gc(&env.root, limit) {
-        Ok(Some(r)) if r.freed > 0 => {
-            eprintln!("gc: store was over {}, reclaimed {}", human_size(limit), human_size(r.freed));
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: automatic gc failed: {e:#}"),
-    }
 }

@@ -318,27 +318,7 @@ struct Converter<'a> {
 
 /// Converts a parsed Dockerfile into a build plan for its target stage.
 pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -> Result<BuildPlan, ConvertError> {
-    let mut c = Converter {
-        opts,
-        resolver,
-        lexer: Lexer::new(ast.escape),
-        stages: Vec::new(),
-        meta_args: BTreeMap::new(),
-        global: BTreeMap::new(),
-        built: Vec::new(),
-        names: HashMap::new(),
-        all_names: HashMap::new(),
-        in_progress: Vec::new(),
-        nesting: 0,
-        spent: Cell::new(0),
-        lint: Lint::from_directive(ast)?,
-        graph: Graph::default(),
-        context: None,
-        images: BTreeMap::new(),
-        used_args: BTreeSet::new(),
-        warnings: Vec::new(),
-        locations: BTreeMap::new(),
-    };
+    let mut c = Converter::new(ast, opts, resolver)?;
     if let Some(w) = syntax_warning(ast) {
         c.warnings.push(w);
     }
@@ -369,6 +349,92 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
         warnings: c.warnings,
         locations: c.locations,
     })
+}
+
+/// The images converting `ast` for `opts.target` will ask the resolver for, as far as they are known before
+/// converting: the FROM lines of the stages the target needs, their `COPY --from` and their `RUN --mount=from=`
+/// sources that are not stages, expanded with the global ARGs exactly as conversion expands them. The caller
+/// resolves them (network and store I/O, concurrently) and hands conversion the answers, so that conversion stays
+/// pure. A reference known only during conversion (a mount source named by a stage variable, an ONBUILD trigger
+/// of a base image) is asked for by [`convert`] through its resolver; the caller resolves it then and converts
+/// again. Errors are left to conversion, which reports them at their line.
+pub fn image_references(ast: &Ast, opts: &ConvertOptions) -> Vec<String> {
+    struct Unresolved;
+    impl ImageResolver for Unresolved {
+        fn resolve(&self, r: &str, _: &Platform) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>> {
+            Err(format!("{r} is not resolved").into())
+        }
+    }
+    let Ok(mut c) = Converter::new(ast, opts, &Unresolved) else { return Vec::new() };
+    if c.split_stages(ast).is_err() || c.check_platforms().is_err() {
+        return Vec::new();
+    }
+    let Ok(target) = c.target_index() else { return Vec::new() };
+    let mut stages = c.static_order(target);
+    stages.push(target);
+    let mut out = BTreeSet::new();
+    for index in stages {
+        c.static_images(index, &mut out);
+    }
+    out.into_iter().collect()
+}
+
+impl<'a> Converter<'a> {
+    fn new(ast: &Ast, opts: &'a ConvertOptions, resolver: &'a dyn ImageResolver) -> Result<Self, ConvertError> {
+        Ok(Converter {
+            opts,
+            resolver,
+            lexer: Lexer::new(ast.escape),
+            stages: Vec::new(),
+            meta_args: BTreeMap::new(),
+            global: BTreeMap::new(),
+            built: Vec::new(),
+            names: HashMap::new(),
+            all_names: HashMap::new(),
+            in_progress: Vec::new(),
+            nesting: 0,
+            spent: Cell::new(0),
+            lint: Lint::from_directive(ast)?,
+            graph: Graph::default(),
+            context: None,
+            images: BTreeMap::new(),
+            used_args: BTreeSet::new(),
+            warnings: Vec::new(),
+            locations: BTreeMap::new(),
+        })
+    }
+
+    /// The images stage `index` names that can be known without converting it (see [`image_references`]).
+    fn static_images(&self, index: usize, out: &mut BTreeSet<String>) {
+        let expand = |w: &str| self.lexer.process_word(w, &self.global).ok();
+        let is_stage = |name: &str| {
+            name.eq_ignore_ascii_case("scratch")
+                || self.all_names.contains_key(&name.to_lowercase())
+                || name.parse::<usize>().is_ok()
+        };
+        let stage = &self.stages[index];
+        out.extend(expand(&stage.base).filter(|b| !b.is_empty() && !is_stage(b)));
+        for located in &stage.instructions {
+            match &located.instruction {
+                Instruction::Copy(c) => {
+                    out.extend(c.from.as_deref().and_then(expand).filter(|f| !f.is_empty() && !is_stage(f)));
+                }
+                Instruction::Run(r) => {
+                    for flag in &r.mounts {
+                        let mut literal =
+                            |w: &str| self.lexer.process_word(w, &crate::shell::NoEnv).map_err(|e| e.to_string());
+                        if let Ok(spec) = crate::mounts::parse_mount(flag, "/", 0, &mut literal)
+                            && matches!(spec.typ, crate::mounts::MountType::Bind | crate::mounts::MountType::Cache)
+                            && let Some(from) = spec.from.filter(|f| !f.is_empty() && !is_stage(f))
+                        {
+                            out.insert(from);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 impl Converter<'_> {

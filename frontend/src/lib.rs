@@ -19,6 +19,7 @@ pub use rbuild_solver::patterns as dockerignore;
 
 pub use convert::{
     BuildPlan, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage, convert,
+    image_references,
 };
 
 /// The longest word (in characters) worth a "did you mean": edit distance is quadratic, and a typo is short.
