@@ -305,6 +305,8 @@ struct Converter<'a> {
     in_progress: Vec<bool>,
     /// How many stage conversions are under way inside each other.
     nesting: usize,
+    /// The stages being converted, innermost last.
+    converting: Vec<usize>,
     /// Bytes charged against [`MAX_VARIABLE_BYTES`].
     spent: Cell<usize>,
     lint: Lint,
@@ -393,6 +395,7 @@ impl<'a> Converter<'a> {
             all_names: HashMap::new(),
             in_progress: Vec::new(),
             nesting: 0,
+            converting: Vec::new(),
             spent: Cell::new(0),
             lint: Lint::from_directive(ast)?,
             graph: Graph::default(),
@@ -774,7 +777,7 @@ impl Converter<'_> {
                 None => err,
             }
         })?;
-        let v = self.graph.add(Vertex {
+        let v = self.add(Vertex {
             op: Op::Image { reference: resolved.reference.clone(), digest: resolved.digest.clone() },
             inputs: vec![],
             name: format!("[internal] load {}", resolved.reference),
@@ -810,9 +813,23 @@ impl Converter<'_> {
             .hint("a chain of ONBUILD triggers that copy from stages this long is not supported"));
         }
         self.nesting += 1;
+        self.converting.push(index);
         let r = self.build_stage_inner(index);
+        self.converting.pop();
         self.nesting -= 1;
         r
+    }
+
+    /// Adds a vertex to the graph; a step (not a source) is given the identity of the stage being converted, which
+    /// the solver uses to find the step's previous run for `--explain-cache`.
+    fn add(&mut self, vertex: Vertex) -> VertexId {
+        let is_source = matches!(vertex.op, Op::Scratch | Op::Image { .. } | Op::Context { .. });
+        let v = self.graph.add(vertex);
+        if !is_source && let Some(&stage) = self.converting.last() {
+            let label = self.stage_name(stage);
+            self.graph.set_stage(v, label);
+        }
+        v
     }
 
     fn build_stage_inner(&mut self, index: usize) -> Result<Rc<StageState>, ConvertError> {
@@ -842,8 +859,7 @@ impl Converter<'_> {
             }
         };
         let mut state = if base.eq_ignore_ascii_case("scratch") {
-            let v =
-                self.graph.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+            let v = self.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
             let config = ImageConfig {
                 architecture: self.opts.platform.architecture.clone(),
                 os: self.opts.platform.os.clone(),
@@ -1085,7 +1101,7 @@ impl Converter<'_> {
                 let owner = state.config.config.user.clone().filter(|u| !u.is_empty());
                 let input = state.rootfs;
                 let name = self.step_name(index, state, &located.original, None);
-                state.rootfs = self.graph.add(Vertex {
+                state.rootfs = self.add(Vertex {
                     op: Op::File(FileOp {
                         dest: Some(0),
                         actions: vec![FileAction::Mkdir { path: path.clone(), mode: 0o755, owner }],
@@ -1225,7 +1241,7 @@ impl Converter<'_> {
                     if first.chomp { parser::chomp_heredoc_content(&first.content) } else { first.content.clone() };
                 let mut v = Self::shell(state);
                 if data.starts_with("#!") {
-                    let file = self.graph.add(Vertex {
+                    let file = self.add(Vertex {
                         op: Op::File(FileOp {
                             dest: None,
                             actions: vec![FileAction::MkFile {
@@ -1284,7 +1300,7 @@ impl Converter<'_> {
             settings: Vec::new(),
         };
         let inputs = std::iter::once(input).chain(extra_inputs).collect();
-        state.rootfs = self.graph.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });
+        state.rootfs = self.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });
         // BuildKit's `|N K=V ...` prefix: every ARG declaration of the stage (a redeclared one twice, as BuildKit 0.13
         // writes it), each with its current value, the ENV value where ENV overrides it.
         let arg_prefix = if state.args.is_empty() {
@@ -1372,7 +1388,7 @@ impl Converter<'_> {
     fn context_copy(&mut self, source: &str, name: &str) -> VertexId {
         let context = self.context_vertex();
         let source = join_path("/", source);
-        self.graph.add(Vertex {
+        self.add(Vertex {
             op: Op::File(FileOp {
                 dest: None,
                 actions: vec![FileAction::Copy(CopyAction {
@@ -1524,12 +1540,8 @@ impl Converter<'_> {
                 Op::Http { filename, .. } => format!("/{filename}"),
                 _ => "/".into(),
             };
-            let v = self.graph.add(Vertex {
-                op,
-                inputs: vec![],
-                name: format!("[internal] fetch {url}"),
-                ignore_cache: false,
-            });
+            let v =
+                self.add(Vertex { op, inputs: vec![], name: format!("[internal] fetch {url}"), ignore_cache: false });
             inputs.push(v);
             // A downloaded file is copied as a file (never extracted); a repository's tree as a directory.
             let mut action = copy(inputs.len() - 1, vec![filename], false, Vec::new());
@@ -1544,7 +1556,7 @@ impl Converter<'_> {
                 .into_iter()
                 .map(|(name, data)| FileAction::MkFile { path: format!("/{name}"), data, mode: 0o644, owner: None })
                 .collect();
-            let v = self.graph.add(Vertex {
+            let v = self.add(Vertex {
                 op: Op::File(FileOp { dest: None, actions: files }),
                 inputs: vec![],
                 name: "[internal] preparing inline document".into(),
@@ -1559,7 +1571,7 @@ impl Converter<'_> {
         }
         let input = state.rootfs;
         let name = self.step_name(index, state, &located.original, None);
-        state.rootfs = self.graph.add(Vertex {
+        state.rootfs = self.add(Vertex {
             op: Op::File(FileOp { dest: Some(0), actions }),
             inputs,
             name,

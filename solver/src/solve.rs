@@ -332,7 +332,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                 }
             }
             let identity = ctx.record_scope.as_ref().map(|scope| {
-                format!("{scope}\n{}", step_identity(&vertex.name, ctx.depth.get(v).copied().unwrap_or(0)))
+                format!("{scope}\n{}", step_identity(ctx.graph.stage(v), ctx.depth.get(v).copied().unwrap_or(0)))
             });
             let step_record = match &identity {
                 Some(_) => Some(step_inputs(&ctx, v, &keyed_op, &key, &inputs, &content).await.map_err(fail)?),
