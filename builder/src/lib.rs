@@ -29,8 +29,9 @@ use rbuild_cache::{ImageRecord, LockMode, Store};
 use rbuild_executor::worker::LocalWorker;
 use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, convert};
 use rbuild_image::registry::{RegistryClient, RegistryOptions};
-use rbuild_solver::oci::to_canonical_json;
-use rbuild_solver::{Digest, Network, Op, SolveOptions, WorkerError, solve};
+use rbuild_solver::{Network, Op, SolveOptions, WorkerError, solve};
+use rbuild_types::Digest;
+use rbuild_types::oci::to_canonical_json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -292,7 +293,7 @@ fn ignore_patterns(context: &Path, dockerfile: Option<&Path>) -> anyhow::Result<
             Err(_) => request::read_limited(&candidate, ".dockerignore"),
         };
         match read {
-            Ok(text) => return Ok(rbuild_frontend::dockerignore::read_ignore_file(&text)),
+            Ok(text) => return Ok(rbuild_types::patterns::read_ignore_file(&text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("reading {}", candidate.display())),
         }

@@ -10,8 +10,8 @@ use rbuild_image::export::{self, ArchiveKind, ExportImage};
 use rbuild_image::layer::{Compression, LayerOptions};
 use rbuild_image::local::{assemble, push_with};
 use rbuild_image::registry::{ImageRef, RegistryClient};
-use rbuild_solver::Digest;
-use rbuild_solver::oci::{ImageConfig, MEDIA_OCI_MANIFEST};
+use rbuild_types::Digest;
+use rbuild_types::oci::{ImageConfig, MEDIA_OCI_MANIFEST};
 use std::io::Write;
 use std::path::Path;
 

@@ -9,7 +9,7 @@ use rbuild_frontend::NoCache;
 use rbuild_image::export::ArchiveKind;
 use rbuild_image::layer::Compression;
 use rbuild_image::registry::ImageRef;
-use rbuild_solver::oci::Platform;
+use rbuild_types::oci::Platform;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,7 @@ use crate::report::Reporter;
 use rbuild_cache::Store;
 use rbuild_frontend::{ImageResolver, ResolvedImage};
 use rbuild_image::registry::{ImageRef, RegistryClient};
-use rbuild_solver::oci::{ImageConfig, Platform};
+use rbuild_types::oci::{ImageConfig, Platform};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 

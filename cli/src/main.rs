@@ -216,7 +216,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let client = RegistryClient::new(env.registry.clone());
             let platform = match platform {
                 Some(p) => outputs::parse_platform(&p)?,
-                None => rbuild_solver::oci::Platform::host(),
+                None => rbuild_types::oci::Platform::host(),
             };
             let pulled = rbuild_image::local::pull(&client, &store, &r, &platform).await?;
             println!("{r}: image {}", pulled.record.config);
@@ -269,8 +269,8 @@ pub fn open_store_as(root: &Path, mode: rbuild_cache::LockMode) -> Result<Option
     Ok(store)
 }
 
-fn image_size(store: &Store, config: &rbuild_solver::Digest) -> Option<u64> {
-    let cfg: rbuild_solver::oci::ImageConfig = serde_json::from_slice(&store.read_blob(config).ok()?).ok()?;
+fn image_size(store: &Store, config: &rbuild_types::Digest) -> Option<u64> {
+    let cfg: rbuild_types::oci::ImageConfig = serde_json::from_slice(&store.read_blob(config).ok()?).ok()?;
     let mut total = 0;
     for id in &cfg.rootfs.diff_ids {
         total += dir_size(&store.snapshot_path(id));

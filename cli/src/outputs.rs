@@ -10,8 +10,8 @@ use rbuild_image::export::{self, ArchiveKind, ExportImage};
 use rbuild_image::layer::Compression;
 use rbuild_image::local::{Assembled, assemble};
 use rbuild_image::registry::ImageRef;
-use rbuild_solver::Digest;
-use rbuild_solver::oci::Platform;
+use rbuild_types::Digest;
+use rbuild_types::oci::Platform;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -121,7 +121,7 @@ fn deep_check_snapshots(store: &Store, problems: &mut Vec<String>) -> Result<()>
     names.sort();
     let mut unverifiable = 0;
     for name in names {
-        let Ok(diff_id) = format!("sha256:{name}").parse::<rbuild_solver::Digest>() else { continue };
+        let Ok(diff_id) = format!("sha256:{name}").parse::<rbuild_types::Digest>() else { continue };
         match verify_snapshot(store, &diff_id) {
             Ok(SnapshotCheck::Intact) => {}
             Ok(SnapshotCheck::Modified { actual }) => {

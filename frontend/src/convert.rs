@@ -19,8 +19,9 @@ use crate::instructions::{Command, CopyInstr, HealthcheckInstr, Instruction, Loc
 use crate::lint::Lint;
 use crate::parser::{self, Ast};
 use crate::shell::{EnvLookup, Lexer};
-use rbuild_solver::oci::{Healthcheck, History, ImageConfig, Platform};
-use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
+use rbuild_solver::{CopyAction, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
+use rbuild_types::Digest;
+use rbuild_types::oci::{Healthcheck, History, ImageConfig, Platform};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -864,7 +865,7 @@ impl Converter<'_> {
                 architecture: self.opts.platform.architecture.clone(),
                 os: self.opts.platform.os.clone(),
                 variant: self.opts.platform.variant.clone(),
-                config: rbuild_solver::oci::ContainerConfig {
+                config: rbuild_types::oci::ContainerConfig {
                     env: Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]),
                     // BuildKit's `emptyImage` (checked against the reference): "/" for scratch.
                     working_dir: Some("/".into()),

@@ -8,7 +8,7 @@
 //! small JSON write), so an unchanged rebuild pays nothing; the price is that a step that went back to an older,
 //! still-cached state is compared with the newest record rather than the one it hit last.
 
-use crate::Digest;
+use rbuild_types::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

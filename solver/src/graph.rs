@@ -5,7 +5,7 @@
 //! before it ever gets here. Everything an op does is data in these types, because the cache key is computed
 //! from exactly this data (see [`crate::key`]).
 
-use crate::Digest;
+use rbuild_types::Digest;
 use serde::Serialize;
 use std::collections::BTreeMap;
 

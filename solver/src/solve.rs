@@ -7,13 +7,13 @@
 //! running (they are reported `CANCELED`), and the solve returns only once they have ended, so no output of a
 //! sibling step appears after the error and the process does not wait for them to run to completion.
 
-use crate::Digest;
 use crate::explain::{InputRef, MissReason, StepInputs, explain, step_identity};
 use crate::graph::{FileAction, Graph, Op, VertexId};
 use crate::key::cache_key;
 use crate::worker::{CacheStore, Event, Output, Progress, Worker, WorkerError};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, try_join_all};
+use rbuild_types::Digest;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! often it ran, so deduplication, parallelism, cancellation and cache hits can be asserted exactly.
 
 use rbuild_solver::*;
+use rbuild_types::Digest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
