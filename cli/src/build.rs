@@ -1,6 +1,5 @@
 //! `rbuild build`: Dockerfile → plan → solve → image config → store (and registry).
 
-use crate::progress::PlainProgress;
 use crate::render;
 use crate::resolver::StoreResolver;
 use crate::{Env, open_store};
@@ -71,6 +70,8 @@ pub struct BuildArgs {
     labels: Vec<String>,
     #[command(flatten)]
     outputs: crate::outputs::OutputArgs,
+    #[command(flatten)]
+    progress: crate::progress::ProgressArgs,
     #[command(flatten)]
     container: ContainerArgs,
     /// The build context directory
@@ -271,6 +272,7 @@ fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
 }
 
 pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
+    let progress = args.progress.renderer()?;
     let canceller = rbuild_executor::cancel::Canceller::new();
     let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
     let mount_sources =
@@ -297,7 +299,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         }
     };
     for w in &ast.warnings {
-        eprintln!("warning: {shown_name}:{}: {}", w.line, w.message);
+        progress.message(&format!("warning: {shown_name}:{}: {}", w.line, w.message));
     }
     let mut tags = Vec::new();
     for t in &args.tags {
@@ -342,6 +344,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         client: client.clone(),
         handle: tokio::runtime::Handle::current(),
         pull: args.pull,
+        progress: progress.clone(),
     };
     let plan = tokio::task::spawn_blocking(move || convert(&ast, &opts, &resolver)).await?;
     let mut plan = match plan {
@@ -352,7 +355,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         }
     };
     for w in &plan.warnings {
-        eprintln!("{w}");
+        progress.message(w);
     }
     if let Err(e) = apply_network(&mut plan, args.network, &entitlements) {
         render::convert_error(&shown_name, &text, &e);
@@ -373,7 +376,6 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
             .with_container_options(container_options)
             .with_canceller(canceller),
     );
-    let progress = Arc::new(PlainProgress::new());
     let graph = Arc::new(std::mem::take(&mut plan.graph));
     let mut solve_opts = SolveOptions::default();
     if let Some(j) = args.jobs {
@@ -384,8 +386,10 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     solve_opts.record_scope =
         Some(format!("{}\n{}", dockerfile_abs.display(), args.target.as_deref().unwrap_or_default()));
     solve_opts.explain = args.explain_cache;
+    progress.plan(&graph, plan.target);
     let result =
         solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress.clone(), solve_opts).await;
+    progress.finish();
     worker.finish();
     let solved = match result {
         Ok(s) => s,
@@ -425,16 +429,17 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         config.config.labels.get_or_insert_with(Default::default).extend(labels);
     }
     let config_digest = store.write_blob(&to_canonical_json(&config))?;
-    eprintln!("writing image {config_digest}");
+    progress.message(&format!("writing image {config_digest}"));
     for t in &tags {
         store.set_tag(&ImageRecord { name: t.to_string(), config: config_digest.clone(), manifest: None })?;
-        eprintln!("naming to {t}");
+        progress.message(&format!("naming to {t}"));
     }
     if let Some(f) = &args.iidfile {
         std::fs::write(f, config_digest.as_str()).with_context(|| format!("writing {}", f.display()))?;
     }
-    crate::outputs::finish(&store, &client, &config_digest, &outputs, args.outputs.metadata_file.as_deref(), epoch)
-        .await?;
+    let metadata_file = args.outputs.metadata_file.as_deref();
+    crate::outputs::finish(&store, &client, &config_digest, &outputs, metadata_file, epoch, &*progress).await?;
+    progress.image_id(config_digest.as_str());
     let ran = solved.iter().zip(&graph.vertices).any(|(s, v)| {
         s.as_ref().is_some_and(|s| !s.cached) && matches!(v.op, rbuild_solver::Op::Exec(_) | rbuild_solver::Op::File(_))
     });

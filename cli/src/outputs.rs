@@ -270,25 +270,26 @@ pub async fn finish(
     outputs: &[Output],
     metadata_file: Option<&Path>,
     epoch: Option<i64>,
+    progress: &dyn crate::progress::Renderer,
 ) -> Result<()> {
     let mut meta = Metadata::default();
     let mtime = epoch.map_or(0, |e| e.max(0) as u64);
     for output in outputs {
         match output {
             Output::Archive { kind, dest, tar, names, compression } => {
-                eprintln!("exporting to {} ({kind:?})", dest.display());
+                progress.message(&format!("exporting to {} ({kind:?})", dest.display()));
                 let a = assemble(store, config, *compression)?;
                 meta.manifest = Some((a.manifest_digest.clone(), a.manifest_bytes.len() as u64));
                 let images = [ExportImage { image: &a, names: names.clone() }];
                 write_archive_to(dest, *tar, &images, *kind, mtime)?;
             }
             Output::Local { dest } => {
-                eprintln!("exporting the filesystem to {}", dest.display());
+                progress.message(&format!("exporting the filesystem to {}", dest.display()));
                 let cfg = image_config(store, config)?;
                 rbuild_image::rootfs::unpack(store, &cfg.rootfs.diff_ids, dest)?;
             }
             Output::Tar { dest } => {
-                eprintln!("exporting the filesystem as a tar to {}", dest.display());
+                progress.message(&format!("exporting the filesystem as a tar to {}", dest.display()));
                 let cfg = image_config(store, config)?;
                 let dir = store.tmp_dir("rootfs")?;
                 let result = (|| -> Result<()> {
@@ -310,16 +311,16 @@ pub async fn finish(
                         meta.names.push(r.to_string());
                     }
                     if *push {
-                        eprintln!("pushing {r}");
+                        progress.message(&format!("pushing {r}"));
                         let report = push_with(client, store, config, &r, *compression)
                             .await
                             .with_context(|| format!("pushing {r}"))?;
-                        eprintln!(
+                        progress.message(&format!(
                             "pushed {r}: {} uploaded, {} mounted, {} already there",
                             report.uploaded.len(),
                             report.mounted.len(),
                             report.skipped.len()
-                        );
+                        ));
                         let size = store.read_blob(&report.digest).map(|b| b.len() as u64).unwrap_or(0);
                         meta.manifest = Some((report.digest.clone(), size));
                         store.set_tag(&ImageRecord {
@@ -327,7 +328,7 @@ pub async fn finish(
                             config: config.clone(),
                             manifest: Some(report.digest.clone()),
                         })?;
-                        println!("{r}@{}", report.digest);
+                        progress.result(&format!("{r}@{}", report.digest));
                     }
                 }
             }

@@ -13,6 +13,8 @@ pub struct StoreResolver {
     pub handle: tokio::runtime::Handle,
     /// `--pull`: always ask the registry what a tag points at now.
     pub pull: bool,
+    /// Where "pulling X" is said.
+    pub progress: Arc<dyn crate::progress::Renderer>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,7 +47,7 @@ impl StoreResolver {
                 None => format!("{}/{}", config.os, config.architecture),
             });
         }
-        eprintln!("#0 pulling {name}");
+        self.progress.status(&format!("pulling {name}"));
         let pulled = self.handle.block_on(rbuild_image::local::pull(&self.client, &self.store, &r, platform));
         let pulled = match (pulled, local_other) {
             (Ok(p), _) => p,

@@ -1,0 +1,172 @@
+//! `--progress rawjson`: every event as one line of JSON in the shape of BuildKit's `client.SolveStatus`, with
+//! field names, `omitempty` and base64 log data as Go's `encoding/json` writes them, so that tools reading
+//! `docker buildx build --progress rawjson` read rbuild's. rbuild writes `vertexes` and `logs`; it has no byte
+//! counts to put in `statuses` yet.
+//!
+//! A vertex's `digest` is not an LLB digest (rbuild has no LLB): it is a digest of the step's position, name and
+//! inputs' digests, stable within a build and unique per step, which is all a reader can rely on. Build-level lines
+//! (pulling a base image, "writing image", warnings) are vertices of their own, completed when they are written.
+
+use super::Renderer;
+use base64::Engine as _;
+use rbuild_solver::{Digest, Event, Graph, Progress, VertexId};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::Mutex;
+
+pub struct RawJsonProgress {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    digests: BTreeMap<VertexId, Digest>,
+    inputs: BTreeMap<VertexId, Vec<Digest>>,
+    started: BTreeMap<VertexId, String>,
+    messages: usize,
+}
+
+/// BuildKit's `client.SolveStatus`.
+#[derive(Serialize, Default)]
+pub struct SolveStatus {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vertexes: Vec<Vertex>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<VertexLog>,
+}
+
+/// BuildKit's `client.Vertex`.
+#[derive(Serialize, Default)]
+pub struct Vertex {
+    pub digest: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// BuildKit's `client.VertexLog`: `data` is the raw bytes, base64 as Go writes `[]byte`; stream 1 is stdout.
+#[derive(Serialize)]
+pub struct VertexLog {
+    pub vertex: String,
+    pub stream: u8,
+    pub data: String,
+    pub timestamp: String,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+impl RawJsonProgress {
+    pub fn new() -> Self {
+        RawJsonProgress { state: Mutex::new(State::default()) }
+    }
+
+    fn emit(status: &SolveStatus) {
+        if let Ok(line) = serde_json::to_string(status) {
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        }
+    }
+
+    fn log(state: &State, vertex: VertexId, text: &str) -> SolveStatus {
+        let data = base64::engine::general_purpose::STANDARD.encode(format!("{text}\n"));
+        let log = VertexLog { vertex: state.digest(vertex).to_string(), stream: 1, data, timestamp: now() };
+        SolveStatus { logs: vec![log], ..SolveStatus::default() }
+    }
+}
+
+impl State {
+    fn digest(&self, vertex: VertexId) -> Digest {
+        self.digests.get(&vertex).cloned().unwrap_or_else(|| Digest::of(format!("rbuild step {vertex}").as_bytes()))
+    }
+
+    fn vertex(&self, vertex: VertexId, name: String) -> Vertex {
+        Vertex {
+            digest: self.digest(vertex).to_string(),
+            inputs: self.inputs.get(&vertex).map(|i| i.iter().map(|d| d.to_string()).collect()).unwrap_or_default(),
+            name,
+            ..Vertex::default()
+        }
+    }
+
+    fn ended(&mut self, vertex: VertexId, name: String, error: String) -> SolveStatus {
+        let completed = now();
+        let started = self.started.remove(&vertex).unwrap_or_else(|| completed.clone());
+        let v = Vertex { started: Some(started), completed: Some(completed), error, ..self.vertex(vertex, name) };
+        SolveStatus { vertexes: vec![v], ..SolveStatus::default() }
+    }
+}
+
+impl Progress for RawJsonProgress {
+    fn event(&self, event: Event) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let status = match event {
+            Event::Started { vertex, name } => {
+                let started = now();
+                state.started.insert(vertex, started.clone());
+                let v = Vertex { started: Some(started), ..state.vertex(vertex, name) };
+                SolveStatus { vertexes: vec![v], ..SolveStatus::default() }
+            }
+            Event::Cached { vertex, name } => {
+                let at = now();
+                let v =
+                    Vertex { started: Some(at.clone()), completed: Some(at), cached: true, ..state.vertex(vertex, name) };
+                SolveStatus { vertexes: vec![v], ..SolveStatus::default() }
+            }
+            Event::Done { vertex, name, .. } => state.ended(vertex, name, String::new()),
+            Event::Failed { vertex, name, error, .. } => state.ended(vertex, name, error),
+            // BuildKit's words for a vertex stopped because another one failed.
+            Event::Canceled { vertex, name, .. } => state.ended(vertex, name, "context canceled".into()),
+            Event::Log { vertex, line } => Self::log(&state, vertex, &line),
+            Event::Explained { vertex, reasons } => {
+                let text: Vec<String> = reasons.iter().map(|r| format!("cache miss: {r}")).collect();
+                Self::log(&state, vertex, &text.join("\n"))
+            }
+        };
+        Self::emit(&status);
+    }
+}
+
+impl Renderer for RawJsonProgress {
+    fn plan(&self, graph: &Graph, target: VertexId) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for v in graph.needed(&[target]) {
+            let vertex = &graph.vertices[v];
+            let inputs: Vec<Digest> = vertex.inputs.iter().map(|&i| state.digest(i)).collect();
+            let mut text = format!("rbuild step\n{v}\n{}\n", vertex.name);
+            for i in &inputs {
+                text.push_str(&format!("{i}\n"));
+            }
+            state.digests.insert(v, Digest::of(text.as_bytes()));
+            state.inputs.insert(v, inputs);
+        }
+    }
+
+    fn message(&self, text: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.messages += 1;
+        let at = now();
+        let v = Vertex {
+            digest: Digest::of(format!("rbuild message\n{}\n{text}", state.messages).as_bytes()).to_string(),
+            name: text.to_string(),
+            started: Some(at.clone()),
+            completed: Some(at),
+            ..Vertex::default()
+        };
+        Self::emit(&SolveStatus { vertexes: vec![v], ..SolveStatus::default() });
+    }
+
+    fn status(&self, text: &str) {
+        self.message(text);
+    }
+}
