@@ -198,7 +198,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 store.tag(&r.to_string())?.with_context(|| format!("no image named {name} in the local store"))?;
             let client = RegistryClient::new(env.registry.clone());
             let outputs = [outputs::Output::Image { names: vec![r.to_string()], push: true, compression }];
-            outputs::finish(&store, &client, &rec.config, &outputs, None, None, &progress::PlainProgress::new()).await?;
+            outputs::finish(&store, &client, &rec.config, &outputs, None, None, &progress::PlainProgress::new())
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Login(args) => login::login(&env.registry, args).await,

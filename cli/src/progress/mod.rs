@@ -95,11 +95,9 @@ pub fn choose(
 ) -> Result<Arc<dyn Renderer>, String> {
     let mode = match (flag, env_value.filter(|v| !v.is_empty())) {
         (Some(m), _) => m,
-        (None, Some(v)) => {
-            <Mode as clap::ValueEnum>::from_str(v, true).map_err(|_| {
-                format!("BUILDKIT_PROGRESS={v:?} is not a progress mode: use auto, tty, plain, quiet or rawjson")
-            })?
-        }
+        (None, Some(v)) => <Mode as clap::ValueEnum>::from_str(v, true).map_err(|_| {
+            format!("BUILDKIT_PROGRESS={v:?} is not a progress mode: use auto, tty, plain, quiet or rawjson")
+        })?,
         (None, None) => Mode::Auto,
     };
     let mode = match mode {

@@ -1,15 +1,17 @@
 //! `--progress rawjson`: every event as one line of JSON in the shape of BuildKit's `client.SolveStatus`, with
 //! field names, `omitempty` and base64 log data as Go's `encoding/json` writes them, so that tools reading
-//! `docker buildx build --progress rawjson` read rbuild's. rbuild writes `vertexes` and `logs`; it has no byte
-//! counts to put in `statuses` yet.
+//! `docker buildx build --progress rawjson` read rbuild's (checked against buildx 0.29 / BuildKit 0.25's output).
 //!
 //! A vertex's `digest` is not an LLB digest (rbuild has no LLB): it is a digest of the step's position, name and
-//! inputs' digests, stable within a build and unique per step, which is all a reader can rely on. Build-level lines
-//! (pulling a base image, "writing image", warnings) are vertices of their own, completed when they are written.
+//! inputs' digests, stable within a build and unique per step, which is all a reader can rely on. `inputs` name
+//! only steps (sources, which report no progress, are left out). As in BuildKit, every step is first written
+//! without `started`, when the build is planned. Build-level lines before the steps end (pulling a base image,
+//! warnings) are vertexes of their own, completed when written; those after ("writing image", "naming to") are
+//! `statuses` of an `exporting to image` vertex, as BuildKit writes them. Byte counts (`total`) are not reported.
 
 use super::Renderer;
 use base64::Engine as _;
-use rbuild_solver::{Digest, Event, Graph, Progress, VertexId};
+use rbuild_solver::{Digest, Event, Graph, Op, Progress, VertexId};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -25,6 +27,10 @@ struct State {
     inputs: BTreeMap<VertexId, Vec<Digest>>,
     started: BTreeMap<VertexId, String>,
     messages: usize,
+    /// The solve is over: build-level lines are statuses of an "exporting to image" vertex, as in BuildKit.
+    solved: bool,
+    /// That vertex's digest and start, once it was written.
+    export: Option<(Digest, String)>,
 }
 
 /// BuildKit's `client.SolveStatus`.
@@ -33,7 +39,20 @@ pub struct SolveStatus {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vertexes: Vec<Vertex>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<VertexStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<VertexLog>,
+}
+
+/// BuildKit's `client.VertexStatus`: a named piece of a vertex's work ("naming to X" under "exporting to image").
+#[derive(Serialize)]
+pub struct VertexStatus {
+    pub id: String,
+    pub vertex: String,
+    pub current: i64,
+    pub timestamp: String,
+    pub started: String,
+    pub completed: String,
 }
 
 /// BuildKit's `client.Vertex`.
@@ -119,8 +138,12 @@ impl Progress for RawJsonProgress {
             }
             Event::Cached { vertex, name } => {
                 let at = now();
-                let v =
-                    Vertex { started: Some(at.clone()), completed: Some(at), cached: true, ..state.vertex(vertex, name) };
+                let v = Vertex {
+                    started: Some(at.clone()),
+                    completed: Some(at),
+                    cached: true,
+                    ..state.vertex(vertex, name)
+                };
                 SolveStatus { vertexes: vec![v], ..SolveStatus::default() }
             }
             Event::Done { vertex, name, .. } => state.ended(vertex, name, String::new()),
@@ -140,22 +163,59 @@ impl Progress for RawJsonProgress {
 impl Renderer for RawJsonProgress {
     fn plan(&self, graph: &Graph, target: VertexId) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = Vec::new();
+        let is_step = |v: VertexId| matches!(graph.vertices[v].op, Op::Exec(_) | Op::File(_));
         for v in graph.needed(&[target]) {
             let vertex = &graph.vertices[v];
-            let inputs: Vec<Digest> = vertex.inputs.iter().map(|&i| state.digest(i)).collect();
+            // Sources report no progress: naming them as inputs would point at vertexes no line describes.
+            let inputs: Vec<Digest> = vertex.inputs.iter().filter(|&&i| is_step(i)).map(|&i| state.digest(i)).collect();
             let mut text = format!("rbuild step\n{v}\n{}\n", vertex.name);
             for i in &inputs {
                 text.push_str(&format!("{i}\n"));
             }
             state.digests.insert(v, Digest::of(text.as_bytes()));
             state.inputs.insert(v, inputs);
+            if is_step(v) {
+                pending.push(state.vertex(v, vertex.name.clone()));
+            }
         }
+        // Like BuildKit, every step first appears once without a start: a reader knows the whole build up front.
+        if !pending.is_empty() {
+            Self::emit(&SolveStatus { vertexes: pending, ..SolveStatus::default() });
+        }
+    }
+
+    fn finish(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).solved = true;
     }
 
     fn message(&self, text: &str) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.messages += 1;
         let at = now();
+        if state.solved {
+            let (digest, _) = state.export.get_or_insert_with(|| {
+                let digest = Digest::of(b"rbuild exporting to image");
+                let v = Vertex {
+                    digest: digest.to_string(),
+                    name: "exporting to image".into(),
+                    started: Some(at.clone()),
+                    ..Vertex::default()
+                };
+                Self::emit(&SolveStatus { vertexes: vec![v], ..SolveStatus::default() });
+                (digest, at.clone())
+            });
+            let status = VertexStatus {
+                id: text.to_string(),
+                vertex: digest.to_string(),
+                current: 0,
+                timestamp: at.clone(),
+                started: at.clone(),
+                completed: at,
+            };
+            Self::emit(&SolveStatus { statuses: vec![status], ..SolveStatus::default() });
+            return;
+        }
+        state.messages += 1;
         let v = Vertex {
             digest: Digest::of(format!("rbuild message\n{}\n{text}", state.messages).as_bytes()).to_string(),
             name: text.to_string(),
@@ -168,5 +228,22 @@ impl Renderer for RawJsonProgress {
 
     fn status(&self, text: &str) {
         self.message(text);
+    }
+}
+
+impl Drop for RawJsonProgress {
+    /// The export vertex ends with the build.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some((digest, started)) = state.export.take() {
+            let v = Vertex {
+                digest: digest.to_string(),
+                name: "exporting to image".into(),
+                started: Some(started),
+                completed: Some(now()),
+                ..Vertex::default()
+            };
+            Self::emit(&SolveStatus { vertexes: vec![v], ..SolveStatus::default() });
+        }
     }
 }

@@ -215,7 +215,12 @@ impl Renderer for TtyProgress {
     fn plan(&self, graph: &Graph, target: VertexId) {
         let mut state = self.lock();
         let header = self.multi.insert(0, ProgressBar::new(super::steps(graph, target) as u64));
-        header.set_style(style("[+] Building {secs} ({pos}/{len})"));
+        // The build's time, not the bar's: the view starts after the Dockerfile was read and base images pulled.
+        let started = self.started;
+        let total = move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{}", secs(started.elapsed()));
+        };
+        header.set_style(style("[+] Building {total} ({pos}/{len})").with_key("total", total));
         header.enable_steady_tick(TICK);
         state.header = Some(header);
     }
@@ -251,7 +256,12 @@ mod tests {
 
     #[test]
     fn templates_parse() {
-        for t in [" => {wide_msg} {secs:>7}", " => {wide_msg} {prefix:>7}", " => => # {wide_msg}", "[+] Building {secs} ({pos}/{len})"] {
+        for t in [
+            " => {wide_msg} {secs:>7}",
+            " => {wide_msg} {prefix:>7}",
+            " => => # {wide_msg}",
+            "[+] Building {total} ({pos}/{len})",
+        ] {
             ProgressStyle::with_template(t).expect(t);
         }
     }
@@ -263,7 +273,11 @@ mod tests {
         p.event(Event::Started { vertex: 4, name: "[stage-0] RUN echo größe".into() });
         p.event(Event::Cached { vertex: 2, name: "[stage-0] COPY a /a".into() });
         p.event(Event::Log { vertex: 4, line: "\u{1b}[31mhi\u{1b}[0m".into() });
-        p.event(Event::Done { vertex: 4, name: "[stage-0] RUN echo größe".into(), elapsed: Duration::from_millis(1240) });
+        p.event(Event::Done {
+            vertex: 4,
+            name: "[stage-0] RUN echo größe".into(),
+            elapsed: Duration::from_millis(1240),
+        });
         let state = p.lock();
         let summary = p.summary(&state);
         let lines: Vec<&str> = summary.lines().skip(1).collect();
