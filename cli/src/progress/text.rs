@@ -21,34 +21,19 @@ pub fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-/// A line of a step's output as a live view may draw it: control characters (escape sequences that would move the
-/// cursor or clear the screen, tabs, carriage returns) become spaces or are dropped, and without a UTF-8 locale
-/// every non-ASCII character becomes `?`.
+/// A line of a step's output as a live view may draw it: escape sequences (which would move the cursor, clear the
+/// screen or change colours under the view's feet) are removed by `console`, other control characters are dropped
+/// (tabs become spaces), and without a UTF-8 locale every non-ASCII character becomes `?`.
 pub fn drawable(line: &str, utf8: bool) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            // An ANSI escape sequence: ESC [ ... final byte, or ESC and one character.
-            '\u{1b}' => {
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    while let Some(c) = chars.next() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            '\t' => out.push(' '),
-            c if c.is_control() => {}
-            c if !utf8 && !c.is_ascii() => out.push('?'),
-            c => out.push(c),
-        }
-    }
-    out
+    console::strip_ansi_codes(line)
+        .chars()
+        .filter_map(|c| match c {
+            '\t' => Some(' '),
+            c if c.is_control() => None,
+            c if !utf8 && !c.is_ascii() => Some('?'),
+            c => Some(c),
+        })
+        .collect()
 }
 
 #[cfg(test)]
