@@ -447,7 +447,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         // The store must be released first: collection needs it to itself.
         drop(worker);
         drop(store);
-        crate::storage::auto_gc(env);
+        crate::storage::auto_gc(env, &*progress);
     }
     Ok(ExitCode::SUCCESS)
 }

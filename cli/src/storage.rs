@@ -148,13 +148,13 @@ fn open_exclusive(root: &Path) -> Result<Store> {
 
 /// After a build that added to the store: collect down to the configured limit if the store outgrew it and no
 /// other process is using it (a later build will try again otherwise).
-pub fn auto_gc(env: &Env) {
+pub fn auto_gc(env: &Env, progress: &dyn crate::progress::Renderer) {
     let Some(limit) = env.gc_keep_storage else { return };
     match gc::auto_gc(&env.root, limit) {
         Ok(Some(r)) if r.freed > 0 => {
-            eprintln!("gc: store was over {}, reclaimed {}", human_size(limit), human_size(r.freed));
+            progress.message(&format!("gc: store was over {}, reclaimed {}", human_size(limit), human_size(r.freed)));
         }
         Ok(_) => {}
-        Err(e) => eprintln!("warning: automatic gc failed: {e:#}"),
+        Err(e) => progress.message(&format!("warning: automatic gc failed: {e:#}")),
     }
 }
