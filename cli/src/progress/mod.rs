@@ -53,7 +53,7 @@ pub struct ProgressArgs {
     /// [default: $BUILDKIT_PROGRESS, else auto]
     #[arg(long, value_enum, value_name = "MODE")]
     progress: Option<Mode>,
-    /// Print nothing but the image ID (on stdout), and errors
+    /// Print nothing but the image ID (on stdout), and errors (`--progress quiet`)
     #[arg(short = 'q', long)]
     quiet: bool,
 }
@@ -78,7 +78,7 @@ pub enum Mode {
     Tty,
     /// one line per event, BuildKit's format
     Plain,
-    /// nothing but errors (and the image ID on stdout)
+    /// the image ID on stdout, nothing else but errors
     Quiet,
     /// BuildKit's SolveStatus as JSON, one object per line
     Rawjson,
@@ -108,7 +108,7 @@ pub fn choose(
     };
     Ok(match mode {
         Mode::Tty => Arc::new(TtyProgress::new(utf8)),
-        Mode::Quiet => Arc::new(QuietProgress { print_id: quiet }),
+        Mode::Quiet => Arc::new(QuietProgress),
         Mode::Rawjson => Arc::new(RawJsonProgress::new()),
         Mode::Plain | Mode::Auto => Arc::new(PlainProgress::new()),
     })

@@ -1,13 +1,10 @@
-//! `--progress quiet` and `-q`: nothing on stderr but errors (which the caller prints), and with `-q` the image ID
-//! alone on stdout, as `docker buildx build -q` does.
+//! `--progress quiet` and `-q`: nothing on stderr but errors (which the caller prints), and the image ID alone on
+//! stdout, as `docker buildx build -q` and `--progress quiet` do (both checked against buildx 0.29).
 
 use super::Renderer;
 use rbuild_solver::{Event, Progress};
 
-pub struct QuietProgress {
-    /// `-q`: print the image ID on stdout.
-    pub print_id: bool,
-}
+pub struct QuietProgress;
 
 impl Progress for QuietProgress {
     fn event(&self, _: Event) {}
@@ -18,8 +15,6 @@ impl Renderer for QuietProgress {
     fn status(&self, _: &str) {}
     fn result(&self, _: &str) {}
     fn image_id(&self, id: &str) {
-        if self.print_id {
-            println!("{id}");
-        }
+        println!("{id}");
     }
 }
