@@ -49,6 +49,7 @@ impl StoreResolver {
         }
         self.progress.status(&format!("pulling {name}"));
         let pulled = self.handle.block_on(rbuild_image::local::pull(&self.client, &self.store, &r, platform));
+        self.progress.status_end();
         let pulled = match (pulled, local_other) {
             (Ok(p), _) => p,
             (Err(e), Some(local)) => {

@@ -34,6 +34,8 @@ pub trait Renderer: Progress {
     fn status(&self, text: &str) {
         self.message(&format!("#0 {text}"));
     }
+    /// The work the last [`Renderer::status`] announced ended (a live view stops its timer).
+    fn status_end(&self) {}
     /// A result line for stdout (a pushed image's `name@digest`); quiet mode keeps stdout for the image ID alone.
     fn result(&self, text: &str) {
         println!("{text}");

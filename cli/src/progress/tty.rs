@@ -38,6 +38,10 @@ struct State {
     order: Vec<VertexId>,
     /// Finished steps' bars still in the view, oldest first.
     shown_finished: VecDeque<ProgressBar>,
+    /// Build-level work before the steps (pulling a base image): its line, text and start, while it runs.
+    working: Option<(ProgressBar, String, Instant)>,
+    /// That work once done, for the summary: `#0 pulling X` and its time.
+    worked: Vec<(String, Duration)>,
     finished: bool,
 }
 
@@ -164,10 +168,27 @@ impl TtyProgress {
         }
     }
 
+    /// Ends the build-level work line, if one is running.
+    fn end_work(&self, state: &mut State) {
+        if let Some((bar, text, started)) = state.working.take() {
+            let elapsed = started.elapsed();
+            bar.disable_steady_tick();
+            bar.set_style(style(" => {wide_msg} {prefix:>7}"));
+            bar.set_prefix(secs(elapsed));
+            bar.finish();
+            // Kept (a dropped bar would leave the view): the header goes above it when the steps begin.
+            state.shown_finished.push_back(bar);
+            state.worked.push((text, elapsed));
+        }
+    }
+
     /// The plain summary left when the view goes: what each step did.
     fn summary(&self, state: &State) -> String {
         let mut out = self.header_text(state, true);
         out.push('\n');
+        for (text, elapsed) in &state.worked {
+            let _ = writeln!(out, "#0 {} {}", drawable(text, self.utf8), secs(*elapsed));
+        }
         for v in &state.order {
             let Some(step) = state.steps.get(v) else { continue };
             let n = step.number;
@@ -214,6 +235,7 @@ impl Progress for TtyProgress {
 impl Renderer for TtyProgress {
     fn plan(&self, graph: &Graph, target: VertexId) {
         let mut state = self.lock();
+        self.end_work(&mut state);
         let header = self.multi.insert(0, ProgressBar::new(super::steps(graph, target) as u64));
         // The build's time, not the bar's: the view starts after the Dockerfile was read and base images pulled.
         let started = self.started;
@@ -223,6 +245,26 @@ impl Renderer for TtyProgress {
         header.set_style(style("[+] Building {total} ({pos}/{len})").with_key("total", total));
         header.enable_steady_tick(TICK);
         state.header = Some(header);
+    }
+
+    /// Pulling a base image: a line with a timer until the next such line or the steps begin (the resolver pulls
+    /// one image at a time, before any step runs).
+    fn status(&self, text: &str) {
+        let mut state = self.lock();
+        if state.finished || self.multi.is_hidden() {
+            drop(state);
+            return self.message(&format!("#0 {text}"));
+        }
+        self.end_work(&mut state);
+        let bar = self.multi.add(ProgressBar::new_spinner());
+        bar.set_style(style(" => {wide_msg} {secs:>7}"));
+        bar.set_message(drawable(text, self.utf8));
+        bar.enable_steady_tick(TICK);
+        state.working = Some((bar, text.to_string(), Instant::now()));
+    }
+
+    fn status_end(&self) {
+        self.end_work(&mut self.lock());
     }
 
     fn message(&self, text: &str) {
@@ -244,6 +286,7 @@ impl Renderer for TtyProgress {
         for step in state.steps.values() {
             step.bar.disable_steady_tick();
         }
+        self.end_work(&mut state);
         let _ = self.multi.clear();
         self.multi.set_draw_target(ProgressDrawTarget::hidden());
         eprint!("{}", self.summary(&state));
