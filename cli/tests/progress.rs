@@ -320,3 +320,44 @@ fn tty_view_in_a_pseudo_terminal_shows_header_timers_and_output() {
     }
     assert!(!end.contains(" => => # "), "the live view is gone:\n{end}");
 }
+
+#[test]
+fn a_pulled_base_image_is_a_line_of_its_own_in_tty_and_rawjson() {
+    if !require(&["runc", "tmux", "docker-registry"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    let registry = crate::support::Registry::start();
+    ws.build_base("s", "base");
+    let image = format!("{}/{}:1", registry.addr, crate::support::unique("progress-base"));
+    ws.rbuild("s", &["tag", "base", &image]).success();
+    ws.rbuild("s", &["push", &image]).success();
+    let ctx = ws.context("app", &[("Dockerfile", &format!("FROM {image}\nRUN echo ran\n"))]);
+
+    // rawjson: the pull is a completed vertex before the step's.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rbuild"));
+    c.arg("--root").arg(ws.path("fresh-json")).args(["build", "--progress", "rawjson", path(&ctx)]);
+    let run = Run::from(c.stdin(Stdio::null()).output().expect("rbuild"), "rbuild build".into()).success();
+    let (_, vertexes) = rawjson(&run);
+    let pull = vertexes.values().find(|v| v["name"] == format!("pulling {image}").as_str());
+    let pull = pull.unwrap_or_else(|| panic!("no pull vertex:\n{}", run.stderr));
+    assert!(pull.contains_key("started") && pull.contains_key("completed"), "{pull:?}");
+
+    // tty: the pull is in the summary, with its time, above the steps.
+    let log = ws.path("tty.out");
+    let command = format!(
+        "{} --root {} build {} 2>&1; echo EXIT=$? > {}; sleep 60",
+        env!("CARGO_BIN_EXE_rbuild"),
+        path(&ws.path("fresh-tty")),
+        path(&ctx),
+        path(&log),
+    );
+    let tmux = Tmux::start(&ws, &command, 120, 30);
+    tmux.wait_for(Duration::from_secs(60), "the end", |_| log.exists());
+    let end = tmux.capture();
+    assert_eq!(std::fs::read_to_string(&log).expect("exit").trim(), "EXIT=0", "{end}");
+    let lines: Vec<&str> = end.lines().collect();
+    let pulled = lines.iter().position(|l| l.starts_with(&format!("#0 pulling {image} ")) && l.ends_with('s'));
+    let step = lines.iter().position(|l| l.starts_with("#1 [stage-0] RUN echo ran"));
+    assert!(pulled.is_some() && step.is_some() && pulled < step, "{end}");
+}
