@@ -361,3 +361,27 @@ fn a_pulled_base_image_is_a_line_of_its_own_in_tty_and_rawjson() {
     let step = lines.iter().position(|l| l.starts_with("#1 [stage-0] RUN echo ran"));
     assert!(pulled.is_some() && step.is_some() && pulled < step, "{end}");
 }
+
+#[test]
+fn auto_is_plain_on_a_terminal_that_says_term_dumb() {
+    if !require(&["runc", "tmux"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    let ctx = ws.context("app", &[("Dockerfile", "FROM base\nRUN echo from-the-step\n")]);
+    let log = ws.path("tty.out");
+    let command = format!(
+        "TERM=dumb {} --root {} build {} 2>&1; echo EXIT=$? > {}; sleep 60",
+        env!("CARGO_BIN_EXE_rbuild"),
+        path(&ws.path("s")),
+        path(&ctx),
+        path(&log),
+    );
+    let tmux = Tmux::start(&ws, &command, 100, 30);
+    tmux.wait_for(Duration::from_secs(60), "the end", |_| log.exists());
+    let end = tmux.capture();
+    assert!(end.contains("#1 [stage-0] RUN echo from-the-step\n#1 "), "plain lines:\n{end}");
+    assert!(end.lines().any(|l| l.starts_with("#1 ") && l.ends_with(" from-the-step")), "{end}");
+    assert!(!end.contains("[+] Building"), "no live view:\n{end}");
+}

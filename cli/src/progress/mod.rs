@@ -66,7 +66,8 @@ impl ProgressArgs {
         use std::io::IsTerminal as _;
         let var = |k: &str| std::env::var(k).ok();
         let env_value = var("BUILDKIT_PROGRESS");
-        let tty = std::io::stderr().is_terminal();
+        // A terminal that cannot move the cursor (TERM=dumb: editors' shells, some CI consoles) gets plain lines.
+        let tty = std::io::stderr().is_terminal() && var("TERM").as_deref() != Some("dumb");
         choose(self.progress, env_value.as_deref(), self.quiet, tty, locale_is_utf8(&var)).map_err(anyhow::Error::msg)
     }
 }
