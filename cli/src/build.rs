@@ -299,7 +299,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         }
     };
     for w in &ast.warnings {
-        progress.message(&format!("warning: {shown_name}:{}: {}", w.line, w.message));
+        progress.warning(&format!("warning: {shown_name}:{}: {}", w.line, w.message));
     }
     let mut tags = Vec::new();
     for t in &args.tags {
@@ -355,7 +355,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         }
     };
     for w in &plan.warnings {
-        progress.message(w);
+        progress.warning(w);
     }
     if let Err(e) = apply_network(&mut plan, args.network, &entitlements) {
         render::convert_error(&shown_name, &text, &e);

@@ -119,8 +119,14 @@ fn rawjson_marks_the_failed_step_with_its_error() {
     let ws = Workspace::new();
     ws.build_base("s", "base");
     let ctx = ws.context("bad", &[("Dockerfile", "FROM base\nRUN echo about to fail; exit 3\n")]);
-    let run = build(&ws, &["--progress=rawjson", path(&ctx)], &[]);
+    let run = build(&ws, &["--progress=rawjson", "--build-arg", "UNUSED=1", path(&ctx)], &[]);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
+    // The unused build arg is a warning, its text base64 as Go writes []byte.
+    let first: Value = serde_json::from_str(run.stderr.lines().next().expect("a line")).expect("json");
+    let short = first["warnings"][0]["short"].as_str().unwrap_or_else(|| panic!("a warning first: {first}"));
+    let short =
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(short).expect("b64")).expect("utf-8");
+    assert!(short.contains("[UNUSED] were not consumed"), "{short}");
     // The error report follows the JSON lines; the JSON lines themselves are intact.
     let json =
         Run { stderr: run.stderr.lines().take_while(|l| l.starts_with('{')).collect::<Vec<_>>().join("\n"), ..run };

@@ -30,6 +30,10 @@ pub trait Renderer: Progress {
     /// A build-level line on stderr that belongs to no step, printed as written in plain mode: "writing image X",
     /// "naming to Y", a warning.
     fn message(&self, text: &str);
+    /// A warning about the build (a Dockerfile check, an unused build arg): plain mode prints it as written.
+    fn warning(&self, text: &str) {
+        self.message(text);
+    }
     /// Build-level work that BuildKit numbers `#0` ("pulling X"); plain mode prints `#0 {text}`.
     fn status(&self, text: &str) {
         self.message(&format!("#0 {text}"));

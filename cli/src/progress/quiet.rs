@@ -12,6 +12,7 @@ impl Progress for QuietProgress {
 
 impl Renderer for QuietProgress {
     fn message(&self, _: &str) {}
+    fn warning(&self, _: &str) {}
     fn status(&self, _: &str) {}
     fn result(&self, _: &str) {}
     fn image_id(&self, id: &str) {

@@ -5,9 +5,10 @@
 //! A vertex's `digest` is not an LLB digest (rbuild has no LLB): it is a digest of the step's position, name and
 //! inputs' digests, stable within a build and unique per step, which is all a reader can rely on. `inputs` name
 //! only steps (sources, which report no progress, are left out). As in BuildKit, every step is first written
-//! without `started`, when the build is planned. Build-level lines before the steps end (pulling a base image,
-//! warnings) are vertexes of their own, completed when written; those after ("writing image", "naming to") are
-//! `statuses` of an `exporting to image` vertex, as BuildKit writes them. Byte counts (`total`) are not reported.
+//! without `started`, when the build is planned. Warnings are `warnings`. Build-level lines before the steps end
+//! (pulling a base image) are vertexes of their own, completed when written; those after ("writing image",
+//! "naming to") are `statuses` of an `exporting to image` vertex, as BuildKit writes them. Byte counts (`total`)
+//! are not reported.
 
 use super::Renderer;
 use base64::Engine as _;
@@ -42,6 +43,16 @@ pub struct SolveStatus {
     pub statuses: Vec<VertexStatus>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<VertexLog>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<VertexWarning>,
+}
+
+/// BuildKit's `client.VertexWarning`, as far as rbuild's warnings go: a level (1, as BuildKit's Dockerfile checks)
+/// and the text, base64 as Go writes `[]byte`. rbuild's warnings carry their `file:line` in the text.
+#[derive(Serialize)]
+pub struct VertexWarning {
+    pub level: u8,
+    pub short: String,
 }
 
 /// BuildKit's `client.VertexStatus`: a named piece of a vertex's work ("naming to X" under "exporting to image").
@@ -228,6 +239,12 @@ impl Renderer for RawJsonProgress {
 
     fn status(&self, text: &str) {
         self.message(text);
+    }
+
+    fn warning(&self, text: &str) {
+        let short = base64::engine::general_purpose::STANDARD.encode(text);
+        let w = VertexWarning { level: 1, short };
+        Self::emit(&SolveStatus { warnings: vec![w], ..SolveStatus::default() });
     }
 }
 
