@@ -6,7 +6,7 @@
 //! inputs' digests, stable within a build and unique per step, which is all a reader can rely on. `inputs` name
 //! only steps (sources, which report no progress, are left out). As in BuildKit, every step is first written
 //! without `started`, when the build is planned. Warnings are `warnings`. Build-level lines before the steps end
-//! (pulling a base image) are vertexes of their own, completed when written; those after ("writing image",
+//! (pulling a base image) are vertexes of their own, from start to end; those after ("writing image",
 //! "naming to") are `statuses` of an `exporting to image` vertex, as BuildKit writes them. Byte counts (`total`)
 //! are not reported.
 
@@ -28,6 +28,8 @@ struct State {
     inputs: BTreeMap<VertexId, Vec<Digest>>,
     started: BTreeMap<VertexId, String>,
     messages: usize,
+    /// The build-level work that [`Renderer::status`] started and [`Renderer::status_end`] ends.
+    working: Option<Vertex>,
     /// The solve is over: build-level lines are statuses of an "exporting to image" vertex, as in BuildKit.
     solved: bool,
     /// That vertex's digest and start, once it was written.
@@ -67,7 +69,7 @@ pub struct VertexStatus {
 }
 
 /// BuildKit's `client.Vertex`.
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, Clone)]
 pub struct Vertex {
     pub digest: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -237,8 +239,27 @@ impl Renderer for RawJsonProgress {
         Self::emit(&SolveStatus { vertexes: vec![v], ..SolveStatus::default() });
     }
 
+    /// A vertex that starts now and completes at [`Renderer::status_end`] (or at the next status).
     fn status(&self, text: &str) {
-        self.message(text);
+        self.status_end();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.messages += 1;
+        let v = Vertex {
+            digest: Digest::of(format!("rbuild message\n{}\n{text}", state.messages).as_bytes()).to_string(),
+            name: text.to_string(),
+            started: Some(now()),
+            ..Vertex::default()
+        };
+        Self::emit(&SolveStatus { vertexes: vec![v.clone()], ..SolveStatus::default() });
+        state.working = Some(v);
+    }
+
+    fn status_end(&self) {
+        let working = self.state.lock().unwrap_or_else(|p| p.into_inner()).working.take();
+        if let Some(v) = working {
+            let v = Vertex { completed: Some(now()), ..v };
+            Self::emit(&SolveStatus { vertexes: vec![v], ..SolveStatus::default() });
+        }
     }
 
     fn warning(&self, text: &str) {
