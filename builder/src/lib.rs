@@ -131,8 +131,10 @@ impl Builder {
         };
         solve_opts.record_scope = Some(format!("{shown}\n{}", req.target.as_deref().unwrap_or_default()));
         solve_opts.explain = req.explain_cache;
+        reporter.plan(&graph, plan.target);
         let progress: Arc<dyn rbuild_solver::Progress> = reporter.clone();
         let result = solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress, solve_opts).await;
+        reporter.finish();
         worker.finish();
         let solved = result.map_err(|e| {
             let tail = match e.source.as_ref() {

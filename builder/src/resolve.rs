@@ -89,8 +89,11 @@ impl Source<'_> {
                 None => format!("{}/{}", config.os, config.architecture),
             });
         }
-        self.reporter.message(&format!("pulling {name}"));
-        let pulled = match (rbuild_image::local::pull(self.client, self.store, &r, platform).await, local_other) {
+        let status = format!("pulling {name}");
+        self.reporter.status(&status);
+        let pulled = rbuild_image::local::pull(self.client, self.store, &r, platform).await;
+        self.reporter.status_end(&status);
+        let pulled = match (pulled, local_other) {
             (Ok(p), _) => p,
             (Err(e), Some(local)) => {
                 return Err(format!(

@@ -2,7 +2,6 @@
 //! on stderr, errors with their Dockerfile line, the image ID and pushed digests.
 
 use crate::Env;
-use crate::progress::PlainProgress;
 use crate::render;
 use anyhow::{Context as _, Result, bail};
 use rbuild_builder::container as options;
@@ -12,7 +11,6 @@ use rbuild_image::registry::ImageRef;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
@@ -68,6 +66,8 @@ pub struct BuildArgs {
     labels: Vec<String>,
     #[command(flatten)]
     outputs: crate::outputs::OutputArgs,
+    #[command(flatten)]
+    progress: crate::progress::ProgressArgs,
     #[command(flatten)]
     container: ContainerArgs,
     /// The build context directory
@@ -246,20 +246,24 @@ fn request(args: &BuildArgs) -> Result<BuildRequest> {
 }
 
 pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
+    let progress = args.progress.renderer()?;
     let canceller = Canceller::new();
     let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
     let req = request(&args)?;
     let builder =
         Builder { root: env.root.clone(), registry: env.registry.clone(), gc_keep_storage: env.gc_keep_storage };
-    let progress = Arc::new(PlainProgress::new());
-    match builder.build(req, progress, canceller).await {
+    let result = builder.build(req, progress.clone(), canceller).await;
+    // A live view stops redrawing before errors are printed under it.
+    progress.finish();
+    match result {
         Ok(result) => {
             if let Some(f) = &args.iidfile {
                 std::fs::write(f, result.image.as_str()).with_context(|| format!("writing {}", f.display()))?;
             }
             for p in &result.pushed {
-                println!("{}@{}", p.name, p.digest);
+                progress.result(&format!("{}@{}", p.name, p.digest));
             }
+            progress.image_id(result.image.as_str());
             Ok(ExitCode::SUCCESS)
         }
         Err(BuildError::Parse { dockerfile, error }) => {

@@ -202,7 +202,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let pushed =
                 rbuild_builder::outputs::finish(&store, &client, &rec.config, &outputs, None, None, &reporter).await?;
             for p in pushed {
-                println!("{}@{}", p.name, p.digest);
+                progress::Renderer::result(&reporter, &format!("{}@{}", p.name, p.digest));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -13,6 +13,7 @@ mod hardening;
 mod limits;
 mod network;
 mod outputs;
+mod progress;
 mod pull;
 mod registry;
 mod support;

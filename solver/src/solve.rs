@@ -394,7 +394,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                 }
                 let e = error(e, false);
                 if c.first_failure(&e) {
-                    c.progress.event(Event::Failed { vertex: v, name, elapsed });
+                    c.progress.event(Event::Failed { vertex: v, name, elapsed, error: e.source.to_string() });
                     c.worker.cancel();
                 } else {
                     c.progress.event(Event::Canceled { vertex: v, name, elapsed });

@@ -129,6 +129,8 @@ pub enum Event {
         vertex: VertexId,
         name: String,
         elapsed: Duration,
+        /// The step's error, as one line.
+        error: String,
     },
     /// A step that was running when another one failed, and was stopped.
     Canceled {
