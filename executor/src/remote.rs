@@ -1,16 +1,18 @@
 //! `ADD <url>` and `ADD <git repository>`: remote sources fetched onto the host, then copied like context files.
 //!
-//! The fetch runs the `curl` and `git` programs (Debian packages, like runc) instead of linking an HTTP and a Git
-//! stack into rbuild: they already handle proxies, TLS trust stores, redirects and credentials helpers the way
-//! users configured them. A fetched source is a plain directory, so the step that copies from it is keyed by the
-//! content digest of what arrived, exactly like a COPY from the build context: a URL whose content did not change
-//! hits the cache, one whose content changed does not.
+//! A URL is downloaded with `reqwest` (already linked for registries; it reads the `HTTP(S)_PROXY`/`NO_PROXY`
+//! variables and trusts the system's CA store), hashed while it is written, so a `--checksum` costs no second
+//! read. A repository is cloned by the `git` program (a Debian package, like runc) rather than a linked Git stack:
+//! it handles credential helpers, SSH and submodules the way users configured them. A fetched source is a plain
+//! directory, so the step that copies from it is keyed by the content digest of what arrived, exactly like a COPY
+//! from the build context: a URL whose content did not change hits the cache, one whose content changed does not.
 
 use sha2::{Digest as _, Sha256};
-use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// A remote source could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,27 @@ pub enum RemoteError {
     },
     #[error("fetching {what} failed ({status}): {stderr}")]
     Failed { what: String, status: std::process::ExitStatus, stderr: String },
+    #[error("downloading {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("downloading {url} failed: the server answered {status}")]
+    Status { url: String, status: reqwest::StatusCode },
+    #[error("downloading {url} to {path} failed")]
+    Transfer {
+        url: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the download {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot read the download {path}")]
     Read {
         path: PathBuf,
@@ -109,22 +132,6 @@ fn run(program: &'static str, args: &[&str], what: &str) -> Result<(), RemoteErr
     Err(RemoteError::Failed { what: what.to_string(), status: out.status, stderr })
 }
 
-/// The sha256 of a file, as hex.
-fn sha256_file(path: &Path) -> Result<String, RemoteError> {
-    let read_err = |source| RemoteError::Read { path: path.to_path_buf(), source };
-    let mut f = File::open(path).map_err(read_err)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 /// Checks a `--checksum` value's form before anything is downloaded.
 pub fn parse_checksum(checksum: &str) -> Result<String, RemoteError> {
     let bad = || RemoteError::BadChecksum { checksum: checksum.to_string() };
@@ -135,7 +142,15 @@ pub fn parse_checksum(checksum: &str) -> Result<String, RemoteError> {
     Ok(hex.to_ascii_lowercase())
 }
 
+/// How long a download may wait for a connection, for the next bytes, and in all.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const TOTAL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Redirects followed at most (reqwest follows only http and https, never `file://`).
+const MAX_REDIRECTS: usize = 10;
+
 /// Downloads `url` to `dir/filename` (following redirects, failing on HTTP errors) and verifies `checksum`.
+/// Called on a blocking thread (the worker's), never on the async runtime.
 pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path) -> Result<PathBuf, RemoteError> {
     if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".." {
         return Err(RemoteError::BadName { name: filename.to_string() });
@@ -143,43 +158,77 @@ pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path)
     let expected = checksum.map(parse_checksum).transpose()?;
     let dest = dir.join(filename);
     check_http_url(url)?;
-    let dest_str = dest.to_string_lossy().into_owned();
-    // `--proto`/`--proto-redir` keep a redirect from leading to `file://` or another scheme; the timeouts keep a
-    // stalled server from holding the build forever (no data for 60 s, at most an hour in all).
-    let args = [
-        "--silent",
-        "--show-error",
-        "--fail",
-        "--location",
-        "--proto",
-        "=http,https",
-        "--proto-redir",
-        "=http,https",
-        "--connect-timeout",
-        "30",
-        "--speed-limit",
-        "1",
-        "--speed-time",
-        "60",
-        "--max-time",
-        "3600",
-        // The file's mtime is the server's Last-Modified, as BuildKit sets it.
-        "--remote-time",
-        "--output",
-        &dest_str,
-        url,
-    ];
-    run("curl", &args, url)?;
+    let http_err = |source| RemoteError::Http { url: url.to_string(), source };
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        // The blocking client applies this to the request and to every read of the body: an idle timeout.
+        .timeout(IDLE_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .build()
+        .map_err(http_err)?;
+    let mut response = client.get(url).send().map_err(http_err)?;
+    if !response.status().is_success() {
+        return Err(RemoteError::Status { url: url.to_string(), status: response.status() });
+    }
+    // The file's mtime is the server's Last-Modified, as BuildKit sets it.
+    let modified = response
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let write_err = |source| RemoteError::Write { path: dest.clone(), source };
     // BuildKit gives downloaded files mode 0600 (ADD --chmod changes it when copying).
-    std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|source| RemoteError::Read { path: dest.clone(), source })?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dest)
+        .map_err(write_err)?;
+    let mut out = HashingWriter {
+        inner: io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        deadline: std::time::Instant::now() + TOTAL_TIMEOUT,
+    };
+    // A read error (a timeout, a reset) and a write error both end the transfer; the message says which.
+    io::copy(&mut response, &mut out).map_err(|source| RemoteError::Transfer {
+        url: url.to_string(),
+        path: dest.clone(),
+        source,
+    })?;
+    let file = out.inner.into_inner().map_err(|e| write_err(e.into_error()))?;
+    if let Some(t) = modified {
+        file.set_modified(t).map_err(write_err)?;
+    }
     if let (Some(expected), Some(raw)) = (expected, checksum) {
-        let got = sha256_file(&dest)?;
+        let got = hex::encode(out.hasher.finalize());
         if got != expected {
             return Err(RemoteError::Checksum { url: url.to_string(), expected: raw.to_string(), got });
         }
     }
     Ok(dest)
+}
+
+/// Hashes what passes through it, and ends a download that trickles past its deadline.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    deadline: std::time::Instant,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if std::time::Instant::now() > self.deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the download took longer than an hour"));
+        }
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Every git command runs with only the network transports enabled, so a submodule cannot use `file` or `ext`.
@@ -246,7 +295,7 @@ mod tests {
 
     /// Serves `body` once over HTTP on a loopback port; returns the URL of `/name`.
     fn serve_once(body: &'static [u8], name: &str) -> String {
-        use std::io::Write;
+        use std::io::Read;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -266,10 +315,6 @@ mod tests {
 
     #[test]
     fn http_urls_download_and_verify() {
-        if std::process::Command::new("curl").arg("--version").output().is_err() {
-            eprintln!("SKIPPED: needs curl");
-            return;
-        }
         let t = tempfile::tempdir().unwrap();
         let out = t.path().join("out");
         std::fs::create_dir(&out).unwrap();
