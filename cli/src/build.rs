@@ -22,7 +22,7 @@ pub struct BuildArgs {
     /// Name (and optionally tag) for the image; may be repeated
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     tags: Vec<String>,
-    /// The Dockerfile [default: CONTEXT/Dockerfile, else CONTEXT/dockerfile]
+    /// The Dockerfile, `-` for stdin [default: CONTEXT/Dockerfile, else CONTEXT/dockerfile]
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment)
@@ -73,7 +73,8 @@ pub struct BuildArgs {
     outputs: crate::outputs::OutputArgs,
     #[command(flatten)]
     container: ContainerArgs,
-    /// The build context directory
+    /// The build context: a directory, `-` (a tar or a Dockerfile on stdin), a Git URL
+    /// (https://host/repo.git#ref:subdir, git@host:repo.git) or an http(s) URL of a tarball
     context: PathBuf,
 }
 
@@ -275,12 +276,19 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
     let mount_sources =
         crate::secrets::mount_sources(&args.secrets, &args.ssh, &|name: &str| std::env::var(name).ok())?;
-    let context = args.context.clone();
+    // `-`, `-f -`, Git and http(s) contexts become a local directory first (removed when `source` is dropped).
+    let source = crate::source::resolve(
+        &args.context,
+        args.file.as_deref(),
+        &mut std::io::stdin(),
+        crate::source::Limits::from_env()?,
+    )?;
+    let context = source.context.clone();
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
     // Like docker build: `Dockerfile`, else `dockerfile`.
-    let dockerfile = args.file.clone().unwrap_or_else(|| {
+    let dockerfile = source.dockerfile.clone().unwrap_or_else(|| {
         let upper = context.join("Dockerfile");
         let lower = context.join("dockerfile");
         if !upper.exists() && lower.exists() { lower } else { upper }

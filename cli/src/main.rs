@@ -12,6 +12,7 @@ mod progress;
 mod render;
 mod resolver;
 mod secrets;
+mod source;
 mod storage;
 
 use anyhow::{Context as _, Result};

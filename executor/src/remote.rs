@@ -37,6 +37,8 @@ pub enum RemoteError {
     BadChecksum { checksum: String },
     #[error("invalid download file name {name:?}")]
     BadName { name: String },
+    #[error("{what} is larger than the limit of {max_bytes} bytes")]
+    TooLarge { what: String, max_bytes: u64 },
     #[error("refusing {what} {value:?}: {reason}")]
     Refused { what: &'static str, value: String, reason: &'static str },
 }
@@ -180,6 +182,82 @@ pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path)
         }
     }
     Ok(dest)
+}
+
+/// Downloads `url` into the file `dest` (created new), stopping with [`RemoteError::TooLarge`] once more than
+/// `max_bytes` arrived: curl's own `--max-filesize` cannot stop a response that does not announce its length, so
+/// the body is read through a pipe and counted here. For remote build contexts, which nothing else bounds.
+pub fn fetch_http_bounded(url: &str, dest: &Path, max_bytes: u64) -> Result<(), RemoteError> {
+    use std::io::Write as _;
+    check_http_url(url)?;
+    let max = max_bytes.to_string();
+    let args = [
+        "--silent",
+        "--show-error",
+        "--fail",
+        "--location",
+        "--proto",
+        "=http,https",
+        "--proto-redir",
+        "=http,https",
+        "--connect-timeout",
+        "30",
+        "--speed-limit",
+        "1",
+        "--speed-time",
+        "60",
+        "--max-time",
+        "3600",
+        "--max-filesize",
+        &max,
+        url,
+    ];
+    let spawn_err = |source| RemoteError::Spawn { program: "curl", what: url.to_string(), source };
+    let mut child = Command::new("curl")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let write_err = |source| RemoteError::Read { path: dest.to_path_buf(), source };
+    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(dest).map_err(write_err)?;
+    let mut body = child.stdout.take().ok_or_else(|| spawn_err(io::Error::other("no stdout pipe")))?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    let copied = loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(write_err(e)),
+        };
+        total += n as u64;
+        if total > max_bytes {
+            break Err(RemoteError::TooLarge { what: url.to_string(), max_bytes });
+        }
+        if let Err(e) = out.write_all(&buf[..n]) {
+            break Err(write_err(e));
+        }
+    };
+    if copied.is_err() {
+        let _ = child.kill();
+    }
+    drop(body);
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.by_ref().take(64 << 10).read_to_string(&mut stderr);
+    }
+    let status = child.wait().map_err(spawn_err)?;
+    copied?;
+    if !status.success() {
+        // curl's exit code 63: the server announced a body larger than --max-filesize.
+        if status.code() == Some(63) {
+            return Err(RemoteError::TooLarge { what: url.to_string(), max_bytes });
+        }
+        return Err(RemoteError::Failed { what: url.to_string(), status, stderr: stderr.trim().to_string() });
+    }
+    Ok(())
 }
 
 /// Every git command runs with only the network transports enabled, so a submodule cannot use `file` or `ext`.
