@@ -72,6 +72,8 @@ pub struct BuildArgs {
     #[command(flatten)]
     outputs: crate::outputs::OutputArgs,
     #[command(flatten)]
+    buildx: crate::buildx_flags::BuildxArgs,
+    #[command(flatten)]
     container: ContainerArgs,
     /// The build context: a directory, `-` (a tar or a Dockerfile on stdin), a Git URL
     /// (https://host/repo.git#ref:subdir, git@host:repo.git) or an http(s) URL of a tarball
@@ -317,6 +319,9 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let outputs = crate::outputs::plan(&args.outputs, &tags, args.push)?;
     let labels = parse_labels(&args.labels)?;
     let platform = crate::outputs::platform(&args.outputs)?;
+    let requests = args.buildx.check(&platform)?;
+    let docker = requests.load.then(|| crate::docker_load::Daemon::find(std::env::var("DOCKER_HOST").ok().as_deref()));
+    let docker = docker.transpose()?;
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => {
             Some(v.parse::<i64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?)
@@ -441,8 +446,12 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     if let Some(f) = &args.iidfile {
         std::fs::write(f, config_digest.as_str()).with_context(|| format!("writing {}", f.display()))?;
     }
-    crate::outputs::finish(&store, &client, &config_digest, &outputs, args.outputs.metadata_file.as_deref(), epoch)
-        .await?;
+    let (metadata, annotations) = (args.outputs.metadata_file.as_deref(), &requests.manifest_annotations);
+    crate::outputs::finish_annotated(&store, &client, &config_digest, &outputs, metadata, epoch, annotations).await?;
+    if let Some(daemon) = &docker {
+        let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        crate::docker_load::load(daemon, &store, &config_digest, &names, annotations)?;
+    }
     let ran = solved.iter().zip(&graph.vertices).any(|(s, v)| {
         s.as_ref().is_some_and(|s| !s.cached) && matches!(v.op, rbuild_solver::Op::Exec(_) | rbuild_solver::Op::File(_))
     });

@@ -5,6 +5,8 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod build;
+mod buildx_flags;
+mod docker_load;
 mod interrupt;
 mod login;
 mod outputs;

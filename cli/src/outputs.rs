@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use rbuild_cache::{ImageRecord, Store};
 use rbuild_image::export::{self, ArchiveKind, ExportImage};
 use rbuild_image::layer::{Compression, LayerOptions};
-use rbuild_image::local::{Assembled, assemble, push_with};
+use rbuild_image::local::{Assembled, assemble};
 use rbuild_image::registry::{ImageRef, RegistryClient};
 use rbuild_solver::Digest;
 use rbuild_solver::oci::{ImageConfig, MEDIA_OCI_MANIFEST, Platform};
@@ -271,13 +271,26 @@ pub async fn finish(
     metadata_file: Option<&Path>,
     epoch: Option<i64>,
 ) -> Result<()> {
+    finish_annotated(store, client, config, outputs, metadata_file, epoch, &Default::default()).await
+}
+
+/// [`finish`], with `annotations` (`--annotation`) on the manifests pushed and exported.
+pub async fn finish_annotated(
+    store: &Store,
+    client: &RegistryClient,
+    config: &Digest,
+    outputs: &[Output],
+    metadata_file: Option<&Path>,
+    epoch: Option<i64>,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
     let mut meta = Metadata::default();
     let mtime = epoch.map_or(0, |e| e.max(0) as u64);
     for output in outputs {
         match output {
             Output::Archive { kind, dest, tar, names, compression } => {
                 eprintln!("exporting to {} ({kind:?})", dest.display());
-                let a = assemble(store, config, *compression)?;
+                let a = rbuild_image::local::assemble_annotated(store, config, *compression, annotations)?;
                 meta.manifest = Some((a.manifest_digest.clone(), a.manifest_bytes.len() as u64));
                 let images = [ExportImage { image: &a, names: names.clone() }];
                 write_archive_to(dest, *tar, &images, *kind, mtime)?;
@@ -311,9 +324,10 @@ pub async fn finish(
                     }
                     if *push {
                         eprintln!("pushing {r}");
-                        let report = push_with(client, store, config, &r, *compression)
-                            .await
-                            .with_context(|| format!("pushing {r}"))?;
+                        let report =
+                            rbuild_image::local::push_annotated(client, store, config, &r, *compression, annotations)
+                                .await
+                                .with_context(|| format!("pushing {r}"))?;
                         eprintln!(
                             "pushed {r}: {} uploaded, {} mounted, {} already there",
                             report.uploaded.len(),

@@ -1,6 +1,7 @@
 //! rbuild's end-to-end tests: the real binary, real containers, a real registry, and independent tools (skopeo,
 //! umoci, runc) reading what it wrote. One test binary (see STYLE.md); each test has its own store and registry.
 
+mod buildx_flags;
 mod cache;
 mod compat;
 mod context_safety;
