@@ -274,6 +274,7 @@ fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
 }
 
 pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
+    crate::privilege::check_build()?;
     let canceller = rbuild_executor::cancel::Canceller::new();
     let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
     let mount_sources =

@@ -89,14 +89,8 @@ pub fn resolve(context: &Path, file: Option<&Path>, stdin: &mut dyn Read, limits
     if file_from_stdin && kind == Kind::Stdin {
         bail!("cannot read both the build context and the Dockerfile (-f -) from stdin");
     }
-    if kind == Kind::Dir {
-        let mut source = Source { context: context.to_path_buf(), dockerfile: file.map(Path::to_path_buf), _tmp: None };
-        if file_from_stdin {
-            let tmp = temp_dir()?;
-            source.dockerfile = Some(dockerfile_from(stdin, tmp.path(), "stdin (-f -)")?);
-            source._tmp = Some(tmp);
-        }
-        return Ok(source);
+    if kind == Kind::Dir && !file_from_stdin {
+        return Ok(Source { context: context.to_path_buf(), dockerfile: file.map(Path::to_path_buf), _tmp: None });
     }
     let tmp = temp_dir()?;
     let root = tmp.path().join("context");
@@ -120,7 +114,13 @@ pub fn resolve(context: &Path, file: Option<&Path>, stdin: &mut dyn Read, limits
             }
             std::fs::rename(&dir, &root).with_context(|| format!("moving {} into place", dir.display()))?;
         }
-        Kind::Dir => unreachable!("handled above"),
+        Kind::Dir => {
+            let dockerfile = match file_from_stdin {
+                true => Some(dockerfile_from(stdin, tmp.path(), "stdin (-f -)")?),
+                false => file.map(Path::to_path_buf),
+            };
+            return Ok(Source { context: context.to_path_buf(), dockerfile, _tmp: Some(tmp) });
+        }
     }
     if file_from_stdin {
         dockerfile = Some(dockerfile_from(stdin, tmp.path(), "stdin (-f -)")?);
