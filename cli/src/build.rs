@@ -280,12 +280,9 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let mount_sources =
         crate::secrets::mount_sources(&args.secrets, &args.ssh, &|name: &str| std::env::var(name).ok())?;
     // `-`, `-f -`, Git and http(s) contexts become a local directory first (removed when `source` is dropped).
-    let source = crate::source::resolve(
-        &args.context,
-        args.file.as_deref(),
-        &mut std::io::stdin(),
-        crate::source::Limits::from_env()?,
-    )?;
+    let limits = crate::source::Limits::from_env()?;
+    let source = crate::source::resolve(&args.context, args.file.as_deref(), &mut std::io::stdin(), limits)?;
+    let named = crate::named_contexts::NamedContexts::parse(&args.buildx.build_contexts, limits)?;
     let context = source.context.clone();
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
@@ -350,13 +347,14 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
             NoCache::Stages(args.no_cache_filter.clone())
         },
         context_excludes: ignore_patterns(&context, &dockerfile)?,
+        named_contexts: named.dir_names(),
     };
-    let resolver = StoreResolver {
+    let resolver = named.resolver(StoreResolver {
         store: store.clone(),
         client: client.clone(),
         handle: tokio::runtime::Handle::current(),
         pull: args.pull,
-    };
+    });
     let plan = tokio::task::spawn_blocking(move || convert(&ast, &opts, &resolver)).await?;
     let mut plan = match plan {
         Ok(p) => p,
@@ -385,7 +383,8 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         LocalWorker::new(store.clone(), context_abs, epoch)?
             .with_mount_sources(mount_sources)
             .with_container_options(container_options)
-            .with_canceller(canceller),
+            .with_canceller(canceller)
+            .with_named_contexts(named.dirs()),
     );
     let progress = Arc::new(PlainProgress::new());
     let graph = Arc::new(std::mem::take(&mut plan.graph));

@@ -32,6 +32,10 @@ pub struct BuildxArgs {
     /// SBOM attestation: only `false` (or `0`) is supported: rbuild attaches none
     #[arg(long, value_name = "false")]
     pub sbom: Option<String>,
+    /// An additional context: NAME=DIR, NAME=URL (Git or http(s) tarball) or NAME=docker-image://REF, usable as
+    /// `COPY --from=NAME` (and `FROM NAME` for images); repeatable
+    #[arg(long = "build-context", value_name = "NAME=DIR|URL|docker-image://REF")]
+    pub build_contexts: Vec<String>,
     /// Attestation parameters: only `type=provenance|sbom,disabled=true` is supported
     #[arg(long = "attest", value_name = "type=TYPE,disabled=true")]
     pub attest: Vec<String>,

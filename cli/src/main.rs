@@ -14,6 +14,7 @@ mod images;
 mod inspect;
 mod interrupt;
 mod login;
+mod named_contexts;
 mod outputs;
 mod privilege;
 mod progress;

@@ -142,3 +142,59 @@ fn every_secret_form_buildx_has_reaches_the_step() {
     );
     assert_ne!(run.code, Some(0), "{}", run.stderr);
 }
+
+#[test]
+fn build_contexts_feed_copy_from_and_from() {
+    if !require(&["curl"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    let base =
+        ws.context("realbase", &[("Dockerfile", "FROM scratch\nCOPY b.txt /b.txt\n"), ("b.txt", "from the image\n")]);
+    ws.rbuild("s", &["build", "-t", "realbase", base.to_str().unwrap()]).success();
+    let extra = ws.context("extra", &[("e.txt", "from a directory\n")]);
+    let www = ws.path("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(10);
+    h.set_mode(0o644);
+    tar.append_data(&mut h, "w.txt", &b"from http\n"[..]).unwrap();
+    std::fs::write(www.join("web.tar"), tar.into_inner().unwrap()).unwrap();
+    let url = crate::sources::serve_dir(&www);
+
+    let df =
+        "FROM alias\nCOPY --from=extra e.txt /e.txt\nCOPY --from=web w.txt /w.txt\nCOPY --from=img /b.txt /again.txt\n";
+    let ctx = ws.context("main", &[("Dockerfile", df)]);
+    let out = ws.path("out");
+    let contexts = [
+        "alias=docker-image://realbase".to_string(),
+        format!("extra={}", extra.display()),
+        format!("web={url}/web.tar"),
+        "img=docker-image://realbase:latest".to_string(),
+    ];
+    let mut args = vec!["build".to_string(), "-o".into(), format!("type=local,dest={}", out.display())];
+    for c in &contexts {
+        args.extend(["--build-context".to_string(), c.clone()]);
+    }
+    args.push(ctx.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ws.rbuild("s", &args).success();
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    assert_eq!(read("b.txt"), "from the image\n", "FROM alias is the docker-image context");
+    assert_eq!(read("e.txt"), "from a directory\n");
+    assert_eq!(read("w.txt"), "from http\n");
+    assert_eq!(read("again.txt"), "from the image\n");
+
+    // The directory context is read by content: an edit reaches the next build.
+    std::fs::write(extra.join("e.txt"), "edited\n").unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    ws.rbuild("s", &args).success();
+    assert_eq!(read("e.txt"), "edited\n");
+
+    let from_dir = ws.context("fromdir", &[("Dockerfile", "FROM extra\n")]);
+    let run = ws
+        .rbuild("s", &["build", "--build-context", &format!("extra={}", extra.display()), from_dir.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("FROM a directory context is not supported yet"), "{}", run.stderr);
+}

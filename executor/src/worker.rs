@@ -49,6 +49,8 @@ pub struct LocalWorker {
     walks: Mutex<HashMap<String, Digest>>,
     /// Limits and settings of every RUN container (`--memory`, `--add-host`, ...).
     container: ContainerOptions,
+    /// Local directories named by `--build-context NAME=DIR`, read by `Op::Context { name: NAME }`.
+    named_contexts: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl LocalWorker {
@@ -80,7 +82,14 @@ impl LocalWorker {
             network: Mutex::new(None),
             walks: Mutex::new(HashMap::new()),
             container: ContainerOptions::default(),
+            named_contexts: Default::default(),
         })
+    }
+
+    /// The directories of named local contexts (`--build-context NAME=DIR`), by name.
+    pub fn with_named_contexts(mut self, contexts: std::collections::BTreeMap<String, PathBuf>) -> LocalWorker {
+        self.named_contexts = contexts;
+        self
     }
 
     /// The secrets and SSH agents `RUN --mount=type=secret|ssh` steps may use.
@@ -482,7 +491,14 @@ impl Worker for LocalWorker {
     fn source(&self, op: &Op) -> Result<Output, WorkerError> {
         match op {
             Op::Scratch => Ok(Output::RootFs(vec![])),
-            Op::Context { .. } => Ok(Output::Dir(self.context.clone())),
+            Op::Context { name } if name == "context" => Ok(Output::Dir(self.context.clone())),
+            Op::Context { name } => match self.named_contexts.get(name) {
+                Some(dir) => Ok(Output::Dir(dir.clone())),
+                None => Err(WorkerError::failed(
+                    format!("loading the build context {name:?}"),
+                    std::io::Error::other("no --build-context of that name was given"),
+                )),
+            },
             Op::Image { digest, .. } => self.image_rootfs(digest),
             Op::Http { url, checksum, filename } => {
                 let dir =
