@@ -39,6 +39,15 @@ pub struct BuildxArgs {
     /// Attestation parameters: only `type=provenance|sbom,disabled=true` is supported
     #[arg(long = "attest", value_name = "type=TYPE,disabled=true")]
     pub attest: Vec<String>,
+    /// buildx's builder instance: rbuild has none (it builds in-process), so this is ignored with a warning
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// buildx's debug logging: use RBUILD_LOG=debug instead (accepted, with a warning)
+    #[arg(short = 'D', long)]
+    pub debug: bool,
+    /// The parent cgroup of RUN steps: not supported (an error)
+    #[arg(long, value_name = "CGROUP")]
+    pub cgroup_parent: Option<String>,
 }
 
 /// What the flags ask of the build's outputs.
@@ -73,6 +82,15 @@ impl BuildxArgs {
         }
         for spec in &self.attest {
             check_attest(spec)?;
+        }
+        if let Some(parent) = &self.cgroup_parent {
+            bail!("--cgroup-parent {parent}: not supported; RUN steps get a cgroup of their own under rbuild's");
+        }
+        if let Some(b) = &self.builder {
+            eprintln!("warning: --builder {b} is ignored: rbuild builds in-process, without builder instances");
+        }
+        if self.debug {
+            eprintln!("warning: --debug is ignored: set RBUILD_LOG=debug for rbuild's debug log");
         }
         let mut manifest_annotations = BTreeMap::new();
         for a in &self.annotations {

@@ -97,6 +97,12 @@ fn remote_cache_and_attestation_flags_parse_and_say_not_yet() {
     let off = ["--provenance=false", "--sbom", "false", "--attest", "type=sbom,disabled=true", "-t", "noattest"];
     build(&ws, "attest", &off, &[]).success();
     ws.rbuild("s", &["inspect", "noattest"]).success();
+    let run = build(&ws, "attest", &["--builder", "mybuilder", "-D", "-t", "withbuilder"], &[]).success();
+    assert!(run.stderr.contains("--builder mybuilder is ignored"), "{}", run.stderr);
+    ws.rbuild("s", &["inspect", "withbuilder"]).success();
+    let run = build(&ws, "attest", &["--cgroup-parent", "/ci"], &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("--cgroup-parent /ci: not supported"), "{}", run.stderr);
     for flags in [&["--provenance=mode=max"][..], &["--sbom=true"], &["--attest", "type=provenance,mode=min"]] {
         let run = build(&ws, "attest", flags, &[]);
         assert_eq!(run.code, Some(1), "{flags:?}: {}", run.stderr);
