@@ -342,6 +342,38 @@ mod tests {
         format!("http://127.0.0.1:{port}/{name}")
     }
 
+    /// Serves a body that never ends and announces no length, as a hostile server would.
+    fn serve_endless() -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = listener.accept() {
+                let mut req = [0u8; 4096];
+                let _ = conn.read(&mut req);
+                let _ = conn.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+                let chunk = vec![b'x'; 1 << 16];
+                // Stops when the client hangs up.
+                while conn.write_all(&chunk).is_ok() {}
+            }
+        });
+        format!("http://127.0.0.1:{port}/endless")
+    }
+
+    #[test]
+    fn bounded_downloads_stop_at_the_limit_with_or_without_a_length() {
+        let t = tempfile::tempdir().unwrap();
+        let small = t.path().join("small");
+        fetch_http_bounded(&serve_once(b"hello\n", "s"), &small, 1024).expect("under the limit");
+        assert_eq!(std::fs::read(&small).unwrap(), b"hello\n");
+        static BIG: [u8; 4096] = [b'y'; 4096];
+        let err = fetch_http_bounded(&serve_once(&BIG, "big"), &t.path().join("big"), 1024).expect_err("announced");
+        assert!(matches!(err, RemoteError::TooLarge { max_bytes: 1024, .. }), "{err}");
+        let err = fetch_http_bounded(&serve_endless(), &t.path().join("endless"), 64 << 10).expect_err("endless");
+        assert!(matches!(err, RemoteError::TooLarge { .. }), "{err}");
+        assert!(std::fs::metadata(t.path().join("endless")).unwrap().len() <= 64 << 10);
+    }
+
     #[test]
     fn http_urls_download_and_verify() {
         if std::process::Command::new("curl").arg("--version").output().is_err() {
