@@ -384,7 +384,8 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
             .with_mount_sources(mount_sources)
             .with_container_options(container_options)
             .with_canceller(canceller)
-            .with_named_contexts(named.dirs()),
+            .with_named_contexts(named.dirs())
+            .with_stat_cache_saved(!source.is_temporary()),
     );
     let progress = Arc::new(PlainProgress::new());
     let graph = Arc::new(std::mem::take(&mut plan.graph));

@@ -131,6 +131,13 @@ pub fn resolve(context: &Path, file: Option<&Path>, stdin: &mut dyn Read, limits
     Ok(Source { context: root, dockerfile, _tmp: Some(tmp) })
 }
 
+impl Source {
+    /// Whether the context is a temporary directory (from stdin or a URL), gone after this build.
+    pub fn is_temporary(&self) -> bool {
+        self._tmp.as_ref().is_some_and(|t| self.context.starts_with(t.path()))
+    }
+}
+
 fn temp_dir() -> Result<tempfile::TempDir> {
     // A context can be large: not on a tmpfs /tmp unless TMPDIR says so.
     let base = std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));

@@ -94,6 +94,13 @@ fn tar_and_gzip_tar_contexts_on_stdin_build() {
     let dest = format!("type=local,dest={}", out.display());
     rbuild_stdin(&ws, "s", &["build", "-f", "build/Custom", "-o", &dest, "-"], &tar, &[]).success();
     assert_eq!(read(&out.join("c.txt")), "custom\n");
+    // A temporary context leaves no stat cache behind in the store's index, and no directory in /var/tmp.
+    let leftovers: Vec<_> = std::fs::read_dir(ws.path("s/index"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("statcache-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]
