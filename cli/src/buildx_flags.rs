@@ -7,7 +7,7 @@
 //! no attestations, which is what they ask for.
 
 use anyhow::{Result, bail};
-use rbuild_solver::oci::Platform;
+use rbuild_types::oci::Platform;
 use std::collections::BTreeMap;
 
 #[derive(clap::Args, Clone, Debug, Default)]

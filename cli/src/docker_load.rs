@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use rbuild_cache::Store;
 use rbuild_image::export::{ArchiveKind, ExportImage};
 use rbuild_image::layer::Compression;
-use rbuild_solver::Digest;
+use rbuild_types::Digest;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

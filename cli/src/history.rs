@@ -1,9 +1,10 @@
 //! `rbuild history [IMAGE]`: an image's layers and the instructions that made them, newest first, as `docker
 //! history` prints them. Without IMAGE, the most recently created image in the store (by its config's `created`).
 
-use crate::{Env, dir_size, human_size, open_store};
+use crate::{Env, dir_size, open_store};
 use anyhow::{Context as _, Result};
-use rbuild_solver::oci::ImageConfig;
+use rbuild_builder::human_size;
+use rbuild_types::oci::ImageConfig;
 use std::io::Write as _;
 use std::process::ExitCode;
 

@@ -7,11 +7,12 @@
 //! untagged images, so `dangling=true` lists none).
 
 use crate::gotemplate::Template;
-use crate::{Env, human_size, image_size, open_store};
+use crate::{Env, image_size, open_store};
 use anyhow::{Context as _, Result, bail};
+use rbuild_builder::human_size;
 use rbuild_cache::{ImageRecord, Store};
 use rbuild_image::registry::ImageRef;
-use rbuild_solver::oci::ImageConfig;
+use rbuild_types::oci::ImageConfig;
 use serde_json::{Value, json};
 use std::io::Write as _;
 use std::process::ExitCode;

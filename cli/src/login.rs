@@ -56,7 +56,7 @@ pub fn registry_options(flags: &RegistryFlags, insecure_registries: Vec<String>)
     let docker_config = docker_config_dir().and_then(|dir| match DockerConfig::load(&dir) {
         Ok(c) => Some(Arc::new(c)),
         Err(e) => {
-            eprintln!("warning: {}", error_chain(&e));
+            eprintln!("warning: {}", rbuild_builder::error_chain(&e));
             None
         }
     });
@@ -151,15 +151,4 @@ pub fn logout(registry: Option<String>) -> Result<ExitCode> {
         eprintln!("Not logged in to {registry}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        parts.push(c.to_string());
-        cause = c.source();
-    }
-    parts.join(": ")
 }

@@ -19,7 +19,6 @@ mod outputs;
 mod privilege;
 mod progress;
 mod render;
-mod resolver;
 mod rmi;
 mod secrets;
 mod source;
@@ -227,7 +226,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 store.tag(&r.to_string())?.with_context(|| format!("no image named {name} in the local store"))?;
             let client = RegistryClient::new(env.registry.clone());
             let outputs = [outputs::Output::Image { names: vec![r.to_string()], push: true, compression }];
-            outputs::finish(&store, &client, &rec.config, &outputs, None, None).await?;
+            let reporter = progress::PlainProgress::new();
+            let pushed =
+                rbuild_builder::outputs::finish(&store, &client, &rec.config, &outputs, None, None, &reporter).await?;
+            for p in pushed {
+                progress::Renderer::result(&reporter, &format!("{}@{}", p.name, p.digest));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Login(args) => login::login(&env.registry, args).await,
@@ -240,7 +244,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let client = RegistryClient::new(env.registry.clone());
             let platform = match platform {
                 Some(p) => outputs::parse_platform(&p)?,
-                None => rbuild_solver::oci::Platform::host(),
+                None => rbuild_types::oci::Platform::host(),
             };
             let pulled = rbuild_image::local::pull(&client, &store, &r, &platform).await?;
             println!("{r}: image {}", pulled.record.config);
@@ -264,16 +268,10 @@ pub fn open_store(env: &Env) -> Result<Store> {
         .with_context(|| format!("opening the store at {}", env.root.display()))
 }
 
-/// Opens the store at `root` locked as `mode`, first stopping containers that dead rbuild processes left running
-/// (`kill -9` during a RUN), so that their mounts can be collected.
+/// Opens the store at `root` locked as `mode` (see [`rbuild_builder::open_store`]), saying which containers of
+/// dead rbuild processes it stopped.
 pub fn open_store_as(root: &Path, mode: rbuild_cache::LockMode) -> Result<Option<Store>> {
-    let runc_state = root.join("runc");
-    let reaper = |dead: &[PathBuf]| match rbuild_executor::reap::find_runc() {
-        Some(runc) => rbuild_executor::reap::reap_containers(&runc, &runc_state, dead),
-        None => Vec::new(),
-    };
-    let store =
-        Store::open_reaping(root, mode, &reaper).with_context(|| format!("opening the store at {}", root.display()))?;
+    let store = rbuild_builder::open_store(root, mode)?;
     if let Some(s) = &store {
         for r in s.reaped() {
             eprintln!("warning: stopped a container left running by a dead rbuild process: {r}");
@@ -282,8 +280,8 @@ pub fn open_store_as(root: &Path, mode: rbuild_cache::LockMode) -> Result<Option
     Ok(store)
 }
 
-pub fn image_size(store: &Store, config: &rbuild_solver::Digest) -> Option<u64> {
-    let cfg: rbuild_solver::oci::ImageConfig = serde_json::from_slice(&store.read_blob(config).ok()?).ok()?;
+pub fn image_size(store: &Store, config: &rbuild_types::Digest) -> Option<u64> {
+    let cfg: rbuild_types::oci::ImageConfig = serde_json::from_slice(&store.read_blob(config).ok()?).ok()?;
     let mut total = 0;
     for id in &cfg.rootfs.diff_ids {
         total += dir_size(&store.snapshot_path(id));
@@ -300,15 +298,4 @@ pub fn dir_size(p: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-pub fn human_size(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", units[i]) }
 }

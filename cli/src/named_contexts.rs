@@ -2,17 +2,15 @@
 //! or http(s) URL (fetched like the main context, see [`crate::source`]), or `docker-image://REF`.
 //!
 //! An image context replaces the image NAME wherever the Dockerfile uses it, in `FROM NAME` and `COPY
-//! --from=NAME`: the image resolver maps the name to REF, so the frontend needs to know nothing. A directory
+//! --from=NAME`: the builder resolves the name as REF, so the frontend needs to know nothing. A directory
 //! context is read by `COPY --from=NAME` (an `Op::Context` of that name, keyed by the content it selects, like the
 //! main context); `FROM NAME` of a directory is refused with a clear error (BuildKit turns the directory into a
 //! root filesystem; rbuild does not yet). `oci-layout://` and `target:` contexts are refused.
 
 use crate::source::{Limits, Source};
 use anyhow::{Context as _, Result, bail};
-use rbuild_frontend::{ImageResolver, ResolvedImage};
 use rbuild_image::registry::ImageRef;
-use rbuild_solver::oci::Platform;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The parsed `--build-context` flags, holding fetched contexts until the build ends.
@@ -59,52 +57,14 @@ impl NamedContexts {
         Ok(out)
     }
 
-    /// The names of directory contexts, for the frontend.
-    pub fn dir_names(&self) -> BTreeSet<String> {
-        self.dirs.keys().cloned().collect()
-    }
-
-    /// The directories by name, for the worker.
+    /// The directories by name (the builder reads them for `COPY --from=NAME`).
     pub fn dirs(&self) -> BTreeMap<String, PathBuf> {
         self.dirs.clone()
     }
 
-    /// `inner`, with image contexts mapped and directory contexts refused in `FROM`.
-    pub fn resolver<R: ImageResolver>(&self, inner: R) -> NamedResolver<R> {
-        NamedResolver { inner, images: self.images.clone(), dirs: self.dir_names() }
-    }
-}
-
-pub struct NamedResolver<R> {
-    inner: R,
-    images: BTreeMap<String, String>,
-    dirs: BTreeSet<String>,
-}
-
-/// Whether `reference` (as written in the Dockerfile) is `name`: the same text, or the same image once both are
-/// normalised (`alpine` is `docker.io/library/alpine:latest`).
-fn names(name: &str, reference: &str) -> bool {
-    name == reference
-        || matches!((ImageRef::parse(name), ImageRef::parse(reference)), (Ok(a), Ok(b)) if a.to_string() == b.to_string())
-}
-
-impl<R: ImageResolver> ImageResolver for NamedResolver<R> {
-    fn resolve(
-        &self,
-        reference: &str,
-        platform: &Platform,
-    ) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>> {
-        if let Some((_, to)) = self.images.iter().find(|(name, _)| names(name, reference)) {
-            return self.inner.resolve(to, platform);
-        }
-        if let Some(name) = self.dirs.iter().find(|name| names(name, reference)) {
-            return Err(format!(
-                "the build context {name:?} is a local directory: FROM a directory context is not supported yet \
-                 (COPY --from={name} is)"
-            )
-            .into());
-        }
-        self.inner.resolve(reference, platform)
+    /// The image contexts: name → reference (the builder resolves the name as the reference).
+    pub fn images(&self) -> BTreeMap<String, String> {
+        self.images.clone()
     }
 }
 
@@ -121,7 +81,5 @@ mod tests {
         for bad in ["noequals", "=x", "context=.", "x=oci-layout:///tmp/l", "x=-", "x=/nonexistent/dir"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
-        assert!(names("alpine", "docker.io/library/alpine:latest"));
-        assert!(!names("alpine", "alpine:3"));
     }
 }

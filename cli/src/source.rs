@@ -31,7 +31,7 @@ impl Limits {
     pub fn from_env() -> Result<Limits> {
         let max_bytes = match std::env::var("RBUILD_CONTEXT_LIMIT") {
             Ok(v) if !v.is_empty() => {
-                let n = rbuild_executor::runtime::options::parse_memory(&v)
+                let n = rbuild_builder::container::parse_memory(&v)
                     .map_err(|e| anyhow::anyhow!("RBUILD_CONTEXT_LIMIT={v:?}: {e}"))?;
                 u64::try_from(n).context("RBUILD_CONTEXT_LIMIT must be positive")?
             }
@@ -99,14 +99,14 @@ pub fn resolve(context: &Path, file: Option<&Path>, stdin: &mut dyn Read, limits
         Kind::Stdin => dockerfile = unpack_or_dockerfile(stdin, &root, tmp.path(), limits, "stdin")?,
         Kind::Http(url) => {
             let download = tmp.path().join("download");
-            rbuild_executor::remote::fetch_http_bounded(url, &download, limits.max_bytes)
+            rbuild_builder::remote::fetch_http_bounded(url, &download, limits.max_bytes)
                 .with_context(|| format!("fetching the build context {url}"))?;
             let mut f = std::fs::File::open(&download).with_context(|| format!("reading {}", download.display()))?;
             dockerfile = unpack_or_dockerfile(&mut f, &root, tmp.path(), limits, url)?;
         }
         Kind::Git { remote, reference, subdir } => {
             let clone = tmp.path().join("git");
-            rbuild_executor::remote::clone_git(&remote, reference, false, &clone)
+            rbuild_builder::remote::clone_git(&remote, reference, false, &clone)
                 .with_context(|| format!("cloning the build context {arg}"))?;
             let dir = if subdir.is_empty() { clone.clone() } else { beneath(&clone, Path::new(subdir), "subdir")? };
             if !dir.is_dir() {

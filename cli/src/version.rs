@@ -6,7 +6,7 @@ use std::process::ExitCode;
 pub const LONG: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RBUILD_COMMIT"), ")");
 
 pub fn run() -> ExitCode {
-    let platform = rbuild_solver::oci::Platform::host();
+    let platform = rbuild_types::oci::Platform::host();
     println!("rbuild {}", env!("CARGO_PKG_VERSION"));
     println!(" commit:   {}", env!("RBUILD_COMMIT"));
     println!(" platform: {}/{}", platform.os, platform.architecture);

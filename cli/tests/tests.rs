@@ -15,6 +15,7 @@ mod hardening;
 mod limits;
 mod network;
 mod outputs;
+mod progress;
 mod pull;
 mod registry;
 mod sources;

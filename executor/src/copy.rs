@@ -24,7 +24,7 @@
 
 use rbuild_cache::confined::{self, Root};
 use rbuild_cache::contenthash::{self, ContentHashError, SelectedEntry, Selection};
-use rbuild_solver::Digest;
+use rbuild_types::Digest;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};

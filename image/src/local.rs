@@ -13,8 +13,8 @@ use crate::layer::{Compression, LayerOptions, write_compressed_layer};
 use crate::registry::{ImageRef, RegistryClient, RegistryError};
 use futures::{StreamExt, TryStreamExt};
 use rbuild_cache::{ImageRecord, LayerBlob, Store, StoreError};
-use rbuild_solver::Digest;
-use rbuild_solver::oci::{
+use rbuild_types::Digest;
+use rbuild_types::oci::{
     Descriptor, ImageConfig, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest, Platform, to_canonical_json,
 };
 use std::collections::BTreeMap;
