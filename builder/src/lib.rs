@@ -22,6 +22,8 @@ pub use request::{BuildRequest, Dockerfile, Entitlements, MAX_INPUT_FILE, Networ
 // What a caller needs to fill a request in, without depending on the executor itself.
 pub use rbuild_executor::cancel::Canceller;
 pub use rbuild_executor::mounts::{MountSources, SecretValue};
+/// `git` and `curl` fetches with their checks, for contexts that come from a URL.
+pub use rbuild_executor::remote;
 pub use rbuild_executor::runtime::options as container;
 
 use anyhow::Context as _;
@@ -94,10 +96,12 @@ impl Builder {
             platform: req.platform.clone(),
             no_cache: req.no_cache.clone(),
             context_excludes: ignore_patterns(context, dockerfile.path.as_deref())?,
+            named_contexts: req.named_contexts.keys().cloned().collect(),
         };
         let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
         let convert_error = |error: ConvertError| BuildError::Convert { dockerfile: dockerfile.clone(), error };
-        let mut plan = plan(&ast, &opts, &source).await.map_err(convert_error)?;
+        let named = resolve::Named { images: req.image_contexts.clone(), dirs: opts.named_contexts.clone() };
+        let mut plan = plan(&ast, &opts, &source, named).await.map_err(convert_error)?;
         for w in &plan.warnings {
             reporter.warning(w);
         }
@@ -117,7 +121,9 @@ impl Builder {
                 .map_err(anyhow::Error::from)?
                 .with_mount_sources(req.mount_sources)
                 .with_container_options(req.container.clone())
-                .with_canceller(canceller.clone()),
+                .with_canceller(canceller.clone())
+                .with_named_contexts(req.named_contexts.clone())
+                .with_stat_cache_saved(!req.temporary_context),
         );
         let graph = Arc::new(std::mem::take(&mut plan.graph));
         let mut solve_opts = SolveOptions::default();
@@ -166,13 +172,14 @@ impl Builder {
                 .map_err(anyhow::Error::from)?;
             reporter.message(&format!("naming to {t}"));
         }
-        let pushed = outputs::finish(
+        let pushed = outputs::finish_annotated(
             &store,
             &client,
             &image,
             &req.outputs,
             req.metadata_file.as_deref(),
             epoch,
+            &req.manifest_annotations,
             reporter.as_ref(),
         )
         .await?;
@@ -219,8 +226,9 @@ async fn plan(
     ast: &rbuild_frontend::parser::Ast,
     opts: &ConvertOptions,
     source: &resolve::Source<'_>,
+    named: resolve::Named,
 ) -> Result<BuildPlan, ConvertError> {
-    let mut resolved = resolve::Resolved::default();
+    let mut resolved = resolve::Resolved::with_names(named);
     let mut wanted = rbuild_frontend::image_references(ast, opts);
     for _ in 0..MAX_RESOLVE_ROUNDS {
         resolved.resolve_all(wanted, source, &opts.platform).await;

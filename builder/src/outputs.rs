@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use rbuild_cache::{ImageRecord, Store};
 use rbuild_image::export::{self, ArchiveKind, ExportImage};
 use rbuild_image::layer::{Compression, LayerOptions};
-use rbuild_image::local::{assemble, push_with};
+use rbuild_image::local::assemble;
 use rbuild_image::registry::{ImageRef, RegistryClient};
 use rbuild_types::Digest;
 use rbuild_types::oci::{ImageConfig, MEDIA_OCI_MANIFEST};
@@ -96,6 +96,22 @@ pub async fn finish(
     epoch: Option<i64>,
     reporter: &dyn Reporter,
 ) -> Result<Vec<Pushed>> {
+    let none = std::collections::BTreeMap::new();
+    finish_annotated(store, client, config, outputs, metadata_file, epoch, &none, reporter).await
+}
+
+/// [`finish`], with `annotations` (`--annotation`) on the manifests pushed and exported.
+#[allow(clippy::too_many_arguments)] // finish's, plus the annotations
+pub async fn finish_annotated(
+    store: &Store,
+    client: &RegistryClient,
+    config: &Digest,
+    outputs: &[Output],
+    metadata_file: Option<&Path>,
+    epoch: Option<i64>,
+    annotations: &std::collections::BTreeMap<String, String>,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Pushed>> {
     let mut pushed = Vec::new();
     let mut meta = Metadata::default();
     let mtime = epoch.map_or(0, |e| e.max(0) as u64);
@@ -103,7 +119,7 @@ pub async fn finish(
         match output {
             Output::Archive { kind, dest, tar, names, compression } => {
                 reporter.message(&format!("exporting to {} ({kind:?})", dest.display()));
-                let a = assemble(store, config, *compression)?;
+                let a = rbuild_image::local::assemble_annotated(store, config, *compression, annotations)?;
                 meta.manifest = Some((a.manifest_digest.clone(), a.manifest_bytes.len() as u64));
                 let images = [ExportImage { image: &a, names: names.clone() }];
                 write_archive_to(dest, *tar, &images, *kind, mtime)?;
@@ -137,9 +153,10 @@ pub async fn finish(
                     }
                     if *push {
                         reporter.message(&format!("pushing {r}"));
-                        let report = push_with(client, store, config, &r, *compression)
-                            .await
-                            .with_context(|| format!("pushing {r}"))?;
+                        let report =
+                            rbuild_image::local::push_annotated(client, store, config, &r, *compression, annotations)
+                                .await
+                                .with_context(|| format!("pushing {r}"))?;
                         reporter.message(&format!(
                             "pushed {r}: {} uploaded, {} mounted, {} already there",
                             report.uploaded.len(),

@@ -53,6 +53,14 @@ pub struct BuildRequest {
     pub explain_cache: bool,
     /// `SOURCE_DATE_EPOCH`: clamps file times in layers and dates the image.
     pub source_date_epoch: Option<i64>,
+    /// `--build-context NAME=DIR` (or a fetched URL): directories `COPY --from=NAME` reads.
+    pub named_contexts: BTreeMap<String, PathBuf>,
+    /// `--build-context NAME=docker-image://REF`: NAME means the image REF in `FROM` and `COPY --from`.
+    pub image_contexts: BTreeMap<String, String>,
+    /// `--annotation`s on the image manifest (pushed, exported).
+    pub manifest_annotations: BTreeMap<String, String>,
+    /// The context is a temporary directory (from stdin or a URL): its stat cache is not kept.
+    pub temporary_context: bool,
 }
 
 /// The Dockerfile of a build: its text, the name it is shown under, and where it was read from (if anywhere: `-f -`

@@ -23,9 +23,46 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct Resolved {
     images: BTreeMap<String, Result<ResolvedImage, String>>,
     missing: RefCell<BTreeSet<String>>,
+    named: Named,
+}
+
+/// `--build-context` names: an image context makes its name resolve as another reference; a directory context's
+/// name is not an image at all (`COPY --from=NAME` reads the directory; `FROM NAME` is refused clearly).
+#[derive(Debug, Default)]
+pub(crate) struct Named {
+    pub images: BTreeMap<String, String>,
+    pub dirs: BTreeSet<String>,
+}
+
+/// Whether `reference` (as written in the Dockerfile) is `name`: the same text, or the same image once both are
+/// normalised (`alpine` is `docker.io/library/alpine:latest`).
+fn same_name(name: &str, reference: &str) -> bool {
+    name == reference
+        || matches!((ImageRef::parse(name), ImageRef::parse(reference)), (Ok(a), Ok(b)) if a.to_string() == b.to_string())
+}
+
+impl Named {
+    /// What to resolve for `reference`: its image context's reference, or itself; an error for a directory.
+    fn target(&self, reference: &str) -> Result<String, String> {
+        if let Some((_, to)) = self.images.iter().find(|(name, _)| same_name(name, reference)) {
+            return Ok(to.clone());
+        }
+        if let Some(name) = self.dirs.iter().find(|name| same_name(name, reference)) {
+            return Err(format!(
+                "the build context {name:?} is a local directory: FROM a directory context is not supported yet \
+                 (COPY --from={name} is)"
+            ));
+        }
+        Ok(reference.to_string())
+    }
 }
 
 impl Resolved {
+    /// An empty table that resolves `--build-context` names as `named` says.
+    pub(crate) fn with_names(named: Named) -> Resolved {
+        Resolved { named, ..Resolved::default() }
+    }
+
     /// Resolves every reference not resolved yet, concurrently.
     pub(crate) async fn resolve_all(
         &mut self,
@@ -34,8 +71,13 @@ impl Resolved {
         platform: &Platform,
     ) {
         let wanted: BTreeSet<String> = references.into_iter().filter(|r| !self.images.contains_key(r)).collect();
-        let lookups = wanted.into_iter().map(|reference| async move {
-            let result = from.resolve(&reference, platform).await.map_err(|e| error_chain(e.as_ref()));
+        let targets: Vec<(String, Result<String, String>)> =
+            wanted.into_iter().map(|r| (r.clone(), self.named.target(&r))).collect();
+        let lookups = targets.into_iter().map(|(reference, target)| async move {
+            let result = match target {
+                Ok(target) => from.resolve(&target, platform).await.map_err(|e| error_chain(e.as_ref())),
+                Err(e) => Err(e),
+            };
             (reference, result)
         });
         self.images.extend(futures::future::join_all(lookups).await);

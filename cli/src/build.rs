@@ -17,7 +17,7 @@ pub struct BuildArgs {
     /// Name (and optionally tag) for the image; may be repeated
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     tags: Vec<String>,
-    /// The Dockerfile [default: CONTEXT/Dockerfile, else CONTEXT/dockerfile]
+    /// The Dockerfile, `-` for stdin [default: CONTEXT/Dockerfile, else CONTEXT/dockerfile]
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment)
@@ -69,8 +69,11 @@ pub struct BuildArgs {
     #[command(flatten)]
     progress: crate::progress::ProgressArgs,
     #[command(flatten)]
+    buildx: crate::buildx_flags::BuildxArgs,
+    #[command(flatten)]
     container: ContainerArgs,
-    /// The build context directory
+    /// The build context: a directory, `-` (a tar or a Dockerfile on stdin), a Git URL
+    /// (https://host/repo.git#ref:subdir, git@host:repo.git) or an http(s) URL of a tarball
     context: PathBuf,
 }
 
@@ -194,15 +197,23 @@ fn parse_labels(args: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// What the build reads besides the request: a fetched or stdin context (removed when dropped), and the
+/// additional contexts.
+struct Inputs {
+    source: crate::source::Source,
+    named: crate::named_contexts::NamedContexts,
+    buildx: crate::buildx_flags::Requests,
+}
+
 /// The build the flags describe.
-fn request(args: &BuildArgs) -> Result<BuildRequest> {
+fn request(args: &BuildArgs, inputs: &Inputs) -> Result<BuildRequest> {
     let mount_sources =
         crate::secrets::mount_sources(&args.secrets, &args.ssh, &|name: &str| std::env::var(name).ok())?;
-    let context = args.context.clone();
+    let context = inputs.source.context.clone();
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
-    let path = args.file.clone().unwrap_or_else(|| Dockerfile::default_path(&context));
+    let path = inputs.source.dockerfile.clone().unwrap_or_else(|| Dockerfile::default_path(&context));
     let dockerfile = Dockerfile::read(&path).with_context(|| format!("reading the Dockerfile {}", path.display()))?;
     let mut tags = Vec::new();
     for t in &args.tags {
@@ -242,6 +253,10 @@ fn request(args: &BuildArgs) -> Result<BuildRequest> {
         metadata_file: args.outputs.metadata_file.clone(),
         explain_cache: args.explain_cache,
         source_date_epoch,
+        named_contexts: inputs.named.dirs(),
+        image_contexts: inputs.named.images(),
+        manifest_annotations: inputs.buildx.manifest_annotations.clone(),
+        temporary_context: inputs.source.is_temporary(),
     })
 }
 
@@ -249,7 +264,19 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let progress = args.progress.renderer()?;
     let canceller = Canceller::new();
     let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
-    let req = request(&args)?;
+    crate::privilege::check_build()?;
+    // `-`, `-f -`, Git and http(s) contexts become local directories first; flags that cannot apply fail now.
+    let limits = crate::source::Limits::from_env()?;
+    let buildx = args.buildx.check(&crate::outputs::platform(&args.outputs)?)?;
+    let docker = buildx.load.then(|| crate::docker_load::Daemon::find(std::env::var("DOCKER_HOST").ok().as_deref()));
+    let docker = docker.transpose()?;
+    let inputs = Inputs {
+        source: crate::source::resolve(&args.context, args.file.as_deref(), &mut std::io::stdin(), limits)?,
+        named: crate::named_contexts::NamedContexts::parse(&args.buildx.build_contexts, limits)?,
+        buildx,
+    };
+    let req = request(&args, &inputs)?;
+    let names: Vec<String> = req.tags.iter().map(|t| t.to_string()).collect();
     let builder =
         Builder { root: env.root.clone(), registry: env.registry.clone(), gc_keep_storage: env.gc_keep_storage };
     let result = builder.build(req, progress.clone(), canceller).await;
@@ -262,6 +289,11 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
             }
             for p in &result.pushed {
                 progress.result(&format!("{}@{}", p.name, p.digest));
+            }
+            if let Some(daemon) = &docker {
+                let store = crate::open_store(env)?;
+                let annotations = &inputs.buildx.manifest_annotations;
+                crate::docker_load::load(daemon, &store, &result.image, &names, annotations)?;
             }
             progress.image_id(result.image.as_str());
             Ok(ExitCode::SUCCESS)

@@ -22,6 +22,9 @@ pub struct PruneArgs {
     /// Keep cache used more recently than this (until=DURATION, e.g. until=24h)
     #[arg(long, value_name = "FILTER")]
     filter: Vec<String>,
+    /// Do not ask for confirmation (docker's flag; rbuild never asks, so this changes nothing)
+    #[arg(short, long)]
+    force: bool,
 }
 
 /// The GC limit configured for the store at `root`, if any.
@@ -63,6 +66,7 @@ pub fn du(env: &Env) -> Result<ExitCode> {
 }
 
 pub fn prune(env: &Env, args: PruneArgs) -> Result<ExitCode> {
+    let _ = args.force;
     let mut opts = PruneOptions { all: args.all, ..Default::default() };
     if let Some(s) = &args.keep_storage {
         opts.keep_storage = Some(gc::parse_size(s)?);

@@ -8,7 +8,7 @@
 //! from the build context: a URL whose content did not change hits the cache, one whose content changed does not.
 
 use sha2::{Digest as _, Sha256};
-use std::io::{self, Write};
+use std::io::{self, Read as _, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -60,6 +60,8 @@ pub enum RemoteError {
     BadChecksum { checksum: String },
     #[error("invalid download file name {name:?}")]
     BadName { name: String },
+    #[error("{what} is larger than the limit of {max_bytes} bytes")]
+    TooLarge { what: String, max_bytes: u64 },
     #[error("refusing {what} {value:?}: {reason}")]
     Refused { what: &'static str, value: String, reason: &'static str },
 }
@@ -157,7 +159,47 @@ pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path)
     }
     let expected = checksum.map(parse_checksum).transpose()?;
     let dest = dir.join(filename);
+    // BuildKit gives downloaded files mode 0600 (ADD --chmod changes it when copying).
+    let got = download(url, &dest, None)?;
+    if let (Some(expected), Some(raw)) = (expected, checksum)
+        && got != expected
+    {
+        return Err(RemoteError::Checksum { url: url.to_string(), expected: raw.to_string(), got });
+    }
+    Ok(dest)
+}
+
+/// Downloads `url` into the file `dest` (created new), stopping with [`RemoteError::TooLarge`] once more than
+/// `max_bytes` arrived, whether or not the response announced its length. For remote build contexts, which
+/// nothing else bounds.
+pub fn fetch_http_bounded(url: &str, dest: &Path, max_bytes: u64) -> Result<(), RemoteError> {
+    download(url, dest, Some(max_bytes)).map(|_| ())
+}
+
+/// Downloads `url` into the new file `dest` (mode 0600, the server's Last-Modified as its mtime), at most
+/// `max_bytes` if given; returns the sha256 of what arrived, as hex.
+///
+/// reqwest's blocking client runs a runtime of its own, which must not be created or dropped on an async
+/// runtime's thread: the download runs on a thread of its own, so callers on either kind of thread may wait.
+fn download(url: &str, dest: &Path, max_bytes: Option<u64>) -> Result<String, RemoteError> {
     check_http_url(url)?;
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("rbuild-download".into())
+            .spawn_scoped(scope, || download_here(url, dest, max_bytes))
+            .map_err(|source| RemoteError::Spawn { program: "a download thread", what: url.to_string(), source })?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(RemoteError::Refused {
+                    what: "URL",
+                    value: url.to_string(),
+                    reason: "the download thread panicked",
+                })
+            })
+    })
+}
+
+fn download_here(url: &str, dest: &Path, max_bytes: Option<u64>) -> Result<String, RemoteError> {
     let http_err = |source| RemoteError::Http { url: url.to_string(), source };
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
@@ -166,9 +208,15 @@ pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path)
         .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
         .build()
         .map_err(http_err)?;
-    let mut response = client.get(url).send().map_err(http_err)?;
+    let response = client.get(url).send().map_err(http_err)?;
     if !response.status().is_success() {
         return Err(RemoteError::Status { url: url.to_string(), status: response.status() });
+    }
+    let too_large = || RemoteError::TooLarge { what: url.to_string(), max_bytes: max_bytes.unwrap_or(0) };
+    if let (Some(max), Some(announced)) = (max_bytes, response.content_length())
+        && announced > max
+    {
+        return Err(too_large());
     }
     // The file's mtime is the server's Last-Modified, as BuildKit sets it.
     let modified = response
@@ -176,37 +224,35 @@ pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path)
         .get(reqwest::header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    let write_err = |source| RemoteError::Write { path: dest.clone(), source };
-    // BuildKit gives downloaded files mode 0600 (ADD --chmod changes it when copying).
+    let write_err = |source| RemoteError::Write { path: dest.to_path_buf(), source };
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&dest)
+        .open(dest)
         .map_err(write_err)?;
     let mut out = HashingWriter {
         inner: io::BufWriter::with_capacity(1 << 20, file),
         hasher: Sha256::new(),
         deadline: std::time::Instant::now() + TOTAL_TIMEOUT,
     };
+    // One byte past the limit is enough to know the body is too large.
+    let mut body = response.take(max_bytes.map_or(u64::MAX, |m| m.saturating_add(1)));
     // A read error (a timeout, a reset) and a write error both end the transfer; the message says which.
-    io::copy(&mut response, &mut out).map_err(|source| RemoteError::Transfer {
+    let copied = io::copy(&mut body, &mut out).map_err(|source| RemoteError::Transfer {
         url: url.to_string(),
-        path: dest.clone(),
+        path: dest.to_path_buf(),
         source,
     })?;
+    if max_bytes.is_some_and(|m| copied > m) {
+        return Err(too_large());
+    }
     let file = out.inner.into_inner().map_err(|e| write_err(e.into_error()))?;
     if let Some(t) = modified {
         file.set_modified(t).map_err(write_err)?;
     }
-    if let (Some(expected), Some(raw)) = (expected, checksum) {
-        let got = hex::encode(out.hasher.finalize());
-        if got != expected {
-            return Err(RemoteError::Checksum { url: url.to_string(), expected: raw.to_string(), got });
-        }
-    }
-    Ok(dest)
+    Ok(hex::encode(out.hasher.finalize()))
 }
 
 /// Hashes what passes through it, and ends a download that trickles past its deadline.
@@ -311,6 +357,38 @@ mod tests {
             }
         });
         format!("http://127.0.0.1:{port}/{name}")
+    }
+
+    /// Serves a body that never ends and announces no length, as a hostile server would.
+    fn serve_endless() -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = listener.accept() {
+                let mut req = [0u8; 4096];
+                let _ = conn.read(&mut req);
+                let _ = conn.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+                let chunk = vec![b'x'; 1 << 16];
+                // Stops when the client hangs up.
+                while conn.write_all(&chunk).is_ok() {}
+            }
+        });
+        format!("http://127.0.0.1:{port}/endless")
+    }
+
+    #[test]
+    fn bounded_downloads_stop_at_the_limit_with_or_without_a_length() {
+        let t = tempfile::tempdir().unwrap();
+        let small = t.path().join("small");
+        fetch_http_bounded(&serve_once(b"hello\n", "s"), &small, 1024).expect("under the limit");
+        assert_eq!(std::fs::read(&small).unwrap(), b"hello\n");
+        static BIG: [u8; 4096] = [b'y'; 4096];
+        let err = fetch_http_bounded(&serve_once(&BIG, "big"), &t.path().join("big"), 1024).expect_err("announced");
+        assert!(matches!(err, RemoteError::TooLarge { max_bytes: 1024, .. }), "{err}");
+        let err = fetch_http_bounded(&serve_endless(), &t.path().join("endless"), 64 << 10).expect_err("endless");
+        assert!(matches!(err, RemoteError::TooLarge { .. }), "{err}");
+        assert!(std::fs::metadata(t.path().join("endless")).unwrap().len() <= 64 << 10);
     }
 
     #[test]

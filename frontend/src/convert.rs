@@ -64,6 +64,10 @@ pub struct ConvertOptions {
     pub no_cache: NoCache,
     /// `.dockerignore` patterns, applied to every read of the build context.
     pub context_excludes: Vec<String>,
+    /// Names of local directories given as named contexts (`--build-context NAME=DIR`): `COPY --from=NAME` reads
+    /// the directory (an `Op::Context` of that name) instead of an image. Image named contexts
+    /// (`docker-image://`) need nothing here: the image resolver maps their names.
+    pub named_contexts: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -786,6 +790,20 @@ impl Converter<'_> {
         });
         self.images.insert(reference.to_string(), (v, resolved.clone()));
         Ok((v, resolved))
+    }
+
+    /// A named local context (`--build-context NAME=DIR`), one vertex per name.
+    fn named_context_vertex(&mut self, name: &str) -> VertexId {
+        let op = Op::Context { name: name.to_string() };
+        if let Some(v) = self.graph.vertices.iter().position(|v| v.op == op) {
+            return v;
+        }
+        self.graph.add(Vertex {
+            op,
+            inputs: vec![],
+            name: format!("[internal] load build context {name}"),
+            ignore_cache: false,
+        })
     }
 
     fn context_vertex(&mut self) -> VertexId {
@@ -1529,6 +1547,10 @@ impl Converter<'_> {
                     let from = self.expand(from, &self.global, at)?;
                     match self.find_stage_from(&from, index, at)? {
                         Some(i) => (self.build_stage(i)?.rootfs, true, Vec::new()),
+                        // Like the build context: files are owned by root unless --chown says otherwise.
+                        None if self.opts.named_contexts.contains(&from) => {
+                            (self.named_context_vertex(&from), false, Vec::new())
+                        }
                         None => (self.image_vertex(&from, at)?.0, true, Vec::new()),
                     }
                 }

@@ -526,6 +526,7 @@ fn real_world_dockerfiles_convert() {
                 platform: linux_amd64(),
                 no_cache: NoCache::None,
                 context_excludes: Vec::new(),
+                named_contexts: Default::default(),
             };
             let plan = convert(&ast, &opts, &EmptyConfigResolver)
                 .map_err(|e| format!("line {:?}: {} ({:?})", e.location.map(|l| l.start_line), e.message, e.hint))?;

@@ -43,6 +43,7 @@ pub fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions
         platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
         no_cache: NoCache::None,
         context_excludes: vec!["secret.txt".into()],
+        named_contexts: Default::default(),
     }
 }
 

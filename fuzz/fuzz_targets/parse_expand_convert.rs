@@ -58,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
             platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
             no_cache: NoCache::None,
             context_excludes: vec!["*.secret".into(), "!keep.secret".into()],
+            named_contexts: Default::default(),
         };
         let _ = convert(&ast, &opts, &AnyImage);
     }
