@@ -481,6 +481,7 @@ mod tests {
             config: Default::default(),
             history: vec![],
             warnings: vec![],
+            checks: vec![],
             locations,
         }
     }

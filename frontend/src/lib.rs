@@ -18,6 +18,7 @@ pub mod shell;
 pub use rbuild_solver::patterns as dockerignore;
 
 pub use convert::{
+    CheckReport, check,
     BuildPlan, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage, convert,
 };
 
@@ -44,7 +45,7 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
