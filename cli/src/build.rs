@@ -73,6 +73,8 @@ pub struct BuildArgs {
     outputs: crate::outputs::OutputArgs,
     #[command(flatten)]
     container: ContainerArgs,
+    #[command(flatten)]
+    call: crate::call::CallArgs,
     /// The build context directory
     context: PathBuf,
 }
@@ -296,9 +298,6 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    for w in &ast.warnings {
-        eprintln!("warning: {shown_name}:{}: {}", w.line, w.message);
-    }
     let mut tags = Vec::new();
     for t in &args.tags {
         tags.push(ImageRef::parse(t).with_context(|| format!("invalid tag {t:?}"))?);
@@ -325,7 +324,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let store = Arc::new(open_store(env)?);
     let client = Arc::new(RegistryClient::new(env.registry.clone()));
     let opts = ConvertOptions {
-        build_args: parse_build_args(&args.build_args)?,
+        build_args: crate::call::with_check_env(parse_build_args(&args.build_args)?),
         target: args.target.clone(),
         platform,
         no_cache: if args.no_cache {
@@ -343,6 +342,10 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         handle: tokio::runtime::Handle::current(),
         pull: args.pull,
     };
+    if let Some(call) = args.call.selected()? {
+        let (file, src) = (shown_name.clone(), text.clone());
+        return tokio::task::spawn_blocking(move || crate::call::run(&call, &file, &src, &ast, &opts, &resolver)).await?;
+    }
     let plan = tokio::task::spawn_blocking(move || convert(&ast, &opts, &resolver)).await?;
     let mut plan = match plan {
         Ok(p) => p,
@@ -354,6 +357,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     for w in &plan.warnings {
         eprintln!("{w}");
     }
+    crate::call::print_checks(&shown_name, &text, &plan.checks);
     if let Err(e) = apply_network(&mut plan, args.network, &entitlements) {
         render::convert_error(&shown_name, &text, &e);
         return Ok(ExitCode::from(1));

@@ -9,6 +9,7 @@ pub mod history;
 pub mod instructions;
 pub mod lint;
 pub mod mounts;
+pub mod outline;
 pub mod parser;
 pub mod platform;
 pub mod shell;
