@@ -2,6 +2,7 @@
 //! umoci, runc) reading what it wrote. One test binary (see STYLE.md); each test has its own store and registry.
 
 mod cache;
+mod checks;
 mod compat;
 mod context_safety;
 mod differential;

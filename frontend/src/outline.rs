@@ -201,7 +201,7 @@ pub fn outline(
                             continue;
                         }
                         match (default, meta.get(k)) {
-                            (None, Some(a)) => out.args.push(a.clone()),
+                            (None, Some(a)) if !build_args.contains_key(k) => out.args.push(a.clone()),
                             _ => out.args.push(OutlineArg {
                                 name: k.clone(),
                                 value: build_args.get(k).cloned().or_else(|| default.clone()),
