@@ -344,7 +344,8 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     };
     if let Some(call) = args.call.selected()? {
         let (file, src) = (shown_name.clone(), text.clone());
-        return tokio::task::spawn_blocking(move || crate::call::run(&call, &file, &src, &ast, &opts, &resolver)).await?;
+        return tokio::task::spawn_blocking(move || crate::call::run(&call, &file, &src, &ast, &opts, &resolver))
+            .await?;
     }
     let plan = tokio::task::spawn_blocking(move || convert(&ast, &opts, &resolver)).await?;
     let mut plan = match plan {

@@ -208,8 +208,12 @@ pub fn run(
             Ok(ExitCode::SUCCESS)
         }
         Call::Outline { json } => {
-            let o = match rbuild_frontend::outline::outline(ast, &opts.build_args, opts.target.as_deref(), &opts.platform)
-            {
+            let o = match rbuild_frontend::outline::outline(
+                ast,
+                &opts.build_args,
+                opts.target.as_deref(),
+                &opts.platform,
+            ) {
                 Ok(o) => o,
                 Err(e) => {
                     render::convert_error(file, text, &e);
@@ -283,7 +287,9 @@ fn outline_text(o: &rbuild_frontend::outline::Outline) -> String {
     for (title, list) in [("SECRET", &o.secrets), ("SSH", &o.ssh)] {
         if !list.is_empty() {
             let mut rows = vec![vec![title.to_string(), "REQUIRED".into()]];
-            rows.extend(list.iter().map(|s| vec![s.name.clone(), if s.required { "true".into() } else { String::new() }]));
+            rows.extend(
+                list.iter().map(|s| vec![s.name.clone(), if s.required { "true".into() } else { String::new() }]),
+            );
             out.push_str(&tabwrite(&rows, 3));
             out.push('\n');
         }

@@ -19,8 +19,7 @@ const NEWEST_UP_LOCK: &str = "/tmp/rbuild-buildkit-newest.lock";
 /// The newest reference's `docker` environment; `None` (with a visible message) when it cannot start outside CI.
 fn reference() -> Option<Vec<(String, String)>> {
     let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/buildkit-newest-up.sh");
-    let script =
-        if beside.is_file() { beside } else { PathBuf::from("/work/shared/tools/buildkit-newest-up.sh") };
+    let script = if beside.is_file() { beside } else { PathBuf::from("/work/shared/tools/buildkit-newest-up.sh") };
     let out = Command::new("flock")
         .arg("-o") // the lock must not be inherited by the dockerd the script starts
         .arg(NEWEST_UP_LOCK)
@@ -124,7 +123,13 @@ fn check_findings_match_buildkit_0_25() {
     for (name, dockerfile) in CASES {
         let ctx = ws.context(
             name,
-            &[("Dockerfile", dockerfile), (".dockerignore", "*.secret\nbuild/\n"), ("app.txt", "x"), ("a", ""), ("b", "")],
+            &[
+                ("Dockerfile", dockerfile),
+                (".dockerignore", "*.secret\nbuild/\n"),
+                ("app.txt", "x"),
+                ("a", ""),
+                ("b", ""),
+            ],
         );
         let ctx = ctx.to_str().unwrap();
         let ours = ws.rbuild("store", &["build", "--call", "check,format=json", ctx]);

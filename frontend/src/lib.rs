@@ -19,8 +19,8 @@ pub mod shell;
 pub use rbuild_solver::patterns as dockerignore;
 
 pub use convert::{
-    CheckReport, check,
-    BuildPlan, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage, convert,
+    BuildPlan, CheckReport, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage, check,
+    convert,
 };
 
 /// The longest word (in characters) worth a "did you mean": edit distance is quadratic, and a typo is short.

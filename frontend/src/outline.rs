@@ -131,38 +131,49 @@ pub fn outline(
     let p = parse(ast)?;
     let lexer = Lexer::new(ast.escape);
     let names: Vec<Option<String>> = p.stages.iter().map(|s| from_parts(s).0).collect();
-    let index = match target {
-        None => p.stages.len() - 1,
-        Some(t) => names.iter().rposition(|n| n.as_deref() == Some(&t.to_lowercase())).ok_or_else(|| ConvertError {
-            message: format!("target stage {t:?} could not be found"),
-            hint: None,
-            location: None,
-        })?,
-    };
+    let index =
+        match target {
+            None => p.stages.len() - 1,
+            Some(t) => names.iter().rposition(|n| n.as_deref() == Some(&t.to_lowercase())).ok_or_else(|| {
+                ConvertError { message: format!("target stage {t:?} could not be found"), hint: None, location: None }
+            })?,
+        };
     // The global scope: platform ARGs, then the meta ARGs (build arguments win).
     let mut global: BTreeMap<String, String> = BTreeMap::new();
     let plat = crate::platform::format(platform);
-    for (k, v) in [("TARGETPLATFORM", &plat), ("BUILDPLATFORM", &plat), ("TARGETOS", &platform.os), ("TARGETARCH", &platform.architecture)] {
+    for (k, v) in [
+        ("TARGETPLATFORM", &plat),
+        ("BUILDPLATFORM", &plat),
+        ("TARGETOS", &platform.os),
+        ("TARGETARCH", &platform.architecture),
+    ] {
         global.insert(k.to_string(), v.clone());
     }
     let mut meta: BTreeMap<String, OutlineArg> = BTreeMap::new();
     for (located, node) in &p.meta {
         if let Instruction::Arg(args) = &located.instruction {
             for (k, default) in args {
-                let value = build_args.get(k).cloned().or_else(|| {
-                    default.as_ref().map(|d| lexer.process_word(d, &global).unwrap_or_else(|_| d.clone()))
-                });
+                let value = build_args
+                    .get(k)
+                    .cloned()
+                    .or_else(|| default.as_ref().map(|d| lexer.process_word(d, &global).unwrap_or_else(|_| d.clone())));
                 if let Some(v) = &value {
                     global.insert(k.clone(), v.clone());
                 }
                 let description = doc_comment(&node.prev_comment, k);
-                meta.insert(k.clone(), OutlineArg { name: k.clone(), value, description, line: located.location.start_line });
+                meta.insert(
+                    k.clone(),
+                    OutlineArg { name: k.clone(), value, description, line: located.location.start_line },
+                );
             }
         }
     }
     let by_name = |word: &str, before: usize| -> Option<usize> {
         let w = word.to_lowercase();
-        names[..before].iter().rposition(|n| n.as_deref() == Some(&w)).or_else(|| w.parse::<usize>().ok().filter(|i| *i < before))
+        names[..before]
+            .iter()
+            .rposition(|n| n.as_deref() == Some(&w))
+            .or_else(|| w.parse::<usize>().ok().filter(|i| *i < before))
     };
     let mut out = Outline::default();
     let (name, _, _, _, comments) = from_parts(&p.stages[index]);

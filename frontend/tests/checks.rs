@@ -77,7 +77,9 @@ const CASES: &[(&str, &str, &[&str], &str)] = &[
     (
         "ConsistentInstructionCasing",
         "FROM base\nrun echo a\nRUN echo b\n",
-        &["ConsistentInstructionCasing: Command 'run' should match the case of the command majority (uppercase) (line 2)"],
+        &[
+            "ConsistentInstructionCasing: Command 'run' should match the case of the command majority (uppercase) (line 2)",
+        ],
         "from base\nrun echo a\n",
     ),
     (
@@ -116,7 +118,9 @@ const CASES: &[(&str, &str, &[&str], &str)] = &[
     (
         "WorkdirRelativePath",
         "FROM base\nWORKDIR app\n",
-        &["WorkdirRelativePath: Relative workdir \"app\" can have unexpected results if the base image changes (line 2)"],
+        &[
+            "WorkdirRelativePath: Relative workdir \"app\" can have unexpected results if the base image changes (line 2)",
+        ],
         "FROM base AS a\nWORKDIR /app\nFROM a\nWORKDIR sub\n",
     ),
     (
@@ -180,7 +184,9 @@ const CASES: &[(&str, &str, &[&str], &str)] = &[
     (
         "FromPlatformFlagConstDisallowed",
         "FROM --platform=linux/amd64 base AS build\n",
-        &["FromPlatformFlagConstDisallowed: FROM --platform flag should not use constant value \"linux/amd64\" (line 1)"],
+        &[
+            "FromPlatformFlagConstDisallowed: FROM --platform flag should not use constant value \"linux/amd64\" (line 1)",
+        ],
         "FROM --platform=linux/amd64 base AS build-amd64\n",
     ),
     (

@@ -1,6 +1,6 @@
 //! The integration tests of `rbuild-frontend`, compiled into one binary.
 
-mod conformance;
 mod checks;
+mod conformance;
 mod convert;
 mod hostile;

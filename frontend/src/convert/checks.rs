@@ -31,7 +31,11 @@ pub(super) fn written_keyword(located: &Located) -> &str {
 }
 
 /// Global scope with no build arguments: the platform ARGs and the meta ARGs' own defaults.
-fn default_globals(ast: &Ast, platform: &rbuild_solver::oci::Platform, lexer: crate::shell::Lexer) -> BTreeMap<String, String> {
+fn default_globals(
+    ast: &Ast,
+    platform: &rbuild_solver::oci::Platform,
+    lexer: crate::shell::Lexer,
+) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = platform_args(platform).into_iter().collect();
     for node in &ast.root.children {
         if node.value == "from" {
@@ -76,7 +80,7 @@ impl Converter<'_> {
                 && let Ok(p) = self.lexer.process(&expr, &self.global)
             {
                 self.lint.undefined_arg_in_from(&p.unmatched, declared.iter().map(String::as_str), &at);
-                self.lint.from_platform(&expr, &p.result, &p.matched, &p.unmatched, &target_platform, &name, &at);
+                self.lint.from_platform(&expr, &p, &target_platform, &name, &at);
             }
         }
     }
@@ -90,8 +94,14 @@ impl Converter<'_> {
         if p.unmatched.is_empty() {
             return;
         }
-        let mut options: Vec<&str> =
-            state.config.config.env.iter().flatten().map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k)).collect();
+        let mut options: Vec<&str> = state
+            .config
+            .config
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k))
+            .collect();
         options.extend(state.current_args().filter(|(_, v)| v.is_some()).map(|(k, _)| k));
         let declared = |name: &str| state.arg_pos.contains_key(name);
         self.lint.undefined_vars(&p.unmatched, &declared, options, at);

@@ -18,8 +18,8 @@ pub mod values;
 use crate::convert::ConvertError;
 use crate::instructions::Location;
 use crate::parser::Ast;
-use std::collections::HashSet;
 pub use rules::Rule;
+use std::collections::HashSet;
 pub use values::is_secret_name;
 
 /// The build argument (and CLI environment variable) that replaces the `# check=` directive.
@@ -145,7 +145,11 @@ impl Lint {
 
 /// BuildKit's `suggest.Search`: the option closest to `word` by edit distance, if closer than 3 (none when one
 /// matches exactly).
-pub fn suggest_close<'a>(word: &str, options: impl IntoIterator<Item = &'a str>, case_sensitive: bool) -> Option<String> {
+pub fn suggest_close<'a>(
+    word: &str,
+    options: impl IntoIterator<Item = &'a str>,
+    case_sensitive: bool,
+) -> Option<String> {
     if word.len() > 256 {
         return None;
     }

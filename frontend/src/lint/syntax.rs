@@ -38,7 +38,9 @@ pub fn check(ast: &Ast, lint: &mut Lint) {
     let nodes = &ast.root.children;
     for node in nodes {
         let at = location(node);
-        if matches!(node.value.as_str(), "env" | "label") && node.next.chunks(3).any(|kv| kv.get(2).is_some_and(|d| d.value.is_empty())) {
+        if matches!(node.value.as_str(), "env" | "label")
+            && node.next.chunks(3).any(|kv| kv.get(2).is_some_and(|d| d.value.is_empty()))
+        {
             lint.legacy_kv_lines.insert(node.start_line);
         }
         match node.value.as_str() {
@@ -50,12 +52,19 @@ pub fn check(ast: &Ast, lint: &mut Lint) {
             "from" => {
                 let args: Vec<&str> = node.next.iter().map(|n| n.value.as_str()).collect();
                 if args.len() == 3 && args[2] != args[2].to_lowercase() {
-                    lint.run(&rules::STAGE_NAME_CASING, format!("Stage name '{}' should be lowercase", args[2]), Some(&at));
+                    lint.run(
+                        &rules::STAGE_NAME_CASING,
+                        format!("Stage name '{}' should be lowercase", args[2]),
+                        Some(&at),
+                    );
                 }
                 let from = keyword(node);
                 if args.len() >= 3 && is_self_consistent(from) {
-                    let matches =
-                        if from == from.to_lowercase() { args[1] == args[1].to_lowercase() } else { args[1] == args[1].to_uppercase() };
+                    let matches = if from == from.to_lowercase() {
+                        args[1] == args[1].to_lowercase()
+                    } else {
+                        args[1] == args[1].to_uppercase()
+                    };
                     if !matches {
                         lint.run(
                             &rules::FROM_AS_CASING,
@@ -79,7 +88,10 @@ pub fn check(ast: &Ast, lint: &mut Lint) {
         if RESERVED_STAGE_NAMES.contains(&name.as_str()) {
             lint.run(
                 &rules::RESERVED_STAGE_NAME,
-                format!("Stage name should not use the same name as reserved stage {}", crate::parser::quote::go_quote(&name)),
+                format!(
+                    "Stage name should not use the same name as reserved stage {}",
+                    crate::parser::quote::go_quote(&name)
+                ),
                 Some(&at),
             );
         }

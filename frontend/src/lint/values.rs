@@ -100,19 +100,20 @@ impl Lint {
     }
 
     /// RedundantTargetPlatform and FromPlatformFlagConstDisallowed for a stage's `FROM --platform=<expr>`, given
-    /// the expanded value and the variables the expansion used.
+    /// its expansion (value and the variables it used).
     pub fn from_platform(
         &mut self,
         expr: &str,
-        value: &str,
-        matched: &BTreeSet<String>,
-        unmatched: &BTreeSet<String>,
+        word: &crate::shell::ProcessedWord,
         target_platform: &str,
         stage_name: &str,
         at: &Location,
     ) {
-        if matched.len() == 1 && unmatched.is_empty() && matched.contains("TARGETPLATFORM") && value == target_platform {
-            let message = format!("Setting platform to predefined {expr} in FROM is redundant as this is the default behavior");
+        let (value, matched, unmatched) = (word.result.as_str(), &word.matched, &word.unmatched);
+        if matched.len() == 1 && unmatched.is_empty() && matched.contains("TARGETPLATFORM") && value == target_platform
+        {
+            let message =
+                format!("Setting platform to predefined {expr} in FROM is redundant as this is the default behavior");
             self.run(&rules::REDUNDANT_TARGET_PLATFORM, message, Some(at));
         }
         if !matched.is_empty() || !unmatched.is_empty() {
@@ -160,7 +161,8 @@ impl Lint {
     /// WorkdirRelativePath: the first WORKDIR of a stage chain is relative.
     pub fn workdir(&mut self, path: &str, workdir_set: bool, at: &Location) {
         if !workdir_set && !path.starts_with('/') {
-            let message = format!("Relative workdir {} can have unexpected results if the base image changes", go_quote(path));
+            let message =
+                format!("Relative workdir {} can have unexpected results if the base image changes", go_quote(path));
             self.run(&rules::WORKDIR_RELATIVE_PATH, message, Some(at));
         }
     }
@@ -168,8 +170,9 @@ impl Lint {
     /// JSONArgsRecommended: CMD or ENTRYPOINT (`keyword` as written) in shell form, with no SHELL set.
     pub fn json_args(&mut self, keyword: &str, shell_set: bool, at: &Location) {
         if !shell_set {
-            let message =
-                format!("JSON arguments recommended for {keyword} to prevent unintended behavior related to OS signals");
+            let message = format!(
+                "JSON arguments recommended for {keyword} to prevent unintended behavior related to OS signals"
+            );
             self.run(&rules::JSON_ARGS_RECOMMENDED, message, Some(at));
         }
     }
@@ -187,7 +190,8 @@ impl Lint {
 
     /// LegacyKeyValueFormat: `ENV key value` / `LABEL key value` (`keyword` as written).
     pub fn legacy_key_value(&mut self, keyword: &str, at: &Location) {
-        let message = format!("\"{keyword} key=value\" should be used instead of legacy \"{keyword} key value\" format");
+        let message =
+            format!("\"{keyword} key=value\" should be used instead of legacy \"{keyword} key value\" format");
         self.run(&rules::LEGACY_KEY_VALUE_FORMAT, message, Some(at));
     }
 
@@ -204,7 +208,13 @@ impl Lint {
     /// CopyIgnoredFile: a COPY/ADD source from the context that `.dockerignore` excludes (`kind` is `"Copy"` or
     /// `"Add"`). Like BuildKit, only without `!` exceptions in `.dockerignore`, which make this undecidable
     /// without the file list.
-    pub fn copy_ignored(&mut self, kind: &str, src: &str, matcher: &rbuild_solver::patterns::PatternMatcher, at: &Location) {
+    pub fn copy_ignored(
+        &mut self,
+        kind: &str,
+        src: &str,
+        matcher: &rbuild_solver::patterns::PatternMatcher,
+        at: &Location,
+    ) {
         if matcher.has_exclusions() {
             return;
         }
@@ -212,10 +222,8 @@ impl Lint {
         let src = src.trim_start_matches('/');
         let src = if src.is_empty() { "." } else { src };
         if src == "." {
-            let root_ignored = matcher
-                .patterns()
-                .iter()
-                .any(|p| !p.is_exclusion() && matches!(p.as_str(), "*" | "**" | "**/*"));
+            let root_ignored =
+                matcher.patterns().iter().any(|p| !p.is_exclusion() && matches!(p.as_str(), "*" | "**" | "**/*"));
             if !root_ignored {
                 return;
             }
@@ -233,22 +241,45 @@ mod tests {
 
     #[test]
     fn secret_names_follow_buildkit() {
-        for name in
-            ["PASSWORD", "db_password", "GITHUB_TOKEN", "api_key", "AWS_SECRET", "secret_MESSAGE", "auth", "Apikey", "MY_KEY_ID"]
-        {
+        for name in [
+            "PASSWORD",
+            "db_password",
+            "GITHUB_TOKEN",
+            "api_key",
+            "AWS_SECRET",
+            "secret_MESSAGE",
+            "auth",
+            "Apikey",
+            "MY_KEY_ID",
+        ] {
             assert!(is_secret_name(name), "{name}");
         }
         // A token must be a whole `_` word; `PUBLIC`, `FILE` and `VERSION` allow it.
-        for name in
-            ["PUBLIC_KEY", "KEYBOARD", "MONKEY", "TOKENIZER", "AUTHOR", "PASSWORDS", "x-token", "TOKEN_FILE", "AUTH_VERSION"]
-        {
+        for name in [
+            "PUBLIC_KEY",
+            "KEYBOARD",
+            "MONKEY",
+            "TOKENIZER",
+            "AUTHOR",
+            "PASSWORDS",
+            "x-token",
+            "TOKEN_FILE",
+            "AUTH_VERSION",
+        ] {
             assert!(!is_secret_name(name), "{name}");
         }
     }
 
     #[test]
     fn references_parse_like_distribution() {
-        for ok in ["busybox", "library/busybox:1.36", "localhost:5000/a/b:t", "a@sha256:0123456789abcdef0123456789abcdef", "stage-1", "b.c"] {
+        for ok in [
+            "busybox",
+            "library/busybox:1.36",
+            "localhost:5000/a/b:t",
+            "a@sha256:0123456789abcdef0123456789abcdef",
+            "stage-1",
+            "b.c",
+        ] {
             assert!(is_valid_reference(ok), "{ok}");
         }
         for bad in ["", "Busybox", ":tag", "a:", "a/", "a b", "-a"] {
