@@ -135,9 +135,11 @@ impl Lint {
 
     /// With `error=true`, any rule that fired fails the build, with BuildKit's message.
     pub fn error(&self) -> Option<ConvertError> {
+        // The error replaces the build result, so it carries the findings themselves.
+        let found: Vec<String> = self.checks.iter().map(Check::short).collect();
         (self.config.error && !self.fired.is_empty()).then(|| ConvertError {
             message: format!("lint violation found for rules: {}", self.fired.join(", ")),
-            hint: Some("fix the warnings above, or skip rules with # check=skip=<rule>".into()),
+            hint: Some(format!("{}; fix them, or skip rules with # check=skip=<rule>", found.join("; "))),
             location: None,
         })
     }
