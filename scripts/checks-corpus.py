@@ -12,6 +12,7 @@ Each Dockerfile is checked twice by both tools with `--call check,format=json`:
 `# syntax=` lines become `# escape=\\` (same meaning, no frontend image to pull), keeping line numbers.
 Prints one line per disagreement and a summary; exits 1 if any Dockerfile disagrees.
 """
+import functools
 import json
 import os
 import re
@@ -76,6 +77,9 @@ def run(cmd, ctx):
     return findings(p.stdout)
 
 
+print = functools.partial(print, flush=True)  # noqa: A001 - progress shows while it runs
+
+
 def main():
     rbuild, corpus = sys.argv[1], sys.argv[2]
     limit = int(sys.argv[3]) if len(sys.argv) > 3 else None
@@ -91,6 +95,8 @@ def main():
     ours_cmd = [rbuild, "--root", store, "build", "--call", "check,format=json"]
     theirs_cmd = ["docker", "buildx", "build", "--call", "check,format=json"]
     stats = {"as-is": [0, 0, 0], "scratch": [0, 0, 0]}  # compared, agreed, findings (BuildKit's)
+    full = 0  # scratch-mode Dockerfiles BuildKit converted to the end (every rule compared)
+    rules = {}
     bad = 0
     for f in files:
         try:
@@ -111,11 +117,15 @@ def main():
             if mode == "scratch" and t_err:
                 # BuildKit stopped early (e.g. an image named by a variable): compare what it checks first.
                 keep = lambda w: w[0] in STATIC_RULES
+            elif mode == "scratch":
+                full += 1
             o = [w for w in o if keep(w)]
             t = [w for w in t if keep(w)]
             s = stats[mode]
             s[0] += 1
             s[2] += len(t)
+            for w in t:
+                rules[w[0]] = rules.get(w[0], 0) + 1
             if o == t:
                 s[1] += 1
             else:
@@ -127,6 +137,8 @@ def main():
                     print(f"   only BuildKit: {w}")
     for mode, (n, ok, nf) in stats.items():
         print(f"{mode}: {ok}/{n} Dockerfiles agree ({nf} BuildKit findings compared)")
+    print(f"scratch: {full} converted to the end by BuildKit (all rules compared)")
+    print("findings by rule:", ", ".join(f"{k} {v}" for k, v in sorted(rules.items(), key=lambda kv: -kv[1])))
     sys.exit(1 if bad else 0)
 
 

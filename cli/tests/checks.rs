@@ -194,7 +194,11 @@ fn call_check_exits_non_zero_on_findings_and_a_build_prints_them_with_their_line
     let strict = ws.rbuild("store", &["build", "--build-arg", "BUILDKIT_DOCKERFILE_CHECK=error=true", ctx]);
     assert_eq!(strict.code, Some(1), "{}", strict.stderr);
     assert!(strict.stderr.contains("lint violation found for rules: StageNameCasing"), "{}", strict.stderr);
-    assert!(strict.stderr.contains("StageNameCasing: Stage name 'Base' should be lowercase (line 1)"), "{}", strict.stderr);
+    assert!(
+        strict.stderr.contains("StageNameCasing: Stage name 'Base' should be lowercase (line 1)"),
+        "{}",
+        strict.stderr
+    );
     let quiet = ws.rbuild("store", &["build", "--build-arg", "BUILDKIT_DOCKERFILE_CHECK=skip=all", "--check", ctx]);
     assert_eq!(quiet.code, Some(0), "{}", quiet.stdout);
     assert!(!quiet.stderr.contains("not consumed"), "the check argument is not an unused build arg: {}", quiet.stderr);

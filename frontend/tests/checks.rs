@@ -2,7 +2,7 @@
 //! `frontend/dockerfile/linter/ruleset.go`) and one that does not. The texts that BuildKit 0.25 also has are
 //! compared against the running reference in `cli/tests/checks.rs`.
 
-use rbuild_frontend::lint::rules;
+use rbuild_frontend::lint::{Check, rules};
 use rbuild_frontend::{CheckReport, ConvertOptions, ImageResolver, NoCache, ResolvedImage};
 use rbuild_solver::Digest;
 use rbuild_solver::oci::{ContainerConfig, ImageConfig, Platform};
@@ -262,4 +262,30 @@ fn check_reports_findings_before_an_error() {
     assert_eq!(r.checks.len(), 1);
     let e = r.error.expect("unknown image");
     assert!(e.message.contains("nosuchimage"), "{}", e.message);
+}
+
+/// A Dockerfile of thousands of ENV lines and FROM lines that each use an undefined variable: every one is
+/// reported, without "did you mean" among thousands of names (which would make checking quadratic).
+#[test]
+fn many_undefined_variables_are_reported_without_quadratic_suggestions() {
+    let mut src = String::new();
+    for i in 0..3000 {
+        src.push_str(&format!("ARG A{i}=x\n"));
+    }
+    src.push_str("FROM base AS s0\n");
+    for i in 0..3000 {
+        src.push_str(&format!("ENV VAR{i}=${{VAR{}}}x\n", i + 1));
+    }
+    for i in 1..2000 {
+        src.push_str(&format!("FROM base:$A{i}$B{i} AS s{i}\n"));
+    }
+    let r = run(&src, &[]);
+    let undefined: Vec<&Check> = r.checks.iter().filter(|c| c.rule.name == "UndefinedVar").collect();
+    assert_eq!(undefined.len(), 3000);
+    // Early on the stage has few names, and VAR1 is close to VAR0; later it has too many to compare against.
+    assert_eq!(undefined[1].message, "Usage of undefined variable '$VAR2' (did you mean $VAR0?)");
+    assert!(undefined[300..].iter().all(|c| !c.message.contains("did you mean")), "{:?}", undefined[300]);
+    let from: Vec<&Check> = r.checks.iter().filter(|c| c.rule.name == "UndefinedArgInFrom").collect();
+    assert_eq!(from.len(), 1999);
+    assert_eq!(from[0].message, "FROM argument 'B1' is not declared");
 }

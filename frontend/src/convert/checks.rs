@@ -5,7 +5,10 @@ use super::{Converter, StageState, StageVars, platform_args};
 use crate::instructions::{Instruction, Located, Location, parse_instruction};
 use crate::lint::Check;
 use crate::parser::Ast;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The most variables a stage may have for UndefinedVar to look for a close name among them.
+const MAX_SUGGESTION_OPTIONS: usize = 256;
 
 /// What BuildKit tracks per stage for the checks: whether a WORKDIR was set in this Dockerfile (inherited from a
 /// parent stage), and where the last CMD, ENTRYPOINT and HEALTHCHECK were (not inherited).
@@ -64,9 +67,16 @@ impl Converter<'_> {
                 self.lint.default_arg_in_from(&stage.base, &expanded, &stage.from);
             }
         }
-        let mut declared: Vec<String> = self.global.keys().cloned().collect();
+        let mut declared: BTreeSet<String> = self.global.keys().cloned().collect();
         declared.extend(self.declared_meta_args.iter().cloned());
         declared.extend(["BUILDOSVERSION", "TARGETOSVERSION", "TARGETSTAGE"].map(String::from));
+        // As for UndefinedVar, no "did you mean" among very many names.
+        let options: Vec<&str> = if declared.len() <= MAX_SUGGESTION_OPTIONS {
+            declared.iter().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        };
+        let is_declared = |name: &str| declared.contains(name);
         let target_platform = self.global.get("TARGETPLATFORM").cloned().unwrap_or_default();
         for i in 0..self.stages.len() {
             let (base, platform, name, at) = {
@@ -74,12 +84,12 @@ impl Converter<'_> {
                 (s.base.clone(), s.platform.clone(), s.name.clone().unwrap_or_default(), s.from.clone())
             };
             if let Ok(p) = self.lexer.process(&base, &self.global) {
-                self.lint.undefined_arg_in_from(&p.unmatched, declared.iter().map(String::as_str), &at);
+                self.lint.undefined_arg_in_from(&p.unmatched, &is_declared, &options, &at);
             }
             if let Some(expr) = platform
                 && let Ok(p) = self.lexer.process(&expr, &self.global)
             {
-                self.lint.undefined_arg_in_from(&p.unmatched, declared.iter().map(String::as_str), &at);
+                self.lint.undefined_arg_in_from(&p.unmatched, &is_declared, &options, &at);
                 self.lint.from_platform(&expr, &p, &target_platform, &name, &at);
             }
         }
@@ -94,16 +104,19 @@ impl Converter<'_> {
         if p.unmatched.is_empty() {
             return;
         }
-        let mut options: Vec<&str> = state
-            .config
-            .config
-            .env
-            .iter()
-            .flatten()
-            .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k))
-            .collect();
-        options.extend(state.current_args().filter(|(_, v)| v.is_some()).map(|(k, _)| k));
         let declared = |name: &str| state.arg_pos.contains_key(name);
+        if p.unmatched.iter().all(|v| declared(v)) {
+            return;
+        }
+        // "Did you mean" compares against every variable of the stage: skipped for stages with very many, so
+        // that a Dockerfile of thousands of ENV lines stays linear.
+        let count = state.config.config.env.as_ref().map_or(0, Vec::len) + state.args.len();
+        let mut options: Vec<&str> = Vec::new();
+        if count <= MAX_SUGGESTION_OPTIONS {
+            let env = state.config.config.env.iter().flatten();
+            options.extend(env.map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k)));
+            options.extend(state.current_args().filter(|(_, v)| v.is_some()).map(|(k, _)| k));
+        }
         self.lint.undefined_vars(&p.unmatched, &declared, options, at);
     }
 

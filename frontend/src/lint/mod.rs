@@ -136,7 +136,10 @@ impl Lint {
     /// With `error=true`, any rule that fired fails the build, with BuildKit's message.
     pub fn error(&self) -> Option<ConvertError> {
         // The error replaces the build result, so it carries the findings themselves.
-        let found: Vec<String> = self.checks.iter().map(Check::short).collect();
+        let mut found: Vec<String> = self.checks.iter().take(10).map(Check::short).collect();
+        if self.checks.len() > 10 {
+            found.push(format!("and {} more", self.checks.len() - 10));
+        }
         (self.config.error && !self.fired.is_empty()).then(|| ConvertError {
             message: format!("lint violation found for rules: {}", self.fired.join(", ")),
             hint: Some(format!("{}; fix them, or skip rules with # check=skip=<rule>", found.join("; "))),

@@ -80,19 +80,21 @@ impl Lint {
         }
     }
 
-    /// UndefinedArgInFrom: a variable in a FROM line (image or `--platform`) that no global ARG declares.
-    pub fn undefined_arg_in_from<'a>(
+    /// UndefinedArgInFrom: a variable in a FROM line (image or `--platform`) that no global ARG declares;
+    /// `options` are the declared names to suggest from.
+    pub fn undefined_arg_in_from(
         &mut self,
         unmatched: &BTreeSet<String>,
-        declared: impl IntoIterator<Item = &'a str> + Clone,
+        declared: &dyn Fn(&str) -> bool,
+        options: &[&str],
         at: &Location,
     ) {
         for arg in unmatched {
-            if declared.clone().into_iter().any(|d| d == arg) {
+            if declared(arg) {
                 continue;
             }
             let mut message = format!("FROM argument '{arg}' is not declared");
-            if let Some(s) = suggest_close(arg, declared.clone(), true) {
+            if let Some(s) = suggest_close(arg, options.iter().copied(), true) {
                 message.push_str(&format!(" (did you mean {s}?)"));
             }
             self.run(&rules::UNDEFINED_ARG_IN_FROM, message, Some(at));
