@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use rbuild_frontend::lint::Check;
 use rbuild_frontend::{ConvertOptions, ImageResolver};
 use serde_json::{Value, json};
+use std::io::Write as _;
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -89,8 +90,7 @@ pub fn with_check_env(
 }
 
 /// BuildKit's `errdefs.Source.Print`: the lines around `start..=end`, those lines marked `>>>`.
-pub fn source_lines(file: &str, text: &str, start: usize, end: usize) -> String {
-    let lines: Vec<&str> = text.split('\n').collect();
+pub fn source_lines(file: &str, lines: &[&str], start: usize, end: usize) -> String {
     if start < 1 || start > lines.len() {
         return String::new();
     }
@@ -125,10 +125,10 @@ fn sorted(checks: &[Check]) -> Vec<&Check> {
 }
 
 /// One finding, as text: the rule and its explanation, the message, and the Dockerfile lines.
-fn check_text(file: &str, text: &str, c: &Check) -> String {
+fn check_text(file: &str, lines: &[&str], c: &Check) -> String {
     let mut out = format!("WARNING: {} - {}\n{}\n", c.rule.name, c.rule.description, c.message);
     if let Some(at) = &c.location {
-        out.push_str(&source_lines(file, text, at.start_line, at.end_line));
+        out.push_str(&source_lines(file, lines, at.start_line, at.end_line));
     }
     out
 }
@@ -140,8 +140,9 @@ pub fn print_checks(file: &str, text: &str, checks: &[Check]) {
     }
     let n = checks.len();
     eprintln!("{n} {} found:", if n == 1 { "warning" } else { "warnings" });
+    let lines: Vec<&str> = text.split('\n').collect();
     for c in sorted(checks) {
-        eprint!("\n{}", check_text(file, text, c));
+        eprint!("\n{}", check_text(file, &lines, c));
     }
     eprintln!();
 }
@@ -364,9 +365,13 @@ fn check(
             1 => println!("Check complete, 1 warning has been found!"),
             n => println!("Check complete, {n} warnings have been found!"),
         }
+        let lines: Vec<&str> = text.split('\n').collect();
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for c in &checks {
-            print!("\n{}", check_text(file, text, c));
+            let _ = write!(out, "\n{}", check_text(file, &lines, c));
         }
+        let _ = out.flush();
+        drop(out);
         match &report.error {
             Some(e) => {
                 if !checks.is_empty() {
@@ -374,7 +379,7 @@ fn check(
                 }
                 println!("{}", e.message);
                 if let Some(at) = &e.location {
-                    print!("{}", source_lines(file, text, at.start_line, at.end_line));
+                    print!("{}", source_lines(file, &lines, at.start_line, at.end_line));
                 }
             }
             None if checks.is_empty() => println!("Check complete, no warnings found."),
@@ -391,7 +396,8 @@ mod tests {
     #[test]
     fn source_lines_match_buildkit() {
         let text = "FROM a\nRUN b\nRUN c\nRUN d\nRUN e\nRUN f\n";
-        let s = source_lines("Dockerfile", text, 3, 3);
+        let lines: Vec<&str> = text.split('\n').collect();
+        let s = source_lines("Dockerfile", &lines, 3, 3);
         assert_eq!(
             s,
             "Dockerfile:3\n--------------------\n   1 |     FROM a\n   2 |     RUN b\n   3 | >>> RUN c\n   4 |     RUN d\n   5 |     RUN e\n--------------------\n"
