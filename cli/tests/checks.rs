@@ -168,6 +168,15 @@ fn outline_and_targets_print_as_buildx_does() {
             let theirs = docker(&env, &[&["buildx"][..], &args].concat());
             assert_eq!(theirs.code, Some(0), "{}", theirs.stderr);
             assert_eq!(ours.stdout, theirs.stdout, "--call {call} {extra:?}");
+            // JSON: the same document, but for buildx's copy of the Dockerfile (`sources`).
+            args[2] = if call == "outline" { "outline,format=json" } else { "targets,format=json" };
+            let ours = ws.rbuild("store", &args).success();
+            let theirs = docker(&env, &[&["buildx"][..], &args].concat());
+            let mut theirs: Value =
+                serde_json::from_str(&theirs.stdout).unwrap_or_else(|e| panic!("{e}: {}", theirs.stdout));
+            theirs.as_object_mut().unwrap().remove("sources");
+            let ours: Value = serde_json::from_str(&ours.stdout).unwrap();
+            assert_eq!(ours, theirs, "--call {call},format=json {extra:?}");
         }
     }
 }
