@@ -90,20 +90,19 @@ impl Builder {
 
         let store = Arc::new(self.open_store(reporter.as_ref())?);
         let client = RegistryClient::new(self.registry.clone());
-        let opts = ConvertOptions {
-            build_args: req.build_args.clone(),
-            target: req.target.clone(),
-            platform: req.platform.clone(),
-            no_cache: req.no_cache.clone(),
-            context_excludes: ignore_patterns(context, dockerfile.path.as_deref())?,
-            named_contexts: req.named_contexts.keys().cloned().collect(),
-        };
+        let opts = convert_options(&req)?;
         let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
         let convert_error = |error: ConvertError| BuildError::Convert { dockerfile: dockerfile.clone(), error };
-        let named = resolve::Named { images: req.image_contexts.clone(), dirs: opts.named_contexts.clone() };
-        let mut plan = plan(&ast, &opts, &source, named).await.map_err(convert_error)?;
+        let named = named_contexts(&req);
+        let mut plan = with_base_images(&ast, &opts, &source, named, false, |resolved| convert(&ast, &opts, resolved))
+            .await
+            .map_err(convert_error)?;
         for w in &plan.warnings {
             reporter.warning(w);
+        }
+        let findings = rbuild_frontend::lint::report::findings_text(&dockerfile.name, &dockerfile.text, &plan.checks);
+        if !findings.is_empty() {
+            reporter.warning(&findings);
         }
         apply_network(&mut plan, req.network, &req.entitlements).map_err(convert_error)?;
         // `--add-host`, `--ulimit` and `--shm-size` change what a RUN can produce: they are part of its key.
@@ -196,6 +195,25 @@ impl Builder {
         Ok(BuildResult { image, pushed, ran_steps })
     }
 
+    /// Runs the build checks on every stage (or the target's) without building (`--call check`): base images are
+    /// resolved, since the checks read their configs; an error that stops conversion is in the report, next to
+    /// the findings made before it.
+    pub async fn check(
+        &self,
+        req: &BuildRequest,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<rbuild_frontend::CheckReport, BuildError> {
+        let dockerfile = &req.dockerfile;
+        let ast = rbuild_frontend::parser::parse(&dockerfile.text)
+            .map_err(|error| BuildError::Parse { dockerfile: dockerfile.clone(), error })?;
+        let store = self.open_store(reporter.as_ref())?;
+        let client = RegistryClient::new(self.registry.clone());
+        let opts = convert_options(req)?;
+        let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
+        let check = |resolved: &resolve::Resolved| rbuild_frontend::check(&ast, &opts, resolved);
+        Ok(with_base_images(&ast, &opts, &source, named_contexts(req), true, check).await)
+    }
+
     /// Opens the store for a build, reporting containers that dead rbuild processes left running.
     fn open_store(&self, reporter: &dyn Reporter) -> anyhow::Result<Store> {
         let store = open_store(&self.root, LockMode::Shared)?
@@ -221,29 +239,28 @@ impl Builder {
     }
 }
 
-/// Resolves the base images the build needs, then converts; see [`resolve`] for the rounds.
-async fn plan(
+/// Resolves the base images `ast` names, then runs `f` (a conversion) with them; when `f` asked for images that
+/// could only be known while converting, resolves those and runs it again (see [`resolve`]).
+async fn with_base_images<T>(
     ast: &rbuild_frontend::parser::Ast,
     opts: &ConvertOptions,
     source: &resolve::Source<'_>,
     named: resolve::Named,
-) -> Result<BuildPlan, ConvertError> {
+    every_stage: bool,
+    f: impl Fn(&resolve::Resolved) -> T,
+) -> T {
     let mut resolved = resolve::Resolved::with_names(named);
-    let mut wanted = rbuild_frontend::image_references(ast, opts);
+    let mut wanted = rbuild_frontend::image_references(ast, opts, every_stage);
     for _ in 0..MAX_RESOLVE_ROUNDS {
         resolved.resolve_all(wanted, source, &opts.platform).await;
-        match convert(ast, opts, &resolved) {
-            Ok(plan) => return Ok(plan),
-            Err(e) => {
-                let missing = resolved.take_missing();
-                if missing.is_empty() {
-                    return Err(e);
-                }
-                wanted = missing.into_iter().collect();
-            }
+        let out = f(&resolved);
+        let missing = resolved.take_missing();
+        if missing.is_empty() {
+            return out;
         }
+        wanted = missing.into_iter().collect();
     }
-    convert(ast, opts, &resolved)
+    f(&resolved)
 }
 
 /// Opens the store at `root` locked as `mode`, first stopping containers that dead rbuild processes left running
@@ -280,6 +297,23 @@ pub fn apply_network(plan: &mut BuildPlan, mode: NetworkMode, allowed: &Entitlem
         }
     }
     Ok(())
+}
+
+/// What conversion needs from a request.
+fn convert_options(req: &BuildRequest) -> anyhow::Result<ConvertOptions> {
+    Ok(ConvertOptions {
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        platform: req.platform.clone(),
+        no_cache: req.no_cache.clone(),
+        context_excludes: ignore_patterns(&req.context, req.dockerfile.path.as_deref())?,
+        named_contexts: req.named_contexts.keys().cloned().collect(),
+    })
+}
+
+/// How the request's `--build-context` names resolve.
+fn named_contexts(req: &BuildRequest) -> resolve::Named {
+    resolve::Named { images: req.image_contexts.clone(), dirs: req.named_contexts.keys().cloned().collect() }
 }
 
 /// `.dockerignore` patterns: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's. A file in
@@ -367,7 +401,15 @@ mod tests {
             });
             locations.insert(v, Location { start_line: i + 2, end_line: i + 2 });
         }
-        BuildPlan { graph, target: base, config: Default::default(), history: vec![], warnings: vec![], locations }
+        BuildPlan {
+            graph,
+            target: base,
+            config: Default::default(),
+            history: vec![],
+            warnings: vec![],
+            checks: vec![],
+            locations,
+        }
     }
 
     fn networks(plan: &BuildPlan) -> Vec<Network> {

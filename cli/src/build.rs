@@ -72,6 +72,8 @@ pub struct BuildArgs {
     buildx: crate::buildx_flags::BuildxArgs,
     #[command(flatten)]
     container: ContainerArgs,
+    #[command(flatten)]
+    call: crate::call::CallArgs,
     /// The build context: a directory, `-` (a tar or a Dockerfile on stdin), a Git URL
     /// (https://host/repo.git#ref:subdir, git@host:repo.git) or an http(s) URL of a tarball
     context: PathBuf,
@@ -231,7 +233,7 @@ fn request(args: &BuildArgs, inputs: &Inputs) -> Result<BuildRequest> {
     Ok(BuildRequest {
         context,
         dockerfile,
-        build_args: parse_build_args(&args.build_args)?,
+        build_args: crate::call::with_check_env(parse_build_args(&args.build_args)?),
         target: args.target.clone(),
         platform: crate::outputs::platform(&args.outputs)?,
         no_cache: if args.no_cache {
@@ -279,6 +281,9 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let names: Vec<String> = req.tags.iter().map(|t| t.to_string()).collect();
     let builder =
         Builder { root: env.root.clone(), registry: env.registry.clone(), gc_keep_storage: env.gc_keep_storage };
+    if let Some(call) = args.call.selected()? {
+        return crate::call::run(&call, &builder, req, progress).await;
+    }
     let result = builder.build(req, progress.clone(), canceller).await;
     // A live view stops redrawing before errors are printed under it.
     progress.finish();

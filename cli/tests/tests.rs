@@ -3,6 +3,7 @@
 
 mod buildx_flags;
 mod cache;
+mod checks;
 mod commands;
 mod compat;
 mod context_safety;

@@ -16,7 +16,7 @@
 //!   to a RUN), is charged to one budget of [`MAX_VARIABLE_BYTES`] for the whole conversion.
 
 use crate::instructions::{Command, CopyInstr, HealthcheckInstr, Instruction, Located, Location, parse_instruction};
-use crate::lint::Lint;
+use crate::lint::{Check, Lint};
 use crate::parser::{self, Ast};
 use crate::shell::{EnvLookup, Lexer};
 use rbuild_solver::{CopyAction, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
@@ -27,6 +27,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
+
+mod checks;
+pub use checks::CheckReport;
+use checks::StageChecks;
 
 /// How deeply stage conversions may nest through references found only while converting (`COPY --from` in an
 /// ONBUILD trigger of a base image); references known up front never nest.
@@ -100,6 +104,8 @@ pub struct BuildPlan {
     pub config: ImageConfig,
     pub history: Vec<HistoryStep>,
     pub warnings: Vec<String>,
+    /// Build-check findings ([`crate::lint`]), for the CLI to print with their source lines.
+    pub checks: Vec<Check>,
     /// The Dockerfile lines each vertex comes from, so a failing step can be shown in its source.
     pub locations: BTreeMap<VertexId, Location>,
 }
@@ -238,6 +244,7 @@ struct StageState {
     env_pos: HashMap<String, usize>,
     cmd_set: bool,
     no_cache: bool,
+    checks: StageChecks,
 }
 
 impl StageState {
@@ -251,6 +258,7 @@ impl StageState {
             env_pos: HashMap::new(),
             cmd_set: false,
             no_cache,
+            checks: StageChecks::default(),
         };
         for (i, e) in s.config.config.env.iter().flatten().enumerate() {
             s.env_pos.entry(env_key(e).to_string()).or_insert(i);
@@ -360,6 +368,10 @@ struct Converter<'a> {
     /// Bytes charged against [`MAX_VARIABLE_BYTES`].
     spent: Cell<usize>,
     lint: Lint,
+    /// `.dockerignore` as a matcher, for CopyIgnoredFile (none without one).
+    ignore_matcher: Option<rbuild_types::patterns::PatternMatcher>,
+    /// Names of the ARGs declared before the first FROM, with or without a value.
+    declared_meta_args: BTreeSet<String>,
     graph: Graph,
     context: Option<VertexId>,
     images: BTreeMap<String, (VertexId, ResolvedImage)>,
@@ -371,11 +383,6 @@ struct Converter<'a> {
 /// Converts a parsed Dockerfile into a build plan for its target stage.
 pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -> Result<BuildPlan, ConvertError> {
     let mut c = Converter::new(ast, opts, resolver)?;
-    if let Some(w) = syntax_warning(ast) {
-        c.warnings.push(w);
-    }
-    c.split_stages(ast)?;
-    c.check_platforms()?;
     let target = c.target_index()?;
     // Dependencies first, so that converting a stage finds the stages it names already converted.
     for i in c.static_order(target) {
@@ -385,20 +392,26 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
     let unused: Vec<&str> = opts
         .build_args
         .keys()
-        .filter(|name| !c.used_args.contains(*name) && !rbuild_solver::key::PROXY_VARS.contains(&name.as_str()))
+        .filter(|name| {
+            !c.used_args.contains(*name)
+                && !rbuild_solver::key::PROXY_VARS.contains(&name.as_str())
+                && name.as_str() != crate::lint::CHECK_BUILD_ARG
+        })
         .map(String::as_str)
         .collect();
     if !unused.is_empty() {
         c.warnings.push(format!("[Warning] One or more build-args [{}] were not consumed", unused.join(" ")));
     }
-    c.lint.finish()?;
-    c.warnings.extend(c.lint.warnings);
+    if let Some(e) = c.lint.error() {
+        return Err(e);
+    }
     Ok(BuildPlan {
         graph: c.graph,
         target: state.rootfs,
         config: state.config,
         history: state.history.flatten(),
         warnings: c.warnings,
+        checks: c.lint.checks,
         locations: c.locations,
     })
 }
@@ -409,21 +422,24 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
 /// resolves them (network and store I/O, concurrently) and hands conversion the answers, so that conversion stays
 /// pure. A reference known only during conversion (a mount source named by a stage variable, an ONBUILD trigger
 /// of a base image) is asked for by [`convert`] through its resolver; the caller resolves it then and converts
-/// again. Errors are left to conversion, which reports them at their line.
-pub fn image_references(ast: &Ast, opts: &ConvertOptions) -> Vec<String> {
+/// again. Errors are left to conversion, which reports them at their line. With `every_stage`, the images of every
+/// stage, as [`check`] converts them all.
+pub fn image_references(ast: &Ast, opts: &ConvertOptions, every_stage: bool) -> Vec<String> {
     struct Unresolved;
     impl ImageResolver for Unresolved {
         fn resolve(&self, r: &str, _: &Platform) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>> {
             Err(format!("{r} is not resolved").into())
         }
     }
-    let Ok(mut c) = Converter::new(ast, opts, &Unresolved) else { return Vec::new() };
-    if c.split_stages(ast).is_err() || c.check_platforms().is_err() {
-        return Vec::new();
-    }
+    let Ok(c) = Converter::new(ast, opts, &Unresolved) else { return Vec::new() };
     let Ok(target) = c.target_index() else { return Vec::new() };
-    let mut stages = c.static_order(target);
-    stages.push(target);
+    let stages = if every_stage && opts.target.is_none() {
+        (0..c.stages.len()).collect()
+    } else {
+        let mut stages = c.static_order(target);
+        stages.push(target);
+        stages
+    };
     let mut out = BTreeSet::new();
     for index in stages {
         c.static_images(index, &mut out);
@@ -431,9 +447,35 @@ pub fn image_references(ast: &Ast, opts: &ConvertOptions) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// Runs the build checks without building (`--call check`): converts every stage (or, with a target, the stages
+/// it needs), resolving base images, and returns what the checks found; an error that stops conversion is
+/// returned next to the findings made before it, as BuildKit's lint request does.
+pub fn check(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -> CheckReport {
+    let mut c = match Converter::new(ast, opts, resolver) {
+        Ok(c) => c,
+        Err(error) => return CheckReport { checks: Vec::new(), error: Some(error) },
+    };
+    let result = (|| {
+        let order: Vec<usize> = match &opts.target {
+            None => (0..c.stages.len()).collect(),
+            Some(_) => {
+                let t = c.target_index()?;
+                c.static_order(t).into_iter().chain([t]).collect()
+            }
+        };
+        for i in order {
+            c.build_stage(i)?;
+        }
+        Ok::<(), ConvertError>(())
+    })();
+    let error = result.err().or_else(|| c.lint.error());
+    CheckReport { checks: c.lint.checks, error }
+}
+
 impl<'a> Converter<'a> {
     fn new(ast: &Ast, opts: &'a ConvertOptions, resolver: &'a dyn ImageResolver) -> Result<Self, ConvertError> {
-        Ok(Converter {
+        let check_arg = opts.build_args.get(crate::lint::CHECK_BUILD_ARG).map(String::as_str);
+        let mut c = Converter {
             opts,
             resolver,
             lexer: Lexer::new(ast.escape),
@@ -447,14 +489,27 @@ impl<'a> Converter<'a> {
             nesting: 0,
             converting: Vec::new(),
             spent: Cell::new(0),
-            lint: Lint::from_directive(ast)?,
+            lint: Lint::new(ast, check_arg)?,
+            ignore_matcher: None,
+            declared_meta_args: BTreeSet::new(),
             graph: Graph::default(),
             context: None,
             images: BTreeMap::new(),
             used_args: BTreeSet::new(),
             warnings: Vec::new(),
             locations: BTreeMap::new(),
-        })
+        };
+        if !opts.context_excludes.is_empty() {
+            c.ignore_matcher = rbuild_types::patterns::PatternMatcher::new(&opts.context_excludes).ok();
+        }
+        if let Some(w) = syntax_warning(ast) {
+            c.warnings.push(w);
+        }
+        crate::lint::syntax::check(ast, &mut c.lint);
+        c.split_stages(ast)?;
+        c.check_from_lines(ast);
+        c.check_platforms()?;
+        Ok(c)
     }
 
     /// The images stage `index` names that can be known without converting it (see [`image_references`]).
@@ -500,9 +555,6 @@ impl Converter<'_> {
                     if let Some(n) = name {
                         // BuildKit builds with a warning: the last stage of a name is the one `--from`,
                         // `--target` and later FROM lines mean.
-                        if self.names.contains_key(n) {
-                            self.lint.duplicate_stage_name(n, &located.location);
-                        }
                         if n.parse::<usize>().is_ok() || !valid_stage_name(n) {
                             return Err(ConvertError::at(&located.location, format!("invalid stage name {n:?}")).hint(
                                 "stage names start with a letter and contain letters, digits, '-', '_' and '.'",
@@ -523,6 +575,7 @@ impl Converter<'_> {
                 }
                 Instruction::Arg(args) if self.stages.is_empty() => {
                     for (k, default) in args {
+                        self.declared_meta_args.insert(k.clone());
                         let value = match self.opts.build_args.get(k) {
                             Some(v) => {
                                 self.used_args.insert(k.clone());
@@ -948,9 +1001,11 @@ impl Converter<'_> {
                 env_pos: p.env_pos.clone(),
                 cmd_set: false,
                 no_cache,
+                checks: StageChecks { workdir_set: p.checks.workdir_set, ..StageChecks::default() },
             }
         } else {
             let (v, img) = self.image_vertex(&base, &from_at)?;
+            self.check_base_platform(&base, &img.config, &from_at);
             let mut config = img.config.clone();
             let history = config.history.drain(..).map(HistoryStep::Base).collect();
             config.rootfs = Default::default();
@@ -1022,6 +1077,7 @@ impl Converter<'_> {
 
     fn dispatch_one(&mut self, index: usize, state: &mut StageState, located: &Located) -> Result<(), ConvertError> {
         let at = &located.location;
+        self.check_instruction(state, located);
         match &located.instruction {
             Instruction::From { .. } => unreachable!("FROM starts a stage"),
             Instruction::Arg(args) => {
@@ -1030,6 +1086,9 @@ impl Converter<'_> {
                 let mut shown = Vec::new();
                 for (k, default) in args {
                     self.lint.secret_key("ARG", k, at);
+                    if let Some(d) = default {
+                        self.check_undefined(d, state, at);
+                    }
                     let declared = match default {
                         Some(d) => Some(self.expand(d, &StageVars(state), at)?),
                         None => None,
@@ -1086,6 +1145,7 @@ impl Converter<'_> {
                 let mut shown = Vec::new();
                 for p in ports {
                     for word in self.expand_words(p, &StageVars(state), at)? {
+                        self.check_expose(&word, at);
                         let ports = normalize_ports(&word).ok_or_else(|| {
                             ConvertError::at(at, format!("invalid port {word:?}"))
                                 .hint("EXPOSE <port>[/tcp|/udp|/sctp]")
@@ -1540,6 +1600,9 @@ impl Converter<'_> {
                     remote.push((src.clone(), Op::Http { url: src, checksum: checksum.clone(), filename }));
                     continue;
                 }
+            }
+            if c.from.is_none() {
+                self.check_copy_source(is_add, &src, at);
             }
             paths.push(src);
         }

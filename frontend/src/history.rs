@@ -79,6 +79,7 @@ mod tests {
             config: ImageConfig::default(),
             history,
             warnings: vec![],
+            checks: vec![],
             locations: Default::default(),
         }
     }

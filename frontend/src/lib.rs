@@ -9,13 +9,14 @@ pub mod history;
 pub mod instructions;
 pub mod lint;
 pub mod mounts;
+pub mod outline;
 pub mod parser;
 pub mod platform;
 pub mod shell;
 
 pub use convert::{
-    BuildPlan, ConvertError, ConvertOptions, ErrorKind, HistoryStep, ImageResolver, NoCache, ResolvedImage, convert,
-    image_references,
+    BuildPlan, CheckReport, ConvertError, ConvertOptions, ErrorKind, HistoryStep, ImageResolver, NoCache,
+    ResolvedImage, check, convert, image_references,
 };
 
 /// The longest word (in characters) worth a "did you mean": edit distance is quadratic, and a typo is short.
@@ -41,7 +42,7 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

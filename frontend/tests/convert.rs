@@ -231,7 +231,7 @@ fn duplicate_stage_names_warn_and_the_last_wins() {
     let src = "FROM base AS a\nRUN echo first\nFROM a AS a\nRUN echo second\nFROM base\nCOPY --from=a /x /x\n";
     let plan = convert(src);
     assert_eq!(
-        plan.warnings,
+        plan.checks.iter().map(|c| c.short()).collect::<Vec<_>>(),
         ["DuplicateStageName: Duplicate stage name \"a\", stage names should be unique (line 3)"]
     );
     let runs: Vec<String> = plan

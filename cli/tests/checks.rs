@@ -1,0 +1,217 @@
+//! Build checks against the reference: `rbuild build --call check,format=json` and BuildKit 0.25's
+//! `docker buildx build --call check,format=json` (dockerd 28.5, started by
+//! `shared/tools/buildkit-newest-up.sh`) must report the same rules, messages and lines, for a Dockerfile that
+//! triggers each rule and one that triggers none. Also `--call outline` and `--call targets`, compared as text.
+//!
+//! Everything is `FROM scratch` or a stage, so that neither side needs an image: the base-image rule
+//! (InvalidBaseImagePlatform) is covered by the frontend tests only. BuildKit 0.25 has CopyIgnoredFile as an
+//! experimental rule, so that case enables it with `# check=experimental=CopyIgnoredFile` (rbuild accepts and
+//! ignores the option: the rule is on by default, as in newer BuildKit).
+
+use crate::support::{Workspace, in_ci};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Serialises runs of `buildkit-newest-up.sh` (its first run downloads and unpacks dockerd).
+const NEWEST_UP_LOCK: &str = "/tmp/rbuild-buildkit-newest.lock";
+
+/// The newest reference's `docker` environment; `None` (with a visible message) when it cannot start outside CI.
+fn reference() -> Option<Vec<(String, String)>> {
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/buildkit-newest-up.sh");
+    let script = if beside.is_file() { beside } else { PathBuf::from("/work/shared/tools/buildkit-newest-up.sh") };
+    let out = Command::new("flock")
+        .arg("-o") // the lock must not be inherited by the dockerd the script starts
+        .arg(NEWEST_UP_LOCK)
+        .arg("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output();
+    let line = out.as_ref().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().last().map(str::to_string));
+    let Some(line) = line.filter(|l| l.starts_with("export ")) else {
+        let msg = format!(
+            "the reference BuildKit could not start: {:?}",
+            out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        );
+        assert!(!in_ci(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    };
+    let path = std::env::var("PATH").unwrap_or_default();
+    Some(
+        line.trim_start_matches("export ")
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.replace("$PATH", &path)))
+            .collect(),
+    )
+}
+
+fn docker(env: &[(String, String)], args: &[&str]) -> crate::support::Run {
+    let out = Command::new("docker")
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker");
+    crate::support::Run::from(out, format!("docker {}", args.join(" ")))
+}
+
+/// (rule, line, message) of every warning in a `--call check,format=json` result, sorted; and whether it had a
+/// build error.
+fn findings(stdout: &str) -> (Vec<(String, u64, String)>, bool) {
+    let start = stdout.find('{').unwrap_or_else(|| panic!("no JSON in {stdout}"));
+    let v: Value = serde_json::from_str(stdout[start..].trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let mut out: Vec<(String, u64, String)> = v["warnings"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| {
+                    (
+                        w["ruleName"].as_str().unwrap_or_default().to_string(),
+                        w["location"]["ranges"][0]["start"]["line"].as_u64().unwrap_or(0),
+                        w["detail"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    (out, v.get("buildError").is_some_and(|e| !e.is_null()))
+}
+
+/// (name, Dockerfile); "bad" cases trigger rules, "good" ones nothing. `.dockerignore` is `*.secret` and `build/`.
+const CASES: &[(&str, &str)] = &[
+    ("casing-bad", "FROM scratch as Builder\nrun echo\nCOPY a /a\nCOPY b /b\n"),
+    ("casing-good", "from scratch as builder\nrun echo\ncopy a /a\n"),
+    ("empty-continuation-bad", "FROM scratch\nRUN echo a \\\n\n  b\n"),
+    ("stage-names-bad", "FROM scratch AS a\nFROM scratch AS a\nFROM scratch AS context\n"),
+    ("stage-names-good", "FROM scratch AS a\nFROM a AS b\n"),
+    ("cmd-bad", "FROM scratch\nCMD echo hi\nCMD [\"b\"]\nENTRYPOINT run.sh\nHEALTHCHECK NONE\nHEALTHCHECK NONE\n"),
+    ("cmd-good", "FROM scratch\nSHELL [\"/bin/sh\", \"-c\"]\nCMD echo hi\nENTRYPOINT [\"a\"]\n"),
+    ("maintainer-legacy-bad", "FROM scratch\nMAINTAINER me\nENV A 1\nLABEL b 2\n"),
+    ("from-args-bad", "ARG VERSION=1\nARG IMAGE\nFROM scratch AS a\nFROM a$VERSON\nFROM $IMAGE\n"),
+    ("from-args-good", "ARG BASE=scratch\nFROM $BASE AS a\nFROM --platform=$BUILDPLATFORM a\n"),
+    ("workdir-bad", "FROM scratch\nWORKDIR app\nWORKDIR more\n"),
+    ("workdir-good", "FROM scratch AS a\nWORKDIR /app\nFROM a\nWORKDIR sub\n"),
+    (
+        "undefined-var-bad",
+        "FROM scratch\nENV PATH=$PTH:/x\nCOPY $SRC /dst\nENV A=${UNSET:-x} B=${UNSET2:+y}\nUSER $WHO\n",
+    ),
+    ("undefined-var-good", "FROM scratch\nARG SRC\nENV PATH=$PATH:/x\nCOPY $SRC /dst\nRUN echo $NOT_CHECKED\n"),
+    ("platform-bad", "FROM --platform=$TARGETPLATFORM scratch AS a\nFROM --platform=linux/amd64 scratch AS build\n"),
+    ("platform-good", "FROM --platform=$BUILDPLATFORM scratch AS a\nFROM --platform=linux/amd64 scratch AS b-amd64\n"),
+    ("secrets-bad", "FROM scratch\nARG GITHUB_TOKEN\nENV DB_PASSWORD=x api_key=y\n"),
+    ("secrets-good", "FROM scratch\nARG PUBLIC_KEY\nENV KEYBOARD=x\n"),
+    (
+        "copy-ignored-bad",
+        "# check=experimental=CopyIgnoredFile\nFROM scratch\nCOPY app.secret /\nADD build/out /\nCOPY . /\n",
+    ),
+    ("copy-ignored-good", "# check=experimental=CopyIgnoredFile\nFROM scratch\nCOPY app.txt /\n"),
+    ("expose-bad", "FROM scratch\nEXPOSE 80/TCP 127.0.0.1:80:80 8080:80/UDP\n"),
+    ("expose-good", "FROM scratch\nEXPOSE 80 53/udp\n"),
+    ("skip-all", "# check=skip=all\nFROM scratch AS Bad\nMAINTAINER me\n"),
+    ("skip-some", "# check=skip=StageNameCasing,FromAsCasing\nFROM scratch as Bad\nMAINTAINER me\n"),
+];
+
+#[test]
+fn check_findings_match_buildkit_0_25() {
+    let Some(env) = reference() else { return };
+    let ws = Workspace::new();
+    let mut disagreements = Vec::new();
+    let mut compared = 0;
+    for (name, dockerfile) in CASES {
+        let ctx = ws.context(
+            name,
+            &[
+                ("Dockerfile", dockerfile),
+                (".dockerignore", "*.secret\nbuild/\n"),
+                ("app.txt", "x"),
+                ("a", ""),
+                ("b", ""),
+            ],
+        );
+        let ctx = ctx.to_str().unwrap();
+        let ours = ws.rbuild("store", &["build", "--call", "check,format=json", ctx]);
+        let theirs = docker(&env, &["buildx", "build", "--call", "check,format=json", ctx]);
+        let (o, theirs_json) = (findings(&ours.stdout), findings(&theirs.stdout));
+        assert_eq!(ours.code == Some(0), o.0.is_empty() && !o.1, "{name}: exit code {:?}\n{}", ours.code, ours.stderr);
+        if name.ends_with("-good") || *name == "skip-all" {
+            assert!(o.0.is_empty(), "{name}: {:?}", o.0);
+        } else {
+            assert!(!o.0.is_empty(), "{name}: no findings");
+        }
+        if o != theirs_json {
+            disagreements.push(format!("{name}:\n  rbuild:   {o:?}\n  BuildKit: {theirs_json:?}"));
+        }
+        compared += 1;
+    }
+    assert!(disagreements.is_empty(), "{} of {compared} differ:\n{}", disagreements.len(), disagreements.join("\n"));
+}
+
+#[test]
+fn outline_and_targets_print_as_buildx_does() {
+    let Some(env) = reference() else { return };
+    let ws = Workspace::new();
+    let dockerfile = "ARG GO_VERSION=1.22\n# VERSION the version to stamp\nARG VERSION=dev\n# base is the base stage\n\
+                      FROM scratch AS base\nARG UNUSED_HERE\n# build compiles\nFROM base AS build\nARG VERSION\n\
+                      ARG MODE=release\nRUN --mount=type=secret,id=npm,required=true --mount=type=ssh echo $VERSION\n\
+                      FROM build\nRUN --mount=type=secret,id=aws echo\n";
+    let ctx = ws.context("outline", &[("Dockerfile", dockerfile)]);
+    let ctx = ctx.to_str().unwrap();
+    for call in ["outline", "targets"] {
+        for extra in [&[][..], &["--target", "build"][..], &["--build-arg", "VERSION=1.2"][..]] {
+            let mut args = vec!["build", "--call", call];
+            args.extend_from_slice(extra);
+            args.push(ctx);
+            let ours = ws.rbuild("store", &args).success();
+            let theirs = docker(&env, &[&["buildx"][..], &args].concat());
+            assert_eq!(theirs.code, Some(0), "{}", theirs.stderr);
+            assert_eq!(ours.stdout, theirs.stdout, "--call {call} {extra:?}");
+            // JSON: the same document, but for buildx's copy of the Dockerfile (`sources`).
+            args[2] = if call == "outline" { "outline,format=json" } else { "targets,format=json" };
+            let ours = ws.rbuild("store", &args).success();
+            let theirs = docker(&env, &[&["buildx"][..], &args].concat());
+            let mut theirs: Value =
+                serde_json::from_str(&theirs.stdout).unwrap_or_else(|e| panic!("{e}: {}", theirs.stdout));
+            theirs.as_object_mut().unwrap().remove("sources");
+            let ours: Value = serde_json::from_str(&ours.stdout).unwrap();
+            assert_eq!(ours, theirs, "--call {call},format=json {extra:?}");
+        }
+    }
+}
+
+#[test]
+fn call_check_exits_non_zero_on_findings_and_a_build_prints_them_with_their_lines() {
+    let ws = Workspace::new();
+    let ctx = ws.context("warn", &[("Dockerfile", "FROM scratch AS Base\nCOPY f /f\n"), ("f", "x")]);
+    let ctx = ctx.to_str().unwrap();
+    let check = ws.rbuild("store", &["build", "--check", ctx]);
+    assert_eq!(check.code, Some(1), "{}", check.stdout);
+    assert!(check.stdout.starts_with("Check complete, 1 warning has been found!\n"), "{}", check.stdout);
+    assert!(check.stdout.contains("WARNING: StageNameCasing - Stage names should be lowercase\n"), "{}", check.stdout);
+    assert!(check.stdout.contains("   1 | >>> FROM scratch AS Base\n"), "{}", check.stdout);
+    // A build warns, with the same lines, and still builds.
+    let build = ws.rbuild("store", &["build", "-t", "warned", ctx]).success();
+    assert!(build.stderr.contains("1 warning found:"), "{}", build.stderr);
+    assert!(build.stderr.contains("Stage name 'Base' should be lowercase\nDockerfile:1\n"), "{}", build.stderr);
+    assert!(!build.stderr.contains("https://"), "no links: {}", build.stderr);
+    // error=true fails the build, skip=all silences it, and so does the build argument / environment variable.
+    let clean = ws.context("clean", &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")]);
+    let ok = ws.rbuild("store", &["build", "--check", clean.to_str().unwrap()]).success();
+    assert_eq!(ok.stdout, "Check complete, no warnings found.\n");
+    let strict = ws.rbuild("store", &["build", "--build-arg", "BUILDKIT_DOCKERFILE_CHECK=error=true", ctx]);
+    assert_eq!(strict.code, Some(1), "{}", strict.stderr);
+    assert!(strict.stderr.contains("lint violation found for rules: StageNameCasing"), "{}", strict.stderr);
+    assert!(
+        strict.stderr.contains("StageNameCasing: Stage name 'Base' should be lowercase (line 1)"),
+        "{}",
+        strict.stderr
+    );
+    let quiet = ws.rbuild("store", &["build", "--build-arg", "BUILDKIT_DOCKERFILE_CHECK=skip=all", "--check", ctx]);
+    assert_eq!(quiet.code, Some(0), "{}", quiet.stdout);
+    assert!(!quiet.stderr.contains("not consumed"), "the check argument is not an unused build arg: {}", quiet.stderr);
+    let bad = ws.rbuild("store", &["build", "--call", "nonsense", ctx]);
+    assert_eq!(bad.code, Some(1), "{}", bad.stderr);
+    assert!(bad.stderr.contains("unknown --call function \"nonsense\""), "{}", bad.stderr);
+}
