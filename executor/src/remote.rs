@@ -237,15 +237,14 @@ fn download_here(url: &str, dest: &Path, max_bytes: Option<u64>) -> Result<Strin
         hasher: Sha256::new(),
         deadline: std::time::Instant::now() + TOTAL_TIMEOUT,
     };
-    // One byte past the limit is enough to know the body is too large.
-    let mut body = response.take(max_bytes.map_or(u64::MAX, |m| m.saturating_add(1)));
+    let mut body = response.take(max_bytes.unwrap_or(u64::MAX));
     // A read error (a timeout, a reset) and a write error both end the transfer; the message says which.
-    let copied = io::copy(&mut body, &mut out).map_err(|source| RemoteError::Transfer {
-        url: url.to_string(),
-        path: dest.to_path_buf(),
-        source,
-    })?;
-    if max_bytes.is_some_and(|m| copied > m) {
+    io::copy(&mut body, &mut out)
+        .map_err(|source| RemoteError::Transfer { url: url.to_string(), path: dest.to_path_buf(), source })?;
+    // At the limit: one more byte means the body is larger than allowed (what was written stays within it).
+    if max_bytes.is_some() && body.into_inner().read(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
+        drop(out);
+        let _ = std::fs::remove_file(dest);
         return Err(too_large());
     }
     let file = out.inner.into_inner().map_err(|e| write_err(e.into_error()))?;
@@ -388,7 +387,8 @@ mod tests {
         assert!(matches!(err, RemoteError::TooLarge { max_bytes: 1024, .. }), "{err}");
         let err = fetch_http_bounded(&serve_endless(), &t.path().join("endless"), 64 << 10).expect_err("endless");
         assert!(matches!(err, RemoteError::TooLarge { .. }), "{err}");
-        assert!(std::fs::metadata(t.path().join("endless")).unwrap().len() <= 64 << 10);
+        // What was written never passed the limit (and the partial file is removed).
+        assert!(std::fs::metadata(t.path().join("endless")).map_or(0, |m| m.len()) <= 64 << 10);
     }
 
     #[test]
