@@ -3,12 +3,22 @@
 //! trees (path, type, mode, owner, content, link target) and config fields must be equal.
 //!
 //! A case is a build context; `args` (one word per line) adds build flags, and a `parent/` directory is built
-//! first as `rbuild-diff/<case>-parent` (for ONBUILD). Both builders start from the same busybox base, built
-//! by each from `testdata/busybox-base`. rbuild's tree is its layer snapshots applied in order (overlayfs
+//! first as `rbuild-diff/<case>-parent` (for ONBUILD). `sockets` lists paths (one a line) where a unix socket is
+//! made in the context before the build (git cannot store one). Both builders start from the same busybox base,
+//! built by each from `testdata/busybox-base`. rbuild's tree is its layer snapshots applied in order (overlayfs
 //! format); BuildKit's is its `docker save` layers applied in order (tar whiteouts).
 //!
 //! The number of layers and each history entry's `created_by` and `empty_layer` are compared too (a RUN that
-//! changes nothing adds an empty layer in both). Not compared: timestamps (`created`).
+//! changes nothing adds an empty layer in both). Timestamps: every entry of the context is given the mtime
+//! [`CONTEXT_MTIME`] before the build, and an entry that has that mtime in one image must have it in the other
+//! (so a directory that keeps its source's time in BuildKit must keep it in rbuild); other times (of files a step
+//! made, and the config's `created`) differ between any two builds and are not compared.
+//!
+//! A case with a `fail` file must fail on both builders, and each line of `fail` must appear in both builders'
+//! error output (`rbuild: TEXT` or `buildkit: TEXT` for one builder only): so the failure is compared, not just
+//! "both failed". Name the Dockerfile line (`Dockerfile:3`): both print it.
+//!
+//! rbuild and BuildKit build each case at the same time, to keep the suite short.
 
 use crate::support::{Workspace, require, skip, testdata};
 use serde_json::Value;
@@ -19,6 +29,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The mtime every entry of a case's context gets (2001-09-09T01:46:40Z), so that an image entry that keeps its
+/// source's time can be told from one made at build time.
+const CONTEXT_MTIME: i64 = 1_000_000_000;
+
 /// One file-system entry, as both builders must produce it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
@@ -28,6 +42,8 @@ struct Entry {
     gid: u64,
     /// A file's bytes (see [`sha`]), a symlink's target, or empty.
     content: String,
+    /// Whether the mtime is [`CONTEXT_MTIME`] (kept from the context).
+    context_time: bool,
 }
 
 type Tree = BTreeMap<String, Entry>;
@@ -84,8 +100,14 @@ fn apply_tar(tree: &mut Tree, bytes: &[u8]) {
         if kind != 'd' {
             remove_subtree(tree, &path, false);
         }
-        let entry =
-            Entry { kind, mode: h.mode().unwrap() & 0o7777, uid: h.uid().unwrap(), gid: h.gid().unwrap(), content };
+        let entry = Entry {
+            kind,
+            mode: h.mode().unwrap() & 0o7777,
+            uid: h.uid().unwrap(),
+            gid: h.gid().unwrap(),
+            content,
+            context_time: h.mtime().unwrap() as i64 == CONTEXT_MTIME,
+        };
         tree.insert(path, entry);
     }
     for (path, target) in links {
@@ -124,7 +146,9 @@ fn apply_snapshot(tree: &mut Tree, root: &Path, dir: &Path) {
         if kind != 'd' {
             remove_subtree(tree, &rel, false);
         }
-        tree.insert(rel, Entry { kind, mode: md.mode() & 0o7777, uid: md.uid().into(), gid: md.gid().into(), content });
+        let context_time = md.mtime() == CONTEXT_MTIME;
+        let entry = Entry { kind, mode: md.mode() & 0o7777, uid: md.uid().into(), gid: md.gid().into(), content, context_time };
+        tree.insert(rel, entry);
         if kind == 'd' {
             apply_snapshot(tree, root, &p);
         }
@@ -276,10 +300,79 @@ fn tree_diff(ours: &Tree, theirs: &Tree) -> Vec<String> {
     out
 }
 
+/// The files of a case directory that describe the case rather than belong to its build context.
+const CASE_FILES: [&str; 4] = ["args", "fail", "sockets", "parent"];
+
+/// Copies a case's context to `to`: its sockets made, every mtime set to [`CONTEXT_MTIME`].
 fn copy_context(from: &Path, to: &Path) {
     crate::support::copy_dir(from, to);
-    let _ = std::fs::remove_file(to.join("args"));
-    let _ = std::fs::remove_dir_all(to.join("parent"));
+    for name in CASE_FILES {
+        let _ = std::fs::remove_file(to.join(name));
+        let _ = std::fs::remove_dir_all(to.join(name));
+    }
+    for rel in std::fs::read_to_string(from.join("sockets")).unwrap_or_default().lines().filter(|l| !l.is_empty()) {
+        let path = to.join(rel);
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap_or_else(|e| panic!("socket {rel}: {e}")));
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o751)).unwrap();
+    }
+    set_mtimes(to);
+}
+
+fn set_mtimes(path: &Path) {
+    if std::fs::symlink_metadata(path).unwrap().is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            set_mtimes(&e.unwrap().path());
+        }
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let t = libc::timespec { tv_sec: CONTEXT_MTIME as libc::time_t, tv_nsec: 0 };
+    // SAFETY: a NUL-terminated path and two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(rc, 0, "utimensat {}", path.display());
+}
+
+/// What a `fail` case expects: (needle, in rbuild's output, in BuildKit's).
+fn expected_failure(case: &Path) -> Option<Vec<(String, bool, bool)>> {
+    let text = std::fs::read_to_string(case.join("fail")).ok()?;
+    let lines = text.lines().filter(|l| !l.trim().is_empty());
+    Some(
+        lines
+            .map(|l| {
+                if let Some(t) = l.strip_prefix("rbuild: ") {
+                    (t.to_string(), true, false)
+                } else if let Some(t) = l.strip_prefix("buildkit: ") {
+                    (t.to_string(), false, true)
+                } else {
+                    (l.to_string(), true, true)
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Checks a case that must fail on both builders; returns its problems.
+fn check_failure(
+    want: &[(String, bool, bool)],
+    ours: &crate::support::Run,
+    theirs: &crate::support::Run,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if want.is_empty() {
+        problems.push("`fail` names no text the errors must show".to_string());
+    }
+    for (who, run, idx) in [("rbuild", ours, 1), ("BuildKit", theirs, 2)] {
+        if run.code == Some(0) {
+            problems.push(format!("{who} succeeded; the case must fail"));
+            continue;
+        }
+        for (needle, in_ours, in_theirs) in want {
+            let applies = if idx == 1 { *in_ours } else { *in_theirs };
+            if applies && !run.stderr.contains(needle.as_str()) {
+                problems.push(format!("{who}'s error lacks {needle:?}:\n{}", run.stderr));
+            }
+        }
+    }
+    problems
 }
 
 #[test]
@@ -302,7 +395,7 @@ fn rbuild_and_buildkit_build_the_same_images() {
     let mut cases: Vec<PathBuf> =
         std::fs::read_dir(testdata("diff")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     cases.sort();
-    assert!(cases.len() >= 25, "at least 25 differential cases, found {}", cases.len());
+    assert!(cases.len() >= 80 || only.is_some(), "at least 80 differential cases, found {}", cases.len());
     let mut failures = Vec::new();
     let mut passed = 0;
     for case in &cases {
@@ -326,11 +419,23 @@ fn rbuild_and_buildkit_build_the_same_images() {
         let mut args = vec!["build", "-t", tag.as_str()];
         args.extend(&extra);
         args.push(ctx.to_str().unwrap());
-        let ours = ws.rbuild(store, &args);
         let mut dargs = vec!["build", "--network", "host", "-q", "-t", tag.as_str()];
         dargs.extend(&extra);
         dargs.push(ctx.to_str().unwrap());
-        let theirs = docker(&env, &dargs);
+        let (ours, theirs) = std::thread::scope(|s| {
+            let theirs = s.spawn(|| docker(&env, &dargs));
+            let ours = ws.rbuild(store, &args);
+            (ours, theirs.join().expect("the docker build thread"))
+        });
+        if let Some(want) = expected_failure(case) {
+            let problems = check_failure(&want, &ours, &theirs);
+            if problems.is_empty() {
+                passed += 1;
+            } else {
+                failures.push(format!("{name}:\n  {}", problems.join("\n  ")));
+            }
+            continue;
+        }
         if ours.code != Some(0) || theirs.code != Some(0) {
             failures.push(format!(
                 "{name}: rbuild exit {:?}, BuildKit exit {:?}\n--- rbuild\n{}\n--- BuildKit\n{}",

@@ -53,6 +53,10 @@ pub trait ImageResolver {
     ) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>>;
 }
 
+/// The build arg that names the RUN containers' host (BuildKit's `dockerui` reads it the same way): it needs no
+/// ARG, never reaches the environment, and is part of every RUN's key (see `ExecOp::hostname`).
+pub const SANDBOX_HOSTNAME_ARG: &str = "BUILDKIT_SANDBOX_HOSTNAME";
+
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
     pub build_args: BTreeMap<String, String>,
@@ -354,6 +358,7 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
         .build_args
         .keys()
         .filter(|name| !c.used_args.contains(*name) && !rbuild_solver::key::PROXY_VARS.contains(&name.as_str()))
+        .filter(|name| name.as_str() != SANDBOX_HOSTNAME_ARG)
         .map(String::as_str)
         .collect();
     if !unused.is_empty() {
@@ -1216,6 +1221,7 @@ impl Converter<'_> {
             network,
             mounts,
             settings: Vec::new(),
+            hostname: self.opts.build_args.get(SANDBOX_HOSTNAME_ARG).cloned().unwrap_or_default(),
         };
         let inputs = std::iter::once(input).chain(extra_inputs).collect();
         state.rootfs = self.graph.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });
