@@ -69,6 +69,10 @@ pub enum ContentHashError {
     /// [`ContentHashError::NotFound`] so that the caller can say which patterns hid it.
     #[error("source {name:?} not found: it is excluded")]
     Excluded { name: String },
+    /// The part of a wildcard source before its first wildcard names nothing. BuildKit's wording (it walks that
+    /// directory): `lstat /nodir: no such file or directory`.
+    #[error("lstat /{}: no such file or directory (the directory of wildcard source {pattern:?})", base.display())]
+    WildcardBaseMissing { pattern: String, base: PathBuf },
     #[error("invalid wildcard pattern {pattern:?}: {reason}")]
     BadPattern { pattern: String, reason: &'static str },
     /// A file or directory changed between being listed and being read (or between the hash and the copy).
@@ -566,8 +570,10 @@ fn resolve_wildcard(
     let comps: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     // Candidates: (rel as named, real path relative to root with every symlink resolved, its stat).
     let mut candidates: Vec<(PathBuf, PathBuf, Option<Stat>)> = vec![(PathBuf::new(), PathBuf::new(), None)];
+    let mut before_wildcard = true;
     for (i, comp) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
+        before_wildcard &= !has_wildcards(comp);
         let mut next = Vec::new();
         for (named, real, st) in &candidates {
             let names: Vec<OsString> = if has_wildcards(comp) {
@@ -595,6 +601,10 @@ fn resolve_wildcard(
                 let r = resolve(root, &real.join(&name), !last || follow_final, hidden)?;
                 if let Some(st) = r.stat {
                     next.push((named.join(&name), r.real, Some(st)));
+                } else if before_wildcard {
+                    // An empty wildcard is no error, but a missing directory to look in is (as in BuildKit).
+                    let base = named.join(&name);
+                    return Err(ContentHashError::WildcardBaseMissing { pattern: source.to_string(), base });
                 }
             }
         }
@@ -1316,9 +1326,14 @@ mod tests {
             let shown = format!("\"/{}\": not found", clean_clamped(source).display());
             assert_eq!(err.to_string(), shown);
         }
-        for pattern in ["kl/*", "k*/id_rsa", "*/id_rsa", "id*", "chain/*"] {
+        for pattern in ["k*/id_rsa", "*/id_rsa", "id*"] {
             let trees = walk_selection(&r, &sel(&[pattern]), &keys).unwrap();
             assert!(trees.is_empty(), "{pattern} selected {trees:?}");
+        }
+        // The directory a wildcard looks in leads into the ignored one: missing, as BuildKit's context lacks it.
+        for pattern in ["kl/*", "chain/*"] {
+            let err = walk_selection(&r, &sel(&[pattern]), &keys).unwrap_err();
+            assert!(matches!(err, ContentHashError::WildcardBaseMissing { .. }), "{pattern}: {err}");
         }
         // Named straight at it: reported as excluded, so the caller can say by what.
         let err = walk_selection(&r, &sel(&["keys/id_rsa"]), &keys).unwrap_err();
@@ -1424,6 +1439,9 @@ mod tests {
 
         // A wildcard matching nothing selects nothing, alone or next to a source that matches (BuildKit).
         assert!(resolve_sources(&rt(root), &["*.nope".to_string()], &none).unwrap().is_empty());
+        assert!(resolve_sources(&rt(root), &["e/f3.txt/*".to_string()], &none).unwrap().is_empty());
+        let err = resolve_sources(&rt(root), &["nodir/sub/*.txt".to_string()], &none).unwrap_err();
+        assert!(err.to_string().starts_with("lstat /nodir: no such file or directory"), "{err}");
         let got = resolve_sources(&rt(root), &["e/f3.txt".to_string(), "*.nope".to_string()], &none).unwrap();
         assert_eq!(got.len(), 1);
         let err = resolve_sources(&rt(root), &["missing.txt".to_string()], &none).unwrap_err();

@@ -55,7 +55,8 @@ pub struct CopyOptions {
 pub enum CopyError {
     #[error(transparent)]
     Select(#[from] ContentHashError),
-    #[error("cannot copy into {path}: it exists and is not a directory")]
+    /// BuildKit's wording.
+    #[error("cannot copy to non-directory: {path}")]
     NotADirectory { path: PathBuf },
     #[error("cannot replace directory {path} with a non-directory")]
     IsADirectory { path: PathBuf },
@@ -849,8 +850,13 @@ mod tests {
         fs::create_dir(f.dst.join("etc")).unwrap();
         fs::set_permissions(f.dst.join("etc"), fs::Permissions::from_mode(0o711)).unwrap();
         run(&f, &["dir"], "/etc/", &CopyOptions::default()).unwrap();
-        run(&f, &["dir"], "/new/deeper", &CopyOptions { chown: Some((7, 8)), chmod: Some(0o700), ..Default::default() })
-            .unwrap();
+        run(
+            &f,
+            &["dir"],
+            "/new/deeper",
+            &CopyOptions { chown: Some((7, 8)), chmod: Some(0o700), ..Default::default() },
+        )
+        .unwrap();
         let etc = fs::metadata(f.dst.join("etc")).unwrap();
         assert_eq!((etc.mtime(), etc.mode() & 0o7777), (1_000_000, 0o711));
         let deeper = fs::metadata(f.dst.join("new/deeper")).unwrap();

@@ -757,7 +757,12 @@ impl Converter<'_> {
     fn build_stage_inner(&mut self, index: usize) -> Result<Rc<StageState>, ConvertError> {
         self.in_progress[index] = true;
         let from_at = self.stages[index].from.clone();
-        let base = self.expand(&self.stages[index].base.clone(), &self.global, &from_at)?;
+        let raw_base = self.stages[index].base.clone();
+        let base = self.expand(&raw_base, &self.global, &from_at)?;
+        if base.is_empty() {
+            // BuildKit's wording.
+            return Err(ConvertError::at(&from_at, format!("base name ({raw_base}) should not be blank")));
+        }
         if let Some(p) = self.stages[index].platform.clone() {
             // Valid: `check_platforms` saw every stage before conversion started.
             let p = self.expand(&p, &self.global, &from_at)?;
