@@ -826,10 +826,12 @@ mod tests {
         assert_eq!(fs::read_to_string(f.dst.join("glob")).unwrap(), "B");
         run(&f, &["dir", "a.txt"], "/mixed", &CopyOptions::default()).unwrap();
         assert!(f.dst.join("mixed/x").is_file() && f.dst.join("mixed/a.txt").is_file(), "a file lands inside");
-        run(&f, &["a.txt", "nomatch*", "none/*"], "/one", &CopyOptions::default()).unwrap();
+        run(&f, &["a.txt", "nomatch*", "dir/none*"], "/one", &CopyOptions::default()).unwrap();
         assert_eq!(fs::read_to_string(f.dst.join("one")).unwrap(), "A", "empty wildcards are ignored");
         run(&f, &["nomatch*"], "/empty/", &CopyOptions::default()).unwrap();
         assert!(!f.dst.join("empty").exists(), "an empty wildcard creates nothing");
+        let err = run(&f, &["none/*"], "/x/", &CopyOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("lstat /none: no such file or directory"), "{err}");
         let err = run(&f, &["a.txt", "dir"], "/filefirst", &CopyOptions::default()).unwrap_err();
         assert!(matches!(err, CopyError::NotADirectory { .. }), "{err}");
     }
