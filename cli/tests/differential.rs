@@ -18,6 +18,8 @@
 //! error output (`rbuild: TEXT` or `buildkit: TEXT` for one builder only): so the failure is compared, not just
 //! "both failed". Name the Dockerfile line (`Dockerfile:3`): both print it.
 //!
+//! BuildKit is retried when its outcome is not the expected one (see [`run_case`]: a flake of the reference).
+//!
 //! rbuild and BuildKit build each case at the same time, and a few cases run at once (`RBUILD_DIFF_JOBS`, default
 //! 3), to keep the suite short.
 
