@@ -9,12 +9,17 @@ cargo metadata --format-version 1 --no-deps > "$meta"
 python3 - "$meta" <<'PY'
 import json, sys
 allowed = {
-    "rbuild-solver": set(),
-    "rbuild-cache": {"rbuild-solver"},
-    "rbuild-frontend": {"rbuild-solver"},
-    "rbuild-image": {"rbuild-cache", "rbuild-solver"},
-    "rbuild-executor": {"rbuild-image", "rbuild-cache", "rbuild-solver"},
-    "rbuild": {"rbuild-frontend", "rbuild-solver", "rbuild-executor", "rbuild-cache", "rbuild-image"},
+    # Vocabulary (digests, OCI documents, .dockerignore patterns): at the bottom, used by anyone.
+    "rbuild-types": set(),
+    "rbuild-solver": {"rbuild-types"},
+    "rbuild-cache": {"rbuild-solver", "rbuild-types"},
+    "rbuild-frontend": {"rbuild-solver", "rbuild-types"},
+    "rbuild-image": {"rbuild-cache", "rbuild-types"},
+    "rbuild-executor": {"rbuild-image", "rbuild-cache", "rbuild-solver", "rbuild-types"},
+    "rbuild-builder": {"rbuild-frontend", "rbuild-solver", "rbuild-executor", "rbuild-cache", "rbuild-image", "rbuild-types"},
+    # The CLI maps flags to a build request and renders; its own subcommands (images, push, prune, ...) use the
+    # store and registry crates directly. It never runs steps itself: no arrow to the executor.
+    "rbuild": {"rbuild-builder", "rbuild-frontend", "rbuild-solver", "rbuild-cache", "rbuild-image", "rbuild-types"},
 }
 meta = json.load(open(sys.argv[1]))
 names = {p["name"] for p in meta["packages"]}

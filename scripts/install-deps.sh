@@ -2,7 +2,7 @@
 # Installs what rbuild's builds and tests need on Debian/Ubuntu (run as root): the OCI runtime, the static busybox
 # the test images are made of, a registry to push to, and the independent tools the tests check output with.
 set -euo pipefail
-pkgs=(runc crun passt slirp4netns busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client
+pkgs=(runc crun passt slirp4netns busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client tmux
   openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2 mmdebstrap)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

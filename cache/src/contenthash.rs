@@ -31,7 +31,7 @@
 //! SHA-256 enters the stream; a persistent [`StatCache`] skips re-reading files whose stat is unchanged.
 
 use crate::confined::{self, Root, Stat};
-use rbuild_solver::Digest;
+use rbuild_types::Digest;
 use sha2::{Digest as _, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};

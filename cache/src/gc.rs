@@ -12,8 +12,9 @@
 //! never remove a snapshot a running build is about to mount.
 
 use crate::store::{LockMode, Store, StoreError};
-use rbuild_solver::oci::ImageConfig;
-use rbuild_solver::{CacheRecord, Digest};
+use rbuild_solver::CacheRecord;
+use rbuild_types::Digest;
+use rbuild_types::oci::ImageConfig;
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
@@ -583,8 +584,8 @@ pub fn parse_filter(s: &str) -> Result<Duration, GcError> {
 mod tests {
     use super::*;
     use crate::ImageRecord;
-    use rbuild_solver::oci::{RootFs, to_canonical_json};
     use rbuild_solver::{CacheStore, Output};
+    use rbuild_types::oci::{RootFs, to_canonical_json};
 
     /// Commits a snapshot holding one file of `bytes` bytes; returns its (made-up) diff_id.
     fn snapshot(store: &Store, name: &str, bytes: usize) -> Digest {

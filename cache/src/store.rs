@@ -8,7 +8,8 @@
 //! exclusively, so nothing is collected from under a running build.
 
 use rbuild_solver::explain::StepInputs;
-use rbuild_solver::{CacheError, CacheRecord, CacheStore, Digest, Output};
+use rbuild_solver::{CacheError, CacheRecord, CacheStore, Output};
+use rbuild_types::Digest;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

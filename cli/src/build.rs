@@ -1,28 +1,23 @@
-//! `rbuild build`: Dockerfile → plan → solve → image config → store (and registry).
+//! `rbuild build`: flags → a [`BuildRequest`] for the builder library, and what comes back rendered: progress
+//! on stderr, errors with their Dockerfile line, the image ID and pushed digests.
 
-use crate::progress::PlainProgress;
+use crate::Env;
 use crate::render;
-use crate::resolver::StoreResolver;
-use crate::{Env, open_store};
 use anyhow::{Context as _, Result, bail};
-use rbuild_cache::ImageRecord;
-use rbuild_executor::runtime::options;
-use rbuild_executor::worker::LocalWorker;
-use rbuild_frontend::{ConvertOptions, NoCache, convert};
-use rbuild_image::registry::{ImageRef, RegistryClient};
-use rbuild_solver::oci::to_canonical_json;
-use rbuild_solver::{SolveOptions, WorkerError, solve};
+use rbuild_builder::container as options;
+use rbuild_builder::{BuildError, BuildRequest, Builder, Canceller, Dockerfile, Entitlements, NetworkMode};
+use rbuild_frontend::NoCache;
+use rbuild_image::registry::ImageRef;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
     /// Name (and optionally tag) for the image; may be repeated
     #[arg(short = 't', long = "tag", value_name = "NAME")]
     tags: Vec<String>,
-    /// The Dockerfile [default: CONTEXT/Dockerfile, else CONTEXT/dockerfile]
+    /// The Dockerfile, `-` for stdin [default: CONTEXT/Dockerfile, else CONTEXT/dockerfile]
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment)
@@ -72,13 +67,18 @@ pub struct BuildArgs {
     #[command(flatten)]
     outputs: crate::outputs::OutputArgs,
     #[command(flatten)]
+    progress: crate::progress::ProgressArgs,
+    #[command(flatten)]
+    buildx: crate::buildx_flags::BuildxArgs,
+    #[command(flatten)]
     container: ContainerArgs,
-    /// The build context directory
+    /// The build context: a directory, `-` (a tar or a Dockerfile on stdin), a Git URL
+    /// (https://host/repo.git#ref:subdir, git@host:repo.git) or an http(s) URL of a tarball
     context: PathBuf,
 }
 
 /// The settings of RUN containers, as `docker build` defines them (sizes like `64m`, `1g`); see
-/// [`rbuild_executor::runtime::options`].
+/// [`rbuild_builder::container`].
 #[derive(Debug, Clone, clap::Args)]
 struct ContainerArgs {
     /// Memory limit of each RUN step (e.g. 64m, 1g)
@@ -143,14 +143,6 @@ enum NetworkFlag {
     Host,
 }
 
-/// What `--allow` granted (buildx's entitlements).
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Entitlements {
-    network_host: bool,
-    /// Parsed for buildx compatibility; `RUN --security=insecure` stays refused (every step runs sandboxed).
-    security_insecure: bool,
-}
-
 fn parse_entitlements(allow: &[String]) -> Result<Entitlements> {
     let mut out = Entitlements::default();
     for a in allow.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
@@ -163,34 +155,14 @@ fn parse_entitlements(allow: &[String]) -> Result<Entitlements> {
     Ok(out)
 }
 
-const NETWORK_HOST_HINT: &str = "pass --allow network.host to rbuild build to let steps use the host's network";
-
-/// Gives every RUN step that did not choose a network the build's (`--network`), and refuses host networking
-/// that the `network.host` entitlement does not allow, naming the first step that asks for it.
-fn apply_network(
-    plan: &mut rbuild_frontend::BuildPlan,
-    flag: NetworkFlag,
-    allowed: &Entitlements,
-) -> Result<(), rbuild_frontend::ConvertError> {
-    use rbuild_solver::{Network, Op};
-    let build_default = match flag {
-        NetworkFlag::Default => Network::Default,
-        NetworkFlag::None => Network::None,
-        NetworkFlag::Host => Network::Host,
-    };
-    for (id, vertex) in plan.graph.vertices.iter_mut().enumerate() {
-        let Op::Exec(exec) = &mut vertex.op else { continue };
-        if exec.network == Network::Default {
-            exec.network = build_default;
-        } else if exec.network == Network::Host && !allowed.network_host {
-            return Err(rbuild_frontend::ConvertError {
-                message: "RUN --network=host needs the network.host entitlement".into(),
-                hint: Some(NETWORK_HOST_HINT.into()),
-                location: plan.locations.get(&id).cloned(),
-            });
+impl From<NetworkFlag> for NetworkMode {
+    fn from(flag: NetworkFlag) -> NetworkMode {
+        match flag {
+            NetworkFlag::Default => NetworkMode::Default,
+            NetworkFlag::None => NetworkMode::None,
+            NetworkFlag::Host => NetworkMode::Host,
         }
     }
-    Ok(())
 }
 
 fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
@@ -225,80 +197,24 @@ fn parse_labels(args: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// The largest Dockerfile (and `.dockerignore`) rbuild reads: 10 MiB, like BuildKit's limit on a Dockerfile.
-/// Both come from the build's input, so `-f /dev/zero` or a huge file must be an error, not unbounded memory.
-const MAX_INPUT_FILE: u64 = 10 << 20;
-
-/// Reads a text file of at most [`MAX_INPUT_FILE`] bytes.
-fn read_limited(path: &Path, what: &str) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut text = String::new();
-    std::fs::File::open(path)?.take(MAX_INPUT_FILE + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_INPUT_FILE {
-        return Err(std::io::Error::other(format!("{what} is larger than the limit of {} MiB", MAX_INPUT_FILE >> 20)));
-    }
-    Ok(text)
+/// What the build reads besides the request: a fetched or stdin context (removed when dropped), and the
+/// additional contexts.
+struct Inputs {
+    source: crate::source::Source,
+    named: crate::named_contexts::NamedContexts,
+    buildx: crate::buildx_flags::Requests,
 }
 
-/// `.dockerignore` patterns: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's. A file in
-/// the context is context content, read beneath it (a `.dockerignore` linking to `/etc/shadow` reads the context's
-/// own `etc/shadow`, if any); one outside it was named by whoever ran the build and is read as named.
-fn ignore_patterns(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
-    let root = rbuild_cache::confined::Root::open(context)
-        .with_context(|| format!("opening the build context {}", context.display()))?;
-    let beside = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
-    for candidate in [beside, context.join(".dockerignore")] {
-        let read = match candidate.strip_prefix(context) {
-            Ok(rel) => root.read_in_root(rel).and_then(|bytes| {
-                if bytes.len() as u64 > MAX_INPUT_FILE {
-                    Err(std::io::Error::other(format!(
-                        ".dockerignore is larger than the limit of {} MiB",
-                        MAX_INPUT_FILE >> 20
-                    )))
-                } else {
-                    Ok(String::from_utf8_lossy(&bytes).into_owned())
-                }
-            }),
-            Err(_) => read_limited(&candidate, ".dockerignore"),
-        };
-        match read {
-            Ok(text) => return Ok(rbuild_frontend::dockerignore::read_ignore_file(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", candidate.display())),
-        }
-    }
-    Ok(Vec::new())
-}
-
-pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
-    let canceller = rbuild_executor::cancel::Canceller::new();
-    let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
+/// The build the flags describe.
+fn request(args: &BuildArgs, inputs: &Inputs) -> Result<BuildRequest> {
     let mount_sources =
         crate::secrets::mount_sources(&args.secrets, &args.ssh, &|name: &str| std::env::var(name).ok())?;
-    let context = args.context.clone();
+    let context = inputs.source.context.clone();
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
-    // Like docker build: `Dockerfile`, else `dockerfile`.
-    let dockerfile = args.file.clone().unwrap_or_else(|| {
-        let upper = context.join("Dockerfile");
-        let lower = context.join("dockerfile");
-        if !upper.exists() && lower.exists() { lower } else { upper }
-    });
-    let text = read_limited(&dockerfile, "the Dockerfile")
-        .with_context(|| format!("reading the Dockerfile {}", dockerfile.display()))?;
-    let shown_name =
-        dockerfile.file_name().map_or_else(|| dockerfile.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let ast = match rbuild_frontend::parser::parse(&text) {
-        Ok(a) => a,
-        Err(e) => {
-            render::parse_error(&shown_name, &text, &e);
-            return Ok(ExitCode::from(1));
-        }
-    };
-    for w in &ast.warnings {
-        eprintln!("warning: {shown_name}:{}: {}", w.line, w.message);
-    }
+    let path = inputs.source.dockerfile.clone().unwrap_or_else(|| Dockerfile::default_path(&context));
+    let dockerfile = Dockerfile::read(&path).with_context(|| format!("reading the Dockerfile {}", path.display()))?;
     let mut tags = Vec::new();
     for t in &args.tags {
         tags.push(ImageRef::parse(t).with_context(|| format!("invalid tag {t:?}"))?);
@@ -306,28 +222,18 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     if args.push && tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY[:TAG]");
     }
-    let outputs = crate::outputs::plan(&args.outputs, &tags, args.push)?;
-    let labels = parse_labels(&args.labels)?;
-    let platform = crate::outputs::platform(&args.outputs)?;
-    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => {
             Some(v.parse::<i64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?)
         }
         _ => None,
     };
-
-    let entitlements = parse_entitlements(&args.allow)?;
-    let container_options = args.container.options()?;
-    if args.network == NetworkFlag::Host && !entitlements.network_host {
-        bail!("--network host needs the network.host entitlement; {NETWORK_HOST_HINT}");
-    }
-
-    let store = Arc::new(open_store(env)?);
-    let client = Arc::new(RegistryClient::new(env.registry.clone()));
-    let opts = ConvertOptions {
+    Ok(BuildRequest {
+        context,
+        dockerfile,
         build_args: parse_build_args(&args.build_args)?,
         target: args.target.clone(),
-        platform,
+        platform: crate::outputs::platform(&args.outputs)?,
         no_cache: if args.no_cache {
             NoCache::All
         } else if args.no_cache_filter.is_empty() {
@@ -335,168 +241,83 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         } else {
             NoCache::Stages(args.no_cache_filter.clone())
         },
-        context_excludes: ignore_patterns(&context, &dockerfile)?,
-    };
-    let resolver = StoreResolver {
-        store: store.clone(),
-        client: client.clone(),
-        handle: tokio::runtime::Handle::current(),
         pull: args.pull,
-    };
-    let plan = tokio::task::spawn_blocking(move || convert(&ast, &opts, &resolver)).await?;
-    let mut plan = match plan {
-        Ok(p) => p,
-        Err(e) => {
-            render::convert_error(&shown_name, &text, &e);
-            return Ok(ExitCode::from(1));
-        }
-    };
-    for w in &plan.warnings {
-        eprintln!("{w}");
-    }
-    if let Err(e) = apply_network(&mut plan, args.network, &entitlements) {
-        render::convert_error(&shown_name, &text, &e);
-        return Ok(ExitCode::from(1));
-    }
-    // `--add-host`, `--ulimit` and `--shm-size` change what a RUN can produce: they are part of its key.
-    let settings = container_options.key_settings();
-    for vertex in &mut plan.graph.vertices {
-        if let rbuild_solver::Op::Exec(exec) = &mut vertex.op {
-            exec.settings.clone_from(&settings);
-        }
-    }
+        jobs: args.jobs,
+        mount_sources,
+        network: args.network.into(),
+        entitlements: parse_entitlements(&args.allow)?,
+        container: args.container.options()?,
+        labels: parse_labels(&args.labels)?,
+        outputs: crate::outputs::plan(&args.outputs, &tags, args.push)?,
+        tags,
+        metadata_file: args.outputs.metadata_file.clone(),
+        explain_cache: args.explain_cache,
+        source_date_epoch,
+        named_contexts: inputs.named.dirs(),
+        image_contexts: inputs.named.images(),
+        manifest_annotations: inputs.buildx.manifest_annotations.clone(),
+        temporary_context: inputs.source.is_temporary(),
+    })
+}
 
-    let context_abs = std::fs::canonicalize(&context).with_context(|| format!("resolving {}", context.display()))?;
-    let worker = Arc::new(
-        LocalWorker::new(store.clone(), context_abs, epoch)?
-            .with_mount_sources(mount_sources)
-            .with_container_options(container_options)
-            .with_canceller(canceller),
-    );
-    let progress = Arc::new(PlainProgress::new());
-    let graph = Arc::new(std::mem::take(&mut plan.graph));
-    let mut solve_opts = SolveOptions::default();
-    if let Some(j) = args.jobs {
-        solve_opts.jobs = j.max(1);
-    }
-    // Steps are remembered per Dockerfile and target, so --explain-cache compares a step with its own last run.
-    let dockerfile_abs = std::fs::canonicalize(&dockerfile).unwrap_or_else(|_| dockerfile.clone());
-    solve_opts.record_scope =
-        Some(format!("{}\n{}", dockerfile_abs.display(), args.target.as_deref().unwrap_or_default()));
-    solve_opts.explain = args.explain_cache;
-    let result =
-        solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress.clone(), solve_opts).await;
-    worker.finish();
-    let solved = match result {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("------");
-            eprintln!(" > {}:", e.name);
-            let tail = match e.source.as_ref() {
-                WorkerError::ExitCode { tail, .. } => tail.clone(),
-                _ => Vec::new(),
-            };
-            for line in tail.iter().rev().take(10).rev() {
-                eprintln!("   {line}");
-            }
-            eprintln!("------");
-            let mut msg = format!("error: failed to solve: {}", e.source);
-            let mut cause = std::error::Error::source(e.source.as_ref());
-            while let Some(c) = cause {
-                let text = c.to_string();
-                if !msg.contains(&text) {
-                    msg.push_str(&format!(": {text}"));
-                }
-                cause = c.source();
-            }
-            eprintln!("{msg}");
-            if let Some(loc) = plan.locations.get(&e.vertex) {
-                eprint!("{}", render::snippet(&shown_name, &text, loc.start_line, loc.end_line));
-            }
-            return Ok(ExitCode::from(if interrupted.get() { 130 } else { 1 }));
-        }
+pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
+    let progress = args.progress.renderer()?;
+    let canceller = Canceller::new();
+    let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
+    crate::privilege::check_build()?;
+    // `-`, `-f -`, Git and http(s) contexts become local directories first; flags that cannot apply fail now.
+    let limits = crate::source::Limits::from_env()?;
+    let buildx = args.buildx.check(&crate::outputs::platform(&args.outputs)?)?;
+    let docker = buildx.load.then(|| crate::docker_load::Daemon::find(std::env::var("DOCKER_HOST").ok().as_deref()));
+    let docker = docker.transpose()?;
+    let inputs = Inputs {
+        source: crate::source::resolve(&args.context, args.file.as_deref(), &mut std::io::stdin(), limits)?,
+        named: crate::named_contexts::NamedContexts::parse(&args.buildx.build_contexts, limits)?,
+        buildx,
     };
-    if interrupted.get() {
-        return Ok(ExitCode::from(130));
+    let req = request(&args, &inputs)?;
+    let names: Vec<String> = req.tags.iter().map(|t| t.to_string()).collect();
+    let builder =
+        Builder { root: env.root.clone(), registry: env.registry.clone(), gc_keep_storage: env.gc_keep_storage };
+    let result = builder.build(req, progress.clone(), canceller).await;
+    // A live view stops redrawing before errors are printed under it.
+    progress.finish();
+    match result {
+        Ok(result) => {
+            if let Some(f) = &args.iidfile {
+                std::fs::write(f, result.image.as_str()).with_context(|| format!("writing {}", f.display()))?;
+            }
+            for p in &result.pushed {
+                progress.result(&format!("{}@{}", p.name, p.digest));
+            }
+            if let Some(daemon) = &docker {
+                let store = crate::open_store(env)?;
+                let annotations = &inputs.buildx.manifest_annotations;
+                crate::docker_load::load(daemon, &store, &result.image, &names, annotations)?;
+            }
+            progress.image_id(result.image.as_str());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(BuildError::Parse { dockerfile, error }) => {
+            render::parse_error(&dockerfile.name, &dockerfile.text, &error);
+            Ok(ExitCode::from(1))
+        }
+        Err(BuildError::Convert { dockerfile, error }) => {
+            render::convert_error(&dockerfile.name, &dockerfile.text, &error);
+            Ok(ExitCode::from(1))
+        }
+        Err(BuildError::Step(failure)) => {
+            render::step_failure(&failure);
+            Ok(ExitCode::from(if interrupted.get() { 130 } else { 1 }))
+        }
+        Err(BuildError::Interrupted) => Ok(ExitCode::from(130)),
+        Err(BuildError::Other(e)) => Err(e),
     }
-
-    let mut config = rbuild_frontend::history::image_config(&plan, &solved, chrono::Utc::now().timestamp(), epoch);
-    if !labels.is_empty() {
-        config.config.labels.get_or_insert_with(Default::default).extend(labels);
-    }
-    let config_digest = store.write_blob(&to_canonical_json(&config))?;
-    eprintln!("writing image {config_digest}");
-    for t in &tags {
-        store.set_tag(&ImageRecord { name: t.to_string(), config: config_digest.clone(), manifest: None })?;
-        eprintln!("naming to {t}");
-    }
-    if let Some(f) = &args.iidfile {
-        std::fs::write(f, config_digest.as_str()).with_context(|| format!("writing {}", f.display()))?;
-    }
-    crate::outputs::finish(&store, &client, &config_digest, &outputs, args.outputs.metadata_file.as_deref(), epoch)
-        .await?;
-    let ran = solved.iter().zip(&graph.vertices).any(|(s, v)| {
-        s.as_ref().is_some_and(|s| !s.cached) && matches!(v.op, rbuild_solver::Op::Exec(_) | rbuild_solver::Op::File(_))
-    });
-    if ran {
-        // The store must be released first: collection needs it to itself.
-        drop(worker);
-        drop(store);
-        crate::storage::auto_gc(env);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rbuild_frontend::instructions::Location;
-    use rbuild_solver::{ExecOp, Graph, Network, Op, Vertex};
-
-    fn plan(networks: &[Network]) -> rbuild_frontend::BuildPlan {
-        let mut graph = Graph::default();
-        let mut locations = BTreeMap::new();
-        let base = graph.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
-        for (i, network) in networks.iter().enumerate() {
-            let exec = ExecOp {
-                args: vec!["true".into()],
-                env: vec![],
-                cwd: "/".into(),
-                user: String::new(),
-                network: *network,
-                mounts: vec![],
-                settings: Vec::new(),
-                hostname: String::new(),
-            };
-            let v = graph.add(Vertex {
-                op: Op::Exec(exec),
-                inputs: vec![base],
-                name: format!("RUN {i}"),
-                ignore_cache: false,
-            });
-            locations.insert(v, Location { start_line: i + 2, end_line: i + 2 });
-        }
-        rbuild_frontend::BuildPlan {
-            graph,
-            target: base,
-            config: Default::default(),
-            history: vec![],
-            warnings: vec![],
-            locations,
-        }
-    }
-
-    fn networks(plan: &rbuild_frontend::BuildPlan) -> Vec<Network> {
-        plan.graph
-            .vertices
-            .iter()
-            .filter_map(|v| match &v.op {
-                Op::Exec(e) => Some(e.network),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[test]
     fn allow_takes_repeats_and_comma_lists_and_refuses_unknown_names() {
         let all = ["security.insecure".to_string(), "network.host".to_string()];
@@ -507,29 +328,6 @@ mod tests {
         assert_eq!(parse_entitlements(&[]).expect("none"), Entitlements::default());
         let err = parse_entitlements(&["network.hots".to_string()]).expect_err("unknown");
         assert!(err.to_string().contains("network.hots"), "{err}");
-    }
-
-    #[test]
-    fn network_flag_fills_in_steps_that_did_not_choose() {
-        let granted = Entitlements { network_host: true, ..Entitlements::default() };
-        for (flag, want) in [
-            (NetworkFlag::Default, Network::Default),
-            (NetworkFlag::None, Network::None),
-            (NetworkFlag::Host, Network::Host),
-        ] {
-            let mut p = plan(&[Network::Default, Network::None, Network::Host]);
-            apply_network(&mut p, flag, &granted).expect("allowed");
-            assert_eq!(networks(&p), [want, Network::None, Network::Host], "{flag:?}");
-        }
-    }
-
-    #[test]
-    fn run_network_host_without_the_entitlement_names_its_line() {
-        let mut p = plan(&[Network::Default, Network::Host]);
-        let err = apply_network(&mut p, NetworkFlag::Default, &Entitlements::default()).expect_err("refused");
-        assert_eq!(err.message, "RUN --network=host needs the network.host entitlement");
-        assert_eq!(err.location, Some(Location { start_line: 3, end_line: 3 }));
-        assert!(err.hint.as_deref().is_some_and(|h| h.contains("--allow network.host")), "{err:?}");
     }
 
     #[derive(clap::Parser, Debug)]

@@ -6,7 +6,7 @@
 //! shutdown waits for the blocking worker threads). A second signal exits immediately, for a build stuck in
 //! something that cannot be cancelled (a slow registry).
 
-use rbuild_executor::cancel::Canceller;
+use rbuild_builder::Canceller;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

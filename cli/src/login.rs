@@ -35,6 +35,9 @@ pub struct LoginArgs {
     /// User name (asked for on a terminal when missing)
     #[arg(short = 'u', long)]
     username: Option<String>,
+    /// The password (insecure: it shows in the process list and shell history; prefer --password-stdin)
+    #[arg(short = 'p', long, conflicts_with = "password_stdin")]
+    password: Option<String>,
     /// Read the password from standard input (one line)
     #[arg(long)]
     password_stdin: bool,
@@ -53,7 +56,7 @@ pub fn registry_options(flags: &RegistryFlags, insecure_registries: Vec<String>)
     let docker_config = docker_config_dir().and_then(|dir| match DockerConfig::load(&dir) {
         Ok(c) => Some(Arc::new(c)),
         Err(e) => {
-            eprintln!("warning: {}", error_chain(&e));
+            eprintln!("warning: {}", rbuild_builder::error_chain(&e));
             None
         }
     });
@@ -110,7 +113,11 @@ pub async fn login(opts: &RegistryOptions, args: LoginArgs) -> Result<ExitCode> 
         None if std::io::stdin().is_terminal() && !args.password_stdin => prompt("Username")?,
         None => bail!("--username is required when the password comes from standard input"),
     };
-    let password = if args.password_stdin {
+    let password = if let Some(p) = args.password {
+        // docker's own words.
+        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+        p
+    } else if args.password_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
         line.trim_end_matches(['\r', '\n']).to_string()
@@ -144,15 +151,4 @@ pub fn logout(registry: Option<String>) -> Result<ExitCode> {
         eprintln!("Not logged in to {registry}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        parts.push(c.to_string());
-        cause = c.source();
-    }
-    parts.join(": ")
 }

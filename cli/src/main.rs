@@ -5,26 +5,55 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod build;
+mod buildx_flags;
+mod completion;
+mod docker_load;
+mod gotemplate;
+mod history;
+mod images;
+mod inspect;
 mod interrupt;
 mod login;
+mod named_contexts;
 mod outputs;
+mod privilege;
 mod progress;
 mod render;
-mod resolver;
+mod rmi;
 mod secrets;
+mod source;
 mod storage;
+mod version;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use rbuild_cache::Store;
 use rbuild_image::registry::{ImageRef, RegistryClient, RegistryOptions};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "rbuild", version, about = "Build OCI images from Dockerfiles", propagate_version = true)]
-struct Cli {
+#[command(
+    name = "rbuild",
+    version = version::LONG,
+    about = "Build OCI images from Dockerfiles",
+    long_about = "Build OCI images from Dockerfiles, daemonless, with BuildKit's semantics and docker buildx's \
+                  flags. Images go to a local store (rbuild images), a registry (--push), archives (-o type=oci|docker) \
+                  or the local Docker daemon (--load). RUN steps run in runc containers: run rbuild as root.",
+    after_help = "Examples:\n  \
+        rbuild build -t registry.example.com/team/app:1.2 --push .\n  \
+        rbuild build -t app -f docker/Dockerfile --build-arg VERSION=1.2 --target release .\n  \
+        rbuild build -t app https://github.com/org/repo.git#main:subdir\n  \
+        rbuild build -t app - < context.tar.gz\n  \
+        rbuild build -o type=local,dest=out .\n  \
+        rbuild images --format '{{.Repository}}:{{.Tag}} {{.ID}}'\n  \
+        rbuild inspect --format '{{json .Config.Labels}}' app\n\n\
+        Environment: RBUILD_ROOT (the store), DOCKER_CONFIG (registry credentials), DOCKER_HOST (--load), \
+        SOURCE_DATE_EPOCH (reproducible images), RBUILD_CONTEXT_LIMIT (largest stdin/remote context), RBUILD_LOG.\n\
+        'rbuild COMMAND --help' describes each command's flags.",
+    propagate_version = true
+)]
+pub struct Cli {
     /// The store directory [default: $RBUILD_ROOT, else ~/.local/share/rbuild]
     #[arg(long, global = true, env = "RBUILD_ROOT")]
     root: Option<PathBuf>,
@@ -42,7 +71,16 @@ enum Cmd {
     /// Build an image from a Dockerfile
     Build(Box<build::BuildArgs>),
     /// List images in the local store
-    Images,
+    Images(images::ImagesArgs),
+    /// Show the history (layers and the instructions that made them) of an image
+    History(history::HistoryArgs),
+    /// Show rbuild's version and the commit it was built from
+    Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Push an image from the local store to its registry
     Push {
         /// Image name (as tagged)
@@ -71,13 +109,10 @@ enum Cmd {
     Load(outputs::LoadArgs),
     /// Give an image in the store another name
     Tag { source: String, target: String },
-    /// Remove a name from the local store
-    Rmi {
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
-    /// Print an image's config
-    Inspect { name: String },
+    /// Remove names from the local store, by name, image ID or ID prefix
+    Rmi(rmi::RmiArgs),
+    /// Print an image's config (or --format fields of it)
+    Inspect(inspect::InspectArgs),
     /// Show the store's disk usage per kind
     Du,
     /// Remove build cache (never tagged images)
@@ -154,6 +189,12 @@ fn env_for(cli: &Cli) -> Result<Env> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // These need no store, no HOME and no config.
+    match &cli.command {
+        Cmd::Version => return Ok(version::run()),
+        Cmd::Completion { shell } => return Ok(completion::run(*shell)),
+        _ => {}
+    }
     let env = env_for(&cli)?;
     match cli.command {
         Cmd::Build(args) => build::run(&env, *args).await,
@@ -173,23 +214,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Images => {
-            let store = open_store(&env)?;
-            let _ = writeln!(std::io::stdout(), "{:<60} {:<20} {:>10}", "NAME", "IMAGE ID", "SIZE");
-            let (tags, bad) = store.tags_checked()?;
-            for e in bad {
-                eprintln!("warning: {:#}", anyhow::Error::from(e));
-            }
-            let mut out = std::io::stdout().lock();
-            for rec in tags {
-                let size = image_size(&store, &rec.config).map(human_size).unwrap_or_else(|| "?".into());
-                // A closed pipe (`rbuild images | head -1`) ends the listing, successfully.
-                if writeln!(out, "{:<60} {:<20} {:>10}", rec.name, &rec.config.hex()[..12], size).is_err() {
-                    break;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Images(args) => images::list(&env, args),
+        Cmd::History(args) => history::run(&env, args),
+        Cmd::Version => Ok(version::run()),
+        Cmd::Completion { shell } => Ok(completion::run(shell)),
         Cmd::Push { name, compression, compression_level } => {
             let compression = outputs::parse_compression(Some(&compression), compression_level.as_deref())?;
             let store = open_store(&env)?;
@@ -198,7 +226,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 store.tag(&r.to_string())?.with_context(|| format!("no image named {name} in the local store"))?;
             let client = RegistryClient::new(env.registry.clone());
             let outputs = [outputs::Output::Image { names: vec![r.to_string()], push: true, compression }];
-            outputs::finish(&store, &client, &rec.config, &outputs, None, None).await?;
+            let reporter = progress::PlainProgress::new();
+            let pushed =
+                rbuild_builder::outputs::finish(&store, &client, &rec.config, &outputs, None, None, &reporter).await?;
+            for p in pushed {
+                progress::Renderer::result(&reporter, &format!("{}@{}", p.name, p.digest));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Login(args) => login::login(&env.registry, args).await,
@@ -211,7 +244,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let client = RegistryClient::new(env.registry.clone());
             let platform = match platform {
                 Some(p) => outputs::parse_platform(&p)?,
-                None => rbuild_solver::oci::Platform::host(),
+                None => rbuild_types::oci::Platform::host(),
             };
             let pulled = rbuild_image::local::pull(&client, &store, &r, &platform).await?;
             println!("{r}: image {}", pulled.record.config);
@@ -225,25 +258,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             store.set_tag(&rbuild_cache::ImageRecord { name: dst, ..rec })?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Rmi { names } => {
-            let store = open_store(&env)?;
-            for name in names {
-                let full = ImageRef::parse(&name)?.to_string();
-                store.remove_tag(&full)?;
-                println!("Untagged: {full}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Inspect { name } => {
-            let store = open_store(&env)?;
-            let full = ImageRef::parse(&name)?.to_string();
-            let rec = store.tag(&full)?.with_context(|| format!("no image named {name} in the local store"))?;
-            let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&rec.config)?)?;
-            let doc =
-                serde_json::json!({"Name": full, "Id": rec.config, "ManifestDigest": rec.manifest, "Config": config});
-            println!("{}", serde_json::to_string_pretty(&doc)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Rmi(args) => rmi::run(&env, args),
+        Cmd::Inspect(args) => inspect::run(&env, args),
     }
 }
 
@@ -252,16 +268,10 @@ pub fn open_store(env: &Env) -> Result<Store> {
         .with_context(|| format!("opening the store at {}", env.root.display()))
 }
 
-/// Opens the store at `root` locked as `mode`, first stopping containers that dead rbuild processes left running
-/// (`kill -9` during a RUN), so that their mounts can be collected.
+/// Opens the store at `root` locked as `mode` (see [`rbuild_builder::open_store`]), saying which containers of
+/// dead rbuild processes it stopped.
 pub fn open_store_as(root: &Path, mode: rbuild_cache::LockMode) -> Result<Option<Store>> {
-    let runc_state = root.join("runc");
-    let reaper = |dead: &[PathBuf]| match rbuild_executor::reap::find_runc() {
-        Some(runc) => rbuild_executor::reap::reap_containers(&runc, &runc_state, dead),
-        None => Vec::new(),
-    };
-    let store =
-        Store::open_reaping(root, mode, &reaper).with_context(|| format!("opening the store at {}", root.display()))?;
+    let store = rbuild_builder::open_store(root, mode)?;
     if let Some(s) = &store {
         for r in s.reaped() {
             eprintln!("warning: stopped a container left running by a dead rbuild process: {r}");
@@ -270,8 +280,8 @@ pub fn open_store_as(root: &Path, mode: rbuild_cache::LockMode) -> Result<Option
     Ok(store)
 }
 
-fn image_size(store: &Store, config: &rbuild_solver::Digest) -> Option<u64> {
-    let cfg: rbuild_solver::oci::ImageConfig = serde_json::from_slice(&store.read_blob(config).ok()?).ok()?;
+pub fn image_size(store: &Store, config: &rbuild_types::Digest) -> Option<u64> {
+    let cfg: rbuild_types::oci::ImageConfig = serde_json::from_slice(&store.read_blob(config).ok()?).ok()?;
     let mut total = 0;
     for id in &cfg.rootfs.diff_ids {
         total += dir_size(&store.snapshot_path(id));
@@ -279,7 +289,7 @@ fn image_size(store: &Store, config: &rbuild_solver::Digest) -> Option<u64> {
     Some(total)
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
+pub fn dir_size(p: &std::path::Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else { return 0 };
     rd.flatten()
         .map(|e| match e.metadata() {
@@ -288,15 +298,4 @@ fn dir_size(p: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-fn human_size(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", units[i]) }
 }

@@ -1,19 +1,17 @@
-//! Where a built image goes besides the store: `--output`, `--push`, `--metadata-file`, and `save`/`load`.
+//! `--output`, `--push` and `--platform` parsed into the builder's terms, and the `save`/`load` commands.
 //!
 //! The `--output` syntax is buildx's (`type=oci,dest=out.tar,compression=zstd`, CSV with quoting so
 //! `name="a,b"` names two images). Every spec is parsed before the build starts, so a typo costs nothing. The
-//! work itself is the image crate's; this module only maps options to it and reports what happened.
+//! work itself is the builder's ([`rbuild_builder::outputs`]) and the image crate's.
 
 use crate::Env;
 use anyhow::{Context as _, Result, bail};
-use rbuild_cache::{ImageRecord, Store};
 use rbuild_image::export::{self, ArchiveKind, ExportImage};
-use rbuild_image::layer::{Compression, LayerOptions};
-use rbuild_image::local::{Assembled, assemble, push_with};
-use rbuild_image::registry::{ImageRef, RegistryClient};
-use rbuild_solver::Digest;
-use rbuild_solver::oci::{ImageConfig, MEDIA_OCI_MANIFEST, Platform};
-use std::io::Write;
+use rbuild_image::layer::Compression;
+use rbuild_image::local::{Assembled, assemble};
+use rbuild_image::registry::ImageRef;
+use rbuild_types::Digest;
+use rbuild_types::oci::Platform;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -34,18 +32,7 @@ pub struct OutputArgs {
     pub compression: Option<String>,
 }
 
-/// One parsed `--output`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// An OCI layout (`Oci`) or docker archive (`Docker`), as a tar file (`-` is stdout) or a directory.
-    Archive { kind: ArchiveKind, dest: PathBuf, tar: bool, names: Vec<String>, compression: Compression },
-    /// The image's filesystem in a directory.
-    Local { dest: PathBuf },
-    /// The image's filesystem as one tar file.
-    Tar { dest: PathBuf },
-    /// Named in the store, and pushed when `push`.
-    Image { names: Vec<String>, push: bool, compression: Compression },
-}
+pub use rbuild_builder::Output;
 
 /// Splits `a=b,"c=d,e",f` on commas outside double quotes, removing the quotes.
 fn split_csv(s: &str) -> Result<Vec<String>> {
@@ -185,10 +172,7 @@ pub fn plan(args: &OutputArgs, tags: &[ImageRef], push: bool) -> Result<Vec<Outp
         let compression = parse_compression(args.compression.as_deref(), None)?;
         outputs.push(Output::Image { names, push: true, compression });
     }
-    let to_stdout = outputs
-        .iter()
-        .filter(|o| matches!(o, Output::Archive { dest, .. } | Output::Tar { dest } if dest.as_os_str() == "-"))
-        .count();
+    let to_stdout = outputs.iter().filter(|o| o.to_stdout()).count();
     if to_stdout > 1 {
         anyhow::bail!("only one --output can write to stdout (dest=-)");
     }
@@ -196,147 +180,6 @@ pub fn plan(args: &OutputArgs, tags: &[ImageRef], push: bool) -> Result<Vec<Outp
         anyhow::bail!("refusing to write an archive to a terminal (dest=-): redirect stdout to a file or a pipe");
     }
     Ok(outputs)
-}
-
-/// What `--metadata-file` records, in buildx's keys.
-#[derive(Default)]
-struct Metadata {
-    manifest: Option<(Digest, u64)>,
-    names: Vec<String>,
-}
-
-fn write_metadata(path: &Path, config: &Digest, m: &Metadata, store: &Store) -> Result<()> {
-    let (digest, size) = match &m.manifest {
-        Some(d) => d.clone(),
-        None => {
-            let a = assemble(store, config, Compression::Gzip { level: 6 })?;
-            let size = a.manifest_bytes.len() as u64;
-            (a.manifest_digest, size)
-        }
-    };
-    let mut doc = serde_json::json!({
-        "containerimage.config.digest": config.to_string(),
-        "containerimage.digest": digest.to_string(),
-        "containerimage.descriptor": {
-            "mediaType": MEDIA_OCI_MANIFEST,
-            "digest": digest.to_string(),
-            "size": size,
-        },
-    });
-    if !m.names.is_empty() {
-        doc["image.name"] = serde_json::Value::String(m.names.join(","));
-    }
-    let text = serde_json::to_string_pretty(&doc)?;
-    std::fs::write(path, text + "\n").with_context(|| format!("writing the metadata file {}", path.display()))
-}
-
-/// A file to write to, or stdout for `-` (never a terminal: an archive there is garbage on the screen).
-fn create_dest(dest: &Path) -> Result<Box<dyn Write>> {
-    if dest == Path::new("-") {
-        use std::io::IsTerminal as _;
-        let stdout = std::io::stdout();
-        if stdout.is_terminal() {
-            anyhow::bail!("refusing to write an archive to a terminal: redirect stdout to a file or a pipe");
-        }
-        return Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, stdout.lock())));
-    }
-    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let f = std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-    Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, f)))
-}
-
-fn write_archive_to(dest: &Path, tar: bool, images: &[ExportImage], kind: ArchiveKind, mtime: u64) -> Result<()> {
-    if !tar {
-        return Ok(export::write_layout_dir(dest, images, kind)?);
-    }
-    let out = create_dest(dest)?;
-    let mut out = export::write_archive(out, images, kind, mtime)?;
-    out.flush().with_context(|| format!("writing {}", dest.display()))?;
-    Ok(())
-}
-
-fn image_config(store: &Store, config: &Digest) -> Result<ImageConfig> {
-    serde_json::from_slice(&store.read_blob(config)?).with_context(|| format!("image config {config}"))
-}
-
-/// Sends the built image (config `config`) to every output; writes the metadata file. `epoch` is
-/// `SOURCE_DATE_EPOCH`, which also dates archive entries.
-pub async fn finish(
-    store: &Store,
-    client: &RegistryClient,
-    config: &Digest,
-    outputs: &[Output],
-    metadata_file: Option<&Path>,
-    epoch: Option<i64>,
-) -> Result<()> {
-    let mut meta = Metadata::default();
-    let mtime = epoch.map_or(0, |e| e.max(0) as u64);
-    for output in outputs {
-        match output {
-            Output::Archive { kind, dest, tar, names, compression } => {
-                eprintln!("exporting to {} ({kind:?})", dest.display());
-                let a = assemble(store, config, *compression)?;
-                meta.manifest = Some((a.manifest_digest.clone(), a.manifest_bytes.len() as u64));
-                let images = [ExportImage { image: &a, names: names.clone() }];
-                write_archive_to(dest, *tar, &images, *kind, mtime)?;
-            }
-            Output::Local { dest } => {
-                eprintln!("exporting the filesystem to {}", dest.display());
-                let cfg = image_config(store, config)?;
-                rbuild_image::rootfs::unpack(store, &cfg.rootfs.diff_ids, dest)?;
-            }
-            Output::Tar { dest } => {
-                eprintln!("exporting the filesystem as a tar to {}", dest.display());
-                let cfg = image_config(store, config)?;
-                let dir = store.tmp_dir("rootfs")?;
-                let result = (|| -> Result<()> {
-                    rbuild_image::rootfs::unpack(store, &cfg.rootfs.diff_ids, &dir)?;
-                    let out = create_dest(dest)?;
-                    let opts = LayerOptions { clamp_mtime: epoch };
-                    let mut out = rbuild_image::layer::write_layer_tar(&dir, out, &opts)?;
-                    out.flush().with_context(|| format!("writing {}", dest.display()))?;
-                    Ok(())
-                })();
-                let _ = std::fs::remove_dir_all(&dir);
-                result?;
-            }
-            Output::Image { names, push, compression } => {
-                for name in names {
-                    let r = ImageRef::parse(name)?;
-                    store.set_tag(&ImageRecord { name: r.to_string(), config: config.clone(), manifest: None })?;
-                    if !meta.names.contains(&r.to_string()) {
-                        meta.names.push(r.to_string());
-                    }
-                    if *push {
-                        eprintln!("pushing {r}");
-                        let report = push_with(client, store, config, &r, *compression)
-                            .await
-                            .with_context(|| format!("pushing {r}"))?;
-                        eprintln!(
-                            "pushed {r}: {} uploaded, {} mounted, {} already there",
-                            report.uploaded.len(),
-                            report.mounted.len(),
-                            report.skipped.len()
-                        );
-                        let size = store.read_blob(&report.digest).map(|b| b.len() as u64).unwrap_or(0);
-                        meta.manifest = Some((report.digest.clone(), size));
-                        store.set_tag(&ImageRecord {
-                            name: r.to_string(),
-                            config: config.clone(),
-                            manifest: Some(report.digest.clone()),
-                        })?;
-                        println!("{r}@{}", report.digest);
-                    }
-                }
-            }
-        }
-    }
-    if let Some(path) = metadata_file {
-        write_metadata(path, config, &meta, store)?;
-    }
-    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -389,7 +232,7 @@ pub fn save(env: &Env, args: SaveArgs) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
     let images: Vec<ExportImage> =
         assembled.iter().map(|(a, names)| ExportImage { image: a, names: names.clone() }).collect();
-    write_archive_to(&args.output, true, &images, kind, 0)?;
+    rbuild_builder::outputs::write_archive_to(&args.output, true, &images, kind, 0)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -59,6 +59,21 @@ pub fn convert_error(file: &str, text: &str, e: &ConvertError) {
     }
 }
 
+/// A step that failed while the build ran: its last output lines, the error with its causes, and the step's
+/// lines in the Dockerfile.
+pub fn step_failure(f: &rbuild_builder::StepFailure) {
+    eprintln!("------");
+    eprintln!(" > {}:", f.name);
+    for line in f.tail.iter().rev().take(10).rev() {
+        eprintln!("   {line}");
+    }
+    eprintln!("------");
+    eprintln!("error: failed to solve: {}", rbuild_builder::error_chain(f.error.as_ref()));
+    if let Some(loc) = &f.location {
+        eprint!("{}", snippet(&f.dockerfile.name, &f.dockerfile.text, loc.start_line, loc.end_line));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

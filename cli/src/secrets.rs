@@ -6,7 +6,7 @@
 //! sockets are forwarded (buildx can also load key files into an agent of its own; rbuild does not).
 
 use anyhow::{Context as _, Result, bail};
-use rbuild_executor::mounts::{MountSources, SecretValue};
+use rbuild_builder::{MountSources, SecretValue};
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 

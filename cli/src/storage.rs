@@ -3,8 +3,9 @@
 //! The GC limit comes from `$RBUILD_ROOT/config.json` (`{"gc": {"keep_storage": "10GB"}}`), overridden by the
 //! `RBUILD_GC_KEEP_STORAGE` environment variable; both are read once, in [`crate::env_for`].
 
-use crate::{Env, human_size};
+use crate::Env;
 use anyhow::{Context as _, Result};
+use rbuild_builder::human_size;
 use rbuild_cache::gc::{self, PruneOptions};
 use rbuild_cache::{LockMode, Store};
 use std::path::Path;
@@ -21,6 +22,9 @@ pub struct PruneArgs {
     /// Keep cache used more recently than this (until=DURATION, e.g. until=24h)
     #[arg(long, value_name = "FILTER")]
     filter: Vec<String>,
+    /// Do not ask for confirmation (docker's flag; rbuild never asks, so this changes nothing)
+    #[arg(short, long)]
+    force: bool,
 }
 
 /// The GC limit configured for the store at `root`, if any.
@@ -62,6 +66,7 @@ pub fn du(env: &Env) -> Result<ExitCode> {
 }
 
 pub fn prune(env: &Env, args: PruneArgs) -> Result<ExitCode> {
+    let _ = args.force;
     let mut opts = PruneOptions { all: args.all, ..Default::default() };
     if let Some(s) = &args.keep_storage {
         opts.keep_storage = Some(gc::parse_size(s)?);
@@ -120,7 +125,7 @@ fn deep_check_snapshots(store: &Store, problems: &mut Vec<String>) -> Result<()>
     names.sort();
     let mut unverifiable = 0;
     for name in names {
-        let Ok(diff_id) = format!("sha256:{name}").parse::<rbuild_solver::Digest>() else { continue };
+        let Ok(diff_id) = format!("sha256:{name}").parse::<rbuild_types::Digest>() else { continue };
         match verify_snapshot(store, &diff_id) {
             Ok(SnapshotCheck::Intact) => {}
             Ok(SnapshotCheck::Modified { actual }) => {
@@ -144,17 +149,4 @@ fn open_exclusive(root: &Path) -> Result<Store> {
     eprintln!("waiting for running builds to finish...");
     crate::open_store_as(root, LockMode::Exclusive)?
         .with_context(|| format!("opening the store at {} exclusively", root.display()))
-}
-
-/// After a build that added to the store: collect down to the configured limit if the store outgrew it and no
-/// other process is using it (a later build will try again otherwise).
-pub fn auto_gc(env: &Env) {
-    let Some(limit) = env.gc_keep_storage else { return };
-    match gc::auto_gc(&env.root, limit) {
-        Ok(Some(r)) if r.freed > 0 => {
-            eprintln!("gc: store was over {}, reclaimed {}", human_size(limit), human_size(r.freed));
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: automatic gc failed: {e:#}"),
-    }
 }

@@ -48,7 +48,7 @@ fn json_file(p: &Path) -> serde_json::Value {
 }
 
 /// Starts the reference dockerd; `None` (with a visible message) when it cannot start outside CI.
-fn docker_env() -> Option<Vec<(String, String)>> {
+pub fn docker_env() -> Option<Vec<(String, String)>> {
     // shared/ sits beside the repository (CI clones it there too).
     let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/buildkit-up.sh");
     let script = if beside.is_file() { beside } else { Path::new("/work/shared/tools/buildkit-up.sh").to_path_buf() };
@@ -77,7 +77,7 @@ fn docker_env() -> Option<Vec<(String, String)>> {
     )
 }
 
-fn docker(env: &[(String, String)], args: &[&str]) -> crate::support::Run {
+pub fn docker(env: &[(String, String)], args: &[&str]) -> crate::support::Run {
     let out = std::process::Command::new("docker")
         .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -1,7 +1,9 @@
 //! rbuild's end-to-end tests: the real binary, real containers, a real registry, and independent tools (skopeo,
 //! umoci, runc) reading what it wrote. One test binary (see STYLE.md); each test has its own store and registry.
 
+mod buildx_flags;
 mod cache;
+mod commands;
 mod compat;
 mod context_safety;
 mod differential;
@@ -13,6 +15,8 @@ mod hardening;
 mod limits;
 mod network;
 mod outputs;
+mod progress;
 mod pull;
 mod registry;
+mod sources;
 mod support;

@@ -30,7 +30,8 @@ use std::thread::JoinHandle;
 
 use nix::mount::{MntFlags, MsFlags};
 use rbuild_cache::Store;
-use rbuild_solver::{CacheSharing, Digest, ExecMount, Output};
+use rbuild_solver::{CacheSharing, ExecMount, Output};
+use rbuild_types::Digest;
 
 use crate::copy::{CopyOptions, copy};
 use crate::overlay::{OverlayMount, mount_overlay};

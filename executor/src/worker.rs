@@ -16,9 +16,10 @@ use rbuild_cache::Store;
 use rbuild_cache::confined::Root;
 use rbuild_cache::contenthash::{Selection, StatCache};
 use rbuild_image::layer::{LayerOptions, diff_id};
-use rbuild_solver::oci::ImageConfig;
-use rbuild_solver::patterns::PatternMatcher;
-use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Network, Op, Output, Worker, WorkerError};
+use rbuild_solver::{CopyAction, ExecOp, FileAction, FileOp, Network, Op, Output, Worker, WorkerError};
+use rbuild_types::Digest;
+use rbuild_types::oci::ImageConfig;
+use rbuild_types::patterns::PatternMatcher;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
@@ -49,6 +50,11 @@ pub struct LocalWorker {
     walks: Mutex<HashMap<String, Digest>>,
     /// Limits and settings of every RUN container (`--memory`, `--add-host`, ...).
     container: ContainerOptions,
+    /// Whether [`LocalWorker::finish`] saves the stat cache: not for a context unpacked into a temporary directory
+    /// (stdin, a URL), whose path is never seen again.
+    save_stat_cache: bool,
+    /// Local directories named by `--build-context NAME=DIR`, read by `Op::Context { name: NAME }`.
+    named_contexts: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl LocalWorker {
@@ -80,7 +86,22 @@ impl LocalWorker {
             network: Mutex::new(None),
             walks: Mutex::new(HashMap::new()),
             container: ContainerOptions::default(),
+            named_contexts: Default::default(),
+            save_stat_cache: true,
         })
+    }
+
+    /// Whether the context's stat cache is kept for the next build (default: yes). A temporary context's would
+    /// only pile up in the store's index.
+    pub fn with_stat_cache_saved(mut self, save: bool) -> LocalWorker {
+        self.save_stat_cache = save;
+        self
+    }
+
+    /// The directories of named local contexts (`--build-context NAME=DIR`), by name.
+    pub fn with_named_contexts(mut self, contexts: std::collections::BTreeMap<String, PathBuf>) -> LocalWorker {
+        self.named_contexts = contexts;
+        self
     }
 
     /// The secrets and SSH agents `RUN --mount=type=secret|ssh` steps may use.
@@ -109,7 +130,9 @@ impl LocalWorker {
     /// Persists what was learned about the context (file digests), for the next build, and stops the build's
     /// network stack (RUN steps still holding it keep it until they end).
     pub fn finish(&self) {
-        if let Err(e) = self.stat_cache.save() {
+        if self.save_stat_cache
+            && let Err(e) = self.stat_cache.save()
+        {
             tracing::warn!(error = %e, "could not save the context stat cache");
         }
         if let Ok(mut net) = self.network.lock() {
@@ -482,7 +505,14 @@ impl Worker for LocalWorker {
     fn source(&self, op: &Op) -> Result<Output, WorkerError> {
         match op {
             Op::Scratch => Ok(Output::RootFs(vec![])),
-            Op::Context { .. } => Ok(Output::Dir(self.context.clone())),
+            Op::Context { name } if name == "context" => Ok(Output::Dir(self.context.clone())),
+            Op::Context { name } => match self.named_contexts.get(name) {
+                Some(dir) => Ok(Output::Dir(dir.clone())),
+                None => Err(WorkerError::failed(
+                    format!("loading the build context {name:?}"),
+                    std::io::Error::other("no --build-context of that name was given"),
+                )),
+            },
             Op::Image { digest, .. } => self.image_rootfs(digest),
             Op::Http { url, checksum, filename } => {
                 let dir =

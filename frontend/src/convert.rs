@@ -19,8 +19,9 @@ use crate::instructions::{Command, CopyInstr, HealthcheckInstr, Instruction, Loc
 use crate::lint::Lint;
 use crate::parser::{self, Ast};
 use crate::shell::{EnvLookup, Lexer};
-use rbuild_solver::oci::{Healthcheck, History, ImageConfig, Platform};
-use rbuild_solver::{CopyAction, Digest, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
+use rbuild_solver::{CopyAction, ExecOp, FileAction, FileOp, Graph, Network, Op, Vertex, VertexId};
+use rbuild_types::Digest;
+use rbuild_types::oci::{Healthcheck, History, ImageConfig, Platform};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -67,6 +68,10 @@ pub struct ConvertOptions {
     pub no_cache: NoCache,
     /// `.dockerignore` patterns, applied to every read of the build context.
     pub context_excludes: Vec<String>,
+    /// Names of local directories given as named contexts (`--build-context NAME=DIR`): `COPY --from=NAME` reads
+    /// the directory (an `Op::Context` of that name) instead of an image. Image named contexts
+    /// (`docker-image://`) need nothing here: the image resolver maps their names.
+    pub named_contexts: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -309,6 +314,8 @@ struct Converter<'a> {
     in_progress: Vec<bool>,
     /// How many stage conversions are under way inside each other.
     nesting: usize,
+    /// The stages being converted, innermost last.
+    converting: Vec<usize>,
     /// Bytes charged against [`MAX_VARIABLE_BYTES`].
     spent: Cell<usize>,
     lint: Lint,
@@ -322,27 +329,7 @@ struct Converter<'a> {
 
 /// Converts a parsed Dockerfile into a build plan for its target stage.
 pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -> Result<BuildPlan, ConvertError> {
-    let mut c = Converter {
-        opts,
-        resolver,
-        lexer: Lexer::new(ast.escape),
-        stages: Vec::new(),
-        meta_args: BTreeMap::new(),
-        global: BTreeMap::new(),
-        built: Vec::new(),
-        names: HashMap::new(),
-        all_names: HashMap::new(),
-        in_progress: Vec::new(),
-        nesting: 0,
-        spent: Cell::new(0),
-        lint: Lint::from_directive(ast)?,
-        graph: Graph::default(),
-        context: None,
-        images: BTreeMap::new(),
-        used_args: BTreeSet::new(),
-        warnings: Vec::new(),
-        locations: BTreeMap::new(),
-    };
+    let mut c = Converter::new(ast, opts, resolver)?;
     if let Some(w) = syntax_warning(ast) {
         c.warnings.push(w);
     }
@@ -374,6 +361,93 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
         warnings: c.warnings,
         locations: c.locations,
     })
+}
+
+/// The images converting `ast` for `opts.target` will ask the resolver for, as far as they are known before
+/// converting: the FROM lines of the stages the target needs, their `COPY --from` and their `RUN --mount=from=`
+/// sources that are not stages, expanded with the global ARGs exactly as conversion expands them. The caller
+/// resolves them (network and store I/O, concurrently) and hands conversion the answers, so that conversion stays
+/// pure. A reference known only during conversion (a mount source named by a stage variable, an ONBUILD trigger
+/// of a base image) is asked for by [`convert`] through its resolver; the caller resolves it then and converts
+/// again. Errors are left to conversion, which reports them at their line.
+pub fn image_references(ast: &Ast, opts: &ConvertOptions) -> Vec<String> {
+    struct Unresolved;
+    impl ImageResolver for Unresolved {
+        fn resolve(&self, r: &str, _: &Platform) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>> {
+            Err(format!("{r} is not resolved").into())
+        }
+    }
+    let Ok(mut c) = Converter::new(ast, opts, &Unresolved) else { return Vec::new() };
+    if c.split_stages(ast).is_err() || c.check_platforms().is_err() {
+        return Vec::new();
+    }
+    let Ok(target) = c.target_index() else { return Vec::new() };
+    let mut stages = c.static_order(target);
+    stages.push(target);
+    let mut out = BTreeSet::new();
+    for index in stages {
+        c.static_images(index, &mut out);
+    }
+    out.into_iter().collect()
+}
+
+impl<'a> Converter<'a> {
+    fn new(ast: &Ast, opts: &'a ConvertOptions, resolver: &'a dyn ImageResolver) -> Result<Self, ConvertError> {
+        Ok(Converter {
+            opts,
+            resolver,
+            lexer: Lexer::new(ast.escape),
+            stages: Vec::new(),
+            meta_args: BTreeMap::new(),
+            global: BTreeMap::new(),
+            built: Vec::new(),
+            names: HashMap::new(),
+            all_names: HashMap::new(),
+            in_progress: Vec::new(),
+            nesting: 0,
+            converting: Vec::new(),
+            spent: Cell::new(0),
+            lint: Lint::from_directive(ast)?,
+            graph: Graph::default(),
+            context: None,
+            images: BTreeMap::new(),
+            used_args: BTreeSet::new(),
+            warnings: Vec::new(),
+            locations: BTreeMap::new(),
+        })
+    }
+
+    /// The images stage `index` names that can be known without converting it (see [`image_references`]).
+    fn static_images(&self, index: usize, out: &mut BTreeSet<String>) {
+        let expand = |w: &str| self.lexer.process_word(w, &self.global).ok();
+        let is_stage = |name: &str| {
+            name.eq_ignore_ascii_case("scratch")
+                || self.all_names.contains_key(&name.to_lowercase())
+                || name.parse::<usize>().is_ok()
+        };
+        let stage = &self.stages[index];
+        out.extend(expand(&stage.base).filter(|b| !b.is_empty() && !is_stage(b)));
+        for located in &stage.instructions {
+            match &located.instruction {
+                Instruction::Copy(c) => {
+                    out.extend(c.from.as_deref().and_then(expand).filter(|f| !f.is_empty() && !is_stage(f)));
+                }
+                Instruction::Run(r) => {
+                    for flag in &r.mounts {
+                        let mut literal =
+                            |w: &str| self.lexer.process_word(w, &crate::shell::NoEnv).map_err(|e| e.to_string());
+                        if let Ok(spec) = crate::mounts::parse_mount(flag, "/", 0, &mut literal)
+                            && matches!(spec.typ, crate::mounts::MountType::Bind | crate::mounts::MountType::Cache)
+                            && let Some(from) = spec.from.filter(|f| !f.is_empty() && !is_stage(f))
+                        {
+                            out.insert(from);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 impl Converter<'_> {
@@ -713,7 +787,7 @@ impl Converter<'_> {
                 None => err,
             }
         })?;
-        let v = self.graph.add(Vertex {
+        let v = self.add(Vertex {
             op: Op::Image { reference: resolved.reference.clone(), digest: resolved.digest.clone() },
             inputs: vec![],
             name: format!("[internal] load {}", resolved.reference),
@@ -721,6 +795,20 @@ impl Converter<'_> {
         });
         self.images.insert(reference.to_string(), (v, resolved.clone()));
         Ok((v, resolved))
+    }
+
+    /// A named local context (`--build-context NAME=DIR`), one vertex per name.
+    fn named_context_vertex(&mut self, name: &str) -> VertexId {
+        let op = Op::Context { name: name.to_string() };
+        if let Some(v) = self.graph.vertices.iter().position(|v| v.op == op) {
+            return v;
+        }
+        self.graph.add(Vertex {
+            op,
+            inputs: vec![],
+            name: format!("[internal] load build context {name}"),
+            ignore_cache: false,
+        })
     }
 
     fn context_vertex(&mut self) -> VertexId {
@@ -749,9 +837,23 @@ impl Converter<'_> {
             .hint("a chain of ONBUILD triggers that copy from stages this long is not supported"));
         }
         self.nesting += 1;
+        self.converting.push(index);
         let r = self.build_stage_inner(index);
+        self.converting.pop();
         self.nesting -= 1;
         r
+    }
+
+    /// Adds a vertex to the graph; a step (not a source) is given the identity of the stage being converted, which
+    /// the solver uses to find the step's previous run for `--explain-cache`.
+    fn add(&mut self, vertex: Vertex) -> VertexId {
+        let is_source = matches!(vertex.op, Op::Scratch | Op::Image { .. } | Op::Context { .. });
+        let v = self.graph.add(vertex);
+        if !is_source && let Some(&stage) = self.converting.last() {
+            let label = self.stage_name(stage);
+            self.graph.set_stage(v, label);
+        }
+        v
     }
 
     fn build_stage_inner(&mut self, index: usize) -> Result<Rc<StageState>, ConvertError> {
@@ -786,13 +888,12 @@ impl Converter<'_> {
             }
         };
         let mut state = if base.eq_ignore_ascii_case("scratch") {
-            let v =
-                self.graph.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+            let v = self.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
             let config = ImageConfig {
                 architecture: self.opts.platform.architecture.clone(),
                 os: self.opts.platform.os.clone(),
                 variant: self.opts.platform.variant.clone(),
-                config: rbuild_solver::oci::ContainerConfig {
+                config: rbuild_types::oci::ContainerConfig {
                     env: Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]),
                     // BuildKit's `emptyImage` (checked against the reference): "/" for scratch.
                     working_dir: Some("/".into()),
@@ -1029,7 +1130,7 @@ impl Converter<'_> {
                 let owner = state.config.config.user.clone().filter(|u| !u.is_empty());
                 let input = state.rootfs;
                 let name = self.step_name(index, state, &located.original, None);
-                state.rootfs = self.graph.add(Vertex {
+                state.rootfs = self.add(Vertex {
                     op: Op::File(FileOp {
                         dest: Some(0),
                         actions: vec![FileAction::Mkdir { path: path.clone(), mode: 0o755, owner }],
@@ -1169,7 +1270,7 @@ impl Converter<'_> {
                     if first.chomp { parser::chomp_heredoc_content(&first.content) } else { first.content.clone() };
                 let mut v = Self::shell(state);
                 if data.starts_with("#!") {
-                    let file = self.graph.add(Vertex {
+                    let file = self.add(Vertex {
                         op: Op::File(FileOp {
                             dest: None,
                             actions: vec![FileAction::MkFile {
@@ -1229,7 +1330,7 @@ impl Converter<'_> {
             hostname: self.opts.build_args.get(SANDBOX_HOSTNAME_ARG).cloned().unwrap_or_default(),
         };
         let inputs = std::iter::once(input).chain(extra_inputs).collect();
-        state.rootfs = self.graph.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });
+        state.rootfs = self.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });
         // BuildKit's `|N K=V ...` prefix: every ARG declaration of the stage (a redeclared one twice, as BuildKit 0.13
         // writes it), each with its current value, the ENV value where ENV overrides it.
         let arg_prefix = if state.args.is_empty() {
@@ -1317,7 +1418,7 @@ impl Converter<'_> {
     fn context_copy(&mut self, source: &str, name: &str) -> VertexId {
         let context = self.context_vertex();
         let source = join_path("/", source);
-        self.graph.add(Vertex {
+        self.add(Vertex {
             op: Op::File(FileOp {
                 dest: None,
                 actions: vec![FileAction::Copy(CopyAction {
@@ -1457,6 +1558,10 @@ impl Converter<'_> {
                     let from = self.expand(from, &self.global, at)?;
                     match self.find_stage_from(&from, index, at)? {
                         Some(i) => (self.build_stage(i)?.rootfs, true, Vec::new()),
+                        // Like the build context: files are owned by root unless --chown says otherwise.
+                        None if self.opts.named_contexts.contains(&from) => {
+                            (self.named_context_vertex(&from), false, Vec::new())
+                        }
                         None => (self.image_vertex(&from, at)?.0, true, Vec::new()),
                     }
                 }
@@ -1469,12 +1574,8 @@ impl Converter<'_> {
                 Op::Http { filename, .. } => format!("/{filename}"),
                 _ => "/".into(),
             };
-            let v = self.graph.add(Vertex {
-                op,
-                inputs: vec![],
-                name: format!("[internal] fetch {url}"),
-                ignore_cache: false,
-            });
+            let v =
+                self.add(Vertex { op, inputs: vec![], name: format!("[internal] fetch {url}"), ignore_cache: false });
             inputs.push(v);
             // A downloaded file is copied as a file (never extracted); a repository's tree as a directory.
             let mut action = copy(inputs.len() - 1, vec![filename], false, Vec::new());
@@ -1489,7 +1590,7 @@ impl Converter<'_> {
                 .into_iter()
                 .map(|(name, data)| FileAction::MkFile { path: format!("/{name}"), data, mode: 0o644, owner: None })
                 .collect();
-            let v = self.graph.add(Vertex {
+            let v = self.add(Vertex {
                 op: Op::File(FileOp { dest: None, actions: files }),
                 inputs: vec![],
                 name: "[internal] preparing inline document".into(),
@@ -1504,7 +1605,7 @@ impl Converter<'_> {
         }
         let input = state.rootfs;
         let name = self.step_name(index, state, &located.original, None);
-        state.rootfs = self.graph.add(Vertex {
+        state.rootfs = self.add(Vertex {
             op: Op::File(FileOp { dest: Some(0), actions }),
             inputs,
             name,

@@ -7,7 +7,7 @@
 
 use crate::convert::{BuildPlan, HistoryStep};
 use rbuild_solver::Solved;
-use rbuild_solver::oci::{History, ImageConfig};
+use rbuild_types::oci::{History, ImageConfig};
 
 /// What BuildKit writes as the history comment of Dockerfile steps.
 const COMMENT: &str = "buildkit.dockerfile.v0";
@@ -64,7 +64,8 @@ pub fn image_config(plan: &BuildPlan, solved: &[Option<Solved>], now: i64, epoch
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rbuild_solver::{Digest, Graph, Output};
+    use rbuild_solver::{Graph, Output};
+    use rbuild_types::Digest;
 
     fn solved(layers: usize, created: i64) -> Option<Solved> {
         let layers = (0..layers).map(|i| Digest::of(&[i as u8])).collect();

@@ -13,12 +13,9 @@ pub mod parser;
 pub mod platform;
 pub mod shell;
 
-/// `.dockerignore` patterns: defined next to the build graph (whose COPY actions carry them), used here to read
-/// ignore files.
-pub use rbuild_solver::patterns as dockerignore;
-
 pub use convert::{
     BuildPlan, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage, convert,
+    image_references,
 };
 
 /// The longest word (in characters) worth a "did you mean": edit distance is quadratic, and a typo is short.

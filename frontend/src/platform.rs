@@ -6,7 +6,7 @@
 //! component accepted only if it is a known OS or architecture. Anything else (`foo`, `linux/`, `linux/amd64/../x`,
 //! a comma-separated list) is an error, never a platform with a strange architecture.
 
-use rbuild_solver::oci::Platform;
+use rbuild_types::oci::Platform;
 
 /// Why a platform specifier was refused; messages follow containerd's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,12 +9,12 @@ use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use rbuild_frontend::dockerignore::{self, MatchInfo, MatchKind, PatternMatcher};
 use rbuild_frontend::parser::{self, Heredoc};
 use rbuild_frontend::shell::{Lexer, NoEnv};
 use rbuild_frontend::{ConvertOptions, ImageResolver, NoCache, ResolvedImage, convert};
-use rbuild_solver::Digest;
-use rbuild_solver::oci::{ImageConfig, Platform};
+use rbuild_types::Digest;
+use rbuild_types::oci::{ImageConfig, Platform};
+use rbuild_types::patterns::{self, MatchInfo, MatchKind, PatternMatcher};
 
 fn data_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("RBUILD_CONFORMANCE") {
@@ -335,7 +335,7 @@ fn parse_bool(s: &str) -> Option<bool> {
 /// patternmatcher's test walk: feed each parent through `matches_using_parent_results` first.
 fn walk_parents(pm: &PatternMatcher, path: &str) -> Result<bool, String> {
     let parent = match path.rfind('/') {
-        Some(i) => dockerignore::clean(&path[..=i]),
+        Some(i) => patterns::clean(&path[..=i]),
         None => ".".to_string(),
     };
     let mut info = MatchInfo::default();
@@ -389,7 +389,7 @@ fn dockerignore_multi_pattern() {
         let got = if api == "MatchesOrParentMatches" {
             PatternMatcher::new(&patterns).and_then(|pm| pm.matches_or_parent_matches(path))
         } else {
-            dockerignore::matches(path, &patterns)
+            patterns::matches(path, &patterns)
         };
         let got = got.map_or_else(|_| "error".to_string(), |b| b.to_string());
         set.eq(format!("{api} {path:?} {patterns:?}"), expected.to_string(), got);
@@ -430,8 +430,7 @@ fn dockerignore_filepath_match() {
             set.check(row.to_string(), Err("malformed row".into()));
             continue;
         }
-        let got =
-            dockerignore::matches(f[1], &[f[0].to_string()]).map_or_else(|_| "error".to_string(), |b| b.to_string());
+        let got = patterns::matches(f[1], &[f[0].to_string()]).map_or_else(|_| "error".to_string(), |b| b.to_string());
         set.eq(format!("{:?} vs {:?}", f[0], f[1]), f[2].to_string(), got);
     }
     set.finish();
@@ -442,7 +441,7 @@ fn dockerignore_readall() {
     let Some(dir) = data_dir() else { return };
     let mut set = Set::new("dockerignore ignorefile-readall");
     let d = dir.join("dockerignore/ignorefile-readall");
-    let got = dockerignore::read_ignore_file(&read_or_panic(&d.join("dockerignore")));
+    let got = patterns::read_ignore_file(&read_or_panic(&d.join("dockerignore")));
     let expected: Vec<String> = read_or_panic(&d.join("expected")).lines().map(String::from).collect();
     set.eq("dockerignore", expected, got);
     set.finish();
@@ -527,6 +526,7 @@ fn real_world_dockerfiles_convert() {
                 platform: linux_amd64(),
                 no_cache: NoCache::None,
                 context_excludes: Vec::new(),
+                named_contexts: Default::default(),
             };
             match convert(&ast, &opts, &EmptyConfigResolver) {
                 Ok(plan) => vertices += plan.graph.vertices.len(),
@@ -573,7 +573,7 @@ fn exercise(src: &str) {
         let _ = raw.process_word(line, &NoEnv);
         let _ = parser::parse_heredoc(line);
     }
-    let patterns = dockerignore::read_ignore_file(src);
+    let patterns = patterns::read_ignore_file(src);
     if let Ok(pm) = PatternMatcher::new(&patterns) {
         for p in ["a", "a/b/c", "", "/", "x.txt"] {
             let _ = pm.matches_or_parent_matches(p);

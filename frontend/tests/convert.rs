@@ -2,8 +2,9 @@
 //! history strings, config fields, and the shape of the graph for heredocs, remote sources and stage references.
 
 use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage};
-use rbuild_solver::oci::{ContainerConfig, ImageConfig, Platform};
-use rbuild_solver::{Digest, ExecMount, FileAction, Op};
+use rbuild_solver::{ExecMount, FileAction, Op};
+use rbuild_types::Digest;
+use rbuild_types::oci::{ContainerConfig, ImageConfig, Platform};
 use std::collections::BTreeMap;
 
 /// Knows `base` (a config with a CMD and an ONBUILD trigger, like a parent image) and fails for anything else.
@@ -42,6 +43,7 @@ pub fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions
         platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
         no_cache: NoCache::None,
         context_excludes: vec!["secret.txt".into()],
+        named_contexts: Default::default(),
     }
 }
 

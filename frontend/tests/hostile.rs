@@ -3,8 +3,8 @@
 
 use crate::convert::{convert, convert_with, history, opts};
 use rbuild_frontend::{ConvertError, ImageResolver, ResolvedImage};
-use rbuild_solver::Digest;
-use rbuild_solver::oci::{ContainerConfig, ImageConfig, Platform};
+use rbuild_types::Digest;
+use rbuild_types::oci::{ContainerConfig, ImageConfig, Platform};
 use std::time::{Duration, Instant};
 
 /// The stack conversion must fit in: the 2 MiB of a tokio blocking thread, where the CLI runs it, halved.

@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use rbuild_frontend::shell::{Lexer, NoEnv};
 use rbuild_frontend::{ConvertOptions, ImageResolver, NoCache, ResolvedImage, convert, parser};
-use rbuild_solver::Digest;
-use rbuild_solver::oci::{ContainerConfig, ImageConfig, Platform};
+use rbuild_types::Digest;
+use rbuild_types::oci::{ContainerConfig, ImageConfig, Platform};
 use std::collections::BTreeMap;
 
 /// Every image exists; its config carries an ONBUILD trigger and a SHELL so that those paths run too.
@@ -58,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
             platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
             no_cache: NoCache::None,
             context_excludes: vec!["*.secret".into(), "!keep.secret".into()],
+            named_contexts: Default::default(),
         };
         let _ = convert(&ast, &opts, &AnyImage);
     }

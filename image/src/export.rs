@@ -13,11 +13,11 @@
 use crate::local::Assembled;
 use crate::rootfs::RootfsError;
 use rbuild_cache::{ImageRecord, LayerBlob, Store, StoreError};
-use rbuild_solver::oci::{
+use rbuild_types::oci::{
     Descriptor, ImageConfig, Index, MEDIA_DOCKER_LAYER_GZIP, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP,
     MEDIA_OCI_LAYER_TAR, MEDIA_OCI_LAYER_ZSTD, MEDIA_OCI_MANIFEST, Manifest, Platform, to_canonical_json,
 };
-use rbuild_solver::{Digest, DigestWriter};
+use rbuild_types::{Digest, DigestWriter};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -165,7 +165,7 @@ fn docker_manifest(images: &[ExportImage]) -> Vec<u8> {
                 .map(|n| familiar_name(n))
                 .collect();
             DockerManifestEntry {
-                config: blob_name(&rbuild_solver::Digest::of(&img.image.config_bytes)),
+                config: blob_name(&rbuild_types::Digest::of(&img.image.config_bytes)),
                 repo_tags: if tags.is_empty() { None } else { Some(tags) },
                 layers: img.image.layers.iter().map(|(d, _)| blob_name(&d.digest)).collect(),
             }

@@ -22,7 +22,7 @@ mod gzip;
 mod tests;
 mod write;
 
-use rbuild_solver::{Digest, DigestWriter};
+use rbuild_types::{Digest, DigestWriter};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -41,9 +41,9 @@ impl Compression {
     /// The OCI media type of a layer with this compression.
     pub fn oci_media_type(&self) -> &'static str {
         match self {
-            Compression::Gzip { .. } => crate::oci::MEDIA_OCI_LAYER_GZIP,
-            Compression::Zstd { .. } => crate::oci::MEDIA_OCI_LAYER_ZSTD,
-            Compression::None => crate::oci::MEDIA_OCI_LAYER_TAR,
+            Compression::Gzip { .. } => rbuild_types::oci::MEDIA_OCI_LAYER_GZIP,
+            Compression::Zstd { .. } => rbuild_types::oci::MEDIA_OCI_LAYER_ZSTD,
+            Compression::None => rbuild_types::oci::MEDIA_OCI_LAYER_TAR,
         }
     }
 }

@@ -8,6 +8,5 @@ pub mod auth;
 pub mod export;
 pub mod layer;
 pub mod local;
-pub use rbuild_solver::oci;
 pub mod registry;
 pub mod rootfs;

@@ -13,8 +13,8 @@ use crate::layer::{Compression, LayerOptions, write_compressed_layer};
 use crate::registry::{ImageRef, RegistryClient, RegistryError};
 use futures::{StreamExt, TryStreamExt};
 use rbuild_cache::{ImageRecord, LayerBlob, Store, StoreError};
-use rbuild_solver::Digest;
-use rbuild_solver::oci::{
+use rbuild_types::Digest;
+use rbuild_types::oci::{
     Descriptor, ImageConfig, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Manifest, Platform, to_canonical_json,
 };
 use std::collections::BTreeMap;
@@ -166,6 +166,17 @@ pub struct Assembled {
 
 /// Builds the OCI manifest of the image whose config is `config_digest`.
 pub fn assemble(store: &Store, config_digest: &Digest, compression: Compression) -> Result<Assembled, ImageError> {
+    assemble_annotated(store, config_digest, compression, &BTreeMap::new())
+}
+
+/// [`assemble`] with `annotations` on the manifest (`--annotation`; none leaves the field out, so an image
+/// without annotations keeps its manifest digest).
+pub fn assemble_annotated(
+    store: &Store,
+    config_digest: &Digest,
+    compression: Compression,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Assembled, ImageError> {
     let config_bytes = store.read_blob(config_digest)?;
     let config: ImageConfig = serde_json::from_slice(&config_bytes)
         .map_err(|source| ImageError::BadConfig { digest: config_digest.clone(), source })?;
@@ -195,7 +206,7 @@ pub fn assemble(store: &Store, config_digest: &Digest, compression: Compression)
             annotations: None,
         },
         layers: layers.iter().map(|(d, _)| d.clone()).collect(),
-        annotations: None,
+        annotations: Some(annotations.clone()).filter(|a| !a.is_empty()),
     };
     let manifest_bytes = to_canonical_json(&manifest);
     let manifest_digest = store.write_blob(&manifest_bytes)?;
@@ -221,7 +232,19 @@ pub async fn push_with(
     r: &ImageRef,
     compression: Compression,
 ) -> Result<crate::registry::PushReport, ImageError> {
-    let a = assemble(store, config_digest, compression)?;
+    push_annotated(client, store, config_digest, r, compression, &BTreeMap::new()).await
+}
+
+/// [`push_with`], with `annotations` on the manifest.
+pub async fn push_annotated(
+    client: &RegistryClient,
+    store: &Store,
+    config_digest: &Digest,
+    r: &ImageRef,
+    compression: Compression,
+    annotations: &BTreeMap<String, String>,
+) -> Result<crate::registry::PushReport, ImageError> {
+    let a = assemble_annotated(store, config_digest, compression, annotations)?;
     let blobs: Vec<&Digest> = a.layers.iter().map(|(d, _)| &d.digest).chain([config_digest]).collect();
     let mut mounts = BTreeMap::new();
     for digest in &blobs {

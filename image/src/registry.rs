@@ -17,17 +17,17 @@ mod reference;
 pub use http::{Challenge, HttpError};
 pub use reference::{DOCKER_HUB, ImageRef};
 
-use crate::oci::{
-    Descriptor, ImageConfig, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Manifest,
-    Platform,
-};
 use futures::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 use oci_client::client::ClientConfig;
 use oci_client::client::ClientProtocol;
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
-use rbuild_solver::Digest;
+use rbuild_types::Digest;
+use rbuild_types::oci::{
+    Descriptor, ImageConfig, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Manifest,
+    Platform,
+};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1098,7 +1098,7 @@ struct Probe {
 
 enum Document {
     Manifest(Manifest),
-    Index(crate::oci::Index),
+    Index(rbuild_types::oci::Index),
 }
 
 fn is_manifest_type(media_type: &str) -> bool {

@@ -10,7 +10,7 @@
 //! different diff_id than the image config records.
 
 use rbuild_cache::{Store, StoreError};
-use rbuild_solver::Digest;
+use rbuild_types::Digest;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;

@@ -5,8 +5,9 @@
 //! before it ever gets here. Everything an op does is data in these types, because the cache key is computed
 //! from exactly this data (see [`crate::key`]).
 
-use crate::Digest;
+use rbuild_types::Digest;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// Index of a vertex in its [`Graph`].
 pub type VertexId = usize;
@@ -193,9 +194,23 @@ pub struct CopyAction {
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
     pub vertices: Vec<Vertex>,
+    /// The stage each step belongs to, as the frontend names it (a stage name or `stage-N`): with the step's depth
+    /// in its chain, the step's identity across builds (see [`crate::explain::step_identity`]). Sources have none.
+    /// Not part of any cache key.
+    pub stages: BTreeMap<VertexId, String>,
 }
 
 impl Graph {
+    /// Records that step `v` belongs to stage `label`.
+    pub fn set_stage(&mut self, v: VertexId, label: String) {
+        self.stages.insert(v, label);
+    }
+
+    /// The stage step `v` belongs to ("" for a source or a graph made without stages).
+    pub fn stage(&self, v: VertexId) -> &str {
+        self.stages.get(&v).map_or("", String::as_str)
+    }
+
     /// Appends a vertex. Its inputs must already be in the graph.
     pub fn add(&mut self, vertex: Vertex) -> VertexId {
         debug_assert!(vertex.inputs.iter().all(|&i| i < self.vertices.len()));

@@ -6,8 +6,8 @@
 //! HashMap order, timestamp or host path. The golden test at the bottom pins exact digests: if it fails, the
 //! encoding changed and every user's cache would be invalidated — bump [`KEY_VERSION`] on purpose instead.
 
-use crate::Digest;
 use crate::graph::{ExecOp, Op};
+use rbuild_types::Digest;
 use serde::Serialize;
 
 /// Bumped whenever the meaning of a key changes, so old cache entries are never confused with new ones.

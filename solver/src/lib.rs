@@ -4,14 +4,9 @@
 //! and a [`worker::Worker`] (implemented by the executor over the cache and image crates) does the actual work. This
 //! crate therefore depends on neither `frontend` nor `executor`; it defines the traits they meet at.
 
-pub mod digest;
-
-pub use digest::{Digest, DigestWriter, InvalidDigest};
 pub mod explain;
 pub mod graph;
 pub mod key;
-pub mod oci;
-pub mod patterns;
 pub mod solve;
 pub mod worker;
 

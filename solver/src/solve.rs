@@ -7,13 +7,13 @@
 //! running (they are reported `CANCELED`), and the solve returns only once they have ended, so no output of a
 //! sibling step appears after the error and the process does not wait for them to run to completion.
 
-use crate::Digest;
 use crate::explain::{InputRef, MissReason, StepInputs, explain, step_identity};
 use crate::graph::{FileAction, Graph, Op, VertexId};
 use crate::key::cache_key;
 use crate::worker::{CacheStore, Event, Output, Progress, Worker, WorkerError};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, try_join_all};
+use rbuild_types::Digest;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -332,7 +332,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                 }
             }
             let identity = ctx.record_scope.as_ref().map(|scope| {
-                format!("{scope}\n{}", step_identity(&vertex.name, ctx.depth.get(v).copied().unwrap_or(0)))
+                format!("{scope}\n{}", step_identity(ctx.graph.stage(v), ctx.depth.get(v).copied().unwrap_or(0)))
             });
             let step_record = match &identity {
                 Some(_) => Some(step_inputs(&ctx, v, &keyed_op, &key, &inputs, &content).await.map_err(fail)?),
@@ -394,7 +394,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                 }
                 let e = error(e, false);
                 if c.first_failure(&e) {
-                    c.progress.event(Event::Failed { vertex: v, name, elapsed });
+                    c.progress.event(Event::Failed { vertex: v, name, elapsed, error: e.source.to_string() });
                     c.worker.cancel();
                 } else {
                     c.progress.event(Event::Canceled { vertex: v, name, elapsed });

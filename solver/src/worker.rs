@@ -4,9 +4,9 @@
 //! Worker methods are synchronous on purpose: they block on child processes and disk, so the scheduler runs each
 //! one on tokio's blocking pool, which is what gives parallelism without an async filesystem layer.
 
-use crate::Digest;
 use crate::explain::{MissReason, StepInputs};
 use crate::graph::{CopyAction, ExecOp, FileOp, Op, VertexId};
+use rbuild_types::Digest;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -129,6 +129,8 @@ pub enum Event {
         vertex: VertexId,
         name: String,
         elapsed: Duration,
+        /// The step's error, as one line.
+        error: String,
     },
     /// A step that was running when another one failed, and was stopped.
     Canceled {

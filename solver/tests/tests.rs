@@ -2,6 +2,7 @@
 //! often it ran, so deduplication, parallelism, cancellation and cache hits can be asserted exactly.
 
 use rbuild_solver::*;
+use rbuild_types::Digest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -223,5 +224,10 @@ fn a_failure_cancels_running_siblings_and_reports_the_failing_step() {
     let canceled = events.iter().position(|e| matches!(e, Event::Canceled { vertex, .. } if *vertex == slow));
     assert!(failed.is_some() && canceled.is_some(), "{events:?}");
     assert!(failed < canceled, "ERROR is reported before CANCELED");
+    let error = events.iter().find_map(|e| match e {
+        Event::Failed { error, .. } => Some(error.clone()),
+        _ => None,
+    });
+    assert_eq!(error, Some(err.source.to_string()), "the event carries the step's error, for rawjson");
     assert!(!events.iter().any(|e| matches!(e, Event::Started { vertex, .. } if *vertex == fin)));
 }

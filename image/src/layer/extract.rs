@@ -7,7 +7,7 @@
 //! is a fresh directory that only this extraction writes to, these checks cannot be raced.
 
 use super::{LayerError, write};
-use rbuild_solver::Digest;
+use rbuild_types::Digest;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};

@@ -736,12 +736,12 @@ fn overlay_upperdir_round_trips_through_overlayfs_and_umoci() {
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     });
     let mut config_desc = put(&serde_json::to_vec(&config).unwrap());
-    config_desc["mediaType"] = crate::oci::MEDIA_OCI_CONFIG.into();
+    config_desc["mediaType"] = rbuild_types::oci::MEDIA_OCI_CONFIG.into();
     let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": crate::oci::MEDIA_OCI_MANIFEST, "config": config_desc, "layers": layers,
+        "schemaVersion": 2, "mediaType": rbuild_types::oci::MEDIA_OCI_MANIFEST, "config": config_desc, "layers": layers,
     });
     let mut manifest_desc = put(&serde_json::to_vec(&manifest).unwrap());
-    manifest_desc["mediaType"] = crate::oci::MEDIA_OCI_MANIFEST.into();
+    manifest_desc["mediaType"] = rbuild_types::oci::MEDIA_OCI_MANIFEST.into();
     manifest_desc["annotations"] = serde_json::json!({ "org.opencontainers.image.ref.name": "t" });
     let index = serde_json::json!({ "schemaVersion": 2, "manifests": [manifest_desc] });
     fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();

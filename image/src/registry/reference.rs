@@ -6,7 +6,7 @@
 //! handed to `oci-client`, which then never has to guess.
 
 use super::RegistryError;
-use rbuild_solver::Digest;
+use rbuild_types::Digest;
 use std::fmt;
 
 /// Docker Hub's canonical registry name. `index.docker.io` is accepted as an alias.

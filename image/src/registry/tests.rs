@@ -2,7 +2,7 @@
 //! its own loopback port and storage directory, so tests run in parallel and need no network.
 
 use super::*;
-use crate::oci::{Index, RootFs, to_canonical_json};
+use rbuild_types::oci::{Index, RootFs, to_canonical_json};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -152,7 +152,7 @@ fn make_image(dir: &Path, platform: &Platform, marker: &str) -> TestImage {
     };
     let config_bytes = to_canonical_json(&config);
     let layer_desc = Descriptor {
-        media_type: crate::oci::MEDIA_OCI_LAYER_GZIP.into(),
+        media_type: rbuild_types::oci::MEDIA_OCI_LAYER_GZIP.into(),
         digest: Digest::of(&layer_bytes),
         size: layer_bytes.len() as u64,
         platform: None,
@@ -162,7 +162,7 @@ fn make_image(dir: &Path, platform: &Platform, marker: &str) -> TestImage {
         schema_version: 2,
         media_type: Some(MEDIA_OCI_MANIFEST.into()),
         config: Descriptor {
-            media_type: crate::oci::MEDIA_OCI_CONFIG.into(),
+            media_type: rbuild_types::oci::MEDIA_OCI_CONFIG.into(),
             digest: Digest::of(&config_bytes),
             size: config_bytes.len() as u64,
             platform: None,
@@ -334,8 +334,8 @@ async fn docker_schema2_manifests_are_accepted() {
     let r = registry.image("docker/style:1");
     let mut manifest: Manifest = serde_json::from_slice(&img.manifest_bytes).expect("manifest");
     manifest.media_type = Some(MEDIA_DOCKER_MANIFEST.into());
-    manifest.config.media_type = crate::oci::MEDIA_DOCKER_CONFIG.into();
-    manifest.layers[0].media_type = crate::oci::MEDIA_DOCKER_LAYER_GZIP.into();
+    manifest.config.media_type = rbuild_types::oci::MEDIA_DOCKER_CONFIG.into();
+    manifest.layers[0].media_type = rbuild_types::oci::MEDIA_DOCKER_LAYER_GZIP.into();
     let manifest_bytes = to_canonical_json(&manifest);
     let layers = vec![(manifest.layers[0].clone(), img.layers[0].1.clone())];
     let digest = client.push_image(&r, &manifest_bytes, &img.config_bytes, &layers).await.expect("push");
@@ -512,7 +512,7 @@ async fn large_layers_stream_in_one_request() {
     let big_path = work.path().join("big.bin");
     std::fs::write(&big_path, &big).expect("write big layer");
     let big_desc = Descriptor {
-        media_type: crate::oci::MEDIA_OCI_LAYER_GZIP.into(),
+        media_type: rbuild_types::oci::MEDIA_OCI_LAYER_GZIP.into(),
         digest: Digest::of(&big),
         size: big.len() as u64,
         platform: None,

@@ -1,0 +1,221 @@
+//! `docker buildx build` flags that a CI pipeline passes and that rbuild maps onto its outputs: `--annotation`,
+//! `--load`, `--cache-from`/`--cache-to`, `--provenance`, `--sbom` and `--attest`.
+//!
+//! A flag rbuild cannot honour yet is still parsed (never a clap usage error, which would break a pipeline with
+//! exit 2 and a usage dump) and refused before anything is built, with a sentence that says what to do. Values
+//! that switch a feature off (`--provenance=false`, `--attest type=sbom,disabled=true`) are accepted: rbuild attaches
+//! no attestations, which is what they ask for.
+
+use anyhow::{Result, bail};
+use rbuild_types::oci::Platform;
+use std::collections::BTreeMap;
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct BuildxArgs {
+    /// Add an annotation to the image manifest: KEY=VALUE, manifest:KEY=VALUE or manifest[os/arch]:KEY=VALUE;
+    /// repeatable (index and descriptor annotations are refused: rbuild pushes single-platform manifests)
+    #[arg(long = "annotation", value_name = "[manifest:]KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Also load the image into the local Docker daemon ($DOCKER_HOST, default unix:///var/run/docker.sock), as
+    /// `docker load` does
+    #[arg(long)]
+    pub load: bool,
+    /// External cache sources (buildx syntax); remote caches are not supported yet, so this is an error
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+    /// Cache export destinations (buildx syntax); remote caches are not supported yet, so this is an error
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Provenance attestation: only `false` (or `0`) is supported: rbuild attaches none
+    #[arg(long, value_name = "false")]
+    pub provenance: Option<String>,
+    /// SBOM attestation: only `false` (or `0`) is supported: rbuild attaches none
+    #[arg(long, value_name = "false")]
+    pub sbom: Option<String>,
+    /// An additional context: NAME=DIR, NAME=URL (Git or http(s) tarball) or NAME=docker-image://REF, usable as
+    /// `COPY --from=NAME` (and `FROM NAME` for images); repeatable
+    #[arg(long = "build-context", value_name = "NAME=DIR|URL|docker-image://REF")]
+    pub build_contexts: Vec<String>,
+    /// Attestation parameters: only `type=provenance|sbom,disabled=true` is supported
+    #[arg(long = "attest", value_name = "type=TYPE,disabled=true")]
+    pub attest: Vec<String>,
+    /// buildx's builder instance: rbuild has none (it builds in-process), so this is ignored with a warning
+    #[arg(long, value_name = "NAME")]
+    pub builder: Option<String>,
+    /// buildx's debug logging: use RBUILD_LOG=debug instead (accepted, with a warning)
+    #[arg(short = 'D', long)]
+    pub debug: bool,
+    /// The parent cgroup of RUN steps: not supported (an error)
+    #[arg(long, value_name = "CGROUP")]
+    pub cgroup_parent: Option<String>,
+}
+
+/// What the flags ask of the build's outputs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// Annotations on the image manifest.
+    pub manifest_annotations: BTreeMap<String, String>,
+    pub load: bool,
+}
+
+impl BuildxArgs {
+    /// Checks every flag before the build starts; `platform` is the one being built.
+    pub fn check(&self, platform: &Platform) -> Result<Requests> {
+        if let Some(spec) = self.cache_from.first() {
+            bail!(
+                "--cache-from {spec}: importing a remote or local cache is not supported yet (the local store is \
+                 the cache); remove --cache-from"
+            );
+        }
+        if let Some(spec) = self.cache_to.first() {
+            bail!(
+                "--cache-to {spec}: exporting the cache is not supported yet (the local store is the cache); \
+                 remove --cache-to"
+            );
+        }
+        for (flag, value) in [("--provenance", &self.provenance), ("--sbom", &self.sbom)] {
+            if let Some(v) = value
+                && !is_false(v)
+            {
+                bail!("{flag}={v}: attestations are not supported yet; pass {flag}=false (or leave the flag out)");
+            }
+        }
+        for spec in &self.attest {
+            check_attest(spec)?;
+        }
+        if let Some(parent) = &self.cgroup_parent {
+            bail!("--cgroup-parent {parent}: not supported; RUN steps get a cgroup of their own under rbuild's");
+        }
+        if let Some(b) = &self.builder {
+            eprintln!("warning: --builder {b} is ignored: rbuild builds in-process, without builder instances");
+        }
+        if self.debug {
+            eprintln!("warning: --debug is ignored: set RBUILD_LOG=debug for rbuild's debug log");
+        }
+        let mut manifest_annotations = BTreeMap::new();
+        for a in &self.annotations {
+            if let Some((k, v)) = parse_annotation(a, platform)? {
+                manifest_annotations.insert(k, v);
+            }
+        }
+        Ok(Requests { manifest_annotations, load: self.load })
+    }
+}
+
+fn is_false(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0")
+}
+
+/// `--attest type=sbom,disabled=true` (buildx's CSV; `disabled` without a value is true).
+fn check_attest(spec: &str) -> Result<()> {
+    let (mut kind, mut disabled) = (None, false);
+    for field in spec.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        match field.split_once('=') {
+            Some(("type", v)) => kind = Some(v.to_string()),
+            Some(("disabled", v)) => disabled = !is_false(v),
+            None if field == "disabled" => disabled = true,
+            _ => {}
+        }
+    }
+    match kind.as_deref() {
+        Some("provenance" | "sbom") if disabled => Ok(()),
+        Some(k @ ("provenance" | "sbom")) => {
+            bail!(
+                "--attest {spec}: attestations are not supported yet; pass --attest type={k},disabled=true or leave it out"
+            )
+        }
+        Some(other) => bail!("--attest {spec}: unknown attestation type {other:?} (provenance or sbom)"),
+        None => bail!("--attest {spec}: type= is required (type=provenance or type=sbom)"),
+    }
+}
+
+/// One `--annotation`, as buildx parses it: `[TYPE[,TYPE][\[PLATFORM\]]:]KEY=VALUE`. Returns the manifest
+/// annotation, or `None` when it is for another platform than the one built.
+fn parse_annotation(spec: &str, platform: &Platform) -> Result<Option<(String, String)>> {
+    let Some((key, value)) = spec.split_once('=') else {
+        bail!("--annotation {spec:?}: expected KEY=VALUE");
+    };
+    let (types, key) = match key.split_once(':') {
+        // A prefix is lowercase letters and '-' (and a platform): `org.example:thing` is a plain key.
+        Some((prefix, rest)) if is_type_prefix(prefix) => (Some(prefix), rest),
+        _ => (None, key),
+    };
+    if key.is_empty() {
+        bail!("--annotation {spec:?}: the key is empty");
+    }
+    let Some(types) = types else { return Ok(Some((key.to_string(), value.to_string()))) };
+    let (types, wanted_platform) = match types.split_once('[') {
+        Some((t, p)) => (t, Some(p.trim_end_matches(']'))),
+        None => (types, None),
+    };
+    for t in types.split(',') {
+        match t {
+            "manifest" => {}
+            "index" | "index-descriptor" | "manifest-descriptor" => bail!(
+                "--annotation {spec:?}: {t} annotations are not supported (rbuild pushes one single-platform \
+                 manifest, not an index); use manifest:KEY=VALUE"
+            ),
+            other => bail!("--annotation {spec:?}: unknown annotation type {other:?} (manifest)"),
+        }
+    }
+    if let Some(p) = wanted_platform {
+        let p = crate::outputs::parse_platform(p)?;
+        if (p.os.as_str(), p.architecture.as_str()) != (platform.os.as_str(), platform.architecture.as_str()) {
+            return Ok(None);
+        }
+    }
+    Ok(Some((key.to_string(), value.to_string())))
+}
+
+fn is_type_prefix(prefix: &str) -> bool {
+    let types = prefix.split('[').next().unwrap_or_default();
+    !types.is_empty() && types.chars().all(|c| c.is_ascii_lowercase() || c == '-' || c == ',')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amd64() -> Platform {
+        Platform { os: "linux".into(), architecture: "amd64".into(), variant: None }
+    }
+
+    #[test]
+    fn annotations_parse_as_buildx() {
+        let p = amd64();
+        let ok = |s: &str| parse_annotation(s, &p).expect(s);
+        assert_eq!(
+            ok("org.opencontainers.image.title=app"),
+            Some(("org.opencontainers.image.title".into(), "app".into()))
+        );
+        assert_eq!(ok("manifest:a=b=c"), Some(("a".into(), "b=c".into())));
+        assert_eq!(ok("manifest[linux/amd64]:k=v"), Some(("k".into(), "v".into())));
+        assert_eq!(ok("manifest[linux/arm64]:k=v"), None, "another platform's");
+        assert_eq!(ok("com.example:k=v"), Some(("com.example:k".into(), "v".into())));
+        let err = parse_annotation("index:k=v", &p).expect_err("index");
+        assert!(err.to_string().contains("not supported"), "{err}");
+        assert!(parse_annotation("novalue", &p).is_err());
+    }
+
+    #[test]
+    fn attestations_may_only_be_switched_off() {
+        let args = |provenance: &str, attest: &[&str]| BuildxArgs {
+            provenance: Some(provenance.into()),
+            attest: attest.iter().map(|s| s.to_string()).collect(),
+            ..BuildxArgs::default()
+        };
+        assert!(args("false", &["type=sbom,disabled=true", "type=provenance,disabled"]).check(&amd64()).is_ok());
+        assert!(args("0", &[]).check(&amd64()).is_ok());
+        let err = args("mode=max", &[]).check(&amd64()).expect_err("provenance on");
+        assert!(err.to_string().contains("--provenance=false"), "{err}");
+        let err = args("false", &["type=sbom"]).check(&amd64()).expect_err("sbom on");
+        assert!(err.to_string().contains("disabled=true"), "{err}");
+    }
+
+    #[test]
+    fn remote_caches_are_a_clear_not_yet() {
+        let a = BuildxArgs { cache_to: vec!["type=registry,ref=r/c".into()], ..BuildxArgs::default() };
+        let err = a.check(&amd64()).expect_err("cache-to");
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! The types several rbuild crates share, each with one public name: content digests ([`Digest`]), the OCI image
+//! documents ([`oci`]) and `.dockerignore` patterns ([`patterns`]).
+//!
+//! They live here, below every other crate, because they are vocabulary rather than logic: a digest parsed from a
+//! registry, computed from a layer and used as a cache key must be the same type everywhere, and the frontend (which
+//! reads `.dockerignore`) and the cache (which applies it) must match patterns the same way.
+
+pub mod digest;
+pub mod oci;
+pub mod patterns;
+
+pub use digest::{Digest, DigestWriter, InvalidDigest};
