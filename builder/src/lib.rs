@@ -357,6 +357,7 @@ mod tests {
                 network: *network,
                 mounts: vec![],
                 settings: Vec::new(),
+                hostname: String::new(),
             };
             let v = graph.add(Vertex {
                 op: Op::Exec(exec),
