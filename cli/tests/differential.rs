@@ -201,7 +201,17 @@ fn docker(env: &[(String, String)], args: &[&str]) -> crate::support::Run {
 /// BuildKit's image: its tree and its config, from `docker save`.
 fn docker_image(env: &[(String, String)], name: &str, tmp: &Path) -> (Tree, Value) {
     let file = tmp.join(format!("{}.tar", name.replace(['/', ':'], "_")));
-    docker(env, &["save", "-o", file.to_str().unwrap(), name]).success();
+    // Retried like the builds (see `run_case`): the reference's overlay mounts now and then vanish under load.
+    let save = || docker(env, &["save", "-o", file.to_str().unwrap(), name]);
+    let mut saved = save();
+    for _ in 0..3 {
+        if saved.code == Some(0) {
+            break;
+        }
+        eprintln!("differential: docker save {name} failed, retrying:\n{}", saved.stderr);
+        saved = save();
+    }
+    saved.success();
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut ar = tar::Archive::new(std::fs::File::open(&file).unwrap());
     for e in ar.entries().unwrap() {
