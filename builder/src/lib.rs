@@ -392,6 +392,7 @@ mod tests {
                 network: *network,
                 mounts: vec![],
                 settings: Vec::new(),
+                hostname: String::new(),
             };
             let v = graph.add(Vertex {
                 op: Op::Exec(exec),

@@ -69,8 +69,10 @@ pub enum ContentHashError {
     /// [`ContentHashError::NotFound`] so that the caller can say which patterns hid it.
     #[error("source {name:?} not found: it is excluded")]
     Excluded { name: String },
-    #[error("no source files were specified: pattern {pattern:?} matched no files")]
-    NoMatch { pattern: String },
+    /// The part of a wildcard source before its first wildcard names nothing. BuildKit's wording (it walks that
+    /// directory): `lstat /nodir: no such file or directory`.
+    #[error("lstat /{}: no such file or directory (the directory of wildcard source {pattern:?})", base.display())]
+    WildcardBaseMissing { pattern: String, base: PathBuf },
     #[error("invalid wildcard pattern {pattern:?}: {reason}")]
     BadPattern { pattern: String, reason: &'static str },
     /// A file or directory changed between being listed and being read (or between the hash and the copy).
@@ -514,7 +516,9 @@ pub fn resolve_sources(
 /// Resolves every source to the files or directories it names, in source order (wildcard matches sorted by name),
 /// with their stat. Exclusions apply both to the path as named and to every real path the resolution passes
 /// through (see [`resolve`]). A selected path that is excluded is dropped when it is not a directory; an excluded
-/// directory is kept here and dropped by [`walk_selection`] when nothing below it is selected.
+/// directory is kept here and dropped by [`walk_selection`] when nothing below it is selected. A wildcard that
+/// matches nothing (or only excluded paths) selects nothing and is no error, as in BuildKit, where COPY and ADD
+/// allow empty wildcards; a plain source that is missing or excluded is an error.
 pub fn resolve_selection(
     root: &Root,
     sel: &Selection,
@@ -542,10 +546,9 @@ pub fn resolve_selection(
             }
             out.push((SelectedSource { source: source.clone(), rel, real, wildcard }, st));
         }
-        if out.len() == before {
-            return Err(if wildcard {
-                ContentHashError::NoMatch { pattern: source.clone() }
-            } else if existed || directly_excluded {
+        // A wildcard that matches nothing selects nothing, as in BuildKit (`AllowEmptyWildcard`).
+        if out.len() == before && !wildcard {
+            return Err(if existed || directly_excluded {
                 ContentHashError::Excluded { name: source.clone() }
             } else {
                 ContentHashError::NotFound { name: source.clone() }
@@ -567,8 +570,10 @@ fn resolve_wildcard(
     let comps: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     // Candidates: (rel as named, real path relative to root with every symlink resolved, its stat).
     let mut candidates: Vec<(PathBuf, PathBuf, Option<Stat>)> = vec![(PathBuf::new(), PathBuf::new(), None)];
+    let mut before_wildcard = true;
     for (i, comp) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
+        before_wildcard &= !has_wildcards(comp);
         let mut next = Vec::new();
         for (named, real, st) in &candidates {
             let names: Vec<OsString> = if has_wildcards(comp) {
@@ -596,6 +601,10 @@ fn resolve_wildcard(
                 let r = resolve(root, &real.join(&name), !last || follow_final, hidden)?;
                 if let Some(st) = r.stat {
                     next.push((named.join(&name), r.real, Some(st)));
+                } else if before_wildcard {
+                    // An empty wildcard is no error, but a missing directory to look in is (as in BuildKit).
+                    let base = named.join(&name);
+                    return Err(ContentHashError::WildcardBaseMissing { pattern: source.to_string(), base });
                 }
             }
         }
@@ -636,13 +645,9 @@ pub fn walk_selection(
         }
     }
     for source in &sel.sources {
-        if !kept_per_source.contains_key(source.as_str()) {
+        if !kept_per_source.contains_key(source.as_str()) && !has_wildcards(source) {
             // Resolved (so it exists) but nothing below it survived the exclusions.
-            return Err(if has_wildcards(source) {
-                ContentHashError::NoMatch { pattern: source.clone() }
-            } else {
-                ContentHashError::Excluded { name: source.clone() }
-            });
+            return Err(ContentHashError::Excluded { name: source.clone() });
         }
     }
     Ok(trees)
@@ -1321,9 +1326,14 @@ mod tests {
             let shown = format!("\"/{}\": not found", clean_clamped(source).display());
             assert_eq!(err.to_string(), shown);
         }
-        for pattern in ["kl/*", "k*/id_rsa", "*/id_rsa", "id*", "chain/*"] {
+        for pattern in ["k*/id_rsa", "*/id_rsa", "id*"] {
+            let trees = walk_selection(&r, &sel(&[pattern]), &keys).unwrap();
+            assert!(trees.is_empty(), "{pattern} selected {trees:?}");
+        }
+        // The directory a wildcard looks in leads into the ignored one: missing, as BuildKit's context lacks it.
+        for pattern in ["kl/*", "chain/*"] {
             let err = walk_selection(&r, &sel(&[pattern]), &keys).unwrap_err();
-            assert!(matches!(err, ContentHashError::NoMatch { .. }), "{pattern}: {err}");
+            assert!(matches!(err, ContentHashError::WildcardBaseMissing { .. }), "{pattern}: {err}");
         }
         // Named straight at it: reported as excluded, so the caller can say by what.
         let err = walk_selection(&r, &sel(&["keys/id_rsa"]), &keys).unwrap_err();
@@ -1427,16 +1437,20 @@ mod tests {
         assert_eq!(rels, vec![PathBuf::from("d1/f1.txt"), PathBuf::from("d2/f2.txt")]);
         assert!(got.iter().all(|s| s.wildcard));
 
-        let err = resolve_sources(&rt(root), &["*.nope".to_string()], &none).unwrap_err();
-        assert!(matches!(&err, ContentHashError::NoMatch { pattern } if pattern == "*.nope"));
-        assert!(err.to_string().contains("no source files were specified"));
+        // A wildcard matching nothing selects nothing, alone or next to a source that matches (BuildKit).
+        assert!(resolve_sources(&rt(root), &["*.nope".to_string()], &none).unwrap().is_empty());
+        assert!(resolve_sources(&rt(root), &["e/f3.txt/*".to_string()], &none).unwrap().is_empty());
+        let err = resolve_sources(&rt(root), &["nodir/sub/*.txt".to_string()], &none).unwrap_err();
+        assert!(err.to_string().starts_with("lstat /nodir: no such file or directory"), "{err}");
+        let got = resolve_sources(&rt(root), &["e/f3.txt".to_string(), "*.nope".to_string()], &none).unwrap();
+        assert_eq!(got.len(), 1);
         let err = resolve_sources(&rt(root), &["missing.txt".to_string()], &none).unwrap_err();
         assert!(err.to_string().contains("missing.txt") && err.to_string().contains("not found"));
         let err = resolve_sources(&rt(root), &["[".to_string()], &none).unwrap_err();
         assert!(matches!(err, ContentHashError::BadPattern { .. }));
         // Everything the wildcard matched is excluded: same as matching nothing.
-        let err = resolve_sources(&rt(root), &["d1/*.txt".to_string()], &|p: &str| p.ends_with(".txt")).unwrap_err();
-        assert!(matches!(err, ContentHashError::NoMatch { .. }));
+        let got = resolve_sources(&rt(root), &["d1/*.txt".to_string()], &|p: &str| p.ends_with(".txt")).unwrap();
+        assert!(got.is_empty());
     }
 
     #[test]

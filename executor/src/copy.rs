@@ -7,8 +7,10 @@
 //! land and with what metadata:
 //!
 //! - a directory source copies its *contents*; a file lands *at* `dest`, or *inside* it when `dest` ends with `/`
-//!   or is an existing directory; several selected sources (after wildcard expansion) need such a directory
-//!   destination, as in Docker's classic builder (a wildcard that matches one file may still name a file);
+//!   or is an existing directory. Several selected sources (arguments or wildcard matches) are copied one after
+//!   the other, each to `dest` as it then is, as BuildKit does: no "must end with /" rule (Docker's classic
+//!   builder had one), so `COPY a b /x` leaves `/x` holding `b`, and `COPY dir/ f /x` puts `f` inside `/x`. A
+//!   wildcard that matches nothing copies nothing (selection, in `contenthash`);
 //! - every path in the destination is resolved with symlinks relative to the destination root (`/bin -> usr/bin`
 //!   is merged into, `-> /` cannot escape), and an existing non-directory in the way is replaced rather than
 //!   written through, so a copy never writes outside `dest_root`;
@@ -53,9 +55,8 @@ pub struct CopyOptions {
 pub enum CopyError {
     #[error(transparent)]
     Select(#[from] ContentHashError),
-    #[error("when copying more than one source file, the destination {dest:?} must be a directory and end with a /")]
-    DestNotDirectory { dest: String },
-    #[error("cannot copy into {path}: it exists and is not a directory")]
+    /// BuildKit's wording.
+    #[error("cannot copy to non-directory: {path}")]
     NotADirectory { path: PathBuf },
     #[error("cannot replace directory {path} with a non-directory")]
     IsADirectory { path: PathBuf },
@@ -140,13 +141,12 @@ pub fn copy_from(
     let dest_rel = contenthash::clean_clamped(dest);
     let dir_syntax = dest.ends_with('/') || dest.ends_with("/.") || dest_rel.as_os_str().is_empty();
     let mut c = Copier { src, dest_root, opts, hardlinks: HashMap::new(), dir_times: Vec::new() };
-    if trees.len() > 1 && !dir_syntax && !c.is_dir_in_root(&dest_rel)? {
-        return Err(CopyError::DestNotDirectory { dest: dest.to_string() });
-    }
     for tree in &trees {
         let top = &tree.entries[0];
         if top.stat.is_dir() {
-            let target = c.top_dir(&dest_rel, top)?;
+            // The source root itself (`COPY . /x/`) lends no times: BuildKit's transferred context root is new.
+            let times_from = (!tree.source.rel.as_os_str().is_empty()).then_some(top);
+            let target = c.top_dir(&dest_rel, times_from)?;
             let mut dirs: HashMap<&Path, PathBuf> = HashMap::new();
             dirs.insert(Path::new(""), target);
             for e in &tree.entries[1..] {
@@ -186,8 +186,10 @@ pub fn copy_from(
             };
             c.non_dir_entry(top, &target)?;
         }
+        // Each source is finished before the next, as BuildKit copies them: the last source's times win.
+        c.set_dir_times()?;
     }
-    c.finish()
+    Ok(())
 }
 
 /// Timestamps as (seconds, nanoseconds): access, modification.
@@ -289,16 +291,21 @@ impl Copier<'_> {
     }
 
     /// The directory a directory source's contents go into: `dest` itself. A missing one is created like a missing
-    /// parent (0755, the `--chown` owner or root), not with the source directory's metadata or `--chmod`: that
-    /// is what BuildKit 0.13 does (checked by the differential suite); an existing directory keeps its own
-    /// metadata (`COPY . /` must not chmod `/`).
-    fn top_dir(&mut self, dest_rel: &Path, _top: &SelectedEntry) -> Result<PathBuf, CopyError> {
+    /// parent (0755, the `--chown` owner or root), not with the source directory's mode, owner or `--chmod`; an
+    /// existing directory keeps its own mode and owner (`COPY . /` must not chmod `/`). Either way it takes the
+    /// times of `top` (the source directory, None for a source root), once its contents are written. All of this is what BuildKit 0.13 does (checked
+    /// by the differential suite, `copy-dir-times`).
+    fn top_dir(&mut self, dest_rel: &Path, top: Option<&SelectedEntry>) -> Result<PathBuf, CopyError> {
         let real = contenthash::resolve_in_root(self.dest_root, dest_rel, true)?;
-        match lstat_opt(&real)? {
-            Some(md) if md.is_dir() => Ok(real),
-            Some(_) => Err(CopyError::NotADirectory { path: real }),
-            None => self.mkdir_all(dest_rel),
+        let dir = match lstat_opt(&real)? {
+            Some(md) if md.is_dir() => real,
+            Some(_) => return Err(CopyError::NotADirectory { path: real }),
+            None => self.mkdir_all(dest_rel)?,
+        };
+        if let Some(top) = top {
+            self.dir_times.push((dir.clone(), times_of(&top.stat)));
         }
+        Ok(dir)
     }
 
     /// Creates or merges into a directory at `target`; returns the real directory (a symlink to a directory inside
@@ -377,8 +384,10 @@ impl Copier<'_> {
             mknod(target, libc::S_IFBLK, st.rdev)?;
             contenthash::entry_xattrs(self.src, e)?
         } else {
-            tracing::debug!(path = %e.real.display(), "skipping socket in COPY source");
-            return Ok(());
+            // A socket: BuildKit's context transfer turns it into an empty regular file with the socket's mode
+            // bits (issue 11 item 9), and a copy from a stage does the same.
+            create_file(target)?;
+            contenthash::entry_xattrs(self.src, e)?
         };
         let meta = self.meta_from(e, xattrs);
         self.apply(target, &meta, false)
@@ -408,9 +417,10 @@ impl Copier<'_> {
         }
     }
 
-    fn finish(self) -> Result<(), CopyError> {
-        for (path, times) in self.dir_times.iter().rev() {
-            set_times(path, times)?;
+    /// Sets the times of the directories written so far, children before parents.
+    fn set_dir_times(&mut self) -> Result<(), CopyError> {
+        for (path, times) in self.dir_times.drain(..).rev() {
+            set_times(&path, &times)?;
         }
         Ok(())
     }
@@ -810,17 +820,58 @@ mod tests {
         }
     }
 
+    /// BuildKit copies several sources one after the other onto `dest` as it then is (issue 11 item 8).
     #[test]
-    fn several_sources_need_a_directory_destination() {
+    fn several_sources_land_one_after_the_other() {
         let f = ctx();
-        for (sources, dest) in [(&["a.txt", "b.txt"][..], "/dst"), (&["*.txt"][..], "/dst")] {
-            let err = run(&f, sources, dest, &CopyOptions::default()).unwrap_err();
-            assert!(matches!(&err, CopyError::DestNotDirectory { dest: d } if d == "/dst"), "{err}");
-            assert!(err.to_string().contains("/dst"));
-        }
-        fs::create_dir(f.dst.join("dst")).unwrap();
-        run(&f, &["a.txt", "b.txt"], "/dst", &CopyOptions::default()).unwrap();
-        assert!(f.dst.join("dst/a.txt").is_file() && f.dst.join("dst/b.txt").is_file());
+        run(&f, &["a.txt", "b.txt"], "/two", &CopyOptions::default()).unwrap();
+        assert_eq!(fs::read_to_string(f.dst.join("two")).unwrap(), "B", "the last file wins");
+        run(&f, &["*.txt"], "/glob", &CopyOptions::default()).unwrap();
+        assert_eq!(fs::read_to_string(f.dst.join("glob")).unwrap(), "B");
+        run(&f, &["dir", "a.txt"], "/mixed", &CopyOptions::default()).unwrap();
+        assert!(f.dst.join("mixed/x").is_file() && f.dst.join("mixed/a.txt").is_file(), "a file lands inside");
+        run(&f, &["a.txt", "nomatch*", "dir/none*"], "/one", &CopyOptions::default()).unwrap();
+        assert_eq!(fs::read_to_string(f.dst.join("one")).unwrap(), "A", "empty wildcards are ignored");
+        run(&f, &["nomatch*"], "/empty/", &CopyOptions::default()).unwrap();
+        assert!(!f.dst.join("empty").exists(), "an empty wildcard creates nothing");
+        let err = run(&f, &["none/*"], "/x/", &CopyOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("lstat /none: no such file or directory"), "{err}");
+        let err = run(&f, &["a.txt", "dir"], "/filefirst", &CopyOptions::default()).unwrap_err();
+        assert!(matches!(err, CopyError::NotADirectory { .. }), "{err}");
+    }
+
+    /// The directory a directory's contents are copied into gets the source directory's times, created or not;
+    /// its mode and owner stay those of a created parent or of the existing directory (BuildKit 0.13, item 6).
+    #[test]
+    fn the_destination_of_a_directory_takes_its_times() {
+        let f = ctx();
+        let set = |p: &Path, sec: i64| {
+            let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+            let ts = [libc::timespec { tv_sec: sec, tv_nsec: 0 }, libc::timespec { tv_sec: sec, tv_nsec: 0 }];
+            // SAFETY: valid path and timespecs.
+            assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) }, 0);
+        };
+        fs::set_permissions(f.src.join("dir"), fs::Permissions::from_mode(0o705)).unwrap();
+        set(&f.src.join("dir"), 1_000_000);
+        fs::create_dir(f.dst.join("etc")).unwrap();
+        fs::set_permissions(f.dst.join("etc"), fs::Permissions::from_mode(0o711)).unwrap();
+        run(&f, &["dir"], "/etc/", &CopyOptions::default()).unwrap();
+        run(
+            &f,
+            &["dir"],
+            "/new/deeper",
+            &CopyOptions { chown: Some((7, 8)), chmod: Some(0o700), ..Default::default() },
+        )
+        .unwrap();
+        let etc = fs::metadata(f.dst.join("etc")).unwrap();
+        assert_eq!((etc.mtime(), etc.mode() & 0o7777), (1_000_000, 0o711));
+        let deeper = fs::metadata(f.dst.join("new/deeper")).unwrap();
+        assert_eq!((deeper.mtime(), deeper.mode() & 0o7777, deeper.uid()), (1_000_000, 0o755, 7));
+        assert_ne!(fs::metadata(f.dst.join("new")).unwrap().mtime(), 1_000_000, "a created parent is new");
+        // Two directories into one: the last one's times.
+        set(&f.src.join("dir/sub"), 2_000_000);
+        run(&f, &["dir", "dir/sub"], "/both/", &CopyOptions::default()).unwrap();
+        assert_eq!(fs::metadata(f.dst.join("both")).unwrap().mtime(), 2_000_000);
     }
 
     #[test]

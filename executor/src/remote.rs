@@ -239,8 +239,11 @@ fn download_here(url: &str, dest: &Path, max_bytes: Option<u64>) -> Result<Strin
     };
     let mut body = response.take(max_bytes.unwrap_or(u64::MAX));
     // A read error (a timeout, a reset) and a write error both end the transfer; the message says which.
-    io::copy(&mut body, &mut out)
-        .map_err(|source| RemoteError::Transfer { url: url.to_string(), path: dest.to_path_buf(), source })?;
+    io::copy(&mut body, &mut out).map_err(|source| RemoteError::Transfer {
+        url: url.to_string(),
+        path: dest.to_path_buf(),
+        source,
+    })?;
     // At the limit: one more byte means the body is larger than allowed (what was written stays within it).
     if max_bytes.is_some() && body.into_inner().read(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
         drop(out);

@@ -597,7 +597,7 @@ impl Worker for LocalWorker {
                 env: op.env.iter().chain(&mounts.env).cloned().collect(),
                 cwd: op.cwd.clone(),
                 user,
-                hostname: "buildkitsandbox".into(),
+                hostname: if op.hostname.is_empty() { "buildkitsandbox".into() } else { op.hostname.clone() },
                 network,
                 mounts: mounts.binds.clone(),
                 tmpfs: mounts.tmpfs.clone(),

@@ -59,6 +59,10 @@ pub trait ImageResolver {
     ) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>>;
 }
 
+/// The build arg that names the RUN containers' host (BuildKit's `dockerui` reads it the same way): it needs no
+/// ARG, never reaches the environment, and is part of every RUN's key (see `ExecOp::hostname`).
+pub const SANDBOX_HOSTNAME_ARG: &str = "BUILDKIT_SANDBOX_HOSTNAME";
+
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
     pub build_args: BTreeMap<String, String>,
@@ -397,6 +401,7 @@ pub fn convert(ast: &Ast, opts: &ConvertOptions, resolver: &dyn ImageResolver) -
                 && !rbuild_solver::key::PROXY_VARS.contains(&name.as_str())
                 && name.as_str() != crate::lint::CHECK_BUILD_ARG
         })
+        .filter(|name| name.as_str() != SANDBOX_HOSTNAME_ARG)
         .map(String::as_str)
         .collect();
     if !unused.is_empty() {
@@ -950,7 +955,12 @@ impl Converter<'_> {
     fn build_stage_inner(&mut self, index: usize) -> Result<Rc<StageState>, ConvertError> {
         self.in_progress[index] = true;
         let from_at = self.stages[index].from.clone();
-        let base = self.expand(&self.stages[index].base.clone(), &self.global, &from_at)?;
+        let raw_base = self.stages[index].base.clone();
+        let base = self.expand(&raw_base, &self.global, &from_at)?;
+        if base.is_empty() {
+            // BuildKit's wording.
+            return Err(ConvertError::at(&from_at, format!("base name ({raw_base}) should not be blank")));
+        }
         if let Some(p) = self.stages[index].platform.clone() {
             // Valid: `check_platforms` saw every stage before conversion started.
             let p = self.expand(&p, &self.global, &from_at)?;
@@ -1420,6 +1430,7 @@ impl Converter<'_> {
             network,
             mounts,
             settings: Vec::new(),
+            hostname: self.opts.build_args.get(SANDBOX_HOSTNAME_ARG).cloned().unwrap_or_default(),
         };
         let inputs = std::iter::once(input).chain(extra_inputs).collect();
         state.rootfs = self.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });

@@ -240,10 +240,13 @@ pub fn parse_instruction(node: &Node) -> Result<Located, InstructionError> {
     let a = args(node);
     let need_args = |min: usize, syntax: &str| {
         if a.len() < min || (min > 0 && a.iter().all(|s| s.is_empty())) {
-            Err(err(
-                format!("{upper} requires at least {min} argument{}", if min == 1 { "" } else { "s" }),
-                Some(syntax),
-            ))
+            // BuildKit's words: one-value instructions need "exactly one", the others "at least one".
+            let how = match name {
+                "maintainer" | "workdir" | "user" | "stopsignal" => "exactly one argument".to_string(),
+                _ if min == 1 => "at least one argument".to_string(),
+                _ => format!("at least {min} arguments"),
+            };
+            Err(err(format!("{upper} requires {how}"), Some(syntax)))
         } else {
             Ok(())
         }

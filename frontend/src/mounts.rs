@@ -105,7 +105,7 @@ pub fn parse_mount(
         {
             let v = expand(v).map_err(|r| fail(r, None))?;
             typ = MountType::parse(&v).ok_or_else(|| {
-                fail(format!("unknown mount type {v:?}"), Some("types are bind, cache, tmpfs, secret and ssh"))
+                fail(format!("unsupported mount type {v:?}"), Some("types are bind, cache, tmpfs, secret and ssh"))
             })?;
         }
     }
@@ -567,7 +567,7 @@ mod tests {
     #[test]
     fn bad_values_are_rejected_with_reasons() {
         for (value, reason) in [
-            ("type=volume,target=/x", "unknown mount type"),
+            ("type=volume,target=/x", "unsupported mount type"),
             ("type=cache,target=/x,sharing=sometimes", "unknown sharing mode"),
             ("type=cache,target=/x,mode=999", "octal"),
             ("type=tmpfs,target=/x,from=a", "from is not allowed"),

@@ -528,9 +528,15 @@ fn real_world_dockerfiles_convert() {
                 context_excludes: Vec::new(),
                 named_contexts: Default::default(),
             };
-            let plan = convert(&ast, &opts, &EmptyConfigResolver)
-                .map_err(|e| format!("line {:?}: {} ({:?})", e.location.map(|l| l.start_line), e.message, e.hint))?;
-            vertices += plan.graph.vertices.len();
+            match convert(&ast, &opts, &EmptyConfigResolver) {
+                Ok(plan) => vertices += plan.graph.vertices.len(),
+                // `FROM $IMAGE` with no default: these files are built with `--build-arg IMAGE=...`, and without
+                // one BuildKit refuses them with the same words.
+                Err(e) if e.message.starts_with("base name (") && e.message.ends_with(") should not be blank") => {}
+                Err(e) => {
+                    return Err(format!("line {:?}: {} ({:?})", e.location.map(|l| l.start_line), e.message, e.hint));
+                }
+            }
             Ok(())
         });
         set.check(rel, r);

@@ -410,3 +410,34 @@ fn proxy_build_args_reach_run_in_both_spellings_and_stay_out_of_keys() {
     assert_eq!(key, plain_key, "proxies stay out of the cache key");
     assert_eq!(hist, plain_hist, "and out of the history");
 }
+
+/// Issue 11 item 17: `--build-arg BUILDKIT_SANDBOX_HOSTNAME=h` names every RUN container's host, needs no ARG, is no
+/// unused build arg, and is part of the RUN's key (a different host can print a different file).
+#[test]
+fn sandbox_hostname_build_arg_sets_the_run_hostname_and_its_key() {
+    use rbuild_solver::{Op, key::cache_key};
+    let run = |args: &[(&str, &str)]| {
+        let plan = convert_with("FROM base\nRUN hostname > /h\nFROM base\nRUN true\n", &opts(args, None)).unwrap();
+        let exec = plan.graph.vertices.iter().find_map(|v| match &v.op {
+            Op::Exec(e) => Some(e.clone()),
+            _ => None,
+        });
+        let exec = exec.expect("a RUN");
+        (exec.hostname.clone(), cache_key(&Op::Exec(exec.clone()), &[], &[]), exec.env, plan.warnings)
+    };
+    let (host, key, env, warnings) = run(&[("BUILDKIT_SANDBOX_HOSTNAME", "box1")]);
+    assert_eq!(host, "box1");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(!env.iter().any(|e| e.starts_with("BUILDKIT_SANDBOX_HOSTNAME")), "{env:?}");
+    let (default_host, default_key, _, _) = run(&[]);
+    assert_eq!(default_host, "", "empty: the executor's default, buildkitsandbox");
+    assert_ne!(key, default_key);
+}
+
+/// `FROM $UNSET` fails at the FROM line with BuildKit's words, not as an image named "".
+#[test]
+fn a_blank_base_name_is_refused_like_buildkit() {
+    let err = convert_with("ARG IMAGE\nFROM $IMAGE\nRUN true\n", &opts(&[], None)).unwrap_err();
+    assert_eq!(err.message, "base name ($IMAGE) should not be blank");
+    assert_eq!(err.location.map(|l| l.start_line), Some(2));
+}

@@ -76,6 +76,10 @@ pub struct ExecOp {
     /// out of the encoding when empty, so the keys of steps built with the defaults do not change.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub settings: Vec<String>,
+    /// The container's hostname, from the `BUILDKIT_SANDBOX_HOSTNAME` build arg; empty for BuildKit's default
+    /// (`buildkitsandbox`), and then left out of the encoding so default keys do not change.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
 }
 
 /// Something mounted at a path while a RUN step runs; none of it ends up in the step's layer.

@@ -98,6 +98,7 @@ fn run(g: &mut Graph, input: VertexId, extra: &[VertexId], cmd: &str) -> VertexI
             network: Network::Host,
             mounts: Vec::new(),
             settings: Vec::new(),
+            hostname: String::new(),
         }),
         inputs,
         name: cmd.into(),
