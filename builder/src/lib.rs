@@ -29,7 +29,7 @@ pub use rbuild_executor::runtime::options as container;
 use anyhow::Context as _;
 use rbuild_cache::{ImageRecord, LockMode, Store};
 use rbuild_executor::worker::LocalWorker;
-use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, convert};
+use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, ErrorKind, convert};
 use rbuild_image::registry::{RegistryClient, RegistryOptions};
 use rbuild_solver::{Network, Op, SolveOptions, WorkerError, solve};
 use rbuild_types::Digest;
@@ -271,11 +271,12 @@ pub fn apply_network(plan: &mut BuildPlan, mode: NetworkMode, allowed: &Entitlem
         if exec.network == Network::Default {
             exec.network = build_default;
         } else if exec.network == Network::Host && !allowed.network_host {
-            return Err(ConvertError {
-                message: "RUN --network=host needs the network.host entitlement".into(),
-                hint: Some(NETWORK_HOST_HINT.into()),
-                location: plan.locations.get(&id).cloned(),
-            });
+            return Err(ConvertError::new(
+                ErrorKind::Entitlement,
+                "RUN --network=host needs the network.host entitlement",
+            )
+            .hint(NETWORK_HOST_HINT)
+            .located(plan.locations.get(&id).cloned()));
         }
     }
     Ok(())

@@ -135,3 +135,72 @@ fn command_line_labels_land_in_the_image_and_win_over_the_dockerfile() {
     let bad = ws.rbuild("store", &["build", "--label", "=x", ctx]);
     assert_eq!(bad.code, Some(1), "{}", bad.stderr);
 }
+
+/// A one-file HTTP server on loopback for `ADD <url>`: `/file.txt` with a Last-Modified date, `/moved` redirecting
+/// to it, anything else 404. Serves until the test process ends.
+fn serve_http(body: &'static str) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            // The rest of the request head.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let response = match path.as_str() {
+                "/file.txt" => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+                "/moved" => {
+                    "HTTP/1.1 302 Found\r\nLocation: /file.txt\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                }
+                _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// `ADD <url>` downloads in process (no `curl`): the file keeps the server's Last-Modified as its mtime and
+/// mode 0600, redirects are followed, `--checksum` is verified, and an HTTP error names the status.
+#[test]
+fn add_url_downloads_with_its_date_and_checks_the_checksum() {
+    use std::os::unix::fs::MetadataExt as _;
+    let ws = Workspace::new();
+    let url = serve_http("hello from http\n");
+    let sum = "sha256:b9bf3e2d0d1fa24d5d4a1ae5b8d4fcd2f9d6a4b7d7bb6e3ba4e0c2f0d5c2d08f";
+    let good = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"hello from http\n")));
+    let dockerfile = format!("FROM scratch\nADD --checksum={good} {url}/file.txt /f.txt\nADD {url}/moved /g.txt\n");
+    let ctx = ws.context("add-url", &[("Dockerfile", &dockerfile)]);
+    let out = ws.path("out");
+    ws.rbuild("store", &["build", "-o", &format!("type=local,dest={}", out.display()), ctx.to_str().unwrap()])
+        .success();
+    assert_eq!(std::fs::read_to_string(out.join("f.txt")).unwrap(), "hello from http\n");
+    assert_eq!(std::fs::read_to_string(out.join("g.txt")).unwrap(), "hello from http\n");
+    let meta = std::fs::metadata(out.join("f.txt")).unwrap();
+    assert_eq!(meta.mtime(), 1_445_412_480, "Last-Modified is the file's mtime");
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+
+    let bad = ws
+        .context("add-url-bad", &[("Dockerfile", &format!("FROM scratch\nADD --checksum={sum} {url}/file.txt /f\n"))]);
+    let run = ws.rbuild("store", &["build", bad.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("checksum mismatch"), "{}", run.stderr);
+    let missing = ws.context("add-url-404", &[("Dockerfile", &format!("FROM scratch\nADD {url}/nothing /f\n"))]);
+    let run = ws.rbuild("store", &["build", missing.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("404"), "{}", run.stderr);
+}

@@ -17,8 +17,8 @@
 //!   parents of `dest` are created 0755, owned by the `--chown` owner or root;
 //! - mode bits, xattrs (minus overlayfs and SELinux ones) and timestamps are copied; directory times are set last,
 //!   after their children were written; hard links between copied files stay hard links;
-//! - ADD extracts a local tar archive (plain and gzip in-process; bzip2, xz and zstd through the `bzip2`, `xz`,
-//!   `zstd` programs) into `dest` as a directory, recognised by content like Docker, keeping the archive's owners
+//! - ADD extracts a local tar archive (plain, gzip and zstd in-process; bzip2 and xz through the `bzip2` and `xz`
+//!   programs) into `dest` as a directory, recognised by content like Docker, keeping the archive's owners
 //!   unless `--chown` is given (BuildKit ≥ 0.23 applies `--chown` to extracted entries). A file that only looks
 //!   like an archive is copied as a file.
 
@@ -568,8 +568,8 @@ impl Compression {
         match self {
             Compression::Bzip2 => Some("bzip2"),
             Compression::Xz => Some("xz"),
-            Compression::Zstd => Some("zstd"),
-            Compression::None | Compression::Gzip => None,
+            // gzip and zstd are decoded in process, with the crates layers use.
+            Compression::None | Compression::Gzip | Compression::Zstd => None,
         }
     }
 }
@@ -605,6 +605,10 @@ impl Decompressed {
         let buffered = io::BufReader::new(file);
         let reader: Box<dyn Read> = match kind {
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(buffered)
+                    .map_err(|source| CopyError::Archive { archive: archive.to_path_buf(), source })?,
+            ),
             _ => Box::new(buffered),
         };
         Ok(Decompressed { reader, child: None })

@@ -1,16 +1,18 @@
 //! `ADD <url>` and `ADD <git repository>`: remote sources fetched onto the host, then copied like context files.
 //!
-//! The fetch runs the `curl` and `git` programs (Debian packages, like runc) instead of linking an HTTP and a Git
-//! stack into rbuild: they already handle proxies, TLS trust stores, redirects and credentials helpers the way
-//! users configured them. A fetched source is a plain directory, so the step that copies from it is keyed by the
-//! content digest of what arrived, exactly like a COPY from the build context: a URL whose content did not change
-//! hits the cache, one whose content changed does not.
+//! A URL is downloaded with `reqwest` (already linked for registries; it reads the `HTTP(S)_PROXY`/`NO_PROXY`
+//! variables and trusts the system's CA store), hashed while it is written, so a `--checksum` costs no second
+//! read. A repository is cloned by the `git` program (a Debian package, like runc) rather than a linked Git stack:
+//! it handles credential helpers, SSH and submodules the way users configured them. A fetched source is a plain
+//! directory, so the step that copies from it is keyed by the content digest of what arrived, exactly like a COPY
+//! from the build context: a URL whose content did not change hits the cache, one whose content changed does not.
 
 use sha2::{Digest as _, Sha256};
-use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read as _, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// A remote source could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,27 @@ pub enum RemoteError {
     },
     #[error("fetching {what} failed ({status}): {stderr}")]
     Failed { what: String, status: std::process::ExitStatus, stderr: String },
+    #[error("downloading {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("downloading {url} failed: the server answered {status}")]
+    Status { url: String, status: reqwest::StatusCode },
+    #[error("downloading {url} to {path} failed")]
+    Transfer {
+        url: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the download {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot read the download {path}")]
     Read {
         path: PathBuf,
@@ -111,22 +134,6 @@ fn run(program: &'static str, args: &[&str], what: &str) -> Result<(), RemoteErr
     Err(RemoteError::Failed { what: what.to_string(), status: out.status, stderr })
 }
 
-/// The sha256 of a file, as hex.
-fn sha256_file(path: &Path) -> Result<String, RemoteError> {
-    let read_err = |source| RemoteError::Read { path: path.to_path_buf(), source };
-    let mut f = File::open(path).map_err(read_err)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 /// Checks a `--checksum` value's form before anything is downloaded.
 pub fn parse_checksum(checksum: &str) -> Result<String, RemoteError> {
     let bad = || RemoteError::BadChecksum { checksum: checksum.to_string() };
@@ -137,127 +144,137 @@ pub fn parse_checksum(checksum: &str) -> Result<String, RemoteError> {
     Ok(hex.to_ascii_lowercase())
 }
 
+/// How long a download may wait for a connection, for the next bytes, and in all.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const TOTAL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Redirects followed at most (reqwest follows only http and https, never `file://`).
+const MAX_REDIRECTS: usize = 10;
+
 /// Downloads `url` to `dir/filename` (following redirects, failing on HTTP errors) and verifies `checksum`.
+/// Called on a blocking thread (the worker's), never on the async runtime.
 pub fn fetch_http(url: &str, checksum: Option<&str>, filename: &str, dir: &Path) -> Result<PathBuf, RemoteError> {
     if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".." {
         return Err(RemoteError::BadName { name: filename.to_string() });
     }
     let expected = checksum.map(parse_checksum).transpose()?;
     let dest = dir.join(filename);
-    check_http_url(url)?;
-    let dest_str = dest.to_string_lossy().into_owned();
-    // `--proto`/`--proto-redir` keep a redirect from leading to `file://` or another scheme; the timeouts keep a
-    // stalled server from holding the build forever (no data for 60 s, at most an hour in all).
-    let args = [
-        "--silent",
-        "--show-error",
-        "--fail",
-        "--location",
-        "--proto",
-        "=http,https",
-        "--proto-redir",
-        "=http,https",
-        "--connect-timeout",
-        "30",
-        "--speed-limit",
-        "1",
-        "--speed-time",
-        "60",
-        "--max-time",
-        "3600",
-        // The file's mtime is the server's Last-Modified, as BuildKit sets it.
-        "--remote-time",
-        "--output",
-        &dest_str,
-        url,
-    ];
-    run("curl", &args, url)?;
     // BuildKit gives downloaded files mode 0600 (ADD --chmod changes it when copying).
-    std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|source| RemoteError::Read { path: dest.clone(), source })?;
-    if let (Some(expected), Some(raw)) = (expected, checksum) {
-        let got = sha256_file(&dest)?;
-        if got != expected {
-            return Err(RemoteError::Checksum { url: url.to_string(), expected: raw.to_string(), got });
-        }
+    let got = download(url, &dest, None)?;
+    if let (Some(expected), Some(raw)) = (expected, checksum)
+        && got != expected
+    {
+        return Err(RemoteError::Checksum { url: url.to_string(), expected: raw.to_string(), got });
     }
     Ok(dest)
 }
 
 /// Downloads `url` into the file `dest` (created new), stopping with [`RemoteError::TooLarge`] once more than
-/// `max_bytes` arrived: curl's own `--max-filesize` cannot stop a response that does not announce its length, so
-/// the body is read through a pipe and counted here. For remote build contexts, which nothing else bounds.
+/// `max_bytes` arrived, whether or not the response announced its length. For remote build contexts, which
+/// nothing else bounds.
 pub fn fetch_http_bounded(url: &str, dest: &Path, max_bytes: u64) -> Result<(), RemoteError> {
-    use std::io::Write as _;
+    download(url, dest, Some(max_bytes)).map(|_| ())
+}
+
+/// Downloads `url` into the new file `dest` (mode 0600, the server's Last-Modified as its mtime), at most
+/// `max_bytes` if given; returns the sha256 of what arrived, as hex.
+///
+/// reqwest's blocking client runs a runtime of its own, which must not be created or dropped on an async
+/// runtime's thread: the download runs on a thread of its own, so callers on either kind of thread may wait.
+fn download(url: &str, dest: &Path, max_bytes: Option<u64>) -> Result<String, RemoteError> {
     check_http_url(url)?;
-    let max = max_bytes.to_string();
-    let args = [
-        "--silent",
-        "--show-error",
-        "--fail",
-        "--location",
-        "--proto",
-        "=http,https",
-        "--proto-redir",
-        "=http,https",
-        "--connect-timeout",
-        "30",
-        "--speed-limit",
-        "1",
-        "--speed-time",
-        "60",
-        "--max-time",
-        "3600",
-        "--max-filesize",
-        &max,
-        url,
-    ];
-    let spawn_err = |source| RemoteError::Spawn { program: "curl", what: url.to_string(), source };
-    let mut child = Command::new("curl")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    let write_err = |source| RemoteError::Read { path: dest.to_path_buf(), source };
-    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(dest).map_err(write_err)?;
-    let mut body = child.stdout.take().ok_or_else(|| spawn_err(io::Error::other("no stdout pipe")))?;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    let copied = loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => break Err(write_err(e)),
-        };
-        total += n as u64;
-        if total > max_bytes {
-            break Err(RemoteError::TooLarge { what: url.to_string(), max_bytes });
-        }
-        if let Err(e) = out.write_all(&buf[..n]) {
-            break Err(write_err(e));
-        }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("rbuild-download".into())
+            .spawn_scoped(scope, || download_here(url, dest, max_bytes))
+            .map_err(|source| RemoteError::Spawn { program: "a download thread", what: url.to_string(), source })?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(RemoteError::Refused {
+                    what: "URL",
+                    value: url.to_string(),
+                    reason: "the download thread panicked",
+                })
+            })
+    })
+}
+
+fn download_here(url: &str, dest: &Path, max_bytes: Option<u64>) -> Result<String, RemoteError> {
+    let http_err = |source| RemoteError::Http { url: url.to_string(), source };
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        // The blocking client applies this to the request and to every read of the body: an idle timeout.
+        .timeout(IDLE_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .build()
+        .map_err(http_err)?;
+    let response = client.get(url).send().map_err(http_err)?;
+    if !response.status().is_success() {
+        return Err(RemoteError::Status { url: url.to_string(), status: response.status() });
+    }
+    let too_large = || RemoteError::TooLarge { what: url.to_string(), max_bytes: max_bytes.unwrap_or(0) };
+    if let (Some(max), Some(announced)) = (max_bytes, response.content_length())
+        && announced > max
+    {
+        return Err(too_large());
+    }
+    // The file's mtime is the server's Last-Modified, as BuildKit sets it.
+    let modified = response
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let write_err = |source| RemoteError::Write { path: dest.to_path_buf(), source };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dest)
+        .map_err(write_err)?;
+    let mut out = HashingWriter {
+        inner: io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        deadline: std::time::Instant::now() + TOTAL_TIMEOUT,
     };
-    if copied.is_err() {
-        let _ = child.kill();
+    // One byte past the limit is enough to know the body is too large.
+    let mut body = response.take(max_bytes.map_or(u64::MAX, |m| m.saturating_add(1)));
+    // A read error (a timeout, a reset) and a write error both end the transfer; the message says which.
+    let copied = io::copy(&mut body, &mut out).map_err(|source| RemoteError::Transfer {
+        url: url.to_string(),
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    if max_bytes.is_some_and(|m| copied > m) {
+        return Err(too_large());
     }
-    drop(body);
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.by_ref().take(64 << 10).read_to_string(&mut stderr);
+    let file = out.inner.into_inner().map_err(|e| write_err(e.into_error()))?;
+    if let Some(t) = modified {
+        file.set_modified(t).map_err(write_err)?;
     }
-    let status = child.wait().map_err(spawn_err)?;
-    copied?;
-    if !status.success() {
-        // curl's exit code 63: the server announced a body larger than --max-filesize.
-        if status.code() == Some(63) {
-            return Err(RemoteError::TooLarge { what: url.to_string(), max_bytes });
+    Ok(hex::encode(out.hasher.finalize()))
+}
+
+/// Hashes what passes through it, and ends a download that trickles past its deadline.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    deadline: std::time::Instant,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if std::time::Instant::now() > self.deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the download took longer than an hour"));
         }
-        return Err(RemoteError::Failed { what: url.to_string(), status, stderr: stderr.trim().to_string() });
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
-    Ok(())
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Every git command runs with only the network transports enabled, so a submodule cannot use `file` or `ext`.
@@ -324,7 +341,7 @@ mod tests {
 
     /// Serves `body` once over HTTP on a loopback port; returns the URL of `/name`.
     fn serve_once(body: &'static [u8], name: &str) -> String {
-        use std::io::Write;
+        use std::io::Read;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -376,10 +393,6 @@ mod tests {
 
     #[test]
     fn http_urls_download_and_verify() {
-        if std::process::Command::new("curl").arg("--version").output().is_err() {
-            eprintln!("SKIPPED: needs curl");
-            return;
-        }
         let t = tempfile::tempdir().unwrap();
         let out = t.path().join("out");
         std::fs::create_dir(&out).unwrap();

@@ -26,6 +26,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// How deeply stage conversions may nest through references found only while converting (`COPY --from` in an
 /// ONBUILD trigger of a base image); references known up front never nest.
@@ -103,13 +104,44 @@ pub struct BuildPlan {
     pub locations: BTreeMap<VertexId, Location>,
 }
 
-/// An error in the Dockerfile, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a Dockerfile cannot be converted, with where it is. `kind` tells the caller what to do about it (fix the
+/// Dockerfile, check the registry, raise a limit, grant an entitlement); `source` is the cause, when another
+/// component's error is behind it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub struct ConvertError {
+    pub kind: ErrorKind,
     pub message: String,
     pub hint: Option<String>,
     pub location: Option<Location>,
+    #[source]
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+/// What kind of problem a [`ConvertError`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The Dockerfile is wrong as written: syntax, an unknown stage, a cycle, a bad flag value.
+    Dockerfile,
+    /// A base image could not be resolved (the registry, the network or the store said no).
+    BaseImage { reference: String },
+    /// A bound on the work a Dockerfile may ask for was exceeded (variable sizes, nesting).
+    Limit,
+    /// A build check failed and the Dockerfile asked for checks to be errors (`# check=error=true`).
+    Check,
+    /// The build needs an entitlement it was not granted (`--allow`).
+    Entitlement,
+}
+
+impl PartialEq for ConvertError {
+    /// Equal when they say the same thing at the same place; the source is not compared.
+    fn eq(&self, other: &Self) -> bool {
+        (&self.kind, &self.message, &self.hint, &self.location)
+            == (&other.kind, &other.message, &other.hint, &other.location)
+    }
+}
+
+impl Eq for ConvertError {}
 
 impl fmt::Display for ConvertError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -118,18 +150,31 @@ impl fmt::Display for ConvertError {
 }
 
 impl ConvertError {
-    fn at(location: &Location, message: impl Into<String>) -> Self {
-        ConvertError { message: message.into(), hint: None, location: Some(location.clone()) }
+    /// An error of `kind` with no location (the whole Dockerfile, or the request).
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ConvertError { kind, message: message.into(), hint: None, location: None, source: None }
     }
-    fn hint(mut self, hint: impl Into<String>) -> Self {
+    /// A mistake in the Dockerfile at `location`.
+    pub(crate) fn at(location: &Location, message: impl Into<String>) -> Self {
+        ConvertError { location: Some(location.clone()), ..ConvertError::new(ErrorKind::Dockerfile, message) }
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+    pub fn located(mut self, location: Option<Location>) -> Self {
+        self.location = location;
+        self
+    }
+    fn kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
         self
     }
 }
 
 impl From<crate::instructions::InstructionError> for ConvertError {
     fn from(e: crate::instructions::InstructionError) -> Self {
-        ConvertError { message: e.message, hint: e.hint, location: Some(e.location) }
+        ConvertError { hint: e.hint, location: Some(e.location), ..ConvertError::new(ErrorKind::Dockerfile, e.message) }
     }
 }
 
@@ -510,11 +555,8 @@ impl Converter<'_> {
             }
         }
         if self.stages.is_empty() {
-            return Err(ConvertError {
-                message: "the Dockerfile has no FROM instruction".into(),
-                hint: Some("start with FROM <image> or FROM scratch".into()),
-                location: None,
-            });
+            return Err(ConvertError::new(ErrorKind::Dockerfile, "the Dockerfile has no FROM instruction")
+                .hint("start with FROM <image> or FROM scratch"));
         }
         self.built = vec![None; self.stages.len()];
         self.in_progress = vec![false; self.stages.len()];
@@ -533,11 +575,8 @@ impl Converter<'_> {
                         Some(s) => format!("did you mean {s:?}?"),
                         None => format!("stages are: {}", names.join(", ")),
                     };
-                    ConvertError {
-                        message: format!("target stage {t:?} could not be found"),
-                        hint: Some(hint),
-                        location: None,
-                    }
+                    ConvertError::new(ErrorKind::Dockerfile, format!("target stage {t:?} could not be found"))
+                        .hint(hint)
                 })
             }
         }
@@ -552,6 +591,7 @@ impl Converter<'_> {
                 at,
                 format!("variable values in this Dockerfile exceed {} MiB", MAX_VARIABLE_BYTES >> 20),
             )
+            .kind(ErrorKind::Limit)
             .hint("expansions, environments inherited by stages and handed to RUN steps all count; a variable is probably doubled or copied many times"));
         }
         Ok(())
@@ -776,7 +816,9 @@ impl Converter<'_> {
             return Ok(v.clone());
         }
         let resolved = self.resolver.resolve(reference, &self.opts.platform).map_err(|e| {
-            let err = ConvertError::at(at, format!("failed to resolve base image {reference:?}: {e}"));
+            let mut err = ConvertError::at(at, format!("failed to resolve base image {reference:?}: {e}"))
+                .kind(ErrorKind::BaseImage { reference: reference.to_string() });
+            err.source = Some(Arc::from(e));
             match self.stage_hint(reference) {
                 Some(h) => err.hint(h),
                 None => err,
@@ -829,6 +871,7 @@ impl Converter<'_> {
                 &self.stages[index].from,
                 format!("stages depend on each other more than {MAX_STAGE_NESTING} levels deep"),
             )
+            .kind(ErrorKind::Limit)
             .hint("a chain of ONBUILD triggers that copy from stages this long is not supported"));
         }
         self.nesting += 1;

@@ -14,7 +14,7 @@ pub mod platform;
 pub mod shell;
 
 pub use convert::{
-    BuildPlan, ConvertError, ConvertOptions, HistoryStep, ImageResolver, NoCache, ResolvedImage, convert,
+    BuildPlan, ConvertError, ConvertOptions, ErrorKind, HistoryStep, ImageResolver, NoCache, ResolvedImage, convert,
     image_references,
 };
 

@@ -5,7 +5,7 @@
 //! `# check=skip=Rule1,Rule2`, `# check=skip=all` and `# check=error=true` directive is honoured as BuildKit reads
 //! it. Implemented today: `SecretsUsedInArgOrEnv` and `DuplicateStageName`.
 
-use crate::convert::ConvertError;
+use crate::convert::{ConvertError, ErrorKind};
 use crate::instructions::Location;
 use crate::parser::Ast;
 use regex::Regex;
@@ -49,10 +49,10 @@ impl Lint {
         let mut lint = Lint::default();
         let Some(d) = ast.directives.iter().find(|d| d.name == "check") else { return Ok(lint) };
         let at = Location { start_line: d.line, end_line: d.line };
-        let fail = |msg: String| ConvertError {
-            message: format!("failed to parse check options: {msg}"),
-            hint: Some("# check=skip=<rule>[,<rule>...]|all;error=true|false".into()),
-            location: Some(at.clone()),
+        let fail = |msg: String| {
+            ConvertError::new(ErrorKind::Dockerfile, format!("failed to parse check options: {msg}"))
+                .hint("# check=skip=<rule>[,<rule>...]|all;error=true|false")
+                .located(Some(at.clone()))
         };
         let value = d.value.trim();
         if value.is_empty() {
@@ -107,11 +107,11 @@ impl Lint {
     /// With `# check=error=true`, any rule that fired fails the build, as in BuildKit.
     pub fn finish(&self) -> Result<(), ConvertError> {
         if self.error && !self.fired.is_empty() {
-            return Err(ConvertError {
-                message: format!("lint violation found for rules: {}", self.fired.join(", ")),
-                hint: Some("fix the warnings above, or skip rules with # check=skip=<rule>".into()),
-                location: None,
-            });
+            return Err(ConvertError::new(
+                ErrorKind::Check,
+                format!("lint violation found for rules: {}", self.fired.join(", ")),
+            )
+            .hint("fix the warnings above, or skip rules with # check=skip=<rule>"));
         }
         Ok(())
     }
