@@ -65,6 +65,7 @@ fn load_puts_the_image_into_the_docker_daemon() {
     assert!(!run.stderr.contains("writing image"), "failed before the build: {}", run.stderr);
 
     let Some(env) = crate::outputs::docker_env() else { return };
+    let _one_at_a_time = crate::outputs::DOCKER_LOADS.lock().unwrap_or_else(|e| e.into_inner());
     let docker_host = env.iter().find(|(k, _)| k == "DOCKER_HOST").map(|(_, v)| v.clone()).expect("DOCKER_HOST");
     let name = format!("rbuild-test/{}:1", unique("load"));
     let iid = ws.path("iid");

@@ -47,6 +47,10 @@ fn json_file(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// Held by tests while they load images into the one reference dockerd: concurrent loads into it were seen to
+/// leave an image without its layers' files ("cat": executable file not found) now and then.
+pub static DOCKER_LOADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Starts the reference dockerd; `None` (with a visible message) when it cannot start outside CI.
 pub fn docker_env() -> Option<Vec<(String, String)>> {
     // shared/ sits beside the repository (CI clones it there too).
@@ -153,6 +157,7 @@ fn every_output_is_read_by_docker_skopeo_and_umoci() {
 
     // `docker load` accepts type=docker and the image runs.
     if let Some(env) = docker_env() {
+        let _one_at_a_time = DOCKER_LOADS.lock().unwrap_or_else(|e| e.into_inner());
         let loaded = docker(&env, &["load", "-i", dock.to_str().unwrap()]).success();
         assert!(loaded.stdout.contains(&name), "{}", loaded.stdout);
         let ran = docker(&env, &["run", "--rm", "--network", "host", &name]);
