@@ -10,7 +10,9 @@
 //! Arrows: this crate uses every pipeline crate (frontend, solver, executor, cache, image); only the CLI uses it.
 
 pub mod error;
+pub mod index_outputs;
 pub mod outputs;
+mod platforms;
 pub mod report;
 pub mod request;
 mod resolve;
@@ -29,7 +31,7 @@ use rbuild_cache::{ImageRecord, LockMode, Store};
 use rbuild_executor::worker::LocalWorker;
 use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, convert};
 use rbuild_image::registry::{RegistryClient, RegistryOptions};
-use rbuild_solver::oci::to_canonical_json;
+use rbuild_solver::oci::{Platform, to_canonical_json};
 use rbuild_solver::{Digest, Network, Op, SolveOptions, WorkerError, solve};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,8 +49,11 @@ pub struct Builder {
 /// What a successful build made.
 #[derive(Debug, Clone)]
 pub struct BuildResult {
-    /// The image ID: the digest of its config.
+    /// The image ID: the digest of its config (of the first platform's image, in a multi-platform build).
     pub image: Digest,
+    /// A multi-platform build's images (their config digests), one per platform in the order asked; empty for
+    /// one platform.
+    pub images: Vec<Digest>,
     /// The names it was pushed under, with their manifest digests.
     pub pushed: Vec<Pushed>,
     /// Whether any step ran (rather than every one coming from the cache).
@@ -85,28 +90,41 @@ impl Builder {
             );
         }
 
+        let platforms = if req.platforms.is_empty() { vec![Platform::host()] } else { req.platforms.clone() };
+        index_outputs::check(&req.outputs, platforms.len())?;
         let store = Arc::new(self.open_store(reporter.as_ref())?);
         let client = RegistryClient::new(self.registry.clone());
-        let opts = ConvertOptions {
-            build_args: req.build_args.clone(),
-            target: req.target.clone(),
-            platform: req.platform.clone(),
-            no_cache: req.no_cache.clone(),
-            context_excludes: ignore_patterns(context, dockerfile.path.as_deref())?,
-        };
+        let excludes = ignore_patterns(context, dockerfile.path.as_deref())?;
         let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
         let convert_error = |error: ConvertError| BuildError::Convert { dockerfile: dockerfile.clone(), error };
-        let mut plan = plan(&ast, &opts, &source).await.map_err(convert_error)?;
-        for w in &plan.warnings {
-            reporter.warning(w);
-        }
-        apply_network(&mut plan, req.network, &req.entitlements).map_err(convert_error)?;
-        // `--add-host`, `--ulimit` and `--shm-size` change what a RUN can produce: they are part of its key.
-        let settings = req.container.key_settings();
-        for vertex in &mut plan.graph.vertices {
-            if let Op::Exec(exec) = &mut vertex.op {
-                exec.settings.clone_from(&settings);
+        // One plan per target platform; base images are resolved once per platform that uses them.
+        let mut resolved = resolve::Resolved::default();
+        let mut plans = Vec::with_capacity(platforms.len());
+        let mut warned = std::collections::BTreeSet::new();
+        for platform in &platforms {
+            let opts = ConvertOptions {
+                build_args: req.build_args.clone(),
+                target: req.target.clone(),
+                platform: platform.clone(),
+                build_platform: Platform::host(),
+                no_cache: req.no_cache.clone(),
+                context_excludes: excludes.clone(),
+            };
+            let mut plan = plan(&ast, &opts, &source, &mut resolved).await.map_err(convert_error)?;
+            for w in &plan.warnings {
+                if warned.insert(w.clone()) {
+                    reporter.warning(w);
+                }
             }
+            apply_network(&mut plan, req.network, &req.entitlements).map_err(convert_error)?;
+            // `--add-host`, `--ulimit` and `--shm-size` change what a RUN can produce: they are part of its key.
+            let settings = req.container.key_settings();
+            for vertex in &mut plan.graph.vertices {
+                if let Op::Exec(exec) = &mut vertex.op {
+                    exec.settings.clone_from(&settings);
+                }
+            }
+            plans.push(plan);
         }
 
         let context_abs = std::fs::canonicalize(context).with_context(|| format!("resolving {}", context.display()))?;
@@ -118,7 +136,8 @@ impl Builder {
                 .with_container_options(req.container.clone())
                 .with_canceller(canceller.clone()),
         );
-        let graph = Arc::new(std::mem::take(&mut plan.graph));
+        let merged = platforms::merge(&mut plans, &platforms);
+        let graph = Arc::new(merged.graph);
         let mut solve_opts = SolveOptions::default();
         if let Some(j) = req.jobs {
             solve_opts.jobs = j.max(1);
@@ -131,7 +150,7 @@ impl Builder {
         solve_opts.record_scope = Some(format!("{shown}\n{}", req.target.as_deref().unwrap_or_default()));
         solve_opts.explain = req.explain_cache;
         let progress: Arc<dyn rbuild_solver::Progress> = reporter.clone();
-        let result = solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress, solve_opts).await;
+        let result = solve(graph.clone(), &merged.targets, worker.clone(), store.clone(), progress, solve_opts).await;
         worker.finish();
         let solved = result.map_err(|e| {
             let tail = match e.source.as_ref() {
@@ -140,7 +159,7 @@ impl Builder {
             };
             BuildError::Step(Box::new(StepFailure {
                 dockerfile: dockerfile.clone(),
-                location: plan.locations.get(&e.vertex).cloned(),
+                location: merged.locations.get(&e.vertex).cloned(),
                 name: e.name,
                 tail,
                 error: e.source,
@@ -151,28 +170,49 @@ impl Builder {
             return Err(BuildError::Interrupted);
         }
 
-        let mut config = rbuild_frontend::history::image_config(&plan, &solved, chrono::Utc::now().timestamp(), epoch);
-        if !req.labels.is_empty() {
-            config.config.labels.get_or_insert_with(Default::default).extend(req.labels.clone());
+        let now = chrono::Utc::now().timestamp();
+        let mut images = Vec::with_capacity(plans.len());
+        for (plan, map) in plans.iter().zip(&merged.maps) {
+            let own = platforms::split(&solved, map);
+            let mut config = rbuild_frontend::history::image_config(plan, &own, now, epoch);
+            if !req.labels.is_empty() {
+                config.config.labels.get_or_insert_with(Default::default).extend(req.labels.clone());
+            }
+            let image = store.write_blob(&to_canonical_json(&config)).map_err(anyhow::Error::from)?;
+            reporter.message(&format!("writing image {image}"));
+            images.push(image);
         }
-        let image = store.write_blob(&to_canonical_json(&config)).map_err(anyhow::Error::from)?;
-        reporter.message(&format!("writing image {image}"));
+        let image = images[0].clone();
+        let multi = if images.len() > 1 { images.clone() } else { Vec::new() };
         for t in &req.tags {
-            store
-                .set_tag(&ImageRecord { name: t.to_string(), config: image.clone(), manifest: None })
-                .map_err(anyhow::Error::from)?;
+            let record =
+                ImageRecord { name: t.to_string(), config: image.clone(), manifest: None, platforms: multi.clone() };
+            store.set_tag(&record).map_err(anyhow::Error::from)?;
             reporter.message(&format!("naming to {t}"));
         }
-        let pushed = outputs::finish(
-            &store,
-            &client,
-            &image,
-            &req.outputs,
-            req.metadata_file.as_deref(),
-            epoch,
-            reporter.as_ref(),
-        )
-        .await?;
+        let pushed = if multi.is_empty() {
+            outputs::finish(
+                &store,
+                &client,
+                &image,
+                &req.outputs,
+                req.metadata_file.as_deref(),
+                epoch,
+                reporter.as_ref(),
+            )
+            .await?
+        } else {
+            index_outputs::finish(
+                &store,
+                &client,
+                &images,
+                &req.outputs,
+                req.metadata_file.as_deref(),
+                epoch,
+                reporter.as_ref(),
+            )
+            .await?
+        };
         let ran_steps = solved
             .iter()
             .zip(&graph.vertices)
@@ -183,7 +223,7 @@ impl Builder {
             drop(store);
             self.auto_gc(reporter.as_ref());
         }
-        Ok(BuildResult { image, pushed, ran_steps })
+        Ok(BuildResult { image, images: multi, pushed, ran_steps })
     }
 
     /// Opens the store for a build, reporting containers that dead rbuild processes left running.
@@ -216,23 +256,25 @@ async fn plan(
     ast: &rbuild_frontend::parser::Ast,
     opts: &ConvertOptions,
     source: &resolve::Source<'_>,
+    resolved: &mut resolve::Resolved,
 ) -> Result<BuildPlan, ConvertError> {
-    let mut resolved = resolve::Resolved::default();
-    let mut wanted = rbuild_frontend::image_references(ast, opts);
+    // Stages with `FROM --platform` ask for their own platform's images; conversion finds those.
+    let mut wanted: Vec<(String, Platform)> =
+        rbuild_frontend::image_references(ast, opts).into_iter().map(|r| (r, opts.platform.clone())).collect();
     for _ in 0..MAX_RESOLVE_ROUNDS {
-        resolved.resolve_all(wanted, source, &opts.platform).await;
-        match convert(ast, opts, &resolved) {
+        resolved.resolve_all(wanted, source).await;
+        match convert(ast, opts, resolved) {
             Ok(plan) => return Ok(plan),
             Err(e) => {
                 let missing = resolved.take_missing();
                 if missing.is_empty() {
                     return Err(e);
                 }
-                wanted = missing.into_iter().collect();
+                wanted = missing;
             }
         }
     }
-    convert(ast, opts, &resolved)
+    convert(ast, opts, resolved)
 }
 
 /// Opens the store at `root` locked as `mode`, first stopping containers that dead rbuild processes left running
@@ -346,6 +388,7 @@ mod tests {
                 network: *network,
                 mounts: vec![],
                 settings: Vec::new(),
+                platform: None,
             };
             let v = graph.add(Vertex {
                 op: Op::Exec(exec),

@@ -27,8 +27,9 @@ pub struct BuildRequest {
     pub build_args: BTreeMap<String, String>,
     /// The stage to build (the last one if `None`).
     pub target: Option<String>,
-    /// The platform to build for and to pick base images by.
-    pub platform: Platform,
+    /// The platforms to build for and to pick base images by (this machine's if empty). Several make a
+    /// multi-platform image: one build per platform, solved together, and an index.
+    pub platforms: Vec<Platform>,
     pub no_cache: NoCache,
     /// Ask the registry for base images even when the store has the tag.
     pub pull: bool,

@@ -13,47 +13,60 @@ use rbuild_frontend::{ImageResolver, ResolvedImage};
 use rbuild_image::registry::{ImageRef, RegistryClient};
 use rbuild_solver::oci::{ImageConfig, Platform};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What each reference resolved to, or why it did not: the error is reported by conversion, at the line that
 /// names the image (with a "did you mean" for a mistyped stage name).
+/// Images are looked up by reference and platform (`os/arch[/variant]`): a multi-platform build resolves each base
+/// once per platform that uses it.
 #[derive(Default)]
 pub(crate) struct Resolved {
-    images: BTreeMap<String, Result<ResolvedImage, String>>,
-    missing: RefCell<BTreeSet<String>>,
+    images: BTreeMap<(String, String), Result<ResolvedImage, String>>,
+    missing: RefCell<BTreeMap<(String, String), Platform>>,
+}
+
+/// The table key of a reference for a platform.
+fn key(reference: &str, platform: &Platform) -> (String, String) {
+    (reference.to_string(), rbuild_frontend::platform::format(&rbuild_frontend::platform::normalize(platform)))
 }
 
 impl Resolved {
-    /// Resolves every reference not resolved yet, concurrently.
+    /// Resolves every reference not resolved yet for its platform, concurrently.
     pub(crate) async fn resolve_all(
         &mut self,
-        references: impl IntoIterator<Item = String>,
+        references: impl IntoIterator<Item = (String, Platform)>,
         from: &Source<'_>,
-        platform: &Platform,
     ) {
-        let wanted: BTreeSet<String> = references.into_iter().filter(|r| !self.images.contains_key(r)).collect();
-        let lookups = wanted.into_iter().map(|reference| async move {
-            let result = from.resolve(&reference, platform).await.map_err(|e| error_chain(e.as_ref()));
-            (reference, result)
+        let mut wanted = BTreeMap::new();
+        for (reference, platform) in references {
+            let k = key(&reference, &platform);
+            if !self.images.contains_key(&k) {
+                wanted.insert(k, (reference, platform));
+            }
+        }
+        let lookups = wanted.into_iter().map(|(k, (reference, platform))| async move {
+            let result = from.resolve(&reference, &platform).await.map_err(|e| error_chain(e.as_ref()));
+            (k, result)
         });
         self.images.extend(futures::future::join_all(lookups).await);
     }
 
-    /// The references conversion asked for that were not resolved; clears the record.
-    pub(crate) fn take_missing(&self) -> BTreeSet<String> {
-        std::mem::take(&mut *self.missing.borrow_mut())
+    /// The references (with their platforms) conversion asked for that were not resolved; clears the record.
+    pub(crate) fn take_missing(&self) -> Vec<(String, Platform)> {
+        std::mem::take(&mut *self.missing.borrow_mut()).into_iter().map(|((r, _), p)| (r, p)).collect()
     }
 }
 
 impl ImageResolver for Resolved {
-    fn resolve(&self, reference: &str, _: &Platform) -> Result<ResolvedImage, BoxError> {
-        match self.images.get(reference) {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, BoxError> {
+        let k = key(reference, platform);
+        match self.images.get(&k) {
             Some(Ok(image)) => Ok(image.clone()),
             Some(Err(e)) => Err(e.clone().into()),
             None => {
-                self.missing.borrow_mut().insert(reference.to_string());
+                self.missing.borrow_mut().insert(k, platform.clone());
                 Err(format!("{reference} was not resolved before conversion").into())
             }
         }
@@ -78,18 +91,27 @@ impl Source<'_> {
             && let Some(rec) = self.store.tag(&name)?
             && self.store.has_blob(&rec.config)
         {
-            let config: ImageConfig = serde_json::from_slice(&self.store.read_blob(&rec.config)?)?;
-            // A tag holds one platform's image; one pulled for another platform is not the image asked for.
-            let variant_ok = platform.variant.is_none() || config.variant == platform.variant;
-            if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
-                return Ok(ResolvedImage { reference: name, digest: rec.config, config });
+            // A tag holds one platform's image, or several (a multi-platform build's); one pulled for another
+            // platform is not the image asked for.
+            let mut candidates = rec.platforms.clone();
+            if candidates.is_empty() {
+                candidates.push(rec.config.clone());
             }
-            local_other = Some(match &config.variant {
-                Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
-                None => format!("{}/{}", config.os, config.architecture),
-            });
+            let mut has = Vec::new();
+            for digest in candidates {
+                let config: ImageConfig = serde_json::from_slice(&self.store.read_blob(&digest)?)?;
+                let variant_ok = platform.variant.is_none() || config.variant == platform.variant;
+                if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
+                    return Ok(ResolvedImage { reference: name, digest, config });
+                }
+                has.push(match &config.variant {
+                    Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
+                    None => format!("{}/{}", config.os, config.architecture),
+                });
+            }
+            local_other = Some(has.join(", "));
         }
-        self.reporter.message(&format!("pulling {name}"));
+        self.reporter.message(&format!("pulling {name} for {}", rbuild_frontend::platform::format(platform)));
         let pulled = match (rbuild_image::local::pull(self.client, self.store, &r, platform).await, local_other) {
             (Ok(p), _) => p,
             (Err(e), Some(local)) => {

@@ -222,7 +222,7 @@ fn request(args: &BuildArgs) -> Result<BuildRequest> {
         dockerfile,
         build_args: parse_build_args(&args.build_args)?,
         target: args.target.clone(),
-        platform: crate::outputs::platform(&args.outputs)?,
+        platforms: crate::outputs::platforms(&args.outputs)?,
         no_cache: if args.no_cache {
             NoCache::All
         } else if args.no_cache_filter.is_empty() {

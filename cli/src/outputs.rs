@@ -149,7 +149,7 @@ pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
 /// `os/arch[/variant]`.
 pub fn parse_platform(s: &str) -> Result<Platform> {
     if s.contains(',') {
-        bail!("--platform {s:?}: multi-platform builds are not supported yet; build one platform at a time");
+        bail!("--platform {s:?}: one platform here (a list of platforms is for rbuild build)");
     }
     let mut p = rbuild_frontend::platform::parse(s).with_context(|| format!("invalid --platform {s:?}"))?;
     // rbuild names 64-bit ARM with its variant, as the images it picks from an index do.
@@ -159,9 +159,19 @@ pub fn parse_platform(s: &str) -> Result<Platform> {
     Ok(p)
 }
 
-/// The platform to build and pull for.
-pub fn platform(args: &OutputArgs) -> Result<Platform> {
-    args.platform.as_deref().map_or_else(|| Ok(Platform::host()), parse_platform)
+/// The platforms to build for (`--platform linux/amd64,linux/arm64`, buildx's list); this machine's when none is
+/// named. A platform named twice is built once.
+pub fn platforms(args: &OutputArgs) -> Result<Vec<Platform>> {
+    let Some(list) = args.platform.as_deref() else { return Ok(vec![Platform::host()]) };
+    let mut out: Vec<Platform> = Vec::new();
+    for one in list.split(',').map(str::trim) {
+        let p = parse_platform(one)?;
+        let norm = rbuild_frontend::platform::normalize(&p);
+        if !out.iter().any(|q| rbuild_frontend::platform::normalize(q) == norm) {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// Parses every output of a build, adding `--push` as an image output.
@@ -324,6 +334,11 @@ mod tests {
         }
         // Issue 11 item 2: a list was parsed as one platform with arch "amd64,linux".
         let e = parse_platform("linux/amd64,linux/arm64").unwrap_err().to_string();
-        assert!(e.contains("multi-platform builds are not supported yet"), "{e}");
+        assert!(e.contains("a list of platforms is for rbuild build"), "{e}");
+        let args = |p: &str| OutputArgs { platform: Some(p.into()), ..Default::default() };
+        let list = platforms(&args("linux/amd64, linux/arm64,linux/x86_64")).unwrap();
+        let shown: Vec<String> = list.iter().map(rbuild_frontend::platform::format).collect();
+        assert_eq!(shown, ["linux/amd64", "linux/arm64/v8"]);
+        assert!(platforms(&args("linux/amd64,")).is_err());
     }
 }

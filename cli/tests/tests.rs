@@ -11,6 +11,7 @@ mod executor;
 mod frontend_builds;
 mod hardening;
 mod limits;
+mod multiplatform;
 mod network;
 mod outputs;
 mod pull;

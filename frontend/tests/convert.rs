@@ -40,6 +40,7 @@ pub fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions
         build_args: build_args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         target: target.map(str::to_string),
         platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
+        build_platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
         no_cache: NoCache::None,
         context_excludes: vec!["secret.txt".into()],
     }

@@ -74,6 +74,7 @@ mod tests {
             network: Network::Host,
             mounts: Vec::new(),
             settings: Vec::new(),
+            platform: None,
         })
     }
 

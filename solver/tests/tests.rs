@@ -97,6 +97,7 @@ fn run(g: &mut Graph, input: VertexId, extra: &[VertexId], cmd: &str) -> VertexI
             network: Network::Host,
             mounts: Vec::new(),
             settings: Vec::new(),
+            platform: None,
         }),
         inputs,
         name: cmd.into(),
