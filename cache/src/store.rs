@@ -738,7 +738,12 @@ mod tests {
     fn tags_with_registry_names() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let rec = ImageRecord { name: "127.0.0.1:5000/a/b:1.0".into(), config: Digest::of(b"c"), manifest: None };
+        let rec = ImageRecord {
+            name: "127.0.0.1:5000/a/b:1.0".into(),
+            config: Digest::of(b"c"),
+            manifest: None,
+            platforms: Vec::new(),
+        };
         store.set_tag(&rec).unwrap();
         assert_eq!(store.tag("127.0.0.1:5000/a/b:1.0").unwrap(), Some(rec.clone()));
         assert_eq!(store.tags().unwrap(), vec![rec]);

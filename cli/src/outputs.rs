@@ -336,9 +336,9 @@ mod tests {
         let e = parse_platform("linux/amd64,linux/arm64").unwrap_err().to_string();
         assert!(e.contains("a list of platforms is for rbuild build"), "{e}");
         let args = |p: &str| OutputArgs { platform: Some(p.into()), ..Default::default() };
-        let list = platforms(&args("linux/amd64, linux/arm64,linux/x86_64")).unwrap();
+        let list = super::platforms(&args("linux/amd64, linux/arm64,linux/x86_64")).unwrap();
         let shown: Vec<String> = list.iter().map(rbuild_frontend::platform::format).collect();
         assert_eq!(shown, ["linux/amd64", "linux/arm64/v8"]);
-        assert!(platforms(&args("linux/amd64,")).is_err());
+        assert!(super::platforms(&args("linux/amd64,")).is_err());
     }
 }

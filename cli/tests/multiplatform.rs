@@ -174,7 +174,10 @@ fn multi_platform_outputs_and_missing_platforms() {
     ws.rbuild("store", &["build", "--platform", "linux/amd64,linux/arm64", "-t", "mp-base", ctx.to_str().unwrap()])
         .success();
     // Base images come from the local store's multi-platform tag, one per platform.
-    let ctx = ws.context("app", &[("Dockerfile", "FROM mp-base\nRUN uname -m > /arch\n")]);
+    // `/how`: whether the step ran under the injected emulator (it is bound at BuildKit's path) or the kernel's.
+    let dockerfile = "FROM mp-base\nRUN uname -m > /arch && \
+                      if test -e /dev/.buildkit_qemu_emulator; then echo injected; else echo kernel; fi > /how\n";
+    let ctx = ws.context("app", &[("Dockerfile", dockerfile)]);
     let (oci, local) = (ws.path("out.tar"), ws.path("out-dir"));
     let built = ws
         .rbuild(
@@ -196,6 +199,13 @@ fn multi_platform_outputs_and_missing_platforms() {
     assert_eq!(index_platforms(&raw), ["linux/amd64", "linux/arm64"]);
     assert_eq!(std::fs::read_to_string(local.join("linux_amd64/arch")).unwrap(), "x86_64\n");
     assert_eq!(std::fs::read_to_string(local.join("linux_arm64/arch")).unwrap(), "aarch64\n");
+    assert_eq!(std::fs::read_to_string(local.join("linux_amd64/how")).unwrap(), "kernel\n");
+    // With no binfmt_misc handler for aarch64, the emulator was injected; with a fix-binary one, the kernel ran it.
+    let handler = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").unwrap_or_default();
+    let fix_binary =
+        handler.starts_with("enabled") && handler.lines().any(|l| l.starts_with("flags:") && l.contains('F'));
+    let how = if fix_binary { "kernel\n" } else { "injected\n" };
+    assert_eq!(std::fs::read_to_string(local.join("linux_arm64/how")).unwrap(), how, "handler: {handler:?}");
 
     let docker = ws.path("docker.tar");
     let refused = ws.rbuild(
