@@ -7,7 +7,7 @@ use crate::request::Output;
 use anyhow::{Context as _, Result, bail};
 use rbuild_cache::{ImageRecord, Store};
 use rbuild_image::export::{self, ArchiveKind, ExportImage, ExportIndex};
-use rbuild_image::index::{assemble_index, config_platform, push_index};
+use rbuild_image::index::{Attestation, assemble_index, config_platform, push_index_with};
 use rbuild_image::layer::{Compression, LayerOptions};
 use rbuild_image::registry::{ImageRef, RegistryClient};
 use rbuild_solver::Digest;
@@ -50,11 +50,14 @@ fn unpack_all(store: &Store, configs: &[Digest], dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Sends the multi-platform image (one config per platform) to every output; writes the metadata file.
+/// Sends the multi-platform image (one config per platform) to every output, with `attestations` (by platform;
+/// empty for none) in its index; writes the metadata file.
+#[allow(clippy::too_many_arguments)]
 pub async fn finish(
     store: &Store,
     client: &RegistryClient,
     configs: &[Digest],
+    attestations: &[Vec<Attestation>],
     outputs: &[Output],
     metadata_file: Option<&Path>,
     epoch: Option<i64>,
@@ -69,10 +72,16 @@ pub async fn finish(
         match output {
             Output::Archive { dest, tar, names: archive_names, compression, .. } => {
                 reporter.message(&format!("exporting to {} (Oci, {} platforms)", dest.display(), configs.len()));
-                let (images, bytes) = assemble_index(store, configs, *compression)?;
-                index_desc = Some((Digest::of(&bytes), bytes.len() as u64));
-                let parts: Vec<ExportImage> = images.iter().map(|a| ExportImage { image: a, names: vec![] }).collect();
-                let index = ExportIndex { bytes: &bytes, names: archive_names.clone() };
+                let assembled = assemble_index(store, configs, *compression, attestations)?;
+                let bytes = &assembled.bytes;
+                index_desc = Some((Digest::of(bytes), bytes.len() as u64));
+                let parts: Vec<ExportImage> = assembled
+                    .images
+                    .iter()
+                    .chain(&assembled.attestations)
+                    .map(|a| ExportImage { image: a, names: vec![] })
+                    .collect();
+                let index = ExportIndex { bytes, names: archive_names.clone() };
                 if *tar {
                     let out = create_dest(dest)?;
                     let mut out = export::write_index_archive(out, &parts, &index, mtime)?;
@@ -106,7 +115,8 @@ pub async fn finish(
                         name: r.to_string(),
                         config: configs[0].clone(),
                         manifest: None,
-                        platforms: configs.to_vec(),
+                        // One platform (an index only for its attestations) is kept as a plain image.
+                        platforms: if configs.len() > 1 { configs.to_vec() } else { Vec::new() },
                     };
                     store.set_tag(&record)?;
                     if !names.contains(&r.to_string()) {
@@ -116,7 +126,7 @@ pub async fn finish(
                         continue;
                     }
                     reporter.message(&format!("pushing {r} ({} platforms)", configs.len()));
-                    let report = push_index(client, store, configs, &r, *compression)
+                    let report = push_index_with(client, store, configs, &r, *compression, attestations)
                         .await
                         .with_context(|| format!("pushing {r}"))?;
                     let count = |f: fn(&rbuild_image::registry::PushReport) -> usize| {
@@ -142,7 +152,7 @@ pub async fn finish(
         let (digest, size) = match index_desc {
             Some(d) => d,
             None => {
-                let (_, bytes) = assemble_index(store, configs, Compression::Gzip { level: 6 })?;
+                let bytes = assemble_index(store, configs, Compression::Gzip { level: 6 }, attestations)?.bytes;
                 (Digest::of(&bytes), bytes.len() as u64)
             }
         };

@@ -13,6 +13,7 @@ pub mod error;
 pub mod index_outputs;
 pub mod outputs;
 mod platforms;
+pub mod provenance;
 pub mod report;
 pub mod request;
 mod resolve;
@@ -20,7 +21,7 @@ mod resolve;
 pub use error::{BuildError, StepFailure};
 pub use outputs::Pushed;
 pub use report::{Reporter, Silent};
-pub use request::{BuildRequest, Dockerfile, Entitlements, MAX_INPUT_FILE, NetworkMode, Output};
+pub use request::{BuildRequest, Dockerfile, Entitlements, MAX_INPUT_FILE, NetworkMode, Output, Provenance};
 // What a caller needs to fill a request in, without depending on the executor itself.
 pub use rbuild_executor::cancel::Canceller;
 pub use rbuild_executor::mounts::{MountSources, SecretValue};
@@ -30,6 +31,7 @@ use anyhow::Context as _;
 use rbuild_cache::{ImageRecord, LockMode, Store};
 use rbuild_executor::worker::LocalWorker;
 use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, convert};
+use rbuild_image::export::ArchiveKind;
 use rbuild_image::registry::{RegistryClient, RegistryOptions};
 use rbuild_solver::oci::{Platform, to_canonical_json};
 use rbuild_solver::{Digest, Network, Op, SolveOptions, WorkerError, solve};
@@ -90,6 +92,7 @@ impl Builder {
             );
         }
 
+        let started = chrono::Utc::now();
         let platforms = if req.platforms.is_empty() { vec![Platform::host()] } else { req.platforms.clone() };
         index_outputs::check(&req.outputs, platforms.len())?;
         let store = Arc::new(self.open_store(reporter.as_ref())?);
@@ -184,13 +187,51 @@ impl Builder {
         }
         let image = images[0].clone();
         let multi = if images.len() > 1 { images.clone() } else { Vec::new() };
+        let attest = match req.provenance {
+            request::Provenance::Off => None,
+            request::Provenance::Default => (!multi.is_empty()).then_some(provenance::ProvenanceMode::Min),
+            request::Provenance::On(mode) => Some(mode),
+        };
+        let docker_archive = req.outputs.iter().any(|o| matches!(o, Output::Archive { kind: ArchiveKind::Docker, .. }));
+        let attest = match attest {
+            Some(_) if multi.is_empty() && docker_archive => {
+                reporter.warning("warning: a docker archive holds no attestations; building without provenance");
+                None
+            }
+            other => other,
+        };
+        let finished = chrono::Utc::now();
+        let invocation =
+            Digest::of(format!("{}-{}-{}", std::process::id(), started, finished).as_bytes()).hex()[..26].to_string();
+        let manifest_of = |config: &Digest| resolved.manifest_of(config).cloned();
+        let attestations: Vec<Vec<rbuild_image::index::Attestation>> = match attest {
+            None => Vec::new(),
+            Some(mode) => (0..plans.len())
+                .map(|i| {
+                    let vertices = graph.needed(&[merged.targets[i]]);
+                    vec![provenance::provenance(&provenance::Facts {
+                        mode,
+                        dockerfile: &dockerfile.name,
+                        target: req.target.as_deref(),
+                        platform: &platforms[i],
+                        build_args: &req.build_args,
+                        graph: &graph,
+                        vertices: &vertices,
+                        manifest_of: &manifest_of,
+                        started,
+                        finished,
+                        invocation: &invocation,
+                    })]
+                })
+                .collect(),
+        };
         for t in &req.tags {
             let record =
                 ImageRecord { name: t.to_string(), config: image.clone(), manifest: None, platforms: multi.clone() };
             store.set_tag(&record).map_err(anyhow::Error::from)?;
             reporter.message(&format!("naming to {t}"));
         }
-        let pushed = if multi.is_empty() {
+        let pushed = if multi.is_empty() && attestations.is_empty() {
             outputs::finish(
                 &store,
                 &client,
@@ -206,6 +247,7 @@ impl Builder {
                 &store,
                 &client,
                 &images,
+                &attestations,
                 &req.outputs,
                 req.metadata_file.as_deref(),
                 epoch,

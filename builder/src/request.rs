@@ -52,6 +52,8 @@ pub struct BuildRequest {
     pub metadata_file: Option<PathBuf>,
     /// Say, for every step that runs, why it missed the cache.
     pub explain_cache: bool,
+    /// `--provenance`: a SLSA provenance attestation per platform in the image's index.
+    pub provenance: Provenance,
     /// `SOURCE_DATE_EPOCH`: clamps file times in layers and dates the image.
     pub source_date_epoch: Option<i64>,
 }
@@ -132,4 +134,17 @@ impl Output {
     pub fn to_stdout(&self) -> bool {
         matches!(self, Output::Archive { dest, .. } | Output::Tar { dest } if dest.as_os_str() == "-")
     }
+}
+
+/// Whether the image gets provenance attestations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Provenance {
+    /// `mode=min` for multi-platform images (they are an index anyway, as buildx attaches it); none for one
+    /// platform, which stays a plain manifest.
+    #[default]
+    Default,
+    /// `--provenance=false`.
+    Off,
+    /// `--provenance=true|mode=min|mode=max`: attached even to a single-platform image (which then is an index).
+    On(crate::provenance::ProvenanceMode),
 }

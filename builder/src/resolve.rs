@@ -11,6 +11,7 @@ use crate::report::Reporter;
 use rbuild_cache::Store;
 use rbuild_frontend::{ImageResolver, ResolvedImage};
 use rbuild_image::registry::{ImageRef, RegistryClient};
+use rbuild_solver::Digest;
 use rbuild_solver::oci::{ImageConfig, Platform};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct Resolved {
     images: BTreeMap<(String, String), Result<ResolvedImage, String>>,
     missing: RefCell<BTreeMap<(String, String), Platform>>,
+    /// The manifest digest of each resolved image, by config digest, where one is known (for provenance).
+    manifests: BTreeMap<Digest, Digest>,
 }
 
 /// The table key of a reference for a platform.
@@ -50,7 +53,20 @@ impl Resolved {
             let result = from.resolve(&reference, &platform).await.map_err(|e| error_chain(e.as_ref()));
             (k, result)
         });
-        self.images.extend(futures::future::join_all(lookups).await);
+        for (k, result) in futures::future::join_all(lookups).await {
+            let result = result.map(|(image, manifest)| {
+                if let Some(m) = manifest {
+                    self.manifests.insert(image.digest.clone(), m);
+                }
+                image
+            });
+            self.images.insert(k, result);
+        }
+    }
+
+    /// The manifest digest of the image whose config is `config`, if it was resolved from one.
+    pub(crate) fn manifest_of(&self, config: &Digest) -> Option<&Digest> {
+        self.manifests.get(config)
     }
 
     /// The references (with their platforms) conversion asked for that were not resolved; clears the record.
@@ -83,7 +99,8 @@ pub(crate) struct Source<'a> {
 }
 
 impl Source<'_> {
-    async fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, BoxError> {
+    /// The image for `platform`, with its manifest digest where one is known.
+    async fn resolve(&self, reference: &str, platform: &Platform) -> Result<(ResolvedImage, Option<Digest>), BoxError> {
         let r = ImageRef::parse(reference)?;
         let name = r.to_string();
         let mut local_other = None;
@@ -102,7 +119,8 @@ impl Source<'_> {
                 let config: ImageConfig = serde_json::from_slice(&self.store.read_blob(&digest)?)?;
                 let variant_ok = platform.variant.is_none() || config.variant == platform.variant;
                 if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
-                    return Ok(ResolvedImage { reference: name, digest, config });
+                    let manifest = if rec.platforms.is_empty() { rec.manifest.clone() } else { None };
+                    return Ok((ResolvedImage { reference: name, digest, config }, manifest));
                 }
                 has.push(match &config.variant {
                     Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
@@ -123,6 +141,7 @@ impl Source<'_> {
             }
             (Err(e), None) => return Err(Box::new(e)),
         };
-        Ok(ResolvedImage { reference: name, digest: pulled.record.config, config: pulled.config })
+        let manifest = pulled.record.manifest.clone();
+        Ok((ResolvedImage { reference: name, digest: pulled.record.config, config: pulled.config }, manifest))
     }
 }

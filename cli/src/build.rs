@@ -241,6 +241,7 @@ fn request(args: &BuildArgs) -> Result<BuildRequest> {
         tags,
         metadata_file: args.outputs.metadata_file.clone(),
         explain_cache: args.explain_cache,
+        provenance: crate::outputs::provenance(&args.outputs)?,
         source_date_epoch,
     })
 }

@@ -202,8 +202,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let pushed = if rec.platforms.is_empty() {
                 rbuild_builder::outputs::finish(&store, &client, &rec.config, &outputs, None, None, &reporter).await?
             } else {
-                rbuild_builder::index_outputs::finish(&store, &client, &rec.platforms, &outputs, None, None, &reporter)
-                    .await?
+                rbuild_builder::index_outputs::finish(
+                    &store,
+                    &client,
+                    &rec.platforms,
+                    &[],
+                    &outputs,
+                    None,
+                    None,
+                    &reporter,
+                )
+                .await?
             };
             for p in pushed {
                 println!("{}@{}", p.name, p.digest);

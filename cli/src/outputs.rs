@@ -24,9 +24,14 @@ pub struct OutputArgs {
     /// Write the image's digests (JSON, as buildx does) to this file
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
-    /// The platform to build for and to pick base images by: os/arch[/variant] [default: this machine's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    /// The platforms to build for and to pick base images by: os/arch[/variant], comma-separated for a
+    /// multi-platform image [default: this machine's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT],...")]
     pub platform: Option<String>,
+    /// SLSA provenance attestation: false, true, mode=min or mode=max [default: mode=min for multi-platform
+    /// images, none for one platform]
+    #[arg(long, value_name = "false|true|mode=min|mode=max", num_args = 0..=1, default_missing_value = "true")]
+    pub provenance: Option<String>,
     /// Layer compression for --push: gzip, zstd or uncompressed [default: gzip]
     #[arg(long = "compression", value_name = "ALGORITHM")]
     pub compression: Option<String>,
@@ -172,6 +177,19 @@ pub fn platforms(args: &OutputArgs) -> Result<Vec<Platform>> {
         }
     }
     Ok(out)
+}
+
+/// `--provenance`, as buildx spells it.
+pub fn provenance(args: &OutputArgs) -> Result<rbuild_builder::Provenance> {
+    use rbuild_builder::Provenance;
+    use rbuild_builder::provenance::ProvenanceMode;
+    let Some(v) = args.provenance.as_deref() else { return Ok(Provenance::Default) };
+    Ok(match v.trim() {
+        "false" | "0" => Provenance::Off,
+        "true" | "1" | "" | "mode=min" | "min" => Provenance::On(ProvenanceMode::Min),
+        "mode=max" | "max" => Provenance::On(ProvenanceMode::Max),
+        other => bail!("--provenance {other:?}: expected false, true, mode=min or mode=max"),
+    })
 }
 
 /// Parses every output of a build, adding `--push` as an image output.

@@ -57,6 +57,7 @@ fn app_context(ws: &Workspace, base: &str) -> PathBuf {
     ws.context("app", &[("Dockerfile", &dockerfile)])
 }
 
+/// The platforms of an index's images (attestation manifests left out).
 fn index_platforms(raw: &str) -> Vec<String> {
     let doc: serde_json::Value = serde_json::from_str(raw).unwrap_or_else(|e| panic!("{e}: {raw}"));
     assert_eq!(doc["mediaType"], "application/vnd.oci.image.index.v1+json", "{raw}");
@@ -64,6 +65,7 @@ fn index_platforms(raw: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|m| m["annotations"]["vnd.docker.reference.type"] != "attestation-manifest")
         .map(|m| {
             assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json", "{raw}");
             format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap())
@@ -117,7 +119,20 @@ fn two_platform_build_pushes_an_index_and_runs_foreign_steps_under_qemu() {
     let built = ws
         .rbuild(
             "app-store",
-            &["build", "--platform", "linux/amd64,linux/arm64", "-t", &app, "--push", ctx.to_str().unwrap()],
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--provenance=mode=max",
+                "--build-arg",
+                "GITHUB_TOKEN=hunter2",
+                "--build-arg",
+                "VERSION=1.2",
+                "-t",
+                &app,
+                "--push",
+                ctx.to_str().unwrap(),
+            ],
         )
         .success();
     let progress = &built.stderr;
@@ -130,6 +145,7 @@ fn two_platform_build_pushes_an_index_and_runs_foreign_steps_under_qemu() {
 
     let raw = cmd("skopeo", &["inspect", "--tls-verify=false", "--raw", &format!("docker://{app}")]).success().stdout;
     assert_eq!(index_platforms(&raw), ["linux/amd64", "linux/arm64"]);
+    check_provenance(&reg, &app, &raw, &base);
     for (arch, uname, target) in [("amd64", "x86_64", "linux/amd64 amd64"), ("arm64", "aarch64", "linux/arm64 arm64")] {
         let rootfs = unpack_platform(&ws, &app, arch);
         let read = |f: &str| std::fs::read_to_string(rootfs.join(f)).unwrap_or_else(|e| panic!("{arch} /{f}: {e}"));
@@ -222,4 +238,38 @@ fn multi_platform_outputs_and_missing_platforms() {
     assert_ne!(refused.code, Some(0));
     assert!(refused.stderr.contains("type=docker cannot hold a multi-platform image"), "{}", refused.stderr);
     assert!(!docker.exists(), "nothing is written");
+}
+
+/// Each platform's manifest has an attestation manifest, stored as BuildKit stores it, whose in-toto layer is a
+/// SLSA v1 provenance naming the base by digest, the non-secret build args (mode=max) and never the secret one.
+fn check_provenance(reg: &Registry, image: &str, raw: &str, base: &str) {
+    let doc: serde_json::Value = serde_json::from_str(raw).unwrap();
+    let manifests = doc["manifests"].as_array().unwrap();
+    let images: Vec<&str> =
+        manifests.iter().filter(|m| m["platform"]["os"] == "linux").map(|m| m["digest"].as_str().unwrap()).collect();
+    let attestations: Vec<&serde_json::Value> =
+        manifests.iter().filter(|m| m["annotations"]["vnd.docker.reference.type"] == "attestation-manifest").collect();
+    assert_eq!(attestations.len(), 2, "{raw}");
+    let repo = image.split_once('/').unwrap().1.rsplit_once(':').unwrap().0;
+    for (a, subject) in attestations.iter().zip(&images) {
+        assert_eq!(a["annotations"]["vnd.docker.reference.digest"], *subject, "{raw}");
+        assert_eq!(a["platform"]["os"], "unknown");
+        let at = format!("docker://{}/{repo}@{}", reg.addr, a["digest"].as_str().unwrap());
+        let manifest = cmd("skopeo", &["inspect", "--tls-verify=false", "--raw", &at]).success().stdout;
+        let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+        let layer = &manifest["layers"][0];
+        assert_eq!(layer["mediaType"], "application/vnd.in-toto+json", "{manifest}");
+        assert_eq!(layer["annotations"]["in-toto.io/predicate-type"], "https://slsa.dev/provenance/v1");
+        let url = format!("http://{}/v2/{repo}/blobs/{}", reg.addr, layer["digest"].as_str().unwrap());
+        let statement = cmd("curl", &["-sfL", &url]).success().stdout;
+        assert!(!statement.contains("hunter2") && !statement.contains("GITHUB_TOKEN"), "{statement}");
+        let statement: serde_json::Value = serde_json::from_str(&statement).unwrap();
+        assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+        assert_eq!(statement["subject"][0]["digest"]["sha256"], subject.trim_start_matches("sha256:"));
+        let definition = &statement["predicate"]["buildDefinition"];
+        assert_eq!(definition["externalParameters"]["request"]["args"]["build-arg:VERSION"], "1.2", "{statement}");
+        let deps = definition["resolvedDependencies"].as_array().unwrap();
+        let want = format!("pkg:docker/{base}?platform=");
+        assert!(deps.iter().any(|d| d["uri"].as_str().unwrap().starts_with(&want)), "{statement}");
+    }
 }
