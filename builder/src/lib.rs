@@ -17,6 +17,7 @@ pub mod provenance;
 pub mod report;
 pub mod request;
 mod resolve;
+pub mod sbom;
 
 pub use error::{BuildError, StepFailure};
 pub use outputs::Pushed;
@@ -195,7 +196,8 @@ impl Builder {
         let docker_archive = req.outputs.iter().any(|o| matches!(o, Output::Archive { kind: ArchiveKind::Docker, .. }));
         let attest = match attest {
             Some(_) if multi.is_empty() && docker_archive => {
-                reporter.warning("warning: a docker archive holds no attestations; building without provenance");
+                reporter
+                    .warning("warning: a docker archive holds no attestations; building without provenance or SBOM");
                 None
             }
             other => other,
@@ -204,27 +206,33 @@ impl Builder {
         let invocation =
             Digest::of(format!("{}-{}-{}", std::process::id(), started, finished).as_bytes()).hex()[..26].to_string();
         let manifest_of = |config: &Digest| resolved.manifest_of(config).cloned();
-        let attestations: Vec<Vec<rbuild_image::index::Attestation>> = match attest {
-            None => Vec::new(),
-            Some(mode) => (0..plans.len())
-                .map(|i| {
-                    let vertices = graph.needed(&[merged.targets[i]]);
-                    vec![provenance::provenance(&provenance::Facts {
-                        mode,
-                        dockerfile: &dockerfile.name,
-                        target: req.target.as_deref(),
-                        platform: &platforms[i],
-                        build_args: &req.build_args,
-                        graph: &graph,
-                        vertices: &vertices,
-                        manifest_of: &manifest_of,
-                        started,
-                        finished,
-                        invocation: &invocation,
-                    })]
-                })
-                .collect(),
-        };
+        let mut attestations: Vec<Vec<rbuild_image::index::Attestation>> = vec![Vec::new(); plans.len()];
+        if let Some(mode) = attest {
+            for (i, list) in attestations.iter_mut().enumerate() {
+                let vertices = graph.needed(&[merged.targets[i]]);
+                list.push(provenance::provenance(&provenance::Facts {
+                    mode,
+                    dockerfile: &dockerfile.name,
+                    target: req.target.as_deref(),
+                    platform: &platforms[i],
+                    build_args: &req.build_args,
+                    graph: &graph,
+                    vertices: &vertices,
+                    manifest_of: &manifest_of,
+                    started,
+                    finished,
+                    invocation: &invocation,
+                }));
+            }
+        }
+        if req.sbom && !(multi.is_empty() && docker_archive) {
+            for (list, config) in attestations.iter_mut().zip(&images) {
+                list.push(sbom::of_image(&store, config, finished)?);
+            }
+        }
+        if attestations.iter().all(Vec::is_empty) {
+            attestations.clear();
+        }
         for t in &req.tags {
             let record =
                 ImageRecord { name: t.to_string(), config: image.clone(), manifest: None, platforms: multi.clone() };

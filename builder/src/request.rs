@@ -54,6 +54,8 @@ pub struct BuildRequest {
     pub explain_cache: bool,
     /// `--provenance`: a SLSA provenance attestation per platform in the image's index.
     pub provenance: Provenance,
+    /// `--sbom`: an SPDX SBOM of each platform's filesystem in the image's index.
+    pub sbom: bool,
     /// `SOURCE_DATE_EPOCH`: clamps file times in layers and dates the image.
     pub source_date_epoch: Option<i64>,
 }

@@ -242,6 +242,7 @@ fn request(args: &BuildArgs) -> Result<BuildRequest> {
         metadata_file: args.outputs.metadata_file.clone(),
         explain_cache: args.explain_cache,
         provenance: crate::outputs::provenance(&args.outputs)?,
+        sbom: crate::outputs::sbom(&args.outputs)?,
         source_date_epoch,
     })
 }

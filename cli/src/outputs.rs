@@ -32,6 +32,9 @@ pub struct OutputArgs {
     /// images, none for one platform]
     #[arg(long, value_name = "false|true|mode=min|mode=max", num_args = 0..=1, default_missing_value = "true")]
     pub provenance: Option<String>,
+    /// Attach an SPDX SBOM of the image's packages (dpkg, apk, Python, npm): true or false [default: false]
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    pub sbom: Option<String>,
     /// Layer compression for --push: gzip, zstd or uncompressed [default: gzip]
     #[arg(long = "compression", value_name = "ALGORITHM")]
     pub compression: Option<String>,
@@ -189,6 +192,16 @@ pub fn provenance(args: &OutputArgs) -> Result<rbuild_builder::Provenance> {
         "true" | "1" | "" | "mode=min" | "min" => Provenance::On(ProvenanceMode::Min),
         "mode=max" | "max" => Provenance::On(ProvenanceMode::Max),
         other => bail!("--provenance {other:?}: expected false, true, mode=min or mode=max"),
+    })
+}
+
+/// `--sbom`: `true`/`false`, or buildx's `generator=...` form (which means true; the packages are read by rbuild).
+pub fn sbom(args: &OutputArgs) -> Result<bool> {
+    Ok(match args.sbom.as_deref().map(str::trim) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(v) if v.starts_with("generator=") => true,
+        Some(other) => bail!("--sbom {other:?}: expected true or false"),
     })
 }
 

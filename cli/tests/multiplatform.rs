@@ -223,6 +223,40 @@ fn multi_platform_outputs_and_missing_platforms() {
     let how = if fix_binary { "kernel\n" } else { "injected\n" };
     assert_eq!(std::fs::read_to_string(local.join("linux_arm64/how")).unwrap(), how, "handler: {handler:?}");
 
+    // --sbom: each platform's SPDX document lists the packages of the image's dpkg status file.
+    let status = "Package: hello\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.10-3\n\n\
+                  Package: removed\nStatus: deinstall ok config-files\nVersion: 1\n";
+    let ctx_sbom =
+        ws.context("sbom", &[("Dockerfile", "FROM mp-base\nCOPY status /var/lib/dpkg/status\n"), ("status", status)]);
+    let layout = ws.path("sbom-layout");
+    let out = format!("type=oci,dest={},tar=false", layout.display());
+    let platforms = "linux/amd64,linux/arm64";
+    ws.rbuild("store", &["build", "--platform", platforms, "--sbom", "-o", &out, ctx_sbom.to_str().unwrap()]).success();
+    let blob = |digest: &str| {
+        let path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&path).unwrap()).unwrap()
+    };
+    let top: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let index = blob(top["manifests"][0]["digest"].as_str().unwrap());
+    let attestations: Vec<&serde_json::Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["annotations"]["vnd.docker.reference.type"] == "attestation-manifest")
+        .collect();
+    assert_eq!(attestations.len(), 2, "{index}");
+    for a in attestations {
+        let manifest = blob(a["digest"].as_str().unwrap());
+        let layers = manifest["layers"].as_array().unwrap();
+        let spdx = layers.iter().find(|l| l["annotations"]["in-toto.io/predicate-type"] == "https://spdx.dev/Document");
+        let statement = blob(spdx.unwrap_or_else(|| panic!("{manifest}"))["digest"].as_str().unwrap());
+        let packages = statement["predicate"]["packages"].as_array().unwrap();
+        let names: Vec<&str> = packages.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["hello"], "{statement}");
+        assert_eq!(packages[0]["versionInfo"], "2.10-3");
+        assert_eq!(statement["predicate"]["spdxVersion"], "SPDX-2.3");
+    }
+
     let docker = ws.path("docker.tar");
     let refused = ws.rbuild(
         "store",
