@@ -194,7 +194,7 @@ fn multi_platform_outputs_and_missing_platforms() {
     let dockerfile = "FROM mp-base\nRUN uname -m > /arch && \
                       if test -e /dev/.buildkit_qemu_emulator; then echo injected; else echo kernel; fi > /how\n";
     let ctx = ws.context("app", &[("Dockerfile", dockerfile)]);
-    let (oci, local) = (ws.path("out.tar"), ws.path("out-dir"));
+    let (oci, local, tar) = (ws.path("out.tar"), ws.path("out-dir"), ws.path("files.tar"));
     let built = ws
         .rbuild(
             "store",
@@ -206,6 +206,8 @@ fn multi_platform_outputs_and_missing_platforms() {
                 &format!("type=oci,dest={},name=mp-app:1", oci.display()),
                 "-o",
                 &format!("type=local,dest={}", local.display()),
+                "-o",
+                &format!("type=tar,dest={}", tar.display()),
                 ctx.to_str().unwrap(),
             ],
         )
@@ -216,6 +218,10 @@ fn multi_platform_outputs_and_missing_platforms() {
     assert_eq!(std::fs::read_to_string(local.join("linux_amd64/arch")).unwrap(), "x86_64\n");
     assert_eq!(std::fs::read_to_string(local.join("linux_arm64/arch")).unwrap(), "aarch64\n");
     assert_eq!(std::fs::read_to_string(local.join("linux_amd64/how")).unwrap(), "kernel\n");
+    let listing = cmd("tar", &["-tf", tar.to_str().unwrap()]).success().stdout;
+    for want in ["linux_amd64/arch", "linux_arm64/arch", "linux_arm64/bin/busybox"] {
+        assert!(listing.lines().any(|l| l.trim_start_matches("./") == want), "{want} in:\n{listing}");
+    }
     // With no binfmt_misc handler for aarch64, the emulator was injected; with a fix-binary one, the kernel ran it.
     let handler = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").unwrap_or_default();
     let fix_binary =
