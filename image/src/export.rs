@@ -134,33 +134,38 @@ pub struct ExportIndex<'a> {
 }
 
 fn index_for(images: &[ExportImage], kind: ArchiveKind, top: Option<&ExportIndex>) -> Vec<u8> {
-    let mut manifests = Vec::new();
-    let top_image = top.map(|t| (t, ExportImage { image: images[0].image, names: t.names.clone() }));
-    let entries: Vec<&ExportImage> = match &top_image {
-        Some((_, named)) => vec![named],
-        None => images.iter().collect(),
-    };
-    for img in entries {
-        let desc = |annotations: Option<BTreeMap<String, String>>| match &top_image {
-            Some((t, _)) => Descriptor {
+    // What `index.json` lists: each image's manifest under its names, or (a multi-platform image) the index.
+    let entries: Vec<(Descriptor, &[String])> = match top {
+        Some(t) => {
+            let desc = Descriptor {
                 media_type: MEDIA_OCI_INDEX.into(),
                 digest: Digest::of(t.bytes),
                 size: t.bytes.len() as u64,
                 platform: None,
-                annotations,
-            },
-            None => Descriptor {
-                media_type: MEDIA_OCI_MANIFEST.into(),
-                digest: img.image.manifest_digest.clone(),
-                size: img.image.manifest_bytes.len() as u64,
-                platform: None,
-                annotations,
-            },
-        };
-        if img.names.is_empty() {
-            manifests.push(desc(None));
+                annotations: None,
+            };
+            vec![(desc, t.names.as_slice())]
         }
-        for name in &img.names {
+        None => images
+            .iter()
+            .map(|img| {
+                let desc = Descriptor {
+                    media_type: MEDIA_OCI_MANIFEST.into(),
+                    digest: img.image.manifest_digest.clone(),
+                    size: img.image.manifest_bytes.len() as u64,
+                    platform: None,
+                    annotations: None,
+                };
+                (desc, img.names.as_slice())
+            })
+            .collect(),
+    };
+    let mut manifests = Vec::new();
+    for (desc, names) in entries {
+        if names.is_empty() {
+            manifests.push(desc.clone());
+        }
+        for name in names {
             let mut a = BTreeMap::new();
             a.insert(ANNOTATION_IMAGE_NAME.to_string(), name.clone());
             let ref_name = match kind {
@@ -168,7 +173,7 @@ fn index_for(images: &[ExportImage], kind: ArchiveKind, top: Option<&ExportIndex
                 ArchiveKind::Docker => name.clone(),
             };
             a.insert(ANNOTATION_REF_NAME.to_string(), ref_name);
-            manifests.push(desc(Some(a)));
+            manifests.push(Descriptor { annotations: Some(a), ..desc.clone() });
         }
     }
     let index = Index { schema_version: 2, media_type: Some(MEDIA_OCI_INDEX.into()), manifests, annotations: None };
