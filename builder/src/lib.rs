@@ -105,16 +105,24 @@ impl Builder {
         let mut resolved = resolve::Resolved::default();
         let mut plans = Vec::with_capacity(platforms.len());
         let mut warned = std::collections::BTreeSet::new();
-        for platform in &platforms {
-            let opts = ConvertOptions {
+        let options: Vec<ConvertOptions> = platforms
+            .iter()
+            .map(|platform| ConvertOptions {
                 build_args: req.build_args.clone(),
                 target: req.target.clone(),
                 platform: platform.clone(),
                 build_platform: Platform::host(),
                 no_cache: req.no_cache.clone(),
                 context_excludes: excludes.clone(),
-            };
-            let mut plan = plan(&ast, &opts, &source, &mut resolved).await.map_err(convert_error)?;
+            })
+            .collect();
+        // Every platform's base images at once (the plans below find any the frontend could not name up front).
+        let wanted = options
+            .iter()
+            .flat_map(|o| rbuild_frontend::image_references(&ast, o).into_iter().map(|r| (r, o.platform.clone())));
+        resolved.resolve_all(wanted.collect::<Vec<_>>(), &source).await;
+        for opts in &options {
+            let mut plan = plan(&ast, opts, &source, &mut resolved).await.map_err(convert_error)?;
             for w in &plan.warnings {
                 if warned.insert(w.clone()) {
                     reporter.warning(w);

@@ -53,14 +53,31 @@ impl Resolved {
             let result = from.resolve(&reference, &platform).await.map_err(|e| error_chain(e.as_ref()));
             (k, result)
         });
+        let mut pulled: BTreeMap<String, Vec<Digest>> = BTreeMap::new();
         for (k, result) in futures::future::join_all(lookups).await {
-            let result = result.map(|(image, manifest)| {
+            let result = result.map(|(image, manifest, fresh)| {
                 if let Some(m) = manifest {
                     self.manifests.insert(image.digest.clone(), m);
+                }
+                if fresh {
+                    pulled.entry(image.reference.clone()).or_default().push(image.digest.clone());
                 }
                 image
             });
             self.images.insert(k, result);
+        }
+        for name in pulled.into_keys() {
+            // Every platform of this name the build resolved, not only this round's.
+            let configs: Vec<Digest> = self
+                .images
+                .values()
+                .filter_map(|r| r.as_ref().ok())
+                .filter(|i| i.reference == name)
+                .map(|i| i.digest.clone())
+                .collect();
+            if let Err(e) = keep_platforms(from.store, &name, &configs) {
+                tracing::debug!(image = %name, error = %e, "could not record the pulled platforms under the tag");
+            }
         }
     }
 
@@ -99,8 +116,12 @@ pub(crate) struct Source<'a> {
 }
 
 impl Source<'_> {
-    /// The image for `platform`, with its manifest digest where one is known.
-    async fn resolve(&self, reference: &str, platform: &Platform) -> Result<(ResolvedImage, Option<Digest>), BoxError> {
+    /// The image for `platform`, with its manifest digest where one is known and whether it was pulled now.
+    async fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<(ResolvedImage, Option<Digest>, bool), BoxError> {
         let r = ImageRef::parse(reference)?;
         let name = r.to_string();
         let mut local_other = None;
@@ -120,7 +141,7 @@ impl Source<'_> {
                 let variant_ok = platform.variant.is_none() || config.variant == platform.variant;
                 if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
                     let manifest = if rec.platforms.is_empty() { rec.manifest.clone() } else { None };
-                    return Ok((ResolvedImage { reference: name, digest, config }, manifest));
+                    return Ok((ResolvedImage { reference: name, digest, config }, manifest, false));
                 }
                 has.push(match &config.variant {
                     Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
@@ -142,6 +163,31 @@ impl Source<'_> {
             (Err(e), None) => return Err(Box::new(e)),
         };
         let manifest = pulled.record.manifest.clone();
-        Ok((ResolvedImage { reference: name, digest: pulled.record.config, config: pulled.config }, manifest))
+        Ok((ResolvedImage { reference: name, digest: pulled.record.config, config: pulled.config }, manifest, true))
     }
+}
+
+/// A pull tags the name with the one platform it pulled, so a multi-platform build that pulls a base for several
+/// platforms would leave only the last under the tag and pull the others again next time. Keeps them all (and
+/// the tag's images of other platforms), as a multi-platform tag (`ImageRecord::platforms`), one per platform.
+fn keep_platforms(store: &Store, name: &str, pulled: &[Digest]) -> Result<(), BoxError> {
+    let Some(rec) = store.tag(name)? else { return Ok(()) };
+    let platform_of = |config: &Digest| -> Result<String, BoxError> {
+        let c: ImageConfig = serde_json::from_slice(&store.read_blob(config)?)?;
+        let p = Platform { os: c.os, architecture: c.architecture, variant: c.variant };
+        Ok(rbuild_frontend::platform::format(&rbuild_frontend::platform::normalize(&p)))
+    };
+    let mut by_platform: BTreeMap<String, Digest> = BTreeMap::new();
+    let known = if rec.platforms.is_empty() { vec![rec.config.clone()] } else { rec.platforms.clone() };
+    for config in known.iter().chain(pulled) {
+        if store.has_blob(config) {
+            by_platform.insert(platform_of(config)?, config.clone());
+        }
+    }
+    let platforms: Vec<Digest> = by_platform.into_values().collect();
+    if platforms.len() < 2 || platforms == rec.platforms {
+        return Ok(());
+    }
+    store.set_tag(&rbuild_cache::ImageRecord { platforms, ..rec })?;
+    Ok(())
 }

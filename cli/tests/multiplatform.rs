@@ -159,6 +159,11 @@ fn two_platform_build_pushes_an_index_and_runs_foreign_steps_under_qemu() {
         }
     }
 
+    // Both platforms of the base are kept under its tag: building again needs no registry round trip.
+    let again =
+        ws.rbuild("app-store", &["build", "--platform", "linux/amd64,linux/arm64", ctx.to_str().unwrap()]).success();
+    assert!(!again.stderr.contains("pulling"), "{}", again.stderr);
+
     // A platform the base does not have: an error naming the ones it has.
     let missing = ws.rbuild("s390x-store", &["build", "--platform", "linux/amd64,linux/s390x", ctx.to_str().unwrap()]);
     assert_ne!(missing.code, Some(0));
