@@ -3,7 +3,7 @@
 # the test images are made of, a registry to push to, and the independent tools the tests check output with.
 set -euo pipefail
 pkgs=(runc crun passt slirp4netns busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client tmux
-  openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2 mmdebstrap)
+  openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2 mmdebstrap qemu-user-static)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -21,6 +21,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
   if $own_policy; then rm -f "$policy"; fi
   [ "$status" -eq 0 ] || exit "$status"
+fi
+# Multi-platform tests build arm64 images from Debian's arm64 busybox-static. It cannot be installed beside the
+# amd64 package (same /bin/busybox), so it is downloaded and its binary unpacked where the tests look for it.
+bb_arm64=/usr/local/lib/rbuild-test/arm64/busybox
+if [ "$(dpkg --print-architecture)" = amd64 ] && [ ! -x "$bb_arm64" ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+    apt-get update -qq
+  fi
+  dl=$(mktemp -d)
+  (cd "$dl" && apt-get download -qq busybox-static:arm64 && dpkg-deb -x busybox-static_*_arm64.deb root)
+  install -D -m 0755 "$dl/root/bin/busybox" "$bb_arm64"
+  rm -rf "$dl"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install Rust first: https://rustup.rs (rbuild needs Rust 1.89 or newer)" >&2

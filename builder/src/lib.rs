@@ -10,19 +10,23 @@
 //! Arrows: this crate uses every pipeline crate (frontend, solver, executor, cache, image); only the CLI uses it.
 
 pub mod error;
+pub mod index_outputs;
 pub mod outputs;
+mod platforms;
+pub mod provenance;
 pub mod report;
 pub mod request;
 mod resolve;
+pub mod sbom;
 
 pub use error::{BuildError, StepFailure};
 pub use outputs::Pushed;
 pub use report::{Reporter, Silent};
-pub use request::{BuildRequest, Dockerfile, Entitlements, MAX_INPUT_FILE, NetworkMode, Output};
+pub use request::{BuildRequest, Dockerfile, Entitlements, MAX_INPUT_FILE, NetworkMode, Output, Provenance};
 // What a caller needs to fill a request in, without depending on the executor itself.
 pub use rbuild_executor::cancel::Canceller;
 pub use rbuild_executor::mounts::{MountSources, SecretValue};
-/// `git` and `curl` fetches with their checks, for contexts that come from a URL.
+/// `git` and http fetches with their checks, for contexts that come from a URL.
 pub use rbuild_executor::remote;
 pub use rbuild_executor::runtime::options as container;
 
@@ -30,10 +34,11 @@ use anyhow::Context as _;
 use rbuild_cache::{ImageRecord, LockMode, Store};
 use rbuild_executor::worker::LocalWorker;
 use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, ErrorKind, convert};
+use rbuild_image::export::ArchiveKind;
 use rbuild_image::registry::{RegistryClient, RegistryOptions};
 use rbuild_solver::{Network, Op, SolveOptions, WorkerError, solve};
 use rbuild_types::Digest;
-use rbuild_types::oci::to_canonical_json;
+use rbuild_types::oci::{Platform, to_canonical_json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,8 +55,11 @@ pub struct Builder {
 /// What a successful build made.
 #[derive(Debug, Clone)]
 pub struct BuildResult {
-    /// The image ID: the digest of its config.
+    /// The image ID: the digest of its config (of the first platform's image, in a multi-platform build).
     pub image: Digest,
+    /// A multi-platform build's images (their config digests), one per platform in the order asked; empty for
+    /// one platform.
+    pub images: Vec<Digest>,
     /// The names it was pushed under, with their manifest digests.
     pub pushed: Vec<Pushed>,
     /// Whether any step ran (rather than every one coming from the cache).
@@ -88,29 +96,53 @@ impl Builder {
             );
         }
 
+        let started = chrono::Utc::now();
+        let platforms = if req.platforms.is_empty() { vec![Platform::host()] } else { req.platforms.clone() };
+        index_outputs::check(&req.outputs, platforms.len())?;
         let store = Arc::new(self.open_store(reporter.as_ref())?);
         let client = RegistryClient::new(self.registry.clone());
-        let opts = convert_options(&req)?;
+        let excludes = ignore_patterns(context, dockerfile.path.as_deref())?;
         let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
         let convert_error = |error: ConvertError| BuildError::Convert { dockerfile: dockerfile.clone(), error };
-        let named = named_contexts(&req);
-        let mut plan = with_base_images(&ast, &opts, &source, named, false, |resolved| convert(&ast, &opts, resolved))
-            .await
-            .map_err(convert_error)?;
-        for w in &plan.warnings {
-            reporter.warning(w);
-        }
-        let findings = rbuild_frontend::lint::report::findings_text(&dockerfile.name, &dockerfile.text, &plan.checks);
-        if !findings.is_empty() {
-            reporter.warning(&findings);
-        }
-        apply_network(&mut plan, req.network, &req.entitlements).map_err(convert_error)?;
-        // `--add-host`, `--ulimit` and `--shm-size` change what a RUN can produce: they are part of its key.
-        let settings = req.container.key_settings();
-        for vertex in &mut plan.graph.vertices {
-            if let Op::Exec(exec) = &mut vertex.op {
-                exec.settings.clone_from(&settings);
+        // One plan per target platform; base images are resolved once per platform that uses them.
+        let mut resolved = resolve::Resolved::with_names(named_contexts(&req));
+        let mut plans = Vec::with_capacity(platforms.len());
+        let mut warned = std::collections::BTreeSet::new();
+        let options: Vec<ConvertOptions> = platforms
+            .iter()
+            .map(|platform| ConvertOptions {
+                build_args: req.build_args.clone(),
+                target: req.target.clone(),
+                platform: platform.clone(),
+                build_platform: Platform::host(),
+                no_cache: req.no_cache.clone(),
+                context_excludes: excludes.clone(),
+                named_contexts: req.named_contexts.keys().cloned().collect(),
+            })
+            .collect();
+        // Every platform's base images at once (the plans below find any the frontend could not name up front).
+        let wanted = options.iter().flat_map(|o| {
+            rbuild_frontend::image_references(&ast, o, false).into_iter().map(|r| (r, o.platform.clone()))
+        });
+        resolved.resolve_all(wanted.collect::<Vec<_>>(), &source).await;
+        for opts in &options {
+            let mut plan = plan(&ast, opts, &source, &mut resolved).await.map_err(convert_error)?;
+            let findings =
+                rbuild_frontend::lint::report::findings_text(&dockerfile.name, &dockerfile.text, &plan.checks);
+            for w in plan.warnings.iter().chain(Some(&findings).filter(|f| !f.is_empty())) {
+                if warned.insert(w.clone()) {
+                    reporter.warning(w);
+                }
             }
+            apply_network(&mut plan, req.network, &req.entitlements).map_err(convert_error)?;
+            // `--add-host`, `--ulimit` and `--shm-size` change what a RUN can produce: they are part of its key.
+            let settings = req.container.key_settings();
+            for vertex in &mut plan.graph.vertices {
+                if let Op::Exec(exec) = &mut vertex.op {
+                    exec.settings.clone_from(&settings);
+                }
+            }
+            plans.push(plan);
         }
 
         let context_abs = std::fs::canonicalize(context).with_context(|| format!("resolving {}", context.display()))?;
@@ -124,7 +156,8 @@ impl Builder {
                 .with_named_contexts(req.named_contexts.clone())
                 .with_stat_cache_saved(!req.temporary_context),
         );
-        let graph = Arc::new(std::mem::take(&mut plan.graph));
+        let merged = platforms::merge(&mut plans, &platforms);
+        let graph = Arc::new(merged.graph);
         let mut solve_opts = SolveOptions::default();
         if let Some(j) = req.jobs {
             solve_opts.jobs = j.max(1);
@@ -136,9 +169,9 @@ impl Builder {
         };
         solve_opts.record_scope = Some(format!("{shown}\n{}", req.target.as_deref().unwrap_or_default()));
         solve_opts.explain = req.explain_cache;
-        reporter.plan(&graph, plan.target);
+        reporter.plan(&graph, &merged.targets);
         let progress: Arc<dyn rbuild_solver::Progress> = reporter.clone();
-        let result = solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress, solve_opts).await;
+        let result = solve(graph.clone(), &merged.targets, worker.clone(), store.clone(), progress, solve_opts).await;
         reporter.finish();
         worker.finish();
         let solved = result.map_err(|e| {
@@ -148,7 +181,7 @@ impl Builder {
             };
             BuildError::Step(Box::new(StepFailure {
                 dockerfile: dockerfile.clone(),
-                location: plan.locations.get(&e.vertex).cloned(),
+                location: merged.locations.get(&e.vertex).cloned(),
                 name: e.name,
                 tail,
                 error: e.source,
@@ -159,29 +192,96 @@ impl Builder {
             return Err(BuildError::Interrupted);
         }
 
-        let mut config = rbuild_frontend::history::image_config(&plan, &solved, chrono::Utc::now().timestamp(), epoch);
-        if !req.labels.is_empty() {
-            config.config.labels.get_or_insert_with(Default::default).extend(req.labels.clone());
+        let now = chrono::Utc::now().timestamp();
+        let mut images = Vec::with_capacity(plans.len());
+        for (plan, map) in plans.iter().zip(&merged.maps) {
+            let own = platforms::split(&solved, map);
+            let mut config = rbuild_frontend::history::image_config(plan, &own, now, epoch);
+            if !req.labels.is_empty() {
+                config.config.labels.get_or_insert_with(Default::default).extend(req.labels.clone());
+            }
+            let image = store.write_blob(&to_canonical_json(&config)).map_err(anyhow::Error::from)?;
+            reporter.message(&format!("writing image {image}"));
+            images.push(image);
         }
-        let image = store.write_blob(&to_canonical_json(&config)).map_err(anyhow::Error::from)?;
-        reporter.message(&format!("writing image {image}"));
+        let image = images[0].clone();
+        let multi = if images.len() > 1 { images.clone() } else { Vec::new() };
+        let attest = match req.provenance {
+            request::Provenance::Off => None,
+            request::Provenance::Default => (!multi.is_empty()).then_some(provenance::ProvenanceMode::Min),
+            request::Provenance::On(mode) => Some(mode),
+        };
+        let docker_archive = req.outputs.iter().any(|o| matches!(o, Output::Archive { kind: ArchiveKind::Docker, .. }));
+        let attest = match attest {
+            Some(_) if multi.is_empty() && docker_archive => {
+                reporter
+                    .warning("warning: a docker archive holds no attestations; building without provenance or SBOM");
+                None
+            }
+            other => other,
+        };
+        let finished = chrono::Utc::now();
+        let invocation =
+            Digest::of(format!("{}-{}-{}", std::process::id(), started, finished).as_bytes()).hex()[..26].to_string();
+        let manifest_of = |config: &Digest| resolved.manifest_of(config).cloned();
+        let mut attestations: Vec<Vec<rbuild_image::index::Attestation>> = vec![Vec::new(); plans.len()];
+        if let Some(mode) = attest {
+            for (i, list) in attestations.iter_mut().enumerate() {
+                let vertices = graph.needed(&[merged.targets[i]]);
+                list.push(provenance::provenance(&provenance::Facts {
+                    mode,
+                    dockerfile: &dockerfile.name,
+                    target: req.target.as_deref(),
+                    platform: &platforms[i],
+                    build_args: &req.build_args,
+                    graph: &graph,
+                    vertices: &vertices,
+                    manifest_of: &manifest_of,
+                    started,
+                    finished,
+                    invocation: &invocation,
+                }));
+            }
+        }
+        if req.sbom && !(multi.is_empty() && docker_archive) {
+            for (list, config) in attestations.iter_mut().zip(&images) {
+                list.push(sbom::of_image(&store, config, finished)?);
+            }
+        }
+        if attestations.iter().all(Vec::is_empty) {
+            attestations.clear();
+        }
         for t in &req.tags {
-            store
-                .set_tag(&ImageRecord { name: t.to_string(), config: image.clone(), manifest: None })
-                .map_err(anyhow::Error::from)?;
+            let record =
+                ImageRecord { name: t.to_string(), config: image.clone(), manifest: None, platforms: multi.clone() };
+            store.set_tag(&record).map_err(anyhow::Error::from)?;
             reporter.message(&format!("naming to {t}"));
         }
-        let pushed = outputs::finish_annotated(
-            &store,
-            &client,
-            &image,
-            &req.outputs,
-            req.metadata_file.as_deref(),
-            epoch,
-            &req.manifest_annotations,
-            reporter.as_ref(),
-        )
-        .await?;
+        let pushed = if multi.is_empty() && attestations.is_empty() {
+            outputs::finish_annotated(
+                &store,
+                &client,
+                &image,
+                &req.outputs,
+                req.metadata_file.as_deref(),
+                epoch,
+                &req.manifest_annotations,
+                reporter.as_ref(),
+            )
+            .await?
+        } else {
+            index_outputs::finish(
+                &store,
+                &client,
+                &images,
+                &attestations,
+                &req.outputs,
+                req.metadata_file.as_deref(),
+                epoch,
+                reporter.as_ref(),
+            )
+            .await?
+        };
         let ran_steps = solved
             .iter()
             .zip(&graph.vertices)
@@ -192,12 +292,12 @@ impl Builder {
             drop(store);
             self.auto_gc(reporter.as_ref());
         }
-        Ok(BuildResult { image, pushed, ran_steps })
+        Ok(BuildResult { image, images: multi, pushed, ran_steps })
     }
 
-    /// Runs the build checks on every stage (or the target's) without building (`--call check`): base images are
-    /// resolved, since the checks read their configs; an error that stops conversion is in the report, next to
-    /// the findings made before it.
+    /// Runs the build checks on every stage (or the target's) without building (`--call check`), for the first
+    /// platform asked for: base images are resolved, since the checks read their configs; an error that stops
+    /// conversion is in the report, next to the findings made before it.
     pub async fn check(
         &self,
         req: &BuildRequest,
@@ -208,10 +308,30 @@ impl Builder {
             .map_err(|error| BuildError::Parse { dockerfile: dockerfile.clone(), error })?;
         let store = self.open_store(reporter.as_ref())?;
         let client = RegistryClient::new(self.registry.clone());
-        let opts = convert_options(req)?;
+        let opts = ConvertOptions {
+            build_args: req.build_args.clone(),
+            target: req.target.clone(),
+            platform: req.platforms.first().cloned().unwrap_or_else(Platform::host),
+            build_platform: Platform::host(),
+            no_cache: req.no_cache.clone(),
+            context_excludes: ignore_patterns(&req.context, dockerfile.path.as_deref())?,
+            named_contexts: req.named_contexts.keys().cloned().collect(),
+        };
         let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
-        let check = |resolved: &resolve::Resolved| rbuild_frontend::check(&ast, &opts, resolved);
-        Ok(with_base_images(&ast, &opts, &source, named_contexts(req), true, check).await)
+        let mut resolved = resolve::Resolved::with_names(named_contexts(req));
+        let mut wanted: Vec<(String, Platform)> = rbuild_frontend::image_references(&ast, &opts, true)
+            .into_iter()
+            .map(|r| (r, opts.platform.clone()))
+            .collect();
+        for _ in 0..MAX_RESOLVE_ROUNDS {
+            resolved.resolve_all(wanted, &source).await;
+            let report = rbuild_frontend::check(&ast, &opts, &resolved);
+            wanted = resolved.take_missing();
+            if wanted.is_empty() {
+                return Ok(report);
+            }
+        }
+        Ok(rbuild_frontend::check(&ast, &opts, &resolved))
     }
 
     /// Opens the store for a build, reporting containers that dead rbuild processes left running.
@@ -239,28 +359,30 @@ impl Builder {
     }
 }
 
-/// Resolves the base images `ast` names, then runs `f` (a conversion) with them; when `f` asked for images that
-/// could only be known while converting, resolves those and runs it again (see [`resolve`]).
-async fn with_base_images<T>(
+/// Resolves the base images the build needs, then converts; see [`resolve`] for the rounds.
+async fn plan(
     ast: &rbuild_frontend::parser::Ast,
     opts: &ConvertOptions,
     source: &resolve::Source<'_>,
-    named: resolve::Named,
-    every_stage: bool,
-    f: impl Fn(&resolve::Resolved) -> T,
-) -> T {
-    let mut resolved = resolve::Resolved::with_names(named);
-    let mut wanted = rbuild_frontend::image_references(ast, opts, every_stage);
+    resolved: &mut resolve::Resolved,
+) -> Result<BuildPlan, ConvertError> {
+    // Stages with `FROM --platform` ask for their own platform's images; conversion finds those.
+    let mut wanted: Vec<(String, Platform)> =
+        rbuild_frontend::image_references(ast, opts, false).into_iter().map(|r| (r, opts.platform.clone())).collect();
     for _ in 0..MAX_RESOLVE_ROUNDS {
-        resolved.resolve_all(wanted, source, &opts.platform).await;
-        let out = f(&resolved);
-        let missing = resolved.take_missing();
-        if missing.is_empty() {
-            return out;
+        resolved.resolve_all(wanted, source).await;
+        match convert(ast, opts, resolved) {
+            Ok(plan) => return Ok(plan),
+            Err(e) => {
+                let missing = resolved.take_missing();
+                if missing.is_empty() {
+                    return Err(e);
+                }
+                wanted = missing;
+            }
         }
-        wanted = missing.into_iter().collect();
     }
-    f(&resolved)
+    convert(ast, opts, resolved)
 }
 
 /// Opens the store at `root` locked as `mode`, first stopping containers that dead rbuild processes left running
@@ -297,18 +419,6 @@ pub fn apply_network(plan: &mut BuildPlan, mode: NetworkMode, allowed: &Entitlem
         }
     }
     Ok(())
-}
-
-/// What conversion needs from a request.
-fn convert_options(req: &BuildRequest) -> anyhow::Result<ConvertOptions> {
-    Ok(ConvertOptions {
-        build_args: req.build_args.clone(),
-        target: req.target.clone(),
-        platform: req.platform.clone(),
-        no_cache: req.no_cache.clone(),
-        context_excludes: ignore_patterns(&req.context, req.dockerfile.path.as_deref())?,
-        named_contexts: req.named_contexts.keys().cloned().collect(),
-    })
 }
 
 /// How the request's `--build-context` names resolve.
@@ -392,6 +502,7 @@ mod tests {
                 network: *network,
                 mounts: vec![],
                 settings: Vec::new(),
+                platform: None,
                 hostname: String::new(),
             };
             let v = graph.add(Vertex {

@@ -38,24 +38,36 @@ fn write_metadata(path: &Path, config: &Digest, m: &Metadata, store: &Store) -> 
             (a.manifest_digest, size)
         }
     };
+    write_metadata_document(path, config, &digest, size, MEDIA_OCI_MANIFEST, &m.names)
+}
+
+/// The metadata file: the config digest, and the digest of what names the image (a manifest, or an index).
+pub(crate) fn write_metadata_document(
+    path: &Path,
+    config: &Digest,
+    digest: &Digest,
+    size: u64,
+    media_type: &str,
+    names: &[String],
+) -> Result<()> {
     let mut doc = serde_json::json!({
         "containerimage.config.digest": config.to_string(),
         "containerimage.digest": digest.to_string(),
         "containerimage.descriptor": {
-            "mediaType": MEDIA_OCI_MANIFEST,
+            "mediaType": media_type,
             "digest": digest.to_string(),
             "size": size,
         },
     });
-    if !m.names.is_empty() {
-        doc["image.name"] = serde_json::Value::String(m.names.join(","));
+    if !names.is_empty() {
+        doc["image.name"] = serde_json::Value::String(names.join(","));
     }
     let text = serde_json::to_string_pretty(&doc)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing the metadata file {}", path.display()))
 }
 
 /// A file to write to, or stdout for `-` (never a terminal: an archive there is garbage on the screen).
-fn create_dest(dest: &Path) -> Result<Box<dyn Write>> {
+pub(crate) fn create_dest(dest: &Path) -> Result<Box<dyn Write>> {
     if dest == Path::new("-") {
         use std::io::IsTerminal as _;
         let stdout = std::io::stdout();
@@ -147,7 +159,12 @@ pub async fn finish_annotated(
             Output::Image { names, push, compression } => {
                 for name in names {
                     let r = ImageRef::parse(name)?;
-                    store.set_tag(&ImageRecord { name: r.to_string(), config: config.clone(), manifest: None })?;
+                    store.set_tag(&ImageRecord {
+                        name: r.to_string(),
+                        config: config.clone(),
+                        manifest: None,
+                        platforms: Vec::new(),
+                    })?;
                     if !meta.names.contains(&r.to_string()) {
                         meta.names.push(r.to_string());
                     }
@@ -169,6 +186,7 @@ pub async fn finish_annotated(
                             name: r.to_string(),
                             config: config.clone(),
                             manifest: Some(report.digest.clone()),
+                            platforms: Vec::new(),
                         })?;
                         pushed.push(Pushed { name: r.to_string(), digest: report.digest.clone() });
                     }

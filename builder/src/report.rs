@@ -6,9 +6,10 @@ use rbuild_solver::{Event, Graph, Progress, VertexId};
 /// Where a build reports what it does: the solver's step events ([`Progress`]), plus lines about the build as a
 /// whole.
 pub trait Reporter: Progress {
-    /// Called once before the solve with the graph and its target, so that a view can count the steps to come.
-    fn plan(&self, graph: &Graph, target: VertexId) {
-        let _ = (graph, target);
+    /// Called once before the solve with the graph and its targets (one per platform), so that a view can count
+    /// the steps to come.
+    fn plan(&self, graph: &Graph, targets: &[VertexId]) {
+        let _ = (graph, targets);
     }
     /// A line about the build as a whole that belongs to no step: the image written, its names, an output
     /// exported, a push.

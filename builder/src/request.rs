@@ -27,8 +27,9 @@ pub struct BuildRequest {
     pub build_args: BTreeMap<String, String>,
     /// The stage to build (the last one if `None`).
     pub target: Option<String>,
-    /// The platform to build for and to pick base images by.
-    pub platform: Platform,
+    /// The platforms to build for and to pick base images by (this machine's if empty). Several make a
+    /// multi-platform image: one build per platform, solved together, and an index.
+    pub platforms: Vec<Platform>,
     pub no_cache: NoCache,
     /// Ask the registry for base images even when the store has the tag.
     pub pull: bool,
@@ -51,6 +52,10 @@ pub struct BuildRequest {
     pub metadata_file: Option<PathBuf>,
     /// Say, for every step that runs, why it missed the cache.
     pub explain_cache: bool,
+    /// `--provenance`: a SLSA provenance attestation per platform in the image's index.
+    pub provenance: Provenance,
+    /// `--sbom`: an SPDX SBOM of each platform's filesystem in the image's index.
+    pub sbom: bool,
     /// `SOURCE_DATE_EPOCH`: clamps file times in layers and dates the image.
     pub source_date_epoch: Option<i64>,
     /// `--build-context NAME=DIR` (or a fetched URL): directories `COPY --from=NAME` reads.
@@ -139,4 +144,17 @@ impl Output {
     pub fn to_stdout(&self) -> bool {
         matches!(self, Output::Archive { dest, .. } | Output::Tar { dest } if dest.as_os_str() == "-")
     }
+}
+
+/// Whether the image gets provenance attestations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Provenance {
+    /// `mode=min` for multi-platform images (they are an index anyway, as buildx attaches it); none for one
+    /// platform, which stays a plain manifest.
+    #[default]
+    Default,
+    /// `--provenance=false`.
+    Off,
+    /// `--provenance=true|mode=min|mode=max`: attached even to a single-platform image (which then is an index).
+    On(crate::provenance::ProvenanceMode),
 }

@@ -11,6 +11,7 @@ use crate::report::Reporter;
 use rbuild_cache::Store;
 use rbuild_frontend::{ImageResolver, ResolvedImage};
 use rbuild_image::registry::{ImageRef, RegistryClient};
+use rbuild_types::Digest;
 use rbuild_types::oci::{ImageConfig, Platform};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,10 +20,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What each reference resolved to, or why it did not: the error is reported by conversion, at the line that
 /// names the image (with a "did you mean" for a mistyped stage name).
+/// Images are looked up by reference and platform (`os/arch[/variant]`): a multi-platform build resolves each base
+/// once per platform that uses it.
 #[derive(Default)]
 pub(crate) struct Resolved {
-    images: BTreeMap<String, Result<ResolvedImage, String>>,
-    missing: RefCell<BTreeSet<String>>,
+    images: BTreeMap<(String, String), Result<ResolvedImage, String>>,
+    missing: RefCell<BTreeMap<(String, String), Platform>>,
+    /// The manifest digest of each resolved image, by config digest, where one is known (for provenance).
+    manifests: BTreeMap<Digest, Digest>,
     named: Named,
 }
 
@@ -57,45 +62,85 @@ impl Named {
     }
 }
 
+/// The table key of a reference for a platform.
+fn key(reference: &str, platform: &Platform) -> (String, String) {
+    (reference.to_string(), rbuild_frontend::platform::format(&rbuild_frontend::platform::normalize(platform)))
+}
+
 impl Resolved {
     /// An empty table that resolves `--build-context` names as `named` says.
     pub(crate) fn with_names(named: Named) -> Resolved {
         Resolved { named, ..Resolved::default() }
     }
 
-    /// Resolves every reference not resolved yet, concurrently.
+    /// Resolves every reference not resolved yet for its platform, concurrently.
     pub(crate) async fn resolve_all(
         &mut self,
-        references: impl IntoIterator<Item = String>,
+        references: impl IntoIterator<Item = (String, Platform)>,
         from: &Source<'_>,
-        platform: &Platform,
     ) {
-        let wanted: BTreeSet<String> = references.into_iter().filter(|r| !self.images.contains_key(r)).collect();
-        let targets: Vec<(String, Result<String, String>)> =
-            wanted.into_iter().map(|r| (r.clone(), self.named.target(&r))).collect();
-        let lookups = targets.into_iter().map(|(reference, target)| async move {
-            let result = match target {
-                Ok(target) => from.resolve(&target, platform).await.map_err(|e| error_chain(e.as_ref())),
+        let mut wanted = BTreeMap::new();
+        for (reference, platform) in references {
+            let k = key(&reference, &platform);
+            if !self.images.contains_key(&k) {
+                wanted.insert(k, (reference, platform));
+            }
+        }
+        let named = &self.named;
+        let lookups = wanted.into_iter().map(|(k, (reference, platform))| async move {
+            let result = match named.target(&reference) {
+                Ok(target) => from.resolve(&target, &platform).await.map_err(|e| error_chain(e.as_ref())),
                 Err(e) => Err(e),
             };
-            (reference, result)
+            (k, result)
         });
-        self.images.extend(futures::future::join_all(lookups).await);
+        let mut pulled: BTreeMap<String, Vec<Digest>> = BTreeMap::new();
+        for (k, result) in futures::future::join_all(lookups).await {
+            let result = result.map(|(image, manifest, fresh)| {
+                if let Some(m) = manifest {
+                    self.manifests.insert(image.digest.clone(), m);
+                }
+                if fresh {
+                    pulled.entry(image.reference.clone()).or_default().push(image.digest.clone());
+                }
+                image
+            });
+            self.images.insert(k, result);
+        }
+        for name in pulled.into_keys() {
+            // Every platform of this name the build resolved, not only this round's.
+            let configs: Vec<Digest> = self
+                .images
+                .values()
+                .filter_map(|r| r.as_ref().ok())
+                .filter(|i| i.reference == name)
+                .map(|i| i.digest.clone())
+                .collect();
+            if let Err(e) = keep_platforms(from.store, &name, &configs) {
+                tracing::debug!(image = %name, error = %e, "could not record the pulled platforms under the tag");
+            }
+        }
     }
 
-    /// The references conversion asked for that were not resolved; clears the record.
-    pub(crate) fn take_missing(&self) -> BTreeSet<String> {
-        std::mem::take(&mut *self.missing.borrow_mut())
+    /// The manifest digest of the image whose config is `config`, if it was resolved from one.
+    pub(crate) fn manifest_of(&self, config: &Digest) -> Option<&Digest> {
+        self.manifests.get(config)
+    }
+
+    /// The references (with their platforms) conversion asked for that were not resolved; clears the record.
+    pub(crate) fn take_missing(&self) -> Vec<(String, Platform)> {
+        std::mem::take(&mut *self.missing.borrow_mut()).into_iter().map(|((r, _), p)| (r, p)).collect()
     }
 }
 
 impl ImageResolver for Resolved {
-    fn resolve(&self, reference: &str, _: &Platform) -> Result<ResolvedImage, BoxError> {
-        match self.images.get(reference) {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, BoxError> {
+        let k = key(reference, platform);
+        match self.images.get(&k) {
             Some(Ok(image)) => Ok(image.clone()),
             Some(Err(e)) => Err(e.clone().into()),
             None => {
-                self.missing.borrow_mut().insert(reference.to_string());
+                self.missing.borrow_mut().insert(k, platform.clone());
                 Err(format!("{reference} was not resolved before conversion").into())
             }
         }
@@ -112,7 +157,12 @@ pub(crate) struct Source<'a> {
 }
 
 impl Source<'_> {
-    async fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, BoxError> {
+    /// The image for `platform`, with its manifest digest where one is known and whether it was pulled now.
+    async fn resolve(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<(ResolvedImage, Option<Digest>, bool), BoxError> {
         let r = ImageRef::parse(reference)?;
         let name = r.to_string();
         let mut local_other = None;
@@ -120,18 +170,28 @@ impl Source<'_> {
             && let Some(rec) = self.store.tag(&name)?
             && self.store.has_blob(&rec.config)
         {
-            let config: ImageConfig = serde_json::from_slice(&self.store.read_blob(&rec.config)?)?;
-            // A tag holds one platform's image; one pulled for another platform is not the image asked for.
-            let variant_ok = platform.variant.is_none() || config.variant == platform.variant;
-            if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
-                return Ok(ResolvedImage { reference: name, digest: rec.config, config });
+            // A tag holds one platform's image, or several (a multi-platform build's); one pulled for another
+            // platform is not the image asked for.
+            let mut candidates = rec.platforms.clone();
+            if candidates.is_empty() {
+                candidates.push(rec.config.clone());
             }
-            local_other = Some(match &config.variant {
-                Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
-                None => format!("{}/{}", config.os, config.architecture),
-            });
+            let mut has = Vec::new();
+            for digest in candidates {
+                let config: ImageConfig = serde_json::from_slice(&self.store.read_blob(&digest)?)?;
+                let variant_ok = platform.variant.is_none() || config.variant == platform.variant;
+                if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
+                    let manifest = if rec.platforms.is_empty() { rec.manifest.clone() } else { None };
+                    return Ok((ResolvedImage { reference: name, digest, config }, manifest, false));
+                }
+                has.push(match &config.variant {
+                    Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
+                    None => format!("{}/{}", config.os, config.architecture),
+                });
+            }
+            local_other = Some(has.join(", "));
         }
-        let status = format!("pulling {name}");
+        let status = format!("pulling {name} for {}", rbuild_frontend::platform::format(platform));
         self.reporter.status(&status);
         let pulled = rbuild_image::local::pull(self.client, self.store, &r, platform).await;
         self.reporter.status_end(&status);
@@ -146,6 +206,32 @@ impl Source<'_> {
             }
             (Err(e), None) => return Err(Box::new(e)),
         };
-        Ok(ResolvedImage { reference: name, digest: pulled.record.config, config: pulled.config })
+        let manifest = pulled.record.manifest.clone();
+        Ok((ResolvedImage { reference: name, digest: pulled.record.config, config: pulled.config }, manifest, true))
     }
+}
+
+/// A pull tags the name with the one platform it pulled, so a multi-platform build that pulls a base for several
+/// platforms would leave only the last under the tag and pull the others again next time. Keeps them all (and
+/// the tag's images of other platforms), as a multi-platform tag (`ImageRecord::platforms`), one per platform.
+fn keep_platforms(store: &Store, name: &str, pulled: &[Digest]) -> Result<(), BoxError> {
+    let Some(rec) = store.tag(name)? else { return Ok(()) };
+    let platform_of = |config: &Digest| -> Result<String, BoxError> {
+        let c: ImageConfig = serde_json::from_slice(&store.read_blob(config)?)?;
+        let p = Platform { os: c.os, architecture: c.architecture, variant: c.variant };
+        Ok(rbuild_frontend::platform::format(&rbuild_frontend::platform::normalize(&p)))
+    };
+    let mut by_platform: BTreeMap<String, Digest> = BTreeMap::new();
+    let known = if rec.platforms.is_empty() { vec![rec.config.clone()] } else { rec.platforms.clone() };
+    for config in known.iter().chain(pulled) {
+        if store.has_blob(config) {
+            by_platform.insert(platform_of(config)?, config.clone());
+        }
+    }
+    let platforms: Vec<Digest> = by_platform.into_values().collect();
+    if platforms.len() < 2 || platforms == rec.platforms {
+        return Ok(());
+    }
+    store.set_tag(&rbuild_cache::ImageRecord { platforms, ..rec })?;
+    Ok(())
 }

@@ -173,29 +173,38 @@ fn mark_tags(store: &Store) -> Result<(Marks, Vec<String>), GcError> {
     let mut marks = Marks::default();
     let mut problems = Vec::new();
     for tag in store.tags()? {
-        marks.blobs.insert(tag.config.clone());
-        match store.read_blob(&tag.config) {
-            Ok(bytes) => match serde_json::from_slice::<ImageConfig>(&bytes) {
-                Ok(config) => {
-                    for id in &config.rootfs.diff_ids {
-                        marks.snapshots.insert(id.clone());
-                        let blobs = store.layer_blobs(id);
-                        let has_blob = blobs.iter().any(|b| store.has_blob(&b.digest));
-                        if !store.has_snapshot(id) && !has_blob {
-                            problems.push(format!("tag {}: layer {id} has neither a snapshot nor a blob", tag.name));
-                        }
-                        marks.blobs.extend(blobs.into_iter().map(|b| b.digest));
-                    }
-                }
-                Err(e) => problems.push(format!("tag {}: config {} is not an image config: {e}", tag.name, tag.config)),
-            },
-            Err(e) => problems.push(format!("tag {}: config {}: {e}", tag.name, tag.config)),
+        // A multi-platform image keeps every platform's image.
+        let configs = std::iter::once(&tag.config).chain(tag.platforms.iter().filter(|c| **c != tag.config));
+        for config in configs {
+            mark_config(store, &tag.name, config, &mut marks, &mut problems);
         }
         if let Some(m) = &tag.manifest {
             mark_manifest(store, m, &mut marks, &mut problems, &tag.name, 0);
         }
     }
     Ok((marks, problems))
+}
+
+/// Marks an image config blob and the snapshots and layer blobs of its layers.
+fn mark_config(store: &Store, name: &str, config: &Digest, marks: &mut Marks, problems: &mut Vec<String>) {
+    marks.blobs.insert(config.clone());
+    match store.read_blob(config) {
+        Ok(bytes) => match serde_json::from_slice::<ImageConfig>(&bytes) {
+            Ok(config) => {
+                for id in &config.rootfs.diff_ids {
+                    marks.snapshots.insert(id.clone());
+                    let blobs = store.layer_blobs(id);
+                    let has_blob = blobs.iter().any(|b| store.has_blob(&b.digest));
+                    if !store.has_snapshot(id) && !has_blob {
+                        problems.push(format!("tag {name}: layer {id} has neither a snapshot nor a blob"));
+                    }
+                    marks.blobs.extend(blobs.into_iter().map(|b| b.digest));
+                }
+            }
+            Err(e) => problems.push(format!("tag {name}: config {config} is not an image config: {e}")),
+        },
+        Err(e) => problems.push(format!("tag {name}: config {config}: {e}")),
+    }
 }
 
 /// Marks a manifest or index blob and every blob it lists that is stored locally.
@@ -600,7 +609,9 @@ mod tests {
         let config =
             ImageConfig { rootfs: RootFs { diff_ids: layers.to_vec(), ..Default::default() }, ..Default::default() };
         let c = store.write_blob(&to_canonical_json(&config)).unwrap();
-        store.set_tag(&ImageRecord { name: name.into(), config: c.clone(), manifest: None }).unwrap();
+        store
+            .set_tag(&ImageRecord { name: name.into(), config: c.clone(), manifest: None, platforms: Vec::new() })
+            .unwrap();
         c
     }
 
@@ -684,7 +695,14 @@ mod tests {
         let store = Store::open_exclusive(&dir.path().join("store")).unwrap();
         let b = store.write_blob(b"hello").unwrap();
         fs::write(store.blob_path(&b), b"jello").unwrap();
-        store.set_tag(&ImageRecord { name: "x:1".into(), config: Digest::of(b"none"), manifest: None }).unwrap();
+        store
+            .set_tag(&ImageRecord {
+                name: "x:1".into(),
+                config: Digest::of(b"none"),
+                manifest: None,
+                platforms: Vec::new(),
+            })
+            .unwrap();
         let k = Digest::of(b"k");
         store.put(&k, &Output::RootFs(vec![Digest::of(b"gone")])).unwrap();
         let bad = store.cache_path(&Digest::of(b"bad"));

@@ -65,6 +65,10 @@ pub struct ImageRecord {
     /// The manifest blob, when one exists locally (pulled, or pushed/exported once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<Digest>,
+    /// A multi-platform image: the config of each platform's image (`config` is one of them). Empty for a
+    /// single-platform image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<Digest>,
 }
 
 /// How a store is held: builds share it; garbage collection owns it alone.
@@ -735,7 +739,12 @@ mod tests {
     fn tags_with_registry_names() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let rec = ImageRecord { name: "127.0.0.1:5000/a/b:1.0".into(), config: Digest::of(b"c"), manifest: None };
+        let rec = ImageRecord {
+            name: "127.0.0.1:5000/a/b:1.0".into(),
+            config: Digest::of(b"c"),
+            manifest: None,
+            platforms: Vec::new(),
+        };
         store.set_tag(&rec).unwrap();
         assert_eq!(store.tag("127.0.0.1:5000/a/b:1.0").unwrap(), Some(rec.clone()));
         assert_eq!(store.tags().unwrap(), vec![rec]);
@@ -842,7 +851,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let config = store.write_blob(b"{}").unwrap();
-        store.set_tag(&ImageRecord { name: "good".into(), config, manifest: None }).unwrap();
+        store.set_tag(&ImageRecord { name: "good".into(), config, manifest: None, platforms: Vec::new() }).unwrap();
         fs::write(dir.path().join("index/tags/broken.json"), b"{not json").unwrap();
         let tags = store.tags().unwrap();
         assert_eq!(tags.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["good"]);

@@ -235,7 +235,7 @@ fn request(args: &BuildArgs, inputs: &Inputs) -> Result<BuildRequest> {
         dockerfile,
         build_args: crate::call::with_check_env(parse_build_args(&args.build_args)?),
         target: args.target.clone(),
-        platform: crate::outputs::platform(&args.outputs)?,
+        platforms: crate::outputs::platforms(&args.outputs)?,
         no_cache: if args.no_cache {
             NoCache::All
         } else if args.no_cache_filter.is_empty() {
@@ -254,6 +254,14 @@ fn request(args: &BuildArgs, inputs: &Inputs) -> Result<BuildRequest> {
         tags,
         metadata_file: args.outputs.metadata_file.clone(),
         explain_cache: args.explain_cache,
+        provenance: crate::outputs::provenance(&crate::outputs::OutputArgs {
+            provenance: inputs.buildx.provenance.clone().or(args.outputs.provenance.clone()),
+            ..args.outputs.clone()
+        })?,
+        sbom: crate::outputs::sbom(&crate::outputs::OutputArgs {
+            sbom: inputs.buildx.sbom.clone().or(args.outputs.sbom.clone()),
+            ..args.outputs.clone()
+        })?,
         source_date_epoch,
         named_contexts: inputs.named.dirs(),
         image_contexts: inputs.named.images(),
@@ -269,7 +277,8 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     crate::privilege::check_build()?;
     // `-`, `-f -`, Git and http(s) contexts become local directories first; flags that cannot apply fail now.
     let limits = crate::source::Limits::from_env()?;
-    let buildx = args.buildx.check(&crate::outputs::platform(&args.outputs)?)?;
+    let platforms = crate::outputs::platforms(&args.outputs)?;
+    let buildx = args.buildx.check(platforms.first().unwrap_or(&rbuild_types::oci::Platform::host()))?;
     let docker = buildx.load.then(|| crate::docker_load::Daemon::find(std::env::var("DOCKER_HOST").ok().as_deref()));
     let docker = docker.transpose()?;
     let inputs = Inputs {

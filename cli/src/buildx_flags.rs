@@ -26,18 +26,13 @@ pub struct BuildxArgs {
     /// Cache export destinations (buildx syntax); remote caches are not supported yet, so this is an error
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Vec<String>,
-    /// Provenance attestation: only `false` (or `0`) is supported: rbuild attaches none
-    #[arg(long, value_name = "false")]
-    pub provenance: Option<String>,
-    /// SBOM attestation: only `false` (or `0`) is supported: rbuild attaches none
-    #[arg(long, value_name = "false")]
-    pub sbom: Option<String>,
     /// An additional context: NAME=DIR, NAME=URL (Git or http(s) tarball) or NAME=docker-image://REF, usable as
     /// `COPY --from=NAME` (and `FROM NAME` for images); repeatable
     #[arg(long = "build-context", value_name = "NAME=DIR|URL|docker-image://REF")]
     pub build_contexts: Vec<String>,
-    /// Attestation parameters: only `type=provenance|sbom,disabled=true` is supported
-    #[arg(long = "attest", value_name = "type=TYPE,disabled=true")]
+    /// Attestation parameters: type=provenance[,mode=min|max] or type=sbom, with disabled=true to switch one off
+    /// (the same as --provenance and --sbom)
+    #[arg(long = "attest", value_name = "type=TYPE[,mode=MODE][,disabled=true]")]
     pub attest: Vec<String>,
     /// buildx's builder instance: rbuild has none (it builds in-process), so this is ignored with a warning
     #[arg(long, value_name = "NAME")]
@@ -56,6 +51,10 @@ pub struct Requests {
     /// Annotations on the image manifest.
     pub manifest_annotations: BTreeMap<String, String>,
     pub load: bool,
+    /// `--attest type=provenance,...` as a `--provenance` value (`false`, `true`, `mode=max`).
+    pub provenance: Option<String>,
+    /// `--attest type=sbom,...` as an `--sbom` value.
+    pub sbom: Option<String>,
 }
 
 impl BuildxArgs {
@@ -73,15 +72,12 @@ impl BuildxArgs {
                  remove --cache-to"
             );
         }
-        for (flag, value) in [("--provenance", &self.provenance), ("--sbom", &self.sbom)] {
-            if let Some(v) = value
-                && !is_false(v)
-            {
-                bail!("{flag}={v}: attestations are not supported yet; pass {flag}=false (or leave the flag out)");
-            }
-        }
+        let (mut provenance, mut sbom) = (None, None);
         for spec in &self.attest {
-            check_attest(spec)?;
+            match parse_attest(spec)? {
+                Attest::Provenance(v) => provenance = Some(v),
+                Attest::Sbom(v) => sbom = Some(v),
+            }
         }
         if let Some(parent) = &self.cgroup_parent {
             bail!("--cgroup-parent {parent}: not supported; RUN steps get a cgroup of their own under rbuild's");
@@ -98,7 +94,7 @@ impl BuildxArgs {
                 manifest_annotations.insert(k, v);
             }
         }
-        Ok(Requests { manifest_annotations, load: self.load })
+        Ok(Requests { manifest_annotations, load: self.load, provenance, sbom })
     }
 }
 
@@ -106,24 +102,30 @@ fn is_false(v: &str) -> bool {
     matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "0")
 }
 
-/// `--attest type=sbom,disabled=true` (buildx's CSV; `disabled` without a value is true).
-fn check_attest(spec: &str) -> Result<()> {
-    let (mut kind, mut disabled) = (None, false);
+/// One `--attest`, as the value of the flag it stands for.
+enum Attest {
+    Provenance(String),
+    Sbom(String),
+}
+
+/// `--attest type=provenance,mode=max` / `type=sbom,disabled=true` (buildx's CSV; `disabled` without a value is
+/// true).
+fn parse_attest(spec: &str) -> Result<Attest> {
+    let (mut kind, mut disabled, mut mode) = (None, false, None);
     for field in spec.split(',').map(str::trim).filter(|f| !f.is_empty()) {
         match field.split_once('=') {
             Some(("type", v)) => kind = Some(v.to_string()),
             Some(("disabled", v)) => disabled = !is_false(v),
+            Some(("mode", v)) => mode = Some(v.to_string()),
             None if field == "disabled" => disabled = true,
+            // buildx's generator=, builder-id= and the like: rbuild makes its own documents.
             _ => {}
         }
     }
+    let value = |on: String| if disabled { "false".to_string() } else { on };
     match kind.as_deref() {
-        Some("provenance" | "sbom") if disabled => Ok(()),
-        Some(k @ ("provenance" | "sbom")) => {
-            bail!(
-                "--attest {spec}: attestations are not supported yet; pass --attest type={k},disabled=true or leave it out"
-            )
-        }
+        Some("provenance") => Ok(Attest::Provenance(value(mode.map_or("true".into(), |m| format!("mode={m}"))))),
+        Some("sbom") => Ok(Attest::Sbom(value("true".into()))),
         Some(other) => bail!("--attest {spec}: unknown attestation type {other:?} (provenance or sbom)"),
         None => bail!("--attest {spec}: type= is required (type=provenance or type=sbom)"),
     }
@@ -198,18 +200,17 @@ mod tests {
     }
 
     #[test]
-    fn attestations_may_only_be_switched_off() {
-        let args = |provenance: &str, attest: &[&str]| BuildxArgs {
-            provenance: Some(provenance.into()),
+    fn attest_maps_to_the_provenance_and_sbom_flags() {
+        let args = |attest: &[&str]| BuildxArgs {
             attest: attest.iter().map(|s| s.to_string()).collect(),
             ..BuildxArgs::default()
         };
-        assert!(args("false", &["type=sbom,disabled=true", "type=provenance,disabled"]).check(&amd64()).is_ok());
-        assert!(args("0", &[]).check(&amd64()).is_ok());
-        let err = args("mode=max", &[]).check(&amd64()).expect_err("provenance on");
-        assert!(err.to_string().contains("--provenance=false"), "{err}");
-        let err = args("false", &["type=sbom"]).check(&amd64()).expect_err("sbom on");
-        assert!(err.to_string().contains("disabled=true"), "{err}");
+        let r = args(&["type=sbom,disabled=true", "type=provenance,mode=max"]).check(&amd64()).expect("valid");
+        assert_eq!((r.provenance.as_deref(), r.sbom.as_deref()), (Some("mode=max"), Some("false")));
+        let r = args(&["type=provenance,disabled"]).check(&amd64()).expect("valid");
+        assert_eq!(r.provenance.as_deref(), Some("false"));
+        assert!(args(&["type=spdx"]).check(&amd64()).is_err());
+        assert!(args(&["mode=max"]).check(&amd64()).is_err());
     }
 
     #[test]

@@ -163,8 +163,12 @@ pub async fn run(call: &Call, builder: &Builder, req: BuildRequest, reporter: Ar
             Ok(ExitCode::SUCCESS)
         }
         Call::Outline { json } => {
-            let o = match rbuild_frontend::outline::outline(&ast, &req.build_args, req.target.as_deref(), &req.platform)
-            {
+            let o = match rbuild_frontend::outline::outline(
+                &ast,
+                &req.build_args,
+                req.target.as_deref(),
+                req.platforms.first().unwrap_or(&rbuild_types::oci::Platform::host()),
+            ) {
                 Ok(o) => o,
                 Err(e) => {
                     render::convert_error(file, text, &e);

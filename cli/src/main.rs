@@ -228,8 +228,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let client = RegistryClient::new(env.registry.clone());
             let outputs = [outputs::Output::Image { names: vec![r.to_string()], push: true, compression }];
             let reporter = progress::PlainProgress::new();
-            let pushed =
-                rbuild_builder::outputs::finish(&store, &client, &rec.config, &outputs, None, None, &reporter).await?;
+            let pushed = if rec.platforms.is_empty() {
+                rbuild_builder::outputs::finish(&store, &client, &rec.config, &outputs, None, None, &reporter).await?
+            } else {
+                rbuild_builder::index_outputs::finish(
+                    &store,
+                    &client,
+                    &rec.platforms,
+                    &[],
+                    &outputs,
+                    None,
+                    None,
+                    &reporter,
+                )
+                .await?
+            };
             for p in pushed {
                 progress::Renderer::result(&reporter, &format!("{}@{}", p.name, p.digest));
             }

@@ -24,9 +24,17 @@ pub struct OutputArgs {
     /// Write the image's digests (JSON, as buildx does) to this file
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
-    /// The platform to build for and to pick base images by: os/arch[/variant] [default: this machine's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    /// The platforms to build for and to pick base images by: os/arch[/variant], comma-separated for a
+    /// multi-platform image [default: this machine's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT],...")]
     pub platform: Option<String>,
+    /// SLSA provenance attestation: false, true, mode=min or mode=max [default: mode=min for multi-platform
+    /// images, none for one platform]
+    #[arg(long, value_name = "false|true|mode=min|mode=max", num_args = 0..=1, default_missing_value = "true")]
+    pub provenance: Option<String>,
+    /// Attach an SPDX SBOM of the image's packages (dpkg, apk, Python, npm): true or false [default: false]
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    pub sbom: Option<String>,
     /// Layer compression for --push: gzip, zstd or uncompressed [default: gzip]
     #[arg(long = "compression", value_name = "ALGORITHM")]
     pub compression: Option<String>,
@@ -149,7 +157,7 @@ pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
 /// `os/arch[/variant]`.
 pub fn parse_platform(s: &str) -> Result<Platform> {
     if s.contains(',') {
-        bail!("--platform {s:?}: multi-platform builds are not supported yet; build one platform at a time");
+        bail!("--platform {s:?}: one platform here (a list of platforms is for rbuild build)");
     }
     let mut p = rbuild_frontend::platform::parse(s).with_context(|| format!("invalid --platform {s:?}"))?;
     // rbuild names 64-bit ARM with its variant, as the images it picks from an index do.
@@ -159,9 +167,42 @@ pub fn parse_platform(s: &str) -> Result<Platform> {
     Ok(p)
 }
 
-/// The platform to build and pull for.
-pub fn platform(args: &OutputArgs) -> Result<Platform> {
-    args.platform.as_deref().map_or_else(|| Ok(Platform::host()), parse_platform)
+/// The platforms to build for (`--platform linux/amd64,linux/arm64`, buildx's list); this machine's when none is
+/// named. A platform named twice is built once.
+pub fn platforms(args: &OutputArgs) -> Result<Vec<Platform>> {
+    let Some(list) = args.platform.as_deref() else { return Ok(vec![Platform::host()]) };
+    let mut out: Vec<Platform> = Vec::new();
+    for one in list.split(',').map(str::trim) {
+        let p = parse_platform(one)?;
+        let norm = rbuild_frontend::platform::normalize(&p);
+        if !out.iter().any(|q| rbuild_frontend::platform::normalize(q) == norm) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// `--provenance`, as buildx spells it.
+pub fn provenance(args: &OutputArgs) -> Result<rbuild_builder::Provenance> {
+    use rbuild_builder::Provenance;
+    use rbuild_builder::provenance::ProvenanceMode;
+    let Some(v) = args.provenance.as_deref() else { return Ok(Provenance::Default) };
+    Ok(match v.trim() {
+        "false" | "0" => Provenance::Off,
+        "true" | "1" | "" | "mode=min" | "min" => Provenance::On(ProvenanceMode::Min),
+        "mode=max" | "max" => Provenance::On(ProvenanceMode::Max),
+        other => bail!("--provenance {other:?}: expected false, true, mode=min or mode=max"),
+    })
+}
+
+/// `--sbom`: `true`/`false`, or buildx's `generator=...` form (which means true; the packages are read by rbuild).
+pub fn sbom(args: &OutputArgs) -> Result<bool> {
+    Ok(match args.sbom.as_deref().map(str::trim) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(v) if v.starts_with("generator=") => true,
+        Some(other) => bail!("--sbom {other:?}: expected true or false"),
+    })
 }
 
 /// Parses every output of a build, adding `--push` as an image output.
@@ -324,6 +365,11 @@ mod tests {
         }
         // Issue 11 item 2: a list was parsed as one platform with arch "amd64,linux".
         let e = parse_platform("linux/amd64,linux/arm64").unwrap_err().to_string();
-        assert!(e.contains("multi-platform builds are not supported yet"), "{e}");
+        assert!(e.contains("a list of platforms is for rbuild build"), "{e}");
+        let args = |p: &str| OutputArgs { platform: Some(p.into()), ..Default::default() };
+        let list = super::platforms(&args("linux/amd64, linux/arm64,linux/x86_64")).unwrap();
+        let shown: Vec<String> = list.iter().map(rbuild_frontend::platform::format).collect();
+        assert_eq!(shown, ["linux/amd64", "linux/arm64/v8"]);
+        assert!(super::platforms(&args("linux/amd64,")).is_err());
     }
 }

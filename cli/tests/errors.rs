@@ -147,8 +147,8 @@ fn hostile_dockerfiles_fail_with_their_line_not_a_crash() {
         (
             "platform-list",
             "FROM scratch\n".into(),
-            vec!["--platform", "linux/amd64,linux/arm64"],
-            "multi-platform builds are not supported yet",
+            vec!["--platform", "linux/amd64,linux/foo/bar/baz"],
+            "invalid --platform \"linux/foo/bar/baz\"",
             "",
         ),
         ("dev-zero", "FROM scratch\n".into(), vec!["-f", "/dev/zero"], "larger than the limit of 10 MiB", "/dev/zero"),

@@ -14,6 +14,7 @@ mod executor;
 mod frontend_builds;
 mod hardening;
 mod limits;
+mod multiplatform;
 mod network;
 mod outputs;
 mod progress;

@@ -6,6 +6,7 @@
 
 pub mod cancel;
 pub mod copy;
+pub mod emulation;
 pub mod mounts;
 pub mod overlay;
 pub mod reap;

@@ -7,6 +7,7 @@
 
 use crate::cancel::Canceller;
 use crate::copy::{CopyOptions, copy_from};
+use crate::emulation::Emulation;
 use crate::mounts::{MountSources, prepare};
 use crate::overlay::mount_overlay;
 use crate::runtime::network::NetworkStack;
@@ -55,6 +56,8 @@ pub struct LocalWorker {
     save_stat_cache: bool,
     /// Local directories named by `--build-context NAME=DIR`, read by `Op::Context { name: NAME }`.
     named_contexts: std::collections::BTreeMap<String, PathBuf>,
+    /// How steps for other platforms run, decided once per platform.
+    emulation: (crate::emulation::Host, Mutex<HashMap<String, Emulation>>),
 }
 
 impl LocalWorker {
@@ -82,12 +85,13 @@ impl LocalWorker {
             layer_opts: LayerOptions { clamp_mtime },
             mount_sources: MountSources::default(),
             canceller: Canceller::new(),
-            bundles,
+            bundles: bundles.clone(),
             network: Mutex::new(None),
             walks: Mutex::new(HashMap::new()),
             container: ContainerOptions::default(),
             named_contexts: Default::default(),
             save_stat_cache: true,
+            emulation: (crate::emulation::Host::new(bundles.clone()), Mutex::new(HashMap::new())),
         })
     }
 
@@ -102,6 +106,22 @@ impl LocalWorker {
     pub fn with_named_contexts(mut self, contexts: std::collections::BTreeMap<String, PathBuf>) -> LocalWorker {
         self.named_contexts = contexts;
         self
+    }
+
+    /// How a step for `op.platform` runs here (natively when it has none), decided once per platform.
+    fn emulation_for(&self, op: &ExecOp) -> Result<Emulation, WorkerError> {
+        let Some(platform) = &op.platform else { return Ok(Emulation::None) };
+        let key = format!("{}/{}/{}", platform.os, platform.architecture, platform.variant.as_deref().unwrap_or(""));
+        let (host, decided) = &self.emulation;
+        if let Some(e) = decided.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(e.clone());
+        }
+        let e = host.emulation(platform).map_err(|e| WorkerError::failed("emulating another platform", e))?;
+        if let Emulation::Inject(emulator) = &e {
+            tracing::debug!(platform = %key, emulator = %emulator.display(), "steps run under an injected emulator");
+        }
+        decided.lock().unwrap_or_else(|p| p.into_inner()).insert(key, e.clone());
+        Ok(e)
     }
 
     /// The secrets and SSH agents `RUN --mount=type=secret|ssh` steps may use.
@@ -573,6 +593,7 @@ impl Worker for LocalWorker {
         self.check_cancelled()?;
         let layers = inputs.first().map(|o| o.layers().to_vec()).unwrap_or_default();
         let command = op.args.join(" ");
+        let emulation = self.emulation_for(op)?;
         let mut exit = None;
         let out = self.on_overlay(&layers, "run", |merged| {
             let user =
@@ -591,15 +612,27 @@ impl Worker for LocalWorker {
                 Network::Host => (NetworkMode::Host, None),
                 Network::None => (NetworkMode::None, None),
             };
+            let (args, mut binds) = (op.args.clone(), mounts.binds.clone());
+            let args = match &emulation {
+                Emulation::None => args,
+                Emulation::Inject(emulator) => {
+                    binds.push(crate::runtime::BindMount {
+                        source: emulator.clone(),
+                        destination: crate::emulation::EMULATOR_PATH.into(),
+                        readonly: true,
+                    });
+                    crate::emulation::wrap_args(&args, &op.env, merged)
+                }
+            };
             let spec = RunSpec {
                 rootfs: merged.to_path_buf(),
-                args: op.args.clone(),
+                args,
                 env: op.env.iter().chain(&mounts.env).cloned().collect(),
                 cwd: op.cwd.clone(),
                 user,
                 hostname: if op.hostname.is_empty() { "buildkitsandbox".into() } else { op.hostname.clone() },
                 network,
-                mounts: mounts.binds.clone(),
+                mounts: binds,
                 tmpfs: mounts.tmpfs.clone(),
                 bundle_dir: mounts.bundle_dir.clone(),
                 options: self.container.clone(),

@@ -68,7 +68,11 @@ pub struct ConvertOptions {
     pub build_args: BTreeMap<String, String>,
     /// The stage to build (case-insensitive name or index); the last stage if `None`.
     pub target: Option<String>,
+    /// The target platform: what `TARGETPLATFORM` names and what stages without `FROM --platform` are built for.
     pub platform: Platform,
+    /// The platform of the machine that builds: what `BUILDPLATFORM` names. RUN steps of stages for another
+    /// platform carry theirs in [`ExecOp::platform`](rbuild_solver::ExecOp), so the executor emulates them.
+    pub build_platform: Platform,
     /// Stages whose steps ignore the cache (`--no-cache` = all).
     pub no_cache: NoCache,
     /// `.dockerignore` patterns, applied to every read of the build context.
@@ -249,10 +253,18 @@ struct StageState {
     cmd_set: bool,
     no_cache: bool,
     checks: StageChecks,
+    /// What the stage is built for: its base images are resolved for it and its RUN steps run as it.
+    platform: Platform,
 }
 
 impl StageState {
-    fn new(rootfs: VertexId, config: ImageConfig, history: Vec<HistoryStep>, no_cache: bool) -> Self {
+    fn new(
+        rootfs: VertexId,
+        config: ImageConfig,
+        history: Vec<HistoryStep>,
+        no_cache: bool,
+        platform: Platform,
+    ) -> Self {
         let mut s = StageState {
             rootfs,
             config,
@@ -263,6 +275,7 @@ impl StageState {
             cmd_set: false,
             no_cache,
             checks: StageChecks::default(),
+            platform,
         };
         for (i, e) in s.config.config.env.iter().flatten().enumerate() {
             s.env_pos.entry(env_key(e).to_string()).or_insert(i);
@@ -332,16 +345,16 @@ impl EnvLookup for StageVars<'_> {
     }
 }
 
-/// The automatic platform ARGs, available without a value in the global scope.
-fn platform_args(p: &Platform) -> Vec<(String, String)> {
-    let plat = match &p.variant {
-        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
-        None => format!("{}/{}", p.os, p.architecture),
-    };
-    let variant = p.variant.clone().unwrap_or_default();
+/// The automatic platform ARGs, available without a value in the global scope: `TARGET*` of the target platform,
+/// `BUILD*` of the machine's.
+fn platform_args(opts: &ConvertOptions) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for prefix in ["TARGET", "BUILD"] {
-        out.push((format!("{prefix}PLATFORM"), plat.clone()));
+    for (prefix, p) in [("TARGET", &opts.platform), ("BUILD", &opts.build_platform)] {
+        // BuildKit's values are containerd's normalized form: `linux/arm64`, not `linux/arm64/v8`.
+        let p = &crate::platform::normalize(p);
+        let plat = crate::platform::format(p);
+        let variant = p.variant.clone().unwrap_or_default();
+        out.push((format!("{prefix}PLATFORM"), plat));
         out.push((format!("{prefix}OS"), p.os.clone()));
         out.push((format!("{prefix}ARCH"), p.architecture.clone()));
         out.push((format!("{prefix}VARIANT"), variant.clone()));
@@ -378,7 +391,8 @@ struct Converter<'a> {
     declared_meta_args: BTreeSet<String>,
     graph: Graph,
     context: Option<VertexId>,
-    images: BTreeMap<String, (VertexId, ResolvedImage)>,
+    /// Images by reference and platform (`os/arch[/variant]`).
+    images: BTreeMap<(String, String), (VertexId, ResolvedImage)>,
     used_args: BTreeSet<String>,
     warnings: Vec<String>,
     locations: BTreeMap<VertexId, Location>,
@@ -552,7 +566,7 @@ impl<'a> Converter<'a> {
 
 impl Converter<'_> {
     fn split_stages(&mut self, ast: &Ast) -> Result<(), ConvertError> {
-        let mut global: BTreeMap<String, String> = platform_args(&self.opts.platform).into_iter().collect();
+        let mut global: BTreeMap<String, String> = platform_args(self.opts).into_iter().collect();
         for node in &ast.root.children {
             let located = parse_instruction(node)?;
             match &located.instruction {
@@ -869,11 +883,17 @@ impl Converter<'_> {
         crate::suggest(reference, &names).map(|s| format!("no stage is named {reference:?}; did you mean {s:?}?"))
     }
 
-    fn image_vertex(&mut self, reference: &str, at: &Location) -> Result<(VertexId, ResolvedImage), ConvertError> {
-        if let Some(v) = self.images.get(reference) {
+    fn image_vertex(
+        &mut self,
+        reference: &str,
+        platform: &Platform,
+        at: &Location,
+    ) -> Result<(VertexId, ResolvedImage), ConvertError> {
+        let table_key = (reference.to_string(), crate::platform::format(platform));
+        if let Some(v) = self.images.get(&table_key) {
             return Ok(v.clone());
         }
-        let resolved = self.resolver.resolve(reference, &self.opts.platform).map_err(|e| {
+        let resolved = self.resolver.resolve(reference, platform).map_err(|e| {
             let mut err = ConvertError::at(at, format!("failed to resolve base image {reference:?}: {e}"))
                 .kind(ErrorKind::BaseImage { reference: reference.to_string() });
             err.source = Some(Arc::from(e));
@@ -888,7 +908,7 @@ impl Converter<'_> {
             name: format!("[internal] load {}", resolved.reference),
             ignore_cache: false,
         });
-        self.images.insert(reference.to_string(), (v, resolved.clone()));
+        self.images.insert(table_key, (v, resolved.clone()));
         Ok((v, resolved))
     }
 
@@ -961,20 +981,15 @@ impl Converter<'_> {
             // BuildKit's wording.
             return Err(ConvertError::at(&from_at, format!("base name ({raw_base}) should not be blank")));
         }
-        if let Some(p) = self.stages[index].platform.clone() {
-            // Valid: `check_platforms` saw every stage before conversion started.
-            let p = self.expand(&p, &self.global, &from_at)?;
-            let host = &self.opts.platform;
-            if let Ok(wanted) = crate::platform::parse(&p)
-                && crate::platform::normalize(&wanted) != crate::platform::normalize(host)
-            {
-                self.warnings.push(format!(
-                    "line {}: FROM --platform={p} differs from the build platform; building for {}",
-                    from_at.start_line,
-                    crate::platform::format(host)
-                ));
+        // The stage's platform: `FROM --platform` (valid: `check_platforms` saw every stage before conversion
+        // started), else the target's.
+        let platform = match self.stages[index].platform.clone() {
+            Some(p) => {
+                let p = self.expand(&p, &self.global, &from_at)?;
+                crate::platform::parse(&p).map_err(|e| ConvertError::at(&from_at, format!("FROM --platform: {e}")))?
             }
-        }
+            None => self.opts.platform.clone(),
+        };
         let no_cache = match &self.opts.no_cache {
             NoCache::None => false,
             NoCache::All => true,
@@ -986,9 +1001,9 @@ impl Converter<'_> {
         let mut state = if base.eq_ignore_ascii_case("scratch") {
             let v = self.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
             let config = ImageConfig {
-                architecture: self.opts.platform.architecture.clone(),
-                os: self.opts.platform.os.clone(),
-                variant: self.opts.platform.variant.clone(),
+                architecture: platform.architecture.clone(),
+                os: platform.os.clone(),
+                variant: platform.variant.clone(),
                 config: rbuild_types::oci::ContainerConfig {
                     env: Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]),
                     // BuildKit's `emptyImage` (checked against the reference): "/" for scratch.
@@ -997,7 +1012,7 @@ impl Converter<'_> {
                 },
                 ..Default::default()
             };
-            StageState::new(v, config, vec![], no_cache)
+            StageState::new(v, config, vec![], no_cache, platform)
         } else if let Some(parent) = self.find_stage(&base, index, &from_at)? {
             let p = self.build_stage(parent)?;
             // The child holds its own copy of everything the parent's variables hold; the history is shared.
@@ -1012,10 +1027,11 @@ impl Converter<'_> {
                 cmd_set: false,
                 no_cache,
                 checks: StageChecks { workdir_set: p.checks.workdir_set, ..StageChecks::default() },
+                platform: p.platform.clone(),
             }
         } else {
-            let (v, img) = self.image_vertex(&base, &from_at)?;
-            self.check_base_platform(&base, &img.config, &from_at);
+            let (v, img) = self.image_vertex(&base, &platform, &from_at)?;
+            self.check_base_platform(&base, &img.config, &platform, &from_at);
             let mut config = img.config.clone();
             let history = config.history.drain(..).map(HistoryStep::Base).collect();
             config.rootfs = Default::default();
@@ -1023,7 +1039,7 @@ impl Converter<'_> {
                 config.config.env =
                     Some(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]);
             }
-            StageState::new(v, config, history, no_cache)
+            StageState::new(v, config, history, no_cache, platform)
         };
         // WorkingDir stays as the base image left it (often unset) unless the Dockerfile sets one, as BuildKit
         // writes it; steps still run in "/" when it is unset.
@@ -1115,7 +1131,7 @@ impl Converter<'_> {
                     } else if let Some(v) = self.meta_args.get(k) {
                         Some(v.clone())
                     } else {
-                        platform_args(&self.opts.platform).into_iter().find(|(n, _)| n == k).map(|(_, v)| v)
+                        platform_args(self.opts).into_iter().find(|(n, _)| n == k).map(|(_, v)| v)
                     };
                     state.set_arg(k, value);
                 }
@@ -1431,6 +1447,9 @@ impl Converter<'_> {
             mounts,
             settings: Vec::new(),
             hostname: self.opts.build_args.get(SANDBOX_HOSTNAME_ARG).cloned().unwrap_or_default(),
+            platform: (crate::platform::normalize(&state.platform)
+                != crate::platform::normalize(&self.opts.build_platform))
+            .then(|| state.platform.clone()),
         };
         let inputs = std::iter::once(input).chain(extra_inputs).collect();
         state.rootfs = self.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });
@@ -1481,7 +1500,7 @@ impl Converter<'_> {
             let source_vertex = match (spec.typ, spec.from.as_deref()) {
                 (MountType::Bind | MountType::Cache, Some(from)) => Some(match self.find_stage(from, index, at)? {
                     Some(i) => self.build_stage(i)?.rootfs,
-                    None => self.image_vertex(from, at)?.0,
+                    None => self.image_vertex(from, &state.platform, at)?.0,
                 }),
                 (MountType::Bind, None) => {
                     self.charge(self.dockerignore_bytes(), at)?;
@@ -1668,7 +1687,7 @@ impl Converter<'_> {
                         None if self.opts.named_contexts.contains(&from) => {
                             (self.named_context_vertex(&from), false, Vec::new())
                         }
-                        None => (self.image_vertex(&from, at)?.0, true, Vec::new()),
+                        None => (self.image_vertex(&from, &state.platform, at)?.0, true, Vec::new()),
                     }
                 }
             };

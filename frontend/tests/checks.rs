@@ -39,6 +39,7 @@ fn opts(build_args: &[(&str, &str)]) -> ConvertOptions {
         no_cache: NoCache::None,
         context_excludes: vec!["*.secret".into(), "build/".into()],
         named_contexts: Default::default(),
+        build_platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
     }
 }
 

@@ -524,6 +524,7 @@ fn real_world_dockerfiles_convert() {
                 build_args: BTreeMap::new(),
                 target: None,
                 platform: linux_amd64(),
+                build_platform: linux_amd64(),
                 no_cache: NoCache::None,
                 context_excludes: Vec::new(),
                 named_contexts: Default::default(),

@@ -41,6 +41,7 @@ pub fn opts(build_args: &[(&str, &str)], target: Option<&str>) -> ConvertOptions
         build_args: build_args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         target: target.map(str::to_string),
         platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
+        build_platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
         no_cache: NoCache::None,
         context_excludes: vec!["secret.txt".into()],
         named_contexts: Default::default(),
@@ -440,4 +441,83 @@ fn a_blank_base_name_is_refused_like_buildkit() {
     let err = convert_with("ARG IMAGE\nFROM $IMAGE\nRUN true\n", &opts(&[], None)).unwrap_err();
     assert_eq!(err.message, "base name ($IMAGE) should not be blank");
     assert_eq!(err.location.map(|l| l.start_line), Some(2));
+}
+
+/// Issue 15: a build for arm64 on amd64. `TARGET*` name the target and `BUILD*` the machine (normalized, as
+/// BuildKit's: no `v8`); a `FROM --platform=$BUILDPLATFORM` stage resolves its base for the machine and its RUN
+/// steps run natively, the target's carry their platform for the executor to emulate.
+#[test]
+fn platform_args_and_per_stage_platforms() {
+    struct Recording(std::cell::RefCell<Vec<(String, String)>>);
+    impl ImageResolver for Recording {
+        fn resolve(
+            &self,
+            reference: &str,
+            platform: &Platform,
+        ) -> Result<ResolvedImage, Box<dyn std::error::Error + Send + Sync>> {
+            self.0.borrow_mut().push((reference.into(), format!("{}/{}", platform.os, platform.architecture)));
+            let config = ImageConfig {
+                architecture: platform.architecture.clone(),
+                os: platform.os.clone(),
+                ..Default::default()
+            };
+            let digest = Digest::of(format!("{reference}/{}", platform.architecture).as_bytes());
+            Ok(ResolvedImage { reference: reference.into(), digest, config })
+        }
+    }
+    let mut o = opts(&[], None);
+    o.platform = Platform { architecture: "arm64".into(), os: "linux".into(), variant: Some("v8".into()) };
+    let src = "FROM --platform=$BUILDPLATFORM base AS build\n\
+               ARG TARGETPLATFORM BUILDPLATFORM TARGETVARIANT\n\
+               RUN echo $TARGETPLATFORM $BUILDPLATFORM [$TARGETVARIANT]\n\
+               FROM base\n\
+               ARG TARGETARCH BUILDARCH\n\
+               COPY --from=build / /\n\
+               RUN echo $TARGETARCH $BUILDARCH\n";
+    let ast = rbuild_frontend::parser::parse(src).unwrap();
+    let resolver = Recording(Default::default());
+    let plan = rbuild_frontend::convert(&ast, &o, &resolver).unwrap();
+    let mut asked = resolver.0.take();
+    asked.sort();
+    asked.dedup();
+    assert_eq!(asked, [("base".to_string(), "linux/amd64".to_string()), ("base".into(), "linux/arm64".into())]);
+    let runs: Vec<(String, Option<String>)> = plan
+        .graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::Exec(e) => Some((e.args.join(" "), e.platform.as_ref().map(|p| p.architecture.clone()))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("/bin/sh -c echo $TARGETPLATFORM $BUILDPLATFORM [$TARGETVARIANT]".to_string(), None),
+            ("/bin/sh -c echo $TARGETARCH $BUILDARCH".to_string(), Some("arm64".to_string())),
+        ]
+    );
+    let envs: Vec<Vec<String>> = plan
+        .graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::Exec(e) => Some(
+                e.env
+                    .iter()
+                    .filter(|x| x.contains("PLATFORM=") || x.contains("ARCH=") || x.contains("VARIANT="))
+                    .cloned()
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        envs,
+        [
+            vec!["TARGETPLATFORM=linux/arm64", "BUILDPLATFORM=linux/amd64", "TARGETVARIANT="],
+            vec!["TARGETARCH=arm64", "BUILDARCH=amd64"],
+        ]
+    );
+    assert_eq!(plan.config.architecture, "arm64");
 }

@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
             build_args: BTreeMap::from([("A".to_string(), "1".to_string()), ("HTTP_PROXY".into(), "p".into())]),
             target,
             platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
+            build_platform: Platform { architecture: "amd64".into(), os: "linux".into(), variant: None },
             no_cache: NoCache::None,
             context_excludes: vec!["*.secret".into(), "!keep.secret".into()],
             named_contexts: Default::default(),

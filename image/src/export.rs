@@ -126,20 +126,46 @@ pub fn familiar_name(name: &str) -> String {
     name.to_string()
 }
 
-fn index_for(images: &[ExportImage], kind: ArchiveKind) -> Vec<u8> {
-    let mut manifests = Vec::new();
-    for img in images {
-        let desc = |annotations: Option<BTreeMap<String, String>>| Descriptor {
-            media_type: MEDIA_OCI_MANIFEST.into(),
-            digest: img.image.manifest_digest.clone(),
-            size: img.image.manifest_bytes.len() as u64,
-            platform: None,
-            annotations,
-        };
-        if img.names.is_empty() {
-            manifests.push(desc(None));
+/// A multi-platform image for an OCI layout: the image index of its platforms' manifests, and its names.
+/// `index.json` then names the index (as buildx writes it), and the index lists the platforms' manifests.
+pub struct ExportIndex<'a> {
+    pub bytes: &'a [u8],
+    pub names: Vec<String>,
+}
+
+fn index_for(images: &[ExportImage], kind: ArchiveKind, top: Option<&ExportIndex>) -> Vec<u8> {
+    // What `index.json` lists: each image's manifest under its names, or (a multi-platform image) the index.
+    let entries: Vec<(Descriptor, &[String])> = match top {
+        Some(t) => {
+            let desc = Descriptor {
+                media_type: MEDIA_OCI_INDEX.into(),
+                digest: Digest::of(t.bytes),
+                size: t.bytes.len() as u64,
+                platform: None,
+                annotations: None,
+            };
+            vec![(desc, t.names.as_slice())]
         }
-        for name in &img.names {
+        None => images
+            .iter()
+            .map(|img| {
+                let desc = Descriptor {
+                    media_type: MEDIA_OCI_MANIFEST.into(),
+                    digest: img.image.manifest_digest.clone(),
+                    size: img.image.manifest_bytes.len() as u64,
+                    platform: None,
+                    annotations: None,
+                };
+                (desc, img.names.as_slice())
+            })
+            .collect(),
+    };
+    let mut manifests = Vec::new();
+    for (desc, names) in entries {
+        if names.is_empty() {
+            manifests.push(desc.clone());
+        }
+        for name in names {
             let mut a = BTreeMap::new();
             a.insert(ANNOTATION_IMAGE_NAME.to_string(), name.clone());
             let ref_name = match kind {
@@ -147,7 +173,7 @@ fn index_for(images: &[ExportImage], kind: ArchiveKind) -> Vec<u8> {
                 ArchiveKind::Docker => name.clone(),
             };
             a.insert(ANNOTATION_REF_NAME.to_string(), ref_name);
-            manifests.push(desc(Some(a)));
+            manifests.push(Descriptor { annotations: Some(a), ..desc.clone() });
         }
     }
     let index = Index { schema_version: 2, media_type: Some(MEDIA_OCI_INDEX.into()), manifests, annotations: None };
@@ -181,13 +207,17 @@ enum Item<'a> {
     File(String, &'a Path),
 }
 
-fn items<'a>(images: &'a [ExportImage<'a>], kind: ArchiveKind) -> Vec<Item<'a>> {
+fn items<'a>(images: &'a [ExportImage<'a>], kind: ArchiveKind, top: Option<&'a ExportIndex<'a>>) -> Vec<Item<'a>> {
     let mut out = vec![Item::Bytes("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec())];
-    out.push(Item::Bytes("index.json".into(), index_for(images, kind)));
+    out.push(Item::Bytes("index.json".into(), index_for(images, kind, top)));
     if kind == ArchiveKind::Docker {
         out.push(Item::Bytes("manifest.json".into(), docker_manifest(images)));
     }
     let mut seen = BTreeSet::new();
+    if let Some(t) = top {
+        seen.insert(Digest::of(t.bytes));
+        out.push(Item::Borrowed(blob_name(&Digest::of(t.bytes)), t.bytes));
+    }
     for img in images {
         let a = img.image;
         if seen.insert(a.manifest_digest.clone()) {
@@ -225,13 +255,38 @@ pub fn write_archive<W: Write>(
     kind: ArchiveKind,
     mtime: u64,
 ) -> Result<W, ExportError> {
+    write_archive_with(out, images, kind, None, mtime)
+}
+
+/// Writes a multi-platform image (`images` are its platforms', unnamed; `index` names it) as an OCI layout tar.
+pub fn write_index_archive<W: Write>(
+    out: W,
+    images: &[ExportImage],
+    index: &ExportIndex,
+    mtime: u64,
+) -> Result<W, ExportError> {
+    write_archive_with(out, images, ArchiveKind::Oci, Some(index), mtime)
+}
+
+/// Writes a multi-platform image as an OCI layout directory; see [`write_index_archive`].
+pub fn write_index_layout_dir(dir: &Path, images: &[ExportImage], index: &ExportIndex) -> Result<(), ExportError> {
+    write_layout_dir_with(dir, images, ArchiveKind::Oci, Some(index))
+}
+
+fn write_archive_with<W: Write>(
+    out: W,
+    images: &[ExportImage],
+    kind: ArchiveKind,
+    top: Option<&ExportIndex>,
+    mtime: u64,
+) -> Result<W, ExportError> {
     let mut tar = tar::Builder::new(out);
     let w = ExportError::Write;
     for dir in ["blobs/", "blobs/sha256/"] {
         let mut h = header(tar::EntryType::Directory, 0o755, 0, mtime);
         tar.append_data(&mut h, dir, io::empty()).map_err(w)?;
     }
-    for item in items(images, kind) {
+    for item in items(images, kind, top) {
         match item {
             Item::Bytes(name, bytes) => {
                 let mut h = header(tar::EntryType::Regular, 0o644, bytes.len() as u64, mtime);
@@ -254,9 +309,18 @@ pub fn write_archive<W: Write>(
 
 /// Writes the images as an OCI layout directory (`tar=false`); existing blobs in `dir` are kept.
 pub fn write_layout_dir(dir: &Path, images: &[ExportImage], kind: ArchiveKind) -> Result<(), ExportError> {
+    write_layout_dir_with(dir, images, kind, None)
+}
+
+fn write_layout_dir_with(
+    dir: &Path,
+    images: &[ExportImage],
+    kind: ArchiveKind,
+    top: Option<&ExportIndex>,
+) -> Result<(), ExportError> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(io_err("create", &blobs))?;
-    for item in items(images, kind) {
+    for item in items(images, kind, top) {
         let (name, path_to_copy, bytes) = match &item {
             Item::Bytes(n, b) => (n, None, Some(b.as_slice())),
             Item::Borrowed(n, b) => (n, None, Some(*b)),
@@ -390,6 +454,7 @@ pub fn load<R: Read>(store: &Store, reader: R, what: &Path, platform: &Platform)
                 name: name.clone(),
                 config: l.config.clone(),
                 manifest: l.manifest.clone(),
+                platforms: Vec::new(),
             })?;
         }
     }

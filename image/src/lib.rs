@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod export;
+pub mod index;
 pub mod layer;
 pub mod local;
 pub mod registry;

@@ -114,7 +114,7 @@ pub async fn pull(
     }
     let config = store.write_blob(&resolved.config_bytes)?;
     let manifest = store.write_blob(&resolved.manifest_bytes)?;
-    let record = ImageRecord { name: r.to_string(), config, manifest: Some(manifest) };
+    let record = ImageRecord { name: r.to_string(), config, manifest: Some(manifest), platforms: Vec::new() };
     store.set_tag(&record)?;
     Ok(Pulled { record, config: resolved.config })
 }

@@ -80,6 +80,12 @@ pub struct ExecOp {
     /// (`buildkitsandbox`), and then left out of the encoding so default keys do not change.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub hostname: String,
+    /// The platform the step runs as when it is not the build machine's (`FROM --platform`, `--platform`): the
+    /// executor emulates it. `None` for the machine's own, and then left out of the encoding, so the keys of
+    /// native steps are what they were before multi-platform builds and the same in single- and multi-platform
+    /// builds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<rbuild_types::oci::Platform>,
 }
 
 /// Something mounted at a path while a RUN step runs; none of it ends up in the step's layer.

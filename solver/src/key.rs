@@ -75,6 +75,7 @@ mod tests {
             mounts: Vec::new(),
             settings: Vec::new(),
             hostname: String::new(),
+            platform: None,
         })
     }
 

@@ -99,6 +99,7 @@ fn run(g: &mut Graph, input: VertexId, extra: &[VertexId], cmd: &str) -> VertexI
             mounts: Vec::new(),
             settings: Vec::new(),
             hostname: String::new(),
+            platform: None,
         }),
         inputs,
         name: cmd.into(),

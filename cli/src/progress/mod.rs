@@ -113,9 +113,9 @@ pub fn locale_is_utf8(var: &dyn Fn(&str) -> Option<String>) -> bool {
     })
 }
 
-/// The steps a build of `target` will report on: the exec and file ops it needs (sources report nothing).
-pub fn steps(graph: &Graph, target: VertexId) -> usize {
-    graph.needed(&[target]).into_iter().filter(|&v| matches!(graph.vertices[v].op, Op::Exec(_) | Op::File(_))).count()
+/// The steps a build of `targets` will report on: the exec and file ops they need (sources report nothing).
+pub fn steps(graph: &Graph, targets: &[VertexId]) -> usize {
+    graph.needed(targets).into_iter().filter(|&v| matches!(graph.vertices[v].op, Op::Exec(_) | Op::File(_))).count()
 }
 
 #[cfg(test)]

@@ -177,11 +177,11 @@ impl Progress for RawJsonProgress {
 impl Renderer for RawJsonProgress {}
 
 impl rbuild_builder::Reporter for RawJsonProgress {
-    fn plan(&self, graph: &Graph, target: VertexId) {
+    fn plan(&self, graph: &Graph, targets: &[VertexId]) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut pending = Vec::new();
         let is_step = |v: VertexId| matches!(graph.vertices[v].op, Op::Exec(_) | Op::File(_));
-        for v in graph.needed(&[target]) {
+        for v in graph.needed(targets) {
             let vertex = &graph.vertices[v];
             // Sources report no progress: naming them as inputs would point at vertexes no line describes.
             let inputs: Vec<Digest> = vertex.inputs.iter().filter(|&&i| is_step(i)).map(|&i| state.digest(i)).collect();

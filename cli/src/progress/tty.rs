@@ -242,10 +242,10 @@ impl Progress for TtyProgress {
 impl Renderer for TtyProgress {}
 
 impl rbuild_builder::Reporter for TtyProgress {
-    fn plan(&self, graph: &Graph, target: VertexId) {
+    fn plan(&self, graph: &Graph, targets: &[VertexId]) {
         let mut state = self.lock();
         self.end_work(&mut state);
-        let header = self.multi.insert(0, ProgressBar::new(super::steps(graph, target) as u64));
+        let header = self.multi.insert(0, ProgressBar::new(super::steps(graph, targets) as u64));
         // The build's time, not the bar's: the view starts after the Dockerfile was read and base images pulled.
         let started = self.started;
         let total = move |_: &ProgressState, w: &mut dyn std::fmt::Write| {

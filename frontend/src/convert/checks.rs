@@ -34,12 +34,8 @@ pub(super) fn written_keyword(located: &Located) -> &str {
 }
 
 /// Global scope with no build arguments: the platform ARGs and the meta ARGs' own defaults.
-fn default_globals(
-    ast: &Ast,
-    platform: &rbuild_types::oci::Platform,
-    lexer: crate::shell::Lexer,
-) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = platform_args(platform).into_iter().collect();
+fn default_globals(ast: &Ast, opts: &super::ConvertOptions, lexer: crate::shell::Lexer) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = platform_args(opts).into_iter().collect();
     for node in &ast.root.children {
         if node.value == "from" {
             break;
@@ -61,7 +57,7 @@ impl Converter<'_> {
     /// UndefinedArgInFrom for the image and the platform, RedundantTargetPlatform and
     /// FromPlatformFlagConstDisallowed.
     pub(super) fn check_from_lines(&mut self, ast: &Ast) {
-        let defaults = default_globals(ast, &self.opts.platform, self.lexer);
+        let defaults = default_globals(ast, self.opts, self.lexer);
         for stage in &self.stages {
             if let Ok(expanded) = self.lexer.process_word(&stage.base, &defaults) {
                 self.lint.default_arg_in_from(&stage.base, &expanded, &stage.from);
@@ -185,8 +181,15 @@ impl Converter<'_> {
     }
 
     /// InvalidBaseImagePlatform: the resolved base image is for another OS or architecture than the build.
-    pub(super) fn check_base_platform(&mut self, image: &str, config: &rbuild_types::oci::ImageConfig, at: &Location) {
-        let expected = crate::platform::normalize(&self.opts.platform);
+    /// InvalidBaseImagePlatform: the base image resolved for `platform` (the stage's) is for another one.
+    pub(super) fn check_base_platform(
+        &mut self,
+        image: &str,
+        config: &rbuild_types::oci::ImageConfig,
+        platform: &rbuild_types::oci::Platform,
+        at: &Location,
+    ) {
+        let expected = crate::platform::normalize(platform);
         let actual = crate::platform::normalize(&rbuild_types::oci::Platform {
             os: config.os.clone(),
             architecture: config.architecture.clone(),

@@ -1,0 +1,188 @@
+//! Multi-platform images: an OCI image index over one image per platform.
+//!
+//! The store keeps a multi-platform image as the list of its platforms' configs (see `ImageRecord::platforms`);
+//! the index itself is made when the image leaves the store, from the manifests [`assemble`] makes with the
+//! compression of that output, because the manifests' digests depend on it. Each entry carries the platform its
+//! config names, as BuildKit writes them.
+
+use crate::local::{Assembled, ImageError, assemble, push_with};
+use crate::registry::{ImageRef, PushReport, RegistryClient};
+use rbuild_cache::Store;
+use rbuild_types::Digest;
+use rbuild_types::oci::{
+    Descriptor, ImageConfig, Index, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Platform, to_canonical_json,
+};
+
+/// The platform an image config names.
+pub fn config_platform(config_bytes: &[u8], digest: &Digest) -> Result<Platform, ImageError> {
+    let config: ImageConfig = serde_json::from_slice(config_bytes)
+        .map_err(|source| ImageError::BadConfig { digest: digest.clone(), source })?;
+    Ok(Platform { architecture: config.architecture, os: config.os, variant: config.variant })
+}
+
+/// The OCI index of the assembled images, in their order, each entry with its platform.
+pub fn index_document(images: &[Assembled]) -> Result<Vec<u8>, ImageError> {
+    Ok(to_canonical_json(&index_of(images)?))
+}
+
+fn index_of(images: &[Assembled]) -> Result<Index, ImageError> {
+    let mut manifests = Vec::with_capacity(images.len());
+    for a in images {
+        let config = Digest::of(&a.config_bytes);
+        manifests.push(Descriptor {
+            media_type: MEDIA_OCI_MANIFEST.into(),
+            digest: a.manifest_digest.clone(),
+            size: a.manifest_bytes.len() as u64,
+            platform: Some(config_platform(&a.config_bytes, &config)?),
+            annotations: None,
+        });
+    }
+    Ok(Index { schema_version: 2, media_type: Some(MEDIA_OCI_INDEX.into()), manifests, annotations: None })
+}
+
+/// An in-toto predicate to attach to one platform's image (a SLSA provenance, an SPDX document).
+#[derive(Debug, Clone)]
+pub struct Attestation {
+    pub predicate_type: String,
+    pub predicate: serde_json::Value,
+}
+
+pub const MEDIA_IN_TOTO: &str = "application/vnd.in-toto+json";
+pub const ANNOTATION_PREDICATE_TYPE: &str = "in-toto.io/predicate-type";
+pub const ANNOTATION_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
+pub const ANNOTATION_REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
+
+/// A multi-platform image ready to push or export: each platform's image, the attestation manifests (one per
+/// platform that has attestations, stored as BuildKit stores them), and the index listing both.
+pub struct AssembledIndex {
+    pub images: Vec<Assembled>,
+    pub attestations: Vec<Assembled>,
+    pub bytes: Vec<u8>,
+}
+
+/// BuildKit's attestation manifest for the image `subject`: each statement an `application/vnd.in-toto+json`
+/// layer annotated with its predicate type, under a config of platform `unknown/unknown`.
+fn attestation_manifest(store: &Store, subject: &Assembled, list: &[Attestation]) -> Result<Assembled, ImageError> {
+    let mut layers = Vec::with_capacity(list.len());
+    for a in list {
+        let statement = serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v0.1",
+            "predicateType": a.predicate_type,
+            "subject": [{"name": "_", "digest": {"sha256": subject.manifest_digest.hex()}}],
+            "predicate": a.predicate,
+        });
+        let bytes = serde_json::to_vec(&statement).unwrap_or_default();
+        let digest = store.write_blob(&bytes)?;
+        let annotations = [(ANNOTATION_PREDICATE_TYPE.to_string(), a.predicate_type.clone())].into();
+        let desc = Descriptor {
+            media_type: MEDIA_IN_TOTO.into(),
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            platform: None,
+            annotations: Some(annotations),
+        };
+        layers.push((desc, store.blob_path(&digest)));
+    }
+    let diff_ids: Vec<String> = layers.iter().map(|(d, _)| d.digest.to_string()).collect();
+    let config = serde_json::json!({
+        "architecture": "unknown",
+        "os": "unknown",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap_or_default();
+    let config_digest = store.write_blob(&config_bytes)?;
+    let manifest = rbuild_types::oci::Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_OCI_MANIFEST.into()),
+        config: Descriptor {
+            media_type: rbuild_types::oci::MEDIA_OCI_CONFIG.into(),
+            digest: config_digest,
+            size: config_bytes.len() as u64,
+            platform: None,
+            annotations: None,
+        },
+        layers: layers.iter().map(|(d, _)| d.clone()).collect(),
+        annotations: None,
+    };
+    let manifest_bytes = to_canonical_json(&manifest);
+    let manifest_digest = store.write_blob(&manifest_bytes)?;
+    Ok(Assembled { manifest_digest, manifest_bytes, config_bytes, layers })
+}
+
+/// Assembles every platform's image, the attestation manifests of `attestations` (by platform, in the order of
+/// `configs`; empty for none) and their index; all are written to the store.
+pub fn assemble_index(
+    store: &Store,
+    configs: &[Digest],
+    compression: crate::layer::Compression,
+    attestations: &[Vec<Attestation>],
+) -> Result<AssembledIndex, ImageError> {
+    let images = configs.iter().map(|c| assemble(store, c, compression)).collect::<Result<Vec<_>, _>>()?;
+    let mut doc = index_of(&images)?;
+    let mut attached = Vec::new();
+    for (image, list) in images.iter().zip(attestations) {
+        if list.is_empty() {
+            continue;
+        }
+        let a = attestation_manifest(store, image, list)?;
+        let annotations = [
+            (ANNOTATION_REFERENCE_DIGEST.to_string(), image.manifest_digest.to_string()),
+            (ANNOTATION_REFERENCE_TYPE.to_string(), "attestation-manifest".to_string()),
+        ];
+        doc.manifests.push(Descriptor {
+            media_type: MEDIA_OCI_MANIFEST.into(),
+            digest: a.manifest_digest.clone(),
+            size: a.manifest_bytes.len() as u64,
+            platform: Some(Platform { architecture: "unknown".into(), os: "unknown".into(), variant: None }),
+            annotations: Some(annotations.into()),
+        });
+        attached.push(a);
+    }
+    let bytes = to_canonical_json(&doc);
+    store.write_blob(&bytes)?;
+    Ok(AssembledIndex { images, attestations: attached, bytes })
+}
+
+/// What pushing a multi-platform image did.
+#[derive(Debug, Clone)]
+pub struct IndexPushReport {
+    /// The digest of the index now tagged.
+    pub digest: Digest,
+    /// Each platform's manifest push, in the order of the configs.
+    pub images: Vec<PushReport>,
+}
+
+/// Pushes every platform's image by digest, concurrently, then the index under `r`'s tag.
+pub async fn push_index(
+    client: &RegistryClient,
+    store: &Store,
+    configs: &[Digest],
+    r: &ImageRef,
+    compression: crate::layer::Compression,
+) -> Result<IndexPushReport, ImageError> {
+    push_index_with(client, store, configs, r, compression, &[]).await
+}
+
+/// [`push_index`] with attestations attached (see [`assemble_index`]).
+pub async fn push_index_with(
+    client: &RegistryClient,
+    store: &Store,
+    configs: &[Digest],
+    r: &ImageRef,
+    compression: crate::layer::Compression,
+    attestations: &[Vec<Attestation>],
+) -> Result<IndexPushReport, ImageError> {
+    let index = assemble_index(store, configs, compression, attestations)?;
+    let pushes = configs.iter().zip(&index.images).map(|(config, a)| {
+        let by_digest = r.with_digest(a.manifest_digest.clone());
+        async move { push_with(client, store, config, &by_digest, compression).await }
+    });
+    let mut reports = futures::future::try_join_all(pushes).await?;
+    for a in &index.attestations {
+        let by_digest = r.with_digest(a.manifest_digest.clone());
+        reports.push(client.push_image_report(&by_digest, &a.manifest_bytes, &a.config_bytes, &a.layers).await?);
+    }
+    let digest = client.push_manifest(r, &index.bytes, MEDIA_OCI_INDEX).await?;
+    Ok(IndexPushReport { digest, images: reports })
+}
