@@ -11,6 +11,7 @@ mod outputs;
 mod progress;
 mod render;
 mod resolver;
+mod rootless;
 mod secrets;
 mod storage;
 
@@ -111,6 +112,11 @@ fn init_logging() {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    let needs_namespace = !matches!(cli.command, Cmd::Login(_) | Cmd::Logout { .. } | Cmd::Debug { .. });
+    let mode = match rootless::start(needs_namespace) {
+        Ok(mode) => mode,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -118,7 +124,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, mode)) {
         Ok(code) => code,
         Err(e) => {
             render::error(&e);
@@ -135,10 +141,13 @@ pub struct Env {
     pub gc_keep_storage: Option<u64>,
 }
 
-fn env_for(cli: &Cli) -> Result<Env> {
-    let root = match &cli.root {
-        Some(r) => r.clone(),
-        None => {
+fn env_for(cli: &Cli, mode: &rootless::Mode) -> Result<Env> {
+    let xdg_data = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty() && mode.is_rootless());
+    let root = match (&cli.root, xdg_data) {
+        (Some(r), _) => r.clone(),
+        // An ordinary user's store follows the XDG base directory spec.
+        (None, Some(data)) => PathBuf::from(data).join("rbuild"),
+        (None, None) => {
             let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set; pass --root")?;
             home.join(".local/share/rbuild")
         }
@@ -153,8 +162,8 @@ fn env_for(cli: &Cli) -> Result<Env> {
     })
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
-    let env = env_for(&cli)?;
+async fn run(cli: Cli, mode: rootless::Mode) -> Result<ExitCode> {
+    let env = env_for(&cli, &mode)?;
     match cli.command {
         Cmd::Build(args) => build::run(&env, *args).await,
         Cmd::Du => storage::du(&env),

@@ -12,4 +12,5 @@ pub mod reap;
 pub mod remote;
 pub mod runtime;
 pub mod user;
+pub mod userns;
 pub mod worker;

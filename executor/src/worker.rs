@@ -319,7 +319,7 @@ fn prune_copied_up_dirs(upper_root: &Path, dir: &Path, lowers: &[PathBuf]) {
         }
         prune_copied_up_dirs(upper_root, &path, lowers);
         let is_empty = fs::read_dir(&path).map(|mut d| d.next().is_none()).unwrap_or(false);
-        let opaque = matches!(xattr::get(&path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y");
+        let opaque = rbuild_cache::overlay_xattr::is_opaque(&path);
         if !is_empty || opaque {
             continue;
         }
