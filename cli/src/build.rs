@@ -367,8 +367,10 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     }
 
     let context_abs = std::fs::canonicalize(&context).with_context(|| format!("resolving {}", context.display()))?;
+    let snapshotter = crate::info::snapshotter(env, &store)?;
     let worker = Arc::new(
         LocalWorker::new(store.clone(), context_abs, epoch)?
+            .with_snapshotter(snapshotter)
             .with_mount_sources(mount_sources)
             .with_container_options(container_options)
             .with_canceller(canceller),

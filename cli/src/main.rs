@@ -5,6 +5,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod build;
+mod info;
 mod interrupt;
 mod login;
 mod outputs;
@@ -32,6 +33,9 @@ struct Cli {
     /// Registries (host[:port]) that may be reached over plain HTTP (loopback always may)
     #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
     insecure_registries: Vec<String>,
+    /// How layers are assembled for steps: auto, overlayfs, fuse-overlayfs or native (a copy; needs nothing)
+    #[arg(long, global = true, env = "RBUILD_SNAPSHOTTER", default_value = "auto")]
+    snapshotter: String,
     #[command(flatten)]
     registry_flags: login::RegistryFlags,
     #[command(subcommand)]
@@ -85,6 +89,8 @@ enum Cmd {
     Prune(storage::PruneArgs),
     /// Verify the store's integrity (blobs, tags, cache index, permissions, leftovers of dead processes)
     Check(storage::CheckArgs),
+    /// Show the store, snapshotter, runtime, network and rootless settings a build here uses
+    Info,
     /// Tools for looking inside rbuild
     Debug {
         #[command(subcommand)]
@@ -139,6 +145,8 @@ pub struct Env {
     pub registry: RegistryOptions,
     /// Collect the store after a build when it grows past this many bytes.
     pub gc_keep_storage: Option<u64>,
+    /// `--snapshotter`; `None` is auto (the store's recorded or detected one).
+    pub snapshotter: Option<rbuild_executor::snapshotter::Snapshotter>,
 }
 
 fn env_for(cli: &Cli, mode: &rootless::Mode) -> Result<Env> {
@@ -159,6 +167,7 @@ fn env_for(cli: &Cli, mode: &rootless::Mode) -> Result<Env> {
         root,
         registry: login::registry_options(&cli.registry_flags, cli.insecure_registries.clone()),
         gc_keep_storage,
+        snapshotter: rbuild_executor::snapshotter::Snapshotter::parse(&cli.snapshotter)?,
     })
 }
 
@@ -167,6 +176,7 @@ async fn run(cli: Cli, mode: rootless::Mode) -> Result<ExitCode> {
     match cli.command {
         Cmd::Build(args) => build::run(&env, *args).await,
         Cmd::Du => storage::du(&env),
+        Cmd::Info => info::info(&env, &mode),
         Cmd::Prune(args) => storage::prune(&env, args),
         Cmd::Check(args) => storage::check(&env, args),
         Cmd::Debug { command: DebugCmd::DumpAst { file } } => {

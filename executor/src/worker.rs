@@ -7,8 +7,8 @@
 
 use crate::cancel::Canceller;
 use crate::copy::{CopyOptions, copy_from};
-use crate::mounts::{MountSources, prepare};
-use crate::overlay::mount_overlay;
+use crate::mounts::{MountSources, prepare_with};
+use crate::snapshotter::{Rootfs, Snapshotter};
 use crate::runtime::network::NetworkStack;
 use crate::runtime::{ContainerOptions, NetworkMode, RunSpec, Runtime};
 use crate::user::resolve_user;
@@ -49,6 +49,8 @@ pub struct LocalWorker {
     walks: Mutex<HashMap<String, Digest>>,
     /// Limits and settings of every RUN container (`--memory`, `--add-host`, ...).
     container: ContainerOptions,
+    /// How root filesystems are assembled (see [`crate::snapshotter`]).
+    snapshotter: Snapshotter,
 }
 
 impl LocalWorker {
@@ -80,6 +82,7 @@ impl LocalWorker {
             network: Mutex::new(None),
             walks: Mutex::new(HashMap::new()),
             container: ContainerOptions::default(),
+            snapshotter: Snapshotter::default(),
         })
     }
 
@@ -92,6 +95,12 @@ impl LocalWorker {
     /// The limits and settings RUN containers get (the build's `--memory`, `--add-host`, `--ulimit`, ...).
     pub fn with_container_options(mut self, options: ContainerOptions) -> LocalWorker {
         self.container = options;
+        self
+    }
+
+    /// Assembles root filesystems with `snapshotter` (overlayfs by default).
+    pub fn with_snapshotter(mut self, snapshotter: Snapshotter) -> LocalWorker {
+        self.snapshotter = snapshotter;
         self
     }
 
@@ -163,13 +172,11 @@ impl LocalWorker {
         let dir = self.store.tmp_dir(what).map_err(|e| WorkerError::failed("creating a work directory", e))?;
         let result = (|| {
             let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
-            let mount = mount_overlay(&lowers, &upper, &work, &merged)
+            let mount = Rootfs::mount(self.snapshotter, &lowers, &upper, &work, &merged)
                 .map_err(|e| WorkerError::failed("mounting the step's root filesystem", e))?;
-            let ran = f(&merged);
-            let unmounted =
-                mount.unmount().map_err(|e| WorkerError::failed("unmounting the step's root filesystem", e));
-            ran?;
-            unmounted?;
+            // A failed step's changes are not wanted: dropping the mount skips the native snapshotter's diff.
+            f(&merged)?;
+            mount.finish().map_err(|e| WorkerError::failed("unmounting the step's root filesystem", e))?;
             self.commit(layers, &upper)
         })();
         let _ = fs::remove_dir_all(&dir);
@@ -225,7 +232,7 @@ impl LocalWorker {
                 let dir =
                     self.store.tmp_dir("view").map_err(|e| WorkerError::failed("creating a work directory", e))?;
                 let r = (|| {
-                    let mount = mount_overlay(&lowers, &dir.join("upper"), &dir.join("work"), &dir.join("merged"))
+                    let mount = Rootfs::view(self.snapshotter, &lowers, &dir)
                         .map_err(|e| WorkerError::failed("mounting a stage's filesystem to copy from", e))?;
                     let r = f(mount.target());
                     drop(mount);
@@ -550,7 +557,7 @@ impl Worker for LocalWorker {
             if fs::symlink_metadata(merged.join(op.cwd.trim_start_matches('/'))).is_err() {
                 mkdir_in_root(merged, &op.cwd, 0o755, Some((user.uid, user.gid)))?;
             }
-            let mounts = prepare(&self.store, &self.mount_sources, &op.mounts, inputs)
+            let mounts = prepare_with(&self.store, &self.mount_sources, &op.mounts, inputs, self.snapshotter)
                 .map_err(|e| WorkerError::failed("preparing the step's mounts", e))?;
             // Held until the container is gone, so a concurrent `finish` cannot pull the namespace from under it.
             let (network, stack) = match op.network {

@@ -1,0 +1,51 @@
+//! `rbuild info`, and the store's snapshotter (chosen once per store, see [`rbuild_executor::snapshotter`]).
+
+use crate::rootless::Mode;
+use crate::{Env, open_store};
+use anyhow::{Context as _, Result};
+use rbuild_cache::Store;
+use rbuild_executor::snapshotter::{self, Snapshotter};
+use rbuild_executor::userns::{self, ChildInfo};
+use std::process::ExitCode;
+
+/// The snapshotter builds of `store` use: `--snapshotter` if given, else the store's recorded or detected one.
+pub fn snapshotter(env: &Env, store: &Store) -> Result<Snapshotter> {
+    let scratch = store.tmp_dir("probe").context("creating a directory to probe snapshotters in")?;
+    let chosen = snapshotter::choose(store.root(), &scratch, env.snapshotter);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(chosen?)
+}
+
+/// `rbuild info`: what a build here would use.
+pub fn info(env: &Env, mode: &Mode) -> Result<ExitCode> {
+    let store = open_store(env)?;
+    println!("store: {}", env.root.display());
+    match snapshotter(env, &store) {
+        Ok(s) => println!("snapshotter: {}", s.name()),
+        Err(e) => println!("snapshotter: none works here ({e:#})"),
+    }
+    let runc = rbuild_executor::reap::find_runc();
+    println!("runtime: {}", runc.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "runc not found".into()));
+    println!("network: private namespace per build through slirp4netns (--network none|host to change)");
+    let limits = rbuild_executor::runtime::cgroups::limits_available();
+    println!("cgroup limits: {}", if limits { "applied" } else { "not available (no delegated cgroup v2 subtree)" });
+    match mode {
+        Mode::Root => println!("rootless: no (root)"),
+        Mode::UserNamespace(Some(ChildInfo { host_uid, ranges, .. })) => {
+            println!("rootless: yes (uid {host_uid}, {})", if *ranges { "subordinate ranges" } else { "single id" });
+        }
+        Mode::UserNamespace(None) => println!("rootless: yes (started in a user namespace)"),
+    }
+    for (kind, file) in [("uid", "/proc/self/uid_map"), ("gid", "/proc/self/gid_map")] {
+        let map = std::fs::read_to_string(file).unwrap_or_default();
+        let lines: Vec<String> =
+            map.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|l| !l.is_empty()).collect();
+        println!("{kind} map (inside host count): {}", lines.join(", "));
+    }
+    if let Mode::UserNamespace(Some(info)) = mode
+        && !info.ranges
+    {
+        println!("hint: {}", userns::subid_hint(&userns::user_name(info.host_uid)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
