@@ -10,6 +10,7 @@
 //! `auto` probes them in that order, once per store, and records the answer in `<store>/snapshotter`, so every
 //! later build of the store uses the same one without probing again (and `rbuild info` reports it).
 
+mod fuse;
 pub mod native;
 
 use std::io;
@@ -140,7 +141,7 @@ pub struct Rootfs {
 #[derive(Debug)]
 enum Mounted {
     Overlay(OverlayMount),
-    Fuse { mounted: bool },
+    Fuse { mounted: bool, upper: PathBuf, lowers: Vec<PathBuf> },
     Native { upper: PathBuf, before: Option<native::Index> },
 }
 
@@ -158,7 +159,7 @@ impl Rootfs {
             Snapshotter::Overlayfs => Mounted::Overlay(mount_overlay(lowers, upper, work, target)?),
             Snapshotter::FuseOverlayfs => {
                 mount_fuse(lowers, upper, work, target)?;
-                Mounted::Fuse { mounted: true }
+                Mounted::Fuse { mounted: true, upper: upper.to_path_buf(), lowers: lowers.to_vec() }
             }
             Snapshotter::Native => {
                 std::fs::create_dir_all(upper).map_err(io_err("creating", upper))?;
@@ -191,15 +192,17 @@ impl Rootfs {
     fn finish_inner(&mut self) -> Result<(), SnapshotError> {
         match &mut self.kind {
             Mounted::Overlay(_) => {
-                if let Mounted::Overlay(m) = std::mem::replace(&mut self.kind, Mounted::Fuse { mounted: false }) {
+                let done = Mounted::Native { upper: PathBuf::new(), before: None };
+                if let Mounted::Overlay(m) = std::mem::replace(&mut self.kind, done) {
                     m.unmount()?;
                 }
                 Ok(())
             }
-            Mounted::Fuse { mounted } => {
+            Mounted::Fuse { mounted, upper, lowers } => {
                 if *mounted {
                     *mounted = false;
                     unmount_fuse(&self.target)?;
+                    fuse::normalize(upper, lowers)?;
                 }
                 Ok(())
             }
