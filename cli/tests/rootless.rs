@@ -29,7 +29,8 @@ RUN echo "made by $(id -u):$(id -g)" > /data/by-app
 CMD ["/app/app.sh"]
 "#;
 
-const APP_SH: &str = "#!/bin/sh\necho \"$(cat /app/built.txt); $(cat /data/by-app); motd gone: $(test -e /etc/motd || echo yes)\"\n";
+const APP_SH: &str =
+    "#!/bin/sh\necho \"$(cat /app/built.txt); $(cat /data/by-app); motd gone: $(test -e /etc/motd || echo yes)\"\n";
 
 /// Makes the unprivileged test user (with subordinate ranges) if it does not exist yet.
 fn ensure_user() {
@@ -43,10 +44,13 @@ fn ensure_user() {
             cmd("usermod", &[flag, "300000-365535", USER]).success();
         }
     }
-    // A rootless network stack opens /dev/net/tun; Debian's udev makes it 0666, some VMs leave it 0600.
-    let tun = Path::new("/dev/net/tun");
-    if std::fs::metadata(tun).is_ok_and(|m| m.permissions().mode() & 0o006 != 0o006) {
-        std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // A rootless network stack opens /dev/net/tun, fuse-overlayfs /dev/fuse; Debian's udev makes them 0666, some
+    // VMs leave them 0600.
+    for dev in ["/dev/net/tun", "/dev/fuse"] {
+        let dev = Path::new(dev);
+        if std::fs::metadata(dev).is_ok_and(|m| m.permissions().mode() & 0o006 != 0o006) {
+            std::fs::set_permissions(dev, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
     }
 }
 
@@ -81,7 +85,9 @@ fn pushed_digest(stdout: &str) -> String {
 
 #[test]
 fn rootless_build_pushes_the_same_manifest_as_root_and_podman_runs_it() {
-    if !require(&["runc", "newuidmap", "slirp4netns", "docker-registry", "podman", "busybox", "runuser"]) {
+    let tools =
+        ["runc", "newuidmap", "slirp4netns", "fuse-overlayfs", "docker-registry", "podman", "busybox", "runuser"];
+    if !require(&tools) {
         return;
     }
     ensure_user();
@@ -116,6 +122,23 @@ fn rootless_build_pushes_the_same_manifest_as_root_and_podman_runs_it() {
     }
     assert_eq!(same[0], same[1], "root's and the rootless build's manifest digests differ");
 
+    // Every snapshotter builds the same image, rootless (each in a store of its own, so nothing is cached).
+    for snapshotter in ["overlayfs", "fuse-overlayfs", "native"] {
+        let store = user_dir(&ws, &format!("store-{snapshotter}"));
+        let name = format!("{}/{repo}/{snapshotter}/app:1", reg.addr);
+        let snap = format!("--snapshotter={snapshotter}");
+        rbuild(&bin, true, &store, &[&snap, "build", "-t", &shared_base, base_ctx.to_str().unwrap()], &[]).success();
+        let secret_arg = format!("id=token,src={}", secret.display());
+        let base_arg = format!("BASE={shared_base}");
+        let app_dir = app_ctx.to_str().unwrap();
+        let args = [&snap, "build", "-t", &name, "--push", "--secret", &secret_arg, "--build-arg", &base_arg, app_dir];
+        let built = rbuild(&bin, true, &store, &args, &[]).success();
+        assert_eq!(pushed_digest(&built.stdout), same[0], "--snapshotter={snapshotter} built another image");
+        let info = rbuild(&bin, true, &store, &[&snap, "info"], &[]).success();
+        assert!(info.stdout.contains(&format!("snapshotter: {snapshotter}")), "{}", info.stdout);
+        assert!(info.stdout.contains("rootless: yes"), "{}", info.stdout);
+    }
+
     // The user's store is the user's: nothing in it belongs to root.
     let owned = cmd("find", &[ws.path("store-user").to_str().unwrap(), "-maxdepth", "1", "-user", "root"]).success();
     assert!(owned.stdout.trim().is_empty(), "root-owned files in the user's store:\n{}", owned.stdout);
@@ -124,25 +147,28 @@ fn rootless_build_pushes_the_same_manifest_as_root_and_podman_runs_it() {
     // Its storage lives in this test's directory; runc (Debian's crun refuses a hybrid cgroup host) and explicit NOFILE and
     // NPROC limits (a CI machine's hard limits may be below podman's defaults for root).
     let (proot, prun) = (ws.path("podman-root"), ws.path("podman-run"));
-    let ran = cmd("podman", &[
-        "--root",
-        proot.to_str().unwrap(),
-        "--runroot",
-        prun.to_str().unwrap(),
-        "--runtime",
-        "runc",
-        "--cgroup-manager",
-        "cgroupfs",
-        "run",
-        "--rm",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        "--tls-verify=false",
-        "--network=none",
-        &shared_app,
-    ])
+    let ran = cmd(
+        "podman",
+        &[
+            "--root",
+            proot.to_str().unwrap(),
+            "--runroot",
+            prun.to_str().unwrap(),
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--tls-verify=false",
+            "--network=none",
+            &shared_app,
+        ],
+    )
     .success();
     assert_eq!(ran.stdout.trim(), "built from hello; made by 1000:1000; motd gone: yes");
 }
@@ -158,7 +184,7 @@ fn rootless_without_subordinate_ids_names_the_line_to_add() {
         .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_rbuild"), "--root", "/nonexistent/rbuild", "images"])
         .stdin(Stdio::null())
         .output();
-    let Ok(out) = out else { return };
+    let out = out.expect("runuser runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nobody:100000:65536") && stderr.contains("/etc/subuid"), "{stderr}");
 }

@@ -33,8 +33,8 @@ use rbuild_cache::Store;
 use rbuild_solver::{CacheSharing, Digest, ExecMount, Output};
 
 use crate::copy::{CopyOptions, copy};
-use crate::snapshotter::{Rootfs, Snapshotter};
 use crate::runtime::{BindMount, TmpfsMount};
+use crate::snapshotter::{Rootfs, Snapshotter};
 use crate::user::resolve_in_root;
 
 /// The directory under a store root that holds cache mounts.

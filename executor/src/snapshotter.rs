@@ -118,7 +118,8 @@ pub fn probe(kind: Snapshotter, scratch: &Path) -> Result<(), String> {
     let result = (|| {
         std::fs::create_dir_all(&lower).map_err(|e| e.to_string())?;
         std::fs::write(lower.join("f"), b"x").map_err(|e| e.to_string())?;
-        let fs = Rootfs::mount(kind, std::slice::from_ref(&lower), &upper, &work, &merged).map_err(|e| e.to_string())?;
+        let fs =
+            Rootfs::mount(kind, std::slice::from_ref(&lower), &upper, &work, &merged).map_err(|e| e.to_string())?;
         let wrote = std::fs::write(fs.target().join("f"), b"y").map_err(|e| format!("writing through it: {e}"));
         fs.finish().map_err(|e| e.to_string())?;
         wrote?;

@@ -191,7 +191,10 @@ pub fn reexec(plan: &Plan) -> Result<i32, UsernsError> {
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| OsString::from("rbuild"));
     let mut command = Command::new("/proc/self/exe");
-    command.arg0(arg0).args(args).env(CHILD_ENV, format!("{}:{}:{}", plan.uid, plan.gid, if ranges { "ranges" } else { "single" }));
+    command
+        .arg0(arg0)
+        .args(args)
+        .env(CHILD_ENV, format!("{}:{}:{}", plan.uid, plan.gid, if ranges { "ranges" } else { "single" }));
     let (pid_wfd, go_rfd) = (pid_w.as_raw_fd(), go_r.as_raw_fd());
     // SAFETY: the closure only makes async-signal-safe system calls (prctl, unshare, getpid, write, read).
     unsafe {
@@ -250,8 +253,7 @@ fn map_child(pid_r: OwnedFd, go_w: OwnedFd, plan: &Plan) -> Result<(), String> {
 }
 
 fn map_ranges(pid: i32, plan: &Plan) -> Result<(), String> {
-    for (tool, own, ranges) in [("newuidmap", plan.uid, &plan.uid_ranges), ("newgidmap", plan.gid, &plan.gid_ranges)]
-    {
+    for (tool, own, ranges) in [("newuidmap", plan.uid, &plan.uid_ranges), ("newgidmap", plan.gid, &plan.gid_ranges)] {
         let out = Command::new(tool)
             .arg(pid.to_string())
             .args(map_args(own, ranges))
@@ -318,19 +320,17 @@ mod tests {
     #[test]
     fn subordinate_ranges_match_name_or_id_and_skip_junk() {
         let text = "# comment\nalice:100000:65536\n1001:300000:10\nbob:200000:65536\nalice:bad:1\nalice:5:0\n";
-        assert_eq!(subordinate_ranges(text, "alice", 1001), [
-            IdRange { start: 100000, count: 65536 },
-            IdRange { start: 300000, count: 10 }
-        ]);
+        assert_eq!(
+            subordinate_ranges(text, "alice", 1001),
+            [IdRange { start: 100000, count: 65536 }, IdRange { start: 300000, count: 10 }]
+        );
         assert!(subordinate_ranges(text, "carol", 7).is_empty());
     }
 
     #[test]
     fn map_args_put_the_user_at_zero_then_the_ranges() {
         let ranges = [IdRange { start: 100000, count: 65536 }, IdRange { start: 300000, count: 10 }];
-        assert_eq!(map_args(1001, &ranges), [
-            "0", "1001", "1", "1", "100000", "65536", "65537", "300000", "10"
-        ]);
+        assert_eq!(map_args(1001, &ranges), ["0", "1001", "1", "1", "100000", "65536", "65537", "300000", "10"]);
     }
 
     #[test]

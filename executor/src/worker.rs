@@ -8,9 +8,9 @@
 use crate::cancel::Canceller;
 use crate::copy::{CopyOptions, copy_from};
 use crate::mounts::{MountSources, prepare_with};
-use crate::snapshotter::{Rootfs, Snapshotter};
 use crate::runtime::network::NetworkStack;
 use crate::runtime::{ContainerOptions, NetworkMode, RunSpec, Runtime};
+use crate::snapshotter::{Rootfs, Snapshotter};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
 use rbuild_cache::confined::Root;

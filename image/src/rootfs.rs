@@ -20,7 +20,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("cannot {op} {}", path.display())]
@@ -328,7 +327,10 @@ mod tests {
         assert!(!d.join("etc/gone").exists(), "whiteout removes");
         assert!(!d.join("etc/sub/old").exists(), "opaque dir hides the lower content");
         assert_eq!(fs::read_to_string(d.join("etc/sub/new")).unwrap(), "n");
-        assert!(xattr::get(d.join("etc/sub"), "trusted.overlay.opaque").unwrap().is_none(), "overlay xattrs stay behind");
+        assert!(
+            xattr::get(d.join("etc/sub"), "trusted.overlay.opaque").unwrap().is_none(),
+            "overlay xattrs stay behind"
+        );
         assert_eq!(fs::read_to_string(d.join("keep")).unwrap(), "lower");
         let (a, b) = (fs::metadata(d.join("a")).unwrap(), fs::metadata(d.join("b")).unwrap());
         assert_eq!((a.ino(), a.uid(), a.gid()), (b.ino(), 7, 8), "hardlink kept, owner kept");

@@ -124,8 +124,11 @@ fn walk(
 }
 
 fn c_path(path: &Path) -> Result<CString, SnapshotError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| SnapshotError::Io { op: "naming", path: path.to_path_buf(), source: io::ErrorKind::InvalidInput.into() })
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| SnapshotError::Io {
+        op: "naming",
+        path: path.to_path_buf(),
+        source: io::ErrorKind::InvalidInput.into(),
+    })
 }
 
 fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<(), SnapshotError> {
@@ -177,7 +180,11 @@ fn copy_meta(src: &Path, dst: &Path, meta: &fs::Metadata) -> Result<(), Snapshot
     ];
     // SAFETY: a NUL-terminated path and two valid timespecs.
     if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        return Err(SnapshotError::Io { op: "setting times of", path: dst.to_path_buf(), source: io::Error::last_os_error() });
+        return Err(SnapshotError::Io {
+            op: "setting times of",
+            path: dst.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
