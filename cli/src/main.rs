@@ -119,7 +119,8 @@ fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     let needs_namespace = !matches!(cli.command, Cmd::Login(_) | Cmd::Logout { .. } | Cmd::Debug { .. });
-    let mode = match rootless::start(needs_namespace) {
+    let store = store_root(&cli, rbuild_executor::userns::effective_uid() != 0).ok();
+    let mode = match rootless::start(needs_namespace, store.as_deref()) {
         Ok(mode) => mode,
         Err(code) => return code,
     };
@@ -150,16 +151,7 @@ pub struct Env {
 }
 
 fn env_for(cli: &Cli, mode: &rootless::Mode) -> Result<Env> {
-    let xdg_data = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty() && mode.is_rootless());
-    let root = match (&cli.root, xdg_data) {
-        (Some(r), _) => r.clone(),
-        // An ordinary user's store follows the XDG base directory spec.
-        (None, Some(data)) => PathBuf::from(data).join("rbuild"),
-        (None, None) => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set; pass --root")?;
-            home.join(".local/share/rbuild")
-        }
-    };
+    let root = store_root(cli, mode.is_rootless())?;
     // Overlay mounts and runc bundles need absolute paths into the store.
     let root = std::path::absolute(&root).with_context(|| format!("resolving the store path {}", root.display()))?;
     let gc_keep_storage = storage::configured_keep_storage(&root)?;
@@ -169,6 +161,21 @@ fn env_for(cli: &Cli, mode: &rootless::Mode) -> Result<Env> {
         gc_keep_storage,
         snapshotter: rbuild_executor::snapshotter::Snapshotter::parse(&cli.snapshotter)?,
     })
+}
+
+/// `--root`, else (rootless) `$XDG_DATA_HOME/rbuild`, else `~/.local/share/rbuild`.
+fn store_root(cli: &Cli, rootless: bool) -> Result<PathBuf> {
+    let xdg_data = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty() && rootless);
+    let root = match (&cli.root, xdg_data) {
+        (Some(r), _) => r.clone(),
+        // An ordinary user's store follows the XDG base directory spec.
+        (None, Some(data)) => PathBuf::from(data).join("rbuild"),
+        (None, None) => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set; pass --root")?;
+            home.join(".local/share/rbuild")
+        }
+    };
+    Ok(root)
 }
 
 async fn run(cli: Cli, mode: rootless::Mode) -> Result<ExitCode> {

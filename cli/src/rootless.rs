@@ -3,6 +3,7 @@
 //! rootless (overlay metadata in `user.overlay.*`).
 
 use rbuild_executor::userns::{self, ChildInfo, Plan};
+use std::path::Path;
 use std::process::ExitCode;
 
 /// What this process is, as far as privileges go.
@@ -22,7 +23,9 @@ impl Mode {
 
 /// A non-root parent returns the exit code of its re-executed child;
 /// everything else goes on as `Mode`. `needs_namespace` is false for commands that touch no store (login, debug).
-pub fn start(needs_namespace: bool) -> Result<Mode, ExitCode> {
+/// `store` is where the store would be for this user: containers a killed rootless build left running there are
+/// stopped before the build starts (see [`userns::kill_orphaned_containers`]).
+pub fn start(needs_namespace: bool, store: Option<&Path>) -> Result<Mode, ExitCode> {
     if let Some(info) = ChildInfo::from_env() {
         if let Err(e) = userns::child_setup() {
             eprintln!("error: setting up rbuild's user namespace: {e}");
@@ -40,6 +43,11 @@ pub fn start(needs_namespace: bool) -> Result<Mode, ExitCode> {
     }
     if !needs_namespace {
         return Ok(Mode::UserNamespace(None));
+    }
+    if let Some(store) = store {
+        for id in userns::kill_orphaned_containers(&store.join("runc")) {
+            eprintln!("warning: stopped a container left running by a killed rbuild: {id}");
+        }
     }
     let plan = Plan::for_current_user();
     if !plan.has_ranges() {

@@ -188,3 +188,75 @@ fn rootless_without_subordinate_ids_names_the_line_to_add() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nobody:100000:65536") && stderr.contains("/etc/subuid"), "{stderr}");
 }
+
+/// The user's processes whose command line contains `pattern`, oldest first.
+fn user_pids(pattern: &str) -> Vec<i32> {
+    let out = cmd("pgrep", &["-u", USER, "-f", pattern]);
+    out.stdout.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[test]
+fn rootless_build_killed_with_sigkill_leaves_nothing_behind() {
+    if !require(&["runc", "newuidmap", "slirp4netns", "busybox", "runuser", "pgrep"]) {
+        return;
+    }
+    ensure_user();
+    let ws = Workspace::new();
+    std::fs::set_permissions(ws.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = ws.path("rbuild");
+    std::fs::copy(env!("CARGO_BIN_EXE_rbuild"), &bin).unwrap();
+    let base_ctx = ws.context_from("busybox-base");
+    let marker = unique("sleep-marker");
+    let ctx = ws.context("slow", &[("Dockerfile", &format!("FROM base\nRUN sleep 1000 && echo {marker}\n"))]);
+    cmd("chmod", &["-R", "a+rX", base_ctx.to_str().unwrap(), ctx.to_str().unwrap()]).success();
+    let store = user_dir(&ws, "store");
+    rbuild(&bin, true, &store, &["build", "-t", "base", base_ctx.to_str().unwrap()], &[]).success();
+
+    let mut build = Command::new("runuser")
+        .args(["-u", USER, "--"])
+        .arg(&bin)
+        .arg("--root")
+        .arg(&store)
+        .args(["build", ctx.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while user_pids(&marker).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the RUN step never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The parent rbuild (the one runuser started; its re-executed child is younger).
+    let rbuild_pids = user_pids(&format!("{} --root {}", bin.display(), store.display()));
+    let parent = *rbuild_pids.first().expect("rbuild runs");
+    cmd("kill", &["-KILL", &parent.to_string()]).success();
+    let _ = build.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !user_pids(&format!("{}", store.display())).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(user_pids(&format!("{}", store.display())).iter().all(|p| *p != parent), "rbuild survived SIGKILL");
+
+    // The next rbuild stops the orphaned container and collects the rest.
+    let next = rbuild(&bin, true, &store, &["images"], &[]).success();
+    assert!(next.stderr.contains("stopped a container left running by a killed rbuild"), "{}", next.stderr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !user_pids(&marker).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(user_pids(&marker).is_empty(), "the RUN step's process survived");
+    assert!(user_pids(&format!("{}", store.display())).is_empty(), "runc or slirp4netns survived");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(store.to_str().unwrap()), "mounts left behind:\n{mounts}");
+    for dir in ["tmp", "runc"] {
+        let left: Vec<_> =
+            std::fs::read_dir(store.join(dir)).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "left in {dir}/: {left:?}");
+    }
+    // And it builds again.
+    let ctx2 = ws.context("again", &[("Dockerfile", "FROM base\nRUN echo again > /again\n")]);
+    cmd("chmod", &["-R", "a+rX", ctx2.to_str().unwrap()]).success();
+    rbuild(&bin, true, &store, &["build", ctx2.to_str().unwrap()], &[]).success();
+}

@@ -313,6 +313,47 @@ pub fn child_setup() -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// Run by the unprivileged parent before it re-executes: kills the containers (in `runc_state`, runc's `--root`)
+/// that a rootless rbuild killed with SIGKILL left running. The new rbuild, root of another user namespace, has no
+/// power over processes of the old one; this process has (their user namespace is owned by its uid). A container
+/// is an orphan when the rbuild named in its id (`rbuild-PID-...`) no longer runs in the container's user
+/// namespace; the pid is checked against runc's recorded start time, so a reused pid is never hit. Killing the
+/// container's init ends its pid namespace, and runc (waiting for it) exits. Returns the ids killed.
+pub fn kill_orphaned_containers(runc_state: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(runc_state) else { return Vec::new() };
+    let mut killed = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("state.json")) else { continue };
+        let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let (Some(pid), Some(start), Some(id)) =
+            (state["init_process_pid"].as_i64(), state["init_process_start"].as_u64(), state["id"].as_str())
+        else {
+            continue;
+        };
+        if start_time(pid) != Some(start) {
+            continue;
+        }
+        let owner = id.split('-').nth(1).and_then(|p| p.parse::<i64>().ok());
+        let ns = |p: i64| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+        if owner.is_some_and(|o| ns(o).is_some() && ns(o) == ns(pid)) {
+            continue; // its rbuild is alive
+        }
+        // SAFETY: kill has no memory-safety preconditions; the pid was just checked to be the container's init.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
+            killed.push(id.to_string());
+        }
+    }
+    killed
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat` field 22), as runc records it.
+fn start_time(pid: i64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it start past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +372,14 @@ mod tests {
     fn map_args_put_the_user_at_zero_then_the_ranges() {
         let ranges = [IdRange { start: 100000, count: 65536 }, IdRange { start: 300000, count: 10 }];
         assert_eq!(map_args(1001, &ranges), ["0", "1001", "1", "1", "100000", "65536", "65537", "300000", "10"]);
+    }
+
+    #[test]
+    fn start_time_reads_field_22_past_the_command_name() {
+        let me = i64::from(std::process::id());
+        assert!(start_time(me).is_some_and(|t| t > 0));
+        assert_eq!(start_time(-1), None);
+        assert!(kill_orphaned_containers(Path::new("/nonexistent")).is_empty());
     }
 
     #[test]
