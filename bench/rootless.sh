@@ -10,7 +10,9 @@
 # registry and pulled by each tool before anything is timed. Each number is the median of REPS runs.
 # Target: rootless rbuild within 1.3x of root rbuild on every case.
 # Env: BENCH_DIR (default /var/tmp/rbuild-bench-rootless), REPS (default 3), BENCH_USER (default rbuild-rootless,
-#      made with a subordinate range if missing), SKIP_BUILDAH=1, SNAPSHOTTER (rootless rbuild's, default auto).
+#      made with a subordinate range if missing), SKIP_BUILDAH=1, SNAPSHOTTER (rootless rbuild's, default auto),
+#      RBUILD_BIN (time this rbuild binary instead of building a release one), BUILDAH_RUNTIME (default runc:
+#      Debian's crun refuses hybrid cgroup hosts).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -35,10 +37,13 @@ for dev in /dev/net/tun /dev/fuse; do [ "$(stat -c %a "$dev")" = 666 ] || chmod 
 uhome=$(getent passwd "$user" | cut -d: -f6)
 as_user() { runuser -u "$user" -- env HOME="$uhome" XDG_RUNTIME_DIR="$work/xdg-run" "$@"; }
 
-log "== building rbuild (release)"
-(cd "$repo" && cargo build --release -q -p rbuild)
-target=${CARGO_TARGET_DIR:-$repo/target}
-install -m 0755 "$target/release/rbuild" "$work/rbuild"
+if [ -n "${RBUILD_BIN:-}" ]; then
+  install -m 0755 "$RBUILD_BIN" "$work/rbuild"
+else
+  log "== building rbuild (release)"
+  (cd "$repo" && cargo build --release -q -p rbuild)
+  install -m 0755 "${CARGO_TARGET_DIR:-$repo/target}/release/rbuild" "$work/rbuild"
+fi
 RBUILD=$work/rbuild
 
 log "== a local registry and the base image"
@@ -97,7 +102,7 @@ build() {
   case $tool in
     root) "$RBUILD" --root "$work/store-root" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
     rootless) as_user "$RBUILD" --root "$work/user/store" --snapshotter "$snapshotter" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
-    buildah) as_user buildah bud --layers --network host --tls-verify=false -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
+    buildah) as_user buildah bud --runtime "${BUILDAH_RUNTIME:-runc}" --layers --network host --tls-verify=false -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
   esac >"$out" 2>&1 || { log "$tool build of $ctx failed:"; tail -30 "$out" >&2; exit 1; }
 }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
