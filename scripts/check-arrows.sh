@@ -17,9 +17,9 @@ allowed = {
     "rbuild-image": {"rbuild-cache", "rbuild-types"},
     "rbuild-executor": {"rbuild-image", "rbuild-cache", "rbuild-solver", "rbuild-types"},
     "rbuild-builder": {"rbuild-frontend", "rbuild-solver", "rbuild-executor", "rbuild-cache", "rbuild-image", "rbuild-types"},
-    # The CLI maps flags to a build request and renders; its own subcommands (images, push, prune, ...) use the
-    # store and registry crates directly. It never runs steps itself: no arrow to the executor.
-    "rbuild": {"rbuild-builder", "rbuild-frontend", "rbuild-solver", "rbuild-cache", "rbuild-image", "rbuild-types"},
+    # The CLI maps flags to a build request and renders; its own subcommands (images, push, prune, info, the
+    # rootless re-exec into a user namespace) use the store, registry and executor crates directly.
+    "rbuild": {"rbuild-builder", "rbuild-frontend", "rbuild-solver", "rbuild-executor", "rbuild-cache", "rbuild-image", "rbuild-types"},
 }
 meta = json.load(open(sys.argv[1]))
 names = {p["name"] for p in meta["packages"]}

@@ -3,7 +3,8 @@
 # the test images are made of, a registry to push to, and the independent tools the tests check output with.
 set -euo pipefail
 pkgs=(runc crun passt slirp4netns busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client tmux
-  openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2 mmdebstrap qemu-user-static)
+  openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2 mmdebstrap qemu-user-static uidmap
+  fuse-overlayfs)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -40,3 +41,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Rootless builds (and the tests that make an unprivileged user) open these as an ordinary user; Debian's udev makes
+# them 0666, but some VMs and containers leave them 0600.
+for dev in /dev/net/tun /dev/fuse; do
+  if [ -c "$dev" ] && [ "$(stat -c %a "$dev")" != 666 ]; then chmod 0666 "$dev"; fi
+done

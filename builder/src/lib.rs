@@ -29,6 +29,7 @@ pub use rbuild_executor::mounts::{MountSources, SecretValue};
 /// `git` and http fetches with their checks, for contexts that come from a URL.
 pub use rbuild_executor::remote;
 pub use rbuild_executor::runtime::options as container;
+pub use rbuild_executor::snapshotter::Snapshotter;
 
 use anyhow::Context as _;
 use rbuild_cache::{ImageRecord, LockMode, Store};
@@ -50,6 +51,8 @@ pub struct Builder {
     pub registry: RegistryOptions,
     /// Collect the store after a build that ran steps when it grows past this many bytes.
     pub gc_keep_storage: Option<u64>,
+    /// How root filesystems are assembled; `None` is auto (the store's recorded or detected choice).
+    pub snapshotter: Option<Snapshotter>,
 }
 
 /// What a successful build made.
@@ -147,9 +150,11 @@ impl Builder {
 
         let context_abs = std::fs::canonicalize(context).with_context(|| format!("resolving {}", context.display()))?;
         let epoch = req.source_date_epoch;
+        let snapshotter = choose_snapshotter(&store, self.snapshotter)?;
         let worker = Arc::new(
             LocalWorker::new(store.clone(), context_abs, epoch)
                 .map_err(anyhow::Error::from)?
+                .with_snapshotter(snapshotter)
                 .with_mount_sources(req.mount_sources)
                 .with_container_options(req.container.clone())
                 .with_canceller(canceller.clone())
@@ -419,6 +424,15 @@ pub fn apply_network(plan: &mut BuildPlan, mode: NetworkMode, allowed: &Entitlem
         }
     }
     Ok(())
+}
+
+/// The snapshotter builds in this store use: `requested`, else the one recorded for the store, else the first that
+/// works here (probed once, in a scratch directory of the store).
+pub fn choose_snapshotter(store: &Store, requested: Option<Snapshotter>) -> anyhow::Result<Snapshotter> {
+    let scratch = store.tmp_dir("probe").context("creating a directory to probe snapshotters in")?;
+    let chosen = rbuild_executor::snapshotter::choose(store.root(), &scratch, requested);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(chosen?)
 }
 
 /// How the request's `--build-context` names resolve.

@@ -274,7 +274,6 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let progress = args.progress.renderer()?;
     let canceller = Canceller::new();
     let interrupted = crate::interrupt::watch(canceller.clone()).context("installing the Ctrl-C handler")?;
-    crate::privilege::check_build()?;
     // `-`, `-f -`, Git and http(s) contexts become local directories first; flags that cannot apply fail now.
     let limits = crate::source::Limits::from_env()?;
     let platforms = crate::outputs::platforms(&args.outputs)?;
@@ -288,8 +287,12 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     };
     let req = request(&args, &inputs)?;
     let names: Vec<String> = req.tags.iter().map(|t| t.to_string()).collect();
-    let builder =
-        Builder { root: env.root.clone(), registry: env.registry.clone(), gc_keep_storage: env.gc_keep_storage };
+    let builder = Builder {
+        root: env.root.clone(),
+        registry: env.registry.clone(),
+        gc_keep_storage: env.gc_keep_storage,
+        snapshotter: env.snapshotter,
+    };
     if let Some(call) = args.call.selected()? {
         return crate::call::run(&call, &builder, req, progress).await;
     }

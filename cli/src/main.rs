@@ -12,15 +12,16 @@ mod docker_load;
 mod gotemplate;
 mod history;
 mod images;
+mod info;
 mod inspect;
 mod interrupt;
 mod login;
 mod named_contexts;
 mod outputs;
-mod privilege;
 mod progress;
 mod render;
 mod rmi;
+mod rootless;
 mod secrets;
 mod source;
 mod storage;
@@ -61,6 +62,9 @@ pub struct Cli {
     /// Registries (host[:port]) that may be reached over plain HTTP (loopback always may)
     #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
     insecure_registries: Vec<String>,
+    /// How layers are assembled for steps: auto, overlayfs, fuse-overlayfs or native (a copy; needs nothing)
+    #[arg(long, global = true, env = "RBUILD_SNAPSHOTTER", default_value = "auto")]
+    snapshotter: String,
     #[command(flatten)]
     registry_flags: login::RegistryFlags,
     #[command(subcommand)]
@@ -120,6 +124,8 @@ enum Cmd {
     Prune(storage::PruneArgs),
     /// Verify the store's integrity (blobs, tags, cache index, permissions, leftovers of dead processes)
     Check(storage::CheckArgs),
+    /// Show the store, snapshotter, runtime, network and rootless settings a build here uses
+    Info,
     /// Tools for looking inside rbuild
     Debug {
         #[command(subcommand)]
@@ -147,6 +153,15 @@ fn init_logging() {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    let needs_namespace = !matches!(
+        cli.command,
+        Cmd::Login(_) | Cmd::Logout { .. } | Cmd::Debug { .. } | Cmd::Version | Cmd::Completion { .. }
+    );
+    let store = store_root(&cli, rbuild_executor::userns::effective_uid() != 0).ok();
+    let mode = match rootless::start(needs_namespace, store.as_deref()) {
+        Ok(mode) => mode,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -154,7 +169,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, mode)) {
         Ok(code) => code,
         Err(e) => {
             render::error(&e);
@@ -169,16 +184,12 @@ pub struct Env {
     pub registry: RegistryOptions,
     /// Collect the store after a build when it grows past this many bytes.
     pub gc_keep_storage: Option<u64>,
+    /// `--snapshotter`; `None` is auto (the store's recorded or detected one).
+    pub snapshotter: Option<rbuild_executor::snapshotter::Snapshotter>,
 }
 
-fn env_for(cli: &Cli) -> Result<Env> {
-    let root = match &cli.root {
-        Some(r) => r.clone(),
-        None => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set; pass --root")?;
-            home.join(".local/share/rbuild")
-        }
-    };
+fn env_for(cli: &Cli, mode: &rootless::Mode) -> Result<Env> {
+    let root = store_root(cli, mode.is_rootless())?;
     // Overlay mounts and runc bundles need absolute paths into the store.
     let root = std::path::absolute(&root).with_context(|| format!("resolving the store path {}", root.display()))?;
     let gc_keep_storage = storage::configured_keep_storage(&root)?;
@@ -186,20 +197,37 @@ fn env_for(cli: &Cli) -> Result<Env> {
         root,
         registry: login::registry_options(&cli.registry_flags, cli.insecure_registries.clone()),
         gc_keep_storage,
+        snapshotter: rbuild_executor::snapshotter::Snapshotter::parse(&cli.snapshotter)?,
     })
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+/// `--root`, else (rootless) `$XDG_DATA_HOME/rbuild`, else `~/.local/share/rbuild`.
+fn store_root(cli: &Cli, rootless: bool) -> Result<PathBuf> {
+    let xdg_data = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty() && rootless);
+    let root = match (&cli.root, xdg_data) {
+        (Some(r), _) => r.clone(),
+        // An ordinary user's store follows the XDG base directory spec.
+        (None, Some(data)) => PathBuf::from(data).join("rbuild"),
+        (None, None) => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set; pass --root")?;
+            home.join(".local/share/rbuild")
+        }
+    };
+    Ok(root)
+}
+
+async fn run(cli: Cli, mode: rootless::Mode) -> Result<ExitCode> {
     // These need no store, no HOME and no config.
     match &cli.command {
         Cmd::Version => return Ok(version::run()),
         Cmd::Completion { shell } => return Ok(completion::run(*shell)),
         _ => {}
     }
-    let env = env_for(&cli)?;
+    let env = env_for(&cli, &mode)?;
     match cli.command {
         Cmd::Build(args) => build::run(&env, *args).await,
         Cmd::Du => storage::du(&env),
+        Cmd::Info => info::info(&env, &mode),
         Cmd::Prune(args) => storage::prune(&env, args),
         Cmd::Check(args) => storage::check(&env, args),
         Cmd::Debug { command: DebugCmd::DumpAst { file } } => {

@@ -5,7 +5,6 @@
 
 use crate::sources::rbuild_stdin;
 use crate::support::{Registry, Run, Workspace, cmd, require};
-use std::os::unix::fs::PermissionsExt as _;
 
 /// Builds `FROM scratch` + a file + `LABEL team=<team>` as `name`; returns the image ID.
 fn build(ws: &Workspace, name: &str, team: &str) -> String {
@@ -225,31 +224,3 @@ fn help_is_enough_to_start_without_the_readme() {
     }
 }
 
-#[test]
-fn a_non_root_build_says_root_is_needed() {
-    if !require(&["setpriv"]) {
-        return;
-    }
-    let ws = Workspace::new();
-    std::fs::set_permissions(ws.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let ctx = ws.context("app", &[("Dockerfile", "FROM busybox\nRUN true\n")]);
-    let store = ws.path("nobody-store");
-    std::fs::create_dir(&store).unwrap();
-    cmd("chown", &["65534:65534", store.to_str().unwrap()]).success();
-    let run = cmd(
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_rbuild"),
-            "--root",
-            store.to_str().unwrap(),
-            "build",
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(run.stderr.contains("rbuild build needs root (running as uid 65534)"), "{}", run.stderr);
-    assert!(!run.stderr.contains("failed to resolve base image"), "{}", run.stderr);
-}

@@ -20,5 +20,6 @@ mod outputs;
 mod progress;
 mod pull;
 mod registry;
+mod rootless;
 mod sources;
 mod support;

@@ -12,5 +12,7 @@ pub mod overlay;
 pub mod reap;
 pub mod remote;
 pub mod runtime;
+pub mod snapshotter;
 pub mod user;
+pub mod userns;
 pub mod worker;

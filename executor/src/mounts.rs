@@ -34,8 +34,8 @@ use rbuild_solver::{CacheSharing, ExecMount, Output};
 use rbuild_types::Digest;
 
 use crate::copy::{CopyOptions, copy};
-use crate::overlay::{OverlayMount, mount_overlay};
 use crate::runtime::{BindMount, TmpfsMount};
+use crate::snapshotter::{Rootfs, Snapshotter};
 use crate::user::resolve_in_root;
 
 /// The directory under a store root that holds cache mounts.
@@ -102,6 +102,8 @@ pub enum MountError {
     },
     #[error("mounting the filesystem of a bind or cache mount")]
     Overlay(#[from] crate::overlay::OverlayError),
+    #[error("assembling the filesystem of a bind mount")]
+    Snapshot(#[from] crate::snapshotter::SnapshotError),
     #[error("seeding cache mount {id:?}")]
     Seed {
         id: String,
@@ -127,7 +129,8 @@ pub struct PreparedMounts {
     pub bundle_dir: Option<PathBuf>,
     proxies: Vec<SshProxy>,
     secret_fs: Option<PathBuf>,
-    overlays: Vec<OverlayMount>,
+    overlays: Vec<Rootfs>,
+    snapshotter: Snapshotter,
     locks: Vec<File>,
     dirs: Vec<PathBuf>,
 }
@@ -141,7 +144,7 @@ impl Drop for PreparedMounts {
             tracing::warn!(path = %fs.display(), error = %err, "unmounting the secrets tmpfs");
         }
         for overlay in self.overlays.drain(..).rev() {
-            if let Err(err) = overlay.unmount() {
+            if let Err(err) = overlay.finish() {
                 tracing::warn!(error = %err, "unmounting a mount's overlay");
             }
         }
@@ -157,14 +160,26 @@ impl Drop for PreparedMounts {
     }
 }
 
-/// Prepares `mounts` of a step whose inputs are `inputs` (input 0 is its rootfs).
+/// Prepares `mounts` of a step whose inputs are `inputs` (input 0 is its rootfs), on overlayfs.
 pub fn prepare(
     store: &Store,
     sources: &MountSources,
     mounts: &[ExecMount],
     inputs: &[Output],
 ) -> Result<PreparedMounts, MountError> {
+    prepare_with(store, sources, mounts, inputs, Snapshotter::Overlayfs)
+}
+
+/// [`prepare`], with bind mounts of multi-layer inputs assembled by `snapshotter`.
+pub fn prepare_with(
+    store: &Store,
+    sources: &MountSources,
+    mounts: &[ExecMount],
+    inputs: &[Output],
+    snapshotter: Snapshotter,
+) -> Result<PreparedMounts, MountError> {
     let mut p = PreparedMounts::default();
+    p.snapshotter = snapshotter;
     for mount in mounts {
         match mount {
             ExecMount::Bind { target, input, source, readonly } => {
@@ -258,7 +273,7 @@ impl PreparedMounts {
         }
         let dir = store.tmp_dir("mount")?;
         self.dirs.push(dir.clone());
-        let mount = mount_overlay(&layers, &dir.join("upper"), &dir.join("work"), &dir.join("merged"))?;
+        let mount = Rootfs::view(self.snapshotter, &layers, &dir)?;
         let merged = mount.target().to_path_buf();
         self.overlays.push(mount);
         Ok(merged)

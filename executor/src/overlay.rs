@@ -35,8 +35,19 @@ pub const MAX_LEGACY_OPTIONS: usize = 4095;
 /// The options every rbuild overlay is mounted with, see the module docs.
 const FIXED_OPTIONS: [(&str, &str); 3] = [("index", "off"), ("redirect_dir", "off"), ("metacopy", "off")];
 
+/// [`FIXED_OPTIONS`], except that `userxattr` (in a user namespace) conflicts with `redirect_dir=off` (which
+/// still follows redirects) and needs `nofollow`: redirects are then neither made nor followed.
+fn fixed_options() -> [(&'static str, &'static str); 3] {
+    let mut options = FIXED_OPTIONS;
+    if rbuild_cache::overlay_xattr::user_xattrs() {
+        options[1] = ("redirect_dir", "nofollow");
+    }
+    options
+}
+
 // Values from <linux/mount.h>; not every libc version exports them.
 const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
@@ -221,8 +232,12 @@ pub fn overlay_params(lowers: &[PathBuf], upper: &Path, work: &Path) -> Vec<(Str
     push_escaped(&mut escaped_work, work);
     params.push(("upperdir".to_string(), escaped_upper));
     params.push(("workdir".to_string(), escaped_work));
-    for (key, value) in FIXED_OPTIONS {
+    for (key, value) in fixed_options() {
         params.push((key.to_string(), value.as_bytes().to_vec()));
+    }
+    // A flag (no value): in a user namespace overlayfs keeps its metadata in `user.overlay.*`.
+    if rbuild_cache::overlay_xattr::user_xattrs() {
+        params.push(("userxattr".to_string(), Vec::new()));
     }
     params
 }
@@ -242,8 +257,11 @@ pub fn legacy_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Vec<u8> 
     escaped(&mut out, upper);
     out.extend_from_slice(b",workdir=");
     escaped(&mut out, work);
-    for (key, value) in FIXED_OPTIONS {
+    for (key, value) in fixed_options() {
         out.extend_from_slice(format!(",{key}={value}").as_bytes());
+    }
+    if rbuild_cache::overlay_xattr::user_xattrs() {
+        out.extend_from_slice(b",userxattr");
     }
     out
 }
@@ -309,16 +327,16 @@ fn mount_with_fsconfig(params: &[(String, Vec<u8>)], target: &Path) -> Result<()
     for (key, value) in params {
         let key_c = cstring(key.as_bytes()).map_err(|e| failed(format!("fsconfig {key}"), None, e))?;
         let value_c = cstring(value).map_err(|e| failed(format!("fsconfig {key}"), None, e))?;
-        // SAFETY: both strings are NUL-terminated and outlive the call; aux is unused for SET_STRING.
+        // An empty value is a flag (`userxattr`), set without a value.
+        let (cmd, value_ptr) = if value.is_empty() {
+            (FSCONFIG_SET_FLAG, std::ptr::null())
+        } else {
+            (FSCONFIG_SET_STRING, value_c.as_ptr())
+        };
+        // SAFETY: both strings are NUL-terminated and outlive the call (or the value is null for a flag); aux is
+        // unused for SET_STRING and SET_FLAG.
         let rc = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fs_fd.as_raw_fd(),
-                FSCONFIG_SET_STRING,
-                key_c.as_ptr(),
-                value_c.as_ptr(),
-                0 as libc::c_int,
-            )
+            libc::syscall(libc::SYS_fsconfig, fs_fd.as_raw_fd(), cmd, key_c.as_ptr(), value_ptr, 0 as libc::c_int)
         };
         if rc < 0 {
             let err = io::Error::last_os_error();

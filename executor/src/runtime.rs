@@ -20,6 +20,7 @@
 //!
 //! Not done here: AppArmor and cancellation by timeout.
 
+pub mod cgroups;
 pub mod network;
 pub mod options;
 pub mod seccomp;
@@ -173,6 +174,8 @@ pub struct Runtime {
     bundle_parent: PathBuf,
     resolv_conf: PathBuf,
     canceller: Canceller,
+    /// False when rootless without a delegated cgroup (see [`cgroups`]): containers then get no limits.
+    cgroup_limits: bool,
 }
 
 impl Runtime {
@@ -198,6 +201,7 @@ impl Runtime {
             bundle_parent,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             canceller: Canceller::new(),
+            cgroup_limits: cgroups::limits_available(),
         })
     }
 
@@ -267,7 +271,15 @@ impl Runtime {
         };
 
         ensure_cwd(&spec.rootfs, &spec.cwd, &spec.user)?;
-        let oci = spec::build_spec(spec, &hosts, &resolv_conf)?;
+        let mut oci = spec::build_spec(spec, &hosts, &resolv_conf)?;
+        if !self.cgroup_limits {
+            if cgroups::asked_for_limits(&spec.options) {
+                cgroups::warn_unavailable();
+            }
+            if let Some(linux) = oci.linux_mut() {
+                linux.set_resources(None);
+            }
+        }
         let bundle_dir = guard.bundle_path();
         let config = bundle_dir.join("config.json");
         let json = serde_json::to_vec_pretty(&oci)

@@ -8,10 +8,10 @@
 use crate::cancel::Canceller;
 use crate::copy::{CopyOptions, copy_from};
 use crate::emulation::Emulation;
-use crate::mounts::{MountSources, prepare};
-use crate::overlay::mount_overlay;
+use crate::mounts::{MountSources, prepare_with};
 use crate::runtime::network::NetworkStack;
 use crate::runtime::{ContainerOptions, NetworkMode, RunSpec, Runtime};
+use crate::snapshotter::{Rootfs, Snapshotter};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
 use rbuild_cache::confined::Root;
@@ -58,6 +58,8 @@ pub struct LocalWorker {
     named_contexts: std::collections::BTreeMap<String, PathBuf>,
     /// How steps for other platforms run, decided once per platform.
     emulation: (crate::emulation::Host, Mutex<HashMap<String, Emulation>>),
+    /// How root filesystems are assembled (see [`crate::snapshotter`]).
+    snapshotter: Snapshotter,
 }
 
 impl LocalWorker {
@@ -92,6 +94,7 @@ impl LocalWorker {
             named_contexts: Default::default(),
             save_stat_cache: true,
             emulation: (crate::emulation::Host::new(bundles.clone()), Mutex::new(HashMap::new())),
+            snapshotter: Snapshotter::default(),
         })
     }
 
@@ -133,6 +136,12 @@ impl LocalWorker {
     /// The limits and settings RUN containers get (the build's `--memory`, `--add-host`, `--ulimit`, ...).
     pub fn with_container_options(mut self, options: ContainerOptions) -> LocalWorker {
         self.container = options;
+        self
+    }
+
+    /// Assembles root filesystems with `snapshotter` (overlayfs by default).
+    pub fn with_snapshotter(mut self, snapshotter: Snapshotter) -> LocalWorker {
+        self.snapshotter = snapshotter;
         self
     }
 
@@ -206,13 +215,11 @@ impl LocalWorker {
         let dir = self.store.tmp_dir(what).map_err(|e| WorkerError::failed("creating a work directory", e))?;
         let result = (|| {
             let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
-            let mount = mount_overlay(&lowers, &upper, &work, &merged)
+            let mount = Rootfs::mount(self.snapshotter, &lowers, &upper, &work, &merged)
                 .map_err(|e| WorkerError::failed("mounting the step's root filesystem", e))?;
-            let ran = f(&merged);
-            let unmounted =
-                mount.unmount().map_err(|e| WorkerError::failed("unmounting the step's root filesystem", e));
-            ran?;
-            unmounted?;
+            // A failed step's changes are not wanted: dropping the mount skips the native snapshotter's diff.
+            f(&merged)?;
+            mount.finish().map_err(|e| WorkerError::failed("unmounting the step's root filesystem", e))?;
             self.commit(layers, &upper)
         })();
         let _ = fs::remove_dir_all(&dir);
@@ -268,7 +275,7 @@ impl LocalWorker {
                 let dir =
                     self.store.tmp_dir("view").map_err(|e| WorkerError::failed("creating a work directory", e))?;
                 let r = (|| {
-                    let mount = mount_overlay(&lowers, &dir.join("upper"), &dir.join("work"), &dir.join("merged"))
+                    let mount = Rootfs::view(self.snapshotter, &lowers, &dir)
                         .map_err(|e| WorkerError::failed("mounting a stage's filesystem to copy from", e))?;
                     let r = f(mount.target());
                     drop(mount);
@@ -362,7 +369,7 @@ fn prune_copied_up_dirs(upper_root: &Path, dir: &Path, lowers: &[PathBuf]) {
         }
         prune_copied_up_dirs(upper_root, &path, lowers);
         let is_empty = fs::read_dir(&path).map(|mut d| d.next().is_none()).unwrap_or(false);
-        let opaque = matches!(xattr::get(&path, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y");
+        let opaque = rbuild_cache::overlay_xattr::is_opaque(&path);
         if !is_empty || opaque {
             continue;
         }
@@ -601,7 +608,7 @@ impl Worker for LocalWorker {
             if fs::symlink_metadata(merged.join(op.cwd.trim_start_matches('/'))).is_err() {
                 mkdir_in_root(merged, &op.cwd, 0o755, Some((user.uid, user.gid)))?;
             }
-            let mounts = prepare(&self.store, &self.mount_sources, &op.mounts, inputs)
+            let mounts = prepare_with(&self.store, &self.mount_sources, &op.mounts, inputs, self.snapshotter)
                 .map_err(|e| WorkerError::failed("preparing the step's mounts", e))?;
             // Held until the container is gone, so a concurrent `finish` cannot pull the namespace from under it.
             let (network, stack) = match op.network {

@@ -9,6 +9,7 @@
 //! and every blob compressed from it later agree; clamping only the tar would leave a snapshot whose own tar has a
 //! different diff_id than the image config records.
 
+use rbuild_cache::overlay_xattr;
 use rbuild_cache::{Store, StoreError};
 use rbuild_types::Digest;
 use std::collections::HashMap;
@@ -18,9 +19,6 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -206,7 +204,7 @@ pub fn apply_snapshot(snapshot: &Path, dest: &Path) -> Result<(), RootfsError> {
                 let existing = fs::symlink_metadata(&dst).ok();
                 match existing {
                     Some(m) if m.is_dir() => {
-                        if xattr::get(&src, OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y") {
+                        if overlay_xattr::is_opaque(&src) {
                             for child in fs::read_dir(&dst).map_err(io_err("read directory", &dst))? {
                                 remove_any(&child.map_err(io_err("read directory", &dst))?.path())?;
                             }
@@ -267,7 +265,7 @@ fn copy_meta(src: &Path, dst: &Path, meta: &fs::Metadata) -> Result<(), RootfsEr
         fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(io_err("chmod", dst))?;
         if let Ok(names) = xattr::list(src) {
             for name in names {
-                if name.as_bytes().starts_with(OVERLAY_XATTR_PREFIX) {
+                if overlay_xattr::strip_overlay_prefix(name.as_bytes()).is_some() {
                     continue;
                 }
                 if let Ok(Some(value)) = xattr::get(src, &name) {
@@ -316,7 +314,7 @@ mod tests {
         fs::create_dir(upper.path().join("etc")).unwrap();
         whiteout(&upper.path().join("etc/gone"));
         fs::create_dir(upper.path().join("etc/sub")).unwrap();
-        xattr::set(upper.path().join("etc/sub"), OPAQUE_XATTR, b"y").unwrap();
+        xattr::set(upper.path().join("etc/sub"), "trusted.overlay.opaque", b"y").unwrap();
         fs::write(upper.path().join("etc/sub/new"), "n").unwrap();
         fs::write(upper.path().join("a"), "linked").unwrap();
         fs::hard_link(upper.path().join("a"), upper.path().join("b")).unwrap();
@@ -329,7 +327,10 @@ mod tests {
         assert!(!d.join("etc/gone").exists(), "whiteout removes");
         assert!(!d.join("etc/sub/old").exists(), "opaque dir hides the lower content");
         assert_eq!(fs::read_to_string(d.join("etc/sub/new")).unwrap(), "n");
-        assert!(xattr::get(d.join("etc/sub"), OPAQUE_XATTR).unwrap().is_none(), "overlay xattrs stay behind");
+        assert!(
+            xattr::get(d.join("etc/sub"), "trusted.overlay.opaque").unwrap().is_none(),
+            "overlay xattrs stay behind"
+        );
         assert_eq!(fs::read_to_string(d.join("keep")).unwrap(), "lower");
         let (a, b) = (fs::metadata(d.join("a")).unwrap(), fs::metadata(d.join("b")).unwrap());
         assert_eq!((a.ino(), a.uid(), a.gid()), (b.ino(), 7, 8), "hardlink kept, owner kept");

@@ -76,6 +76,11 @@ pub enum NetworkError {
     },
     #[error("slirp4netns exited before its network was up: {log}")]
     NotReady { log: String },
+    #[error(
+        "rootless RUN steps need /dev/net/tun for their network, and this user may not open it (as root: chmod 0666 \
+         /dev/net/tun, as Debian's udev rules make it), or build with --network none"
+    )]
+    TunNotAccessible,
 }
 
 /// A network namespace bound to a file, connected outward by a running slirp4netns. Dropping it tears both down.
@@ -95,6 +100,13 @@ impl NetworkStack {
     pub fn start(dir: &Path) -> Result<NetworkStack, NetworkError> {
         let slirp =
             crate::runtime::find_executable("slirp4netns").map_err(|path| NetworkError::SlirpNotFound { path })?;
+        // Root of a user namespace opens devices with the host's permission bits for "other".
+        if crate::userns::in_user_namespace()
+            && nix::unistd::access("/dev/net/tun", nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK)
+                .is_err()
+        {
+            return Err(NetworkError::TunNotAccessible);
+        }
         NetworkStack::start_with(&slirp, dir)
     }
 

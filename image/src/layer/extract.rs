@@ -7,6 +7,7 @@
 //! is a fresh directory that only this extraction writes to, these checks cannot be raced.
 
 use super::{LayerError, write};
+use rbuild_cache::overlay_xattr::{self, strip_overlay_prefix};
 use rbuild_types::Digest;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
@@ -22,8 +23,6 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// `.wh..wh.*` names other than the opaque marker are aufs bookkeeping (`.wh..wh.plnk`, `.wh..wh.aufs`).
 const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
@@ -126,7 +125,7 @@ impl EntryMeta {
                 } else if let Some(xattr) = key.strip_prefix(PAX_XATTR_PREFIX) {
                     // overlayfs' own xattrs would change how the snapshot is read (redirects, metacopy); the opaque
                     // marker travels as `.wh..wh..opq`, never as an xattr.
-                    if !xattr.starts_with(OVERLAY_XATTR_PREFIX) && !xattr.is_empty() {
+                    if strip_overlay_prefix(xattr).is_none() && !xattr.is_empty() {
                         xattrs.push((xattr.to_vec(), record.value_bytes().to_vec()));
                     }
                 }
@@ -219,7 +218,7 @@ impl Extractor<'_> {
 
         if last == OPAQUE_MARKER {
             let dir = self.ensure_dirs(parents, &name)?;
-            return xattr::set(&dir, OPAQUE_XATTR, b"y").map_err(|source| LayerError::Extract {
+            return xattr::set(&dir, overlay_xattr::opaque_name(), b"y").map_err(|source| LayerError::Extract {
                 path: dir,
                 op: "mark opaque",
                 source,

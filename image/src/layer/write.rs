@@ -20,7 +20,6 @@ pub(super) const BUFFER: usize = 256 * 1024;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 /// Width of the ustar name and linkname fields.
 const NAME_FIELD: usize = 100;
@@ -281,7 +280,7 @@ fn read_xattrs(path: &Path) -> Result<(Xattrs, bool), LayerError> {
     let mut opaque = false;
     for name in names {
         let Some(value) = xattr::get(path, &name).map_err(read_err)? else { continue };
-        if let Some(overlay) = name.as_bytes().strip_prefix(OVERLAY_XATTR_PREFIX) {
+        if let Some(overlay) = rbuild_cache::overlay_xattr::strip_overlay_prefix(name.as_bytes()) {
             match overlay {
                 b"opaque" => opaque = value == b"y",
                 b"metacopy" | b"redirect" => {

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Rootless rbuild vs root rbuild vs rootless buildah (Debian's, --layers), in one run, one table (issue #14).
+# Usage: bench/rootless.sh   (as root: it makes the unprivileged user; takes a few minutes)
+#
+# Cases:
+#   cold      the 10-step Dockerfile of bench/run.sh (ENV, WORKDIR, 3 COPY, 4 RUN, CMD), --no-cache
+#   noop      the same build rebuilt unchanged
+#   bigcopy   COPY data/ /data/ of 20,000 files (200 MB), --no-cache
+# Everything builds FROM the busybox base (testdata/busybox-base), built by rbuild, pushed to a throwaway local
+# registry and pulled by each tool before anything is timed. Each number is the median of REPS runs.
+# Target: rootless rbuild within 1.3x of root rbuild on every case.
+# Env: BENCH_DIR (default /var/tmp/rbuild-bench-rootless), REPS (default 3), BENCH_USER (default rbuild-rootless,
+#      made with a subordinate range if missing), SKIP_BUILDAH=1, SNAPSHOTTER (rootless rbuild's, default auto),
+#      RBUILD_BIN (time this rbuild binary instead of building a release one), BUILDAH_RUNTIME (default runc:
+#      Debian's crun refuses hybrid cgroup hosts).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+work=${BENCH_DIR:-/var/tmp/rbuild-bench-rootless}
+reps=${REPS:-3}
+user=${BENCH_USER:-rbuild-rootless}
+snapshotter=${SNAPSHOTTER:-auto}
+[ "$(id -u)" = 0 ] || { echo "bench/rootless.sh must run as root (it makes the unprivileged user)" >&2; exit 1; }
+
+log() { printf '%s\n' "$*" >&2; }
+rm -rf "$work"; mkdir -p "$work"; chmod 0755 "$work"
+cleanup() {
+  RBUILD_TEST_REGISTRY_DIR=$work/registry bash "$repo/scripts/test-registry.sh" stop >/dev/null 2>&1 || true
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+id -u "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
+grep -q "^$user:" /etc/subuid || usermod --add-subuids 300000-365535 "$user"
+grep -q "^$user:" /etc/subgid || usermod --add-subgids 300000-365535 "$user"
+for dev in /dev/net/tun /dev/fuse; do [ "$(stat -c %a "$dev")" = 666 ] || chmod 0666 "$dev"; done
+uhome=$(getent passwd "$user" | cut -d: -f6)
+as_user() { runuser -u "$user" -- env HOME="$uhome" XDG_RUNTIME_DIR="$work/xdg-run" "$@"; }
+
+if [ -n "${RBUILD_BIN:-}" ]; then
+  install -m 0755 "$RBUILD_BIN" "$work/rbuild"
+else
+  log "== building rbuild (release)"
+  (cd "$repo" && cargo build --release -q -p rbuild)
+  install -m 0755 "${CARGO_TARGET_DIR:-$repo/target}/release/rbuild" "$work/rbuild"
+fi
+RBUILD=$work/rbuild
+
+log "== a local registry and the base image"
+eval "$(RBUILD_TEST_REGISTRY_DIR=$work/registry bash "$repo/scripts/test-registry.sh" start)"
+reg=$RBUILD_TEST_REGISTRY
+base=$reg/bench/busybox:latest
+mkdir -p "$work/base"; cp -r "$repo/testdata/busybox-base/." "$work/base/"; cp /bin/busybox "$work/base/busybox"
+"$RBUILD" --root "$work/base-store" build -t "$base" --push "$work/base" >"$work/base.log" 2>&1 || { cat "$work/base.log"; exit 1; }
+mkdir -p "$work/user" "$work/xdg-run"; chown "$user:" "$work/user" "$work/xdg-run"; chmod 0700 "$work/xdg-run"
+"$RBUILD" --root "$work/store-root" pull "$base" >/dev/null
+as_user "$RBUILD" --root "$work/user/store" pull "$base" >/dev/null
+have_buildah=1
+{ [ -z "${SKIP_BUILDAH:-}" ] && command -v buildah >/dev/null; } || have_buildah=0
+if [ $have_buildah = 1 ]; then
+  as_user buildah pull -q --tls-verify=false "$base" >/dev/null 2>"$work/buildah-pull.log" || {
+    log "rootless buildah cannot pull here (skipped):"; tail -5 "$work/buildah-pull.log" >&2; have_buildah=0; }
+fi
+
+log "== contexts"
+ten=$work/ctx-ten
+mkdir -p "$ten/src"
+echo "a file" >"$ten/a.txt"
+for i in $(seq 1 20); do echo "source $i" >"$ten/src/f$i.txt"; done
+echo "last 0" >"$ten/last.txt"
+cat >"$ten/Dockerfile" <<EOF
+FROM $base
+ENV APP=bench
+WORKDIR /app
+COPY a.txt /app/a.txt
+COPY src/ /app/src/
+RUN echo one > /one
+RUN echo two > /two
+RUN cat /app/a.txt > /three
+RUN ls /app/src > /four
+COPY last.txt /app/last.txt
+CMD ["sh"]
+EOF
+big=$work/ctx-big
+mkdir -p "$big"
+python3 - "$big/data" <<'PY'
+import os, sys
+root = sys.argv[1]
+for d in range(200):
+    p = os.path.join(root, f"d{d:03}")
+    os.makedirs(p)
+    for f in range(100):
+        with open(os.path.join(p, f"f{f:03}.bin"), "wb") as fh:
+            fh.write(os.urandom(10000))
+PY
+printf 'FROM %s\nCOPY data/ /data/\n' "$base" >"$big/Dockerfile"
+chmod -R a+rX "$ten" "$big"
+
+build() {
+  local tool=$1 ctx=$2; shift 2
+  local out=$work/last-$tool.log
+  case $tool in
+    root) "$RBUILD" --root "$work/store-root" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
+    rootless) as_user "$RBUILD" --root "$work/user/store" --snapshotter "$snapshotter" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
+    buildah) as_user buildah bud --runtime "${BUILDAH_RUNTIME:-runc}" --layers --network host --tls-verify=false -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
+  esac >"$out" 2>&1 || { log "$tool build of $ctx failed:"; tail -30 "$out" >&2; exit 1; }
+}
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+declare -A result
+timed() {
+  local case=$1 tool=$2 ctx=$3; shift 3
+  local times=()
+  for _ in $(seq 1 "$reps"); do
+    sync
+    local t0; t0=$(now_ms)
+    build "$tool" "$ctx" "$@"
+    times+=($(( $(now_ms) - t0 )))
+  done
+  result[$case,$tool]=$(printf '%s\n' "${times[@]}" | median)
+  log "   $case $tool: ${times[*]} ms"
+}
+
+tools=(root rootless)
+[ $have_buildah = 0 ] || tools+=(buildah)
+for tool in "${tools[@]}"; do
+  log "== $tool"
+  build "$tool" "$ten"  # warm-up: fills the cache
+  timed cold "$tool" "$ten" --no-cache
+  timed noop "$tool" "$ten"
+  timed bigcopy "$tool" "$big" --no-cache
+done
+
+log "rootless rbuild snapshotter: $(as_user "$RBUILD" --root "$work/user/store" --snapshotter "$snapshotter" info | grep '^snapshotter')"
+printf '\n%-10s %10s %10s %10s %8s %8s\n' case root rootless buildah ratio target
+status=0
+for c in cold noop bigcopy; do
+  r=${result[$c,root]} u=${result[$c,rootless]} h=${result[$c,buildah]:-}
+  ratio=$(awk -v u="$u" -v r="$r" 'BEGIN {printf "%.2f", u / r}')
+  ok=$(awk -v x="$ratio" 'BEGIN {print (x <= 1.3) ? "ok" : "MISSED"}')
+  [ "$ok" = ok ] || status=1
+  printf '%-10s %8sms %8sms %10s %8s %6s %s\n' "$c" "$r" "$u" "${h:+${h}ms}" "$ratio" "≤1.3" "$ok"
+done
+printf 'bench took %ss\n' "$SECONDS"
+exit $status
