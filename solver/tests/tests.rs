@@ -1,5 +1,7 @@
 //! Scheduler tests with a toy worker: each "RUN" appends its argument to a list of fake layers and counts how
 //! often it ran, so deduplication, parallelism, cancellation and cache hits can be asserted exactly.
+// A test fails by panicking on an unexpected value, so unwrap/expect are how tests assert.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rbuild_solver::*;
 use rbuild_types::Digest;
