@@ -390,26 +390,9 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Bytes, with an optional binary unit (`k`, `m`, `g`, `t`, `p`, optionally followed by `i` and/or `b`), as
-/// Docker's `RAMInBytes` reads them.
+/// Bytes, with an optional binary unit, as Docker's `RAMInBytes` reads them (see [`rbuild_types::units`]).
 pub fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let digits = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
-    let number: f64 = v[..digits].parse().ok()?;
-    let unit = v[digits..].trim_start().to_ascii_lowercase();
-    let unit = unit.strip_suffix('b').unwrap_or(&unit);
-    let unit = unit.strip_suffix('i').unwrap_or(unit);
-    let mult: u64 = match unit {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        "p" => 1 << 50,
-        _ => return None,
-    };
-    let bytes = number * mult as f64;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+    rbuild_types::units::ram_in_bytes(v)
 }
 
 /// Splits one CSV record: fields separated by commas; a field that starts with `"` runs to the closing quote,

@@ -8,5 +8,6 @@
 pub mod digest;
 pub mod oci;
 pub mod patterns;
+pub mod units;
 
 pub use digest::{Digest, DigestWriter, InvalidDigest};
