@@ -395,50 +395,9 @@ pub fn parse_size(v: &str) -> Option<u64> {
     rbuild_types::units::ram_in_bytes(v)
 }
 
-/// Splits one CSV record: fields separated by commas; a field that starts with `"` runs to the closing quote,
-/// with `""` standing for a quote inside it.
+/// Splits one CSV record (see [`rbuild_types::csv`]); empty fields are dropped, as BuildKit does.
 fn split_csv(s: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => return Err("a quoted field is not closed".into()),
-                }
-            }
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    break;
-                }
-                Some(',') => {}
-                Some(c) => return Err(format!("unexpected {c:?} after a quoted field")),
-            }
-        } else {
-            let mut ended = true;
-            for c in chars.by_ref() {
-                if c == ',' {
-                    ended = false;
-                    break;
-                }
-                field.push(c);
-            }
-            if ended {
-                fields.push(field);
-                break;
-            }
-        }
-        fields.push(field);
-    }
+    let fields = rbuild_types::csv::split_record(s).map_err(|e| e.to_string())?;
     Ok(fields.into_iter().filter(|f| !f.is_empty()).collect())
 }
 

@@ -5,6 +5,7 @@
 //! registry, computed from a layer and used as a cache key must be the same type everywhere, and the frontend (which
 //! reads `.dockerignore`) and the cache (which applies it) must match patterns the same way.
 
+pub mod csv;
 pub mod digest;
 pub mod oci;
 pub mod patterns;
