@@ -7,6 +7,7 @@
 
 pub mod csv;
 pub mod digest;
+pub mod glob;
 pub mod oci;
 pub mod patterns;
 pub mod units;
