@@ -1,4 +1,4 @@
-//! Go's `filepath.Match`, for one path component: `*`, `?`, `[...]` classes with ranges and `^`, `\\` escapes.
+//! Go's `filepath.Match`, for one path component: `*`, `?`, `[...]` classes with ranges and `^`, `\` escapes.
 //!
 //! The build context's `COPY` sources (in the cache's content hashing) match with it, and `.dockerignore` patterns
 //! (in [`crate::patterns`]) are checked against its syntax before they are compiled to regular expressions, so
