@@ -1767,17 +1767,8 @@ fn go_healthcheck(h: &Healthcheck) -> String {
 /// Joins a path onto the working directory and cleans it lexically (no `.`/`..`, no doubled slashes).
 pub fn join_path(base: &str, path: &str) -> String {
     let full = if path.starts_with('/') { path.to_string() } else { format!("{base}/{path}") };
-    let mut parts: Vec<&str> = Vec::new();
-    for p in full.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    // `..` at the top stays at `/`, as it does inside the container.
+    format!("/{}", rbuild_types::path::clean_in_root(&full).parts.join("/"))
 }
 
 /// `80`, `53/udp`, `8000-8002/tcp` → the ports Docker records (a range becomes one entry per port). Like Docker's

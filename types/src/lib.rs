@@ -9,6 +9,7 @@ pub mod csv;
 pub mod digest;
 pub mod glob;
 pub mod oci;
+pub mod path;
 pub mod patterns;
 pub mod units;
 
