@@ -8,9 +8,11 @@
 pub mod csv;
 pub mod digest;
 pub mod glob;
+pub mod io;
 pub mod oci;
 pub mod path;
 pub mod patterns;
 pub mod units;
 
 pub use digest::{Digest, DigestWriter, InvalidDigest};
+pub use io::IoError;
