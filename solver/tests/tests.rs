@@ -269,6 +269,27 @@ fn failure_reports_the_step_and_stops_dependents() {
     assert_eq!(worker.runs.lock().unwrap().get("after"), None);
 }
 
+/// Solves `target` with a fresh toy worker and an event recorder, expecting a failure within a third of the toy's
+/// patience (a canceled step waits out its whole patience if the cancel never reaches it).
+fn solve_to_failure(g: &Graph, target: VertexId, jobs: usize) -> (Arc<Toy>, Arc<Events>, SolveError) {
+    let worker = Arc::new(Toy::default());
+    let events = Arc::new(Events::default());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let t0 = std::time::Instant::now();
+    let err = rt
+        .block_on(solve(
+            Arc::new(g.clone()),
+            &[target],
+            worker.clone(),
+            Arc::new(MemCache::default()),
+            events.clone(),
+            SolveOptions::with_jobs(jobs),
+        ))
+        .unwrap_err();
+    assert!(t0.elapsed() < PATIENCE / 3, "the solve returned promptly, took {:?}", t0.elapsed());
+    (worker, events, err)
+}
+
 /// Regression (issue 11, item 4): when a step failed, steps running beside it ran to completion (15 s where
 /// BuildKit stops in 1.3 s) and printed after the error. They are canceled, the error is the failing step's, and
 /// the solve returns only after they ended. The barrier makes sure the sibling is running when the failure comes.
@@ -279,21 +300,7 @@ fn a_failure_cancels_running_siblings_and_reports_the_failing_step() {
     let slow = run(&mut g, scratch, &[], "meet:x:2:block");
     let bad = run(&mut g, scratch, &[], "meet:x:2:fail");
     let fin = run(&mut g, slow, &[bad], "final");
-    let worker = Arc::new(Toy::default());
-    let events = Arc::new(Events::default());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let t0 = std::time::Instant::now();
-    let err = rt
-        .block_on(solve(
-            Arc::new(g.clone()),
-            &[fin],
-            worker.clone(),
-            Arc::new(MemCache::default()),
-            events.clone(),
-            SolveOptions::with_jobs(4),
-        ))
-        .unwrap_err();
-    assert!(t0.elapsed() < PATIENCE / 3, "the solve returned promptly, took {:?}", t0.elapsed());
+    let (worker, events, err) = solve_to_failure(&g, fin, 4);
     assert_eq!(worker.lonely.load(Ordering::SeqCst), 0, "both steps were running when one failed");
     assert!(worker.cancel_calls.load(Ordering::SeqCst) >= 1, "the worker was told to cancel");
     assert_eq!(worker.saw_cancel.load(Ordering::SeqCst), 1, "the running sibling ended because it was canceled");
@@ -322,21 +329,7 @@ fn a_failure_cancels_every_running_step() {
     let two = run(&mut g, scratch, &[], "meet:y:3:block:two");
     let bad = run(&mut g, scratch, &[], "meet:y:3:fail");
     let fin = run(&mut g, one, &[two, bad], "final");
-    let worker = Arc::new(Toy::default());
-    let events = Arc::new(Events::default());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let t0 = std::time::Instant::now();
-    let err = rt
-        .block_on(solve(
-            Arc::new(g.clone()),
-            &[fin],
-            worker.clone(),
-            Arc::new(MemCache::default()),
-            events.clone(),
-            SolveOptions::with_jobs(3),
-        ))
-        .unwrap_err();
-    assert!(t0.elapsed() < PATIENCE / 3, "the solve returned promptly, took {:?}", t0.elapsed());
+    let (worker, events, err) = solve_to_failure(&g, fin, 3);
     assert_eq!(err.vertex, bad);
     assert_eq!(worker.saw_cancel.load(Ordering::SeqCst), 2, "both running siblings saw the cancel");
     assert_eq!(worker.running.load(Ordering::SeqCst), 0);
