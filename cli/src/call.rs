@@ -129,19 +129,18 @@ pub async fn run(call: &Call, builder: &Builder, req: BuildRequest, reporter: Ar
                     .iter()
                     .map(|t| {
                         let mut v = json!({ "location": location_json(t.line, t.line) });
-                        let o = v.as_object_mut().expect("an object");
                         if let Some(n) = &t.name {
-                            o.insert("name".into(), json!(n));
+                            v["name"] = json!(n);
                         }
                         if t.default {
-                            o.insert("default".into(), json!(true));
+                            v["default"] = json!(true);
                         }
                         if !t.description.is_empty() {
-                            o.insert("description".into(), json!(t.description));
+                            v["description"] = json!(t.description);
                         }
-                        o.insert("base".into(), json!(t.base));
+                        v["base"] = json!(t.base);
                         if let Some(p) = &t.platform {
-                            o.insert("platform".into(), json!(p));
+                            v["platform"] = json!(p);
                         }
                         v
                     })
@@ -177,39 +176,37 @@ pub async fn run(call: &Call, builder: &Builder, req: BuildRequest, reporter: Ar
             };
             if *json {
                 let mut v = json!({});
-                let m = v.as_object_mut().expect("an object");
                 if let Some(n) = &o.name {
-                    m.insert("name".into(), json!(n));
+                    v["name"] = json!(n);
                 }
                 if !o.description.is_empty() {
-                    m.insert("description".into(), json!(o.description));
+                    v["description"] = json!(o.description);
                 }
                 let arg = |a: &rbuild_frontend::outline::OutlineArg| {
                     let mut v = json!({ "name": a.name, "location": location_json(a.line, a.line) });
-                    let m = v.as_object_mut().expect("an object");
                     if !a.description.is_empty() {
-                        m.insert("description".into(), json!(a.description));
+                        v["description"] = json!(a.description);
                     }
                     if let Some(val) = a.value.as_ref().filter(|v| !v.is_empty()) {
-                        m.insert("value".into(), json!(val));
+                        v["value"] = json!(val);
                     }
                     v
                 };
                 let mount = |s: &rbuild_frontend::outline::OutlineMount| {
                     let mut v = json!({ "name": s.name, "location": location_json(s.line, s.line) });
                     if s.required {
-                        v.as_object_mut().expect("an object").insert("required".into(), json!(true));
+                        v["required"] = json!(true);
                     }
                     v
                 };
                 if !o.args.is_empty() {
-                    m.insert("args".into(), o.args.iter().map(arg).collect());
+                    v["args"] = o.args.iter().map(arg).collect();
                 }
                 if !o.secrets.is_empty() {
-                    m.insert("secrets".into(), o.secrets.iter().map(mount).collect());
+                    v["secrets"] = o.secrets.iter().map(mount).collect();
                 }
                 if !o.ssh.is_empty() {
-                    m.insert("ssh".into(), o.ssh.iter().map(mount).collect());
+                    v["ssh"] = o.ssh.iter().map(mount).collect();
                 }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -287,12 +284,11 @@ fn check(json: bool, file: &str, text: &str, report: CheckReport) -> ExitCode {
                     "description": c.rule.description,
                     "detail": c.message,
                 });
-                let m = v.as_object_mut().expect("an object");
                 if !c.rule.url.is_empty() {
-                    m.insert("url".into(), json!(c.rule.url));
+                    v["url"] = json!(c.rule.url);
                 }
                 if let Some(at) = &c.location {
-                    m.insert("location".into(), location_json(at.start_line, at.end_line));
+                    v["location"] = location_json(at.start_line, at.end_line);
                 }
                 v
             })
@@ -300,9 +296,7 @@ fn check(json: bool, file: &str, text: &str, report: CheckReport) -> ExitCode {
         let mut v = json!({ "warnings": warnings, "sources": [{ "filename": file, "language": "Dockerfile" }] });
         if let Some(e) = &report.error {
             let loc = e.location.as_ref().map_or(json!({}), |l| location_json(l.start_line, l.end_line));
-            v.as_object_mut()
-                .expect("an object")
-                .insert("buildError".into(), json!({ "message": e.message, "location": loc }));
+            v["buildError"] = json!({ "message": e.message, "location": loc });
         }
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {

@@ -223,4 +223,3 @@ fn help_is_enough_to_start_without_the_readme() {
         assert!(build.stdout.contains(word), "build --help lacks {word:?}");
     }
 }
-
