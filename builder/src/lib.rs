@@ -9,12 +9,14 @@
 //!
 //! Arrows: this crate uses every pipeline crate (frontend, solver, executor, cache, image); only the CLI uses it.
 
+pub mod cache;
 pub mod error;
 pub mod outputs;
 pub mod report;
 pub mod request;
 mod resolve;
 
+pub use cache::{CacheMode, CacheSource, CacheTarget};
 pub use error::{BuildError, StepFailure};
 pub use outputs::Pushed;
 pub use report::{Reporter, Silent};
@@ -86,7 +88,7 @@ impl Builder {
         }
 
         let store = Arc::new(self.open_store(reporter.as_ref())?);
-        let client = RegistryClient::new(self.registry.clone());
+        let client = Arc::new(RegistryClient::new(self.registry.clone()));
         let opts = ConvertOptions {
             build_args: req.build_args.clone(),
             target: req.target.clone(),
@@ -94,6 +96,7 @@ impl Builder {
             no_cache: req.no_cache.clone(),
             context_excludes: ignore_patterns(context, dockerfile.path.as_deref())?,
         };
+        let remote = cache::open(&store, &client, &req.cache_from, reporter.as_ref()).await;
         let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
         let convert_error = |error: ConvertError| BuildError::Convert { dockerfile: dockerfile.clone(), error };
         let mut plan = plan(&ast, &opts, &source).await.map_err(convert_error)?;
@@ -116,7 +119,8 @@ impl Builder {
                 .map_err(anyhow::Error::from)?
                 .with_mount_sources(req.mount_sources)
                 .with_container_options(req.container.clone())
-                .with_canceller(canceller.clone()),
+                .with_canceller(canceller.clone())
+                .with_layer_fetcher(remote.lazy.clone()),
         );
         let graph = Arc::new(std::mem::take(&mut plan.graph));
         let mut solve_opts = SolveOptions::default();
@@ -131,7 +135,7 @@ impl Builder {
         solve_opts.record_scope = Some(format!("{shown}\n{}", req.target.as_deref().unwrap_or_default()));
         solve_opts.explain = req.explain_cache;
         let progress: Arc<dyn rbuild_solver::Progress> = reporter.clone();
-        let result = solve(graph.clone(), &[plan.target], worker.clone(), store.clone(), progress, solve_opts).await;
+        let result = solve(graph.clone(), &[plan.target], worker.clone(), remote.cache.clone(), progress, solve_opts).await;
         worker.finish();
         let solved = result.map_err(|e| {
             let tail = match e.source.as_ref() {
@@ -155,6 +159,11 @@ impl Builder {
         if !req.labels.is_empty() {
             config.config.labels.get_or_insert_with(Default::default).extend(req.labels.clone());
         }
+        if let Some(t) = req.cache_to.iter().find(|t| t.location.is_none()) {
+            let entries = cache::entries(&graph, &solved, plan.target, t.mode);
+            cache::inline(&mut config, &store, &entries, t.compression, chrono::Utc::now().timestamp())?;
+        }
+        cache::prepare_outputs(&remote, &store, &config.rootfs.diff_ids, &req.outputs).await?;
         let image = store.write_blob(&to_canonical_json(&config)).map_err(anyhow::Error::from)?;
         reporter.message(&format!("writing image {image}"));
         for t in &req.tags {
@@ -173,6 +182,8 @@ impl Builder {
             reporter.as_ref(),
         )
         .await?;
+        let exported = cache::export_all(&remote, &store, &client, &req.cache_to, &graph, &solved, plan.target, reporter.as_ref());
+        exported.await?;
         let ran_steps = solved
             .iter()
             .zip(&graph.vertices)
@@ -180,6 +191,7 @@ impl Builder {
         if ran_steps {
             // The store must be released first: collection needs it to itself.
             drop(worker);
+            drop(remote);
             drop(store);
             self.auto_gc(reporter.as_ref());
         }

@@ -53,6 +53,10 @@ pub struct BuildRequest {
     pub explain_cache: bool,
     /// `SOURCE_DATE_EPOCH`: clamps file times in layers and dates the image.
     pub source_date_epoch: Option<i64>,
+    /// `--cache-from`: caches searched after the local store, in this order.
+    pub cache_from: Vec<crate::cache::CacheSource>,
+    /// `--cache-to`: where the build's cache is exported.
+    pub cache_to: Vec<crate::cache::CacheTarget>,
 }
 
 /// The Dockerfile of a build: its text, the name it is shown under, and where it was read from (if anywhere: `-f -`

@@ -5,6 +5,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod build;
+mod cache_flags;
 mod interrupt;
 mod login;
 mod outputs;

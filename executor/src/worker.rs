@@ -49,6 +49,8 @@ pub struct LocalWorker {
     walks: Mutex<HashMap<String, Digest>>,
     /// Limits and settings of every RUN container (`--memory`, `--add-host`, ...).
     container: ContainerOptions,
+    /// Fetches layers that remote cache hits named, the first time a step needs their files.
+    fetcher: Option<Arc<dyn rbuild_image::remote_cache::LayerFetcher>>,
 }
 
 impl LocalWorker {
@@ -80,6 +82,7 @@ impl LocalWorker {
             network: Mutex::new(None),
             walks: Mutex::new(HashMap::new()),
             container: ContainerOptions::default(),
+            fetcher: None,
         })
     }
 
@@ -100,6 +103,23 @@ impl LocalWorker {
         self.runtime = self.runtime.clone().with_canceller(canceller.clone());
         self.canceller = canceller;
         self
+    }
+
+    /// Where layers named by remote cache hits come from (they are fetched only when a step reads them).
+    pub fn with_layer_fetcher(mut self, fetcher: Arc<dyn rbuild_image::remote_cache::LayerFetcher>) -> LocalWorker {
+        self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// Makes the snapshots of every layer of `inputs` exist (a remote cache hit's layers are fetched now).
+    fn materialize(&self, inputs: &[Output]) -> Result<(), WorkerError> {
+        let Some(fetcher) = &self.fetcher else { return Ok(()) };
+        for l in inputs.iter().flat_map(|o| o.layers()) {
+            if !self.store.has_snapshot(l) {
+                fetcher.fetch(l).map_err(|e| WorkerError::failed(format!("fetching cached layer {l}"), e))?;
+            }
+        }
+        Ok(())
     }
 
     fn check_cancelled(&self) -> Result<(), WorkerError> {
@@ -502,6 +522,7 @@ impl Worker for LocalWorker {
     }
 
     fn content_digest(&self, input: &Output, action: &CopyAction) -> Result<Digest, WorkerError> {
+        self.materialize(std::slice::from_ref(input))?;
         let Output::Dir(root) = input else {
             // A stage's files (COPY --from, RUN --mount=from= after that stage re-ran): hashed in a view of its
             // merged tree, with no stat cache (that one is the build context's).
@@ -541,6 +562,7 @@ impl Worker for LocalWorker {
 
     fn exec(&self, op: &ExecOp, inputs: &[Output], log: &mut dyn FnMut(&str)) -> Result<Output, WorkerError> {
         self.check_cancelled()?;
+        self.materialize(inputs)?;
         let layers = inputs.first().map(|o| o.layers().to_vec()).unwrap_or_default();
         let command = op.args.join(" ");
         let mut exit = None;
@@ -595,6 +617,7 @@ impl Worker for LocalWorker {
 
     fn file(&self, op: &FileOp, inputs: &[Output]) -> Result<Output, WorkerError> {
         self.check_cancelled()?;
+        self.materialize(inputs)?;
         let layers = op.dest.and_then(|i| inputs.get(i)).map(|o| o.layers().to_vec()).unwrap_or_default();
         self.on_overlay(&layers, "file", |merged| {
             for action in &op.actions {

@@ -10,4 +10,5 @@ pub mod layer;
 pub mod local;
 pub use rbuild_solver::oci;
 pub mod registry;
+pub mod remote_cache;
 pub mod rootfs;
