@@ -65,7 +65,11 @@ pub(crate) async fn open(
     for (source, result) in sources.iter().zip(futures::future::join_all(loads).await) {
         match result {
             Ok(l) => {
-                reporter.message(&format!("importing cache from {}: {} entries", source.location, l.index.entries.len()));
+                reporter.message(&format!(
+                    "importing cache from {}: {} entries",
+                    source.location,
+                    l.index.entries.len()
+                ));
                 loaded.push(l);
             }
             Err(e) => reporter.warning(&format!(
@@ -105,7 +109,14 @@ pub(crate) fn entries(graph: &Graph, solved: &[Option<Solved>], target: VertexId
         .into_iter()
         .filter(|&v| matches!(graph.vertices[v].op, Op::Exec(_) | Op::File(_)))
         .filter_map(|v| solved.get(v)?.as_ref())
-        .map(|s| ExportEntry { key: s.key.clone(), layers: s.output.layers().to_vec(), created: s.created })
+        .flat_map(|s| {
+            let entry = |key: &rbuild_solver::Digest| ExportEntry {
+                key: key.clone(),
+                layers: s.output.layers().to_vec(),
+                created: s.created,
+            };
+            std::iter::once(entry(&s.key)).chain(s.selection_key.as_ref().map(entry))
+        })
         .collect()
 }
 

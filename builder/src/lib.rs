@@ -135,7 +135,8 @@ impl Builder {
         solve_opts.record_scope = Some(format!("{shown}\n{}", req.target.as_deref().unwrap_or_default()));
         solve_opts.explain = req.explain_cache;
         let progress: Arc<dyn rbuild_solver::Progress> = reporter.clone();
-        let result = solve(graph.clone(), &[plan.target], worker.clone(), remote.cache.clone(), progress, solve_opts).await;
+        let result =
+            solve(graph.clone(), &[plan.target], worker.clone(), remote.cache.clone(), progress, solve_opts).await;
         worker.finish();
         let solved = result.map_err(|e| {
             let tail = match e.source.as_ref() {
@@ -182,7 +183,8 @@ impl Builder {
             reporter.as_ref(),
         )
         .await?;
-        let exported = cache::export_all(&remote, &store, &client, &req.cache_to, &graph, &solved, plan.target, reporter.as_ref());
+        let exported =
+            cache::export_all(&remote, &store, &client, &req.cache_to, &graph, &solved, plan.target, reporter.as_ref());
         exported.await?;
         let ran_steps = solved
             .iter()

@@ -71,12 +71,14 @@ impl CacheIndex {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Adds `other`'s entries and blobs; of an entry both have, the more recently exported record is kept.
+    /// Adds `other`'s entries and blobs. Of a key both have, this index's result is kept (dated with the later
+    /// export): later steps other runners cached were keyed by that result's layers, so replacing it with an
+    /// equivalent result of different layers (a file's mtime) would orphan them.
     pub fn merge(&mut self, other: CacheIndex) {
         for (key, entry) in other.entries {
-            match self.entries.get(&key) {
-                Some(mine) if mine.exported >= entry.exported => {}
-                _ => {
+            match self.entries.get_mut(&key) {
+                Some(mine) => mine.exported = mine.exported.max(entry.exported),
+                None => {
                     self.entries.insert(key, entry);
                 }
             }
@@ -144,7 +146,11 @@ mod tests {
     use super::*;
 
     fn blob(n: &str, size: u64) -> LayerBlob {
-        LayerBlob { media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(), digest: Digest::of(n.as_bytes()), size }
+        LayerBlob {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: Digest::of(n.as_bytes()),
+            size,
+        }
     }
 
     fn index(entries: &[(&str, &[&str], i64)]) -> CacheIndex {
@@ -160,13 +166,14 @@ mod tests {
     }
 
     #[test]
-    fn merging_keeps_both_writers_entries_and_the_newer_record() {
+    fn merging_keeps_both_writers_entries_and_the_first_result() {
         let mut a = index(&[("k1", &["l1"], 10), ("shared", &["l1"], 10)]);
-        let b = index(&[("k2", &["l2"], 20), ("shared", &["l1"], 20)]);
+        let b = index(&[("k2", &["l2"], 20), ("shared", &["l2"], 20)]);
         a.merge(b.clone());
         assert!(a.contains_all(&b));
         assert_eq!(a.entries.len(), 3);
-        assert_eq!(a.entries[&Digest::of(b"shared")].exported, 20);
+        let shared = &a.entries[&Digest::of(b"shared")];
+        assert_eq!((shared.layers.clone(), shared.exported), (vec![Digest::of(b"l1")], 20));
         assert!(a.is_complete());
         let round = CacheIndex::parse(&a.to_bytes()).expect("parses");
         assert_eq!(round, a);

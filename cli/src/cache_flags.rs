@@ -107,9 +107,9 @@ pub fn cache_to(spec: &str) -> Result<CacheTarget> {
         f.get("compression-level").map(String::as_str),
     )?;
     let max_size = match f.get("max-size") {
-        Some(v) => Some(
-            rbuild_builder::container::parse_size(v).with_context(|| format!("invalid max-size={v} in {FLAG}"))?,
-        ),
+        Some(v) => {
+            Some(rbuild_builder::container::parse_size(v).with_context(|| format!("invalid max-size={v} in {FLAG}"))?)
+        }
         None => None,
     };
     let max_age = match f.get("max-age") {

@@ -15,4 +15,5 @@ mod network;
 mod outputs;
 mod pull;
 mod registry;
+mod remote_cache;
 mod support;

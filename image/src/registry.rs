@@ -15,7 +15,7 @@ mod documents;
 mod http;
 mod reference;
 
-pub use documents::MAX_DOCUMENT_SIZE;
+pub use documents::{BlobsPushed, MAX_DOCUMENT_SIZE};
 pub use http::{Challenge, HttpError};
 pub use reference::{DOCKER_HUB, ImageRef};
 

@@ -107,7 +107,11 @@ async fn load_registry(
 }
 
 /// The index in a manifest's config blob `config`.
-fn index_of(location: &impl std::fmt::Display, manifest: &Manifest, config: &[u8]) -> Result<CacheIndex, RemoteCacheError> {
+fn index_of(
+    location: &impl std::fmt::Display,
+    manifest: &Manifest,
+    config: &[u8],
+) -> Result<CacheIndex, RemoteCacheError> {
     if manifest.config.media_type == MEDIA_CACHE_INDEX {
         return CacheIndex::parse(config).ok_or_else(|| bad(location, "its cache index (written by another version?)"));
     }
@@ -226,7 +230,9 @@ impl LazyLayers {
             let tmp = self.store.tmp_path("cache-layer");
             match &location {
                 CacheLocation::Registry(r) => self.client.pull_blob(r, &desc, &tmp).await?,
-                CacheLocation::Layout(dir) => copy_verified(&dir.join("blobs/sha256").join(blob.digest.hex()), &tmp, &desc)?,
+                CacheLocation::Layout(dir) => {
+                    copy_verified(&dir.join("blobs/sha256").join(blob.digest.hex()), &tmp, &desc)?
+                }
             }
             self.store.import_blob(&tmp, &blob.digest)?;
             self.bytes.fetch_add(blob.size, Ordering::Relaxed);

@@ -100,7 +100,13 @@ async fn blob_for(
 }
 
 fn descriptor(b: &LayerBlob) -> Descriptor {
-    Descriptor { media_type: b.media_type.clone(), digest: b.digest.clone(), size: b.size, platform: None, annotations: None }
+    Descriptor {
+        media_type: b.media_type.clone(),
+        digest: b.digest.clone(),
+        size: b.size,
+        platform: None,
+        annotations: None,
+    }
 }
 
 /// The cache manifest for `index`, and the index's bytes (its config).
@@ -125,7 +131,12 @@ fn cache_manifest(index: &CacheIndex) -> (Vec<u8>, Vec<u8>) {
 /// The entries of `own` that survived pruning (a size limit may drop some of this export's own entries).
 fn kept(own: &CacheIndex, merged: &CacheIndex) -> CacheIndex {
     let mut k = CacheIndex::new();
-    k.entries = own.entries.iter().filter(|(key, _)| merged.entries.contains_key(*key)).map(|(a, b)| (a.clone(), b.clone())).collect();
+    k.entries = own
+        .entries
+        .iter()
+        .filter(|(key, _)| merged.entries.contains_key(*key))
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
     k
 }
 
@@ -139,7 +150,29 @@ async fn to_registry(
 ) -> Result<ExportReport, RemoteCacheError> {
     let reg = |source| RemoteCacheError::Registry { location: r.to_string(), source };
     let mut report = ExportReport::default();
-    let mut uploaded_once = std::collections::BTreeSet::new();
+    let mounts_for = |blobs: &[LayerBlob]| {
+        let mut mounts = BTreeMap::new();
+        for b in blobs {
+            let from = source_repositories(store, &b.digest, &r.registry);
+            if !from.is_empty() {
+                mounts.insert(b.digest.clone(), from);
+            }
+        }
+        mounts
+    };
+    // First the slow part, this export's own blobs, with no manifest yet: the read-merge-write below then takes
+    // a few requests, which keeps the window in which two writers can interleave small.
+    let own_blobs = own.blob_list();
+    let files: Vec<(Descriptor, std::path::PathBuf)> =
+        own_blobs.iter().map(|b| (descriptor(b), store.blob_path(&b.digest))).collect();
+    let pushed = client.push_blobs(r, &files, &mounts_for(&own_blobs)).await.map_err(reg)?;
+    let sizes: BTreeMap<&Digest, u64> = own_blobs.iter().map(|b| (&b.digest, b.size)).collect();
+    report.uploaded = pushed.uploaded.len();
+    report.uploaded_bytes = pushed.uploaded.iter().filter_map(|d| sizes.get(d)).sum();
+    report.reused = pushed.reused.len();
+    for b in &own_blobs {
+        record_source(store, &b.digest, r);
+    }
     for attempt in 1..=ATTEMPTS {
         let mut merged = match load_registry(client, r).await {
             Ok(Some((_, index))) => index,
@@ -155,33 +188,14 @@ async fn to_registry(
         }
         let mine = kept(&own, &merged);
         let (manifest, config) = cache_manifest(&merged);
-        let blobs = merged.blob_list();
+        // Every blob is in the repository by now (this export's above, the others' with the index they came in).
         let layers: Vec<(Descriptor, std::path::PathBuf)> =
-            blobs.iter().map(|b| (descriptor(b), store.blob_path(&b.digest))).collect();
-        let mut mounts = BTreeMap::new();
-        for b in &blobs {
-            let from = source_repositories(store, &b.digest, &r.registry);
-            if !from.is_empty() {
-                mounts.insert(b.digest.clone(), from);
-            }
-        }
-        let pushed = client.push_image_mounting(r, &manifest, &config, &layers, &mounts).await.map_err(reg)?;
+            merged.blob_list().iter().map(|b| (descriptor(b), store.blob_path(&b.digest))).collect();
+        client.push_image_mounting(r, &manifest, &config, &layers, &BTreeMap::new()).await.map_err(reg)?;
         report.writes = attempt;
-        let sizes: BTreeMap<&Digest, u64> = blobs.iter().map(|b| (&b.digest, b.size)).collect();
-        for d in &pushed.uploaded {
-            if let Some(size) = sizes.get(d)
-                && uploaded_once.insert(d.clone())
-            {
-                report.uploaded += 1;
-                report.uploaded_bytes += size;
-            }
-        }
-        report.reused = blobs.len().saturating_sub(uploaded_once.len());
-        for b in &blobs {
-            record_source(store, &b.digest, r);
-        }
-        // Read back: a writer that read the index before this write and wrote after it dropped these entries.
-        let settle = Duration::from_millis(100 + u64::from(std::process::id() % 97) * 3);
+        // Read back after a while: a writer that read the index before this write and wrote after it dropped
+        // these entries, and then this export merges again.
+        let settle = Duration::from_millis(200 + u64::from(std::process::id() % 101) * 3 + u64::from(attempt) * 50);
         tokio::time::sleep(settle).await;
         let there = match load_registry(client, r).await? {
             Some((_, index)) => index,
@@ -213,7 +227,8 @@ fn to_layout(
     let blobs_dir = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs_dir).map_err(io(&blobs_dir))?;
     let lock_path = dir.join(".rbuild-cache.lock");
-    let lock = std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+    let lock =
+        std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
     lock.lock().map_err(io(&lock_path))?;
     let mut merged = load_layout(dir).ok().flatten().unwrap_or_else(CacheIndex::new);
     merged.merge(own.clone());
