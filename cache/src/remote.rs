@@ -36,7 +36,7 @@ pub struct IndexEntry {
 }
 
 /// A remote cache's index.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheIndex {
     pub version: u32,
     /// Cache key → result.
@@ -54,9 +54,16 @@ pub struct Limits {
     pub max_size: Option<u64>,
 }
 
+impl Default for CacheIndex {
+    /// An empty index of the current version.
+    fn default() -> Self {
+        CacheIndex { version: INDEX_VERSION, entries: BTreeMap::new(), blobs: BTreeMap::new() }
+    }
+}
+
 impl CacheIndex {
     pub fn new() -> CacheIndex {
-        CacheIndex { version: INDEX_VERSION, ..CacheIndex::default() }
+        CacheIndex::default()
     }
 
     /// Reads an index; `None` for anything that is not one of this version (another tool's cache, a newer rbuild).

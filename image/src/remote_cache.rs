@@ -52,7 +52,7 @@ pub enum RemoteCacheError {
     Registry {
         location: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("cache {location}: {path}")]
     Io {
@@ -99,7 +99,7 @@ async fn load_registry(
     client: &RegistryClient,
     r: &ImageRef,
 ) -> Result<Option<(Digest, CacheIndex)>, RemoteCacheError> {
-    let reg = |source| RemoteCacheError::Registry { location: r.to_string(), source };
+    let reg = |source| RemoteCacheError::Registry { location: r.to_string(), source: Box::new(source) };
     let Some((digest, bytes)) = client.fetch_document(r).await.map_err(reg)? else { return Ok(None) };
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|_| bad(r, "its manifest"))?;
     let config = client.fetch_small_blob(r, &manifest.config, "cache index").await.map_err(reg)?;

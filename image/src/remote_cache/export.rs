@@ -148,7 +148,7 @@ async fn to_registry(
     limits: Limits,
     now: i64,
 ) -> Result<ExportReport, RemoteCacheError> {
-    let reg = |source| RemoteCacheError::Registry { location: r.to_string(), source };
+    let reg = |source| RemoteCacheError::Registry { location: r.to_string(), source: Box::new(source) };
     let mut report = ExportReport::default();
     let mounts_for = |blobs: &[LayerBlob]| {
         let mut mounts = BTreeMap::new();
@@ -230,7 +230,7 @@ fn to_layout(
     let lock =
         std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
     lock.lock().map_err(io(&lock_path))?;
-    let mut merged = load_layout(dir).ok().flatten().unwrap_or_else(CacheIndex::new);
+    let mut merged = load_layout(dir).ok().flatten().unwrap_or_default();
     merged.merge(own.clone());
     merged.prune(limits, now);
     let mut report = ExportReport::default();
