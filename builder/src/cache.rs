@@ -43,6 +43,8 @@ pub struct CacheTarget {
     pub ignore_error: bool,
     pub limits: Limits,
     pub compression: Compression,
+    /// `cache-mounts=true`: also export `RUN --mount=type=cache` contents, each up to this many bytes compressed.
+    pub cache_mounts: Option<u64>,
 }
 
 /// The caches of one build: the solver's layered lookup and the layers it may have to fetch.
@@ -188,12 +190,17 @@ pub(crate) async fn export_all(
         let Some(location) = &t.location else { continue };
         let entries = entries(graph, solved, target, t.mode);
         let started = std::time::Instant::now();
+        let mounts = match t.cache_mounts {
+            Some(max) => pack_mounts(store, graph, t.compression, max, reporter)?,
+            None => Default::default(),
+        };
         let result = rbuild_image::remote_cache::export(
             client,
             store,
             &remote.lazy,
             location,
             &entries,
+            &mounts,
             t.compression,
             t.limits,
             now,
@@ -201,9 +208,11 @@ pub(crate) async fn export_all(
         .await;
         match result {
             Ok(r) => reporter.message(&format!(
-                "exported cache to {location}: {} entries ({} now), {} layers uploaded ({} bytes), {} reused, in {:.2}s",
+                "exported cache to {location}: {} entries ({} now), {} cache mounts, {} layers uploaded ({} bytes), {} \
+                 reused, in {:.2}s",
                 r.exported,
                 r.entries,
+                mounts.len(),
                 r.uploaded,
                 r.uploaded_bytes,
                 r.reused,
@@ -225,4 +234,41 @@ pub(crate) async fn export_all(
         remote.cache.remote_hits()
     ));
     Ok(())
+}
+
+/// The contents of every cache mount the build's steps use, packed as blobs (those over `max` bytes are left out
+/// with a warning).
+fn pack_mounts(
+    store: &Store,
+    graph: &Graph,
+    compression: Compression,
+    max: u64,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<std::collections::BTreeMap<String, rbuild_cache::LayerBlob>> {
+    let ids: std::collections::BTreeSet<&str> = graph
+        .vertices
+        .iter()
+        .filter_map(|v| match &v.op {
+            Op::Exec(e) => Some(e.mounts.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|m| match m {
+            rbuild_solver::ExecMount::Cache { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut out = std::collections::BTreeMap::new();
+    for id in ids {
+        match rbuild_image::remote_cache::pack_cache_mount(store, id, compression, max)? {
+            Some(blob) => {
+                out.insert(id.to_string(), blob);
+            }
+            None if rbuild_image::remote_cache::cache_mount_data(store, id).is_dir() => reporter.warning(&format!(
+                "warning: cache mount {id:?} is larger than cache-mounts-max-size={max} when packed: not exported"
+            )),
+            None => {}
+        }
+    }
+    Ok(out)
 }

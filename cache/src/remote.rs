@@ -43,6 +43,9 @@ pub struct CacheIndex {
     pub entries: BTreeMap<Digest, IndexEntry>,
     /// diff_id → the compressed blob the cache holds for it.
     pub blobs: BTreeMap<Digest, LayerBlob>,
+    /// `RUN --mount=type=cache` contents by cache id, as one layer blob each (`cache-mounts=true`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mounts: BTreeMap<String, LayerBlob>,
 }
 
 /// Limits a writer applies to the merged index.
@@ -57,7 +60,7 @@ pub struct Limits {
 impl Default for CacheIndex {
     /// An empty index of the current version.
     fn default() -> Self {
-        CacheIndex { version: INDEX_VERSION, entries: BTreeMap::new(), blobs: BTreeMap::new() }
+        CacheIndex { version: INDEX_VERSION, entries: BTreeMap::new(), blobs: BTreeMap::new(), mounts: BTreeMap::new() }
     }
 }
 
@@ -93,6 +96,8 @@ impl CacheIndex {
         for (diff_id, blob) in other.blobs {
             self.blobs.entry(diff_id).or_insert(blob);
         }
+        // A cache mount's newest contents win: they are what the next runner should start from.
+        self.mounts.extend(other.mounts);
     }
 
     /// Whether every entry of `other` is here (used to check that a write was not overwritten by another writer).
@@ -141,7 +146,7 @@ impl CacheIndex {
     /// The blobs, in a fixed order (by blob digest, each once).
     pub fn blob_list(&self) -> Vec<LayerBlob> {
         let mut by_digest: BTreeMap<&Digest, &LayerBlob> = BTreeMap::new();
-        for b in self.blobs.values() {
+        for b in self.blobs.values().chain(self.mounts.values()) {
             by_digest.insert(&b.digest, b);
         }
         by_digest.into_values().cloned().collect()

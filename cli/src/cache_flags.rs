@@ -2,8 +2,8 @@
 //!
 //! `--cache-from REF` | `type=registry,ref=REF` | `type=local,src=DIR`;
 //! `--cache-to type=registry,ref=REF` | `type=local,dest=DIR` | `type=inline`, with `mode=min|max`,
-//! `compression=gzip|zstd`, `compression-level=N`, `ignore-error=true|false`, `max-size=SIZE` and
-//! `max-age=DURATION` (`90s`, `30m`, `12h`, `7d`). Keys buildx has and rbuild does not use (`oci-mediatypes`,
+//! `compression=gzip|zstd`, `compression-level=N`, `ignore-error=true|false`, `max-size=SIZE`,
+//! `max-age=DURATION` (`90s`, `30m`, `12h`, `7d`), and rbuild's `cache-mounts=true` with `cache-mounts-max-size=SIZE`. Keys buildx has and rbuild does not use (`oci-mediatypes`,
 //! `image-manifest`, `force-compression`) are accepted and ignored; unknown ones are errors.
 
 use anyhow::{Context as _, Result, bail};
@@ -13,6 +13,9 @@ use rbuild_image::registry::ImageRef;
 use rbuild_image::remote_cache::CacheLocation;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+/// The largest cache mount exported by default (compressed): 1 GiB.
+const DEFAULT_CACHE_MOUNTS_MAX: u64 = 1 << 30;
 
 /// Buildx keys that change nothing here.
 const IGNORED: &[&str] = &["oci-mediatypes", "image-manifest", "force-compression", "store"];
@@ -74,7 +77,16 @@ pub fn cache_to(spec: &str) -> Result<CacheTarget> {
     const FLAG: &str = "--cache-to";
     let mut f = fields(FLAG, spec)?;
     let kind = f.remove("type").with_context(|| format!("{FLAG} {spec:?} needs type=registry|local|inline"))?;
-    let common = ["mode", "compression", "compression-level", "ignore-error", "max-size", "max-age"];
+    let common = [
+        "mode",
+        "compression",
+        "compression-level",
+        "ignore-error",
+        "max-size",
+        "max-age",
+        "cache-mounts",
+        "cache-mounts-max-size",
+    ];
     let location = match kind.as_str() {
         "registry" => {
             check_known(FLAG, spec, &f, &[&common[..], &["ref"]].concat())?;
@@ -116,7 +128,17 @@ pub fn cache_to(spec: &str) -> Result<CacheTarget> {
         Some(v) => Some(parse_duration(v).with_context(|| format!("invalid max-age={v} in {FLAG}"))?),
         None => None,
     };
-    Ok(CacheTarget { location, mode, ignore_error, limits: Limits { max_age, max_size }, compression })
+    let cache_mounts = match (f.get("cache-mounts").map(String::as_str), location.is_some()) {
+        (None | Some("false"), _) => None,
+        (Some("true"), true) => Some(match f.get("cache-mounts-max-size") {
+            Some(v) => rbuild_builder::container::parse_size(v)
+                .with_context(|| format!("invalid cache-mounts-max-size={v} in {FLAG}"))?,
+            None => DEFAULT_CACHE_MOUNTS_MAX,
+        }),
+        (Some("true"), false) => bail!("{FLAG} type=inline cannot carry cache mounts: use type=registry or type=local"),
+        (Some(other), _) => bail!("invalid cache-mounts={other} in {FLAG} {spec:?}: use true or false"),
+    };
+    Ok(CacheTarget { location, mode, ignore_error, limits: Limits { max_age, max_size }, compression, cache_mounts })
 }
 
 /// `90s`, `30m`, `12h`, `7d` (or plain seconds) → seconds.

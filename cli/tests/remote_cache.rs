@@ -289,3 +289,38 @@ fn a_broken_cache_source_warns_and_the_build_goes_on() {
     let ignored = ignored.success();
     assert!(ignored.stderr.contains("ignore-error=true"), "{}", ignored.stderr);
 }
+
+/// `cache-mounts=true`: a RUN that appends to a cache mount sees the previous runner's content on a runner with an
+/// empty store (moby/buildkit#1474).
+#[test]
+fn cache_mount_contents_travel_to_the_next_runner() {
+    if !require(TOOLS) {
+        return;
+    }
+    let ws = Workspace::new();
+    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let cache = format!("{}/{}:mounts", reg.addr, unique("cache/mounts"));
+    let ctx = ws.context(
+        "mounts",
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nARG RUNNER\n\
+             RUN --mount=type=cache,id=downloads,target=/cache [\"/bin/busybox\", \"sh\", \"-c\", \
+             \"echo $RUNNER >> /cache/log && /bin/busybox cp /cache/log /seen\"]\n",
+        )],
+    );
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    let to = format!("type=registry,ref={cache},cache-mounts=true");
+    let a = build(&ws, "store-a", &ctx, &["--build-arg", "RUNNER=a", "--cache-to", &to]).success();
+    assert!(a.stderr.contains("1 cache mounts"), "{}", a.stderr);
+    let out = ws.path("out-b");
+    let b = build(
+        &ws,
+        "store-b",
+        &ctx,
+        &["--build-arg", "RUNNER=b", "--cache-from", &cache, "--output", &format!("type=local,dest={}", out.display())],
+    )
+    .success();
+    let seen = std::fs::read_to_string(out.join("seen")).unwrap();
+    assert_eq!(seen, "a\nb\n", "runner B's RUN sees runner A's cache mount\n{}", b.stderr);
+}

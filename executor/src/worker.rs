@@ -563,6 +563,15 @@ impl Worker for LocalWorker {
     fn exec(&self, op: &ExecOp, inputs: &[Output], log: &mut dyn FnMut(&str)) -> Result<Output, WorkerError> {
         self.check_cancelled()?;
         self.materialize(inputs)?;
+        if let Some(fetcher) = &self.fetcher {
+            for m in &op.mounts {
+                if let rbuild_solver::ExecMount::Cache { id, .. } = m {
+                    fetcher
+                        .restore_cache_mount(id)
+                        .map_err(|e| WorkerError::failed(format!("restoring cache mount {id:?}"), e))?;
+                }
+            }
+        }
         let layers = inputs.first().map(|o| o.layers().to_vec()).unwrap_or_default();
         let command = op.args.join(" ");
         let mut exit = None;

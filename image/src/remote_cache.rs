@@ -11,8 +11,10 @@
 //! bytes; a push to the same registry mounts the blobs instead (zero bytes down, zero up).
 
 mod export;
+mod mounts;
 
 pub use export::{ExportEntry, ExportReport, export};
+pub use mounts::{cache_mount_data, pack_cache_mount};
 
 use crate::local::{ImageError, record_source};
 use crate::oci::{Descriptor, ImageConfig, Index, Manifest};
@@ -163,6 +165,11 @@ pub trait LayerFetcher: Send + Sync {
     /// Makes the snapshot of `diff_id` exist, downloading and unpacking its blob if a remote hit named it.
     /// Does nothing for a layer it does not know.
     fn fetch(&self, diff_id: &Digest) -> Result<(), ImageError>;
+    /// Restores the contents of cache mount `id` from a cache source, if one has it and this store does not.
+    fn restore_cache_mount(&self, id: &str) -> Result<(), ImageError> {
+        let _ = id;
+        Ok(())
+    }
 }
 
 /// The layers remote hits named and where each one's blob is.
@@ -171,6 +178,8 @@ pub struct LazyLayers {
     client: Arc<RegistryClient>,
     runtime: tokio::runtime::Handle,
     pending: Mutex<BTreeMap<Digest, (LayerBlob, CacheLocation)>>,
+    /// Cache mount contents by id, from the first source that has each.
+    mounts: Mutex<BTreeMap<String, (LayerBlob, CacheLocation)>>,
     /// Held while a layer is fetched, so two steps needing it download it once.
     fetching: tokio::sync::Mutex<()>,
     bytes: AtomicU64,
@@ -185,6 +194,7 @@ impl LazyLayers {
             client,
             runtime: tokio::runtime::Handle::current(),
             pending: Mutex::new(BTreeMap::new()),
+            mounts: Mutex::new(BTreeMap::new()),
             fetching: tokio::sync::Mutex::new(()),
             bytes: AtomicU64::new(0),
             fetched: AtomicUsize::new(0),
@@ -253,10 +263,14 @@ impl LayerFetcher for LazyLayers {
         // Called on the worker's blocking threads, never on a runtime thread.
         self.runtime.block_on(self.fetch_async(diff_id))
     }
+
+    fn restore_cache_mount(&self, id: &str) -> Result<(), ImageError> {
+        self.runtime.block_on(self.restore_mount_async(id))
+    }
 }
 
 /// Copies a layout blob into the store's tmp, checking its size and digest.
-fn copy_verified(from: &Path, to: &Path, desc: &Descriptor) -> Result<(), ImageError> {
+pub(crate) fn copy_verified(from: &Path, to: &Path, desc: &Descriptor) -> Result<(), ImageError> {
     let mut src = std::fs::File::open(from).map_err(ImageError::Tmp)?;
     let dest = std::fs::File::create(to).map_err(ImageError::Tmp)?;
     let mut writer = rbuild_solver::DigestWriter::new(std::io::BufWriter::new(dest));
@@ -285,6 +299,11 @@ pub struct LayeredCache {
 
 impl LayeredCache {
     pub fn new(local: Arc<Store>, sources: Vec<LoadedSource>, lazy: Arc<LazyLayers>) -> LayeredCache {
+        for s in &sources {
+            for (id, blob) in &s.index.mounts {
+                lazy.note_mount(id, blob, &s.location);
+            }
+        }
         LayeredCache { local, sources, lazy, hits: AtomicUsize::new(0) }
     }
 
@@ -330,5 +349,46 @@ impl CacheStore for LayeredCache {
 
     fn record_step(&self, identity: &str, inputs: &StepInputs) -> Result<(), CacheError> {
         self.local.record_step(identity, inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::RegistryOptions;
+    use rbuild_cache::remote::IndexEntry;
+
+    fn source(name: &str, key: &Digest, layer: &Digest) -> LoadedSource {
+        let mut index = CacheIndex::new();
+        index.entries.insert(key.clone(), IndexEntry { layers: vec![layer.clone()], created: 7, exported: 7 });
+        let blob = LayerBlob {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: Digest::of(name.as_bytes()),
+            size: 1,
+        };
+        index.blobs.insert(layer.clone(), blob);
+        LoadedSource { location: CacheLocation::Layout(PathBuf::from(name)), index }
+    }
+
+    /// Sources are searched in the order given, after the local store; a hit downloads nothing.
+    #[tokio::test]
+    async fn sources_answer_in_the_order_given_and_lazily() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let client = Arc::new(RegistryClient::new(RegistryOptions::default()));
+        let lazy = Arc::new(LazyLayers::new(store.clone(), client));
+        let (key, other_key) = (Digest::of(b"key"), Digest::of(b"other"));
+        let (first, second) = (Digest::of(b"first layer"), Digest::of(b"second layer"));
+        let sources =
+            vec![source("first", &key, &first), source("second", &key, &second), source("second", &other_key, &second)];
+        let cache = LayeredCache::new(store.clone(), sources, lazy.clone());
+        let hit = cache.get(&key).expect("a remote hit");
+        assert_eq!(hit.output, Output::RootFs(vec![first.clone()]), "the first source given wins");
+        assert_eq!(hit.created, 7, "the original time is kept");
+        assert!(cache.get(&other_key).is_some(), "a later source answers what earlier ones lack");
+        assert!(cache.get(&Digest::of(b"nobody")).is_none());
+        assert_eq!(cache.remote_hits(), 2);
+        assert_eq!(lazy.downloaded(), (0, 0), "nothing is fetched by a lookup");
+        assert_eq!(lazy.pending(&first).map(|(_, l)| l), Some(CacheLocation::Layout("first".into())));
     }
 }

@@ -52,11 +52,13 @@ pub async fn export(
     lazy: &LazyLayers,
     target: &CacheLocation,
     entries: &[ExportEntry],
+    mounts: &BTreeMap<String, LayerBlob>,
     compression: Compression,
     limits: Limits,
     now: i64,
 ) -> Result<ExportReport, RemoteCacheError> {
     let mut own = CacheIndex::new();
+    own.mounts = mounts.clone();
     for e in entries {
         for l in &e.layers {
             if !own.blobs.contains_key(l) {
