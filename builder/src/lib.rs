@@ -160,11 +160,11 @@ impl Builder {
         if !req.labels.is_empty() {
             config.config.labels.get_or_insert_with(Default::default).extend(req.labels.clone());
         }
+        cache::prepare_outputs(&remote, &store, &config.rootfs.diff_ids, &req.outputs).await?;
         if let Some(t) = req.cache_to.iter().find(|t| t.location.is_none()) {
             let entries = cache::entries(&graph, &solved, plan.target, t.mode);
             cache::inline(&mut config, &store, &entries, t.compression, chrono::Utc::now().timestamp())?;
         }
-        cache::prepare_outputs(&remote, &store, &config.rootfs.diff_ids, &req.outputs).await?;
         let image = store.write_blob(&to_canonical_json(&config)).map_err(anyhow::Error::from)?;
         reporter.message(&format!("writing image {image}"));
         for t in &req.tags {

@@ -81,10 +81,16 @@ impl Source<'_> {
             let config: ImageConfig = serde_json::from_slice(&self.store.read_blob(&rec.config)?)?;
             // A tag holds one platform's image; one pulled for another platform is not the image asked for.
             let variant_ok = platform.variant.is_none() || config.variant == platform.variant;
-            if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
+            // An image pushed with layers a remote cache hit named (mounted, never downloaded) has no files here
+            // yet: it is pulled like any image the store lacks.
+            let layers_here = config.rootfs.diff_ids.iter().all(|d| {
+                self.store.has_snapshot(d) || self.store.layer_blobs(d).iter().any(|b| self.store.has_blob(&b.digest))
+            });
+            let platform_ok = config.os == platform.os && config.architecture == platform.architecture && variant_ok;
+            if platform_ok && layers_here {
                 return Ok(ResolvedImage { reference: name, digest: rec.config, config });
             }
-            local_other = Some(match &config.variant {
+            local_other = (!platform_ok).then(|| match &config.variant {
                 Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
                 None => format!("{}/{}", config.os, config.architecture),
             });

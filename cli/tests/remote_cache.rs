@@ -131,9 +131,13 @@ fn runner_b_hits_every_step_and_its_push_only_mounts() {
     let uploads =
         log.lines().filter(|l| l.contains("http.request.method=PUT") && l.contains("/blobs/uploads/")).count();
     assert_eq!(uploads, 1, "one blob upload (the image config):\n{log}");
-    // Runner B's image is the image runner A made, and it runs.
     let inspect = cmd("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{image}")]).success();
     assert!(inspect.stdout.contains("\"Layers\""), "{}", inspect.stdout);
+    // The image is tagged in store B without its files; a build on top of it pulls them then, and runs.
+    let next =
+        ws.context("next", &[("Dockerfile", &format!("FROM {image}\nRUN [\"/bin/busybox\", \"cat\", \"/x\"]\n"))]);
+    let n = build(&ws, "store-b", &next, &[]).success();
+    assert!(n.stderr.contains("pulling"), "{}", n.stderr);
 }
 
 /// Keys are portable: two stores, the context at two paths, the same keys, step for step.

@@ -176,6 +176,7 @@ async fn to_registry(
         record_source(store, &b.digest, r);
     }
     for attempt in 1..=ATTEMPTS {
+        let window = std::time::Instant::now();
         let mut merged = match load_registry(client, r).await {
             Ok(Some((_, index))) => index,
             Ok(None) => CacheIndex::new(),
@@ -190,15 +191,16 @@ async fn to_registry(
         }
         let mine = kept(&own, &merged);
         let (manifest, config) = cache_manifest(&merged);
-        // Every blob is in the repository by now (this export's above, the others' with the index they came in).
-        let layers: Vec<(Descriptor, std::path::PathBuf)> =
-            merged.blob_list().iter().map(|b| (descriptor(b), store.blob_path(&b.digest))).collect();
-        client.push_image_mounting(r, &manifest, &config, &layers, &BTreeMap::new()).await.map_err(reg)?;
+        // Every blob is in the repository by now (this export's above, the others' with the index they came in),
+        // so only the index and the manifest are sent: the registry checks on the manifest PUT that the blobs it
+        // lists are there.
+        client.push_image_mounting(r, &manifest, &config, &[], &BTreeMap::new()).await.map_err(reg)?;
         report.writes = attempt;
-        // Read back after a while: a writer that read the index before this write and wrote after it dropped
-        // these entries, and then this export merges again.
-        let settle = Duration::from_millis(200 + u64::from(std::process::id() % 101) * 3 + u64::from(attempt) * 50);
-        tokio::time::sleep(settle).await;
+        // Read back once another writer's read-merge-write, which takes about as long as this one's did, would
+        // have landed: a writer that read the index before this write and wrote after it dropped these entries,
+        // and then this export merges again.
+        let jitter = u64::from(std::process::id() % 17) + u64::from(attempt) * 10;
+        tokio::time::sleep(window.elapsed() * 2 + Duration::from_millis(20 + jitter)).await;
         let there = match load_registry(client, r).await? {
             Some((_, index)) => index,
             None => CacheIndex::new(),
