@@ -14,7 +14,7 @@ allowed = {
     "rbuild-solver": {"rbuild-types"},
     "rbuild-cache": {"rbuild-solver", "rbuild-types"},
     "rbuild-frontend": {"rbuild-solver", "rbuild-types"},
-    "rbuild-image": {"rbuild-cache", "rbuild-types"},
+    "rbuild-image": {"rbuild-cache", "rbuild-solver", "rbuild-types"},
     "rbuild-executor": {"rbuild-image", "rbuild-cache", "rbuild-solver", "rbuild-types"},
     "rbuild-builder": {"rbuild-frontend", "rbuild-solver", "rbuild-executor", "rbuild-cache", "rbuild-image", "rbuild-types"},
     # The CLI maps flags to a build request and renders; its own subcommands (images, push, prune, info, the

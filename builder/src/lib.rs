@@ -9,6 +9,7 @@
 //!
 //! Arrows: this crate uses every pipeline crate (frontend, solver, executor, cache, image); only the CLI uses it.
 
+pub mod cache;
 pub mod error;
 pub mod index_outputs;
 pub mod outputs;
@@ -19,6 +20,7 @@ pub mod request;
 mod resolve;
 pub mod sbom;
 
+pub use cache::{CacheMode, CacheSource, CacheTarget};
 pub use error::{BuildError, StepFailure};
 pub use outputs::Pushed;
 pub use report::{Reporter, Silent};
@@ -103,8 +105,9 @@ impl Builder {
         let platforms = if req.platforms.is_empty() { vec![Platform::host()] } else { req.platforms.clone() };
         index_outputs::check(&req.outputs, platforms.len())?;
         let store = Arc::new(self.open_store(reporter.as_ref())?);
-        let client = RegistryClient::new(self.registry.clone());
+        let client = Arc::new(RegistryClient::new(self.registry.clone()));
         let excludes = ignore_patterns(context, dockerfile.path.as_deref())?;
+        let remote = cache::open(&store, &client, &req.cache_from, reporter.as_ref()).await;
         let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
         let convert_error = |error: ConvertError| BuildError::Convert { dockerfile: dockerfile.clone(), error };
         // One plan per target platform; base images are resolved once per platform that uses them.
@@ -159,7 +162,8 @@ impl Builder {
                 .with_container_options(req.container.clone())
                 .with_canceller(canceller.clone())
                 .with_named_contexts(req.named_contexts.clone())
-                .with_stat_cache_saved(!req.temporary_context),
+                .with_stat_cache_saved(!req.temporary_context)
+                .with_layer_fetcher(remote.lazy.clone()),
         );
         let merged = platforms::merge(&mut plans, &platforms);
         let graph = Arc::new(merged.graph);
@@ -176,7 +180,8 @@ impl Builder {
         solve_opts.explain = req.explain_cache;
         reporter.plan(&graph, &merged.targets);
         let progress: Arc<dyn rbuild_solver::Progress> = reporter.clone();
-        let result = solve(graph.clone(), &merged.targets, worker.clone(), store.clone(), progress, solve_opts).await;
+        let result =
+            solve(graph.clone(), &merged.targets, worker.clone(), remote.cache.clone(), progress, solve_opts).await;
         reporter.finish();
         worker.finish();
         let solved = result.map_err(|e| {
@@ -199,11 +204,16 @@ impl Builder {
 
         let now = chrono::Utc::now().timestamp();
         let mut images = Vec::with_capacity(plans.len());
-        for (plan, map) in plans.iter().zip(&merged.maps) {
+        for (i, (plan, map)) in plans.iter().zip(&merged.maps).enumerate() {
             let own = platforms::split(&solved, map);
             let mut config = rbuild_frontend::history::image_config(plan, &own, now, epoch);
             if !req.labels.is_empty() {
                 config.config.labels.get_or_insert_with(Default::default).extend(req.labels.clone());
+            }
+            cache::prepare_outputs(&remote, &store, &config.rootfs.diff_ids, &req.outputs).await?;
+            if let Some(t) = req.cache_to.iter().find(|t| t.location.is_none()) {
+                let entries = cache::entries(&graph, &solved, &[merged.targets[i]], t.mode);
+                cache::inline(&mut config, &store, &entries, t.compression, now)?;
             }
             let image = store.write_blob(&to_canonical_json(&config)).map_err(anyhow::Error::from)?;
             reporter.message(&format!("writing image {image}"));
@@ -287,6 +297,17 @@ impl Builder {
             )
             .await?
         };
+        let exported = cache::export_all(
+            &remote,
+            &store,
+            &client,
+            &req.cache_to,
+            &graph,
+            &solved,
+            &merged.targets,
+            reporter.as_ref(),
+        );
+        exported.await?;
         let ran_steps = solved
             .iter()
             .zip(&graph.vertices)
@@ -294,6 +315,7 @@ impl Builder {
         if ran_steps {
             // The store must be released first: collection needs it to itself.
             drop(worker);
+            drop(remote);
             drop(store);
             self.auto_gc(reporter.as_ref());
         }

@@ -66,6 +66,10 @@ pub struct BuildRequest {
     pub manifest_annotations: BTreeMap<String, String>,
     /// The context is a temporary directory (from stdin or a URL): its stat cache is not kept.
     pub temporary_context: bool,
+    /// `--cache-from`: caches searched after the local store, in this order.
+    pub cache_from: Vec<crate::cache::CacheSource>,
+    /// `--cache-to`: where the build's cache is exported.
+    pub cache_to: Vec<crate::cache::CacheTarget>,
 }
 
 /// The Dockerfile of a build: its text, the name it is shown under, and where it was read from (if anywhere: `-f -`

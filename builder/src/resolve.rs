@@ -181,6 +181,15 @@ impl Source<'_> {
                 let config: ImageConfig = serde_json::from_slice(&self.store.read_blob(&digest)?)?;
                 let variant_ok = platform.variant.is_none() || config.variant == platform.variant;
                 if config.os == platform.os && config.architecture == platform.architecture && variant_ok {
+                    // An image pushed with layers a remote cache hit named (mounted, never downloaded) has no
+                    // files here yet: it is pulled like any image the store lacks.
+                    let layers_here = config.rootfs.diff_ids.iter().all(|d| {
+                        self.store.has_snapshot(d)
+                            || self.store.layer_blobs(d).iter().any(|b| self.store.has_blob(&b.digest))
+                    });
+                    if !layers_here {
+                        break;
+                    }
                     let manifest = if rec.platforms.is_empty() { rec.manifest.clone() } else { None };
                     return Ok((ResolvedImage { reference: name, digest, config }, manifest, false));
                 }
@@ -189,7 +198,7 @@ impl Source<'_> {
                     None => format!("{}/{}", config.os, config.architecture),
                 });
             }
-            local_other = Some(has.join(", "));
+            local_other = (!has.is_empty()).then(|| has.join(", "));
         }
         let status = format!("pulling {name} for {}", rbuild_frontend::platform::format(platform));
         self.reporter.status(&status);

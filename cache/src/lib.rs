@@ -7,6 +7,7 @@ pub mod confined;
 pub mod contenthash;
 pub mod gc;
 pub mod overlay_xattr;
+pub mod remote;
 pub mod store;
 
 pub use store::{ImageRecord, LayerBlob, LockMode, Store, StoreError};

@@ -64,6 +64,14 @@ pub struct BuildArgs {
     /// Set a label on the image (KEY=VALUE; wins over a LABEL of the same key in the Dockerfile)
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// A cache to read, searched after the local store and before the next --cache-from: REF,
+    /// type=registry,ref=REF or type=local,src=DIR; repeatable
+    #[arg(long = "cache-from", value_name = "SOURCE")]
+    cache_from: Vec<String>,
+    /// Where to export the build cache: type=registry,ref=REF | type=local,dest=DIR | type=inline, with
+    /// mode=min|max, ignore-error=true, max-size=SIZE, max-age=DURATION; repeatable
+    #[arg(long = "cache-to", value_name = "TARGET")]
+    cache_to: Vec<String>,
     #[command(flatten)]
     outputs: crate::outputs::OutputArgs,
     #[command(flatten)]
@@ -267,6 +275,8 @@ fn request(args: &BuildArgs, inputs: &Inputs) -> Result<BuildRequest> {
         image_contexts: inputs.named.images(),
         manifest_annotations: inputs.buildx.manifest_annotations.clone(),
         temporary_context: inputs.source.is_temporary(),
+        cache_from: args.cache_from.iter().map(|s| crate::cache_flags::cache_from(s)).collect::<Result<_>>()?,
+        cache_to: args.cache_to.iter().map(|s| crate::cache_flags::cache_to(s)).collect::<Result<_>>()?,
     })
 }
 

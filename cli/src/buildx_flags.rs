@@ -1,5 +1,5 @@
 //! `docker buildx build` flags that a CI pipeline passes and that rbuild maps onto its outputs: `--annotation`,
-//! `--load`, `--cache-from`/`--cache-to`, `--provenance`, `--sbom` and `--attest`.
+//! `--load`, `--attest` (as `--provenance`/`--sbom`), `--build-context`, `--builder`, `-D`, `--cgroup-parent`.
 //!
 //! A flag rbuild cannot honour yet is still parsed (never a clap usage error, which would break a pipeline with
 //! exit 2 and a usage dump) and refused before anything is built, with a sentence that says what to do. Values
@@ -20,12 +20,6 @@ pub struct BuildxArgs {
     /// `docker load` does
     #[arg(long)]
     pub load: bool,
-    /// External cache sources (buildx syntax); remote caches are not supported yet, so this is an error
-    #[arg(long = "cache-from", value_name = "SPEC")]
-    pub cache_from: Vec<String>,
-    /// Cache export destinations (buildx syntax); remote caches are not supported yet, so this is an error
-    #[arg(long = "cache-to", value_name = "SPEC")]
-    pub cache_to: Vec<String>,
     /// An additional context: NAME=DIR, NAME=URL (Git or http(s) tarball) or NAME=docker-image://REF, usable as
     /// `COPY --from=NAME` (and `FROM NAME` for images); repeatable
     #[arg(long = "build-context", value_name = "NAME=DIR|URL|docker-image://REF")]
@@ -60,18 +54,6 @@ pub struct Requests {
 impl BuildxArgs {
     /// Checks every flag before the build starts; `platform` is the one being built.
     pub fn check(&self, platform: &Platform) -> Result<Requests> {
-        if let Some(spec) = self.cache_from.first() {
-            bail!(
-                "--cache-from {spec}: importing a remote or local cache is not supported yet (the local store is \
-                 the cache); remove --cache-from"
-            );
-        }
-        if let Some(spec) = self.cache_to.first() {
-            bail!(
-                "--cache-to {spec}: exporting the cache is not supported yet (the local store is the cache); \
-                 remove --cache-to"
-            );
-        }
         let (mut provenance, mut sbom) = (None, None);
         for spec in &self.attest {
             match parse_attest(spec)? {
@@ -211,12 +193,5 @@ mod tests {
         assert_eq!(r.provenance.as_deref(), Some("false"));
         assert!(args(&["type=spdx"]).check(&amd64()).is_err());
         assert!(args(&["mode=max"]).check(&amd64()).is_err());
-    }
-
-    #[test]
-    fn remote_caches_are_a_clear_not_yet() {
-        let a = BuildxArgs { cache_to: vec!["type=registry,ref=r/c".into()], ..BuildxArgs::default() };
-        let err = a.check(&amd64()).expect_err("cache-to");
-        assert!(err.to_string().contains("not supported yet"), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 
 mod build;
 mod buildx_flags;
+mod cache_flags;
 mod call;
 mod completion;
 mod docker_load;

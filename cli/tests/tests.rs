@@ -22,6 +22,7 @@ mod outputs;
 mod progress;
 mod pull;
 mod registry;
+mod remote_cache;
 mod rootless;
 mod sources;
 mod support;

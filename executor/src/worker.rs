@@ -60,6 +60,8 @@ pub struct LocalWorker {
     emulation: (crate::emulation::Host, Mutex<HashMap<String, Emulation>>),
     /// How root filesystems are assembled (see [`crate::snapshotter`]).
     snapshotter: Snapshotter,
+    /// Fetches layers that remote cache hits named, the first time a step needs their files.
+    fetcher: Option<Arc<dyn rbuild_image::remote_cache::LayerFetcher>>,
 }
 
 impl LocalWorker {
@@ -95,6 +97,7 @@ impl LocalWorker {
             save_stat_cache: true,
             emulation: (crate::emulation::Host::new(bundles.clone()), Mutex::new(HashMap::new())),
             snapshotter: Snapshotter::default(),
+            fetcher: None,
         })
     }
 
@@ -150,6 +153,23 @@ impl LocalWorker {
         self.runtime = self.runtime.clone().with_canceller(canceller.clone());
         self.canceller = canceller;
         self
+    }
+
+    /// Where layers named by remote cache hits come from (they are fetched only when a step reads them).
+    pub fn with_layer_fetcher(mut self, fetcher: Arc<dyn rbuild_image::remote_cache::LayerFetcher>) -> LocalWorker {
+        self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// Makes the snapshots of every layer of `inputs` exist (a remote cache hit's layers are fetched now).
+    fn materialize(&self, inputs: &[Output]) -> Result<(), WorkerError> {
+        let Some(fetcher) = &self.fetcher else { return Ok(()) };
+        for l in inputs.iter().flat_map(|o| o.layers()) {
+            if !self.store.has_snapshot(l) {
+                fetcher.fetch(l).map_err(|e| WorkerError::failed(format!("fetching cached layer {l}"), e))?;
+            }
+        }
+        Ok(())
     }
 
     fn check_cancelled(&self) -> Result<(), WorkerError> {
@@ -559,6 +579,7 @@ impl Worker for LocalWorker {
     }
 
     fn content_digest(&self, input: &Output, action: &CopyAction) -> Result<Digest, WorkerError> {
+        self.materialize(std::slice::from_ref(input))?;
         let Output::Dir(root) = input else {
             // A stage's files (COPY --from, RUN --mount=from= after that stage re-ran): hashed in a view of its
             // merged tree, with no stat cache (that one is the build context's).
@@ -598,6 +619,16 @@ impl Worker for LocalWorker {
 
     fn exec(&self, op: &ExecOp, inputs: &[Output], log: &mut dyn FnMut(&str)) -> Result<Output, WorkerError> {
         self.check_cancelled()?;
+        self.materialize(inputs)?;
+        if let Some(fetcher) = &self.fetcher {
+            for m in &op.mounts {
+                if let rbuild_solver::ExecMount::Cache { id, .. } = m {
+                    fetcher
+                        .restore_cache_mount(id)
+                        .map_err(|e| WorkerError::failed(format!("restoring cache mount {id:?}"), e))?;
+                }
+            }
+        }
         let layers = inputs.first().map(|o| o.layers().to_vec()).unwrap_or_default();
         let command = op.args.join(" ");
         let emulation = self.emulation_for(op)?;
@@ -665,6 +696,7 @@ impl Worker for LocalWorker {
 
     fn file(&self, op: &FileOp, inputs: &[Output]) -> Result<Output, WorkerError> {
         self.check_cancelled()?;
+        self.materialize(inputs)?;
         let layers = op.dest.and_then(|i| inputs.get(i)).map(|o| o.layers().to_vec()).unwrap_or_default();
         self.on_overlay(&layers, "file", |merged| {
             for action in &op.actions {

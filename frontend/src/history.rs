@@ -69,7 +69,13 @@ mod tests {
 
     fn solved(layers: usize, created: i64) -> Option<Solved> {
         let layers = (0..layers).map(|i| Digest::of(&[i as u8])).collect();
-        Some(Solved { key: Digest::of(b"k"), output: Output::RootFs(layers), cached: false, created })
+        Some(Solved {
+            key: Digest::of(b"k"),
+            output: Output::RootFs(layers),
+            cached: false,
+            created,
+            selection_key: None,
+        })
     }
 
     fn plan(history: Vec<HistoryStep>, target: usize) -> BuildPlan {

@@ -10,4 +10,5 @@ pub mod index;
 pub mod layer;
 pub mod local;
 pub mod registry;
+pub mod remote_cache;
 pub mod rootfs;

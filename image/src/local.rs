@@ -134,7 +134,13 @@ pub fn layer_blob(store: &Store, diff_id: &Digest, compression: Compression) -> 
     }
     let snapshot = store.snapshot_path(diff_id);
     if !snapshot.is_dir() {
-        return Err(ImageError::MissingLayer { diff_id: diff_id.clone() });
+        // A layer a remote cache hit named and nothing fetched: its blob is known but not here. A push to the
+        // cache's registry mounts it; anything else finds the file missing.
+        return store
+            .layer_blobs(diff_id)
+            .into_iter()
+            .find(acceptable)
+            .ok_or_else(|| ImageError::MissingLayer { diff_id: diff_id.clone() });
     }
     let tmp = store.tmp_path("layer");
     let file = fs::File::create(&tmp).map_err(ImageError::Tmp)?;

@@ -11,9 +11,11 @@
 //! short so that a registry that is down fails a build quickly; transfers that break midway are retried a few times
 //! from the start, since uploads stream from files on disk and downloads go to a file that is rewritten.
 
+mod documents;
 mod http;
 mod reference;
 
+pub use documents::{BlobsPushed, MAX_DOCUMENT_SIZE};
 pub use http::{Challenge, HttpError};
 pub use reference::{DOCKER_HUB, ImageRef};
 

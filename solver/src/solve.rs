@@ -31,6 +31,10 @@ pub struct Solved {
     pub cached: bool,
     /// When the result was made (unix seconds); for sources, when they were resolved.
     pub created: i64,
+    /// The second key of a step that reads part of another step's output (keyed by the content of what it reads),
+    /// when it was computed: a remote cache exports it too, so another machine whose stage produced other layers
+    /// but the same files still hits.
+    pub selection_key: Option<Digest>,
 }
 
 /// A step that failed, and why.
@@ -306,7 +310,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
         Op::Scratch | Op::Context { .. } | Op::Image { .. } | Op::Http { .. } | Op::Git { .. } => {
             let (worker, op) = (ctx.worker.clone(), vertex.op.clone());
             let output = blocking(move || worker.source(&op)).await.map_err(fail)?;
-            Ok(Solved { key, output, cached: false, created: now_unix() })
+            Ok(Solved { key, output, cached: false, created: now_unix(), selection_key: None })
         }
         Op::Exec(_) | Op::File(_) => {
             // A step that reads part of another stage (COPY --from, RUN --mount=from=) has a second key, made from
@@ -328,7 +332,13 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                 }
                 if let Some(record) = hit {
                     ctx.progress.event(Event::Cached { vertex: v, name: vertex.name.clone() });
-                    return Ok(Solved { key, output: record.output, cached: true, created: record.created });
+                    return Ok(Solved {
+                        key,
+                        output: record.output,
+                        cached: true,
+                        created: record.created,
+                        selection_key,
+                    });
                 }
             }
             let identity = ctx.record_scope.as_ref().map(|scope| {
@@ -425,7 +435,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                             .map_err(|e| fail(WorkerError::failed("recording the step's inputs", e)))?;
                     }
                     ctx.progress.event(Event::Done { vertex: v, name, elapsed });
-                    Ok(Solved { key, output, cached: false, created: record.created })
+                    Ok(Solved { key, output, cached: false, created: record.created, selection_key })
                 }
                 Err(e) => Err(e),
             }
