@@ -73,6 +73,8 @@ pub struct BuildArgs {
     outputs: crate::outputs::OutputArgs,
     #[command(flatten)]
     container: ContainerArgs,
+    #[command(flatten)]
+    runtime: crate::runtime_arg::RuntimeArgs,
     /// The build context directory
     context: PathBuf,
 }
@@ -369,6 +371,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     let context_abs = std::fs::canonicalize(&context).with_context(|| format!("resolving {}", context.display()))?;
     let worker = Arc::new(
         LocalWorker::new(store.clone(), context_abs, epoch)?
+            .with_runtime(args.runtime.kind()?)?
             .with_mount_sources(mount_sources)
             .with_container_options(container_options)
             .with_canceller(canceller),

@@ -11,6 +11,7 @@ mod outputs;
 mod progress;
 mod render;
 mod resolver;
+mod runtime_arg;
 mod secrets;
 mod storage;
 
@@ -255,10 +256,13 @@ pub fn open_store(env: &Env) -> Result<Store> {
 /// Opens the store at `root` locked as `mode`, first stopping containers that dead rbuild processes left running
 /// (`kill -9` during a RUN), so that their mounts can be collected.
 pub fn open_store_as(root: &Path, mode: rbuild_cache::LockMode) -> Result<Option<Store>> {
-    let runc_state = root.join("runc");
-    let reaper = |dead: &[PathBuf]| match rbuild_executor::reap::find_runc() {
-        Some(runc) => rbuild_executor::reap::reap_containers(&runc, &runc_state, dead),
-        None => Vec::new(),
+    // Each runtime keeps its containers in its own state directory in the store (`runc/`, `crun/`).
+    let reaper = |dead: &[PathBuf]| {
+        let runtimes = rbuild_executor::runtime::RuntimeKind::ALL.into_iter();
+        runtimes
+            .filter_map(|kind| Some((kind.find().ok()?, root.join(kind.name()))))
+            .flat_map(|(program, state)| rbuild_executor::reap::reap_containers(&program, &state, dead))
+            .collect()
     };
     let store =
         Store::open_reaping(root, mode, &reaper).with_context(|| format!("opening the store at {}", root.display()))?;

@@ -10,7 +10,7 @@ use crate::copy::{CopyOptions, copy_from};
 use crate::mounts::{MountSources, prepare};
 use crate::overlay::mount_overlay;
 use crate::runtime::network::NetworkStack;
-use crate::runtime::{ContainerOptions, NetworkMode, RunSpec, Runtime};
+use crate::runtime::{ContainerOptions, NetworkMode, RunSpec, Runtime, RuntimeKind};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
 use rbuild_cache::confined::Root;
@@ -81,6 +81,14 @@ impl LocalWorker {
             walks: Mutex::new(HashMap::new()),
             container: ContainerOptions::default(),
         })
+    }
+
+    /// Runs RUN steps with `kind` (runc, or crun), its state kept in the store's `<name>/` directory.
+    pub fn with_runtime(mut self, kind: RuntimeKind) -> Result<LocalWorker, WorkerError> {
+        let runtime = Runtime::with_kind(kind, self.store.root().join(kind.name()), self.bundles.clone())
+            .map_err(|e| WorkerError::failed("preparing the container runtime", e))?;
+        self.runtime = runtime.with_canceller(self.canceller.clone());
+        Ok(self)
     }
 
     /// The secrets and SSH agents `RUN --mount=type=secret|ssh` steps may use.
