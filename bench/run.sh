@@ -21,7 +21,8 @@
 # registry), pulled into each tool before anything is timed.
 # Env: BENCH_DIR (work dir, default /var/tmp/rbuild-bench), REPS (default 5), SKIP_BUILDAH=1, SKIP_BK13=1,
 #      SKIP_BK25=1, KEEP=1 (keep BENCH_DIR), CASES="run-overhead cold" (only these cases),
-#      RBUILD_BEFORE=path/to/an/older/rbuild (timed as one more tool, "before", to show what a change did),
+#      RBUILD_BEFORE=path/to/an/older/rbuild (timed as one more tool, "before", to show what a change did, in the
+#      cases of BEFORE_CASES, default all),
 #      RBUILD=path/to/rbuild (skip the cargo build), CARGO_TARGET_DIR (where cargo puts it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -152,14 +153,14 @@ build() {
     before) "$RBUILD_BEFORE" --root "$work/store-before" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
     bk13 | bk25) dk "$tool" build --network host -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
     buildah) buildah bud --runtime runc --layers --network host --tls-verify=false -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
-  esac >"$out" 2>&1 || { log "$tool build of $ctx failed:"; tail -30 "$out" >&2; exit 1; }
+  esac >"$out" 2>&1 || { log "$tool build of $ctx failed:"; tail -30 "$out" >&2; return 1; }
 }
 # The docker daemons are shared: another user's prune can remove a snapshot under a running build ("/bin/sh: no
 # such file"). Such a docker build is retried once (and the retry is what is timed; it says so on stderr).
 build_retry() {
   local tool=$1
   if is_docker "$tool"; then
-    (build "$@") 2>/dev/null || { log "   $tool: retrying a failed build once"; dk "$tool" pull -q "$base" >/dev/null; build "$@"; }
+    build "$@" 2>/dev/null || { log "   $tool: retrying a failed build once"; dk "$tool" pull -q "$base" >/dev/null; build "$@"; }
   else
     build "$@"
   fi
@@ -191,7 +192,7 @@ pull_image() {
     before) "$RBUILD_BEFORE" --root "$work/pull-store-before" build -t bench/pulled "$pullctx" ;;
     bk13 | bk25) dk "$tool" pull -q "$pullimg" ;;
     buildah) buildah pull -q --tls-verify=false "$pullimg" ;;
-  esac >"$work/last-$tool.log" 2>&1 || { log "$tool pull failed:"; tail -30 "$work/last-$tool.log" >&2; exit 1; }
+  esac >"$work/last-$tool.log" 2>&1 || { log "$tool pull failed:"; tail -30 "$work/last-$tool.log" >&2; return 1; }
 }
 unpull_image() {
   case $1 in
@@ -208,7 +209,7 @@ push_image() {
     before) "$RBUILD_BEFORE" --root "$work/store-before" push "$ref" ;;
     bk13 | bk25) dk "$tool" push -q "$ref" ;;
     buildah) buildah push -q --tls-verify=false "$ref" ;;
-  esac >"$work/last-$tool.log" 2>&1 || { log "$tool push failed:"; tail -30 "$work/last-$tool.log" >&2; exit 1; }
+  esac >"$work/last-$tool.log" 2>&1 || { log "$tool push failed:"; tail -30 "$work/last-$tool.log" >&2; return 1; }
 }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
@@ -259,13 +260,18 @@ setup() {
 
 for c in $cases; do
   log "== $c"
-  for t in "${tools[@]}"; do with_base "$t"; setup "$c" "$t"; done
+  for t in "${tools[@]}"; do with_base "$t"; setup "$c" "$t" || [ "$t" != rbuild ] || exit 1; done
   for i in $(seq 1 "$reps"); do
     for t in "${tools[@]}"; do
+      [ "$t" != before ] || [[ " ${BEFORE_CASES:-$c} " == *" $c "* ]] || continue
       prepare "$c" "$t" "$i"
       sync
       t0=$(now_ms)
-      run "$c" "$t"
+      # A failed rep of another tool is left out of its numbers (and said on stderr); rbuild must not fail.
+      if ! run "$c" "$t"; then
+        [ "$t" != rbuild ] || exit 1
+        log "   $c $t: rep $i failed, left out"; continue
+      fi
       times[$c,$t]="${times[$c,$t]:-} $(( $(now_ms) - t0 ))"
       if [ "$t" = rbuild ] && [ -s "$work/rss" ]; then
         r=$(tail -1 "$work/rss"); [ "${rss[$c]:-0}" -ge "$r" ] || rss[$c]=$r
@@ -289,6 +295,7 @@ for c in $cases; do
   printf '%-16s' "$c"
   best=""
   for t in "${tools[@]}"; do
+    [ -n "${times[$c,$t]:-}" ] || { printf ' %17s' "-"; continue; }
     mn=$(stat_of min "${times[$c,$t]}") md=$(stat_of med "${times[$c,$t]}")
     printf ' %8s/%6sms' "$mn" "$md"
     if is_docker "$t" && { [ -z "$best" ] || [ "$md" -lt "$best" ]; }; then best=$md; fi
