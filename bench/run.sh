@@ -278,7 +278,7 @@ for c in $cases; do
       fi
     done
   done
-  for t in "${tools[@]}"; do log "   $c $t:${times[$c,$t]} ms"; done
+  for t in "${tools[@]}"; do log "   $c $t:${times[$c,$t]:-} ms"; done
 done
 
 stat_of() { # stat_of min|med LIST
