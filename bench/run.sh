@@ -260,7 +260,7 @@ setup() {
 
 for c in $cases; do
   log "== $c"
-  for t in "${tools[@]}"; do with_base "$t"; setup "$c" "$t" || [ "$t" != rbuild ] || exit 1; done
+  for t in "${tools[@]}"; do { with_base "$t" && setup "$c" "$t"; } || [ "$t" != rbuild ] || exit 1; done
   for i in $(seq 1 "$reps"); do
     for t in "${tools[@]}"; do
       [ "$t" != before ] || [[ " ${BEFORE_CASES:-$c} " == *" $c "* ]] || continue
