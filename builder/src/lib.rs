@@ -30,6 +30,7 @@ pub use rbuild_executor::cancel::Canceller;
 pub use rbuild_executor::mounts::{MountSources, SecretValue};
 /// `git` and http fetches with their checks, for contexts that come from a URL.
 pub use rbuild_executor::remote;
+pub use rbuild_executor::runtime::RuntimeKind;
 pub use rbuild_executor::runtime::options as container;
 pub use rbuild_executor::snapshotter::Snapshotter;
 
@@ -55,6 +56,8 @@ pub struct Builder {
     pub gc_keep_storage: Option<u64>,
     /// How root filesystems are assembled; `None` is auto (the store's recorded or detected choice).
     pub snapshotter: Option<Snapshotter>,
+    /// The OCI runtime RUN steps run in (runc or crun).
+    pub runtime: RuntimeKind,
 }
 
 /// What a successful build made.
@@ -156,6 +159,8 @@ impl Builder {
         let snapshotter = choose_snapshotter(&store, self.snapshotter)?;
         let worker = Arc::new(
             LocalWorker::new(store.clone(), context_abs, epoch)
+                .map_err(anyhow::Error::from)?
+                .with_runtime(self.runtime)
                 .map_err(anyhow::Error::from)?
                 .with_snapshotter(snapshotter)
                 .with_mount_sources(req.mount_sources)
@@ -416,10 +421,13 @@ async fn plan(
 /// (`kill -9` during a RUN), so that their mounts can be collected. `None` when `mode` is a try and the store is
 /// busy.
 pub fn open_store(root: &Path, mode: LockMode) -> anyhow::Result<Option<Store>> {
-    let runc_state = root.join("runc");
-    let reaper = |dead: &[PathBuf]| match rbuild_executor::reap::find_runc() {
-        Some(runc) => rbuild_executor::reap::reap_containers(&runc, &runc_state, dead),
-        None => Vec::new(),
+    // Each runtime keeps its containers in its own state directory in the store (`runc/`, `crun/`).
+    let reaper = |dead: &[PathBuf]| {
+        let runtimes = RuntimeKind::ALL.into_iter();
+        runtimes
+            .filter_map(|kind| Some((kind.find().ok()?, root.join(kind.name()))))
+            .flat_map(|(program, state)| rbuild_executor::reap::reap_containers(&program, &state, dead))
+            .collect()
     };
     Store::open_reaping(root, mode, &reaper).with_context(|| format!("opening the store at {}", root.display()))
 }

@@ -82,6 +82,8 @@ pub struct BuildArgs {
     container: ContainerArgs,
     #[command(flatten)]
     call: crate::call::CallArgs,
+    #[command(flatten)]
+    runtime: crate::runtime_arg::RuntimeArgs,
     /// The build context: a directory, `-` (a tar or a Dockerfile on stdin), a Git URL
     /// (https://host/repo.git#ref:subdir, git@host:repo.git) or an http(s) URL of a tarball
     context: PathBuf,
@@ -302,6 +304,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
         registry: env.registry.clone(),
         gc_keep_storage: env.gc_keep_storage,
         snapshotter: env.snapshotter,
+        runtime: args.runtime.kind()?,
     };
     if let Some(call) = args.call.selected()? {
         return crate::call::run(&call, &builder, req, progress).await;

@@ -23,6 +23,7 @@ mod progress;
 mod render;
 mod rmi;
 mod rootless;
+mod runtime_arg;
 mod secrets;
 mod source;
 mod storage;

@@ -21,6 +21,7 @@
 //! Not done here: AppArmor and cancellation by timeout.
 
 pub mod cgroups;
+pub mod kind;
 pub mod network;
 pub mod options;
 pub mod seccomp;
@@ -36,6 +37,7 @@ use std::process::{Child, Command, Stdio};
 
 use crate::cancel::{Cancelled, Canceller, Registration};
 use crate::user::{ResolvedUser, resolve_in_root};
+pub use kind::RuntimeKind;
 pub use options::ContainerOptions;
 use stubs::MountStubs;
 
@@ -113,6 +115,10 @@ pub struct RunResult {
 pub enum RuntimeError {
     #[error("runc not found on PATH ({path})")]
     RuncNotFound { path: String },
+    #[error("{runtime} not found on PATH ({path})")]
+    NotFound { runtime: RuntimeKind, path: String },
+    #[error("{runtime} cannot run containers here: {reason}")]
+    Unsupported { runtime: RuntimeKind, reason: String },
     #[error("creating directory {path}")]
     CreateDir {
         path: PathBuf,
@@ -186,7 +192,16 @@ impl Runtime {
         Runtime::with_runc(runc, state_dir, bundle_parent)
     }
 
-    /// Uses the given `runc` binary.
+    /// Uses `kind`'s program from `PATH`, failing early when it is missing or cannot work on this host.
+    pub fn with_kind(kind: RuntimeKind, state_dir: PathBuf, bundle_parent: PathBuf) -> Result<Runtime, RuntimeError> {
+        let program = kind.find().map_err(|path| RuntimeError::NotFound { runtime: kind, path })?;
+        if let Some(reason) = kind.unsupported_reason() {
+            return Err(RuntimeError::Unsupported { runtime: kind, reason });
+        }
+        Runtime::with_runc(program, state_dir, bundle_parent)
+    }
+
+    /// Uses the given `runc` binary (or another runtime with runc's command line, such as crun).
     pub fn with_runc(runc: PathBuf, state_dir: PathBuf, bundle_parent: PathBuf) -> Result<Runtime, RuntimeError> {
         for dir in [&state_dir, &bundle_parent] {
             std::fs::DirBuilder::new()

@@ -10,7 +10,7 @@ use crate::copy::{CopyOptions, copy_from};
 use crate::emulation::Emulation;
 use crate::mounts::{MountSources, prepare_with};
 use crate::runtime::network::NetworkStack;
-use crate::runtime::{ContainerOptions, NetworkMode, RunSpec, Runtime};
+use crate::runtime::{ContainerOptions, NetworkMode, RunSpec, Runtime, RuntimeKind};
 use crate::snapshotter::{Rootfs, Snapshotter};
 use crate::user::resolve_user;
 use rbuild_cache::Store;
@@ -128,6 +128,14 @@ impl LocalWorker {
         }
         decided.lock().unwrap_or_else(|p| p.into_inner()).insert(key, e.clone());
         Ok(e)
+    }
+
+    /// Runs RUN steps with `kind` (runc, or crun), its state kept in the store's `<name>/` directory.
+    pub fn with_runtime(mut self, kind: RuntimeKind) -> Result<LocalWorker, WorkerError> {
+        let runtime = Runtime::with_kind(kind, self.store.root().join(kind.name()), self.bundles.clone())
+            .map_err(|e| WorkerError::failed("preparing the container runtime", e))?;
+        self.runtime = runtime.with_canceller(self.canceller.clone());
+        Ok(self)
     }
 
     /// The secrets and SSH agents `RUN --mount=type=secret|ssh` steps may use.

@@ -9,7 +9,7 @@ use rbuild_executor::runtime::network::{NetworkError, NetworkStack};
 use rbuild_executor::runtime::{BindMount, NetworkMode, RunResult, RunSpec, Runtime, RuntimeError, TmpfsMount};
 use rbuild_executor::user::{ResolvedUser, resolve_user};
 
-use crate::support::{TestDir, busybox_rootfs, privileged};
+use crate::support::{TestDir, busybox_rootfs, privileged, test_runtime};
 
 /// A busybox lower layer, a fresh upper, the overlay mounted, and a runtime with its own state directory.
 struct Sandbox {
@@ -29,7 +29,7 @@ impl Sandbox {
         build(&t.path("lower"));
         let mount = mount_overlay(&[t.path("lower")], &t.path("upper"), &t.path("work"), &t.path("merged"))
             .expect("mount overlay");
-        let runtime = Runtime::new(t.path("runc-state"), t.path("bundles")).expect("runtime");
+        let runtime = Runtime::with_kind(test_runtime(), t.path("runc-state"), t.path("bundles")).expect("runtime");
         let runtime = runtime.with_resolv_conf(write_resolv_conf(&t));
         Sandbox { mount: Some(mount), runtime, t }
     }

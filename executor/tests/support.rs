@@ -30,6 +30,16 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// The OCI runtime the tests run containers with: `RBUILD_RUNTIME` (`runc` or `crun`), else runc, so the suite
+/// can be run once per runtime (`RBUILD_RUNTIME=crun cargo test -p rbuild-executor`).
+pub fn test_runtime() -> rbuild_executor::runtime::RuntimeKind {
+    use rbuild_executor::runtime::RuntimeKind;
+    match std::env::var("RBUILD_RUNTIME") {
+        Ok(name) => RuntimeKind::parse(&name).unwrap_or_else(|| panic!("RBUILD_RUNTIME={name:?}: use runc or crun")),
+        Err(_) => RuntimeKind::Runc,
+    }
+}
+
 /// Builds a busybox root filesystem in `dir`: `/bin/busybox` with one symlink per applet, an `/etc/passwd` with
 /// root, `app` (1000) and nobody, an `/etc/group`, and `/mnt`, `/tmp`.
 pub fn busybox_rootfs(dir: &Path) {
