@@ -211,6 +211,31 @@ impl LazyLayers {
     }
 
     /// Where the blob of a lazily hit layer is, if it was not fetched.
+    /// Downloads `blob` from `location` into the store (verified against its digest).
+    pub(crate) async fn download_blob(
+        &self,
+        blob: &LayerBlob,
+        location: &CacheLocation,
+        what: &str,
+    ) -> Result<(), ImageError> {
+        let desc = Descriptor {
+            media_type: blob.media_type.clone(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            platform: None,
+            annotations: None,
+        };
+        let tmp = self.store.tmp_path(what);
+        match location {
+            CacheLocation::Registry(r) => self.client.pull_blob(r, &desc, &tmp).await?,
+            CacheLocation::Layout(dir) => {
+                copy_verified(&dir.join("blobs/sha256").join(blob.digest.hex()), &tmp, &desc)?
+            }
+        }
+        self.store.import_blob(&tmp, &blob.digest)?;
+        Ok(())
+    }
+
     pub fn pending(&self, diff_id: &Digest) -> Option<(LayerBlob, CacheLocation)> {
         if self.store.has_snapshot(diff_id) {
             return None;
@@ -231,21 +256,7 @@ impl LazyLayers {
             return Ok(());
         }
         if !self.store.has_blob(&blob.digest) {
-            let desc = Descriptor {
-                media_type: blob.media_type.clone(),
-                digest: blob.digest.clone(),
-                size: blob.size,
-                platform: None,
-                annotations: None,
-            };
-            let tmp = self.store.tmp_path("cache-layer");
-            match &location {
-                CacheLocation::Registry(r) => self.client.pull_blob(r, &desc, &tmp).await?,
-                CacheLocation::Layout(dir) => {
-                    copy_verified(&dir.join("blobs/sha256").join(blob.digest.hex()), &tmp, &desc)?
-                }
-            }
-            self.store.import_blob(&tmp, &blob.digest)?;
+            self.download_blob(&blob, &location, "cache-layer").await?;
             self.bytes.fetch_add(blob.size, Ordering::Relaxed);
             self.fetched.fetch_add(1, Ordering::Relaxed);
         }

@@ -2,12 +2,11 @@
 //! directory as one layer blob in the cache, restored on another runner just before the first step that mounts
 //! that id runs (a step that is a cache hit needs nothing restored).
 
-use super::{CacheLocation, LazyLayers, copy_verified};
+use super::{CacheLocation, LazyLayers};
 use crate::layer::{Compression, LayerOptions, extract_layer, write_compressed_layer};
 use crate::local::ImageError;
 use rbuild_cache::{LayerBlob, Store};
 use rbuild_types::Digest;
-use rbuild_types::oci::Descriptor;
 use std::path::PathBuf;
 
 /// The data directory of cache mount `id` in `store` (the executor's layout: `cachemounts/<sha256(id)>/data`).
@@ -64,21 +63,7 @@ impl LazyLayers {
             return Ok(());
         }
         if !self.store.has_blob(&blob.digest) {
-            let desc = Descriptor {
-                media_type: blob.media_type.clone(),
-                digest: blob.digest.clone(),
-                size: blob.size,
-                platform: None,
-                annotations: None,
-            };
-            let tmp = self.store.tmp_path("cache-mount");
-            match &location {
-                CacheLocation::Registry(r) => self.client.pull_blob(r, &desc, &tmp).await?,
-                CacheLocation::Layout(dir) => {
-                    copy_verified(&dir.join("blobs/sha256").join(blob.digest.hex()), &tmp, &desc)?
-                }
-            }
-            self.store.import_blob(&tmp, &blob.digest)?;
+            self.download_blob(&blob, &location, "cache-mount").await?;
         }
         let dest = self.store.tmp_dir("cache-mount")?;
         let blob_path = self.store.blob_path(&blob.digest);
