@@ -116,6 +116,7 @@ mod tests {
                 settings: vec![],
                 platform: None,
                 hostname: String::new(),
+                insecure: false,
             };
             last = graph.add(Vertex {
                 op: Op::Exec(exec),

@@ -126,7 +126,7 @@ pub enum NetworkMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entitlements {
     pub network_host: bool,
-    /// Parsed for buildx compatibility; `RUN --security=insecure` stays refused (every step runs sandboxed).
+    /// `RUN --security=insecure` may run privileged (refused at its line otherwise).
     pub security_insecure: bool,
 }
 

@@ -57,8 +57,8 @@ pub struct BuildArgs {
     /// slirp4netns), none (only loopback) or host (the host's; needs --allow network.host)
     #[arg(long, value_enum, default_value = "default")]
     network: NetworkFlag,
-    /// Grant an entitlement: network.host (RUN --network=host, --network host), security.insecure; repeatable,
-    /// or comma-separated
+    /// Grant an entitlement: network.host (RUN --network=host, --network host), security.insecure
+    /// (RUN --security=insecure); repeatable, or comma-separated
     #[arg(long = "allow", value_name = "ENTITLEMENT", value_delimiter = ',')]
     allow: Vec<String>,
     /// Set a label on the image (KEY=VALUE; wins over a LABEL of the same key in the Dockerfile)

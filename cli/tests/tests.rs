@@ -15,6 +15,7 @@ mod errors;
 mod executor;
 mod frontend_builds;
 mod hardening;
+mod insecure;
 mod limits;
 mod multiplatform;
 mod network;

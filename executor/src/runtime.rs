@@ -24,6 +24,7 @@ pub mod cgroups;
 pub mod kind;
 pub mod network;
 pub mod options;
+pub mod privileged;
 pub mod seccomp;
 pub mod spec;
 pub mod stubs;
@@ -98,6 +99,8 @@ pub struct RunSpec {
     pub bundle_dir: Option<PathBuf>,
     /// Limits, extra hosts, `/dev/shm` size and rlimits (the build's flags).
     pub options: ContainerOptions,
+    /// `RUN --security=insecure`: every capability, no seccomp, the host's devices (see [`privileged`]).
+    pub privileged: bool,
 }
 
 /// How a process ended.
@@ -661,6 +664,7 @@ mod tests {
             tmpfs: vec![],
             bundle_dir: None,
             options: ContainerOptions::default(),
+            privileged: false,
         };
         std::fs::create_dir_all(&spec.rootfs).expect("mkdir");
         let err = rt.run(&spec, &mut |_| {}).expect_err("no runc");

@@ -682,6 +682,7 @@ impl Worker for LocalWorker {
                 tmpfs: mounts.tmpfs.clone(),
                 bundle_dir: mounts.bundle_dir.clone(),
                 options: self.container.clone(),
+                privileged: op.insecure,
             };
             let result =
                 self.runtime.run(&spec, log).map_err(|e| WorkerError::failed(format!("running {command:?}"), e));

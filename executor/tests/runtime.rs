@@ -55,6 +55,7 @@ impl Sandbox {
             tmpfs: Vec::new(),
             bundle_dir: None,
             options: Default::default(),
+            privileged: false,
         }
     }
 

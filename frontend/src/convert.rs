@@ -1373,12 +1373,14 @@ impl Converter<'_> {
                     .hint("use --network=default, none or host"));
             }
         };
-        if let Some(sec) = &run.security
-            && sec != "sandbox"
-        {
-            return Err(ConvertError::at(at, format!("RUN --security={sec} is not allowed"))
-                .hint("rbuild runs every step sandboxed"));
-        }
+        let insecure = match run.security.as_deref() {
+            None | Some("sandbox") => false,
+            Some("insecure") => true,
+            Some(other) => {
+                return Err(ConvertError::at(at, format!("unsupported security mode {other:?}"))
+                    .hint("use --security=sandbox or insecure"));
+            }
+        };
         let mut pipe = None;
         let args = match (&run.command, run.heredocs.as_slice()) {
             (Command::Exec(v), _) => v.clone(),
@@ -1450,6 +1452,7 @@ impl Converter<'_> {
             platform: (crate::platform::normalize(&state.platform)
                 != crate::platform::normalize(&self.opts.build_platform))
             .then(|| state.platform.clone()),
+            insecure,
         };
         let inputs = std::iter::once(input).chain(extra_inputs).collect();
         state.rootfs = self.add(Vertex { op: Op::Exec(exec), inputs, name, ignore_cache: state.no_cache });

@@ -212,6 +212,7 @@ mod tests {
             settings: Vec::new(),
             hostname: String::new(),
             platform: None,
+            insecure: false,
         });
         let files: Vec<(String, Digest)> = files.into_iter().map(|(p, d)| (p.to_string(), Digest::of(d))).collect();
         let content = if files.is_empty() { vec![] } else { vec![Digest::of(format!("{files:?}").as_bytes())] };

@@ -86,6 +86,10 @@ pub struct ExecOp {
     /// builds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<rbuild_types::oci::Platform>,
+    /// `RUN --security=insecure`: the step runs privileged (needs the `security.insecure` entitlement). Left out
+    /// of the encoding when false, so the keys of sandboxed steps do not change.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// Something mounted at a path while a RUN step runs; none of it ends up in the step's layer.

@@ -76,6 +76,7 @@ mod tests {
             settings: Vec::new(),
             hostname: String::new(),
             platform: None,
+            insecure: false,
         })
     }
 
@@ -141,6 +142,17 @@ mod tests {
             "mkdir sha256:75bf08ebecd5844ac15bb010f628eff7c02fad0a090033273f056611dd1ecd21",
         ];
         assert_eq!(got, want, "cache key encoding changed");
+    }
+
+    /// `RUN --security=insecure` is in the key (a privileged step can produce what a sandboxed one cannot); the
+    /// sandboxed default stays out of the encoding, so the golden `exec` key above is unchanged.
+    #[test]
+    fn insecure_mode_changes_the_key() {
+        let Op::Exec(mut op) = exec(&["PATH=/bin", "A=1"]) else { return };
+        op.insecure = true;
+        let base: Digest = "sha256:0000000000000000000000000000000000000000000000000000000000000001".parse().unwrap();
+        let key = cache_key(&Op::Exec(op), std::slice::from_ref(&base), &[]);
+        assert_eq!(key.to_string(), "sha256:96266a16f1f76c5d28428ddac59979d46bd0ee139b07663547c1ed713eedd9f9");
     }
 
     #[test]

@@ -175,6 +175,7 @@ fn run(g: &mut Graph, input: VertexId, extra: &[VertexId], cmd: &str) -> VertexI
             settings: Vec::new(),
             hostname: String::new(),
             platform: None,
+            insecure: false,
         }),
         inputs,
         name: cmd.into(),

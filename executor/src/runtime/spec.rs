@@ -19,7 +19,7 @@ use oci_spec::runtime::{
     MountBuilder, PosixRlimitBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-use super::{NetworkMode, RunSpec, RuntimeError, seccomp};
+use super::{NetworkMode, RunSpec, RuntimeError, privileged, seccomp};
 
 /// `PATH` when the step's environment has none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -67,9 +67,14 @@ pub const SYSTEM_MOUNT_DESTINATIONS: [&str; 8] =
 /// Builds the config of a container running `run`, with `/etc/hosts` and `/etc/resolv.conf` bound from the given
 /// host files.
 pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spec, RuntimeError> {
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
-    // The filter is resolved for the capabilities the process gets, as Docker does.
-    let seccomp = seccomp::docker_default(&caps, seccomp::host_goarch(), seccomp::host_kernel()).map_err(spec_error)?;
+    let caps: HashSet<Capability> =
+        if run.privileged { privileged::all_capabilities() } else { DEFAULT_CAPABILITIES.into_iter().collect() };
+    // The filter is resolved for the capabilities the process gets, as Docker does; a privileged step has none.
+    let seccomp = if run.privileged {
+        None
+    } else {
+        Some(seccomp::docker_default(&caps, seccomp::host_goarch(), seccomp::host_kernel()).map_err(spec_error)?)
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -93,7 +98,7 @@ pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spe
         .env(process_env(run))
         .cwd(run.cwd.clone())
         .capabilities(capabilities)
-        .no_new_privileges(true)
+        .no_new_privileges(!run.privileged)
         // Limits not named by --ulimit are inherited from rbuild, as the classic Docker builder does.
         .rlimits(
             run.options
@@ -127,16 +132,23 @@ pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spe
         ),
     }
 
-    let resources = resources(&run.options)?;
-
-    let linux = LinuxBuilder::default()
-        .namespaces(namespaces)
-        .resources(resources)
-        .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
-        .seccomp(seccomp)
-        .build()
-        .map_err(spec_error)?;
+    let mut resources = resources(&run.options)?;
+    let mut linux = LinuxBuilder::default().namespaces(namespaces);
+    if run.privileged {
+        // Every device allowed, and the host's devices created in the container's /dev (docker's --privileged).
+        let allow_all = LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build().map_err(spec_error)?;
+        resources.set_devices(Some(vec![allow_all]));
+        linux = linux
+            .devices(privileged::host_devices(Path::new("/dev"))?)
+            .masked_paths(Vec::<String>::new())
+            .readonly_paths(Vec::<String>::new());
+    } else {
+        linux = linux
+            .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+            .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+    }
+    let mut linux = linux.resources(resources).build().map_err(spec_error)?;
+    linux.set_seccomp(seccomp);
 
     let root = RootBuilder::default().path(run.rootfs.clone()).readonly(false).build().map_err(spec_error)?;
 
@@ -228,7 +240,7 @@ fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>,
         )?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", &shm_size])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", if run.privileged { "rw" } else { "ro" }])?,
         bind(hosts, "/etc/hosts", &etc_file_options)?,
         bind(resolv_conf, "/etc/resolv.conf", &etc_file_options)?,
     ];
@@ -304,6 +316,7 @@ mod tests {
             tmpfs: vec![TmpfsMount { destination: "/a/t".into(), size: Some(4096) }],
             bundle_dir: None,
             options: Default::default(),
+            privileged: false,
         }
     }
 
@@ -407,6 +420,25 @@ mod tests {
         assert_eq!(json["linux"]["maskedPaths"].as_array().map(Vec::len), Some(MASKED_PATHS.len()));
         assert_eq!(json["linux"]["readonlyPaths"].as_array().map(Vec::len), Some(READONLY_PATHS.len()));
         assert_eq!(json["linux"]["resources"]["devices"][0]["allow"], false);
+    }
+
+    #[test]
+    fn privileged_step_has_no_filter_no_masks_and_every_device() {
+        let mut run = run_spec(NetworkMode::Host);
+        run.privileged = true;
+        let json = to_json(&build_spec(&run, Path::new("/h"), Path::new("/r")).expect("spec"));
+        let linux = &json["linux"];
+        assert!(linux.get("seccomp").is_none_or(|s| s.is_null()), "no filter: {}", linux["seccomp"]);
+        assert_eq!(linux["maskedPaths"], serde_json::json!([]));
+        assert_eq!(linux["readonlyPaths"], serde_json::json!([]));
+        assert_eq!(linux["resources"]["devices"], serde_json::json!([{"allow": true, "access": "rwm"}]));
+        let devices = linux["devices"].as_array().expect("host devices");
+        assert!(devices.iter().any(|d| d["path"] == "/dev/null" && d["type"] == "c"), "{devices:?}");
+        assert_eq!(json["process"]["noNewPrivileges"], false);
+        let caps = json["process"]["capabilities"]["bounding"].as_array().expect("caps").len();
+        assert!(caps > DEFAULT_CAPABILITIES.len(), "{caps} capabilities");
+        let sys = json["mounts"].as_array().expect("mounts").iter().find(|m| m["destination"] == "/sys").cloned();
+        assert!(sys.is_some_and(|m| m["options"].as_array().is_some_and(|o| o.contains(&"rw".into()))));
     }
 
     #[test]
