@@ -19,6 +19,7 @@ pub mod report;
 pub mod request;
 mod resolve;
 pub mod sbom;
+mod security;
 
 pub use cache::{CacheMode, CacheSource, CacheTarget};
 pub use error::{BuildError, StepFailure};
@@ -144,7 +145,7 @@ impl Builder {
                 }
             }
             apply_network(&mut plan, req.network, &req.entitlements).map_err(convert_error)?;
-            check_security(&plan, &req.entitlements).map_err(convert_error)?;
+            security::check_security(&plan, &req.entitlements).map_err(convert_error)?;
             // `--add-host`, `--ulimit` and `--shm-size` change what a RUN can produce: they are part of its key.
             let settings = req.container.key_settings();
             for vertex in &mut plan.graph.vertices {
@@ -455,24 +456,6 @@ pub fn apply_network(plan: &mut BuildPlan, mode: NetworkMode, allowed: &Entitlem
         }
     }
     Ok(())
-}
-
-/// Refuses `RUN --security=insecure` that the `security.insecure` entitlement does not allow, naming the first
-/// step that asks for it.
-pub fn check_security(plan: &BuildPlan, allowed: &Entitlements) -> Result<(), ConvertError> {
-    if allowed.security_insecure {
-        return Ok(());
-    }
-    let insecure = plan.graph.vertices.iter().position(|v| matches!(&v.op, Op::Exec(e) if e.insecure));
-    match insecure {
-        None => Ok(()),
-        Some(id) => Err(ConvertError::new(
-            ErrorKind::Entitlement,
-            "RUN --security=insecure needs the security.insecure entitlement",
-        )
-        .hint("pass --allow security.insecure to run this step privileged")
-        .located(plan.locations.get(&id).cloned())),
-    }
 }
 
 /// The snapshotter builds in this store use: `requested`, else the one recorded for the store, else the first that

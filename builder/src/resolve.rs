@@ -32,7 +32,8 @@ pub(crate) struct Resolved {
 }
 
 /// `--build-context` names: an image context makes its name resolve as another reference; a directory context's
-/// name is not an image at all (`COPY --from=NAME` reads the directory; `FROM NAME` is refused clearly).
+/// name is not an image at all (`COPY --from=NAME` and `FROM NAME` read the directory without resolving it; any
+/// other use that reaches the resolver is refused clearly).
 #[derive(Debug, Default)]
 pub(crate) struct Named {
     pub images: BTreeMap<String, String>,
@@ -54,8 +55,8 @@ impl Named {
         }
         if let Some(name) = self.dirs.iter().find(|name| same_name(name, reference)) {
             return Err(format!(
-                "the build context {name:?} is a local directory: FROM a directory context is not supported yet \
-                 (COPY --from={name} is)"
+                "the build context {name:?} is a local directory, not an image (FROM {name} and COPY --from={name} \
+                 read it; this use cannot)"
             ));
         }
         Ok(reference.to_string())

@@ -145,7 +145,7 @@ fn every_secret_form_buildx_has_reaches_the_step() {
 
 #[test]
 fn build_contexts_feed_copy_from_and_from() {
-    if !require(&["curl"]) {
+    if !require(&["curl", "busybox", "runc"]) {
         return;
     }
     let ws = Workspace::new();
@@ -192,9 +192,18 @@ fn build_contexts_feed_copy_from_and_from() {
     ws.rbuild("s", &args).success();
     assert_eq!(read("e.txt"), "edited\n");
 
-    let from_dir = ws.context("fromdir", &[("Dockerfile", "FROM extra\n")]);
-    let run = ws
-        .rbuild("s", &["build", "--build-context", &format!("extra={}", extra.display()), from_dir.to_str().unwrap()]);
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(run.stderr.contains("FROM a directory context is not supported yet"), "{}", run.stderr);
+    // FROM a directory context: its content is the stage's root filesystem, and steps run on it.
+    let busybox = std::fs::read(crate::support::which("busybox").expect("busybox")).unwrap();
+    std::fs::create_dir_all(extra.join("bin")).unwrap();
+    std::fs::write(extra.join("bin/busybox"), busybox).unwrap();
+    std::fs::set_permissions(extra.join("bin/busybox"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let df = "FROM extra\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /e.txt > /ran.txt\"]\n";
+    let from_dir = ws.context("fromdir", &[("Dockerfile", df)]);
+    let out = ws.path("fromdir-out");
+    let dest = format!("type=local,dest={}", out.display());
+    let ctx_arg = format!("extra={}", extra.display());
+    ws.rbuild("s", &["build", "--build-context", &ctx_arg, "-o", &dest, from_dir.to_str().unwrap()]).success();
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    assert_eq!(read("e.txt"), "edited\n", "the directory is the root filesystem");
+    assert_eq!(read("ran.txt"), "edited\n", "a RUN step ran on it");
 }

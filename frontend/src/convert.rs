@@ -536,6 +536,7 @@ impl<'a> Converter<'a> {
         let expand = |w: &str| self.lexer.process_word(w, &self.global).ok();
         let is_stage = |name: &str| {
             name.eq_ignore_ascii_case("scratch")
+                || self.opts.named_contexts.contains(name)
                 || self.all_names.contains_key(&name.to_lowercase())
                 || name.parse::<usize>().is_ok()
         };
@@ -998,8 +999,35 @@ impl Converter<'_> {
                 names.iter().any(|n| n.eq_ignore_ascii_case(&name) || n == &index.to_string())
             }
         };
-        let mut state = if base.eq_ignore_ascii_case("scratch") {
-            let v = self.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+        let dir_context =
+            self.find_stage(&base, index, &from_at)?.is_none() && self.opts.named_contexts.contains(&base);
+        let mut state = if base.eq_ignore_ascii_case("scratch") || dir_context {
+            // `FROM NAME` of a `--build-context NAME=DIR`: the directory's content is the root filesystem, with
+            // the config of an empty image, as BuildKit gives a local context.
+            let mut v =
+                self.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+            if dir_context {
+                // A copy of the whole directory into one layer: the solver keys it by the files' content.
+                let dir = self.named_context_vertex(&base);
+                let copy = CopyAction {
+                    src: 1,
+                    sources: vec!["/".into()],
+                    dest: "/".into(),
+                    chown: None,
+                    chmod: None,
+                    extract_archives: false,
+                    keep_owner: false,
+                    excludes: Vec::new(),
+                    dockerignore: Vec::new(),
+                    parents: false,
+                };
+                v = self.add(Vertex {
+                    op: Op::File(FileOp { dest: Some(0), actions: vec![FileAction::Copy(copy)] }),
+                    inputs: vec![v, dir],
+                    name: format!("[internal] load build context {base} as the root filesystem"),
+                    ignore_cache: false,
+                });
+            }
             let config = ImageConfig {
                 architecture: platform.architecture.clone(),
                 os: platform.os.clone(),

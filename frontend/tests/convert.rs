@@ -521,3 +521,30 @@ fn platform_args_and_per_stage_platforms() {
     );
     assert_eq!(plan.config.architecture, "arm64");
 }
+
+/// `FROM NAME` of a `--build-context NAME=DIR`: the directory copied onto scratch (a real layer the RUN runs on),
+/// never an image lookup; a stage of that name still wins.
+#[test]
+fn from_a_directory_context_copies_it_onto_scratch() {
+    let mut o = opts(&[], None);
+    o.named_contexts.insert("extra".into());
+    let plan = convert_with("FROM extra\nRUN --security=insecure true\n", &o).unwrap_or_else(|e| panic!("{e}"));
+    let v = &plan.graph.vertices;
+    let Op::Exec(exec) = &v[plan.target].op else { panic!("RUN is an exec op") };
+    assert!(exec.insecure, "RUN --security=insecure marks the step");
+    let root = &v[v[plan.target].inputs[0]];
+    let Op::File(f) = &root.op else { panic!("the rootfs is a copy: {:?}", root.op) };
+    let [FileAction::Copy(c)] = f.actions.as_slice() else { panic!("{:?}", f.actions) };
+    assert_eq!((c.sources.as_slice(), c.dest.as_str(), f.dest), (&["/".to_string()][..], "/", Some(0)));
+    assert_eq!(v[root.inputs[0]].op, Op::Scratch);
+    assert_eq!(v[root.inputs[1]].op, Op::Context { name: "extra".into() });
+    assert!(
+        rbuild_frontend::image_references(&rbuild_frontend::parser::parse("FROM extra\n").unwrap(), &o, false)
+            .is_empty()
+    );
+
+    let staged = convert_with("FROM base AS extra\nFROM extra\nRUN true\n", &o).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!staged.graph.vertices.iter().any(|v| matches!(v.op, Op::Context { .. })), "the stage wins");
+    let bad = convert_with("FROM base\nRUN --security=root true\n", &o).err().map(|e| e.to_string());
+    assert!(bad.is_some_and(|e| e.contains("unsupported security mode \"root\"")));
+}
