@@ -106,7 +106,7 @@ pub struct SelectedSource {
     /// component is the name a file lands under when copied into a directory.
     pub rel: PathBuf,
     /// Where it really is: root-relative, symlinks resolved inside the root, so a path of plain names that
-    /// [`Root::open_beneath`] opens without following anything.
+    /// [`Root::open_beneath`](crate::confined::Root::open_beneath) opens without following anything.
     pub real: PathBuf,
     /// The source contained wildcards.
     pub wildcard: bool,
