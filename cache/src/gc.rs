@@ -529,56 +529,14 @@ pub fn auto_gc(root: &Path, keep_storage: u64) -> Result<Option<PruneReport>, Gc
     prune(&store, &opts).map(Some)
 }
 
-/// Parses `10GB`, `512MiB`, `1.5G`, `100000` (bytes).
+/// Parses `10GB` (decimal), `512MiB` (binary), `1.5G`, `100000` (bytes): see [`rbuild_types::units::human_size`].
 pub fn parse_size(s: &str) -> Result<u64, GcError> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| GcError::BadSize(s.to_string()))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(GcError::BadSize(s.to_string())),
-    };
-    if !n.is_finite() || n < 0.0 {
-        return Err(GcError::BadSize(s.to_string()));
-    }
-    Ok((n * mult) as u64)
+    rbuild_types::units::human_size(s).ok_or_else(|| GcError::BadSize(s.to_string()))
 }
 
 /// Parses `24h`, `1h30m`, `90s`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, GcError> {
-    let bad = || GcError::BadDuration(s.to_string());
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut any = false;
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let n: f64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        total += n * match c {
-            's' => 1.0,
-            'm' => 60.0,
-            'h' => 3600.0,
-            'd' => 86400.0,
-            _ => return Err(bad()),
-        };
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(total))
+    rbuild_types::units::go_duration_or_days(s.trim()).ok_or_else(|| GcError::BadDuration(s.to_string()))
 }
 
 /// Parses a `--filter` value (`until=24h`).

@@ -42,23 +42,10 @@ pub struct OutputArgs {
 
 pub use rbuild_builder::Output;
 
-/// Splits `a=b,"c=d,e",f` on commas outside double quotes, removing the quotes.
+/// Splits `a=b,"c=d,e",f` as buildx does (see [`rbuild_types::csv`]), trimming fields and dropping empty ones.
 fn split_csv(s: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in s.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    if quoted {
-        bail!("unbalanced quotes in {s:?}");
-    }
-    out.push(cur);
-    Ok(out.into_iter().map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).collect())
+    let fields = rbuild_types::csv::split_record(s).with_context(|| format!("--output {s:?}"))?;
+    Ok(fields.into_iter().map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).collect())
 }
 
 /// The compression named by `algorithm` (and `level`, if given).

@@ -48,7 +48,9 @@ pub fn mount_sources(
 
 fn read_secret(spec: &str, getenv: &dyn Fn(&str) -> Option<String>) -> Result<(String, SecretValue)> {
     let (mut id, mut typ, mut src, mut env) = (None, None, None, None);
-    for field in spec.split(',') {
+    // Quoted as buildx quotes it: `"src=a,b"` is one field.
+    let fields = rbuild_types::csv::split_record(spec).with_context(|| format!("--secret {spec:?}"))?;
+    for field in &fields {
         let (k, v) = field.split_once('=').with_context(|| format!("--secret {spec:?}: expected key=value"))?;
         match k.to_ascii_lowercase().as_str() {
             "id" => id = Some(v.to_string()),

@@ -93,13 +93,8 @@ pub enum MountError {
     NoSource { source_path: String },
     #[error("layer {layer} of a mounted filesystem is missing from the store")]
     MissingLayer { layer: Digest },
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] rbuild_types::IoError),
     #[error("mounting the filesystem of a bind or cache mount")]
     Overlay(#[from] crate::overlay::OverlayError),
     #[error("assembling the filesystem of a bind mount")]
@@ -115,7 +110,7 @@ pub enum MountError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> MountError + 'a {
-    move |source| MountError::Io { op, path: path.to_path_buf(), source }
+    move |source| MountError::Io(rbuild_types::IoError::new(op, path, source))
 }
 
 /// The host side of a step's mounts; everything is undone when dropped.
@@ -326,7 +321,7 @@ impl PreparedMounts {
                     return Ok(dir.join("data"));
                 }
                 Err(fs::TryLockError::Error(e)) => {
-                    return Err(MountError::Io { op: "lock", path: lock_path, source: e });
+                    return Err(MountError::Io(rbuild_types::IoError::new("lock", lock_path, e)));
                 }
             },
         }
@@ -352,7 +347,7 @@ impl PreparedMounts {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some(format!("mode=0700,size={size}").as_str()),
         )
-        .map_err(|e| MountError::Io { op: "mount a tmpfs at", path: fs.clone(), source: e.into() })?;
+        .map_err(|e| MountError::Io(rbuild_types::IoError::new("mount a tmpfs at", fs.clone(), e.into())))?;
         self.secret_fs = Some(fs.clone());
         self.bundle_dir = Some(fs.clone());
         Ok(fs)
@@ -501,7 +496,7 @@ pub fn list_cache_mounts(store_root: &Path) -> Result<Vec<CacheMountUsage>, Moun
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(MountError::Io { op: "list", path: dir, source: e }),
+        Err(e) => return Err(MountError::Io(rbuild_types::IoError::new("list", dir, e))),
     };
     let mut out = Vec::new();
     for entry in entries {
@@ -537,7 +532,7 @@ pub fn remove_cache_mounts(store_root: &Path) -> Result<PrunedCacheMounts, Mount
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PrunedCacheMounts::default()),
-        Err(e) => return Err(MountError::Io { op: "list", path: dir, source: e }),
+        Err(e) => return Err(MountError::Io(rbuild_types::IoError::new("list", dir, e))),
     };
     let mut out = PrunedCacheMounts::default();
     for entry in entries {
@@ -552,7 +547,7 @@ pub fn remove_cache_mounts(store_root: &Path) -> Result<PrunedCacheMounts, Mount
         let lock = match File::open(&lock_path) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(MountError::Io { op: "open", path: lock_path, source: e }),
+            Err(e) => return Err(MountError::Io(rbuild_types::IoError::new("open", lock_path, e))),
         };
         if let Some(lock) = &lock {
             match lock.try_lock() {
@@ -562,7 +557,7 @@ pub fn remove_cache_mounts(store_root: &Path) -> Result<PrunedCacheMounts, Mount
                     continue;
                 }
                 Err(fs::TryLockError::Error(e)) => {
-                    return Err(MountError::Io { op: "lock", path: lock_path, source: e });
+                    return Err(MountError::Io(rbuild_types::IoError::new("lock", lock_path, e)));
                 }
             }
         }

@@ -1925,17 +1925,8 @@ fn go_healthcheck(h: &Healthcheck) -> String {
 /// Joins a path onto the working directory and cleans it lexically (no `.`/`..`, no doubled slashes).
 pub fn join_path(base: &str, path: &str) -> String {
     let full = if path.starts_with('/') { path.to_string() } else { format!("{base}/{path}") };
-    let mut parts: Vec<&str> = Vec::new();
-    for p in full.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    // `..` at the top stays at `/`, as it does inside the container.
+    format!("/{}", rbuild_types::path::clean_in_root(&full).parts.join("/"))
 }
 
 /// `80`, `53/udp`, `8000-8002/tcp` → the ports Docker records (a range becomes one entry per port). Like Docker's
@@ -1975,37 +1966,9 @@ fn valid_signal(s: &str) -> bool {
     name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-') && !name.is_empty()
 }
 
-/// Go-style durations (`1h2m3.5s`, `300ms`) in nanoseconds.
+/// Go-style durations (`1h2m3.5s`, `300ms`) in nanoseconds (see [`rbuild_types::units::go_duration`]).
 pub fn parse_duration(s: &str) -> Option<i64> {
-    if s == "0" {
-        return Some(0);
-    }
-    let mut total: f64 = 0.0;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        if num_len == 0 {
-            return None;
-        }
-        let n: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let mult = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += n * mult;
-    }
-    Some(total as i64)
+    rbuild_types::units::go_duration(s).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

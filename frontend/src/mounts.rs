@@ -390,72 +390,14 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Bytes, with an optional binary unit (`k`, `m`, `g`, `t`, `p`, optionally followed by `i` and/or `b`), as
-/// Docker's `RAMInBytes` reads them.
+/// Bytes, with an optional binary unit, as Docker's `RAMInBytes` reads them (see [`rbuild_types::units`]).
 pub fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let digits = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
-    let number: f64 = v[..digits].parse().ok()?;
-    let unit = v[digits..].trim_start().to_ascii_lowercase();
-    let unit = unit.strip_suffix('b').unwrap_or(&unit);
-    let unit = unit.strip_suffix('i').unwrap_or(unit);
-    let mult: u64 = match unit {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        "p" => 1 << 50,
-        _ => return None,
-    };
-    let bytes = number * mult as f64;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+    rbuild_types::units::ram_in_bytes(v)
 }
 
-/// Splits one CSV record: fields separated by commas; a field that starts with `"` runs to the closing quote,
-/// with `""` standing for a quote inside it.
+/// Splits one CSV record (see [`rbuild_types::csv`]); empty fields are dropped, as BuildKit does.
 fn split_csv(s: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => return Err("a quoted field is not closed".into()),
-                }
-            }
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    break;
-                }
-                Some(',') => {}
-                Some(c) => return Err(format!("unexpected {c:?} after a quoted field")),
-            }
-        } else {
-            let mut ended = true;
-            for c in chars.by_ref() {
-                if c == ',' {
-                    ended = false;
-                    break;
-                }
-                field.push(c);
-            }
-            if ended {
-                fields.push(field);
-                break;
-            }
-        }
-        fields.push(field);
-    }
+    let fields = rbuild_types::csv::split_record(s).map_err(|e| e.to_string())?;
     Ok(fields.into_iter().filter(|f| !f.is_empty()).collect())
 }
 

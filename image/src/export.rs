@@ -33,13 +33,8 @@ const MAX_METADATA: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("cannot {op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] rbuild_types::IoError),
     #[error("writing the archive")]
     Write(#[source] io::Error),
     #[error("reading the archive {}", path.display())]
@@ -81,7 +76,7 @@ pub enum ExportError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ExportError + 'a {
-    move |source| ExportError::Io { op, path: path.to_path_buf(), source }
+    move |source| ExportError::Io(rbuild_types::IoError::new(op, path, source))
 }
 
 /// Which archive flavour to write. Both contain the OCI layout; `Docker` adds `manifest.json` and names images

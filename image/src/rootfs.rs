@@ -22,13 +22,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("cannot {op} {}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] rbuild_types::IoError),
     #[error("layer {diff_id}: neither a snapshot nor a stored blob exists for it")]
     MissingLayer { diff_id: Digest },
     #[error("layer {diff_id}: extracting its blob")]
@@ -95,7 +90,7 @@ pub fn verify_snapshot(store: &Store, diff_id: &Digest) -> Result<SnapshotCheck,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
-    move |source| RootfsError::Io { op, path: path.to_path_buf(), source }
+    move |source| RootfsError::Io(rbuild_types::IoError::new(op, path, source))
 }
 
 /// Sets every mtime under `dir` (and of `dir` itself) that is later than `epoch` to `epoch`; symlinks themselves,
@@ -235,15 +230,13 @@ pub fn apply_snapshot(snapshot: &Path, dest: &Path) -> Result<(), RootfsError> {
                 let target = fs::read_link(&src).map_err(io_err("read link", &src))?;
                 std::os::unix::fs::symlink(&target, &dst).map_err(io_err("symlink", &dst))?;
             } else {
-                let c = CString::new(dst.as_os_str().as_bytes()).map_err(|_| RootfsError::Io {
-                    op: "name",
-                    path: dst.clone(),
-                    source: io::ErrorKind::InvalidInput.into(),
+                let c = CString::new(dst.as_os_str().as_bytes()).map_err(|_| {
+                    RootfsError::Io(rbuild_types::IoError::new("name", dst.clone(), io::ErrorKind::InvalidInput.into()))
                 })?;
                 // SAFETY: a valid path; mode and rdev come from the snapshot's own entry.
                 let rc = unsafe { libc::mknod(c.as_ptr(), meta.mode() as libc::mode_t, meta.rdev() as libc::dev_t) };
                 if rc != 0 {
-                    return Err(RootfsError::Io { op: "mknod", path: dst, source: io::Error::last_os_error() });
+                    return Err(RootfsError::Io(rbuild_types::IoError::new("mknod", dst, io::Error::last_os_error())));
                 }
             }
             copy_meta(&src, &dst, &meta)?;
@@ -282,7 +275,7 @@ fn remove_any(path: &Path) -> Result<(), RootfsError> {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_err("remove", path)),
         Ok(_) => fs::remove_file(path).map_err(io_err("remove", path)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RootfsError::Io { op: "stat", path: path.to_path_buf(), source: e }),
+        Err(e) => Err(RootfsError::Io(rbuild_types::IoError::new("stat", path.to_path_buf(), e))),
     }
 }
 

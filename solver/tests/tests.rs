@@ -1,20 +1,108 @@
 //! Scheduler tests with a toy worker: each "RUN" appends its argument to a list of fake layers and counts how
 //! often it ran, so deduplication, parallelism, cancellation and cache hits can be asserted exactly.
+// A test fails by panicking on an unexpected value, so unwrap/expect are how tests assert.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rbuild_solver::*;
 use rbuild_types::Digest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-#[derive(Default)]
+/// How long a toy step waits for the event it expects (its partners at a rendezvous, or `cancel`) before it gives
+/// up. Only a broken scheduler makes a step wait this long, so the tests fail instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The toy worker. Its commands:
+/// - `meet:GROUP:N[:then]`: wait at a barrier until N steps of GROUP are running at once, then do `then`
+///   (`ok` if absent, `fail` to exit 3, `block` to run until canceled; more fields only make ops distinct).
+///   A barrier, not a sleep, proves overlap: the steps can only pass it together.
+/// - `fail`: exits 3 at once. Anything else: succeeds at once.
 struct Toy {
     runs: Mutex<HashMap<String, usize>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
-    /// Set by `cancel`: a running "wait" step ends (with an error) as soon as it sees it.
-    cancelled: std::sync::atomic::AtomicBool,
+    /// How many steps have arrived at each rendezvous group.
+    arrived: Mutex<HashMap<String, usize>>,
+    arrival: Condvar,
+    /// How long a step waits at a rendezvous before it goes on alone (and counts in `lonely`).
+    meet_timeout: Duration,
+    lonely: AtomicUsize,
+    /// Set by `cancel`: a running `block` step ends (with an error, like a killed container) when it sees it.
+    cancelled: Mutex<bool>,
+    cancel_signal: Condvar,
+    cancel_calls: AtomicUsize,
+    /// `block` steps that ended because they saw `cancel` (not because their patience ran out).
+    saw_cancel: AtomicUsize,
+}
+
+impl Default for Toy {
+    fn default() -> Self {
+        Toy::with_meet_timeout(PATIENCE)
+    }
+}
+
+impl Toy {
+    fn with_meet_timeout(meet_timeout: Duration) -> Self {
+        Toy {
+            runs: Mutex::default(),
+            running: AtomicUsize::new(0),
+            max_running: AtomicUsize::new(0),
+            arrived: Mutex::default(),
+            arrival: Condvar::new(),
+            meet_timeout,
+            lonely: AtomicUsize::new(0),
+            cancelled: Mutex::new(false),
+            cancel_signal: Condvar::new(),
+            cancel_calls: AtomicUsize::new(0),
+            saw_cancel: AtomicUsize::new(0),
+        }
+    }
+
+    /// A barrier with a deadline: true once `n` steps of `group` have arrived, false if the wait timed out.
+    fn meet(&self, group: &str, n: usize) -> bool {
+        let mut arrived = self.arrived.lock().unwrap();
+        *arrived.entry(group.to_string()).or_default() += 1;
+        self.arrival.notify_all();
+        let (mut arrived, timeout) = self
+            .arrival
+            .wait_timeout_while(arrived, self.meet_timeout, |a| a.get(group).copied().unwrap_or(0) < n)
+            .unwrap();
+        if timeout.timed_out() {
+            // It leaves, so steps that come later, one at a time, do not add up to a meeting.
+            *arrived.entry(group.to_string()).or_default() -= 1;
+            self.lonely.fetch_add(1, Ordering::SeqCst);
+        }
+        !timeout.timed_out()
+    }
+
+    /// Runs until `cancel` is called; true if it was.
+    fn block(&self) -> bool {
+        let cancelled = self.cancelled.lock().unwrap();
+        let (_cancelled, timeout) = self.cancel_signal.wait_timeout_while(cancelled, PATIENCE, |c| !*c).unwrap();
+        if !timeout.timed_out() {
+            self.saw_cancel.fetch_add(1, Ordering::SeqCst);
+        }
+        !timeout.timed_out()
+    }
+
+    fn act(&self, cmd: &str) -> Result<(), WorkerError> {
+        let mut then = cmd;
+        if let Some(rest) = cmd.strip_prefix("meet:") {
+            let mut parts = rest.split(':');
+            let group = parts.next().unwrap();
+            let n = parts.next().unwrap().parse().unwrap();
+            self.meet(group, n);
+            then = parts.next().unwrap_or("ok");
+        }
+        let exit = |code| Err(WorkerError::ExitCode { command: cmd.to_string(), code, tail: vec![] });
+        match then {
+            "fail" => exit(3),
+            "block" if self.block() => exit(137),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Worker for Toy {
@@ -29,24 +117,9 @@ impl Worker for Toy {
         *self.runs.lock().unwrap().entry(cmd.clone()).or_default() += 1;
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
-        if let Some(ms) = cmd.strip_prefix("sleep ") {
-            std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
-        }
-        if let Some(ms) = cmd.strip_prefix("wait ") {
-            // Like a container: runs until its time is up or it is killed.
-            let until = std::time::Instant::now() + Duration::from_millis(ms.parse().unwrap());
-            while std::time::Instant::now() < until {
-                if self.cancelled.load(Ordering::SeqCst) {
-                    self.running.fetch_sub(1, Ordering::SeqCst);
-                    return Err(WorkerError::ExitCode { command: cmd, code: 137, tail: vec![] });
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        let result = self.act(&cmd);
         self.running.fetch_sub(1, Ordering::SeqCst);
-        if cmd == "fail" {
-            return Err(WorkerError::ExitCode { command: cmd, code: 3, tail: vec![] });
-        }
+        result?;
         let mut layers = inputs[0].layers().to_vec();
         for i in &inputs[1..] {
             layers.extend_from_slice(i.layers());
@@ -58,7 +131,9 @@ impl Worker for Toy {
         Ok(inputs[0].clone())
     }
     fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel_calls.fetch_add(1, Ordering::SeqCst);
+        *self.cancelled.lock().unwrap() = true;
+        self.cancel_signal.notify_all();
     }
 }
 
@@ -130,9 +205,9 @@ fn shared_vertex_runs_once_and_independent_ones_run_in_parallel() {
     let mut g = Graph::default();
     let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
     let common = run(&mut g, scratch, &[], "common");
-    let a = run(&mut g, common, &[], "sleep 300");
-    let b = run(&mut g, common, &[], "sleep 301");
-    let c = run(&mut g, common, &[], "sleep 302");
+    let a = run(&mut g, common, &[], "meet:abc:3");
+    let b = run(&mut g, common, &[], "meet:abc:3:ok:b");
+    let c = run(&mut g, common, &[], "meet:abc:3:ok:c");
     let fin = run(&mut g, a, &[b, c], "final");
     let unused = run(&mut g, scratch, &[], "unused");
     let _ = unused;
@@ -141,7 +216,8 @@ fn shared_vertex_runs_once_and_independent_ones_run_in_parallel() {
     let runs = worker.runs.lock().unwrap().clone();
     assert_eq!(runs.get("common"), Some(&1), "a vertex needed three times runs once");
     assert_eq!(runs.get("unused"), None, "vertices the target does not need never run");
-    assert!(worker.max_running.load(Ordering::SeqCst) >= 2, "independent steps overlap");
+    assert_eq!(worker.lonely.load(Ordering::SeqCst), 0, "the three independent steps met at the barrier");
+    assert_eq!(worker.max_running.load(Ordering::SeqCst), 3, "independent steps overlap");
     assert_eq!(out[fin].as_ref().unwrap().output.layers().len(), 7);
 }
 
@@ -149,13 +225,16 @@ fn shared_vertex_runs_once_and_independent_ones_run_in_parallel() {
 fn jobs_caps_concurrent_runs() {
     let mut g = Graph::default();
     let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
-    let a = run(&mut g, scratch, &[], "sleep 100");
-    let b = run(&mut g, scratch, &[], "sleep 101");
-    let c = run(&mut g, scratch, &[], "sleep 102");
+    // Each step waits (briefly) at a barrier for a partner: with the cap working none comes, so every step goes on
+    // alone; without it the three would meet at once. Proving that nothing overlaps needs some wait.
+    let a = run(&mut g, scratch, &[], "meet:cap:2");
+    let b = run(&mut g, scratch, &[], "meet:cap:2:ok:b");
+    let c = run(&mut g, scratch, &[], "meet:cap:2:ok:c");
     let fin = run(&mut g, a, &[b, c], "final");
-    let worker = Arc::new(Toy::default());
+    let worker = Arc::new(Toy::with_meet_timeout(Duration::from_millis(200)));
     solve_now(&g, fin, worker.clone(), Arc::new(MemCache::default()), 1).unwrap();
     assert_eq!(worker.max_running.load(Ordering::SeqCst), 1);
+    assert_eq!(worker.lonely.load(Ordering::SeqCst), 3, "no step found a partner at the barrier");
 }
 
 #[test]
@@ -192,16 +271,9 @@ fn failure_reports_the_step_and_stops_dependents() {
     assert_eq!(worker.runs.lock().unwrap().get("after"), None);
 }
 
-/// Regression (issue 11, item 4): when a step failed, steps running beside it ran to completion (15 s where
-/// BuildKit stops in 1.3 s) and printed after the error. They are canceled, the error is the failing step's, and
-/// the solve returns only after they ended.
-#[test]
-fn a_failure_cancels_running_siblings_and_reports_the_failing_step() {
-    let mut g = Graph::default();
-    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
-    let slow = run(&mut g, scratch, &[], "wait 20000");
-    let bad = run(&mut g, scratch, &[], "fail");
-    let fin = run(&mut g, slow, &[bad], "final");
+/// Solves `target` with a fresh toy worker and an event recorder, expecting a failure within a third of the toy's
+/// patience (a canceled step waits out its whole patience if the cancel never reaches it).
+fn solve_to_failure(g: &Graph, target: VertexId, jobs: usize) -> (Arc<Toy>, Arc<Events>, SolveError) {
     let worker = Arc::new(Toy::default());
     let events = Arc::new(Events::default());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -209,14 +281,31 @@ fn a_failure_cancels_running_siblings_and_reports_the_failing_step() {
     let err = rt
         .block_on(solve(
             Arc::new(g.clone()),
-            &[fin],
+            &[target],
             worker.clone(),
             Arc::new(MemCache::default()),
             events.clone(),
-            SolveOptions::with_jobs(4),
+            SolveOptions::with_jobs(jobs),
         ))
         .unwrap_err();
-    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < PATIENCE / 3, "the solve returned promptly, took {:?}", t0.elapsed());
+    (worker, events, err)
+}
+
+/// Regression (issue 11, item 4): when a step failed, steps running beside it ran to completion (15 s where
+/// BuildKit stops in 1.3 s) and printed after the error. They are canceled, the error is the failing step's, and
+/// the solve returns only after they ended. The barrier makes sure the sibling is running when the failure comes.
+#[test]
+fn a_failure_cancels_running_siblings_and_reports_the_failing_step() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let slow = run(&mut g, scratch, &[], "meet:x:2:block");
+    let bad = run(&mut g, scratch, &[], "meet:x:2:fail");
+    let fin = run(&mut g, slow, &[bad], "final");
+    let (worker, events, err) = solve_to_failure(&g, fin, 4);
+    assert_eq!(worker.lonely.load(Ordering::SeqCst), 0, "both steps were running when one failed");
+    assert!(worker.cancel_calls.load(Ordering::SeqCst) >= 1, "the worker was told to cancel");
+    assert_eq!(worker.saw_cancel.load(Ordering::SeqCst), 1, "the running sibling ended because it was canceled");
     assert_eq!(err.vertex, bad, "the error is the failing step's, not the canceled one's");
     assert!(!err.canceled);
     assert_eq!(worker.running.load(Ordering::SeqCst), 0, "nothing is left running when solve returns");
@@ -231,4 +320,23 @@ fn a_failure_cancels_running_siblings_and_reports_the_failing_step() {
     });
     assert_eq!(error, Some(err.source.to_string()), "the event carries the step's error, for rawjson");
     assert!(!events.iter().any(|e| matches!(e, Event::Started { vertex, .. } if *vertex == fin)));
+}
+
+/// Every running sibling is canceled, not only the first.
+#[test]
+fn a_failure_cancels_every_running_step() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let one = run(&mut g, scratch, &[], "meet:y:3:block");
+    let two = run(&mut g, scratch, &[], "meet:y:3:block:two");
+    let bad = run(&mut g, scratch, &[], "meet:y:3:fail");
+    let fin = run(&mut g, one, &[two, bad], "final");
+    let (worker, events, err) = solve_to_failure(&g, fin, 3);
+    assert_eq!(err.vertex, bad);
+    assert_eq!(worker.saw_cancel.load(Ordering::SeqCst), 2, "both running siblings saw the cancel");
+    assert_eq!(worker.running.load(Ordering::SeqCst), 0);
+    let events = events.0.lock().unwrap();
+    for v in [one, two] {
+        assert!(events.iter().any(|e| matches!(e, Event::Canceled { vertex, .. } if *vertex == v)), "{events:?}");
+    }
 }

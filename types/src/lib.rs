@@ -5,8 +5,14 @@
 //! registry, computed from a layer and used as a cache key must be the same type everywhere, and the frontend (which
 //! reads `.dockerignore`) and the cache (which applies it) must match patterns the same way.
 
+pub mod csv;
 pub mod digest;
+pub mod glob;
+pub mod io;
 pub mod oci;
+pub mod path;
 pub mod patterns;
+pub mod units;
 
 pub use digest::{Digest, DigestWriter, InvalidDigest};
+pub use io::IoError;

@@ -252,61 +252,7 @@ fn compile(pattern: &str) -> Compiled {
 
 /// Syntax check with Go's `filepath.Match` rules (unclosed `[`, bad ranges, trailing `\`).
 fn valid_glob(pattern: &str) -> bool {
-    let p = pattern.as_bytes();
-    let mut i = 0;
-    while i < p.len() {
-        match p[i] {
-            b'\\' => {
-                if i + 1 >= p.len() {
-                    return false;
-                }
-                i += 2;
-            }
-            b'[' => {
-                i += 1;
-                if p.get(i) == Some(&b'^') {
-                    i += 1;
-                }
-                let mut nrange = 0;
-                loop {
-                    if p.get(i) == Some(&b']') && nrange > 0 {
-                        i += 1;
-                        break;
-                    }
-                    let Some(after_lo) = class_char(p, i) else { return false };
-                    i = after_lo;
-                    if p.get(i) == Some(&b'-') {
-                        let Some(after_hi) = class_char(p, i + 1) else { return false };
-                        i = after_hi;
-                    }
-                    nrange += 1;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    true
-}
-
-/// Go's `getEsc`: one (possibly escaped) character of a class at `i`; the index after it, or `None` if malformed.
-fn class_char(p: &[u8], mut i: usize) -> Option<usize> {
-    match p.get(i) {
-        None | Some(b'-' | b']') => return None,
-        Some(b'\\') => {
-            i += 1;
-            if i >= p.len() {
-                return None;
-            }
-        }
-        Some(_) => {}
-    }
-    // Advance over one UTF-8 character.
-    i += 1;
-    while p.get(i).is_some_and(|b| b & 0xC0 == 0x80) {
-        i += 1;
-    }
-    // The class must continue after it.
-    if i >= p.len() { None } else { Some(i) }
+    crate::glob::validate(pattern).is_ok()
 }
 
 /// Per-pattern results for a directory, passed down when walking a tree (see

@@ -14,34 +14,16 @@ const MAX_SYMLINKS: usize = 255;
 /// Cleans a source path lexically: a leading `/` is relative to the root, `.` vanishes, `..` pops a component and
 /// climbing above the root is an error naming `name`.
 pub fn clean_source(name: &str) -> Result<PathBuf, ContentHashError> {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in name.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.pop().is_none() {
-                    return Err(ContentHashError::EscapesRoot { name: name.to_string() });
-                }
-            }
-            p => parts.push(p),
-        }
+    let cleaned = rbuild_types::path::clean_in_root(name);
+    if cleaned.climbed {
+        return Err(ContentHashError::EscapesRoot { name: name.to_string() });
     }
-    Ok(parts.iter().collect())
+    Ok(cleaned.parts.iter().collect())
 }
 
 /// Cleans a path lexically, clamping `..` at the root the way a path inside a container resolves (`/../x` is `/x`).
 pub fn clean_clamped(path: &str) -> PathBuf {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.iter().collect()
+    rbuild_types::path::clean_in_root(path).parts.iter().collect()
 }
 
 /// Resolves `rel` (a root-relative path) to a real path under `root`, following symlinks the way they would resolve

@@ -90,14 +90,14 @@ impl TtyProgress {
 
     /// A step's line in the view, created when it first shows up.
     fn step<'a>(&self, state: &'a mut State, vertex: VertexId, name: &str) -> &'a mut Step {
-        if !state.steps.contains_key(&vertex) {
+        state.steps.entry(vertex).or_insert_with(|| {
             let number = self.numbers.of(vertex);
             let bar = self.multi.add(ProgressBar::new_spinner());
             bar.set_style(style(" => {wide_msg} {secs:>7}"));
             bar.set_message(drawable(name, self.utf8));
             bar.enable_steady_tick(TICK);
             state.order.push(vertex);
-            let step = Step {
+            Step {
                 number,
                 name: name.to_string(),
                 bar,
@@ -105,10 +105,8 @@ impl TtyProgress {
                 lines: VecDeque::new(),
                 outcome: None,
                 reasons: Vec::new(),
-            };
-            state.steps.insert(vertex, step);
-        }
-        state.steps.get_mut(&vertex).expect("inserted above")
+            }
+        })
     }
 
     /// Ends a step's line: its status in front of its name, its time (if it ran) at the end.

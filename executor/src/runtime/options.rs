@@ -179,30 +179,9 @@ pub enum OptionError {
     UlimitOrder { value: String },
 }
 
-/// A size in Docker's syntax (`units.RAMInBytes`): a number, optionally with a fraction, and a binary unit
-/// `b`, `k`, `m`, `g`, `t` or `p`, optionally followed by `b` or `ib`, in any case. `64m` is 64 MiB.
+/// A size in Docker's syntax (`units.RAMInBytes`, see [`rbuild_types::units::ram_in_bytes`]): `64m` is 64 MiB.
 pub fn parse_size(value: &str) -> Result<u64, OptionError> {
-    let err = || OptionError::Size { value: value.to_string() };
-    let v = value.trim().to_ascii_lowercase();
-    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
-    let (number, unit) = v.split_at(split);
-    let number: f64 = number.parse().map_err(|_| err())?;
-    let unit = unit.trim();
-    let unit = unit.strip_suffix("ib").or_else(|| unit.strip_suffix('b').filter(|u| !u.is_empty())).unwrap_or(unit);
-    let shift = match unit {
-        "" | "b" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        "p" => 50,
-        _ => return Err(err()),
-    };
-    let bytes = number * (1u64 << shift) as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
-        return Err(err());
-    }
-    Ok(bytes as u64)
+    rbuild_types::units::ram_in_bytes(value).ok_or_else(|| OptionError::Size { value: value.to_string() })
 }
 
 /// `--memory`: a size that must be above zero.

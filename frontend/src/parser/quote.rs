@@ -9,8 +9,12 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+// The patterns are constants covered by this module's tests, so `Regex::new` cannot fail at run time.
+#[allow(clippy::expect_used)]
 static LETTER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\p{L}$").expect("constant regex"));
+#[allow(clippy::expect_used)]
 static DIGIT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\p{Nd}$").expect("constant regex"));
+#[allow(clippy::expect_used)]
 static GRAPHIC: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[\p{L}\p{M}\p{N}\p{P}\p{S}]$").expect("constant regex"));
 
