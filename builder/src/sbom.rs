@@ -5,7 +5,7 @@
 //! Packages are read from the package managers' own records: dpkg's status file (and `status.d/`), apk's installed
 //! database, Python `*.dist-info/METADATA`, npm `node_modules/**/package.json`. BuildKit runs a scanner image for
 //! this; rbuild reads the same records itself, since pulling a scanner is not possible offline. Reads are bounded:
-//! files over [`MAX_RECORD`] are skipped and the walk stops after [`MAX_ENTRIES`] entries.
+//! files over `MAX_RECORD` are skipped and the walk stops after `MAX_ENTRIES` entries.
 
 use rbuild_image::index::Attestation;
 use std::path::Path;

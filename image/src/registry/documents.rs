@@ -68,7 +68,7 @@ impl RegistryClient {
                 let sources = mount_from.get(&desc.digest).unwrap_or(&none);
                 async move { Ok((desc.digest.clone(), super::push_layer(conn, r, target, desc, path, sources).await?)) }
             })
-            .buffer_unordered(super::PARALLEL_UPLOADS)
+            .buffer_unordered(super::blob::PARALLEL_UPLOADS)
             .collect()
             .await;
         let mut out = BlobsPushed::default();

@@ -2,9 +2,13 @@
 //! its own loopback port and storage directory, so tests run in parallel and need no network.
 
 use super::*;
-use rbuild_types::oci::{Index, RootFs, to_canonical_json};
+use rbuild_types::oci::{
+    Descriptor, Index, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Platform, RootFs,
+    to_canonical_json,
+};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 

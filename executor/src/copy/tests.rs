@@ -1,0 +1,473 @@
+//! Unit tests of COPY and ADD.
+
+use super::*;
+use rbuild_cache::confined::Root;
+use rbuild_cache::contenthash::{self, ContentHashError, Selection};
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("rootfs");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    Fixture { _tmp: tmp, src, dst }
+}
+
+fn write(root: &Path, rel: &str, data: &str, mode: u32) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, data).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn none(_: &str) -> bool {
+    false
+}
+
+fn run(f: &Fixture, sources: &[&str], dest: &str, opts: &CopyOptions) -> Result<(), CopyError> {
+    let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+    copy(&f.src, &sources, &none, &f.dst, dest, opts)
+}
+
+/// Every entry under `root` as "path type mode uid:gid [content|->target]", sorted.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        for n in names {
+            let p = dir.join(&n);
+            let md = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let own = format!("{}:{}", md.uid(), md.gid());
+            if md.is_dir() {
+                out.push(format!("{rel}/ {:o} {own}", md.mode() & 0o7777));
+                walk(root, &p, out);
+            } else if md.file_type().is_symlink() {
+                out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+            } else {
+                out.push(format!("{rel} {:o} {own} {}", md.mode() & 0o7777, fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn ctx() -> Fixture {
+    let f = fixture();
+    write(&f.src, "a.txt", "A", 0o640);
+    write(&f.src, "b.txt", "B", 0o644);
+    write(&f.src, "dir/x", "X", 0o755);
+    write(&f.src, "dir/sub/y", "Y", 0o600);
+    fs::set_permissions(f.src.join("dir/sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(f.src.join("dir"), fs::Permissions::from_mode(0o755)).unwrap();
+    symlink("../a.txt", f.src.join("dir/rel-link")).unwrap();
+    symlink("a.txt", f.src.join("link")).unwrap();
+    for p in ["a.txt", "b.txt", "dir", "dir/x", "dir/sub", "dir/sub/y", "dir/rel-link", "link"] {
+        std::os::unix::fs::lchown(f.src.join(p), Some(1000), Some(1000)).unwrap();
+    }
+    f
+}
+
+#[test]
+fn copy_table() {
+    let ctx_opts = CopyOptions::default();
+    let cases: &[(&str, &[&str], &str, &[&str])] = &[
+        ("file to new name", &["a.txt"], "/x", &["x 640 0:0 A"]),
+        ("file into dir by trailing slash", &["a.txt"], "/x/", &["x/ 755 0:0", "x/a.txt 640 0:0 A"]),
+        ("file into deep missing parents", &["a.txt"], "/p/q/r", &["p/ 755 0:0", "p/q/ 755 0:0", "p/q/r 640 0:0 A"]),
+        (
+            "dir copies contents",
+            &["dir"],
+            "/d",
+            &["d/ 755 0:0", "d/rel-link -> ../a.txt", "d/sub/ 750 0:0", "d/sub/y 600 0:0 Y", "d/x 755 0:0 X"],
+        ),
+        (
+            "dir with trailing slash copies contents",
+            &["dir/"],
+            "/d/",
+            &["d/ 755 0:0", "d/rel-link -> ../a.txt", "d/sub/ 750 0:0", "d/sub/y 600 0:0 Y", "d/x 755 0:0 X"],
+        ),
+        ("wildcard into dir", &["*.txt"], "/dst/", &["dst/ 755 0:0", "dst/a.txt 640 0:0 A", "dst/b.txt 644 0:0 B"]),
+        ("single-match wildcard names a file", &["a*.txt"], "/single", &["single 640 0:0 A"]),
+        ("several sources into dir", &["a.txt", "dir/x"], "/m/", &["m/ 755 0:0", "m/a.txt 640 0:0 A", "m/x 755 0:0 X"]),
+        ("final symlink is followed", &["link"], "/l", &["l 640 0:0 A"]),
+        ("final symlink into dir keeps its name", &["link"], "/l/", &["l/ 755 0:0", "l/link 640 0:0 A"]),
+        ("dot source is the whole root", &["sub"], "/", &["y 600 0:0 Y"]),
+    ];
+    for &(name, sources, dest, want) in cases {
+        let f = ctx();
+        // "sub" case copies from a nested root to exercise `/` as dest.
+        let f = if sources == ["sub"] { Fixture { src: f.src.join("dir"), ..f } } else { f };
+        run(&f, sources, dest, &ctx_opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(tree(&f.dst), want, "{name}");
+    }
+}
+
+/// BuildKit copies several sources one after the other onto `dest` as it then is (issue 11 item 8).
+#[test]
+fn several_sources_land_one_after_the_other() {
+    let f = ctx();
+    run(&f, &["a.txt", "b.txt"], "/two", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::read_to_string(f.dst.join("two")).unwrap(), "B", "the last file wins");
+    run(&f, &["*.txt"], "/glob", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::read_to_string(f.dst.join("glob")).unwrap(), "B");
+    run(&f, &["dir", "a.txt"], "/mixed", &CopyOptions::default()).unwrap();
+    assert!(f.dst.join("mixed/x").is_file() && f.dst.join("mixed/a.txt").is_file(), "a file lands inside");
+    run(&f, &["a.txt", "nomatch*", "dir/none*"], "/one", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::read_to_string(f.dst.join("one")).unwrap(), "A", "empty wildcards are ignored");
+    run(&f, &["nomatch*"], "/empty/", &CopyOptions::default()).unwrap();
+    assert!(!f.dst.join("empty").exists(), "an empty wildcard creates nothing");
+    let err = run(&f, &["none/*"], "/x/", &CopyOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("lstat /none: no such file or directory"), "{err}");
+    let err = run(&f, &["a.txt", "dir"], "/filefirst", &CopyOptions::default()).unwrap_err();
+    assert!(matches!(err, CopyError::NotADirectory { .. }), "{err}");
+}
+
+/// The directory a directory's contents are copied into gets the source directory's times, created or not;
+/// its mode and owner stay those of a created parent or of the existing directory (BuildKit 0.13, item 6).
+#[test]
+fn the_destination_of_a_directory_takes_its_times() {
+    let f = ctx();
+    let set = |p: &Path, sec: i64| {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        let ts = [libc::timespec { tv_sec: sec, tv_nsec: 0 }, libc::timespec { tv_sec: sec, tv_nsec: 0 }];
+        // SAFETY: valid path and timespecs.
+        assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) }, 0);
+    };
+    fs::set_permissions(f.src.join("dir"), fs::Permissions::from_mode(0o705)).unwrap();
+    set(&f.src.join("dir"), 1_000_000);
+    fs::create_dir(f.dst.join("etc")).unwrap();
+    fs::set_permissions(f.dst.join("etc"), fs::Permissions::from_mode(0o711)).unwrap();
+    run(&f, &["dir"], "/etc/", &CopyOptions::default()).unwrap();
+    run(&f, &["dir"], "/new/deeper", &CopyOptions { chown: Some((7, 8)), chmod: Some(0o700), ..Default::default() })
+        .unwrap();
+    let etc = fs::metadata(f.dst.join("etc")).unwrap();
+    assert_eq!((etc.mtime(), etc.mode() & 0o7777), (1_000_000, 0o711));
+    let deeper = fs::metadata(f.dst.join("new/deeper")).unwrap();
+    assert_eq!((deeper.mtime(), deeper.mode() & 0o7777, deeper.uid()), (1_000_000, 0o755, 7));
+    assert_ne!(fs::metadata(f.dst.join("new")).unwrap().mtime(), 1_000_000, "a created parent is new");
+    // Two directories into one: the last one's times.
+    set(&f.src.join("dir/sub"), 2_000_000);
+    run(&f, &["dir", "dir/sub"], "/both/", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::metadata(f.dst.join("both")).unwrap().mtime(), 2_000_000);
+}
+
+#[test]
+fn owners_and_modes() {
+    let f = ctx();
+    run(&f, &["dir"], "/keep", &CopyOptions { keep_owner: true, ..Default::default() }).unwrap();
+    assert_eq!(fs::metadata(f.dst.join("keep/sub/y")).unwrap().uid(), 1000);
+    assert_eq!(fs::symlink_metadata(f.dst.join("keep/rel-link")).unwrap().uid(), 1000);
+
+    let opts = CopyOptions { chown: Some((7, 8)), chmod: Some(0o700), ..Default::default() };
+    run(&f, &["dir"], "/new/parent/chowned", &opts).unwrap();
+    let t = tree(&f.dst.join("new"));
+    assert_eq!(
+        t,
+        [
+            "parent/ 755 7:8",
+            // A missing destination directory is made like a parent: --chmod is for what is copied.
+            "parent/chowned/ 755 7:8",
+            "parent/chowned/rel-link -> ../a.txt",
+            "parent/chowned/sub/ 700 7:8",
+            "parent/chowned/sub/y 700 7:8 Y",
+            "parent/chowned/x 700 7:8 X",
+        ]
+    );
+    assert_eq!(fs::symlink_metadata(f.dst.join("new/parent/chowned/rel-link")).unwrap().uid(), 7);
+
+    // Set-id bits survive the chown that would clear them.
+    write(&f.src, "suid", "S", 0o4755);
+    run(&f, &["suid"], "/bin/suid", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::metadata(f.dst.join("bin/suid")).unwrap().mode() & 0o7777, 0o4755);
+}
+
+#[test]
+fn existing_dest_dir_keeps_its_metadata_and_times_are_copied() {
+    let f = ctx();
+    fs::set_permissions(&f.dst, fs::Permissions::from_mode(0o711)).unwrap();
+    let c = std::ffi::CString::new(f.src.join("dir/x").as_os_str().as_bytes()).unwrap();
+    let ts = [libc::timespec { tv_sec: 1_000_000, tv_nsec: 7 }, libc::timespec { tv_sec: 1_000_000, tv_nsec: 7 }];
+    // SAFETY: valid path and timespecs.
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) }, 0);
+    let sub_mtime = fs::metadata(f.src.join("dir/sub")).unwrap().mtime();
+    run(&f, &["dir"], "/", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::metadata(&f.dst).unwrap().mode() & 0o7777, 0o711, "COPY dir / must not chmod /");
+    let md = fs::metadata(f.dst.join("x")).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_000_000, 7));
+    assert_eq!(fs::metadata(f.dst.join("sub")).unwrap().mtime(), sub_mtime, "dir mtime set after its children");
+}
+
+#[test]
+fn hardlinks_stay_linked_and_existing_files_are_replaced() {
+    let f = ctx();
+    write(&f.src, "h/one", "same inode", 0o644);
+    fs::hard_link(f.src.join("h/one"), f.src.join("h/two")).unwrap();
+    write(&f.dst, "out/one", "old content", 0o600);
+    symlink("/etc/passwd", f.dst.join("out/two")).unwrap();
+    run(&f, &["h"], "/out", &CopyOptions::default()).unwrap();
+    let a = fs::metadata(f.dst.join("out/one")).unwrap();
+    let b = fs::symlink_metadata(f.dst.join("out/two")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(fs::read_to_string(f.dst.join("out/two")).unwrap(), "same inode");
+}
+
+#[test]
+fn source_escapes_are_rejected_or_contained() {
+    let f = ctx();
+    let err = run(&f, &["../x"], "/x", &CopyOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("../x"), "{err}");
+    assert!(matches!(err, CopyError::Select(ContentHashError::EscapesRoot { .. })));
+
+    // A source symlink to /etc resolves inside the source root: the host's /etc/passwd is never read.
+    symlink("/etc", f.src.join("etc-link")).unwrap();
+    let err = run(&f, &["etc-link/passwd"], "/p", &CopyOptions::default()).unwrap_err();
+    assert!(matches!(err, CopyError::Select(ContentHashError::NotFound { .. })), "{err}");
+    write(&f.src, "etc/passwd", "context passwd", 0o644);
+    run(&f, &["etc-link/passwd"], "/p", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::read_to_string(f.dst.join("p")).unwrap(), "context passwd");
+
+    // Inside a copied directory the link stays a link (copied as is, not followed).
+    fs::create_dir(f.src.join("withlink")).unwrap();
+    symlink("/etc", f.src.join("withlink/etc")).unwrap();
+    run(&f, &["withlink"], "/w", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::read_link(f.dst.join("w/etc")).unwrap(), PathBuf::from("/etc"));
+}
+
+#[test]
+fn dest_symlinks_resolve_inside_dest_root() {
+    let f = ctx();
+    symlink("/", f.dst.join("evil")).unwrap();
+    symlink("../../../../../..", f.dst.join("up")).unwrap();
+    run(&f, &["a.txt"], "/evil/escaped.txt", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::read_to_string(f.dst.join("escaped.txt")).unwrap(), "A");
+    assert!(!Path::new("/escaped.txt").exists());
+    run(&f, &["b.txt"], "/up/tmp/", &CopyOptions::default()).unwrap();
+    assert_eq!(fs::read_to_string(f.dst.join("tmp/b.txt")).unwrap(), "B");
+    // Dest path with `..` is clamped at the root too.
+    run(&f, &["a.txt"], "/../../clamped", &CopyOptions::default()).unwrap();
+    assert!(f.dst.join("clamped").is_file());
+
+    // Merging a tree into /bin -> usr/bin writes into usr/bin and keeps the link.
+    fs::create_dir_all(f.dst.join("usr/bin")).unwrap();
+    symlink("usr/bin", f.dst.join("bin")).unwrap();
+    write(&f.src, "rootfs/bin/tool", "T", 0o755);
+    run(&f, &["rootfs"], "/", &CopyOptions::default()).unwrap();
+    assert!(fs::symlink_metadata(f.dst.join("bin")).unwrap().file_type().is_symlink());
+    assert_eq!(fs::read_to_string(f.dst.join("usr/bin/tool")).unwrap(), "T");
+
+    // A file where a directory must go is an error naming the path.
+    write(&f.dst, "blocker", "", 0o644);
+    let err = run(&f, &["a.txt"], "/blocker/x/", &CopyOptions::default()).unwrap_err();
+    assert!(matches!(err, CopyError::NotADirectory { .. }), "{err}");
+}
+
+/// Issue #9 hole 5, deterministically: the source directory is swapped for a symlink to a host directory (with
+/// files of the same names) while the copy walks it. Nothing of the host directory may be copied.
+#[test]
+fn a_source_dir_swapped_for_a_symlink_mid_copy_is_never_followed() {
+    let f = fixture();
+    let host = f.src.parent().unwrap().join("host");
+    write(&f.src, "d/f1", "context", 0o644);
+    write(&f.src, "d/f2", "context", 0o644);
+    write(&host, "f1", "CANARY", 0o644);
+    write(&host, "f2", "CANARY", 0o644);
+    let swapped = std::sync::atomic::AtomicBool::new(false);
+    let swap = |p: &str| {
+        if p == "d/f1" && !swapped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            fs::rename(f.src.join("d"), f.src.join("d.real")).unwrap();
+            symlink(&host, f.src.join("d")).unwrap();
+        }
+        false
+    };
+    let result = copy(&f.src, &["d/".to_string()], &swap, &f.dst, "/out/", &CopyOptions::default());
+    assert!(swapped.load(std::sync::atomic::Ordering::SeqCst), "the swap happened during the copy");
+    for name in ["f1", "f2"] {
+        let copied = fs::read_to_string(f.dst.join("out").join(name)).unwrap_or_default();
+        assert!(!copied.contains("CANARY"), "the host's {name} was copied: {result:?}");
+    }
+    assert!(result.is_err(), "the copy notices the change");
+}
+
+#[test]
+fn a_copy_checks_it_copies_what_was_hashed() {
+    let f = ctx();
+    let root = Root::open(&f.src).unwrap();
+    let sel = Selection { sources: vec!["dir".into()], follow_symlinks: true };
+    let hashed = contenthash::hash_selection(&root, &sel, &none, None).unwrap();
+    let sources = ["dir".to_string()];
+    copy_checked(&f.src, &sources, &none, &f.dst, "/same/", &CopyOptions::default(), Some(&hashed.fingerprint))
+        .unwrap();
+    fs::write(f.src.join("dir/x"), "edited after hashing").unwrap();
+    let err =
+        copy_checked(&f.src, &sources, &none, &f.dst, "/late/", &CopyOptions::default(), Some(&hashed.fingerprint))
+            .unwrap_err();
+    assert!(matches!(err, CopyError::Select(ContentHashError::Changed { .. })), "{err}");
+}
+
+#[test]
+fn exclusions_apply_to_the_copy() {
+    let f = ctx();
+    let excluded = |p: &str| p == "dir/sub" || p.starts_with("dir/sub/") || p == "b.txt";
+    copy(&f.src, &["*".to_string()], &excluded, &f.dst, "/e/", &CopyOptions::default()).unwrap();
+    assert!(f.dst.join("e/a.txt").exists());
+    assert!(!f.dst.join("e/b.txt").exists());
+    assert!(f.dst.join("e/x").exists(), "dir matched by * copies its contents");
+    assert!(!f.dst.join("e/sub").exists());
+}
+
+fn tar_bytes(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    build(&mut b);
+    b.into_inner().unwrap()
+}
+
+fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    h.set_uid(1234);
+    h.set_gid(4321);
+    h.set_mtime(1_500_000_000);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, path, data).unwrap();
+}
+
+fn sample_tar() -> Vec<u8> {
+    tar_bytes(|b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o750);
+        h.set_size(0);
+        h.set_mtime(1_500_000_000);
+        b.append_data(&mut h, "pkg/", io::empty()).unwrap();
+        add_file(b, "pkg/bin/run", b"#!/bin/sh\n", 0o755);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "pkg/link", "bin/run").unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "pkg/hard", "pkg/bin/run").unwrap();
+    })
+}
+
+#[test]
+fn add_extracts_plain_and_gzip_tars() {
+    let f = fixture();
+    fs::write(f.src.join("plain.tar"), sample_tar()).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&sample_tar()).unwrap();
+    fs::write(f.src.join("pkg.tgz"), gz.finish().unwrap()).unwrap();
+    fs::write(f.src.join("notes.tar"), "not really a tar").unwrap();
+    let add = CopyOptions { extract_archives: true, ..Default::default() };
+
+    run(&f, &["plain.tar"], "/opt", &add).unwrap();
+    run(&f, &["pkg.tgz"], "/gz/", &add).unwrap();
+    run(&f, &["notes.tar"], "/notes/", &add).unwrap();
+    for base in ["opt", "gz"] {
+        let t = tree(&f.dst.join(base));
+        assert_eq!(
+            t,
+            [
+                "pkg/ 750 0:0",
+                "pkg/bin/ 755 0:0",
+                "pkg/bin/run 755 1234:4321 #!/bin/sh\n",
+                "pkg/hard 755 1234:4321 #!/bin/sh\n",
+                "pkg/link -> bin/run",
+            ],
+            "{base}"
+        );
+        let run_md = fs::metadata(f.dst.join(base).join("pkg/bin/run")).unwrap();
+        assert_eq!(run_md.mtime(), 1_500_000_000);
+        assert_eq!(run_md.ino(), fs::metadata(f.dst.join(base).join("pkg/hard")).unwrap().ino());
+    }
+    assert_eq!(fs::read_to_string(f.dst.join("notes/notes.tar")).unwrap(), "not really a tar");
+
+    // --chown applies to extracted entries; COPY (no extraction) copies the archive as a file.
+    run(&f, &["plain.tar"], "/owned", &CopyOptions { chown: Some((5, 6)), ..add.clone() }).unwrap();
+    assert_eq!(fs::metadata(f.dst.join("owned/pkg/bin/run")).unwrap().uid(), 5);
+    run(&f, &["plain.tar"], "/copied.tar", &CopyOptions::default()).unwrap();
+    assert!(f.dst.join("copied.tar").is_file());
+}
+
+#[test]
+fn add_extracts_xz_through_the_xz_program() {
+    let f = fixture();
+    let Ok(mut child) = Command::new("xz").arg("-c").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn() else {
+        eprintln!("xz not installed; skipping");
+        return;
+    };
+    let data = sample_tar();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    fs::write(f.src.join("pkg.tar.xz"), out.stdout).unwrap();
+    run(&f, &["pkg.tar.xz"], "/x", &CopyOptions { extract_archives: true, ..Default::default() }).unwrap();
+    assert_eq!(fs::read_to_string(f.dst.join("x/pkg/bin/run")).unwrap(), "#!/bin/sh\n");
+}
+
+#[test]
+fn archive_breakouts_are_rejected_or_contained() {
+    let f = fixture();
+    // A member named ../../evil (written raw: the builder refuses such names).
+    let evil = tar_bytes(|b| {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..11].copy_from_slice(b"../../evil\0");
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+    });
+    fs::write(f.src.join("evil.tar"), evil).unwrap();
+    let add = CopyOptions { extract_archives: true, ..Default::default() };
+    let err = run(&f, &["evil.tar"], "/x", &add).unwrap_err();
+    assert!(matches!(&err, CopyError::ArchiveBreakout { entry, .. } if entry == "../../evil"), "{err}");
+
+    // A symlink to / followed by a member through it lands inside the root.
+    let through = tar_bytes(|b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "l", "/").unwrap();
+        add_file(b, "l/tmp/pwned", b"p", 0o644);
+    });
+    fs::write(f.src.join("through.tar"), through).unwrap();
+    run(&f, &["through.tar"], "/y", &add).unwrap();
+    assert_eq!(fs::read_to_string(f.dst.join("tmp/pwned")).unwrap(), "p");
+    assert!(!Path::new("/tmp/pwned").exists());
+}
+
+#[test]
+fn tar_header_checksum_detection() {
+    let t = sample_tar();
+    let block: [u8; 512] = t[..512].try_into().unwrap();
+    assert!(is_tar_header(&block));
+    let mut bad = block;
+    bad[0] ^= 1;
+    assert!(!is_tar_header(&bad));
+    assert!(!is_tar_header(&[0u8; 512]));
+    assert_eq!(clean_archive_path(b"./a//b/../c"), Some(vec![OsString::from("a"), OsString::from("c")]));
+    assert_eq!(clean_archive_path(b"a/../../b"), None);
+}
