@@ -9,6 +9,8 @@
 # Usage: bench/remote-cache.sh  (as root). Env: BENCH_DIR (default /var/tmp/rbuild-bench-rc), REPS (default 3),
 #        CASES="ten big", KEEP=1.
 set -euo pipefail
+# shellcheck source=bench/contexts.sh
+source "$(dirname "$0")/contexts.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 shared=${SHARED_DIR:-$(cd "$repo/.." && pwd)/shared}
@@ -58,35 +60,10 @@ base=$reg/bench/busybox:latest
 mkdir -p "$work/base"; cp -r "$repo/testdata/busybox-base/." "$work/base/"; cp /bin/busybox "$work/base/busybox"
 "$RBUILD" --root "$work/base-store" build -t "$base" --push "$work/base" >"$work/base.log" 2>&1 || { cat "$work/base.log"; exit 1; }
 ten=$work/ctx-ten
-mkdir -p "$ten/src"
-echo "a file" >"$ten/a.txt"
-for i in $(seq 1 20); do echo "source $i" >"$ten/src/f$i.txt"; done
-echo "last 0" >"$ten/last.txt"
-cat >"$ten/Dockerfile" <<EOF
-FROM $base
-ENV APP=bench
-WORKDIR /app
-COPY a.txt /app/a.txt
-COPY src/ /app/src/
-RUN echo one > /one
-RUN echo two > /two
-RUN cat /app/a.txt > /three
-RUN ls /app/src > /four
-COPY last.txt /app/last.txt
-CMD ["sh"]
-EOF
+ten_context "$ten" "$base"
 big=$work/ctx-big
 mkdir -p "$big"
-python3 - "$big/data" <<'PY'
-import os, sys
-root = sys.argv[1]
-for d in range(200):
-    p = os.path.join(root, f"d{d:03}")
-    os.makedirs(p)
-    for f in range(100):
-        with open(os.path.join(p, f"f{f:03}.bin"), "wb") as fh:
-            fh.write(os.urandom(10000))
-PY
+big_data "$big/data"
 printf 'FROM %s\nCOPY data/ /data/\nRUN ls /data | wc -l > /count\n' "$base" >"$big/Dockerfile"
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }

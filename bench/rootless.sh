@@ -14,6 +14,8 @@
 #      RBUILD_BIN (time this rbuild binary instead of building a release one), BUILDAH_RUNTIME (default runc:
 #      Debian's crun refuses hybrid cgroup hosts).
 set -euo pipefail
+# shellcheck source=bench/contexts.sh
+source "$(dirname "$0")/contexts.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 work=${BENCH_DIR:-/var/tmp/rbuild-bench-rootless}
@@ -64,35 +66,10 @@ fi
 
 log "== contexts"
 ten=$work/ctx-ten
-mkdir -p "$ten/src"
-echo "a file" >"$ten/a.txt"
-for i in $(seq 1 20); do echo "source $i" >"$ten/src/f$i.txt"; done
-echo "last 0" >"$ten/last.txt"
-cat >"$ten/Dockerfile" <<EOF
-FROM $base
-ENV APP=bench
-WORKDIR /app
-COPY a.txt /app/a.txt
-COPY src/ /app/src/
-RUN echo one > /one
-RUN echo two > /two
-RUN cat /app/a.txt > /three
-RUN ls /app/src > /four
-COPY last.txt /app/last.txt
-CMD ["sh"]
-EOF
+ten_context "$ten" "$base"
 big=$work/ctx-big
 mkdir -p "$big"
-python3 - "$big/data" <<'PY'
-import os, sys
-root = sys.argv[1]
-for d in range(200):
-    p = os.path.join(root, f"d{d:03}")
-    os.makedirs(p)
-    for f in range(100):
-        with open(os.path.join(p, f"f{f:03}.bin"), "wb") as fh:
-            fh.write(os.urandom(10000))
-PY
+big_data "$big/data"
 printf 'FROM %s\nCOPY data/ /data/\n' "$base" >"$big/Dockerfile"
 chmod -R a+rX "$ten" "$big"
 
