@@ -1,7 +1,6 @@
 //! Per-instruction argument splitting (BuildKit's `line_parsers.go`): flags, words, name=value pairs, JSON and health forms.
 
 use super::*;
-
 use json::JsonArray;
 use quote::go_lower;
 

@@ -1,7 +1,6 @@
 //! Heredocs: finding `<<EOF` words on an instruction line and chomping their bodies.
 
 use super::*;
-
 use crate::shell::{Lexer, NoEnv};
 
 /// Finds the heredoc words of an instruction line (`<<EOF`, `<<-'EOF'`, `3<<EOF`, `<< EOF`).
