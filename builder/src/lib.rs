@@ -108,6 +108,13 @@ impl Builder {
         let started = chrono::Utc::now();
         let platforms = if req.platforms.is_empty() { vec![Platform::host()] } else { req.platforms.clone() };
         index_outputs::check(&req.outputs, platforms.len())?;
+        if platforms.len() > 1 && !req.manifest_annotations.is_empty() {
+            // Never silently dropped: the index outputs do not carry annotations yet.
+            return Err(anyhow::anyhow!(
+                "--annotation is not supported yet with several platforms; build one platform at a time to annotate"
+            )
+            .into());
+        }
         let store = Arc::new(self.open_store(reporter.as_ref())?);
         let client = Arc::new(RegistryClient::new(self.registry.clone()));
         let excludes = ignore_patterns(context, dockerfile.path.as_deref())?;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct BuildxArgs {
     /// Add an annotation to the image manifest: KEY=VALUE, manifest:KEY=VALUE or manifest[os/arch]:KEY=VALUE;
-    /// repeatable (index and descriptor annotations are refused: rbuild pushes single-platform manifests)
+    /// repeatable (index and descriptor annotations are refused: rbuild annotates the image manifests only)
     #[arg(long = "annotation", value_name = "[manifest:]KEY=VALUE")]
     pub annotations: Vec<String>,
     /// Also load the image into the local Docker daemon ($DOCKER_HOST, default unix:///var/run/docker.sock), as
@@ -136,8 +136,8 @@ fn parse_annotation(spec: &str, platform: &Platform) -> Result<Option<(String, S
         match t {
             "manifest" => {}
             "index" | "index-descriptor" | "manifest-descriptor" => bail!(
-                "--annotation {spec:?}: {t} annotations are not supported (rbuild pushes one single-platform \
-                 manifest, not an index); use manifest:KEY=VALUE"
+                "--annotation {spec:?}: {t} annotations are not supported yet (rbuild annotates the image \
+                 manifests, not the index of a multi-platform image or its descriptors); use manifest:KEY=VALUE"
             ),
             other => bail!("--annotation {spec:?}: unknown annotation type {other:?} (manifest)"),
         }

@@ -102,6 +102,10 @@ fn attestation_and_builder_flags_are_accepted_or_refused_clearly() {
     let run = build(&ws, "attest", &["--attest", "type=spdx"], &[]);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("unknown attestation type"), "{}", run.stderr);
+    // Annotations are never silently dropped: an index does not carry them yet.
+    let run = build(&ws, "attest", &["--platform", "linux/amd64,linux/arm64", "--annotation", "k=v"], &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("--annotation is not supported yet with several platforms"), "{}", run.stderr);
 }
 
 #[test]
