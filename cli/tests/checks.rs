@@ -4,7 +4,7 @@
 //! triggers each rule and one that triggers none. Also `--call outline` and `--call targets`, compared as text.
 //!
 //! Everything is `FROM scratch` or a stage, so that neither side needs an image: the base-image rule
-//! (InvalidBaseImagePlatform) is covered by the frontend tests only. BuildKit 0.25 has CopyIgnoredFile as an
+//! (InvalidBaseImagePlatform) has its own test, with an index pushed to the test registry. BuildKit 0.25 has CopyIgnoredFile as an
 //! experimental rule, so that case enables it with `# check=experimental=CopyIgnoredFile` (rbuild accepts and
 //! ignores the option: the rule is on by default, as in newer BuildKit).
 
@@ -214,4 +214,48 @@ fn call_check_exits_non_zero_on_findings_and_a_build_prints_them_with_their_line
     let bad = ws.rbuild("store", &["build", "--call", "nonsense", ctx]);
     assert_eq!(bad.code, Some(1), "{}", bad.stderr);
     assert!(bad.stderr.contains("unknown --call function \"nonsense\""), "{}", bad.stderr);
+}
+
+/// InvalidBaseImagePlatform, the one rule that needs a base image: an index entry labelled linux/arm64 whose image
+/// is amd64 (its config says so). For `FROM --platform=linux/arm64` both builders resolve that entry, and both must
+/// report the same findings.
+#[test]
+fn invalid_base_image_platform_matches_buildkit_0_25() {
+    let Some(env) = reference() else { return };
+    if !crate::support::require(&["skopeo", "curl", "busybox"]) {
+        return;
+    }
+    let reg = crate::support::Registry::start();
+    let ws = Workspace::new();
+    let repo = crate::support::unique("ibp");
+    let amd64 = format!("{}/{repo}:amd64", reg.addr);
+    let base = ws.context_from("busybox-base");
+    ws.rbuild("store", &["build", "-t", &amd64, "--push", base.to_str().unwrap()]).success();
+    let raw = crate::support::cmd("skopeo", &["inspect", "--raw", "--tls-verify=false", &format!("docker://{amd64}")])
+        .success()
+        .stdout;
+    let manifest: Value = serde_json::from_str(&raw).expect("a manifest");
+    let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes())));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": manifest["mediaType"],
+            "digest": digest,
+            "size": raw.len(),
+            "platform": {"os": "linux", "architecture": "arm64"},
+        }],
+    });
+    let url = format!("http://{}/v2/{repo}/manifests/mixed", reg.addr);
+    let content_type = "Content-Type: application/vnd.oci.image.index.v1+json";
+    let body = index.to_string();
+    crate::support::cmd("curl", &["-sSf", "-X", "PUT", "-H", content_type, "--data-binary", &body, &url]).success();
+
+    let dockerfile = format!("FROM --platform=linux/arm64 {}/{repo}:mixed\n", reg.addr);
+    let ctx = ws.context("ibp", &[("Dockerfile", &dockerfile)]);
+    let ctx = ctx.to_str().unwrap();
+    let ours = findings(&ws.rbuild("store", &["build", "--call", "check,format=json", ctx]).stdout);
+    let theirs = findings(&docker(&env, &["buildx", "build", "--call", "check,format=json", ctx]).stdout);
+    assert!(ours.0.iter().any(|(rule, line, _)| rule == "InvalidBaseImagePlatform" && *line == 1), "{ours:?}");
+    assert_eq!(ours, theirs, "rbuild, then BuildKit");
 }

@@ -50,9 +50,11 @@ impl RegistryClient {
                 actual: top_digest.to_string(),
             });
         }
+        let mut from_index = false;
         let (digest, manifest_bytes, manifest) = match parse_document(r, "manifest", &top_bytes)? {
             Document::Manifest(m) => (top_digest, top_bytes, m),
             Document::Index(index) => {
+                from_index = true;
                 let entry = select_platform(r, &index.manifests, platform)?;
                 if !is_manifest_type(&entry.media_type) {
                     return Err(RegistryError::UnsupportedMediaType {
@@ -93,14 +95,16 @@ impl RegistryClient {
                 what: format!("image config {}", manifest.config.digest),
                 source,
             })?;
-        // A plain manifest (no index) is one platform's image: the one asked for, or an error naming what it is.
+        // A plain manifest (no index) is one platform's image: the one asked for, or an error naming what it is. An
+        // entry picked from an index is the image the index names for the platform, whatever its config says (as
+        // BuildKit takes it; the frontend's InvalidBaseImagePlatform check warns about the mismatch).
         let has = Platform {
             os: config.os.clone(),
             architecture: config.architecture.clone(),
             variant: config.variant.clone(),
         };
         let unnamed = has.os.is_empty() || has.architecture.is_empty();
-        if !unnamed && !platform_matches(platform, &has) {
+        if !from_index && !unnamed && !platform_matches(platform, &has) {
             return Err(RegistryError::NoMatchingPlatform {
                 image: r.to_string(),
                 wanted: platform_string(platform),
