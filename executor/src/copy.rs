@@ -19,10 +19,11 @@
 //!   parents of `dest` are created 0755, owned by the `--chown` owner or root;
 //! - mode bits, xattrs (minus overlayfs and SELinux ones) and timestamps are copied; directory times are set last,
 //!   after their children were written; hard links between copied files stay hard links;
-//! - ADD extracts a local tar archive (plain, gzip and zstd in-process; bzip2 and xz through the `bzip2` and `xz`
-//!   programs) into `dest` as a directory, recognised by content like Docker, keeping the archive's owners
-//!   unless `--chown` is given (BuildKit ≥ 0.23 applies `--chown` to extracted entries). A file that only looks
-//!   like an archive is copied as a file.
+//! - ADD extracts a local tar archive (plain, gzip, bzip2, xz or zstd, all in process) into `dest` as a directory,
+//!   recognised by content like Docker, keeping the archive's owners unless `--chown` is given (BuildKit ≥ 0.23
+//!   applies `--chown` to extracted entries). The extractor is the one layers use, in its `ADD` mode: names and
+//!   symlinks resolve as in a chroot at `dest`, `.wh.` names are plain files. A file that only looks like an archive
+//!   is copied as a file.
 
 use rbuild_cache::confined::Root;
 use rbuild_cache::contenthash::{self, ContentHashError, Selection};
@@ -69,25 +70,12 @@ pub enum CopyError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot read archive {archive}")]
+    #[error("cannot extract archive {archive}")]
     Archive {
         archive: PathBuf,
         #[source]
-        source: io::Error,
+        source: rbuild_image::layer::LayerError,
     },
-    #[error("archive {archive}: entry {entry:?} points outside the extraction directory")]
-    ArchiveBreakout { archive: PathBuf, entry: String },
-    #[error("archive {archive}: hard link {entry:?} to {target:?}: target is missing or a directory")]
-    ArchiveLink { archive: PathBuf, entry: String, target: String },
-    #[error("archive {archive}: cannot run {program:?} to decompress it")]
-    DecompressorSpawn {
-        archive: PathBuf,
-        program: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("archive {archive}: {program:?} failed ({status})")]
-    DecompressorFailed { archive: PathBuf, program: &'static str, status: std::process::ExitStatus },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CopyError + 'a {
@@ -169,12 +157,9 @@ pub fn copy_from(
                     c.non_dir_entry(e, &target)?;
                 }
             }
-        } else if opts.extract_archives
-            && top.stat.is_file()
-            && let Some(kind) = sniff_archive(src, top)?
-        {
+        } else if opts.extract_archives && top.stat.is_file() && is_archive(src, top)? {
             let dir = c.mkdir_all(&dest_rel)?;
-            c.extract(top, kind, &dir)?;
+            c.extract(top, &dir)?;
         } else {
             let target = if dir_syntax || c.is_dir_in_root(&dest_rel)? {
                 let name = tree.source.rel.file_name().or(top.real.file_name()).unwrap_or(OsStr::new("file"));

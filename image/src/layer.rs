@@ -15,13 +15,21 @@
 //! symlink inside the destination is ever followed (a parent component that is not a real directory is an error),
 //! hardlinks may only point at entries of the same layer, and `trusted.overlay.*` xattrs in a tar are dropped
 //! because they would change how overlayfs reads the snapshot.
+//!
+//! `ADD <archive>` uses the same extractor ([`extract_archive`] with [`ExtractMode::Add`]): one compression sniffer,
+//! one name cleaner, one way to make nodes and set metadata. Only the rules that BuildKit's `ADD` really applies
+//! differently are switched by the mode; they are listed on [`ExtractMode`].
 
+mod decompress;
 mod extract;
 mod gzip;
 #[cfg(test)]
 mod tests;
 mod write;
 
+pub use decompress::is_tar_archive;
+pub use extract::{ExtractMode, ExtractOptions};
+use rbuild_cache::contenthash::ContentHashError;
 use rbuild_types::{Digest, DigestWriter};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -93,23 +101,27 @@ pub enum LayerError {
     },
     #[error("compression level {level} for the layer of {path} is out of range ({range})")]
     CompressionLevel { path: PathBuf, level: i64, range: &'static str },
-    #[error("the layer being extracted into {dest} is {format}-compressed, which is not supported")]
-    UnsupportedCompression { dest: PathBuf, format: &'static str },
-    #[error("cannot read the layer being extracted into {dest}")]
+    #[error("cannot read the archive being extracted into {dest}")]
     ReadLayer {
         dest: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("layer entry {entry:?} is rejected: {reason}")]
+    #[error("archive entry {entry:?} is rejected: {reason}")]
     UnsafePath { entry: String, reason: &'static str },
-    #[error("layer entry {entry:?} is a hardlink to {target:?}, which is rejected: {reason}")]
+    #[error("archive entry {entry:?} is a hardlink to {target:?}, which is rejected: {reason}")]
     UnsafeLink { entry: String, target: String, reason: &'static str },
-    #[error("layer entry {entry:?} has unsupported tar type {kind:?}")]
+    #[error("cannot resolve where archive entry {entry:?} goes")]
+    Resolve {
+        entry: String,
+        #[source]
+        source: ContentHashError,
+    },
+    #[error("archive entry {entry:?} has unsupported tar type {kind:?}")]
     UnsupportedEntry { entry: String, kind: char },
-    #[error("layer entry {entry:?} has an invalid {field}")]
+    #[error("archive entry {entry:?} has an invalid {field}")]
     InvalidHeader { entry: String, field: &'static str },
-    #[error("cannot {op} {path} while extracting a layer")]
+    #[error("cannot {op} {path} while extracting an archive")]
     Extract {
         path: PathBuf,
         op: &'static str,
@@ -186,8 +198,14 @@ pub fn write_compressed_layer<W: Write + Send>(
     }
 }
 
-/// Applies a layer tar (plain or gzip, detected by its magic bytes) into `dest`, an empty directory that becomes a
-/// snapshot. Returns the diff_id of the uncompressed stream, to be checked against the image config.
+/// Applies a layer tar (plain, gzip, bzip2, xz or zstd, detected by its magic bytes) into `dest`, an empty directory
+/// that becomes a snapshot. Returns the diff_id of the uncompressed stream, to be checked against the image config.
 pub fn extract_layer<R: io::Read>(reader: R, dest: &Path) -> Result<Digest, LayerError> {
-    extract::extract(reader, dest)
+    extract::extract(reader, dest, &ExtractOptions::layer())
+}
+
+/// Extracts a tar archive (compressed or not, as [`extract_layer`]) into the directory `dest` with the rules of
+/// `opts`; [`ExtractMode::Add`] is what `ADD <archive>` does. Returns the digest of the uncompressed stream.
+pub fn extract_archive<R: io::Read>(reader: R, dest: &Path, opts: &ExtractOptions) -> Result<Digest, LayerError> {
+    extract::extract(reader, dest, opts)
 }

@@ -3,7 +3,6 @@
 use super::*;
 use rbuild_cache::confined::Root;
 use rbuild_cache::contenthash::{self, ContentHashError, Selection};
-use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::io::Write;
@@ -12,7 +11,6 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -364,9 +362,14 @@ fn sample_tar() -> Vec<u8> {
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
         b.append_link(&mut h, "pkg/link", "bin/run").unwrap();
+        // A hardlink's header carries its file's metadata, as tar writers do (ADD applies it to the inode).
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Link);
         h.set_size(0);
+        h.set_mode(0o755);
+        h.set_uid(1234);
+        h.set_gid(4321);
+        h.set_mtime(1_500_000_000);
         b.append_link(&mut h, "pkg/hard", "pkg/bin/run").unwrap();
     })
 }
@@ -411,27 +414,24 @@ fn add_extracts_plain_and_gzip_tars() {
 }
 
 #[test]
-fn add_extracts_xz_through_the_xz_program() {
+fn add_extracts_bzip2_and_xz_in_process() {
     let f = fixture();
-    let Ok(mut child) = Command::new("xz").arg("-c").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn() else {
-        eprintln!("xz not installed; skipping");
-        return;
-    };
-    let data = sample_tar();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    fs::write(f.src.join("pkg.tar.xz"), out.stdout).unwrap();
-    run(&f, &["pkg.tar.xz"], "/x", &CopyOptions { extract_archives: true, ..Default::default() }).unwrap();
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+    bz.write_all(&sample_tar()).unwrap();
+    fs::write(f.src.join("pkg.tar.bz2"), bz.finish().unwrap()).unwrap();
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    xz.write_all(&sample_tar()).unwrap();
+    fs::write(f.src.join("pkg.tar.xz"), xz.finish().unwrap()).unwrap();
+    let add = CopyOptions { extract_archives: true, ..Default::default() };
+    run(&f, &["pkg.tar.bz2"], "/b", &add).unwrap();
+    run(&f, &["pkg.tar.xz"], "/x", &add).unwrap();
+    assert_eq!(tree(&f.dst.join("b")), tree(&f.dst.join("x")));
     assert_eq!(fs::read_to_string(f.dst.join("x/pkg/bin/run")).unwrap(), "#!/bin/sh\n");
 }
 
-#[test]
-fn archive_breakouts_are_rejected_or_contained() {
-    let f = fixture();
-    // A member named ../../evil (written raw: the builder refuses such names).
-    let evil = tar_bytes(|b| {
+/// A member named ../../evil, written raw (the builder refuses such names).
+fn climbing_tar() -> Vec<u8> {
+    tar_bytes(|b| {
         let mut h = tar::Header::new_old();
         h.as_old_mut().name[..11].copy_from_slice(b"../../evil\0");
         h.set_size(1);
@@ -439,13 +439,20 @@ fn archive_breakouts_are_rejected_or_contained() {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
         b.append(&h, &b"x"[..]).unwrap();
-    });
-    fs::write(f.src.join("evil.tar"), evil).unwrap();
-    let add = CopyOptions { extract_archives: true, ..Default::default() };
-    let err = run(&f, &["evil.tar"], "/x", &add).unwrap_err();
-    assert!(matches!(&err, CopyError::ArchiveBreakout { entry, .. } if entry == "../../evil"), "{err}");
+    })
+}
 
-    // A symlink to / followed by a member through it lands inside the root.
+#[test]
+fn archive_breakouts_are_contained() {
+    let f = fixture();
+    // BuildKit extracts as in a chroot at the destination: `..` at its top stays there (checked against 0.13).
+    fs::write(f.src.join("evil.tar"), climbing_tar()).unwrap();
+    let add = CopyOptions { extract_archives: true, ..Default::default() };
+    run(&f, &["evil.tar"], "/x", &add).unwrap();
+    assert_eq!(fs::read_to_string(f.dst.join("x/evil")).unwrap(), "x");
+    assert!(!f.dst.join("evil").exists() && !f.dst.parent().unwrap().join("evil").exists());
+
+    // A symlink to / followed by a member through it lands inside the extraction directory, as with BuildKit.
     let through = tar_bytes(|b| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
@@ -455,19 +462,82 @@ fn archive_breakouts_are_rejected_or_contained() {
     });
     fs::write(f.src.join("through.tar"), through).unwrap();
     run(&f, &["through.tar"], "/y", &add).unwrap();
-    assert_eq!(fs::read_to_string(f.dst.join("tmp/pwned")).unwrap(), "p");
+    assert_eq!(fs::read_to_string(f.dst.join("y/tmp/pwned")).unwrap(), "p");
+    assert!(!f.dst.join("tmp/pwned").exists());
     assert!(!Path::new("/tmp/pwned").exists());
 }
 
+/// Extracts `archive` with ADD (at `/add` in a fresh root) and as a layer (into a fresh directory); returns both
+/// outcomes, ADD's error unwrapped to the extractor's.
+fn add_and_layer(
+    archive: &[u8],
+) -> (Fixture, Result<(), rbuild_image::layer::LayerError>, Result<(), rbuild_image::layer::LayerError>) {
+    let f = fixture();
+    fs::write(f.src.join("a.tar"), archive).unwrap();
+    let add = CopyOptions { extract_archives: true, ..Default::default() };
+    let added = match run(&f, &["a.tar"], "/add/", &add) {
+        Ok(()) => Ok(()),
+        Err(CopyError::Archive { source, .. }) => Err(source),
+        Err(other) => panic!("ADD failed outside the extractor: {other}"),
+    };
+    let layer_dir = f.dst.parent().unwrap().join("layer");
+    fs::create_dir(&layer_dir).unwrap();
+    let layered = rbuild_image::layer::extract_layer(archive, &layer_dir).map(|_| ());
+    (f, added, layered)
+}
+
 #[test]
-fn tar_header_checksum_detection() {
-    let t = sample_tar();
-    let block: [u8; 512] = t[..512].try_into().unwrap();
-    assert!(is_tar_header(&block));
-    let mut bad = block;
-    bad[0] ^= 1;
-    assert!(!is_tar_header(&bad));
-    assert!(!is_tar_header(&[0u8; 512]));
-    assert_eq!(clean_archive_path(b"./a//b/../c"), Some(vec![OsString::from("a"), OsString::from("c")]));
-    assert_eq!(clean_archive_path(b"a/../../b"), None);
+fn add_and_layers_share_one_extractor() {
+    // What both should do alike: an ordinary archive gives the same tree (owners, modes, links, contents).
+    let (f, added, layered) = add_and_layer(&sample_tar());
+    added.unwrap();
+    layered.unwrap();
+    assert_eq!(tree(&f.dst.join("add")), tree(&f.dst.parent().unwrap().join("layer")));
+    let run_md = fs::metadata(f.dst.parent().unwrap().join("layer/pkg/bin/run")).unwrap();
+    assert_eq!(run_md.mtime(), fs::metadata(f.dst.join("add/pkg/bin/run")).unwrap().mtime());
+
+    // Hostile archives both refuse, the same way.
+    let hard = |target: &'static str| {
+        tar_bytes(move |b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o755);
+            b.append_data(&mut h, "d/", io::empty()).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            b.append_link(&mut h, "h", target).unwrap();
+        })
+    };
+    let raw_header = |kind: u8, uid: &[u8]| {
+        tar_bytes(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_path("f").unwrap();
+            h.as_mut_bytes()[156] = kind;
+            h.as_old_mut().uid[..uid.len()].copy_from_slice(uid);
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+        })
+    };
+    let mut truncated = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    truncated.write_all(&sample_tar()).unwrap();
+    let mut truncated = truncated.finish().unwrap();
+    truncated.truncate(truncated.len() - 12);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("hardlink out of the root", hard("../../../etc/passwd")),
+        ("hardlink to a missing file", hard("nothing")),
+        ("hardlink to a directory", hard("d")),
+        ("garbage in a numeric field", raw_header(b'0', b"zz")),
+        ("unsupported entry type", raw_header(b'X', b"0000000")),
+        ("a file naming the root", tar_bytes(|b| add_file(b, ".", b"x", 0o644))),
+        ("truncated gzip stream", truncated),
+    ];
+    for (what, archive) in cases {
+        let (_f, added, layered) = add_and_layer(&archive);
+        let (Err(a), Err(l)) = (&added, &layered) else { panic!("{what}: ADD {added:?}, layer {layered:?}") };
+        assert_eq!(std::mem::discriminant(a), std::mem::discriminant(l), "{what}: ADD {a:?}, layer {l:?}");
+    }
 }
