@@ -7,6 +7,7 @@ use std::fs;
 use std::io;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::fs::symlink;
@@ -484,6 +485,25 @@ fn add_and_layer(
     fs::create_dir(&layer_dir).unwrap();
     let layered = rbuild_image::layer::extract_layer(archive, &layer_dir).map(|_| ());
     (f, added, layered)
+}
+
+#[test]
+fn add_keeps_whiteout_names_that_layers_interpret() {
+    // BuildKit's ADD writes `.wh.` names as they are (checked against 0.13); a layer turns them into whiteouts.
+    let (f, added, layered) = add_and_layer(&tar_bytes(|b| {
+        add_file(b, "d/.wh.gone", b"w", 0o644);
+        add_file(b, "d/.wh..wh..opq", b"o", 0o644);
+    }));
+    added.unwrap();
+    layered.unwrap();
+    assert_eq!(
+        tree(&f.dst.join("add")),
+        ["d/ 755 0:0", "d/.wh..wh..opq 644 1234:4321 o", "d/.wh.gone 644 1234:4321 w"]
+    );
+    let layer = f.dst.parent().unwrap().join("layer/d");
+    assert!(fs::symlink_metadata(layer.join("gone")).unwrap().file_type().is_char_device());
+    assert!(!layer.join(".wh.gone").exists());
+    assert_eq!(xattr::get(&layer, "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
 }
 
 #[test]
