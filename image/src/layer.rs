@@ -114,8 +114,9 @@ pub enum LayerError {
     #[error("cannot resolve where archive entry {entry:?} goes")]
     Resolve {
         entry: String,
+        /// Boxed: the resolver's error is large and this one is rare.
         #[source]
-        source: ContentHashError,
+        source: Box<ContentHashError>,
     },
     #[error("archive entry {entry:?} has unsupported tar type {kind:?}")]
     UnsupportedEntry { entry: String, kind: char },

@@ -326,7 +326,7 @@ impl Extractor<'_> {
             ExtractMode::Add => {
                 let rel = join(Path::new(""), parents);
                 let real = resolve_in_root(self.dest, &rel, true)
-                    .map_err(|source| LayerError::Resolve { entry: entry.to_string(), source })?;
+                    .map_err(|source| LayerError::Resolve { entry: entry.to_string(), source: Box::new(source) })?;
                 let below = real.strip_prefix(self.dest).unwrap_or(Path::new("")).to_path_buf();
                 let mut path = self.dest.to_path_buf();
                 for part in below.components() {
@@ -403,7 +403,7 @@ impl Extractor<'_> {
                 join(self.dest, &parts)
             }
             ExtractMode::Add => resolve_in_root(self.dest, &join(Path::new(""), &parts), false)
-                .map_err(|source| LayerError::Resolve { entry: entry.to_string(), source })?,
+                .map_err(|source| LayerError::Resolve { entry: entry.to_string(), source: Box::new(source) })?,
         };
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => Err(reject("the target is a directory")),
