@@ -189,6 +189,11 @@ fn join(dest: &Path, parts: &[&[u8]]) -> PathBuf {
     path
 }
 
+fn link_name<R: Read>(entry: &tar::Entry<'_, R>, name: &str, field: &'static str) -> Result<Vec<u8>, LayerError> {
+    let target = entry.link_name_bytes().ok_or_else(|| LayerError::InvalidHeader { entry: name.to_string(), field })?;
+    Ok(target.into_owned())
+}
+
 fn extract_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayerError + use<> {
     let path = path.to_path_buf();
     move |source| LayerError::Extract { path, op, source }
@@ -274,20 +279,14 @@ impl Extractor<'_> {
                 self.set_metadata(&path, &meta, MetaKind::Directory)
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| LayerError::InvalidHeader { entry: name.clone(), field: "symlink target" })?
-                    .into_owned();
+                let target = link_name(entry, &name, "symlink target")?;
                 self.clear(&path, false)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
                     .map_err(extract_err("create symlink", &path))?;
                 self.set_metadata(&path, &meta, MetaKind::Symlink)
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| LayerError::InvalidHeader { entry: name.clone(), field: "hardlink target" })?
-                    .into_owned();
+                let target = link_name(entry, &name, "hardlink target")?;
                 let (target_path, target_kind) = self.hardlink_target(&target, &name)?;
                 self.clear(&path, false)?;
                 // linkat without AT_SYMLINK_FOLLOW: a symlink target is linked itself, never followed.
