@@ -31,6 +31,7 @@ pub use decompress::is_tar_archive;
 pub use extract::{ExtractMode, ExtractOptions};
 use rbuild_cache::contenthash::ContentHashError;
 use rbuild_types::{Digest, DigestWriter};
+use sha2::{Digest as _, Sha256};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -202,11 +203,13 @@ pub fn write_compressed_layer<W: Write + Send>(
 /// Applies a layer tar (plain, gzip, bzip2, xz or zstd, detected by its magic bytes) into `dest`, an empty directory
 /// that becomes a snapshot. Returns the diff_id of the uncompressed stream, to be checked against the image config.
 pub fn extract_layer<R: io::Read>(reader: R, dest: &Path) -> Result<Digest, LayerError> {
-    extract::extract(reader, dest, &ExtractOptions::layer())
+    let mut hasher = Sha256::new();
+    extract::extract(reader, dest, &ExtractOptions::layer(), Some(&mut hasher))?;
+    Ok(Digest::from_sha256(hasher.finalize().into()))
 }
 
 /// Extracts a tar archive (compressed or not, as [`extract_layer`]) into the directory `dest` with the rules of
-/// `opts`; [`ExtractMode::Add`] is what `ADD <archive>` does. Returns the digest of the uncompressed stream.
-pub fn extract_archive<R: io::Read>(reader: R, dest: &Path, opts: &ExtractOptions) -> Result<Digest, LayerError> {
-    extract::extract(reader, dest, opts)
+/// `opts`; [`ExtractMode::Add`] is what `ADD <archive>` does.
+pub fn extract_archive<R: io::Read>(reader: R, dest: &Path, opts: &ExtractOptions) -> Result<(), LayerError> {
+    extract::extract(reader, dest, opts, None)
 }

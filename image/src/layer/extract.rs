@@ -13,7 +13,6 @@
 use super::{LayerError, decompress, write};
 use rbuild_cache::contenthash::{is_ignored_xattr, resolve_in_root};
 use rbuild_cache::overlay_xattr;
-use rbuild_types::Digest;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
@@ -62,10 +61,17 @@ impl ExtractOptions {
     }
 }
 
-pub(super) fn extract<R: Read>(reader: R, dest: &Path, opts: &ExtractOptions) -> Result<Digest, LayerError> {
+/// Extracts `reader` into `dest`, feeding the whole uncompressed stream to `hasher` if given (a layer's diff_id;
+/// `ADD` has no use for one).
+pub(super) fn extract<R: Read>(
+    reader: R,
+    dest: &Path,
+    opts: &ExtractOptions,
+    hasher: Option<&mut Sha256>,
+) -> Result<(), LayerError> {
     let read_err = |source| LayerError::ReadLayer { dest: dest.to_path_buf(), source };
     let stream = decompress::decompressed(reader).map_err(read_err)?;
-    let hashing = HashingReader { inner: io::BufReader::with_capacity(write::BUFFER, stream), hasher: Sha256::new() };
+    let hashing = HashingReader { inner: io::BufReader::with_capacity(write::BUFFER, stream), hasher };
     let mut archive = tar::Archive::new(hashing);
     let mut extractor = Extractor { dest, opts, dirs: HashSet::new(), dir_times: Vec::new() };
     for entry in archive.entries().map_err(read_err)? {
@@ -75,20 +81,21 @@ pub(super) fn extract<R: Read>(reader: R, dest: &Path, opts: &ExtractOptions) ->
     extractor.finish()?;
     // The diff_id covers the whole stream, including the zero blocks and padding after the last entry; reading to
     // the end also makes the decompressor check the stream's trailer.
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
-    Ok(Digest::from_sha256(rest.hasher.finalize().into()))
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(read_err)?;
+    Ok(())
 }
 
-struct HashingReader<R> {
+struct HashingReader<'h, R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Option<&'h mut Sha256>,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = self.hasher.as_deref_mut() {
+            hasher.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
