@@ -329,7 +329,7 @@ fn rootless_rbuild_runs_inside_podman_as_a_non_root_user() {
     let rootfs = ws.path("rootfs");
     container_rootfs(&rootfs, Path::new(env!("CARGO_BIN_EXE_rbuild")));
     let base_ctx = ws.context_from("busybox-base");
-    let app = "FROM base\nRUN echo \"root: $(id -u) on $(hostname)\" > /by-root\nUSER app\n\
+    let app = "FROM base\nRUN echo \"root: $(id -u) on $(hostname)\" > /by-root && ulimit -Hn > /nofile\nUSER app\n\
                RUN echo \"app: $(id -u):$(id -g)\" > /home/app/by-app && ip -o -4 addr show | grep -v ' lo ' | wc -l > /home/app/nics\n";
     let app_ctx = ws.context("app", &[("Dockerfile", app)]);
     let out = ws.path("out");
@@ -361,7 +361,8 @@ fn rootless_rbuild_runs_inside_podman_as_a_non_root_user() {
     .success();
     podman(&["import", "-q", tarball.to_str().unwrap(), &image]).success();
 
-    let script = "rbuild build -t base /ctx/base && rbuild build -o type=local,dest=/out/app /ctx/app && rbuild info";
+    let script = "rbuild build -t base /ctx/base && rbuild build --ulimit nofile=1048576 -o type=local,dest=/out/app /ctx/app \
+                  && rbuild info";
     let (nofile, nproc) = (format!("nofile={0}:{0}", hard_limit(libc::RLIMIT_NOFILE)), hard_limit(libc::RLIMIT_NPROC));
     // Podman's processes run with NPROC at kernel.pid_max at most; more needs CAP_SYS_RESOURCE.
     let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
@@ -407,6 +408,8 @@ fn rootless_rbuild_runs_inside_podman_as_a_non_root_user() {
     assert!(ran.stdout.contains("snapshotter: native"), "{}", ran.stdout);
     let read = |p: &str| std::fs::read_to_string(out.join("app").join(p)).unwrap();
     assert_eq!(read("by-root"), "root: 0 on buildkitsandbox\n");
+    // A --ulimit above what the container allows is lowered to it (runc would refuse it).
+    assert_eq!(read("nofile"), format!("{}\n", hard_limit(libc::RLIMIT_NOFILE)));
     assert_eq!(read("home/app/by-app"), "app: 1000:1000\n");
     assert_eq!(read("home/app/nics"), "1\n", "the RUN step has no private network interface");
     podman(&["rmi", &image]).success();
