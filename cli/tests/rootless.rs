@@ -329,7 +329,8 @@ fn rootless_rbuild_runs_inside_podman_as_a_non_root_user() {
     let rootfs = ws.path("rootfs");
     container_rootfs(&rootfs, Path::new(env!("CARGO_BIN_EXE_rbuild")));
     let base_ctx = ws.context_from("busybox-base");
-    let app = "FROM base\nRUN echo \"root: $(id -u) on $(hostname)\" > /by-root && ulimit -Hn > /nofile\nUSER app\n\
+    let app = "FROM base\nRUN echo \"root: $(id -u) on $(hostname)\" > /by-root && ulimit -Hn > /nofile\n\
+               RUN --network=host ls /sys/class/net > /host-nics\nUSER app\n\
                RUN echo \"app: $(id -u):$(id -g)\" > /home/app/by-app && ip -o -4 addr show | grep -v ' lo ' | wc -l > /home/app/nics\n";
     let app_ctx = ws.context("app", &[("Dockerfile", app)]);
     let out = ws.path("out");
@@ -361,7 +362,7 @@ fn rootless_rbuild_runs_inside_podman_as_a_non_root_user() {
     .success();
     podman(&["import", "-q", tarball.to_str().unwrap(), &image]).success();
 
-    let script = "rbuild build -t base /ctx/base && rbuild build --ulimit nofile=1048576 -o type=local,dest=/out/app /ctx/app \
+    let script = "rbuild build -t base /ctx/base && rbuild build --ulimit nofile=1048576 --allow network.host -o type=local,dest=/out/app /ctx/app \
                   && rbuild info";
     let (nofile, nproc) = (format!("nofile={0}:{0}", hard_limit(libc::RLIMIT_NOFILE)), hard_limit(libc::RLIMIT_NPROC));
     // Podman's processes run with NPROC at kernel.pid_max at most; more needs CAP_SYS_RESOURCE.
@@ -410,6 +411,8 @@ fn rootless_rbuild_runs_inside_podman_as_a_non_root_user() {
     assert_eq!(read("by-root"), "root: 0 on buildkitsandbox\n");
     // A --ulimit above what the container allows is lowered to it (runc would refuse it).
     assert_eq!(read("nofile"), format!("{}\n", hard_limit(libc::RLIMIT_NOFILE)));
+    // The host's network: /sys is the container's, bound (rbuild's user namespace may not mount a sysfs for it).
+    assert!(read("host-nics").lines().any(|l| l == "lo"), "{}", read("host-nics"));
     assert_eq!(read("home/app/by-app"), "app: 1000:1000\n");
     assert_eq!(read("home/app/nics"), "1\n", "the RUN step has no private network interface");
     podman(&["rmi", &image]).success();

@@ -230,6 +230,16 @@ fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result
         .map_err(spec_error)
 }
 
+/// `/sys`: a fresh sysfs, which only the owner of the network namespace may mount. A rootless step on the host's
+/// network (not rbuild's namespace) gets the host's `/sys` bound instead, as BuildKit and runc do rootless.
+fn sys_mount(run: &RunSpec) -> Result<Mount, RuntimeError> {
+    let access = if run.privileged { "rw" } else { "ro" };
+    if matches!(run.network, NetworkMode::Host) && crate::userns::in_user_namespace() {
+        return bind(Path::new("/sys"), "/sys", &["rbind", access, "nosuid", "noexec", "nodev"]);
+    }
+    mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", access])
+}
+
 fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>, RuntimeError> {
     let etc_file_options = ["rbind", "ro", "nosuid", "nodev", "noexec"];
     let shm_size = format!("size={}k", run.options.shm_size.div_ceil(1024));
@@ -244,7 +254,7 @@ fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>,
         )?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", &shm_size])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", if run.privileged { "rw" } else { "ro" }])?,
+        sys_mount(run)?,
         bind(hosts, "/etc/hosts", &etc_file_options)?,
         bind(resolv_conf, "/etc/resolv.conf", &etc_file_options)?,
     ];
