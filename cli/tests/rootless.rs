@@ -384,6 +384,10 @@ fn rootless_rbuild_runs_inside_podman_as_a_non_root_user() {
         &nofile,
         "--ulimit",
         &nproc,
+        // No bridge network: podman's CNI setup races with other podman users of /run/netns, and the RUN steps'
+        // private network (slirp4netns) needs none outside.
+        "--network",
+        "none",
         // What rbuild needs.
         "--user",
         "1000:1000",
