@@ -12,7 +12,10 @@
 # Env: BENCH_DIR (default /var/tmp/rbuild-bench-rootless), REPS (default 3), BENCH_USER (default rbuild-rootless,
 #      made with a subordinate range if missing), SKIP_BUILDAH=1, SNAPSHOTTER (rootless rbuild's, default auto),
 #      RBUILD_BIN (time this rbuild binary instead of building a release one), BUILDAH_RUNTIME (default runc:
-#      Debian's crun refuses hybrid cgroup hosts).
+#      Debian's crun refuses hybrid cgroup hosts), BUILDAH_DRIVER (buildah's storage driver, default overlay: the
+#      kernel's, in its user namespace; vfs copies every layer).
+# The user's commands run through setpriv, not runuser: runuser opens a PAM session (~30 ms here), which would be
+# timed as rootless rbuild's cost.
 set -euo pipefail
 # shellcheck source=bench/contexts.sh
 source "$(dirname "$0")/contexts.sh"
@@ -37,7 +40,10 @@ grep -q "^$user:" /etc/subuid || usermod --add-subuids 300000-365535 "$user"
 grep -q "^$user:" /etc/subgid || usermod --add-subgids 300000-365535 "$user"
 for dev in /dev/net/tun /dev/fuse; do [ "$(stat -c %a "$dev")" = 666 ] || chmod 0666 "$dev"; done
 uhome=$(getent passwd "$user" | cut -d: -f6)
-as_user() { runuser -u "$user" -- env HOME="$uhome" XDG_RUNTIME_DIR="$work/xdg-run" "$@"; }
+as_user() {
+  setpriv --reuid="$user" --regid="$user" --init-groups env HOME="$uhome" XDG_RUNTIME_DIR="$work/xdg-run" "$@"
+}
+buildah_storage=(--root "$work/user/buildah" --runroot "$work/xdg-run/buildah" --storage-driver "${BUILDAH_DRIVER:-overlay}")
 
 if [ -n "${RBUILD_BIN:-}" ]; then
   install -m 0755 "$RBUILD_BIN" "$work/rbuild"
@@ -60,7 +66,7 @@ as_user "$RBUILD" --root "$work/user/store" pull "$base" >/dev/null
 have_buildah=1
 { [ -z "${SKIP_BUILDAH:-}" ] && command -v buildah >/dev/null; } || have_buildah=0
 if [ $have_buildah = 1 ]; then
-  as_user buildah pull -q --tls-verify=false "$base" >/dev/null 2>"$work/buildah-pull.log" || {
+  as_user buildah "${buildah_storage[@]}" pull -q --tls-verify=false "$base" >/dev/null 2>"$work/buildah-pull.log" || {
     log "rootless buildah cannot pull here (skipped):"; tail -5 "$work/buildah-pull.log" >&2; have_buildah=0; }
 fi
 
@@ -79,7 +85,7 @@ build() {
   case $tool in
     root) "$RBUILD" --root "$work/store-root" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
     rootless) as_user "$RBUILD" --root "$work/user/store" --snapshotter "$snapshotter" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
-    buildah) as_user buildah bud --runtime "${BUILDAH_RUNTIME:-runc}" --layers --network host --tls-verify=false -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
+    buildah) as_user buildah "${buildah_storage[@]}" bud --runtime "${BUILDAH_RUNTIME:-runc}" --layers --network host --tls-verify=false -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
   esac >"$out" 2>&1 || { log "$tool build of $ctx failed:"; tail -30 "$out" >&2; exit 1; }
 }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }

@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(runc crun passt slirp4netns busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client tmux
   openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2 mmdebstrap qemu-user-static uidmap
-  fuse-overlayfs)
+  fuse-overlayfs libcap2-bin tar)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -147,6 +147,7 @@ fn rootless_build_pushes_the_same_manifest_as_root_and_podman_runs_it() {
     // Its storage lives in this test's directory; runc (Debian's crun refuses a hybrid cgroup host) and explicit NOFILE and
     // NPROC limits (a CI machine's hard limits may be below podman's defaults for root).
     let (proot, prun) = (ws.path("podman-root"), ws.path("podman-run"));
+    let _reset = PodmanReset(proot.clone(), prun.clone());
     let ran = cmd(
         "podman",
         &[
@@ -259,4 +260,182 @@ fn rootless_build_killed_with_sigkill_leaves_nothing_behind() {
     let ctx2 = ws.context("again", &[("Dockerfile", "FROM base\nRUN echo again > /again\n")]);
     cmd("chmod", &["-R", "a+rX", ctx2.to_str().unwrap()]).success();
     rbuild(&bin, true, &store, &["build", ctx2.to_str().unwrap()], &[]).success();
+}
+
+/// The programs a rootless rbuild runs (besides itself), for the image [`rootless_rbuild_runs_inside_podman_as_a_non_root_user`]
+/// makes: runc, the id mappers and the network stack, each with the shared libraries `ldd` names.
+const IN_CONTAINER: [&str; 5] = ["runc", "newuidmap", "newgidmap", "slirp4netns", "busybox"];
+
+/// Makes `rootfs`: static busybox as `/bin/sh`, `rbuild`, [`IN_CONTAINER`] and their libraries, a user `builder`
+/// (1000:1000) with the subordinate range 100000-165535. `newuidmap`/`newgidmap` carry file capabilities
+/// (`cap_setuid`/`cap_setgid`) instead of Debian's setuid bit: a setuid newuidmap opens `/proc/PID/uid_map` as root,
+/// and the kernel then wants CAP_SYS_ADMIN over the new namespace's parent, which a container does not give
+/// (podman's own images do the same).
+fn container_rootfs(rootfs: &Path, rbuild: &Path) {
+    for dir in ["bin", "usr/bin", "etc", "tmp", "home/builder", "proc", "sys", "dev", "run"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut programs: Vec<PathBuf> = IN_CONTAINER.iter().map(|t| crate::support::which(t).unwrap()).collect();
+    programs.push(rbuild.to_path_buf());
+    for program in &programs {
+        let dest = if program == rbuild {
+            rootfs.join("usr/bin/rbuild")
+        } else {
+            rootfs.join("usr/bin").join(program.file_name().unwrap())
+        };
+        std::fs::copy(program, &dest).unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ldd = cmd("ldd", &[program.to_str().unwrap()]);
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+        for lib in ldd.stdout.split_whitespace().filter(|w| w.starts_with('/')) {
+            let dest = rootfs.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &dest).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink("/usr/bin/busybox", rootfs.join("bin/sh")).unwrap();
+    cmd("setcap", &["cap_setuid=ep", rootfs.join("usr/bin/newuidmap").to_str().unwrap()]).success();
+    cmd("setcap", &["cap_setgid=ep", rootfs.join("usr/bin/newgidmap").to_str().unwrap()]).success();
+    let etc = rootfs.join("etc");
+    std::fs::write(etc.join("passwd"), "root:x:0:0::/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n")
+        .unwrap();
+    std::fs::write(etc.join("group"), "root:x:0:\nbuilder:x:1000:\n").unwrap();
+    std::fs::write(etc.join("subuid"), "builder:100000:65536\n").unwrap();
+    std::fs::write(etc.join("subgid"), "builder:100000:65536\n").unwrap();
+    cmd("chown", &["1000:1000", rootfs.join("home/builder").to_str().unwrap()]).success();
+}
+
+/// Podman storage of a test's own (`--root`, `--runroot`), reset on drop, failed or not: podman leaves its overlay
+/// directory mounted, which would keep the workspace from being removed.
+struct PodmanReset(PathBuf, PathBuf);
+
+impl Drop for PodmanReset {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .arg("--root")
+            .arg(&self.0)
+            .arg("--runroot")
+            .arg(&self.1)
+            .args(["system", "reset", "--force"])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+/// This process's hard limit of `resource`.
+fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(resource, &mut limit) }, 0);
+    limit.rlim_max
+}
+
+/// Issue 14: rbuild as a non-root user inside a `podman run` container builds an image whose RUN steps run (as root
+/// and as `USER app`, with the private network), given only `seccomp=unconfined` (podman's profile lets
+/// `sethostname` through only with CAP_SYS_ADMIN, and runc sets the RUN container's hostname),
+/// `systempaths=unconfined` (the kernel mounts a fresh `/proc` in a user namespace only where no part of `/proc` is
+/// masked) and `/dev/net/tun` (for slirp4netns). No capability is added and the container has no user namespace
+/// of its own. The store is the user's default one inside the container (overlay on overlay does not work, so
+/// `auto` chooses the copying snapshotter), and the result is checked from outside.
+#[test]
+fn rootless_rbuild_runs_inside_podman_as_a_non_root_user() {
+    if !require(&["podman", "runc", "newuidmap", "newgidmap", "slirp4netns", "busybox", "setcap", "ldd", "tar"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    let rootfs = ws.path("rootfs");
+    container_rootfs(&rootfs, Path::new(env!("CARGO_BIN_EXE_rbuild")));
+    let base_ctx = ws.context_from("busybox-base");
+    let app = "FROM base\nRUN echo \"root: $(id -u) on $(hostname)\" > /by-root && ulimit -Hn > /nofile\n\
+               RUN --network=host ls /sys/class/net > /host-nics\nUSER app\n\
+               RUN echo \"app: $(id -u):$(id -g)\" > /home/app/by-app && ip -o -4 addr show | grep -v ' lo ' | wc -l > /home/app/nics\n";
+    let app_ctx = ws.context("app", &[("Dockerfile", app)]);
+    let out = ws.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    cmd("chown", &["1000:1000", out.to_str().unwrap()]).success();
+    cmd("chmod", &["-R", "a+rX", base_ctx.to_str().unwrap(), app_ctx.to_str().unwrap()]).success();
+
+    let (proot, prun) = (ws.path("podman-root"), ws.path("podman-run"));
+    let _reset = PodmanReset(proot.clone(), prun.clone());
+    let podman = |args: &[&str]| {
+        let mut all = vec!["--root", proot.to_str().unwrap(), "--runroot", prun.to_str().unwrap()];
+        all.extend_from_slice(args);
+        cmd("podman", &all)
+    };
+    let image = format!("localhost/{}:1", unique("rbuild-in-podman"));
+    // GNU tar keeps the file capabilities (security.capability) only when asked.
+    let tarball = ws.path("rootfs.tar");
+    cmd(
+        "tar",
+        &[
+            "--xattrs",
+            "--xattrs-include=security.capability",
+            "-C",
+            rootfs.to_str().unwrap(),
+            "-cf",
+            tarball.to_str().unwrap(),
+            ".",
+        ],
+    )
+    .success();
+    podman(&["import", "-q", tarball.to_str().unwrap(), &image]).success();
+
+    let script = "rbuild build -t base /ctx/base && rbuild build --ulimit nofile=1048576 --allow network.host -o type=local,dest=/out/app /ctx/app \
+                  && rbuild info";
+    let (nofile, nproc) = (format!("nofile={0}:{0}", hard_limit(libc::RLIMIT_NOFILE)), hard_limit(libc::RLIMIT_NPROC));
+    // Podman's processes run with NPROC at kernel.pid_max at most; more needs CAP_SYS_RESOURCE.
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let nproc = format!("nproc={0}:{0}", nproc.min(pid_max));
+    let base_mount = format!("{}:/ctx/base:ro", base_ctx.display());
+    let app_mount = format!("{}:/ctx/app:ro", app_ctx.display());
+    let out_mount = format!("{}:/out", out.display());
+    let ran = podman(&[
+        "run",
+        "--rm",
+        // This host's podman: Debian's crun refuses hybrid cgroups, there is no systemd, and root may not raise
+        // rlimits (no CAP_SYS_RESOURCE) above the hard limits it has, below podman's defaults.
+        "--runtime",
+        "runc",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--ulimit",
+        &nofile,
+        "--ulimit",
+        &nproc,
+        // No bridge network: podman's CNI setup races with other podman users of /run/netns, and the RUN steps'
+        // private network (slirp4netns) needs none outside.
+        "--network",
+        "none",
+        // What rbuild needs.
+        "--user",
+        "1000:1000",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--security-opt",
+        "systempaths=unconfined",
+        "--device",
+        "/dev/net/tun",
+        "-v",
+        &base_mount,
+        "-v",
+        &app_mount,
+        "-v",
+        &out_mount,
+        &image,
+        "sh",
+        "-c",
+        script,
+    ])
+    .success();
+    assert!(ran.stdout.contains("rootless: yes (uid 1000, subordinate ranges)"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("snapshotter: native"), "{}", ran.stdout);
+    let read = |p: &str| std::fs::read_to_string(out.join("app").join(p)).unwrap();
+    assert_eq!(read("by-root"), "root: 0 on buildkitsandbox\n");
+    // A --ulimit above what the container allows is lowered to it (runc would refuse it).
+    assert_eq!(read("nofile"), format!("{}\n", hard_limit(libc::RLIMIT_NOFILE)));
+    // The host's network: /sys is the container's, bound (rbuild's user namespace may not mount a sysfs for it).
+    assert!(read("host-nics").lines().any(|l| l == "lo"), "{}", read("host-nics"));
+    assert_eq!(read("home/app/by-app"), "app: 1000:1000\n");
+    assert_eq!(read("home/app/nics"), "1\n", "the RUN step has no private network interface");
 }

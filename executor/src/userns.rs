@@ -252,19 +252,30 @@ fn map_child(pid_r: OwnedFd, go_w: OwnedFd, plan: &Plan) -> Result<(), String> {
     result
 }
 
+/// Runs `newuidmap` and `newgidmap` side by side (each is a setuid program that takes a few milliseconds to start,
+/// and every rootless command waits for both).
 fn map_ranges(pid: i32, plan: &Plan) -> Result<(), String> {
+    let mut running = Vec::new();
     for (tool, own, ranges) in [("newuidmap", plan.uid, &plan.uid_ranges), ("newgidmap", plan.gid, &plan.gid_ranges)] {
-        let out = Command::new(tool)
+        let child = Command::new(tool)
             .arg(pid.to_string())
             .args(map_args(own, ranges))
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| format!("running {tool}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        running.push((tool, child));
+    }
+    let mut failures = Vec::new();
+    for (tool, child) in running {
+        match child.wait_with_output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => failures.push(format!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            Err(e) => failures.push(format!("waiting for {tool}: {e}")),
         }
     }
-    Ok(())
+    if failures.is_empty() { Ok(()) } else { Err(failures.join("; ")) }
 }
 
 /// Without subordinate ids an unprivileged process may still map its own uid and gid (after denying setgroups).

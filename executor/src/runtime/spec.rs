@@ -16,9 +16,10 @@ use std::path::Path;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
+use super::options::Ulimit;
 use super::{NetworkMode, RunSpec, RuntimeError, privileged, seccomp};
 
 /// `PATH` when the step's environment has none (Docker's default).
@@ -104,7 +105,10 @@ pub fn build_spec(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Spe
             run.options
                 .ulimits
                 .iter()
-                .map(|u| PosixRlimitBuilder::default().typ(u.typ).soft(u.soft).hard(u.hard).build())
+                .map(|u| {
+                    let (soft, hard) = settable(u, hard_limit_ceiling(u.typ));
+                    PosixRlimitBuilder::default().typ(u.typ).soft(soft).hard(hard).build()
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(spec_error)?,
         )
@@ -226,6 +230,16 @@ fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result
         .map_err(spec_error)
 }
 
+/// `/sys`: a fresh sysfs, which only the owner of the network namespace may mount. A rootless step on the host's
+/// network (not rbuild's namespace) gets the host's `/sys` bound instead, as BuildKit and runc do rootless.
+fn sys_mount(run: &RunSpec) -> Result<Mount, RuntimeError> {
+    let access = if run.privileged { "rw" } else { "ro" };
+    if matches!(run.network, NetworkMode::Host) && crate::userns::in_user_namespace() {
+        return bind(Path::new("/sys"), "/sys", &["rbind", access, "nosuid", "noexec", "nodev"]);
+    }
+    mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", access])
+}
+
 fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>, RuntimeError> {
     let etc_file_options = ["rbind", "ro", "nosuid", "nodev", "noexec"];
     let shm_size = format!("size={}k", run.options.shm_size.div_ceil(1024));
@@ -240,7 +254,7 @@ fn mounts(run: &RunSpec, hosts: &Path, resolv_conf: &Path) -> Result<Vec<Mount>,
         )?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", &shm_size])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", if run.privileged { "rw" } else { "ro" }])?,
+        sys_mount(run)?,
         bind(hosts, "/etc/hosts", &etc_file_options)?,
         bind(resolv_conf, "/etc/resolv.conf", &etc_file_options)?,
     ];
@@ -287,6 +301,52 @@ fn bind(source: &Path, destination: &str, options: &[&str]) -> Result<Mount, Run
         .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
         .build()
         .map_err(spec_error)
+}
+
+/// A `--ulimit` as the container may get it: at most `ceiling` (the hard limit rbuild itself has, when it may not
+/// raise it), the soft limit never above the hard one. runc would otherwise fail the step with EPERM; podman
+/// lowers its limits the same way.
+fn settable(u: &Ulimit, ceiling: Option<u64>) -> (u64, u64) {
+    let hard = ceiling.map_or(u.hard, |c| u.hard.min(c));
+    (u.soft.min(hard), hard)
+}
+
+/// This process's hard limit of `typ` when it may not raise it: raising a hard limit needs CAP_SYS_RESOURCE in the
+/// initial user namespace, which a rootless rbuild never has (and root lacks in some containers and VMs).
+fn hard_limit_ceiling(typ: PosixRlimitType) -> Option<u64> {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let may_raise = !crate::userns::in_user_namespace()
+        && std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+        });
+    if may_raise {
+        return None;
+    }
+    let resource = match typ {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    (unsafe { libc::getrlimit(resource, &mut limit) } == 0).then_some(limit.rlim_max)
 }
 
 fn spec_error(source: oci_spec::OciSpecError) -> RuntimeError {
@@ -485,6 +545,16 @@ mod tests {
         assert_eq!(json["process"]["rlimits"], serde_json::json!([]));
         let shm = json["mounts"].as_array().expect("mounts").iter().find(|m| m["destination"] == "/dev/shm").cloned();
         assert_eq!(shm.map(|m| m["options"][4].clone()), Some(serde_json::json!("size=65536k")));
+    }
+
+    #[test]
+    fn ulimits_are_clamped_to_what_the_process_may_set() {
+        let u = Ulimit { typ: PosixRlimitType::RlimitNofile, soft: 30_000, hard: 1 << 20 };
+        assert_eq!(settable(&u, None), (30_000, 1 << 20));
+        assert_eq!(settable(&u, Some(20_000)), (20_000, 20_000));
+        assert_eq!(settable(&u, Some(50_000)), (30_000, 50_000));
+        let unlimited = Ulimit { typ: PosixRlimitType::RlimitCore, soft: u64::MAX, hard: u64::MAX };
+        assert_eq!(settable(&unlimited, Some(4096)), (4096, 4096));
     }
 
     #[test]
