@@ -34,6 +34,9 @@ pub use rbuild_executor::remote;
 pub use rbuild_executor::runtime::RuntimeKind;
 pub use rbuild_executor::runtime::options as container;
 pub use rbuild_executor::snapshotter::Snapshotter;
+/// A step's failure, typed: its kind, and the executor's error behind it (see [`StepFailure`]).
+pub use rbuild_executor::worker::ExecError;
+pub use rbuild_solver::FailureKind;
 
 use anyhow::Context as _;
 use rbuild_cache::{ImageRecord, LockMode, Store};
