@@ -26,7 +26,8 @@ use rbuild_types::patterns::PatternError;
 use std::io;
 use std::path::PathBuf;
 
-/// Why the local worker could not do a step.
+/// Why the local worker could not do a step. (The image crate's errors are boxed: they are large, and every
+/// result of the worker carries this type.)
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExecError {
@@ -74,7 +75,7 @@ pub enum ExecError {
         source: StoreError,
     },
     #[error("clamping mtimes to SOURCE_DATE_EPOCH")]
-    ClampMtimes(#[source] RootfsError),
+    ClampMtimes(#[source] Box<RootfsError>),
     #[error("computing the layer digest")]
     LayerDigest(#[source] LayerError),
     #[error("saving the layer")]
@@ -98,19 +99,19 @@ pub enum ExecError {
         layer: Digest,
         config: Digest,
         #[source]
-        source: RootfsError,
+        source: Box<RootfsError>,
     },
     #[error("fetching cached layer {layer}")]
     FetchLayer {
         layer: Digest,
         #[source]
-        source: ImageError,
+        source: Box<ImageError>,
     },
     #[error("restoring cache mount {id:?}")]
     RestoreCacheMount {
         id: String,
         #[source]
-        source: ImageError,
+        source: Box<ImageError>,
     },
     #[error("loading the build context {name:?}: no --build-context of that name was given")]
     UnknownContext { name: String },

@@ -16,7 +16,9 @@ impl LocalWorker {
         let Some(fetcher) = &self.fetcher else { return Ok(()) };
         for l in inputs.iter().flat_map(|o| o.layers()) {
             if !self.store.has_snapshot(l) {
-                fetcher.fetch(l).map_err(|source| ExecError::FetchLayer { layer: l.clone(), source })?;
+                fetcher
+                    .fetch(l)
+                    .map_err(|source| ExecError::FetchLayer { layer: l.clone(), source: Box::new(source) })?;
             }
         }
         Ok(())
@@ -64,7 +66,7 @@ impl LocalWorker {
         prune_copied_up_dirs(upper, upper, &lowers);
         // SOURCE_DATE_EPOCH: clamp the snapshot itself, so its tar (made again at push or export) keeps this diff_id.
         if let Some(epoch) = self.layer_opts.clamp_mtime {
-            rbuild_image::rootfs::clamp_mtimes(upper, epoch).map_err(ExecError::ClampMtimes)?;
+            rbuild_image::rootfs::clamp_mtimes(upper, epoch).map_err(|e| ExecError::ClampMtimes(Box::new(e)))?;
         }
         let (id, _) = diff_id(upper, &self.layer_opts).map_err(ExecError::LayerDigest)?;
         self.store.commit_snapshot(upper, &id).map_err(ExecError::SaveLayer)?;
@@ -86,7 +88,7 @@ impl LocalWorker {
             rbuild_image::rootfs::ensure_snapshot(&self.store, id).map_err(|source| ExecError::ImageLayer {
                 layer: id.clone(),
                 config: config.clone(),
-                source,
+                source: Box::new(source),
             })?;
         }
         Ok(Output::RootFs(image.rootfs.diff_ids))

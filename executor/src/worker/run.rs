@@ -21,7 +21,7 @@ impl LocalWorker {
                 if let rbuild_solver::ExecMount::Cache { id, .. } = m {
                     fetcher
                         .restore_cache_mount(id)
-                        .map_err(|source| ExecError::RestoreCacheMount { id: id.clone(), source })?;
+                        .map_err(|source| ExecError::RestoreCacheMount { id: id.clone(), source: Box::new(source) })?;
                 }
             }
         }
