@@ -10,6 +10,7 @@ use rbuild_executor::worker::{Exclusion, ExecError, LocalWorker, PathError};
 use rbuild_solver::{
     CopyAction, ExecMount, ExecOp, FailureKind, FileAction, FileOp, Network, Op, Output, Worker, WorkerError,
 };
+use rbuild_types::error_chain as chain;
 use std::sync::Arc;
 
 macro_rules! gate {
@@ -18,20 +19,6 @@ macro_rules! gate {
             return;
         }
     };
-}
-
-/// An error with its causes, as the CLI prints it (each cause once).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cause = c.source();
-    }
-    parts.join(": ")
 }
 
 /// A store with a busybox root filesystem as its one layer, a build context directory, and a worker over them.
