@@ -2,10 +2,11 @@
 //! exit code each kind deserves, and a library user can tell them apart.
 
 use crate::request::Dockerfile;
+use rbuild_executor::worker::ExecError;
 use rbuild_frontend::ConvertError;
 use rbuild_frontend::instructions::Location;
 use rbuild_frontend::parser::ParseError;
-use rbuild_solver::WorkerError;
+use rbuild_solver::{FailureKind, WorkerError};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,19 @@ pub struct StepFailure {
     pub error: Arc<WorkerError>,
     /// The build was interrupted while the step ran; its failure is the interruption's consequence.
     pub interrupted: bool,
+}
+
+impl StepFailure {
+    /// What class of failure it was (a process that exited non-zero, a mount, a copy, a cancelled build, ...).
+    pub fn kind(&self) -> FailureKind {
+        self.error.kind()
+    }
+
+    /// The executor's own error, for a caller that wants more than the kind (`None` for a non-zero exit, whose
+    /// code and tail are in [`WorkerError::ExitCode`], and for the solver's own failures).
+    pub fn exec_error(&self) -> Option<&ExecError> {
+        self.error.downcast_ref()
+    }
 }
 
 impl std::fmt::Display for StepFailure {

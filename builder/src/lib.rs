@@ -34,6 +34,9 @@ pub use rbuild_executor::remote;
 pub use rbuild_executor::runtime::RuntimeKind;
 pub use rbuild_executor::runtime::options as container;
 pub use rbuild_executor::snapshotter::Snapshotter;
+/// A step's failure, typed: its kind, and the executor's error behind it (see [`StepFailure`]).
+pub use rbuild_executor::worker::ExecError;
+pub use rbuild_solver::FailureKind;
 
 use anyhow::Context as _;
 use rbuild_cache::{ImageRecord, LockMode, Store};
@@ -509,19 +512,8 @@ fn ignore_patterns(context: &Path, dockerfile: Option<&Path>) -> anyhow::Result<
     Ok(Vec::new())
 }
 
-/// An error with its causes, one after another: `pulling x: layer y: digest mismatch`.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cause = c.source();
-    }
-    parts.join(": ")
-}
+/// An error with its causes, one after another (kept here for the CLI; the one copy is in `rbuild_types`).
+pub use rbuild_types::error_chain;
 
 /// Sizes as `docker` prints them: decimal units, one decimal.
 pub fn human_size(n: u64) -> String {

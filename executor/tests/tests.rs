@@ -6,3 +6,4 @@
 mod overlay;
 mod runtime;
 mod support;
+mod worker;

@@ -15,4 +15,7 @@ pub use graph::{
 };
 pub use key::cache_key;
 pub use solve::{SolveError, SolveOptions, Solved, solve};
-pub use worker::{CacheError, CacheRecord, CacheStore, Event, NoProgress, Output, Progress, Worker, WorkerError};
+pub use worker::{
+    CacheError, CacheRecord, CacheStore, Event, FailureKind, NoProgress, Output, Progress, SolverFailure, Worker,
+    WorkerError,
+};

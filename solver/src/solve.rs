@@ -10,7 +10,7 @@
 use crate::explain::{InputRef, MissReason, StepInputs, explain, step_identity};
 use crate::graph::{FileAction, Graph, Op, VertexId};
 use crate::key::cache_key;
-use crate::worker::{CacheStore, Event, Output, Progress, Worker, WorkerError};
+use crate::worker::{CacheStore, Event, Output, Progress, SolverFailure, Worker, WorkerError};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, try_join_all};
 use rbuild_types::Digest;
@@ -380,7 +380,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                         name: vertex.name.clone(),
                         elapsed: started.elapsed(),
                     });
-                    return Ok(Err(error(WorkerError::failed("canceled", "another step failed"), true)));
+                    return Ok(Err(error(SolverFailure::Canceled.into(), true)));
                 }
                 let result = match &vertex.op {
                     Op::Exec(exec) => {
@@ -420,19 +420,15 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
             match result {
                 Ok(output) => {
                     let (name, elapsed) = (vertex.name.clone(), started.elapsed());
-                    let record = ctx
-                        .cache
-                        .put(&key, &output)
-                        .map_err(|e| fail(WorkerError::failed("recording the result in the cache", e)))?;
+                    let record =
+                        ctx.cache.put(&key, &output).map_err(|e| fail(SolverFailure::RecordResult(e).into()))?;
                     if let Some(selection_key) = &selection_key {
                         ctx.cache
                             .put(selection_key, &output)
-                            .map_err(|e| fail(WorkerError::failed("recording the result in the cache", e)))?;
+                            .map_err(|e| fail(SolverFailure::RecordResult(e).into()))?;
                     }
                     if let (Some(id), Some(inputs)) = (&identity, &step_record) {
-                        ctx.cache
-                            .record_step(id, inputs)
-                            .map_err(|e| fail(WorkerError::failed("recording the step's inputs", e)))?;
+                        ctx.cache.record_step(id, inputs).map_err(|e| fail(SolverFailure::RecordInputs(e).into()))?;
                     }
                     ctx.progress.event(Event::Done { vertex: v, name, elapsed });
                     Ok(Solved { key, output, cached: false, created: record.created, selection_key })
@@ -538,7 +534,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, WorkerError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(WorkerError::failed("a build step's worker thread panicked", e)),
+        Err(e) => Err(SolverFailure::Panicked(e).into()),
     }
 }
 

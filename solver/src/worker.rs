@@ -32,23 +32,114 @@ impl Output {
 }
 
 /// Why a step failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// The solver knows no worker's types, so a failure carries a [`FailureKind`] it and its callers can match on, and
+/// the worker's own typed error as the source (a caller that knows the worker gets it back with
+/// [`WorkerError::downcast_ref`]). The non-zero exit of a RUN is a variant of its own: the builder shows its tail.
+#[derive(Debug)]
 pub enum WorkerError {
     /// A RUN step's process exited non-zero.
-    #[error("process {command:?} did not complete successfully: exit code: {code}")]
     ExitCode { command: String, code: i32, tail: Vec<String> },
-    /// Anything else, with what was being done and the cause.
-    #[error("{context}")]
-    Failed {
-        context: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// The worker (or the solver around it) could not do the step. Shows as its source does: the source's
+    /// message is the whole message.
+    Failed { kind: FailureKind, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+/// What class of failure stopped a step, for callers that react to kinds without knowing the worker's types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The step's process ran and exited non-zero ([`WorkerError::ExitCode`]).
+    Exit,
+    /// A source could not be made available: an image's config or layers, an HTTP or Git source, a layer a remote
+    /// cache named, a named context that was not given.
+    Source,
+    /// Files could not be selected from the build context or a stage: a missing or excluded source, an invalid
+    /// pattern, a directory that cannot be opened.
+    Context,
+    /// A root filesystem or a `RUN --mount` could not be assembled (snapshots, overlay mounts, secrets, cache
+    /// mounts).
+    Mount,
+    /// The container runtime could not start or run the process, or run it for another platform.
+    Runtime,
+    /// A change to the step's files failed: COPY, ADD, WORKDIR, a file written, an owner that does not exist.
+    Files,
+    /// The build's private network could not be started.
+    Network,
+    /// The store could not make a work directory, save a layer or record a result.
+    Store,
+    /// The step was stopped: the build was cancelled, or another step failed.
+    Canceled,
+    /// A broken promise between the solver and the worker: a missing input, a worker thread that panicked.
+    Internal,
 }
 
 impl WorkerError {
-    pub fn failed(context: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        WorkerError::Failed { context: context.into(), source: source.into() }
+    /// A failure of `kind`; `source` is the typed error, and its message is the step's error message.
+    pub fn new(kind: FailureKind, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        WorkerError::Failed { kind, source: source.into() }
+    }
+
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            WorkerError::ExitCode { .. } => FailureKind::Exit,
+            WorkerError::Failed { kind, .. } => *kind,
+        }
+    }
+
+    /// The worker's own error, if it is a `T`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            WorkerError::ExitCode { .. } => None,
+            WorkerError::Failed { source, .. } => source.downcast_ref(),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerError::ExitCode { command, code, .. } => {
+                write!(f, "process {command:?} did not complete successfully: exit code: {code}")
+            }
+            WorkerError::Failed { source, .. } => source.fmt(f),
+        }
+    }
+}
+
+/// Transparent: a failure's causes are its source's causes, so a chain of messages names each cause once.
+impl std::error::Error for WorkerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WorkerError::ExitCode { .. } => None,
+            WorkerError::Failed { source, .. } => source.source(),
+        }
+    }
+}
+
+/// The solver's own reasons to fail a step (the worker's are its own types).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SolverFailure {
+    /// Not started, because another step had failed already.
+    #[error("canceled: another step failed")]
+    Canceled,
+    #[error("recording the result in the cache")]
+    RecordResult(#[source] CacheError),
+    #[error("recording the step's inputs")]
+    RecordInputs(#[source] CacheError),
+    #[error("a build step's worker thread panicked")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
+impl From<SolverFailure> for WorkerError {
+    fn from(e: SolverFailure) -> Self {
+        let kind = match &e {
+            SolverFailure::Canceled => FailureKind::Canceled,
+            SolverFailure::RecordResult(_) | SolverFailure::RecordInputs(_) => FailureKind::Store,
+            SolverFailure::Panicked(_) => FailureKind::Internal,
+        };
+        WorkerError::new(kind, e)
     }
 }
 

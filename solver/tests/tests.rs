@@ -99,6 +99,7 @@ impl Toy {
         let exit = |code| Err(WorkerError::ExitCode { command: cmd.to_string(), code, tail: vec![] });
         match then {
             "fail" => exit(3),
+            "unmountable" => Err(WorkerError::new(FailureKind::Mount, ToyError(format!("cannot mount {cmd:?}")))),
             "block" if self.block() => exit(137),
             _ => Ok(()),
         }
@@ -136,6 +137,11 @@ impl Worker for Toy {
         self.cancel_signal.notify_all();
     }
 }
+
+/// A worker's own typed error, as an executor would return it.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("{0}")]
+struct ToyError(String);
 
 /// Records every progress event.
 #[derive(Default)]
@@ -270,6 +276,24 @@ fn failure_reports_the_step_and_stops_dependents() {
     assert_eq!(err.vertex, bad);
     assert!(matches!(err.source.as_ref(), WorkerError::ExitCode { code: 3, .. }));
     assert_eq!(worker.runs.lock().unwrap().get("after"), None);
+}
+
+/// A worker's typed failure reaches the caller whole: its kind for the solver and the builder to match on, the
+/// worker's own error by downcast, and its message in the step's Failed event.
+#[test]
+fn a_typed_failure_keeps_its_kind_and_the_workers_error() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let bad = run(&mut g, scratch, &[], "unmountable");
+    let (_, events, err) = solve_to_failure(&g, bad, 2);
+    assert_eq!(err.source.kind(), FailureKind::Mount);
+    assert_eq!(err.source.downcast_ref::<ToyError>(), Some(&ToyError("cannot mount \"unmountable\"".into())));
+    assert_eq!(err.to_string(), "unmountable: cannot mount \"unmountable\"");
+    let failed = events.0.lock().unwrap().iter().find_map(|e| match e {
+        Event::Failed { error, .. } => Some(error.clone()),
+        _ => None,
+    });
+    assert_eq!(failed.as_deref(), Some("cannot mount \"unmountable\""));
 }
 
 /// Solves `target` with a fresh toy worker and an event recorder, expecting a failure within a third of the toy's

@@ -1,0 +1,33 @@
+//! How an error reads on one line: its message, then each cause its message does not already contain.
+
+/// An error with its causes, one after another: `pulling x: layer y: digest mismatch`. A cause whose text is
+/// already part of an earlier message (a transparent wrapper, a context that quotes its source) is left out.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the context: {0}")]
+    struct Quoting(#[source] crate::IoError);
+
+    #[test]
+    fn each_cause_is_named_once() {
+        let io = crate::IoError::new("open", "/ctx/a", std::io::Error::other("no such file"));
+        assert_eq!(error_chain(&io), "cannot open /ctx/a: no such file");
+        let quoting = Quoting(crate::IoError::new("open", "/ctx/a", std::io::Error::other("gone")));
+        assert_eq!(error_chain(&quoting), "reading the context: cannot open /ctx/a: gone");
+    }
+}
