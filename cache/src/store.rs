@@ -425,15 +425,22 @@ fn touch(path: &Path) {
 }
 
 impl CacheStore for Store {
-    fn get(&self, key: &Digest) -> Option<CacheRecord> {
+    fn get(&self, key: &Digest) -> Result<Option<CacheRecord>, CacheError> {
         let path = self.cache_path(key);
-        let record: CacheRecord = read_json(&path).ok().flatten()?;
+        let record: CacheRecord = match read_json(&path) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let context = format!("cannot use the entry for {key}");
+                return Err(CacheError { context, source: io::Error::other(e) });
+            }
+        };
         // An entry whose snapshots were pruned is a miss, not an error.
         if !record.output.layers().iter().all(|l| self.has_snapshot(l)) {
-            return None;
+            return Ok(None);
         }
         touch(&path);
-        Some(record)
+        Ok(Some(record))
     }
 
     fn previous_step(&self, identity: &str) -> Option<StepInputs> {

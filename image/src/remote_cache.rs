@@ -347,8 +347,11 @@ impl LayeredCache {
 }
 
 impl CacheStore for LayeredCache {
-    fn get(&self, key: &Digest) -> Option<CacheRecord> {
-        self.local.get(key).or_else(|| self.remote_get(key))
+    fn get(&self, key: &Digest) -> Result<Option<CacheRecord>, CacheError> {
+        match self.local.get(key)? {
+            Some(record) => Ok(Some(record)),
+            None => Ok(self.remote_get(key)),
+        }
     }
 
     fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {
@@ -394,11 +397,11 @@ mod tests {
         let sources =
             vec![source("first", &key, &first), source("second", &key, &second), source("second", &other_key, &second)];
         let cache = LayeredCache::new(store.clone(), sources, lazy.clone());
-        let hit = cache.get(&key).expect("a remote hit");
+        let hit = cache.get(&key).unwrap().expect("a remote hit");
         assert_eq!(hit.output, Output::RootFs(vec![first.clone()]), "the first source given wins");
         assert_eq!(hit.created, 7, "the original time is kept");
-        assert!(cache.get(&other_key).is_some(), "a later source answers what earlier ones lack");
-        assert!(cache.get(&Digest::of(b"nobody")).is_none());
+        assert!(cache.get(&other_key).unwrap().is_some(), "a later source answers what earlier ones lack");
+        assert!(cache.get(&Digest::of(b"nobody")).unwrap().is_none());
         assert_eq!(cache.remote_hits(), 2);
         assert_eq!(lazy.downloaded(), (0, 0), "nothing is fetched by a lookup");
         assert_eq!(lazy.pending(&first).map(|(_, l)| l), Some(CacheLocation::Layout("first".into())));

@@ -87,7 +87,7 @@ pub fn check(store: &Store) -> Result<CheckReport, GcError> {
                 let complete = record.output.layers().iter().all(|l| store.has_snapshot(l));
                 if !complete {
                     r.stale_entries += 1;
-                    if store.get(key).is_some() {
+                    if matches!(store.get(key), Ok(Some(_))) {
                         r.problems.push(format!("cache entry {key} refers to missing snapshots but is a hit"));
                     }
                 }

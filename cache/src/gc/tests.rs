@@ -58,7 +58,11 @@ fn plain_prune_keeps_tagged_images_and_their_cache_all_keeps_only_images() {
     let r = prune(&store, &PruneOptions::default()).unwrap();
     assert_eq!((r.cache_entries, r.snapshots, r.blobs), (1, 2, 1));
     assert!(r.freed >= 100_000, "freed {}", r.freed);
-    assert!(store.get(&k_app).is_some() && store.get(&k_base).is_some() && store.get(&k_junk).is_none());
+    assert!(
+        store.get(&k_app).unwrap().is_some()
+            && store.get(&k_base).unwrap().is_some()
+            && store.get(&k_junk).unwrap().is_none()
+    );
     assert!(!store.has_snapshot(&junk) && !store.has_snapshot(&orphan) && !store.has_blob(&untagged_config));
     assert!(store.has_blob(&config));
     let after = disk_usage(&store).unwrap();
@@ -86,12 +90,12 @@ fn until_spares_recent_entries_and_keep_storage_drops_lru_first() {
     let r = prune(&store, &PruneOptions { until: Some(Duration::from_secs(9 * 3600 + 1800)), ..Default::default() })
         .unwrap();
     assert_eq!(r.cache_entries, 1);
-    assert!(store.get(&keys[0]).is_none() && store.get(&keys[1]).is_some());
+    assert!(store.get(&keys[0]).unwrap().is_none() && store.get(&keys[1]).unwrap().is_some());
     // A hit refreshes the last use: entry 1 becomes the most recent, so LRU drops entry 2 first.
     let total = disk_usage(&store).unwrap().total();
     let r = prune(&store, &PruneOptions { all: true, keep_storage: Some(total - 1000), until: None }).unwrap();
     assert_eq!(r.cache_entries, 1);
-    assert!(store.get(&keys[1]).is_some() && store.get(&keys[2]).is_none());
+    assert!(store.get(&keys[1]).unwrap().is_some() && store.get(&keys[2]).unwrap().is_none());
 }
 
 #[test]

@@ -18,11 +18,11 @@ fn cache_entries_need_their_snapshots() {
     let layer = Digest::of(b"layer");
     let key = Digest::of(b"key");
     store.put(&key, &Output::RootFs(vec![layer.clone()])).unwrap();
-    assert!(store.get(&key).is_none(), "snapshot missing: must be a miss");
+    assert!(store.get(&key).unwrap().is_none(), "snapshot missing: must be a miss");
     let snap = store.tmp_dir("snap").unwrap();
     fs::write(snap.join("f"), b"x").unwrap();
     store.commit_snapshot(&snap, &layer).unwrap();
-    assert_eq!(store.get(&key).unwrap().output, Output::RootFs(vec![layer.clone()]));
+    assert_eq!(store.get(&key).unwrap().unwrap().output, Output::RootFs(vec![layer.clone()]));
     // A second commit of the same layer keeps the first and discards the new dir.
     let again = store.tmp_dir("snap").unwrap();
     store.commit_snapshot(&again, &layer).unwrap();
