@@ -13,8 +13,8 @@
 
 use crate::store::{LockMode, Store, StoreError};
 use rbuild_solver::CacheRecord;
-use rbuild_types::Digest;
 use rbuild_types::oci::ImageConfig;
+use rbuild_types::{Digest, IoError};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io;
@@ -31,13 +31,8 @@ pub use check::{CheckReport, check};
 pub enum GcError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("pruning needs the store to itself: open it with an exclusive lock")]
     NotExclusive,
     #[error("invalid size {0:?}: expected a number with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")]
@@ -49,7 +44,7 @@ pub enum GcError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> GcError + 'a {
-    move |source| GcError::Io { op, path: path.to_path_buf(), source }
+    move |source| GcError::Io(IoError::new(op, path, source))
 }
 
 /// Bytes on disk per kind of content.
@@ -99,13 +94,13 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, GcError> {
         Ok(rd) => {
             let mut out = Vec::new();
             for e in rd {
-                out.push(e.map_err(io_err("listing", dir))?.path());
+                out.push(e.map_err(io_err("list", dir))?.path());
             }
             out.sort();
             Ok(out)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_err("listing", dir)(e)),
+        Err(e) => Err(io_err("list", dir)(e)),
     }
 }
 
@@ -273,7 +268,7 @@ fn remove_path(p: &Path) -> Result<(), GcError> {
     match r {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("removing", p)(e)),
+        Err(e) => Err(io_err("remove", p)(e)),
     }
 }
 

@@ -9,7 +9,7 @@
 
 use rbuild_solver::explain::StepInputs;
 use rbuild_solver::{CacheError, CacheRecord, CacheStore, Output};
-use rbuild_types::Digest;
+use rbuild_types::{Digest, IoError};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -22,13 +22,8 @@ mod tmpdirs;
 /// A store operation that failed, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store {path}: {context}")]
-    Io {
-        path: PathBuf,
-        context: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("blob {digest} in the store is corrupt: its content hashes to {actual}")]
     CorruptBlob { digest: Digest, actual: Digest },
     #[error("store {path}: malformed index entry")]
@@ -47,8 +42,8 @@ pub enum StoreError {
 /// running there (containers) is stopped before their mounts are detached. Returns a line per thing it stopped.
 pub type Reaper<'a> = &'a dyn Fn(&[PathBuf]) -> Vec<String>;
 
-fn io_err<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { path: path.to_path_buf(), context, source }
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io(IoError::new(op, path, source))
 }
 
 /// A compressed form of a layer, made the first time a push or export needs it.
@@ -105,19 +100,15 @@ const SUBDIRS: [&str; 8] =
 impl Store {
     /// Opens (creating if needed) the store at `root`, holding its lock shared, and removes dead processes' tmp dirs.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        Self::open_with(root, LockMode::Shared)?.ok_or_else(|| StoreError::Io {
-            path: root.join("lock"),
-            context: "locking the store",
-            source: io::Error::from(io::ErrorKind::WouldBlock),
+        Self::open_with(root, LockMode::Shared)?.ok_or_else(|| {
+            StoreError::Io(IoError::new("lock", root.join("lock"), io::Error::from(io::ErrorKind::WouldBlock)))
         })
     }
 
     /// Opens the store with no other process in it (waiting for running builds to finish).
     pub fn open_exclusive(root: &Path) -> Result<Store, StoreError> {
-        Self::open_with(root, LockMode::Exclusive)?.ok_or_else(|| StoreError::Io {
-            path: root.join("lock"),
-            context: "locking the store",
-            source: io::Error::from(io::ErrorKind::WouldBlock),
+        Self::open_with(root, LockMode::Exclusive)?.ok_or_else(|| {
+            StoreError::Io(IoError::new("lock", root.join("lock"), io::Error::from(io::ErrorKind::WouldBlock)))
         })
     }
 
@@ -132,7 +123,7 @@ impl Store {
         for sub in SUBDIRS {
             let p = root.join(sub);
             if !p.is_dir() {
-                fs::create_dir_all(&p).map_err(io_err(&p, "creating the store"))?;
+                fs::create_dir_all(&p).map_err(io_err(&p, "create the store"))?;
             }
         }
         let lock_path = root.join("lock");
@@ -141,15 +132,15 @@ impl Store {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(io_err(&lock_path, "opening the store lock"))?;
+            .map_err(io_err(&lock_path, "open the store lock"))?;
         match mode {
-            LockMode::Shared => store_lock.lock_shared().map_err(io_err(&lock_path, "locking the store"))?,
-            LockMode::Exclusive => store_lock.lock().map_err(io_err(&lock_path, "locking the store"))?,
+            LockMode::Shared => store_lock.lock_shared().map_err(io_err(&lock_path, "lock"))?,
+            LockMode::Exclusive => store_lock.lock().map_err(io_err(&lock_path, "lock"))?,
             LockMode::TryExclusive => match store_lock.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => return Ok(None),
                 Err(fs::TryLockError::Error(e)) => {
-                    return Err(StoreError::Io { path: lock_path, context: "locking the store", source: e });
+                    return Err(StoreError::Io(IoError::new("lock", lock_path, e)));
                 }
             },
         }
@@ -219,7 +210,7 @@ impl Store {
     pub fn tmp_dir(&self, what: &str) -> Result<PathBuf, StoreError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let p = self.tmp.join(format!("{what}-{n}"));
-        fs::create_dir(&p).map_err(io_err(&p, "creating a temporary directory"))?;
+        fs::create_dir(&p).map_err(io_err(&p, "create temporary directory"))?;
         Ok(p)
     }
 
@@ -252,7 +243,7 @@ impl Store {
 
     /// Moves a complete, already verified file into the blob store as `d`.
     pub fn import_blob(&self, file: &Path, d: &Digest) -> Result<(), StoreError> {
-        File::open(file).and_then(|f| f.sync_all()).map_err(io_err(file, "syncing a blob"))?;
+        File::open(file).and_then(|f| f.sync_all()).map_err(io_err(file, "fsync blob"))?;
         self.rename_in(file, &self.blob_path(d))
     }
 
@@ -260,7 +251,7 @@ impl Store {
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
         let p = self.blob_path(d);
         let mut bytes = Vec::new();
-        File::open(&p).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(&p, "reading a blob"))?;
+        File::open(&p).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(&p, "read blob"))?;
         let actual = Digest::of(&bytes);
         if &actual != d {
             return Err(StoreError::CorruptBlob { digest: d.clone(), actual });
@@ -292,7 +283,7 @@ impl Store {
                 Ok(())
             }
             Err(_) if dest.exists() => remove_tree(dir),
-            Err(e) => Err(StoreError::Io { path: dest, context: "committing a snapshot", source: e }),
+            Err(e) => Err(StoreError::Io(IoError::new("commit snapshot", dest, e))),
         }
     }
 
@@ -342,7 +333,7 @@ impl Store {
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NoSuchImage(name.to_string())),
-            Err(e) => Err(StoreError::Io { path: p, context: "removing a tag", source: e }),
+            Err(e) => Err(StoreError::Io(IoError::new("remove tag", p, e))),
         }
     }
 
@@ -357,8 +348,8 @@ impl Store {
         let dir = self.root.join("index/tags");
         let mut out = Vec::new();
         let mut bad = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir, "listing tags"))? {
-            let entry = entry.map_err(io_err(&dir, "listing tags"))?;
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir, "list tags in"))? {
+            let entry = entry.map_err(io_err(&dir, "list tags in"))?;
             if !entry.file_name().to_string_lossy().ends_with(".json") {
                 continue;
             }
@@ -375,7 +366,7 @@ impl Store {
     // ---- helpers ----
 
     fn rename_in(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
-        fs::rename(from, to).map_err(io_err(to, "moving into the store"))?;
+        fs::rename(from, to).map_err(io_err(to, "move into the store:"))?;
         if let Some(parent) = to.parent() {
             sync_dir(parent);
         }
@@ -389,7 +380,7 @@ impl Store {
         let tmp = self.tmp_path("index");
         write_synced(&tmp, &bytes)?;
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent, "creating an index directory"))?;
+            fs::create_dir_all(parent).map_err(io_err(parent, "create index directory"))?;
         }
         self.rename_in(&tmp, path)
     }
@@ -455,8 +446,8 @@ impl CacheStore for Store {
             .map_err(|e| StoreError::BadIndex { path: path.clone(), source: e })
             .and_then(|bytes| {
                 let tmp = self.tmp_path("step");
-                fs::write(&tmp, bytes).map_err(io_err(&tmp, "writing a step record"))?;
-                fs::rename(&tmp, &path).map_err(io_err(&path, "moving a step record into the store"))
+                fs::write(&tmp, bytes).map_err(io_err(&tmp, "write step record"))?;
+                fs::rename(&tmp, &path).map_err(io_err(&path, "move step record into the store:"))
             });
         written.map_err(|e| CacheError { context: format!("recording step {identity}"), source: io::Error::other(e) })
     }
@@ -477,13 +468,13 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sto
             serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::BadIndex { path: path.into(), source: e })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::Io { path: path.into(), context: "reading the index", source: e }),
+        Err(e) => Err(StoreError::Io(IoError::new("read index entry", path, e))),
     }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut f = File::create(path).map_err(io_err(path, "creating a file"))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(path, "writing a file"))
+    let mut f = File::create(path).map_err(io_err(path, "create"))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(path, "write"))
 }
 
 /// Marks `dir` as a top of a directory hierarchy (`chattr +T`), so ext4 places each directory made in it (every
@@ -512,7 +503,7 @@ fn remove_tree(dir: &Path) -> Result<(), StoreError> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::Io { path: dir.into(), context: "removing a directory", source: e }),
+        Err(e) => Err(StoreError::Io(IoError::new("remove directory", dir, e))),
     }
 }
 
@@ -537,14 +528,14 @@ fn private_root(root: &Path) -> Result<Option<u32>, StoreError> {
     if let Some(parent) = root.parent()
         && !parent.as_os_str().is_empty()
     {
-        fs::create_dir_all(parent).map_err(io_err(parent, "creating the store's parent directory"))?;
+        fs::create_dir_all(parent).map_err(io_err(parent, "create the store's parent directory"))?;
     }
     match fs::DirBuilder::new().mode(0o700).create(root) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(StoreError::Io { path: root.into(), context: "creating the store", source: e }),
+        Err(e) => return Err(StoreError::Io(IoError::new("create the store", root, e))),
     }
-    let meta = fs::metadata(root).map_err(io_err(root, "inspecting the store"))?;
+    let meta = fs::metadata(root).map_err(io_err(root, "stat the store"))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let user = unsafe { libc::geteuid() };
     if meta.uid() != user {
@@ -552,7 +543,7 @@ fn private_root(root: &Path) -> Result<Option<u32>, StoreError> {
     }
     if meta.mode() & 0o077 != 0 {
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(root, "making the store private (chmod 0700)"))?;
+            .map_err(io_err(root, "make private (chmod 0700) the store"))?;
         return Ok(Some(meta.mode() & 0o7777));
     }
     Ok(None)

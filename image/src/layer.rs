@@ -109,13 +109,8 @@ pub enum LayerError {
     UnsupportedEntry { entry: String, kind: char },
     #[error("layer entry {entry:?} has an invalid {field}")]
     InvalidHeader { entry: String, field: &'static str },
-    #[error("cannot {op} {path} while extracting a layer")]
-    Extract {
-        path: PathBuf,
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error("extracting a layer")]
+    Extract(#[source] rbuild_types::IoError),
 }
 
 /// Writes the snapshot `dir` as an uncompressed layer tar to `out` and returns `out`.

@@ -22,8 +22,8 @@ use rbuild_cache::remote::{CacheIndex, INLINE_CONFIG_FIELD, MEDIA_CACHE_INDEX};
 use rbuild_cache::{LayerBlob, Store};
 use rbuild_solver::explain::StepInputs;
 use rbuild_solver::{CacheError, CacheRecord, CacheStore, Output};
-use rbuild_types::Digest;
 use rbuild_types::oci::{Descriptor, ImageConfig, Index, Manifest};
+use rbuild_types::{Digest, IoError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -57,12 +57,11 @@ pub enum RemoteCacheError {
         #[source]
         source: Box<RegistryError>,
     },
-    #[error("cache {location}: {path}")]
+    #[error("cache {location}")]
     Io {
         location: String,
-        path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: IoError,
     },
     #[error("cache {location}: {what} is not valid")]
     BadDocument { location: String, what: String },
@@ -137,11 +136,12 @@ pub(crate) fn load_layout(dir: &Path) -> Result<Option<CacheIndex>, RemoteCacheE
             Ok(m) if m.len() > MAX_DOCUMENT_SIZE => Err(bad(&location, format!("{} is too large", path.display()))),
             Ok(_) => std::fs::read(&path).map(Some).map_err(|source| RemoteCacheError::Io {
                 location: location.to_string(),
-                path,
-                source,
+                source: IoError::new("read", path, source),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(RemoteCacheError::Io { location: location.to_string(), path, source }),
+            Err(source) => {
+                Err(RemoteCacheError::Io { location: location.to_string(), source: IoError::new("stat", path, source) })
+            }
         }
     };
     let Some(index_bytes) = read(dir.join("index.json"))? else { return Ok(None) };

@@ -23,11 +23,11 @@ pub struct CheckReport {
 }
 
 fn hash_file(path: &Path) -> Result<Digest, GcError> {
-    let mut f = fs::File::open(path).map_err(io_err("opening", path))?;
+    let mut f = fs::File::open(path).map_err(io_err("open", path))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf).map_err(io_err("reading", path))?;
+        let n = f.read(&mut buf).map_err(io_err("read", path))?;
         if n == 0 {
             break;
         }

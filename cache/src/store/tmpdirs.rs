@@ -2,6 +2,7 @@
 //! lock file beside it, and a dir is removed only after every mount below it is detached.
 
 use super::{Reaper, StoreError, io_err};
+use rbuild_types::IoError;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ pub(super) fn own_tmp_dir(tmp_root: &Path) -> Result<(PathBuf, File), StoreError
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(io_err(&lock_path, "creating a tmp lock"))?;
+            .map_err(io_err(&lock_path, "create tmp lock"))?;
         if f.try_lock().is_err() {
             continue;
         }
@@ -52,11 +53,11 @@ pub(super) fn own_tmp_dir(tmp_root: &Path) -> Result<(PathBuf, File), StoreError
             Err(_) => continue,
         }
     }
-    Err(StoreError::Io {
-        path: tmp_root.into(),
-        context: "creating a tmp dir",
-        source: io::Error::new(io::ErrorKind::AlreadyExists, "no free name"),
-    })
+    Err(StoreError::Io(IoError::new(
+        "create a tmp dir in",
+        tmp_root,
+        io::Error::new(io::ErrorKind::AlreadyExists, "no free name"),
+    )))
 }
 
 /// Removes tmp dirs left behind by processes that died (their lock is no longer held); returns them, and what

@@ -9,6 +9,7 @@
 use super::{LayerError, write};
 use rbuild_cache::overlay_xattr::{self, strip_overlay_prefix};
 use rbuild_types::Digest;
+use rbuild_types::IoError;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
@@ -218,11 +219,8 @@ impl Extractor<'_> {
 
         if last == OPAQUE_MARKER {
             let dir = self.ensure_dirs(parents, &name)?;
-            return xattr::set(&dir, overlay_xattr::opaque_name(), b"y").map_err(|source| LayerError::Extract {
-                path: dir,
-                op: "mark opaque",
-                source,
-            });
+            return xattr::set(&dir, overlay_xattr::opaque_name(), b"y")
+                .map_err(|source| LayerError::Extract(IoError::new("mark opaque", dir, source)));
         }
         if last.starts_with(AUFS_META_PREFIX) {
             return Ok(());
@@ -240,7 +238,7 @@ impl Extractor<'_> {
         let path = self.ensure_dirs(parents, &name)?.join(OsStr::from_bytes(last));
         let io_err = |op: &'static str, path: &Path| {
             let path = path.to_path_buf();
-            move |source| LayerError::Extract { path, op, source }
+            move |source| LayerError::Extract(IoError::new(op, path, source))
         };
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -329,12 +327,12 @@ impl Extractor<'_> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     let err = |op| {
                         let path = path.clone();
-                        move |source| LayerError::Extract { path, op, source }
+                        move |source| LayerError::Extract(IoError::new(op, path, source))
                     };
                     DirBuilder::new().mode(0o755).create(&path).map_err(err("create directory"))?;
                     fs::set_permissions(&path, Permissions::from_mode(0o755)).map_err(err("chmod"))?;
                 }
-                Err(source) => return Err(LayerError::Extract { path, op: "inspect", source }),
+                Err(source) => return Err(LayerError::Extract(IoError::new("inspect", path, source))),
             }
             self.dirs.insert(rel.clone());
         }
@@ -373,7 +371,7 @@ impl Extractor<'_> {
     fn clear(&mut self, path: &Path, keep_dir: bool) -> Result<bool, LayerError> {
         let err = |op| {
             let path = path.to_path_buf();
-            move |source| LayerError::Extract { path, op, source }
+            move |source| LayerError::Extract(IoError::new(op, path, source))
         };
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_dir() && keep_dir => Ok(true),
@@ -385,7 +383,7 @@ impl Extractor<'_> {
             }
             Ok(_) => fs::remove_file(path).map(|()| false).map_err(err("replace")),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(LayerError::Extract { path: path.to_path_buf(), op: "inspect", source }),
+            Err(source) => Err(LayerError::Extract(IoError::new("inspect", path.to_path_buf(), source))),
         }
     }
 
@@ -393,7 +391,7 @@ impl Extractor<'_> {
     fn set_metadata(&mut self, path: &Path, meta: &EntryMeta, kind: MetaKind) -> Result<(), LayerError> {
         let err = |op| {
             let path = path.to_path_buf();
-            move |source| LayerError::Extract { path, op, source }
+            move |source| LayerError::Extract(IoError::new(op, path, source))
         };
         std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)).map_err(err("chown"))?;
         if kind != MetaKind::Symlink {
@@ -429,10 +427,8 @@ enum MetaKind {
 }
 
 fn c_path(path: &Path) -> Result<CString, LayerError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| LayerError::Extract {
-        path: path.to_path_buf(),
-        op: "encode",
-        source: io::Error::from(io::ErrorKind::InvalidInput),
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        LayerError::Extract(IoError::new("encode", path.to_path_buf(), io::Error::from(io::ErrorKind::InvalidInput)))
     })
 }
 
@@ -443,7 +439,7 @@ fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<(), LayerE
     if rc == 0 {
         Ok(())
     } else {
-        Err(LayerError::Extract { path: path.to_path_buf(), op: "mknod", source: io::Error::last_os_error() })
+        Err(LayerError::Extract(IoError::new("mknod", path.to_path_buf(), io::Error::last_os_error())))
     }
 }
 
@@ -457,11 +453,7 @@ fn set_mtime(path: &Path, (secs, nanos): (i64, i64)) -> Result<(), LayerError> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(LayerError::Extract {
-            path: path.to_path_buf(),
-            op: "set the mtime of",
-            source: io::Error::last_os_error(),
-        })
+        Err(LayerError::Extract(IoError::new("set the mtime of", path.to_path_buf(), io::Error::last_os_error())))
     }
 }
 
