@@ -1,7 +1,7 @@
 //! The remote cache (issue 13) between two "runners": separate stores, the context at different paths, a real
 //! registry on loopback (logging every request) and OCI layout directories read back by skopeo.
 
-use crate::registry::TestRegistry;
+use crate::support::Registry;
 use crate::support::{Run, Workspace, cmd, require, unique};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -102,7 +102,7 @@ fn runner_b_hits_every_step_and_its_push_only_mounts() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let cache = format!("{}/{}:buildcache", reg.addr, unique("cache/app"));
     let a_ctx = context(&ws, "runner-a", "one");
     let a = build(&ws, "store-a", &a_ctx, &["--cache-to", &format!("type=registry,ref={cache},mode=max")]).success();
@@ -112,7 +112,7 @@ fn runner_b_hits_every_step_and_its_push_only_mounts() {
     std::fs::create_dir_all(b_ctx.parent().unwrap()).unwrap();
     std::fs::rename(&a_ctx, &b_ctx).unwrap();
     let image = format!("{}/{}:1", reg.addr, unique("team/app"));
-    let before = reg.log_text().len();
+    let before = reg.log().len();
     let b = build(&ws, "store-b", &b_ctx, &["--cache-from", &cache, "-t", &image, "--push"]).success();
     let (cached, ran) = outcome(&b);
     assert!(ran.is_empty(), "nothing runs on runner B: {ran:?}\n{}", b.stderr);
@@ -121,7 +121,7 @@ fn runner_b_hits_every_step_and_its_push_only_mounts() {
     assert!(b.stderr.contains(": 1 uploaded, 4 mounted"), "only the image config is uploaded:\n{}", b.stderr);
 
     // The registry saw cross-repository mounts for the layers and no upload but the config's.
-    let log = &reg.log_text()[before..];
+    let log = &reg.log()[before..];
     let mounts =
         log.lines().filter(|l| l.contains("uploads/?mount=") && l.contains("http.request.method=POST")).count();
     assert!(mounts >= 4, "layers are mounted:\n{log}");
@@ -178,7 +178,7 @@ fn an_intermediate_stage_is_a_hit_only_with_mode_max() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let min = format!("{}/{}:min", reg.addr, unique("cache/modes"));
     let max = format!("{}/{}:max", reg.addr, unique("cache/modes"));
     let ctx = context(&ws, "modes", "m");
@@ -212,7 +212,7 @@ fn inline_cache_is_read_back_from_the_image() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let image = format!("{}/{}:1", reg.addr, unique("team/inline"));
     let ctx = context(&ws, "inline", "i");
     build(&ws, "store-a", &ctx, &["--cache-to", "type=inline", "-t", &image, "--push"]).success();
@@ -231,7 +231,7 @@ fn concurrent_exports_to_one_ref_keep_both_entries() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let cache = format!("{}/{}:shared", reg.addr, unique("cache/shared"));
     let to = format!("type=registry,ref={cache},mode=max");
     let (c1, c2) = (context(&ws, "writer-1", "w1"), context(&ws, "writer-2", "w2"));
@@ -302,7 +302,7 @@ fn cache_mount_contents_travel_to_the_next_runner() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let cache = format!("{}/{}:mounts", reg.addr, unique("cache/mounts"));
     let ctx = ws.context(
         "mounts",

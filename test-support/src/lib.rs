@@ -13,7 +13,7 @@ mod buildkit;
 mod registry;
 
 pub use buildkit::Reference;
-pub use registry::Registry;
+pub use registry::{Config as RegistryConfig, Registry};
 
 use std::path::{Path, PathBuf};
 

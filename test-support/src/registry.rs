@@ -4,9 +4,18 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// What a registry from [`Registry::start_with`] has beyond the defaults.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Config<'a> {
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<(&'a Path, &'a Path)>,
+    /// Top-level YAML (an `auth:` section).
+    pub auth_yaml: &'a str,
+}
 
 /// A running registry, killed when dropped (unless it is the shared one from `RBUILD_TEST_REGISTRY`).
 pub struct Registry {
@@ -33,6 +42,11 @@ impl Registry {
     /// binding to port 0 and released before the registry binds it; if another process wins that race the
     /// registry exits and another port is tried.
     pub fn start_own() -> Registry {
+        Registry::start_with(&Config::default())
+    }
+
+    /// A registry of this test's own, configured beyond the defaults (TLS, auth).
+    pub fn start_with(extra: &Config) -> Registry {
         let binary = crate::which("docker-registry").or_else(|| crate::which("registry"));
         let binary = binary.expect("docker-registry is not installed (apt-get install docker-registry)");
         for _ in 0..5 {
@@ -40,10 +54,14 @@ impl Registry {
             let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
             let addr = format!("127.0.0.1:{port}");
             let config = dir.path().join("config.yml");
+            let tls = extra.tls.map_or(String::new(), |(cert, key)| {
+                format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())
+            });
             let config_text = format!(
                 "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.path().join("storage").display()
+                 delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls}{}",
+                dir.path().join("storage").display(),
+                extra.auth_yaml,
             );
             std::fs::write(&config, config_text).expect("write registry config");
             let log = dir.path().join("registry.log");
@@ -62,7 +80,10 @@ impl Registry {
                 if child.try_wait().ok().flatten().is_some() {
                     break;
                 }
-                if v2_answers(&addr) {
+                // A plain registry must answer as one (not another process that took the port); one behind TLS
+                // or auth only has to listen.
+                let plain = extra.tls.is_none() && extra.auth_yaml.is_empty();
+                if if plain { v2_answers(&addr) } else { TcpStream::connect(&addr).is_ok() } {
                     return Registry { addr, child: Some(child), log: Some(log), _dir: Some(dir) };
                 }
                 std::thread::sleep(Duration::from_millis(50));
