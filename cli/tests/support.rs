@@ -79,6 +79,14 @@ impl Workspace {
     }
 
     /// `rbuild --root <store>` with `args`.
+    /// `rbuild build EXTRA... CTX` on `store`.
+    pub fn build(&self, store: &str, ctx: &Path, extra: &[&str]) -> Run {
+        let mut args = vec!["build"];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        self.rbuild(store, &args)
+    }
+
     pub fn rbuild(&self, store: &str, args: &[&str]) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
             .arg("--root")

@@ -131,3 +131,37 @@ fn v2_answers(addr: &str) -> bool {
     let head = String::from_utf8_lossy(&buf[..n]);
     head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200")
 }
+
+/// A fake registry on loopback that answers `/v2/` and then sends every other response one byte at a time, `gap`
+/// apart (a stalled or trickling registry, for deadline tests); its address.
+pub fn trickling_registry(gap: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("local address").to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten().take(50) {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                if head.starts_with(b"GET /v2/ ") {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                    return;
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100000\r\n\r\n",
+                );
+                // Until the client gives up (the write fails).
+                for _ in 0..2000 {
+                    if conn.write_all(b" ").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(gap);
+                }
+            });
+        }
+    });
+    addr
+}

@@ -7,7 +7,7 @@ use rbuild_types::oci::{
     Descriptor, Index, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Platform, RootFs,
     to_canonical_json,
 };
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
@@ -448,48 +448,16 @@ async fn large_layers_stream_in_one_request() {
     assert!(std::fs::read(&dest).expect("read pulled") == big, "pulled bytes differ");
 }
 
-/// A fake registry that answers `/v2/` and then sends every other response one byte at a time, `gap` apart.
-fn trickling_registry(gap: Duration) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten().take(50) {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
-                    head.push(byte[0]);
-                }
-                if head.starts_with(b"GET /v2/ ") {
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
-                    return;
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100000\r\n\r\n",
-                );
-                for _ in 0..200 {
-                    if conn.write_all(b" ").is_err() {
-                        return;
-                    }
-                    std::thread::sleep(gap);
-                }
-            });
-        }
-    });
-    port
-}
-
 /// Regression (adversarial review, item 9): a registry that trickles a byte at a time never tripped the idle
 /// timeout and held a build without bound. The deadline ends it with a message that says what happened.
 #[tokio::test]
 async fn a_trickling_registry_hits_the_deadline_with_a_clear_error() {
-    let port = trickling_registry(Duration::from_millis(200));
+    let addr = rbuild_test_support::trickling_registry(Duration::from_millis(200));
     let client = RegistryClient::new(RegistryOptions {
         timeouts: Timeouts { idle: Duration::from_secs(5), request: Duration::from_secs(2), min_rate: 1024 * 1024 },
         ..Default::default()
     });
-    let r = ImageRef::parse(&format!("127.0.0.1:{port}/slow/image:1")).expect("reference");
+    let r = ImageRef::parse(&format!("{addr}/slow/image:1")).expect("reference");
     let started = Instant::now();
     let err = client.resolve(&r, &Platform::host()).await.expect_err("a trickle must not succeed");
     let took = started.elapsed();
@@ -501,12 +469,12 @@ async fn a_trickling_registry_hits_the_deadline_with_a_clear_error() {
 /// A registry that stops sending altogether trips the idle timeout (then the deadline, whichever is first).
 #[tokio::test]
 async fn a_stalled_registry_fails_within_the_idle_timeout() {
-    let port = trickling_registry(Duration::from_secs(3600));
+    let addr = rbuild_test_support::trickling_registry(Duration::from_secs(3600));
     let client = RegistryClient::new(RegistryOptions {
         timeouts: Timeouts { idle: Duration::from_millis(500), request: Duration::from_secs(30), min_rate: 1024 },
         ..Default::default()
     });
-    let r = ImageRef::parse(&format!("127.0.0.1:{port}/stalled/image:1")).expect("reference");
+    let r = ImageRef::parse(&format!("{addr}/stalled/image:1")).expect("reference");
     let started = Instant::now();
     let err = client.resolve(&r, &Platform::host()).await.expect_err("a stall must not succeed");
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}: {err}", started.elapsed());
