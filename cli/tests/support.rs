@@ -144,8 +144,6 @@ pub fn cmd(program: &str, args: &[&str]) -> Run {
     Run::from(out, format!("{program} {}", args.join(" ")))
 }
 
-/// A `docker-registry` (CNCF distribution) on a free loopback port, stopped on drop. With
-
 /// A unique repository path per test, so tests sharing one registry never collide.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -301,8 +301,7 @@ fn an_unreadable_cache_entry_is_reported_and_the_step_reruns() {
         let events = Arc::new(Events::default());
         let (graph, opts) = (Arc::new(g.clone()), SolveOptions::with_jobs(2));
         rt.block_on(solve(graph, &[two], worker.clone(), cache.clone(), events.clone(), opts)).unwrap();
-        let events = events.0.lock().unwrap().clone();
-        events
+        events.0.lock().unwrap().clone()
     };
     let warnings = |events: &[Event]| -> Vec<(VertexId, String)> {
         events
