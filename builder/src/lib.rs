@@ -29,10 +29,11 @@ pub use cache::{CacheMode, CacheSource, CacheTarget};
 pub use error::{BuildError, StepFailure};
 pub use network::apply_network;
 pub use outputs::Pushed;
+pub use rbuild_types::error_chain;
 pub use report::{Reporter, Silent};
 pub use request::{BuildRequest, Dockerfile, Entitlements, MAX_INPUT_FILE, NetworkMode, Output, Provenance};
 pub use store::{choose_snapshotter, open_store};
-pub use text::{error_chain, human_size};
+pub use text::human_size;
 // What a caller needs to fill a request in, without depending on the executor itself.
 pub use rbuild_executor::cancel::Canceller;
 pub use rbuild_executor::mounts::{MountSources, SecretValue};

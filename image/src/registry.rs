@@ -22,7 +22,7 @@ pub use reference::{DOCKER_HUB, ImageRef};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use rbuild_types::oci::{ImageConfig, Manifest};
-use rbuild_types::{Digest, IoError};
+use rbuild_types::{Digest, IoError, error_chain};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::PathBuf;

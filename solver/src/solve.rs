@@ -456,13 +456,7 @@ fn layers_digest(output: &Output) -> Digest {
 /// its causes) for the step to report: the step then runs and its result replaces the entry.
 fn lookup(cache: &dyn CacheStore, key: &Digest, unreadable: &mut Vec<String>) -> Option<CacheRecord> {
     cache.get(key).unwrap_or_else(|e| {
-        let mut text = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            text.push_str(&format!(": {c}"));
-            cause = c.source();
-        }
-        unreadable.push(text);
+        unreadable.push(rbuild_types::error_chain(&e));
         None
     })
 }

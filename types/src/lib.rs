@@ -7,6 +7,7 @@
 
 pub mod csv;
 pub mod digest;
+pub mod error;
 pub mod glob;
 pub mod io;
 pub mod oci;
@@ -15,4 +16,5 @@ pub mod patterns;
 pub mod units;
 
 pub use digest::{Digest, DigestWriter, InvalidDigest};
+pub use error::error_chain;
 pub use io::IoError;

@@ -149,16 +149,3 @@ pub(super) fn cause_chain(e: &OciDistributionError) -> String {
     }
     error_chain(e)
 }
-
-pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = Some(e);
-    while let Some(err) = current {
-        let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        current = err.source();
-    }
-    parts.join(": ")
-}
