@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use rbuild_cache::{ImageRecord, Store};
 use rbuild_image::export::{self, ArchiveKind, ExportImage, ExportIndex};
 use rbuild_image::index::{Attestation, assemble_index, config_platform, push_index_with};
-use rbuild_image::layer::{Compression, LayerOptions};
+use rbuild_image::layer::Compression;
 use rbuild_image::registry::{ImageRef, RegistryClient};
 use rbuild_types::Digest;
 use rbuild_types::oci::{ImageConfig, MEDIA_OCI_INDEX};
@@ -96,17 +96,7 @@ pub async fn finish(
             }
             Output::Tar { dest } => {
                 reporter.message(&format!("exporting the filesystems as a tar to {}", dest.display()));
-                let dir = store.tmp_dir("rootfs")?;
-                let result = (|| -> Result<()> {
-                    unpack_all(store, configs, &dir)?;
-                    let out = create_dest(dest)?;
-                    let opts = LayerOptions { clamp_mtime: epoch };
-                    let mut out = rbuild_image::layer::write_layer_tar(&dir, out, &opts)?;
-                    out.flush().with_context(|| format!("writing {}", dest.display()))?;
-                    Ok(())
-                })();
-                let _ = std::fs::remove_dir_all(&dir);
-                result?;
+                crate::outputs::write_rootfs_tar(store, dest, epoch, |dir| unpack_all(store, configs, dir))?;
             }
             Output::Image { names: image_names, push, compression } => {
                 for name in image_names {

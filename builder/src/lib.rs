@@ -11,7 +11,9 @@
 
 pub mod cache;
 pub mod error;
+mod ignore;
 pub mod index_outputs;
+mod network;
 pub mod outputs;
 mod platforms;
 pub mod provenance;
@@ -20,12 +22,18 @@ pub mod request;
 mod resolve;
 pub mod sbom;
 mod security;
+mod store;
+mod text;
 
 pub use cache::{CacheMode, CacheSource, CacheTarget};
 pub use error::{BuildError, StepFailure};
+pub use network::apply_network;
 pub use outputs::Pushed;
+pub use rbuild_types::error_chain;
 pub use report::{Reporter, Silent};
 pub use request::{BuildRequest, Dockerfile, Entitlements, MAX_INPUT_FILE, NetworkMode, Output, Provenance};
+pub use store::{choose_snapshotter, open_store};
+pub use text::human_size;
 // What a caller needs to fill a request in, without depending on the executor itself.
 pub use rbuild_executor::cancel::Canceller;
 pub use rbuild_executor::mounts::{MountSources, SecretValue};
@@ -41,13 +49,13 @@ pub use rbuild_solver::FailureKind;
 use anyhow::Context as _;
 use rbuild_cache::{ImageRecord, LockMode, Store};
 use rbuild_executor::worker::LocalWorker;
-use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, ErrorKind, convert};
+use rbuild_frontend::{ConvertError, ConvertOptions};
 use rbuild_image::export::ArchiveKind;
 use rbuild_image::registry::{RegistryClient, RegistryOptions};
-use rbuild_solver::{Network, Op, SolveOptions, WorkerError, solve};
+use rbuild_solver::{Op, SolveOptions, WorkerError, solve};
 use rbuild_types::Digest;
 use rbuild_types::oci::{Platform, to_canonical_json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Builds images into one store, with one registry configuration.
@@ -78,11 +86,6 @@ pub struct BuildResult {
     pub ran_steps: bool,
 }
 
-/// How many times conversion may ask for base images that could not be known before it (see [`resolve`]).
-const MAX_RESOLVE_ROUNDS: usize = 8;
-
-const NETWORK_HOST_HINT: &str = "pass --allow network.host to rbuild build to let steps use the host's network";
-
 impl Builder {
     /// Runs one build. `canceller` stops it: no new step starts and running containers are killed (the caller
     /// cancels it on Ctrl-C).
@@ -103,9 +106,11 @@ impl Builder {
             reporter.warning(&format!("warning: {}:{}: {}", dockerfile.name, w.line, w.message));
         }
         if req.network == NetworkMode::Host && !req.entitlements.network_host {
-            return Err(
-                anyhow::anyhow!("--network host needs the network.host entitlement; {NETWORK_HOST_HINT}").into()
-            );
+            return Err(anyhow::anyhow!(
+                "--network host needs the network.host entitlement; {}",
+                network::NETWORK_HOST_HINT
+            )
+            .into());
         }
 
         let started = chrono::Utc::now();
@@ -120,12 +125,12 @@ impl Builder {
         }
         let store = Arc::new(self.open_store(reporter.as_ref())?);
         let client = Arc::new(RegistryClient::new(self.registry.clone()));
-        let excludes = ignore_patterns(context, dockerfile.path.as_deref())?;
+        let excludes = ignore::ignore_patterns(context, dockerfile.path.as_deref())?;
         let remote = cache::open(&store, &client, &req.cache_from, reporter.as_ref()).await;
         let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
         let convert_error = |error: ConvertError| BuildError::Convert { dockerfile: dockerfile.clone(), error };
         // One plan per target platform; base images are resolved once per platform that uses them.
-        let mut resolved = resolve::Resolved::with_names(named_contexts(&req));
+        let mut resolved = resolve::Resolved::with_names(resolve::named_contexts(&req));
         let mut plans = Vec::with_capacity(platforms.len());
         let mut warned = std::collections::BTreeSet::new();
         let options: Vec<ConvertOptions> = platforms
@@ -146,7 +151,7 @@ impl Builder {
         });
         resolved.resolve_all(wanted.collect::<Vec<_>>(), &source).await;
         for opts in &options {
-            let mut plan = plan(&ast, opts, &source, &mut resolved).await.map_err(convert_error)?;
+            let mut plan = resolve::plan(&ast, opts, &source, &mut resolved).await.map_err(convert_error)?;
             let findings =
                 rbuild_frontend::lint::report::findings_text(&dockerfile.name, &dockerfile.text, &plan.checks);
             for w in plan.warnings.iter().chain(Some(&findings).filter(|f| !f.is_empty())) {
@@ -358,16 +363,16 @@ impl Builder {
             platform: req.platforms.first().cloned().unwrap_or_else(Platform::host),
             build_platform: Platform::host(),
             no_cache: req.no_cache.clone(),
-            context_excludes: ignore_patterns(&req.context, dockerfile.path.as_deref())?,
+            context_excludes: ignore::ignore_patterns(&req.context, dockerfile.path.as_deref())?,
             named_contexts: req.named_contexts.keys().cloned().collect(),
         };
         let source = resolve::Source { store: &store, client: &client, pull: req.pull, reporter: reporter.as_ref() };
-        let mut resolved = resolve::Resolved::with_names(named_contexts(req));
+        let mut resolved = resolve::Resolved::with_names(resolve::named_contexts(req));
         let mut wanted: Vec<(String, Platform)> = rbuild_frontend::image_references(&ast, &opts, true)
             .into_iter()
             .map(|r| (r, opts.platform.clone()))
             .collect();
-        for _ in 0..MAX_RESOLVE_ROUNDS {
+        for _ in 0..resolve::MAX_RESOLVE_ROUNDS {
             resolved.resolve_all(wanted, &source).await;
             let report = rbuild_frontend::check(&ast, &opts, &resolved);
             wanted = resolved.take_missing();
@@ -400,215 +405,5 @@ impl Builder {
             Ok(_) => {}
             Err(e) => reporter.warning(&format!("warning: automatic gc failed: {e:#}")),
         }
-    }
-}
-
-/// Resolves the base images the build needs, then converts; see [`resolve`] for the rounds.
-async fn plan(
-    ast: &rbuild_frontend::parser::Ast,
-    opts: &ConvertOptions,
-    source: &resolve::Source<'_>,
-    resolved: &mut resolve::Resolved,
-) -> Result<BuildPlan, ConvertError> {
-    // Stages with `FROM --platform` ask for their own platform's images; conversion finds those.
-    let mut wanted: Vec<(String, Platform)> =
-        rbuild_frontend::image_references(ast, opts, false).into_iter().map(|r| (r, opts.platform.clone())).collect();
-    for _ in 0..MAX_RESOLVE_ROUNDS {
-        resolved.resolve_all(wanted, source).await;
-        match convert(ast, opts, resolved) {
-            Ok(plan) => return Ok(plan),
-            Err(e) => {
-                let missing = resolved.take_missing();
-                if missing.is_empty() {
-                    return Err(e);
-                }
-                wanted = missing;
-            }
-        }
-    }
-    convert(ast, opts, resolved)
-}
-
-/// Opens the store at `root` locked as `mode`, first stopping containers that dead rbuild processes left running
-/// (`kill -9` during a RUN), so that their mounts can be collected. `None` when `mode` is a try and the store is
-/// busy.
-pub fn open_store(root: &Path, mode: LockMode) -> anyhow::Result<Option<Store>> {
-    // Each runtime keeps its containers in its own state directory in the store (`runc/`, `crun/`).
-    let reaper = |dead: &[PathBuf]| {
-        let runtimes = RuntimeKind::ALL.into_iter();
-        runtimes
-            .filter_map(|kind| Some((kind.find().ok()?, root.join(kind.name()))))
-            .flat_map(|(program, state)| rbuild_executor::reap::reap_containers(&program, &state, dead))
-            .collect()
-    };
-    Store::open_reaping(root, mode, &reaper).with_context(|| format!("opening the store at {}", root.display()))
-}
-
-/// Gives every RUN step that did not choose a network the build's (`--network`), and refuses host networking
-/// that the `network.host` entitlement does not allow, naming the first step that asks for it.
-pub fn apply_network(plan: &mut BuildPlan, mode: NetworkMode, allowed: &Entitlements) -> Result<(), ConvertError> {
-    let build_default = match mode {
-        NetworkMode::Default => Network::Default,
-        NetworkMode::None => Network::None,
-        NetworkMode::Host => Network::Host,
-    };
-    for (id, vertex) in plan.graph.vertices.iter_mut().enumerate() {
-        let Op::Exec(exec) = &mut vertex.op else { continue };
-        if exec.network == Network::Default {
-            exec.network = build_default;
-        } else if exec.network == Network::Host && !allowed.network_host {
-            return Err(ConvertError::new(
-                ErrorKind::Entitlement,
-                "RUN --network=host needs the network.host entitlement",
-            )
-            .hint(NETWORK_HOST_HINT)
-            .located(plan.locations.get(&id).cloned()));
-        }
-    }
-    Ok(())
-}
-
-/// The snapshotter builds in this store use: `requested`, else the one recorded for the store, else the first that
-/// works here (probed once, in a scratch directory of the store).
-pub fn choose_snapshotter(store: &Store, requested: Option<Snapshotter>) -> anyhow::Result<Snapshotter> {
-    let scratch = store.tmp_dir("probe").context("creating a directory to probe snapshotters in")?;
-    let chosen = rbuild_executor::snapshotter::choose(store.root(), &scratch, requested);
-    let _ = std::fs::remove_dir_all(&scratch);
-    Ok(chosen?)
-}
-
-/// How the request's `--build-context` names resolve.
-fn named_contexts(req: &BuildRequest) -> resolve::Named {
-    resolve::Named { images: req.image_contexts.clone(), dirs: req.named_contexts.keys().cloned().collect() }
-}
-
-/// `.dockerignore` patterns: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's. A file in
-/// the context is context content, read beneath it (a `.dockerignore` linking to `/etc/shadow` reads the context's
-/// own `etc/shadow`, if any); one outside it was named by whoever ran the build and is read as named.
-fn ignore_patterns(context: &Path, dockerfile: Option<&Path>) -> anyhow::Result<Vec<String>> {
-    let root = rbuild_cache::confined::Root::open(context)
-        .with_context(|| format!("opening the build context {}", context.display()))?;
-    let beside = dockerfile.map(|d| PathBuf::from(format!("{}.dockerignore", d.display())));
-    for candidate in beside.into_iter().chain([context.join(".dockerignore")]) {
-        let read = match candidate.strip_prefix(context) {
-            Ok(rel) => root.read_in_root(rel).and_then(|bytes| {
-                if bytes.len() as u64 > MAX_INPUT_FILE {
-                    Err(std::io::Error::other(format!(
-                        ".dockerignore is larger than the limit of {} MiB",
-                        MAX_INPUT_FILE >> 20
-                    )))
-                } else {
-                    Ok(String::from_utf8_lossy(&bytes).into_owned())
-                }
-            }),
-            Err(_) => request::read_limited(&candidate, ".dockerignore"),
-        };
-        match read {
-            Ok(text) => return Ok(rbuild_types::patterns::read_ignore_file(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", candidate.display())),
-        }
-    }
-    Ok(Vec::new())
-}
-
-/// An error with its causes, one after another (kept here for the CLI; the one copy is in `rbuild_types`).
-pub use rbuild_types::error_chain;
-
-/// Sizes as `docker` prints them: decimal units, one decimal.
-pub fn human_size(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 { format!("{n}B") } else { format!("{v:.1}{}", units[i]) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rbuild_frontend::instructions::Location;
-    use rbuild_solver::{ExecOp, Graph, Vertex};
-    use std::collections::BTreeMap;
-
-    fn plan(networks: &[Network]) -> BuildPlan {
-        let mut graph = Graph::default();
-        let mut locations = BTreeMap::new();
-        let base = graph.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
-        for (i, network) in networks.iter().enumerate() {
-            let exec = ExecOp {
-                args: vec!["true".into()],
-                env: vec![],
-                cwd: "/".into(),
-                user: String::new(),
-                network: *network,
-                mounts: vec![],
-                settings: Vec::new(),
-                platform: None,
-                hostname: String::new(),
-                insecure: false,
-            };
-            let v = graph.add(Vertex {
-                op: Op::Exec(exec),
-                inputs: vec![base],
-                name: format!("RUN {i}"),
-                ignore_cache: false,
-            });
-            locations.insert(v, Location { start_line: i + 2, end_line: i + 2 });
-        }
-        BuildPlan {
-            graph,
-            target: base,
-            config: Default::default(),
-            history: vec![],
-            warnings: vec![],
-            checks: vec![],
-            locations,
-        }
-    }
-
-    fn networks(plan: &BuildPlan) -> Vec<Network> {
-        plan.graph
-            .vertices
-            .iter()
-            .filter_map(|v| match &v.op {
-                Op::Exec(e) => Some(e.network),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn network_mode_fills_in_steps_that_did_not_choose() {
-        let granted = Entitlements { network_host: true, ..Entitlements::default() };
-        for (mode, want) in [
-            (NetworkMode::Default, Network::Default),
-            (NetworkMode::None, Network::None),
-            (NetworkMode::Host, Network::Host),
-        ] {
-            let mut p = plan(&[Network::Default, Network::None, Network::Host]);
-            apply_network(&mut p, mode, &granted).expect("allowed");
-            assert_eq!(networks(&p), [want, Network::None, Network::Host], "{mode:?}");
-        }
-    }
-
-    #[test]
-    fn run_network_host_without_the_entitlement_names_its_line() {
-        let mut p = plan(&[Network::Default, Network::Host]);
-        let err = apply_network(&mut p, NetworkMode::Default, &Entitlements::default()).expect_err("refused");
-        assert_eq!(err.message, "RUN --network=host needs the network.host entitlement");
-        assert_eq!(err.location, Some(Location { start_line: 3, end_line: 3 }));
-        assert!(err.hint.as_deref().is_some_and(|h| h.contains("--allow network.host")), "{err:?}");
-    }
-
-    #[test]
-    fn error_chains_name_each_cause_once() {
-        let inner = std::io::Error::other("digest mismatch");
-        let outer = anyhow::Error::new(inner).context("layer sha256:ab");
-        let e: &(dyn std::error::Error + 'static) = outer.as_ref();
-        assert_eq!(error_chain(e), "layer sha256:ab: digest mismatch");
     }
 }

@@ -97,6 +97,27 @@ fn image_config(store: &Store, config: &Digest) -> Result<ImageConfig> {
     serde_json::from_slice(&store.read_blob(config)?).with_context(|| format!("image config {config}"))
 }
 
+/// Writes a root filesystem as one tar at `dest` (`type=tar`): `unpack` fills a scratch directory of the store,
+/// which is removed afterwards whatever happened; entry times are clamped to `epoch`.
+pub(crate) fn write_rootfs_tar(
+    store: &Store,
+    dest: &Path,
+    epoch: Option<i64>,
+    unpack: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let dir = store.tmp_dir("rootfs")?;
+    let result = (|| -> Result<()> {
+        unpack(&dir)?;
+        let out = create_dest(dest)?;
+        let opts = LayerOptions { clamp_mtime: epoch };
+        let mut out = rbuild_image::layer::write_layer_tar(&dir, out, &opts)?;
+        out.flush().with_context(|| format!("writing {}", dest.display()))?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Sends the built image (config `config`) to every output; writes the metadata file. `epoch` is
 /// `SOURCE_DATE_EPOCH`, which also dates archive entries.
 pub async fn finish(
@@ -144,17 +165,9 @@ pub async fn finish_annotated(
             Output::Tar { dest } => {
                 reporter.message(&format!("exporting the filesystem as a tar to {}", dest.display()));
                 let cfg = image_config(store, config)?;
-                let dir = store.tmp_dir("rootfs")?;
-                let result = (|| -> Result<()> {
-                    rbuild_image::rootfs::unpack(store, &cfg.rootfs.diff_ids, &dir)?;
-                    let out = create_dest(dest)?;
-                    let opts = LayerOptions { clamp_mtime: epoch };
-                    let mut out = rbuild_image::layer::write_layer_tar(&dir, out, &opts)?;
-                    out.flush().with_context(|| format!("writing {}", dest.display()))?;
-                    Ok(())
-                })();
-                let _ = std::fs::remove_dir_all(&dir);
-                result?;
+                write_rootfs_tar(store, dest, epoch, |dir| {
+                    Ok(rbuild_image::rootfs::unpack(store, &cfg.rootfs.diff_ids, dir)?)
+                })?;
             }
             Output::Image { names, push, compression } => {
                 for name in names {

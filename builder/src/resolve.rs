@@ -8,7 +8,9 @@
 
 use crate::error_chain;
 use crate::report::Reporter;
+use crate::request::BuildRequest;
 use rbuild_cache::Store;
+use rbuild_frontend::{BuildPlan, ConvertError, ConvertOptions, convert};
 use rbuild_frontend::{ImageResolver, ResolvedImage};
 use rbuild_image::registry::{ImageRef, RegistryClient};
 use rbuild_types::Digest;
@@ -244,4 +246,38 @@ fn keep_platforms(store: &Store, name: &str, pulled: &[Digest]) -> Result<(), Bo
     }
     store.set_tag(&rbuild_cache::ImageRecord { platforms, ..rec })?;
     Ok(())
+}
+
+/// How many times conversion may ask for base images that could not be known before it (see the module docs).
+pub(crate) const MAX_RESOLVE_ROUNDS: usize = 8;
+
+/// Resolves the base images the build needs, then converts; the module docs say why in rounds.
+pub(crate) async fn plan(
+    ast: &rbuild_frontend::parser::Ast,
+    opts: &ConvertOptions,
+    source: &Source<'_>,
+    resolved: &mut Resolved,
+) -> Result<BuildPlan, ConvertError> {
+    // Stages with `FROM --platform` ask for their own platform's images; conversion finds those.
+    let mut wanted: Vec<(String, Platform)> =
+        rbuild_frontend::image_references(ast, opts, false).into_iter().map(|r| (r, opts.platform.clone())).collect();
+    for _ in 0..MAX_RESOLVE_ROUNDS {
+        resolved.resolve_all(wanted, source).await;
+        match convert(ast, opts, resolved) {
+            Ok(plan) => return Ok(plan),
+            Err(e) => {
+                let missing = resolved.take_missing();
+                if missing.is_empty() {
+                    return Err(e);
+                }
+                wanted = missing;
+            }
+        }
+    }
+    convert(ast, opts, resolved)
+}
+
+/// How the request's `--build-context` names resolve.
+pub(crate) fn named_contexts(req: &BuildRequest) -> Named {
+    Named { images: req.image_contexts.clone(), dirs: req.named_contexts.keys().cloned().collect() }
 }

@@ -31,6 +31,7 @@
 //! SHA-256 enters the stream; a persistent [`StatCache`] skips re-reading files whose stat is unchanged.
 
 use crate::confined::Stat;
+use rbuild_types::IoError;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -75,17 +76,12 @@ pub enum ContentHashError {
     Changed { path: PathBuf },
     #[error("too many levels of symbolic links resolving {path}")]
     SymlinkLoop { path: PathBuf },
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ContentHashError + 'a {
-    move |source| ContentHashError::Io { op, path: path.to_path_buf(), source }
+    move |source| ContentHashError::Io(IoError::new(op, path, source))
 }
 
 /// What a step reads from one source root.

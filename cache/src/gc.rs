@@ -13,15 +13,17 @@
 
 use crate::store::{LockMode, Store, StoreError};
 use rbuild_solver::CacheRecord;
-use rbuild_types::Digest;
 use rbuild_types::oci::ImageConfig;
-use sha2::{Digest as _, Sha256};
+use rbuild_types::{Digest, IoError};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+mod check;
+pub use check::{CheckReport, check};
 
 /// Errors of du, prune and check.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +31,8 @@ use std::time::{Duration, SystemTime};
 pub enum GcError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("pruning needs the store to itself: open it with an exclusive lock")]
     NotExclusive,
     #[error("invalid size {0:?}: expected a number with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")]
@@ -47,7 +44,7 @@ pub enum GcError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> GcError + 'a {
-    move |source| GcError::Io { op, path: path.to_path_buf(), source }
+    move |source| GcError::Io(IoError::new(op, path, source))
 }
 
 /// Bytes on disk per kind of content.
@@ -97,13 +94,13 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, GcError> {
         Ok(rd) => {
             let mut out = Vec::new();
             for e in rd {
-                out.push(e.map_err(io_err("listing", dir))?.path());
+                out.push(e.map_err(io_err("list", dir))?.path());
             }
             out.sort();
             Ok(out)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_err("listing", dir)(e)),
+        Err(e) => Err(io_err("list", dir)(e)),
     }
 }
 
@@ -271,7 +268,7 @@ fn remove_path(p: &Path) -> Result<(), GcError> {
     match r {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("removing", p)(e)),
+        Err(e) => Err(io_err("remove", p)(e)),
     }
 }
 
@@ -409,115 +406,6 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, GcError>
     Ok(report)
 }
 
-/// What `check` found.
-#[derive(Debug, Clone, Default)]
-pub struct CheckReport {
-    pub blobs: usize,
-    pub snapshots: usize,
-    pub tags: usize,
-    pub cache_entries: usize,
-    /// Entries whose snapshots are gone: a clean miss, not an error.
-    pub stale_entries: usize,
-    /// Everything that is wrong; empty for a healthy store.
-    pub problems: Vec<String>,
-}
-
-fn hash_file(path: &Path) -> Result<Digest, GcError> {
-    let mut f = fs::File::open(path).map_err(io_err("opening", path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(Digest::from_sha256(h.finalize().into()))
-}
-
-/// Verifies a store: every blob's content matches its name, every tag's config and layers exist, every cache
-/// entry parses and either has its snapshots or is a clean miss, and no dead process left a tmp dir behind.
-/// `store` should be opened with [`LockMode::Exclusive`], so that nothing changes while it is read and the tmp
-/// dirs found when opening it are the leftovers of dead processes.
-pub fn check(store: &Store) -> Result<CheckReport, GcError> {
-    use rbuild_solver::CacheStore;
-    let root = store.root();
-    let mut r = CheckReport::default();
-    for p in list_dir(&root.join("blobs/sha256"))? {
-        r.blobs += 1;
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        match format!("sha256:{name}").parse::<Digest>() {
-            Ok(d) => {
-                let actual = hash_file(&p)?;
-                if actual != d {
-                    r.problems.push(format!("blob {d} is corrupt: its content hashes to {actual}"));
-                }
-            }
-            Err(_) => r.problems.push(format!("stray file in the blob store: {}", p.display())),
-        }
-    }
-    for p in list_dir(&root.join("snapshots"))? {
-        r.snapshots += 1;
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if format!("sha256:{name}").parse::<Digest>().is_err() || !p.is_dir() {
-            r.problems.push(format!("stray entry in snapshots: {}", p.display()));
-        }
-    }
-    if let Some(mode) = store.was_exposed() {
-        r.problems.push(format!(
-            "the store root {} had mode {mode:04o}: other users could reach its content (it is 0700 now)",
-            root.display()
-        ));
-    }
-    if let Some(p) = crate::store::root_problem(root) {
-        r.problems.push(p);
-    }
-    let (tags, bad_tags) = store.tags_checked()?;
-    r.tags = tags.len();
-    for e in bad_tags {
-        r.problems.push(format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()));
-    }
-    let (_, tag_problems) = mark_tags(store)?;
-    r.problems.extend(tag_problems);
-    for e in cache_entries(store)? {
-        r.cache_entries += 1;
-        match (&e.key, &e.record) {
-            (Some(key), Some(record)) => {
-                let complete = record.output.layers().iter().all(|l| store.has_snapshot(l));
-                if !complete {
-                    r.stale_entries += 1;
-                    if store.get(key).is_some() {
-                        r.problems.push(format!("cache entry {key} refers to missing snapshots but is a hit"));
-                    }
-                }
-            }
-            _ => r.problems.push(format!("malformed cache entry {}", e.path.display())),
-        }
-    }
-    for p in list_dir(&root.join("index/layers"))? {
-        let ok = fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Vec<crate::LayerBlob>>(&b).ok()).is_some();
-        if !ok {
-            r.problems.push(format!("malformed layer record {}", p.display()));
-        }
-    }
-    for p in store.dead_tmp_collected() {
-        r.problems.push(format!("a dead process left {} behind", p.display()));
-    }
-    for what in store.reaped() {
-        r.problems.push(format!("a dead process left a container running: {what}"));
-    }
-    if store.is_exclusive() {
-        for p in list_dir(&root.join("tmp"))? {
-            let own_lock = p.with_extension("") == store.own_tmp() && p.extension().is_some_and(|e| e == "lock");
-            if p != store.own_tmp() && !own_lock {
-                r.problems.push(format!("leftover tmp entry {}", p.display()));
-            }
-        }
-    }
-    Ok(r)
-}
-
 /// Opens `root` for collection only if no other process uses it, and prunes LRU until it fits in `keep_storage`
 /// when it is larger. Returns `None` when the store is busy or already small enough.
 pub fn auto_gc(root: &Path, keep_storage: u64) -> Result<Option<PruneReport>, GcError> {
@@ -548,140 +436,4 @@ pub fn parse_filter(s: &str) -> Result<Duration, GcError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ImageRecord;
-    use rbuild_solver::{CacheStore, Output};
-    use rbuild_types::oci::{RootFs, to_canonical_json};
-
-    /// Commits a snapshot holding one file of `bytes` bytes; returns its (made-up) diff_id.
-    fn snapshot(store: &Store, name: &str, bytes: usize) -> Digest {
-        let d = Digest::of(name.as_bytes());
-        let dir = store.tmp_dir("snap").unwrap();
-        fs::write(dir.join("f"), vec![7u8; bytes]).unwrap();
-        store.commit_snapshot(&dir, &d).unwrap();
-        d
-    }
-
-    fn tag(store: &Store, name: &str, layers: &[Digest]) -> Digest {
-        let config =
-            ImageConfig { rootfs: RootFs { diff_ids: layers.to_vec(), ..Default::default() }, ..Default::default() };
-        let c = store.write_blob(&to_canonical_json(&config)).unwrap();
-        store
-            .set_tag(&ImageRecord { name: name.into(), config: c.clone(), manifest: None, platforms: Vec::new() })
-            .unwrap();
-        c
-    }
-
-    fn set_used(store: &Store, key: &Digest, ago: Duration) {
-        let f = fs::File::options().write(true).open(store.cache_path(key)).unwrap();
-        f.set_modified(SystemTime::now() - ago).unwrap();
-    }
-
-    #[test]
-    fn prune_needs_an_exclusive_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert!(matches!(prune(&store, &PruneOptions::default()), Err(GcError::NotExclusive)));
-        assert!(Store::open_with(dir.path(), LockMode::TryExclusive).unwrap().is_none(), "a shared holder blocks");
-        drop(store);
-        assert!(Store::open_with(dir.path(), LockMode::TryExclusive).unwrap().is_some());
-    }
-
-    #[test]
-    fn plain_prune_keeps_tagged_images_and_their_cache_all_keeps_only_images() {
-        let dir = tempfile::tempdir().unwrap();
-        // A store of its own making (a tempdir is 0755, which opening reports and tightens).
-        let store = Store::open_exclusive(&dir.path().join("store")).unwrap();
-        let base = snapshot(&store, "base", 10);
-        let app = snapshot(&store, "app", 10);
-        let junk = snapshot(&store, "junk", 100_000);
-        let orphan = snapshot(&store, "orphan", 100);
-        let config = tag(&store, "app:1", &[base.clone(), app.clone()]);
-        let untagged_config = store.write_blob(b"{}").unwrap();
-        let (k_app, k_junk, k_base) = (Digest::of(b"k1"), Digest::of(b"k2"), Digest::of(b"k3"));
-        store.put(&k_app, &Output::RootFs(vec![base.clone(), app.clone()])).unwrap();
-        store.put(&k_junk, &Output::RootFs(vec![base.clone(), junk.clone()])).unwrap();
-        store.put(&k_base, &Output::RootFs(vec![base.clone()])).unwrap();
-        let before = disk_usage(&store).unwrap();
-        assert_eq!((before.snapshot_count, before.cache_entries), (4, 3));
-
-        let r = prune(&store, &PruneOptions::default()).unwrap();
-        assert_eq!((r.cache_entries, r.snapshots, r.blobs), (1, 2, 1));
-        assert!(r.freed >= 100_000, "freed {}", r.freed);
-        assert!(store.get(&k_app).is_some() && store.get(&k_base).is_some() && store.get(&k_junk).is_none());
-        assert!(!store.has_snapshot(&junk) && !store.has_snapshot(&orphan) && !store.has_blob(&untagged_config));
-        assert!(store.has_blob(&config));
-        let after = disk_usage(&store).unwrap();
-        assert!(after.snapshots < before.snapshots);
-
-        let r = prune(&store, &PruneOptions { all: true, ..Default::default() }).unwrap();
-        assert_eq!(r.cache_entries, 2);
-        assert!(store.has_snapshot(&base) && store.has_snapshot(&app) && store.has_blob(&config));
-        let ok = check(&store).unwrap();
-        assert!(ok.problems.is_empty(), "{:?}", ok.problems);
-    }
-
-    #[test]
-    fn until_spares_recent_entries_and_keep_storage_drops_lru_first() {
-        let dir = tempfile::tempdir().unwrap();
-        // A store of its own making (a tempdir is 0755, which opening reports and tightens).
-        let store = Store::open_exclusive(&dir.path().join("store")).unwrap();
-        let keys: Vec<Digest> = (0..3u8).map(|i| Digest::of(&[i])).collect();
-        for (i, k) in keys.iter().enumerate() {
-            let s = snapshot(&store, &format!("s{i}"), 200_000);
-            store.put(k, &Output::RootFs(vec![s])).unwrap();
-            set_used(&store, k, Duration::from_secs(3600 * (10 - i as u64)));
-        }
-        // Entries were used 10h, 9h and 8h ago.
-        let r =
-            prune(&store, &PruneOptions { until: Some(Duration::from_secs(9 * 3600 + 1800)), ..Default::default() })
-                .unwrap();
-        assert_eq!(r.cache_entries, 1);
-        assert!(store.get(&keys[0]).is_none() && store.get(&keys[1]).is_some());
-        // A hit refreshes the last use: entry 1 becomes the most recent, so LRU drops entry 2 first.
-        let total = disk_usage(&store).unwrap().total();
-        let r = prune(&store, &PruneOptions { all: true, keep_storage: Some(total - 1000), until: None }).unwrap();
-        assert_eq!(r.cache_entries, 1);
-        assert!(store.get(&keys[1]).is_some() && store.get(&keys[2]).is_none());
-    }
-
-    #[test]
-    fn check_finds_corrupt_blobs_missing_configs_and_malformed_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        // A store of its own making (a tempdir is 0755, which opening reports and tightens).
-        let store = Store::open_exclusive(&dir.path().join("store")).unwrap();
-        let b = store.write_blob(b"hello").unwrap();
-        fs::write(store.blob_path(&b), b"jello").unwrap();
-        store
-            .set_tag(&ImageRecord {
-                name: "x:1".into(),
-                config: Digest::of(b"none"),
-                manifest: None,
-                platforms: Vec::new(),
-            })
-            .unwrap();
-        let k = Digest::of(b"k");
-        store.put(&k, &Output::RootFs(vec![Digest::of(b"gone")])).unwrap();
-        let bad = store.cache_path(&Digest::of(b"bad"));
-        fs::create_dir_all(bad.parent().unwrap()).unwrap();
-        fs::write(&bad, b"{").unwrap();
-        let r = check(&store).unwrap();
-        assert_eq!(r.stale_entries, 1, "a stale entry is a clean miss");
-        assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
-        assert!(r.problems[0].contains("corrupt"));
-        assert!(r.problems[1].contains("x:1"));
-        assert!(r.problems[2].contains("malformed"));
-    }
-
-    #[test]
-    fn sizes_and_durations_parse() {
-        assert_eq!(parse_size("10GB").unwrap(), 10_000_000_000);
-        assert_eq!(parse_size("1.5 MiB").unwrap(), 1_572_864);
-        assert_eq!(parse_size("42").unwrap(), 42);
-        assert!(parse_size("ten").is_err() && parse_size("5XB").is_err());
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_filter("until=2d").unwrap(), Duration::from_secs(172_800));
-        assert!(parse_duration("10").is_err() && parse_filter("label=x").is_err());
-    }
-}
+mod tests;

@@ -9,23 +9,21 @@
 
 use rbuild_solver::explain::StepInputs;
 use rbuild_solver::{CacheError, CacheRecord, CacheStore, Output};
-use rbuild_types::Digest;
+use rbuild_types::{Digest, IoError};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use tmpdirs::{collect_dead_tmp, own_tmp_dir, remove_unmounted, tmp_lock_path};
+
+mod tmpdirs;
 
 /// A store operation that failed, with the path it was working on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store {path}: {context}")]
-    Io {
-        path: PathBuf,
-        context: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("blob {digest} in the store is corrupt: its content hashes to {actual}")]
     CorruptBlob { digest: Digest, actual: Digest },
     #[error("store {path}: malformed index entry")]
@@ -44,8 +42,8 @@ pub enum StoreError {
 /// running there (containers) is stopped before their mounts are detached. Returns a line per thing it stopped.
 pub type Reaper<'a> = &'a dyn Fn(&[PathBuf]) -> Vec<String>;
 
-fn io_err<'a>(path: &'a Path, context: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { path: path.to_path_buf(), context, source }
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io(IoError::new(op, path, source))
 }
 
 /// A compressed form of a layer, made the first time a push or export needs it.
@@ -102,19 +100,15 @@ const SUBDIRS: [&str; 8] =
 impl Store {
     /// Opens (creating if needed) the store at `root`, holding its lock shared, and removes dead processes' tmp dirs.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        Self::open_with(root, LockMode::Shared)?.ok_or_else(|| StoreError::Io {
-            path: root.join("lock"),
-            context: "locking the store",
-            source: io::Error::from(io::ErrorKind::WouldBlock),
+        Self::open_with(root, LockMode::Shared)?.ok_or_else(|| {
+            StoreError::Io(IoError::new("lock", root.join("lock"), io::Error::from(io::ErrorKind::WouldBlock)))
         })
     }
 
     /// Opens the store with no other process in it (waiting for running builds to finish).
     pub fn open_exclusive(root: &Path) -> Result<Store, StoreError> {
-        Self::open_with(root, LockMode::Exclusive)?.ok_or_else(|| StoreError::Io {
-            path: root.join("lock"),
-            context: "locking the store",
-            source: io::Error::from(io::ErrorKind::WouldBlock),
+        Self::open_with(root, LockMode::Exclusive)?.ok_or_else(|| {
+            StoreError::Io(IoError::new("lock", root.join("lock"), io::Error::from(io::ErrorKind::WouldBlock)))
         })
     }
 
@@ -129,7 +123,7 @@ impl Store {
         for sub in SUBDIRS {
             let p = root.join(sub);
             if !p.is_dir() {
-                fs::create_dir_all(&p).map_err(io_err(&p, "creating the store"))?;
+                fs::create_dir_all(&p).map_err(io_err(&p, "create the store"))?;
             }
         }
         let lock_path = root.join("lock");
@@ -138,15 +132,15 @@ impl Store {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(io_err(&lock_path, "opening the store lock"))?;
+            .map_err(io_err(&lock_path, "open the store lock"))?;
         match mode {
-            LockMode::Shared => store_lock.lock_shared().map_err(io_err(&lock_path, "locking the store"))?,
-            LockMode::Exclusive => store_lock.lock().map_err(io_err(&lock_path, "locking the store"))?,
+            LockMode::Shared => store_lock.lock_shared().map_err(io_err(&lock_path, "lock"))?,
+            LockMode::Exclusive => store_lock.lock().map_err(io_err(&lock_path, "lock"))?,
             LockMode::TryExclusive => match store_lock.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => return Ok(None),
                 Err(fs::TryLockError::Error(e)) => {
-                    return Err(StoreError::Io { path: lock_path, context: "locking the store", source: e });
+                    return Err(StoreError::Io(IoError::new("lock", lock_path, e)));
                 }
             },
         }
@@ -216,7 +210,7 @@ impl Store {
     pub fn tmp_dir(&self, what: &str) -> Result<PathBuf, StoreError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let p = self.tmp.join(format!("{what}-{n}"));
-        fs::create_dir(&p).map_err(io_err(&p, "creating a temporary directory"))?;
+        fs::create_dir(&p).map_err(io_err(&p, "create temporary directory"))?;
         Ok(p)
     }
 
@@ -249,7 +243,7 @@ impl Store {
 
     /// Moves a complete, already verified file into the blob store as `d`.
     pub fn import_blob(&self, file: &Path, d: &Digest) -> Result<(), StoreError> {
-        File::open(file).and_then(|f| f.sync_all()).map_err(io_err(file, "syncing a blob"))?;
+        File::open(file).and_then(|f| f.sync_all()).map_err(io_err(file, "fsync blob"))?;
         self.rename_in(file, &self.blob_path(d))
     }
 
@@ -257,7 +251,7 @@ impl Store {
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
         let p = self.blob_path(d);
         let mut bytes = Vec::new();
-        File::open(&p).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(&p, "reading a blob"))?;
+        File::open(&p).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(&p, "read blob"))?;
         let actual = Digest::of(&bytes);
         if &actual != d {
             return Err(StoreError::CorruptBlob { digest: d.clone(), actual });
@@ -289,7 +283,7 @@ impl Store {
                 Ok(())
             }
             Err(_) if dest.exists() => remove_tree(dir),
-            Err(e) => Err(StoreError::Io { path: dest, context: "committing a snapshot", source: e }),
+            Err(e) => Err(StoreError::Io(IoError::new("commit snapshot", dest, e))),
         }
     }
 
@@ -339,7 +333,7 @@ impl Store {
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NoSuchImage(name.to_string())),
-            Err(e) => Err(StoreError::Io { path: p, context: "removing a tag", source: e }),
+            Err(e) => Err(StoreError::Io(IoError::new("remove tag", p, e))),
         }
     }
 
@@ -354,8 +348,8 @@ impl Store {
         let dir = self.root.join("index/tags");
         let mut out = Vec::new();
         let mut bad = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir, "listing tags"))? {
-            let entry = entry.map_err(io_err(&dir, "listing tags"))?;
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir, "list tags in"))? {
+            let entry = entry.map_err(io_err(&dir, "list tags in"))?;
             if !entry.file_name().to_string_lossy().ends_with(".json") {
                 continue;
             }
@@ -372,7 +366,7 @@ impl Store {
     // ---- helpers ----
 
     fn rename_in(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
-        fs::rename(from, to).map_err(io_err(to, "moving into the store"))?;
+        fs::rename(from, to).map_err(io_err(to, "move into the store:"))?;
         if let Some(parent) = to.parent() {
             sync_dir(parent);
         }
@@ -386,7 +380,7 @@ impl Store {
         let tmp = self.tmp_path("index");
         write_synced(&tmp, &bytes)?;
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent, "creating an index directory"))?;
+            fs::create_dir_all(parent).map_err(io_err(parent, "create index directory"))?;
         }
         self.rename_in(&tmp, path)
     }
@@ -422,15 +416,22 @@ fn touch(path: &Path) {
 }
 
 impl CacheStore for Store {
-    fn get(&self, key: &Digest) -> Option<CacheRecord> {
+    fn get(&self, key: &Digest) -> Result<Option<CacheRecord>, CacheError> {
         let path = self.cache_path(key);
-        let record: CacheRecord = read_json(&path).ok().flatten()?;
+        let record: CacheRecord = match read_json(&path) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let context = format!("cannot use the entry for {key}");
+                return Err(CacheError { context, source: io::Error::other(e) });
+            }
+        };
         // An entry whose snapshots were pruned is a miss, not an error.
         if !record.output.layers().iter().all(|l| self.has_snapshot(l)) {
-            return None;
+            return Ok(None);
         }
         touch(&path);
-        Some(record)
+        Ok(Some(record))
     }
 
     fn previous_step(&self, identity: &str) -> Option<StepInputs> {
@@ -445,8 +446,8 @@ impl CacheStore for Store {
             .map_err(|e| StoreError::BadIndex { path: path.clone(), source: e })
             .and_then(|bytes| {
                 let tmp = self.tmp_path("step");
-                fs::write(&tmp, bytes).map_err(io_err(&tmp, "writing a step record"))?;
-                fs::rename(&tmp, &path).map_err(io_err(&path, "moving a step record into the store"))
+                fs::write(&tmp, bytes).map_err(io_err(&tmp, "write step record"))?;
+                fs::rename(&tmp, &path).map_err(io_err(&path, "move step record into the store:"))
             });
         written.map_err(|e| CacheError { context: format!("recording step {identity}"), source: io::Error::other(e) })
     }
@@ -467,13 +468,13 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sto
             serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::BadIndex { path: path.into(), source: e })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::Io { path: path.into(), context: "reading the index", source: e }),
+        Err(e) => Err(StoreError::Io(IoError::new("read index entry", path, e))),
     }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut f = File::create(path).map_err(io_err(path, "creating a file"))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(path, "writing a file"))
+    let mut f = File::create(path).map_err(io_err(path, "create"))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(path, "write"))
 }
 
 /// Marks `dir` as a top of a directory hierarchy (`chattr +T`), so ext4 places each directory made in it (every
@@ -502,7 +503,7 @@ fn remove_tree(dir: &Path) -> Result<(), StoreError> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::Io { path: dir.into(), context: "removing a directory", source: e }),
+        Err(e) => Err(StoreError::Io(IoError::new("remove directory", dir, e))),
     }
 }
 
@@ -519,59 +520,6 @@ fn escape_name(name: &str) -> String {
     out
 }
 
-/// The lock file of the tmp dir `dir`: a sibling, `tmp/<pid>-<n>.lock`, taken *before* the dir is created and
-/// released only after it is removed. A collector that finds the lock free knows the dir (if any) is dead; a dir
-/// whose lock is held is never touched, and a dir is only ever created by the process holding its lock.
-fn tmp_lock_path(dir: &Path) -> PathBuf {
-    let mut name = dir.as_os_str().to_os_string();
-    name.push(".lock");
-    PathBuf::from(name)
-}
-
-/// Whether the open file `f` is still the file at `path` (not unlinked or replaced since it was opened).
-fn still_linked(f: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (f.metadata(), fs::metadata(path)) {
-        (Ok(held), Ok(at_path)) => held.ino() == at_path.ino() && held.dev() == at_path.dev(),
-        _ => false,
-    }
-}
-
-/// Creates this process's tmp dir, locked for as long as the store is open.
-fn own_tmp_dir(tmp_root: &Path) -> Result<(PathBuf, File), StoreError> {
-    for attempt in 0u32..1000 {
-        let dir = tmp_root.join(format!("{}-{attempt}", std::process::id()));
-        let lock_path = tmp_lock_path(&dir);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path, "creating a tmp lock"))?;
-        if f.try_lock().is_err() {
-            continue;
-        }
-        // A collector may have judged the file dead and unlinked it between our open and our lock: only a lock on
-        // the file that is still at that path counts.
-        if !still_linked(&f, &lock_path) {
-            continue;
-        }
-        // We hold the lock, so whatever is at `dir` was left by a dead process with our pid.
-        if dir.exists() {
-            remove_unmounted(&dir);
-        }
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok((dir, f)),
-            Err(_) => continue,
-        }
-    }
-    Err(StoreError::Io {
-        path: tmp_root.into(),
-        context: "creating a tmp dir",
-        source: io::Error::new(io::ErrorKind::AlreadyExists, "no free name"),
-    })
-}
-
 /// Makes the store root reachable by its owner only (0700, as Docker's data root). Image content holds setuid
 /// binaries, device nodes made by RUN steps and agent sockets: a traversable store would hand them to every local
 /// user. An existing root with wider permissions is tightened; one owned by another user is refused.
@@ -580,14 +528,14 @@ fn private_root(root: &Path) -> Result<Option<u32>, StoreError> {
     if let Some(parent) = root.parent()
         && !parent.as_os_str().is_empty()
     {
-        fs::create_dir_all(parent).map_err(io_err(parent, "creating the store's parent directory"))?;
+        fs::create_dir_all(parent).map_err(io_err(parent, "create the store's parent directory"))?;
     }
     match fs::DirBuilder::new().mode(0o700).create(root) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(StoreError::Io { path: root.into(), context: "creating the store", source: e }),
+        Err(e) => return Err(StoreError::Io(IoError::new("create the store", root, e))),
     }
-    let meta = fs::metadata(root).map_err(io_err(root, "inspecting the store"))?;
+    let meta = fs::metadata(root).map_err(io_err(root, "stat the store"))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let user = unsafe { libc::geteuid() };
     if meta.uid() != user {
@@ -595,7 +543,7 @@ fn private_root(root: &Path) -> Result<Option<u32>, StoreError> {
     }
     if meta.mode() & 0o077 != 0 {
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(root, "making the store private (chmod 0700)"))?;
+            .map_err(io_err(root, "make private (chmod 0700) the store"))?;
         return Ok(Some(meta.mode() & 0o7777));
     }
     Ok(None)
@@ -623,277 +571,5 @@ pub fn root_problem(root: &Path) -> Option<String> {
     None
 }
 
-/// Removes tmp dirs left behind by processes that died (their lock is no longer held); returns them, and what
-/// `reaper` stopped in them first.
-fn collect_dead_tmp(tmp_root: &Path, reaper: Reaper) -> (Vec<PathBuf>, Vec<String>) {
-    let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir(tmp_root) else { return (found, Vec::new()) };
-    let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    names.sort();
-    // First find the dead (holding their locks), then let the reaper stop what runs there, then collect.
-    let mut dead_locked = Vec::new();
-    let mut dead_unlocked = Vec::new();
-    for p in names {
-        if p.extension().is_some_and(|e| e == "lock") {
-            // A lock file: free means its process is gone. Remove the dir first, then the lock, while holding it.
-            let Ok(f) = File::options().write(true).open(&p) else { continue };
-            if f.try_lock().is_err() || !still_linked(&f, &p) {
-                // Held, or unlinked by its owner after we opened it (a new owner may hold a new file there now).
-                continue;
-            }
-            dead_locked.push((p, f));
-        } else if !tmp_lock_path(&p).exists() {
-            // A dir with no lock beside it was never owned under the current scheme (its creator holds the lock
-            // before creating it and removes the dir before the lock), unless an older rbuild made it with the
-            // lock inside: that one is alive while its inner lock is held.
-            let alive = File::open(p.join(".lock")).is_ok_and(|f| f.try_lock().is_err());
-            if !alive {
-                dead_unlocked.push(p);
-            }
-        }
-    }
-    let mut dirs: Vec<PathBuf> = dead_locked.iter().map(|(p, _)| p.with_extension("")).collect();
-    dirs.extend(dead_unlocked.iter().cloned());
-    let reaped = if dirs.is_empty() { Vec::new() } else { reaper(&dirs) };
-    for (lock, _held) in &dead_locked {
-        let dir = lock.with_extension("");
-        if dir.exists() {
-            remove_unmounted(&dir);
-            found.push(dir);
-        }
-        let _ = fs::remove_file(lock);
-    }
-    for p in dead_unlocked {
-        if p.is_dir() {
-            remove_unmounted(&p);
-        } else {
-            let _ = fs::remove_file(&p);
-        }
-        found.push(p);
-    }
-    (found, reaped)
-}
-
-/// Removes `dir` after detaching every mount at or below it. `remove_dir_all` does not stop at mount points: run
-/// on a directory that still holds a mount (left by a process that was killed mid-step), it would delete through
-/// the mount into whatever is mounted there. If any mount cannot be detached, the directory is left alone.
-fn remove_unmounted(dir: &Path) {
-    for mount in mounts_under(dir) {
-        let Ok(c) = std::ffi::CString::new(mount.as_os_str().as_encoded_bytes()) else { return };
-        // SAFETY: `c` is a valid NUL-terminated path; umount2 has no other preconditions.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            return;
-        }
-    }
-    let _ = fs::remove_dir_all(dir);
-}
-
-/// Mount points at or below `dir`, deepest first, from this process's `/proc/self/mountinfo`.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
-    let mut out: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    out.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-    out.dedup();
-    out
-}
-
-/// mountinfo writes space, tab, newline and backslash in paths as octal escapes (`\040`).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blobs_round_trip_and_detect_corruption() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let d = store.write_blob(b"hello").unwrap();
-        assert_eq!(store.read_blob(&d).unwrap(), b"hello");
-        fs::write(store.blob_path(&d), b"jello").unwrap();
-        assert!(matches!(store.read_blob(&d), Err(StoreError::CorruptBlob { .. })));
-    }
-
-    #[test]
-    fn cache_entries_need_their_snapshots() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let layer = Digest::of(b"layer");
-        let key = Digest::of(b"key");
-        store.put(&key, &Output::RootFs(vec![layer.clone()])).unwrap();
-        assert!(store.get(&key).is_none(), "snapshot missing: must be a miss");
-        let snap = store.tmp_dir("snap").unwrap();
-        fs::write(snap.join("f"), b"x").unwrap();
-        store.commit_snapshot(&snap, &layer).unwrap();
-        assert_eq!(store.get(&key).unwrap().output, Output::RootFs(vec![layer.clone()]));
-        // A second commit of the same layer keeps the first and discards the new dir.
-        let again = store.tmp_dir("snap").unwrap();
-        store.commit_snapshot(&again, &layer).unwrap();
-        assert!(!again.exists() && store.snapshot_path(&layer).join("f").exists());
-    }
-
-    #[test]
-    fn tags_with_registry_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let rec = ImageRecord {
-            name: "127.0.0.1:5000/a/b:1.0".into(),
-            config: Digest::of(b"c"),
-            manifest: None,
-            platforms: Vec::new(),
-        };
-        store.set_tag(&rec).unwrap();
-        assert_eq!(store.tag("127.0.0.1:5000/a/b:1.0").unwrap(), Some(rec.clone()));
-        assert_eq!(store.tags().unwrap(), vec![rec]);
-        store.remove_tag("127.0.0.1:5000/a/b:1.0").unwrap();
-        assert!(matches!(store.remove_tag("127.0.0.1:5000/a/b:1.0"), Err(StoreError::NoSuchImage(_))));
-    }
-
-    #[test]
-    fn dead_tmp_dirs_are_collected_live_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let live = Store::open(dir.path()).unwrap();
-        let live_tmp = live.tmp_dir("x").unwrap();
-        let dead = dir.path().join("tmp/999999-0");
-        fs::create_dir_all(dead.join("sub")).unwrap();
-        File::create(dead.join(".lock")).unwrap();
-        let _second = Store::open(dir.path()).unwrap();
-        assert!(!dead.exists(), "a dead process's tmp dir is removed");
-        assert!(live_tmp.exists(), "a live process's tmp dir is kept");
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo("/var/tmp/a\\040b\\134c"), "/var/tmp/a b\\c");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
-
-    /// Regression: collecting a dead process's tmp dir must never delete through a mount left inside it.
-    #[test]
-    fn dead_tmp_dirs_with_mounts_are_unmounted_not_deleted_through() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI runs as root");
-            eprintln!("SKIPPED: needs root to mount");
-            return;
-        }
-        let dir = tempfile::Builder::new().tempdir_in("/var/tmp").unwrap();
-        let precious = dir.path().join("precious");
-        fs::create_dir(&precious).unwrap();
-        fs::write(precious.join("keep.txt"), b"keep").unwrap();
-        let store_root = dir.path().join("store");
-        drop(Store::open(&store_root).unwrap());
-        let dead = store_root.join("tmp/999998-0");
-        let target = dead.join("run-0/merged");
-        fs::create_dir_all(&target).unwrap();
-        File::create(dead.join(".lock")).unwrap();
-        let (src, dst) = (
-            std::ffi::CString::new(precious.to_str().unwrap()).unwrap(),
-            std::ffi::CString::new(target.to_str().unwrap()).unwrap(),
-        );
-        // SAFETY: valid NUL-terminated paths; a plain bind mount.
-        let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
-        assert_eq!(rc, 0, "bind mount: {}", io::Error::last_os_error());
-        let _store = Store::open(&store_root).unwrap();
-        assert!(!dead.exists(), "the dead tmp dir is collected");
-        assert_eq!(fs::read(precious.join("keep.txt")).unwrap(), b"keep", "nothing was deleted through the mount");
-        assert!(mounts_under(&store_root).is_empty(), "no mount is left behind");
-    }
-
-    /// Regression: a store opening while another one is being created must never collect the other's fresh tmp
-    /// dir (it used to, in the moment between creating the dir and locking the lock file inside it).
-    #[test]
-    fn concurrent_opens_never_collect_each_others_tmp_dirs() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let root = root.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..40 {
-                        let store = Store::open(&root).expect("open");
-                        let work = store.tmp_dir("w").expect("own tmp dir is intact");
-                        fs::write(work.join("f"), b"x").expect("write in own tmp dir");
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let left: Vec<_> = fs::read_dir(root.join("tmp")).unwrap().flatten().map(|e| e.path()).collect();
-        assert!(left.is_empty(), "closed stores leave nothing in tmp/: {left:?}");
-    }
-
-    /// Regression (adversarial review, hole 4): the store was created 0755, so any local user could run a
-    /// setuid-root binary from `snapshots/` or open device nodes made by RUN steps.
-    #[test]
-    fn the_store_root_is_private_to_its_owner() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let fresh = dir.path().join("a/store");
-        drop(Store::open(&fresh).unwrap());
-        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777, 0o700);
-        assert_eq!(root_problem(&fresh), None);
-        // An existing store with wider permissions is reported, and tightened when opened.
-        fs::set_permissions(&fresh, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(root_problem(&fresh).is_some_and(|p| p.contains("0755")), "{:?}", root_problem(&fresh));
-        assert_eq!(Store::open(&fresh).unwrap().was_exposed(), Some(0o755));
-        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777, 0o700);
-    }
-
-    /// Regression (adversarial review, item 10): one malformed tag file made `images` and `check` fail.
-    #[test]
-    fn a_malformed_tag_file_hides_no_other_image() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let config = store.write_blob(b"{}").unwrap();
-        store.set_tag(&ImageRecord { name: "good".into(), config, manifest: None, platforms: Vec::new() }).unwrap();
-        fs::write(dir.path().join("index/tags/broken.json"), b"{not json").unwrap();
-        let tags = store.tags().unwrap();
-        assert_eq!(tags.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["good"]);
-        let (_, bad) = store.tags_checked().unwrap();
-        assert_eq!(bad.len(), 1);
-        assert!(bad[0].to_string().contains("broken.json"), "{}", bad[0]);
-    }
-
-    /// The reaper sees a dead process's tmp dir before it is removed (so its containers die before their mounts).
-    #[test]
-    fn the_reaper_runs_before_dead_tmp_dirs_are_collected() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
-        let dead = dir.path().join("tmp/999997-0");
-        fs::create_dir_all(dead.join("bundles-0")).unwrap();
-        File::create(tmp_lock_path(&dead)).unwrap();
-        let seen = std::sync::Mutex::new(Vec::new());
-        let reaper = |dirs: &[PathBuf]| {
-            for d in dirs {
-                seen.lock().unwrap().push((d.clone(), d.join("bundles-0").exists()));
-            }
-            vec!["killed container x".to_string()]
-        };
-        let store = Store::open_reaping(dir.path(), LockMode::Shared, &reaper).unwrap().unwrap();
-        assert_eq!(*seen.lock().unwrap(), vec![(dead.clone(), true)]);
-        assert_eq!(store.reaped(), ["killed container x".to_string()]);
-        assert!(!dead.exists());
-    }
-}
+mod tests;

@@ -64,7 +64,7 @@ fn load_puts_the_image_into_the_docker_daemon() {
     assert!(run.stderr.contains("no Docker daemon answers at"), "{}", run.stderr);
     assert!(!run.stderr.contains("writing image"), "failed before the build: {}", run.stderr);
 
-    let Some(env) = crate::outputs::docker_env() else { return };
+    let Some(env) = rbuild_test_support::Reference::Docker26.require() else { return };
     let _one_at_a_time = crate::outputs::DOCKER_LOADS.lock().unwrap_or_else(|e| e.into_inner());
     let docker_host = env.iter().find(|(k, _)| k == "DOCKER_HOST").map(|(_, v)| v.clone()).expect("DOCKER_HOST");
     let name = format!("rbuild-test/{}:1", unique("load"));
@@ -72,11 +72,11 @@ fn load_puts_the_image_into_the_docker_daemon() {
     let iid_arg = iid.to_str().unwrap().to_string();
     build(&ws, "load", &["-t", &name, "--load", "--iidfile", &iid_arg], &[("DOCKER_HOST", &docker_host)]).success();
     let id = std::fs::read_to_string(&iid).expect("iidfile");
-    let inspect = crate::outputs::docker(&env, &["image", "inspect", "--format", "{{.Id}} {{.Config.Labels}}", &name]);
+    let inspect = crate::support::docker(&env, &["image", "inspect", "--format", "{{.Id}} {{.Config.Labels}}", &name]);
     let inspect = inspect.success();
     assert!(inspect.stdout.starts_with(&id), "docker has the image rbuild built ({id}): {}", inspect.stdout);
     assert!(inspect.stdout.contains("built:yes"), "{}", inspect.stdout);
-    let _ = crate::outputs::docker(&env, &["image", "rm", &name]);
+    let _ = crate::support::docker(&env, &["image", "rm", &name]);
 }
 
 #[test]

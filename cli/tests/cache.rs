@@ -337,3 +337,46 @@ fn pull_re_resolves_a_tag_that_is_already_in_the_store() {
     assert_eq!(status(&pulled, "RUN cat /version"), "DONE");
     assert!(pulled.stderr.lines().any(|l| l.ends_with(" v2")), "the new base is used:\n{}", pulled.stderr);
 }
+
+/// Regression (issue #10): an unreadable cache index entry was a silent miss. Now the build names it, reruns the
+/// step and replaces the entry; `rbuild check` finds it before that.
+#[test]
+fn a_corrupt_cache_entry_is_reported_rerun_and_replaced() {
+    if !require(&["runc", "busybox"]) {
+        return;
+    }
+    let ws = Workspace::new();
+    let ctx = setup(&ws);
+    let entries = || -> std::collections::BTreeSet<_> {
+        fs::read_dir(ws.path("store/index/cache"))
+            .unwrap()
+            .flat_map(|shard| fs::read_dir(shard.unwrap().path()).unwrap())
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let base_entries = entries();
+    build(&ws, &ctx, &[]);
+    // One of the app's steps' entries (the base image's build made others).
+    let entry = entries().difference(&base_entries).next().expect("the build recorded cache entries").clone();
+    fs::write(&entry, b"{\"output\": truncated").unwrap();
+    let hex = entry.file_stem().unwrap().to_str().unwrap().to_string();
+
+    let check = ws.rbuild("store", &["check"]);
+    assert_eq!(check.code, Some(1), "check fails on a corrupt entry:\n{}", check.stdout);
+    assert!(check.stdout.contains(&format!("malformed cache entry {}", entry.display())), "{}", check.stdout);
+
+    let run = build(&ws, &ctx, &[]);
+    let warning = run.stderr.lines().find(|l| l.contains("WARNING: cache index")).unwrap_or_else(|| {
+        panic!("no warning about the corrupt entry:\n{}", run.stderr);
+    });
+    assert!(warning.contains(&format!("cannot use the entry for sha256:{hex}")), "{warning}");
+    assert!(warning.contains(&entry.display().to_string()) && warning.contains("malformed index entry"), "{warning}");
+    assert!(warning.ends_with("the step runs again and replaces it"), "{warning}");
+    assert_eq!(steps_that_ran(&run), 1, "only the step whose entry was corrupt reruns:\n{}", run.stderr);
+
+    let again = build(&ws, &ctx, &[]);
+    assert_eq!(steps_that_ran(&again), 0, "the rerun replaced the entry:\n{}", again.stderr);
+    assert!(!again.stderr.contains("WARNING"), "{}", again.stderr);
+    let check = ws.rbuild("store", &["check"]).success();
+    assert!(check.stdout.contains("store is consistent"), "{}", check.stdout);
+}

@@ -8,54 +8,9 @@
 //! experimental rule, so that case enables it with `# check=experimental=CopyIgnoredFile` (rbuild accepts and
 //! ignores the option: the rule is on by default, as in newer BuildKit).
 
-use crate::support::{Workspace, in_ci};
+use crate::support::{Workspace, docker};
+use rbuild_test_support::Reference;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-/// Serialises runs of `buildkit-newest-up.sh` (its first run downloads and unpacks dockerd).
-const NEWEST_UP_LOCK: &str = "/tmp/rbuild-buildkit-newest.lock";
-
-/// The newest reference's `docker` environment; `None` (with a visible message) when it cannot start outside CI.
-fn reference() -> Option<Vec<(String, String)>> {
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/buildkit-newest-up.sh");
-    let script = if beside.is_file() { beside } else { PathBuf::from("/work/shared/tools/buildkit-newest-up.sh") };
-    let out = Command::new("flock")
-        .arg("-o") // the lock must not be inherited by the dockerd the script starts
-        .arg(NEWEST_UP_LOCK)
-        .arg("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output();
-    let line = out.as_ref().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().last().map(str::to_string));
-    let Some(line) = line.filter(|l| l.starts_with("export ")) else {
-        let msg = format!(
-            "the reference BuildKit could not start: {:?}",
-            out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        );
-        assert!(!in_ci(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
-        return None;
-    };
-    let path = std::env::var("PATH").unwrap_or_default();
-    Some(
-        line.trim_start_matches("export ")
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.replace("$PATH", &path)))
-            .collect(),
-    )
-}
-
-fn docker(env: &[(String, String)], args: &[&str]) -> crate::support::Run {
-    let out = Command::new("docker")
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .output()
-        .expect("docker");
-    crate::support::Run::from(out, format!("docker {}", args.join(" ")))
-}
 
 /// (rule, line, message) of every warning in a `--call check,format=json` result, sorted; and whether it had a
 /// build error.
@@ -116,7 +71,7 @@ const CASES: &[(&str, &str)] = &[
 
 #[test]
 fn check_findings_match_buildkit_0_25() {
-    let Some(env) = reference() else { return };
+    let Some(env) = Reference::Newest.require() else { return };
     let ws = Workspace::new();
     let mut disagreements = Vec::new();
     let mut compared = 0;
@@ -151,7 +106,7 @@ fn check_findings_match_buildkit_0_25() {
 
 #[test]
 fn outline_and_targets_print_as_buildx_does() {
-    let Some(env) = reference() else { return };
+    let Some(env) = Reference::Newest.require() else { return };
     let ws = Workspace::new();
     let dockerfile = "ARG GO_VERSION=1.22\n# VERSION the version to stamp\nARG VERSION=dev\n# base is the base stage\n\
                       FROM scratch AS base\nARG UNUSED_HERE\n# build compiles\nFROM base AS build\nARG VERSION\n\
@@ -221,7 +176,7 @@ fn call_check_exits_non_zero_on_findings_and_a_build_prints_them_with_their_line
 /// report the same findings.
 #[test]
 fn invalid_base_image_platform_matches_buildkit_0_25() {
-    let Some(env) = reference() else { return };
+    let Some(env) = Reference::Newest.require() else { return };
     if !crate::support::require(&["skopeo", "curl", "busybox"]) {
         return;
     }

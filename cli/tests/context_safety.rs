@@ -3,7 +3,7 @@
 //! bind mounts; and a writer swapping context directories for symlinks while a build reads them never gets a host
 //! file into a layer.
 
-use crate::support::{Run, Workspace, require};
+use crate::support::{Workspace, require};
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -27,13 +27,6 @@ fn keys_context(ws: &Workspace, name: &str, dockerfile: &str) -> PathBuf {
     symlink("kl", ctx.join("chain")).unwrap();
     symlink("keys/id_rsa", ctx.join("idl")).unwrap();
     ctx
-}
-
-fn build(ws: &Workspace, store: &str, ctx: &Path, extra: &[&str]) -> Run {
-    let mut args = vec!["build"];
-    args.extend_from_slice(extra);
-    args.push(ctx.to_str().unwrap());
-    ws.rbuild(store, &args)
 }
 
 /// Every file under `dir` whose bytes contain `needle`.
@@ -66,7 +59,7 @@ fn copy_through_a_symlink_into_an_ignored_dir_is_not_found() {
         .enumerate()
     {
         let ctx = keys_context(&ws, &format!("copy{i}"), &format!("FROM scratch\nCOPY {source} /leak\n"));
-        let run = build(&ws, "store", &ctx, &[]);
+        let run = ws.build("store", &ctx, &[]);
         assert_ne!(run.code, Some(0), "COPY {source} must fail:\n{}", run.stderr);
         assert!(!run.stderr.contains("ctx-test-secret"), "{}", run.stderr);
         let shown = format!("/{}", rbuild_cache::contenthash::clean_clamped(source).display());
@@ -89,7 +82,7 @@ fn add_and_wildcards_through_a_symlink_into_an_ignored_dir_find_nothing() {
     ];
     for (i, (step, want)) in cases.iter().enumerate() {
         let ctx = keys_context(&ws, &format!("add{i}"), &format!("FROM scratch\n{step}\n"));
-        let run = build(&ws, "store", &ctx, &[]);
+        let run = ws.build("store", &ctx, &[]);
         assert_ne!(run.code, Some(0), "{step} must fail:\n{}", run.stderr);
         assert!(run.stderr.contains(want), "{step}: want {want:?} in\n{}", run.stderr);
         assert!(run.stderr.contains(step), "the error names the step:\n{}", run.stderr);
@@ -99,13 +92,13 @@ fn add_and_wildcards_through_a_symlink_into_an_ignored_dir_find_nothing() {
     for (i, step) in ["COPY k*/id_rsa /leak/", "COPY */id_rsa /leak/", "COPY id* /leak/"].iter().enumerate() {
         let ctx = keys_context(&ws, &format!("glob{i}"), &format!("FROM scratch\n{step}\n"));
         let out = ws.path(&format!("out-glob{i}"));
-        build(&ws, "store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
+        ws.build("store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
         assert!(!out.join("leak").exists(), "{step} copied something");
     }
     // Copying the whole context copies the links as links and leaves the ignored directory out.
     let ctx = keys_context(&ws, "all", "FROM scratch\nCOPY . /all/\n");
     let out = ws.path("out-all");
-    build(&ws, "store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
+    ws.build("store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
     assert!(!out.join("all/keys").exists());
     assert_eq!(fs::read_link(out.join("all/kl")).unwrap(), PathBuf::from("keys"));
     assert_eq!(fs::read_to_string(out.join("all/sub/ok.txt")).unwrap(), "fine\n");
@@ -123,7 +116,7 @@ fn reincluded_files_stay_reachable_through_a_symlink() {
     fs::write(ctx.join(".dockerignore"), "keys/\n!keys/pub.txt\n").unwrap();
     fs::write(ctx.join("keys/pub.txt"), "public\n").unwrap();
     let out = ws.path("out");
-    build(&ws, "store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
+    ws.build("store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
     assert_eq!(fs::read_to_string(out.join("k/pub.txt")).unwrap(), "public\n");
     assert!(!out.join("k/id_rsa").exists(), "only the re-included file is copied");
 }
@@ -139,7 +132,7 @@ fn bind_mount_through_a_symlink_into_an_ignored_dir_is_not_found() {
         let dockerfile =
             format!("FROM local/busybox\nRUN --mount=type=bind,source={source},target=/m cat /m /m/id_rsa || true\n");
         let ctx = keys_context(&ws, &format!("bind-{source}").replace('/', "-"), &dockerfile);
-        let run = build(&ws, "store", &ctx, &[]);
+        let run = ws.build("store", &ctx, &[]);
         assert!(!run.stderr.contains("ctx-test-secret"), "the key was readable through {source}:\n{}", run.stderr);
         assert_ne!(run.code, Some(0), "mounting {source} must fail:\n{}", run.stderr);
         let shown = format!("\"/{source}\": not found");
@@ -157,7 +150,7 @@ fn dockerignore_itself_is_read_inside_the_context() {
     let ctx = keys_context(&ws, "ignorelink", "FROM scratch\nCOPY keys/id_rsa /leak\n");
     fs::rename(ctx.join(".dockerignore"), ctx.join("real.dockerignore")).unwrap();
     symlink("/real.dockerignore", ctx.join(".dockerignore")).unwrap();
-    let run = build(&ws, "store", &ctx, &[]);
+    let run = ws.build("store", &ctx, &[]);
     assert_ne!(run.code, Some(0), "the in-context .dockerignore (through an absolute link) applies:\n{}", run.stderr);
     assert!(run.stderr.contains("excluded by .dockerignore"), "{}", run.stderr);
 
@@ -168,7 +161,7 @@ fn dockerignore_itself_is_read_inside_the_context() {
     fs::remove_file(ctx.join(".dockerignore")).unwrap();
     symlink(&host, ctx.join(".dockerignore")).unwrap();
     let out = ws.path("out");
-    build(&ws, "store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
+    ws.build("store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
     assert!(out.join("leak").is_file(), "the host file's patterns were not applied");
 }
 
@@ -216,7 +209,7 @@ fn racing_symlink_swaps_never_copy_host_files() {
     let mut leaked = Vec::new();
     while tries < 40 && Instant::now() < deadline {
         let out = ws.path(&format!("out{tries}"));
-        let run = build(&ws, "store", &ctx, &["--no-cache", "-o", &format!("type=local,dest={}", out.display())]);
+        let run = ws.build("store", &ctx, &["--no-cache", "-o", &format!("type=local,dest={}", out.display())]);
         if run.code == Some(0) {
             built += 1;
         } else if let Some(line) = run.stderr.lines().find(|l| l.starts_with("error:")) {
@@ -229,7 +222,7 @@ fn racing_symlink_swaps_never_copy_host_files() {
     let swaps = swapper.join().unwrap();
     // Control: with the writer gone the same build works and copies the context's files.
     let out = ws.path("out-after");
-    build(&ws, "store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
+    ws.build("store", &ctx, &["-o", &format!("type=local,dest={}", out.display())]).success();
     assert_eq!(fs::read_to_string(out.join("out/f007")).unwrap(), "context file 7\n");
     leaked.extend(files_containing(&ws.path("store"), CANARY.as_bytes()));
     println!("race: {tries} builds, {built} succeeded, {swaps} swaps");

@@ -23,14 +23,13 @@
 //! rbuild and BuildKit build each case at the same time, and a few cases run at once (`RBUILD_DIFF_JOBS`, default
 //! 3), to keep the suite short.
 
-use crate::support::{Workspace, require, skip, testdata};
+use crate::support::{Workspace, docker, require, skip, testdata};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// The mtime every entry of a case's context gets (2001-09-09T01:46:40Z), so that an image entry that keeps its
 /// source's time can be told from one made at build time.
@@ -157,45 +156,6 @@ fn apply_snapshot(tree: &mut Tree, root: &Path, dir: &Path) {
             apply_snapshot(tree, root, &p);
         }
     }
-}
-
-/// The reference BuildKit's `docker` environment, or why it cannot be used.
-fn reference() -> Result<Vec<(String, String)>, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/buildkit-up.sh");
-    if !script.is_file() {
-        return Err(format!("{} is missing", script.display()));
-    }
-    // Serialised: on a fresh machine the script downloads and unpacks dockerd, which two tests must not do at once.
-    let out = Command::new("flock")
-        .arg("-o") // the lock must not be inherited by the dockerd the script starts
-        .arg(crate::support::BUILDKIT_UP_LOCK)
-        .arg("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    if !out.status.success() || !last.starts_with("export ") {
-        return Err(format!("buildkit-up.sh failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let path = std::env::var("PATH").unwrap_or_default();
-    Ok(last["export ".len()..]
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.replace("$PATH", &path)))
-        .collect())
-}
-
-fn docker(env: &[(String, String)], args: &[&str]) -> crate::support::Run {
-    let out = Command::new("docker")
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("DOCKER_BUILDKIT", "1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("docker: {e}"));
-    crate::support::Run::from(out, format!("docker {}", args.join(" ")))
 }
 
 /// BuildKit's image: its tree and its config, from `docker save`.
@@ -402,7 +362,7 @@ fn rbuild_and_buildkit_build_the_same_images() {
     if !require(&["runc", "busybox"]) {
         return;
     }
-    let env = match reference() {
+    let env = match rbuild_test_support::Reference::Docker26.start() {
         Ok(env) if docker(&env, &["version"]).code == Some(0) => env,
         Ok(_) => return skip("the reference BuildKit did not answer (docker version failed)"),
         Err(e) => return skip(&format!("the reference BuildKit could not be started: {e}")),

@@ -72,9 +72,7 @@ fn dump_ast_prints_buildkits_format() {
     };
     let cases = dir.join("parser-testfiles");
     if !cases.is_dir() {
-        assert!(!crate::support::in_ci(), "conformance data missing at {}", cases.display());
-        println!("SKIPPED: conformance data not found at {}", cases.display());
-        return;
+        return crate::support::skip(&format!("conformance data not found at {}", cases.display()));
     }
     let ws = Workspace::new();
     let mut dirs: Vec<_> = std::fs::read_dir(&cases).unwrap().map(|e| e.unwrap().path()).collect();

@@ -180,42 +180,12 @@ fn add_never_passes_refs_or_urls_to_git_and_curl_as_options() {
     }
 }
 
-/// A fake registry on loopback that answers `/v2/` and then sends every other response a byte every `gap`.
-fn trickling_registry(gap: Duration) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten().take(50) {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
-                    head.push(byte[0]);
-                }
-                if head.starts_with(b"GET /v2/ ") {
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
-                    return;
-                }
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100000\r\n\r\n");
-                for _ in 0..2000 {
-                    if conn.write_all(b" ").is_err() {
-                        return;
-                    }
-                    std::thread::sleep(gap);
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Item 9: a registry that trickles hits the deadline with a message saying so; and after a first Ctrl-C, a
 /// second one exits at once even while a pull hangs.
 #[test]
 fn a_trickling_registry_times_out_and_a_second_ctrl_c_exits_at_once() {
     let ws = Workspace::new();
-    let addr = trickling_registry(Duration::from_millis(200));
+    let addr = rbuild_test_support::trickling_registry(Duration::from_millis(200));
     let ctx = ws.context("slow", &[("Dockerfile", &format!("FROM {addr}/slow/base:1\nRUN true\n"))]);
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))

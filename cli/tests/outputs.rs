@@ -2,7 +2,8 @@
 //! reproducible builds with SOURCE_DATE_EPOCH.
 
 use crate::registry::rbuild_env;
-use crate::support::{Registry, Workspace, cmd, in_ci, require, unique};
+use crate::support::{Registry, Workspace, cmd, docker, require, unique};
+use rbuild_test_support::Reference;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -50,46 +51,6 @@ fn json_file(p: &Path) -> serde_json::Value {
 /// Held by tests while they load images into the one reference dockerd: concurrent loads into it were seen to
 /// leave an image without its layers' files ("cat": executable file not found) now and then.
 pub static DOCKER_LOADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Starts the reference dockerd; `None` (with a visible message) when it cannot start outside CI.
-pub fn docker_env() -> Option<Vec<(String, String)>> {
-    // shared/ sits beside the repository (CI clones it there too).
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/buildkit-up.sh");
-    let script = if beside.is_file() { beside } else { Path::new("/work/shared/tools/buildkit-up.sh").to_path_buf() };
-    // Serialised with the differential suite: the first run on a machine downloads and unpacks dockerd.
-    let out = std::process::Command::new("flock")
-        .arg("-o") // the lock must not be inherited by the dockerd the script starts
-        .arg(crate::support::BUILDKIT_UP_LOCK)
-        .arg("bash")
-        .arg(&script)
-        .stdin(std::process::Stdio::null())
-        .output();
-    let line = out.as_ref().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).lines().last().map(str::to_string));
-    let Some(line) = line.filter(|l| l.starts_with("export ")) else {
-        let msg =
-            format!("dockerd could not start: {:?}", out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()));
-        assert!(!in_ci(), "{msg}");
-        eprintln!("SKIPPED (docker load part): {msg}");
-        return None;
-    };
-    Some(
-        line.trim_start_matches("export ")
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.replace("$PATH", &std::env::var("PATH").unwrap_or_default())))
-            .collect(),
-    )
-}
-
-pub fn docker(env: &[(String, String)], args: &[&str]) -> crate::support::Run {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("docker");
-    crate::support::Run::from(out, format!("docker {}", args.join(" ")))
-}
 
 #[test]
 fn every_output_is_read_by_docker_skopeo_and_umoci() {
@@ -156,7 +117,7 @@ fn every_output_is_read_by_docker_skopeo_and_umoci() {
     assert!(listed.lines().any(|l| l.ends_with("srv/data/link -> msg")), "{listed}");
 
     // `docker load` accepts type=docker and the image runs.
-    if let Some(env) = docker_env() {
+    if let Some(env) = Reference::Docker26.require() {
         let _one_at_a_time = DOCKER_LOADS.lock().unwrap_or_else(|e| e.into_inner());
         let loaded = docker(&env, &["load", "-i", dock.to_str().unwrap()]).success();
         assert!(loaded.stdout.contains(&name), "{}", loaded.stdout);

@@ -3,7 +3,8 @@
 //! `docker-registry` (Docker Hub is never reachable here); the concurrency evidence comes from a proxy that counts
 //! blob downloads in flight, not from timing.
 
-use crate::registry::{TestRegistry, rbuild_env};
+use crate::registry::rbuild_env;
+use crate::support::Registry;
 use crate::support::{Workspace, cmd, require};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
@@ -46,7 +47,7 @@ fn from_busybox_resolves_through_the_docker_io_mirror() {
         return;
     }
     let ws = Workspace::new();
-    let mirror = TestRegistry::start(&ws.path("mirror"), None, "");
+    let mirror = Registry::start_own();
     ws.build_base("store", "local/busybox");
     let on_mirror = format!("{}/library/busybox:latest", mirror.addr);
     rbuild_env(&ws, "store", &["tag", "local/busybox", &on_mirror], &[], None).success();
@@ -65,7 +66,7 @@ fn from_busybox_resolves_through_the_docker_io_mirror() {
     let base_ids = base["Config"]["rootfs"]["diff_ids"].as_array().unwrap();
     assert_eq!(diff_ids.len(), base_ids.len() + 1);
     assert_eq!(&diff_ids[..base_ids.len()], base_ids.as_slice(), "the app is built on the mirror's layers");
-    let log = mirror.log_text();
+    let log = mirror.log();
     assert!(log.contains("\"GET /v2/library/busybox/manifests/latest"), "asked the mirror:\n{log}");
 
     // The same for `rbuild pull`, and the environment variable works like the flag.
@@ -81,7 +82,7 @@ fn platform_is_picked_from_a_multi_platform_index() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     // One image per platform, each with a file naming its platform, pushed to the same repository.
     let mut entries = Vec::new();
     for (arch, variant) in [("amd64", None), ("arm64", Some("v8"))] {
@@ -245,7 +246,7 @@ fn layers_are_downloaded_concurrently() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let files: Vec<(String, String)> =
         (0..4).map(|i| (format!("f{i}"), format!("layer {i}\n").repeat(20_000))).collect();
     let mut dockerfile = "FROM scratch\n".to_string();

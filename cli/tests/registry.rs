@@ -2,12 +2,13 @@
 //! credentials from `config.json`, a flaky network. Each test starts its own `docker-registry` (and token server or
 //! proxy) on free loopback ports, so they run in parallel.
 
-use crate::support::{Run, Workspace, cmd, require};
+use crate::support::{Registry, Run, Workspace, cmd, require};
+use rbuild_test_support::RegistryConfig;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,52 +111,10 @@ pub fn make_certs(dir: &Path) -> Certs {
     Certs { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") }
 }
 
-/// A `docker-registry` with extra config (TLS, auth), logging every request, stopped on drop.
-pub struct TestRegistry {
-    pub addr: String,
-    pub log: PathBuf,
-    child: Child,
-}
-
-impl TestRegistry {
-    pub fn start(dir: &Path, tls: Option<&Certs>, auth_yaml: &str) -> TestRegistry {
-        std::fs::create_dir_all(dir).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let tls_yaml = tls.map_or(String::new(), |c| {
-            format!("  tls:\n    certificate: {}\n    key: {}\n", c.cert.display(), c.key.display())
-        });
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
-            dir.join("data").display()
-        );
-        std::fs::write(dir.join("config.yml"), config).unwrap();
-        let log = dir.join("registry.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("starting docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start on {addr}:\n{}", read(&log));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        TestRegistry { addr, log, child }
-    }
-
-    pub fn log_text(&self) -> String {
-        read(&self.log)
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A registry of the test's own with extra config (TLS, auth).
+pub fn registry_with(tls: Option<&Certs>, auth_yaml: &str) -> Registry {
+    let tls = tls.map(|c| (c.cert.as_path(), c.key.as_path()));
+    Registry::start_with(&RegistryConfig { tls, auth_yaml })
 }
 
 fn read(p: &Path) -> String {
@@ -206,8 +165,7 @@ fn tls_basic_auth_with_config_json_certs_d_login_and_clear_failures() {
     let htpasswd = ws.path("htpasswd");
     let out = cmd("htpasswd", &["-Bbn", "alice", "s3cret"]).success();
     std::fs::write(&htpasswd, out.stdout).unwrap();
-    let reg = TestRegistry::start(
-        &ws.path("registry"),
+    let reg = registry_with(
         Some(&certs),
         &format!("auth:\n  htpasswd:\n    realm: rbuild-test\n    path: {}\n", htpasswd.display()),
     );
@@ -478,8 +436,7 @@ fn token_auth_push_mounts_across_repositories() {
     let ws = Workspace::new();
     std::fs::create_dir_all(ws.path("token")).unwrap();
     let (tokens, cert) = TokenServer::start(&ws.path("token"), "bob", "hunter2");
-    let reg = TestRegistry::start(
-        &ws.path("registry"),
+    let reg = registry_with(
         None,
         &format!(
             "auth:\n  token:\n    realm: {}\n    service: rbuild-registry\n    issuer: rbuild-test\n    rootcertbundle: {}\n",
@@ -510,7 +467,7 @@ fn token_auth_push_mounts_across_repositories() {
             && s.contains(&"repository:team/base:pull".to_string())),
         "one token for both repositories: {scopes:?}"
     );
-    let log = reg.log_text();
+    let log = reg.log();
     let mounts: Vec<&str> =
         log.lines().filter(|l| l.contains("\"POST /v2/other/copy/blobs/uploads/?") && l.contains("mount=")).collect();
     assert!(!mounts.is_empty() && mounts.iter().all(|l| l.contains("\" 201 ")), "mounts answered 201 Created:\n{log}");
@@ -624,7 +581,7 @@ fn push_through_a_faulty_proxy_completes_and_reads_back_identical() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let proxy = FaultProxy::start(reg.addr.clone());
     ws.build_base("store", "local/busybox");
     // An incompressible 2 MiB file, so its layer's upload is a large request that the proxy can cut.

@@ -1,7 +1,7 @@
 //! The remote cache (issue 13) between two "runners": separate stores, the context at different paths, a real
 //! registry on loopback (logging every request) and OCI layout directories read back by skopeo.
 
-use crate::registry::TestRegistry;
+use crate::support::Registry;
 use crate::support::{Run, Workspace, cmd, require, unique};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -35,13 +35,6 @@ fn context(ws: &Workspace, name: &str, marker: &str) -> PathBuf {
         std::fs::File::options().write(true).open(ctx.join(f)).unwrap().set_modified(fixed).unwrap();
     }
     ctx
-}
-
-fn build(ws: &Workspace, store: &str, ctx: &Path, extra: &[&str]) -> Run {
-    let mut args = vec!["build"];
-    args.extend_from_slice(extra);
-    args.push(ctx.to_str().unwrap());
-    ws.rbuild(store, &args)
 }
 
 /// Step lines that were CACHED, by step name, and the steps that ran.
@@ -102,18 +95,18 @@ fn runner_b_hits_every_step_and_its_push_only_mounts() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let cache = format!("{}/{}:buildcache", reg.addr, unique("cache/app"));
     let a_ctx = context(&ws, "runner-a", "one");
-    let a = build(&ws, "store-a", &a_ctx, &["--cache-to", &format!("type=registry,ref={cache},mode=max")]).success();
+    let a = ws.build("store-a", &a_ctx, &["--cache-to", &format!("type=registry,ref={cache},mode=max")]).success();
     assert!(a.stderr.contains("exported cache to"), "{}", a.stderr);
 
     let b_ctx = ws.path("elsewhere/deeper/runner-b");
     std::fs::create_dir_all(b_ctx.parent().unwrap()).unwrap();
     std::fs::rename(&a_ctx, &b_ctx).unwrap();
     let image = format!("{}/{}:1", reg.addr, unique("team/app"));
-    let before = reg.log_text().len();
-    let b = build(&ws, "store-b", &b_ctx, &["--cache-from", &cache, "-t", &image, "--push"]).success();
+    let before = reg.log().len();
+    let b = ws.build("store-b", &b_ctx, &["--cache-from", &cache, "-t", &image, "--push"]).success();
     let (cached, ran) = outcome(&b);
     assert!(ran.is_empty(), "nothing runs on runner B: {ran:?}\n{}", b.stderr);
     assert_eq!(cached.len(), 6, "every step is CACHED: {cached:?}\n{}", b.stderr);
@@ -121,7 +114,7 @@ fn runner_b_hits_every_step_and_its_push_only_mounts() {
     assert!(b.stderr.contains(": 1 uploaded, 4 mounted"), "only the image config is uploaded:\n{}", b.stderr);
 
     // The registry saw cross-repository mounts for the layers and no upload but the config's.
-    let log = &reg.log_text()[before..];
+    let log = &reg.log()[before..];
     let mounts =
         log.lines().filter(|l| l.contains("uploads/?mount=") && l.contains("http.request.method=POST")).count();
     assert!(mounts >= 4, "layers are mounted:\n{log}");
@@ -136,7 +129,7 @@ fn runner_b_hits_every_step_and_its_push_only_mounts() {
     // The image is tagged in store B without its files; a build on top of it pulls them then, and runs.
     let next =
         ws.context("next", &[("Dockerfile", &format!("FROM {image}\nRUN [\"/bin/busybox\", \"cat\", \"/x\"]\n"))]);
-    let n = build(&ws, "store-b", &next, &[]).success();
+    let n = ws.build("store-b", &next, &[]).success();
     assert!(n.stderr.contains("pulling"), "{}", n.stderr);
 }
 
@@ -166,7 +159,7 @@ fn keys_are_the_same_in_any_store_and_context_path() {
     let text = serde_json::to_string(&i1).unwrap();
     assert!(!text.contains(ws.dir.path().to_str().unwrap()), "no host path in the cache: {text}");
     // And the directory cache works in a third, empty store.
-    let c = build(&ws, "store-3", &other, &["--cache-from", &format!("type=local,src={}", d1.display())]).success();
+    let c = ws.build("store-3", &other, &["--cache-from", &format!("type=local,src={}", d1.display())]).success();
     let (cached, ran) = outcome(&c);
     assert!(ran.is_empty() && cached.len() == 6, "{}", c.stderr);
 }
@@ -178,12 +171,11 @@ fn an_intermediate_stage_is_a_hit_only_with_mode_max() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let min = format!("{}/{}:min", reg.addr, unique("cache/modes"));
     let max = format!("{}/{}:max", reg.addr, unique("cache/modes"));
     let ctx = context(&ws, "modes", "m");
-    build(
-        &ws,
+    ws.build(
         "store-a",
         &ctx,
         &[
@@ -195,11 +187,11 @@ fn an_intermediate_stage_is_a_hit_only_with_mode_max() {
     )
     .success();
     let tools_run = |set: &BTreeSet<String>| set.iter().any(|s| s.starts_with("[tools] RUN"));
-    let b = build(&ws, "store-b", &ctx, &["--cache-from", &min]).success();
+    let b = ws.build("store-b", &ctx, &["--cache-from", &min]).success();
     let (cached, ran) = outcome(&b);
     assert!(tools_run(&ran) && !tools_run(&cached), "min: the tools stage runs\n{}", b.stderr);
     assert!(cached.iter().any(|s| s.starts_with("[stage-1] RUN")), "min: the final stage hits\n{}", b.stderr);
-    let c = build(&ws, "store-c", &ctx, &["--cache-from", &max]).success();
+    let c = ws.build("store-c", &ctx, &["--cache-from", &max]).success();
     let (cached, ran) = outcome(&c);
     assert!(ran.is_empty() && tools_run(&cached), "max: everything hits\n{}", c.stderr);
     assert!(keys(&registry_index(&reg.addr, &min)).len() < keys(&registry_index(&reg.addr, &max)).len());
@@ -212,14 +204,14 @@ fn inline_cache_is_read_back_from_the_image() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let image = format!("{}/{}:1", reg.addr, unique("team/inline"));
     let ctx = context(&ws, "inline", "i");
-    build(&ws, "store-a", &ctx, &["--cache-to", "type=inline", "-t", &image, "--push"]).success();
+    ws.build("store-a", &ctx, &["--cache-to", "type=inline", "-t", &image, "--push"]).success();
     let config =
         cmd("skopeo", &["inspect", "--tls-verify=false", "--config", "--raw", &format!("docker://{image}")]).success();
     assert!(config.stdout.contains("rbuild.cache.v1"), "{}", config.stdout);
-    let b = build(&ws, "store-b", &ctx, &["--cache-from", &image]).success();
+    let b = ws.build("store-b", &ctx, &["--cache-from", &image]).success();
     let (cached, _) = outcome(&b);
     assert!(cached.iter().any(|s| s.starts_with("[stage-1] RUN")), "the final stage hits\n{}", b.stderr);
 }
@@ -231,7 +223,7 @@ fn concurrent_exports_to_one_ref_keep_both_entries() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let cache = format!("{}/{}:shared", reg.addr, unique("cache/shared"));
     let to = format!("type=registry,ref={cache},mode=max");
     let (c1, c2) = (context(&ws, "writer-1", "w1"), context(&ws, "writer-2", "w2"));
@@ -279,17 +271,13 @@ fn a_broken_cache_source_warns_and_the_build_goes_on() {
     }
     let ws = Workspace::new();
     let ctx = context(&ws, "broken", "b");
-    let r = build(&ws, "store", &ctx, &["--cache-from", "127.0.0.1:9/nothing/here:cache"]).success();
+    let r = ws.build("store", &ctx, &["--cache-from", "127.0.0.1:9/nothing/here:cache"]).success();
     assert!(r.stderr.contains("warning: cache source 127.0.0.1:9/nothing/here:cache cannot be read"), "{}", r.stderr);
-    let failed = build(&ws, "store", &ctx, &["--cache-to", "type=registry,ref=127.0.0.1:9/nothing/here:cache"]);
+    let failed = ws.build("store", &ctx, &["--cache-to", "type=registry,ref=127.0.0.1:9/nothing/here:cache"]);
     assert_ne!(failed.code, Some(0), "{}", failed.stderr);
     assert!(failed.stderr.contains("exporting the cache to 127.0.0.1:9/nothing/here:cache"), "{}", failed.stderr);
-    let ignored = build(
-        &ws,
-        "store",
-        &ctx,
-        &["--cache-to", "type=registry,ref=127.0.0.1:9/nothing/here:cache,ignore-error=true"],
-    );
+    let ignored =
+        ws.build("store", &ctx, &["--cache-to", "type=registry,ref=127.0.0.1:9/nothing/here:cache,ignore-error=true"]);
     let ignored = ignored.success();
     assert!(ignored.stderr.contains("ignore-error=true"), "{}", ignored.stderr);
 }
@@ -302,7 +290,7 @@ fn cache_mount_contents_travel_to_the_next_runner() {
         return;
     }
     let ws = Workspace::new();
-    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let reg = Registry::start_own();
     let cache = format!("{}/{}:mounts", reg.addr, unique("cache/mounts"));
     let ctx = ws.context(
         "mounts",
@@ -315,16 +303,23 @@ fn cache_mount_contents_travel_to_the_next_runner() {
     );
     std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
     let to = format!("type=registry,ref={cache},cache-mounts=true");
-    let a = build(&ws, "store-a", &ctx, &["--build-arg", "RUNNER=a", "--cache-to", &to]).success();
+    let a = ws.build("store-a", &ctx, &["--build-arg", "RUNNER=a", "--cache-to", &to]).success();
     assert!(a.stderr.contains("1 cache mounts"), "{}", a.stderr);
     let out = ws.path("out-b");
-    let b = build(
-        &ws,
-        "store-b",
-        &ctx,
-        &["--build-arg", "RUNNER=b", "--cache-from", &cache, "--output", &format!("type=local,dest={}", out.display())],
-    )
-    .success();
+    let b = ws
+        .build(
+            "store-b",
+            &ctx,
+            &[
+                "--build-arg",
+                "RUNNER=b",
+                "--cache-from",
+                &cache,
+                "--output",
+                &format!("type=local,dest={}", out.display()),
+            ],
+        )
+        .success();
     let seen = std::fs::read_to_string(out.join("seen")).unwrap();
     assert_eq!(seen, "a\nb\n", "runner B's RUN sees runner A's cache mount\n{}", b.stderr);
 }

@@ -1,50 +1,20 @@
-//! Fixtures: temporary build contexts, stores, a local registry, and gates for tests that need root and tools.
+//! Fixtures: temporary build contexts and stores. The gate for tests that need root and tools and the local
+//! registry are the workspace's shared ones (`rbuild-test-support`), re-exported here.
 
-use std::net::TcpListener;
+pub use rbuild_test_support::{Registry, require, skip, which};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-/// The lock file that serialises runs of `shared/tools/buildkit-up.sh` between tests (see `flock(1)`).
-pub const BUILDKIT_UP_LOCK: &str = "/tmp/rbuild-buildkit-up.lock";
-
-/// True when running in CI, where nothing may be skipped.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Checks that this test can run: as root, with the named tools. In CI a missing requirement fails the test;
-/// elsewhere the test is skipped with a visible message. Returns false to skip.
-pub fn require(tools: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for t in tools {
-        if which(t).is_none() {
-            missing.push(t.to_string());
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("needs {}", missing.join(", "));
-    assert!(!in_ci(), "{msg} (CI must have everything: see .ci/run)");
-    eprintln!("SKIPPED: {msg}");
-    println!("SKIPPED: {msg}");
-    false
-}
-
-/// Skips a test whose requirement is missing, visibly; in CI, where nothing may be skipped, fails it instead.
-pub fn skip(why: &str) {
-    assert!(!in_ci(), "{why} (CI must have everything: see .ci/run)");
-    eprintln!("SKIPPED: {why}");
-    println!("SKIPPED: {why}");
-}
-
-pub fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+/// Runs the reference's `docker` CLI (`env` from [`rbuild_test_support::Reference`]) with BuildKit on.
+pub fn docker(env: &[(String, String)], args: &[&str]) -> Run {
+    let out = Command::new("docker")
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("DOCKER_BUILDKIT", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("docker: {e}"));
+    Run::from(out, format!("docker {}", args.join(" ")))
 }
 
 /// The directory of this repository's test data.
@@ -109,6 +79,14 @@ impl Workspace {
     }
 
     /// `rbuild --root <store>` with `args`.
+    /// `rbuild build EXTRA... CTX` on `store`.
+    pub fn build(&self, store: &str, ctx: &Path, extra: &[&str]) -> Run {
+        let mut args = vec!["build"];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        self.rbuild(store, &args)
+    }
+
     pub fn rbuild(&self, store: &str, args: &[&str]) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
             .arg("--root")
@@ -164,59 +142,6 @@ pub fn cmd(program: &str, args: &[&str]) -> Run {
     let out =
         Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program}: {e}"));
     Run::from(out, format!("{program} {}", args.join(" ")))
-}
-
-/// A `docker-registry` (CNCF distribution) on a free loopback port, stopped on drop. With
-/// `RBUILD_TEST_REGISTRY=host:port` set (as .ci/run does), that registry is used instead.
-pub struct Registry {
-    pub addr: String,
-    child: Option<Child>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Registry {
-    pub fn start() -> Registry {
-        if let Ok(addr) = std::env::var("RBUILD_TEST_REGISTRY")
-            && !addr.is_empty()
-        {
-            return Registry { addr, child: None, _dir: None };
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry { addr, child: Some(child), _dir: Some(dir) }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// A unique repository path per test, so tests sharing one registry never collide.

@@ -123,13 +123,8 @@ pub enum LayerError {
     UnsupportedEntry { entry: String, kind: char },
     #[error("archive entry {entry:?} has an invalid {field}")]
     InvalidHeader { entry: String, field: &'static str },
-    #[error("cannot {op} {path} while extracting an archive")]
-    Extract {
-        path: PathBuf,
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error("extracting an archive")]
+    Extract(#[source] rbuild_types::IoError),
 }
 
 /// Writes the snapshot `dir` as an uncompressed layer tar to `out` and returns `out`.

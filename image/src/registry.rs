@@ -21,8 +21,8 @@ pub use reference::{DOCKER_HUB, ImageRef};
 
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
-use rbuild_types::Digest;
 use rbuild_types::oci::{ImageConfig, Manifest};
+use rbuild_types::{Digest, IoError, error_chain};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::PathBuf;
@@ -111,13 +111,8 @@ pub enum RegistryError {
         #[source]
         source: crate::auth::AuthError,
     },
-    #[error("{action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// A registry that stalls or trickles: the request did not finish within its deadline.
     #[error(
         "{action} {image}: the registry did not finish within {}s (it stalled or sent too slowly; the deadline \

@@ -22,8 +22,8 @@ use rbuild_cache::remote::{CacheIndex, INLINE_CONFIG_FIELD, MEDIA_CACHE_INDEX};
 use rbuild_cache::{LayerBlob, Store};
 use rbuild_solver::explain::StepInputs;
 use rbuild_solver::{CacheError, CacheRecord, CacheStore, Output};
-use rbuild_types::Digest;
 use rbuild_types::oci::{Descriptor, ImageConfig, Index, Manifest};
+use rbuild_types::{Digest, IoError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -57,12 +57,11 @@ pub enum RemoteCacheError {
         #[source]
         source: Box<RegistryError>,
     },
-    #[error("cache {location}: {path}")]
+    #[error("cache {location}")]
     Io {
         location: String,
-        path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: IoError,
     },
     #[error("cache {location}: {what} is not valid")]
     BadDocument { location: String, what: String },
@@ -137,11 +136,12 @@ pub(crate) fn load_layout(dir: &Path) -> Result<Option<CacheIndex>, RemoteCacheE
             Ok(m) if m.len() > MAX_DOCUMENT_SIZE => Err(bad(&location, format!("{} is too large", path.display()))),
             Ok(_) => std::fs::read(&path).map(Some).map_err(|source| RemoteCacheError::Io {
                 location: location.to_string(),
-                path,
-                source,
+                source: IoError::new("read", path, source),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(RemoteCacheError::Io { location: location.to_string(), path, source }),
+            Err(source) => {
+                Err(RemoteCacheError::Io { location: location.to_string(), source: IoError::new("stat", path, source) })
+            }
         }
     };
     let Some(index_bytes) = read(dir.join("index.json"))? else { return Ok(None) };
@@ -347,8 +347,11 @@ impl LayeredCache {
 }
 
 impl CacheStore for LayeredCache {
-    fn get(&self, key: &Digest) -> Option<CacheRecord> {
-        self.local.get(key).or_else(|| self.remote_get(key))
+    fn get(&self, key: &Digest) -> Result<Option<CacheRecord>, CacheError> {
+        match self.local.get(key)? {
+            Some(record) => Ok(Some(record)),
+            None => Ok(self.remote_get(key)),
+        }
     }
 
     fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {
@@ -394,11 +397,11 @@ mod tests {
         let sources =
             vec![source("first", &key, &first), source("second", &key, &second), source("second", &other_key, &second)];
         let cache = LayeredCache::new(store.clone(), sources, lazy.clone());
-        let hit = cache.get(&key).expect("a remote hit");
+        let hit = cache.get(&key).unwrap().expect("a remote hit");
         assert_eq!(hit.output, Output::RootFs(vec![first.clone()]), "the first source given wins");
         assert_eq!(hit.created, 7, "the original time is kept");
-        assert!(cache.get(&other_key).is_some(), "a later source answers what earlier ones lack");
-        assert!(cache.get(&Digest::of(b"nobody")).is_none());
+        assert!(cache.get(&other_key).unwrap().is_some(), "a later source answers what earlier ones lack");
+        assert!(cache.get(&Digest::of(b"nobody")).unwrap().is_none());
         assert_eq!(cache.remote_hits(), 2);
         assert_eq!(lazy.downloaded(), (0, 0), "nothing is fetched by a lookup");
         assert_eq!(lazy.pending(&first).map(|(_, l)| l), Some(CacheLocation::Layout("first".into())));

@@ -10,7 +10,7 @@
 use crate::explain::{InputRef, MissReason, StepInputs, explain, step_identity};
 use crate::graph::{FileAction, Graph, Op, VertexId};
 use crate::key::cache_key;
-use crate::worker::{CacheStore, Event, Output, Progress, SolverFailure, Worker, WorkerError};
+use crate::worker::{CacheRecord, CacheStore, Event, Output, Progress, SolverFailure, Worker, WorkerError};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, try_join_all};
 use rbuild_types::Digest;
@@ -317,13 +317,14 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
             // the content of exactly what it reads: asked for when the first misses, so a stage rebuilt to other
             // layers but the same selected files still hits (BuildKit's content-based cache).
             let mut selection_key = None;
+            let mut unreadable = Vec::new();
             if !vertex.ignore_cache {
-                let mut hit = ctx.cache.get(&key);
+                let mut hit = lookup(ctx.cache.as_ref(), &key, &mut unreadable);
                 if hit.is_none() && reads_part_of_a_step(&ctx.graph, vertex) {
                     let k = selection_based_key(&ctx, vertex, &keyed_op, &input_keys, &inputs, &content)
                         .await
                         .map_err(fail)?;
-                    hit = ctx.cache.get(&k);
+                    hit = lookup(ctx.cache.as_ref(), &k, &mut unreadable);
                     if let Some(record) = &hit {
                         // Found by content: the definition key names the same result from now on.
                         let _ = ctx.cache.put(&key, &record.output);
@@ -332,6 +333,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                 }
                 if let Some(record) = hit {
                     ctx.progress.event(Event::Cached { vertex: v, name: vertex.name.clone() });
+                    warn_unreadable(ctx.progress.as_ref(), v, unreadable);
                     return Ok(Solved {
                         key,
                         output: record.output,
@@ -359,6 +361,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
             let is_exec = matches!(vertex.op, Op::Exec(_));
             let _slot = if is_exec { ctx.run_slots.acquire().await.ok() } else { None };
             ctx.progress.event(Event::Started { vertex: v, name: vertex.name.clone() });
+            warn_unreadable(ctx.progress.as_ref(), v, unreadable);
             if let Some(reasons) = reasons {
                 ctx.progress.event(Event::Explained { vertex: v, reasons });
             }
@@ -443,6 +446,22 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
 fn layers_digest(output: &Output) -> Digest {
     let layers = serde_json::to_vec(output.layers()).unwrap_or_default();
     Digest::of(&[b"layers:".as_slice(), &layers].concat())
+}
+
+/// A cache lookup in which an entry that cannot be read is a miss, its error kept in `unreadable` (as text, with
+/// its causes) for the step to report: the step then runs and its result replaces the entry.
+fn lookup(cache: &dyn CacheStore, key: &Digest, unreadable: &mut Vec<String>) -> Option<CacheRecord> {
+    cache.get(key).unwrap_or_else(|e| {
+        unreadable.push(rbuild_types::error_chain(&e));
+        None
+    })
+}
+
+/// Reports the cache entries [`lookup`] could not read for step `v`.
+fn warn_unreadable(progress: &dyn Progress, v: VertexId, unreadable: Vec<String>) {
+    for text in unreadable {
+        progress.event(Event::Warning { vertex: v, message: format!("{text}; the step runs again and replaces it") });
+    }
 }
 
 /// Whether `vertex` reads only part of some step's output (a COPY source, a bind mount's source).

@@ -184,8 +184,10 @@ pub struct CacheRecord {
 
 /// Remembers results by cache key.
 pub trait CacheStore: Send + Sync + 'static {
-    /// A result recorded for `key`, only if everything it refers to still exists.
-    fn get(&self, key: &Digest) -> Option<CacheRecord>;
+    /// A result recorded for `key`, only if everything it refers to still exists. No entry, or one whose snapshots
+    /// were collected, is a plain miss (`Ok(None)`); an entry that cannot be read or parsed is an error naming it,
+    /// which the solver reports as a [`Event::Warning`] before running the step (whose result replaces the entry).
+    fn get(&self, key: &Digest) -> Result<Option<CacheRecord>, CacheError>;
     /// Records `output` as made now; returns the record as stored.
     fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError>;
     /// What went into the key of the step with this identity when it last ran (see [`crate::explain`]).
@@ -237,6 +239,12 @@ pub enum Event {
     Explained {
         vertex: VertexId,
         reasons: Vec<MissReason>,
+    },
+    /// Something about a step that does not fail it but that the user must see: a cache entry that could not be
+    /// read (the step runs again, and its result replaces the entry).
+    Warning {
+        vertex: VertexId,
+        message: String,
     },
 }
 

@@ -157,8 +157,8 @@ impl Progress for Events {
 struct MemCache(Mutex<HashMap<Digest, CacheRecord>>);
 
 impl CacheStore for MemCache {
-    fn get(&self, key: &Digest) -> Option<CacheRecord> {
-        self.0.lock().unwrap().get(key).cloned()
+    fn get(&self, key: &Digest) -> Result<Option<CacheRecord>, CacheError> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
     }
     fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {
         let r = CacheRecord { output: output.clone(), created: 1 };
@@ -263,6 +263,78 @@ fn second_solve_hits_the_cache_and_changes_invalidate_downstream_only() {
     solve_now(&g, t, worker.clone(), cache.clone(), 2).unwrap();
     let runs = worker.runs.lock().unwrap().clone();
     assert_eq!((runs["one"], runs["two"], runs["three"]), (1, 1, 1));
+}
+
+/// A cache whose entries read as corrupt once `corrupt_all` is called, until they are written again.
+#[derive(Default)]
+struct CorruptingCache {
+    entries: MemCache,
+    corrupt: Mutex<std::collections::HashSet<Digest>>,
+}
+
+impl CorruptingCache {
+    fn corrupt_all(&self) {
+        let keys: Vec<Digest> = self.entries.0.lock().unwrap().keys().cloned().collect();
+        self.corrupt.lock().unwrap().extend(keys);
+    }
+}
+
+impl CacheStore for CorruptingCache {
+    fn get(&self, key: &Digest) -> Result<Option<CacheRecord>, CacheError> {
+        if self.corrupt.lock().unwrap().contains(key) {
+            let source = std::io::Error::other("expected value at line 1 column 1");
+            return Err(CacheError { context: format!("entry {key}"), source });
+        }
+        self.entries.get(key)
+    }
+    fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {
+        self.corrupt.lock().unwrap().remove(key);
+        self.entries.put(key, output)
+    }
+}
+
+/// Regression (issue #10): an entry the cache could not read was a silent miss. The step reports it, runs again
+/// and its result replaces the entry.
+#[test]
+fn an_unreadable_cache_entry_is_reported_and_the_step_reruns() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let one = run(&mut g, scratch, &[], "one");
+    let two = run(&mut g, one, &[], "two");
+    let (worker, cache) = (Arc::new(Toy::default()), Arc::new(CorruptingCache::default()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let solve_with_events = || {
+        let events = Arc::new(Events::default());
+        let (graph, opts) = (Arc::new(g.clone()), SolveOptions::with_jobs(2));
+        rt.block_on(solve(graph, &[two], worker.clone(), cache.clone(), events.clone(), opts)).unwrap();
+        events.0.lock().unwrap().clone()
+    };
+    let warnings = |events: &[Event]| -> Vec<(VertexId, String)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Warning { vertex, message } => Some((*vertex, message.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(warnings(&solve_with_events()).is_empty());
+    cache.corrupt_all();
+    let events = solve_with_events();
+    let warned = warnings(&events);
+    assert_eq!(warned.iter().map(|(v, _)| *v).collect::<Vec<_>>(), [one, two], "{events:?}");
+    for (_, message) in &warned {
+        assert!(message.starts_with("cache index: entry sha256:"), "{message}");
+        assert!(
+            message.ends_with(": expected value at line 1 column 1; the step runs again and replaces it"),
+            "{message}"
+        );
+    }
+    let runs = worker.runs.lock().unwrap().clone();
+    assert_eq!((runs["one"], runs["two"]), (2, 2), "both steps ran again");
+    let events = solve_with_events();
+    assert!(warnings(&events).is_empty(), "the reruns replaced the entries: {events:?}");
+    assert!(events.iter().filter(|e| matches!(e, Event::Cached { .. })).count() == 2, "{events:?}");
 }
 
 #[test]

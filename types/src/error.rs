@@ -1,7 +1,7 @@
-//! How an error reads on one line: its message, then each cause its message does not already contain.
+//! Errors as people read them: one line with every cause.
 
-/// An error with its causes, one after another: `pulling x: layer y: digest mismatch`. A cause whose text is
-/// already part of an earlier message (a transparent wrapper, a context that quotes its source) is left out.
+/// An error with its causes, one after another: `pulling x: layer y: digest mismatch`. A cause whose text an
+/// earlier part already contains (an error that repeats its source in its own message) is left out.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut cause = e.source();
@@ -18,6 +18,22 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("layer sha256:ab")]
+    struct Layer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("pulling x: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn error_chains_name_each_cause_once() {
+        let e = Layer(std::io::Error::other("digest mismatch"));
+        assert_eq!(error_chain(&e), "layer sha256:ab: digest mismatch");
+        let e = Repeats(std::io::Error::other("digest mismatch"));
+        assert_eq!(error_chain(&e), "pulling x: digest mismatch");
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("reading the context: {0}")]

@@ -7,7 +7,7 @@
 
 pub mod csv;
 pub mod digest;
-mod error;
+pub mod error;
 pub mod glob;
 pub mod io;
 pub mod oci;

@@ -3,6 +3,7 @@
 use super::*;
 use crate::confined::{self, Root, Stat};
 use rbuild_types::Digest;
+use rbuild_types::IoError;
 use sha2::{Digest as _, Sha256};
 use std::ffi::OsString;
 use std::fs::File;
@@ -270,10 +271,12 @@ fn hash_files(
     });
     let mut out = Vec::with_capacity(files.len());
     for (slot, e) in results.into_iter().zip(files) {
-        let r = slot.into_inner().ok().flatten().ok_or_else(|| ContentHashError::Io {
-            op: "hash",
-            path: e.real.clone(),
-            source: io::Error::other("hashing thread did not finish"),
+        let r = slot.into_inner().ok().flatten().ok_or_else(|| {
+            ContentHashError::Io(IoError::new(
+                "hash",
+                e.real.clone(),
+                io::Error::other("hashing thread did not finish"),
+            ))
         })?;
         out.push(r?);
     }

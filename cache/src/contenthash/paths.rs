@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::confined::{self, Root, Stat};
+use rbuild_types::IoError;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io;
@@ -174,6 +175,6 @@ fn push_components(to: &mut VecDeque<OsString>, path: &Path) {
 pub(super) fn changed_or_io(real: &Path, e: io::Error) -> ContentHashError {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => ContentHashError::Changed { path: real.to_path_buf() },
-        _ => ContentHashError::Io { op: "open", path: real.to_path_buf(), source: e },
+        _ => ContentHashError::Io(IoError::new("open", real.to_path_buf(), e)),
     }
 }

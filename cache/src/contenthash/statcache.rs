@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::confined::Stat;
+use rbuild_types::IoError;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -99,10 +100,12 @@ impl StatCache {
     /// that was not changed since loading is not rewritten.
     pub fn save(&self) -> Result<(), ContentHashError> {
         let bytes = {
-            let inner = self.inner.lock().map_err(|_| ContentHashError::Io {
-                op: "lock",
-                path: self.path.clone(),
-                source: io::Error::other("stat cache lock poisoned"),
+            let inner = self.inner.lock().map_err(|_| {
+                ContentHashError::Io(IoError::new(
+                    "lock",
+                    self.path.clone(),
+                    io::Error::other("stat cache lock poisoned"),
+                ))
             })?;
             if !inner.dirty {
                 return Ok(());
@@ -114,11 +117,8 @@ impl StatCache {
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err("create temporary file in", dir))?;
         tmp.write_all(&bytes).map_err(io_err("write", tmp.path()))?;
         tmp.as_file().sync_all().map_err(io_err("fsync", &self.path))?;
-        tmp.persist(&self.path).map_err(|e| ContentHashError::Io {
-            op: "rename onto",
-            path: self.path.clone(),
-            source: e.error,
-        })?;
+        tmp.persist(&self.path)
+            .map_err(|e| ContentHashError::Io(IoError::new("rename onto", self.path.clone(), e.error)))?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))?;
         if let Ok(mut inner) = self.inner.lock() {
             inner.dirty = false;

@@ -44,6 +44,7 @@ impl Progress for PlainProgress {
                 }
                 r
             }
+            Event::Warning { vertex, message } => writeln!(err, "#{} WARNING: {message}", self.numbers.of(vertex)),
             Event::Log { vertex, line } => {
                 let n = self.numbers.of(vertex);
                 let t = self.started.elapsed().as_secs_f64();

@@ -165,6 +165,10 @@ impl Progress for RawJsonProgress {
             // BuildKit's words for a vertex stopped because another one failed.
             Event::Canceled { vertex, name, .. } => state.ended(vertex, name, "context canceled".into()),
             Event::Log { vertex, line } => Self::log(&state, vertex, &line),
+            Event::Warning { message, .. } => {
+                let short = base64::engine::general_purpose::STANDARD.encode(message);
+                SolveStatus { warnings: vec![VertexWarning { level: 1, short }], ..SolveStatus::default() }
+            }
             Event::Explained { vertex, reasons } => {
                 let text: Vec<String> = reasons.iter().map(|r| format!("cache miss: {r}")).collect();
                 Self::log(&state, vertex, &text.join("\n"))

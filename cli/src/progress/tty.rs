@@ -226,6 +226,11 @@ impl Progress for TtyProgress {
                 self.end(&mut state, vertex, &name, Some("CANCELED"), Some(elapsed))
             }
             Event::Log { vertex, line } => self.log(&mut state, vertex, &line),
+            Event::Warning { message, .. } => {
+                // Above the live view, where it stays after the step's lines are gone.
+                drop(state);
+                rbuild_builder::Reporter::warning(self, &format!("warning: {message}"));
+            }
             Event::Explained { vertex, reasons } => {
                 let step = self.step(&mut state, vertex, "");
                 step.reasons.extend(reasons.iter().map(|r| r.to_string()));

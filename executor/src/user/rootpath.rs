@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 pub fn resolve_in_root(root: &Path, path: &Path) -> io::Result<PathBuf> {
     rbuild_cache::contenthash::resolve_in_root(root, path, true).map_err(|e| match e {
         ContentHashError::SymlinkLoop { .. } => io::Error::from_raw_os_error(libc::ELOOP),
-        ContentHashError::Io { source, .. } => source,
+        ContentHashError::Io(e) => e.source,
         other => io::Error::other(other),
     })
 }

@@ -13,6 +13,7 @@
 use super::{LayerError, decompress, write};
 use rbuild_cache::contenthash::{is_ignored_xattr, resolve_in_root};
 use rbuild_cache::overlay_xattr;
+use rbuild_types::IoError;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
@@ -203,7 +204,7 @@ fn link_name<R: Read>(entry: &tar::Entry<'_, R>, name: &str, field: &'static str
 
 fn extract_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayerError + use<> {
     let path = path.to_path_buf();
-    move |source| LayerError::Extract { path, op, source }
+    move |source| LayerError::Extract(IoError::new(op, path, source))
 }
 
 struct Extractor<'d> {
@@ -380,7 +381,7 @@ impl Extractor<'_> {
                 }
                 fs::set_permissions(path, Permissions::from_mode(0o755)).map_err(extract_err("chmod", path))
             }
-            Err(source) => Err(LayerError::Extract { path: path.to_path_buf(), op: "inspect", source }),
+            Err(source) => Err(LayerError::Extract(IoError::new("inspect", path.to_path_buf(), source))),
         }
     }
 
@@ -432,7 +433,7 @@ impl Extractor<'_> {
             }
             Ok(_) => fs::remove_file(path).map(|()| false).map_err(extract_err("replace", path)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(LayerError::Extract { path: path.to_path_buf(), op: "inspect", source }),
+            Err(source) => Err(LayerError::Extract(IoError::new("inspect", path.to_path_buf(), source))),
         }
     }
 
@@ -483,10 +484,8 @@ enum MetaKind {
 }
 
 fn c_path(path: &Path) -> Result<CString, LayerError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| LayerError::Extract {
-        path: path.to_path_buf(),
-        op: "encode",
-        source: io::Error::from(io::ErrorKind::InvalidInput),
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        LayerError::Extract(IoError::new("encode", path.to_path_buf(), io::Error::from(io::ErrorKind::InvalidInput)))
     })
 }
 
@@ -497,7 +496,7 @@ fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<(), LayerE
     if rc == 0 {
         Ok(())
     } else {
-        Err(LayerError::Extract { path: path.to_path_buf(), op: "mknod", source: io::Error::last_os_error() })
+        Err(LayerError::Extract(IoError::new("mknod", path.to_path_buf(), io::Error::last_os_error())))
     }
 }
 
@@ -511,11 +510,7 @@ fn set_mtime(path: &Path, (secs, nanos): (i64, i64)) -> Result<(), LayerError> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(LayerError::Extract {
-            path: path.to_path_buf(),
-            op: "set the mtime of",
-            source: io::Error::last_os_error(),
-        })
+        Err(LayerError::Extract(IoError::new("set the mtime of", path.to_path_buf(), io::Error::last_os_error())))
     }
 }
 

@@ -222,8 +222,8 @@ pub(super) async fn push_layer(
     if try_mount(conn, r, &desc.digest, sources).await {
         return Ok(Pushed::Mounted);
     }
-    let io_err = |action, source| RegistryError::Io { action, path: path.to_path_buf(), source };
-    let size = tokio::fs::metadata(path).await.map_err(|e| io_err("reading layer", e))?.len();
+    let io_err = |op, source| RegistryError::Io(IoError::new(op, path, source));
+    let size = tokio::fs::metadata(path).await.map_err(|e| io_err("stat layer", e))?.len();
     if size != desc.size {
         return Err(RegistryError::SizeMismatch {
             image: r.to_string(),
@@ -235,7 +235,7 @@ pub(super) async fn push_layer(
     let action = format!("pushing layer {} to", desc.digest);
     let io_err = &io_err;
     with_retries(r, &action, || async move {
-        let file = tokio::fs::File::open(path).await.map_err(|e| Failure::Final(io_err("opening layer", e)))?;
+        let file = tokio::fs::File::open(path).await.map_err(|e| Failure::Final(io_err("open layer", e)))?;
         let body = file_chunks(file).map_ok(Into::into).map_err(OciDistributionError::IoError);
         conn.client
             .push_blob_stream(target, body, desc.digest.as_str(), Some(desc.size))
@@ -274,17 +274,17 @@ pub(super) async fn download_to_file(
     desc: &Descriptor,
     dest: &Path,
 ) -> Result<(), Failure> {
-    let io_err = |action, source| Failure::Final(RegistryError::Io { action, path: dest.to_path_buf(), source });
+    let io_err = |op, source| Failure::Final(RegistryError::Io(IoError::new(op, dest, source)));
     let mut stream = conn.client.pull_blob_stream(target, desc.digest.as_str()).await.map_err(Failure::Oci)?;
-    let mut file = tokio::fs::File::create(dest).await.map_err(|e| io_err("creating", e))?;
+    let mut file = tokio::fs::File::create(dest).await.map_err(|e| io_err("create", e))?;
     let mut check = BlobCheck::new(r, "blob", desc);
     while let Some(chunk) = next_chunk(&mut stream).await? {
         check.accept(&chunk)?;
-        file.write_all(&chunk).await.map_err(|e| io_err("writing", e))?;
+        file.write_all(&chunk).await.map_err(|e| io_err("write", e))?;
     }
     check.finish()?;
-    file.flush().await.map_err(|e| io_err("writing", e))?;
-    file.sync_all().await.map_err(|e| io_err("syncing", e))?;
+    file.flush().await.map_err(|e| io_err("write", e))?;
+    file.sync_all().await.map_err(|e| io_err("fsync", e))?;
     Ok(())
 }
 

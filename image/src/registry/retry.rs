@@ -149,5 +149,3 @@ pub(super) fn cause_chain(e: &OciDistributionError) -> String {
     }
     error_chain(e)
 }
-
-pub(super) use rbuild_types::error_chain;

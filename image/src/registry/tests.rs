@@ -2,125 +2,30 @@
 //! its own loopback port and storage directory, so tests run in parallel and need no network.
 
 use super::*;
+use rbuild_test_support::{Registry, require_tools};
 use rbuild_types::oci::{
     Descriptor, Index, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Platform, RootFs,
     to_canonical_json,
 };
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-/// A running registry, killed when dropped.
-struct TestRegistry {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// This test's own registry (some tests read its access log), or `None` when the shared gate skipped the test.
+fn own_registry() -> Option<Registry> {
+    require_tools(&["docker-registry"]).then(Registry::start_own)
 }
 
-impl TestRegistry {
-    /// Starts a registry, or returns `None` (after printing SKIPPED) when the binary is missing outside CI.
-    fn start(test: &str) -> Option<TestRegistry> {
-        let binary = ["/usr/bin/docker-registry", "/usr/local/bin/registry", "/usr/bin/registry"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists());
-        let Some(binary) = binary else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "docker-registry is required in CI (apt-get install docker-registry)"
-            );
-            eprintln!("SKIPPED {test}: docker-registry is not installed (apt-get install docker-registry)");
-            return None;
-        };
-        // The port is picked by binding to port 0 and released before the registry binds it; if another process
-        // wins that race the registry exits and another port is tried.
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let port = free_port();
-            let config = dir.path().join("config.yml");
-            let storage = dir.path().join("storage");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-                     delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                    storage.display()
-                ),
-            )
-            .expect("write registry config");
-            let log = dir.path().join("registry.log");
-            let out = std::fs::File::create(&log).expect("create log");
-            let err = out.try_clone().expect("clone log handle");
-            let mut child = Command::new(&binary)
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("spawn docker-registry");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if v2_answers(port) {
-                    return Some(TestRegistry { child, port, log, _dir: dir });
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            eprintln!("registry on port {port} did not start; last log lines (newest first):\n{}", tail.join("\n"));
-        }
-        panic!("could not start docker-registry");
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn image(&self, path: &str) -> ImageRef {
-        ImageRef::parse(&format!("{}/{path}", self.host())).expect("test reference")
-    }
-
-    /// How many blob uploads the registry has seen started (`POST .../blobs/uploads/`), from its access log.
-    fn upload_starts(&self) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("\"POST /v2/") && l.contains("/blobs/uploads/"))
-            .count()
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `path` on `registry`.
+fn image(registry: &Registry, path: &str) -> ImageRef {
+    ImageRef::parse(&format!("{}/{path}", registry.addr)).expect("test reference")
 }
 
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     listener.local_addr().expect("local addr").port()
-}
-
-fn v2_answers(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200")
 }
 
 /// A tiny real image: one gzip layer holding two files, its OCI config and manifest, written to `dir`.
@@ -195,12 +100,12 @@ fn arm64() -> Platform {
 
 #[tokio::test]
 async fn push_resolve_pull_round_trip() {
-    let Some(registry) = TestRegistry::start("push_resolve_pull_round_trip") else { return };
+    let Some(registry) = own_registry() else { return };
     let work = tempfile::tempdir().expect("temp dir");
     let img = make_image(work.path(), &amd64(), "round-trip");
     let client = RegistryClient::new(RegistryOptions::default());
-    let r = registry.image("base/busybox:latest");
-    assert_eq!(r.to_string(), format!("127.0.0.1:{}/base/busybox:latest", registry.port));
+    let r = image(&registry, "base/busybox:latest");
+    assert_eq!(r.to_string(), format!("{}/base/busybox:latest", registry.addr));
 
     let pushed = client.push_image(&r, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect("push");
     assert_eq!(pushed, Digest::of(&img.manifest_bytes));
@@ -233,20 +138,17 @@ async fn push_resolve_pull_round_trip() {
             assert_eq!(info["Architecture"], "amd64", "{info}");
             assert_eq!(info["Layers"][0], img.layers[0].0.digest.as_str(), "{info}");
         }
-        Err(e) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "skopeo is required in CI: {e}");
-            eprintln!("SKIPPED skopeo check: {e}");
-        }
+        Err(e) => rbuild_test_support::skip(&format!("the skopeo check: skopeo did not run: {e}")),
     }
 }
 
 #[tokio::test]
 async fn second_push_skips_existing_blobs() {
-    let Some(registry) = TestRegistry::start("second_push_skips_existing_blobs") else { return };
+    let Some(registry) = own_registry() else { return };
     let work = tempfile::tempdir().expect("temp dir");
     let img = make_image(work.path(), &amd64(), "skip");
     let client = RegistryClient::new(RegistryOptions::default());
-    let r = registry.image("app/skip:v1");
+    let r = image(&registry, "app/skip:v1");
 
     let first = client.push_image_report(&r, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect("push");
     let layer = img.layers[0].0.digest.clone();
@@ -254,10 +156,10 @@ async fn second_push_skips_existing_blobs() {
     assert_eq!(first.uploaded, vec![layer.clone(), config.clone()]);
     assert!(first.skipped.is_empty());
     let uploads_after_first = registry.upload_starts();
-    assert_eq!(uploads_after_first, 2, "registry log:\n{}", std::fs::read_to_string(&registry.log).unwrap_or_default());
+    assert_eq!(uploads_after_first, 2, "registry log:\n{}", registry.log());
 
     // Same blobs, another tag: nothing is uploaded again, the registry sees no new upload session.
-    let r2 = registry.image("app/skip:v2");
+    let r2 = image(&registry, "app/skip:v2");
     let second =
         client.push_image_report(&r2, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect("push");
     assert_eq!(second.digest, first.digest);
@@ -286,10 +188,10 @@ async fn push_to_unreachable_registry_names_the_host() {
 
 #[tokio::test]
 async fn resolve_picks_the_platform_from_an_index() {
-    let Some(registry) = TestRegistry::start("resolve_picks_the_platform_from_an_index") else { return };
+    let Some(registry) = own_registry() else { return };
     let work = tempfile::tempdir().expect("temp dir");
     let client = RegistryClient::new(RegistryOptions::default());
-    let r = registry.image("multi/arch:latest");
+    let r = image(&registry, "multi/arch:latest");
     let mut entries = Vec::new();
     for (platform, marker) in [(amd64(), "amd64"), (arm64(), "arm64")] {
         let img = make_image(work.path(), &platform, marker);
@@ -331,11 +233,11 @@ async fn resolve_picks_the_platform_from_an_index() {
 
 #[tokio::test]
 async fn docker_schema2_manifests_are_accepted() {
-    let Some(registry) = TestRegistry::start("docker_schema2_manifests_are_accepted") else { return };
+    let Some(registry) = own_registry() else { return };
     let work = tempfile::tempdir().expect("temp dir");
     let img = make_image(work.path(), &amd64(), "docker");
     let client = RegistryClient::new(RegistryOptions::default());
-    let r = registry.image("docker/style:1");
+    let r = image(&registry, "docker/style:1");
     let mut manifest: Manifest = serde_json::from_slice(&img.manifest_bytes).expect("manifest");
     manifest.media_type = Some(MEDIA_DOCKER_MANIFEST.into());
     manifest.config.media_type = rbuild_types::oci::MEDIA_DOCKER_CONFIG.into();
@@ -351,14 +253,14 @@ async fn docker_schema2_manifests_are_accepted() {
 
 #[tokio::test]
 async fn pull_with_wrong_size_fails_and_removes_the_file() {
-    let Some(registry) = TestRegistry::start("pull_with_wrong_size_fails_and_removes_the_file") else { return };
+    let Some(registry) = own_registry() else { return };
     let work = tempfile::tempdir().expect("temp dir");
     let img = make_image(work.path(), &amd64(), "size");
     let client = RegistryClient::new(RegistryOptions::default());
-    let r = registry.image("sizes/check:latest");
+    let r = image(&registry, "sizes/check:latest");
     client.push_image(&r, &img.manifest_bytes, &img.config_bytes, &img.layers).await.expect("push");
 
-    let missing_repo = registry.image("never/pushed:latest");
+    let missing_repo = image(&registry, "never/pushed:latest");
     let err = client.resolve(&missing_repo, &amd64()).await.expect_err("no such image");
     eprintln!("missing image error: {err}");
     assert_eq!(err.status(), Some(404), "{err:?}");
@@ -373,7 +275,7 @@ async fn pull_with_wrong_size_fails_and_removes_the_file() {
     let missing = Descriptor { digest: Digest::of(b"not there"), size: 9, ..desc };
     let err = client.pull_blob(&r, &missing, &dest).await.expect_err("unknown blob");
     assert_eq!(err.status(), Some(404), "{err:?}");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{}/sizes/check", registry.port)), "{err}");
+    assert!(err.to_string().contains(&format!("{}/sizes/check", registry.addr)), "{err}");
     assert!(!dest.exists());
 }
 
@@ -500,7 +402,7 @@ fn credentials_are_found_under_config_json_names() {
 
 #[tokio::test]
 async fn large_layers_stream_in_one_request() {
-    let Some(registry) = TestRegistry::start("large_layers_stream_in_one_request") else { return };
+    let Some(registry) = own_registry() else { return };
     let work = tempfile::tempdir().expect("temp dir");
     let img = make_image(work.path(), &amd64(), "big");
     // A 9 MiB incompressible "layer" (the registry does not look inside blobs), read in 1 MiB pieces.
@@ -528,10 +430,10 @@ async fn large_layers_stream_in_one_request() {
     let mut layers = img.layers.clone();
     layers.push((big_desc.clone(), big_path));
     let client = RegistryClient::new(RegistryOptions::default());
-    let r = registry.image("big/layer:latest");
+    let r = image(&registry, "big/layer:latest");
     client.push_image(&r, &manifest_bytes, &img.config_bytes, &layers).await.expect("push");
 
-    let log = std::fs::read_to_string(&registry.log).unwrap_or_default();
+    let log = registry.log();
     // Each blob goes up as one streaming PUT that carries the digest; no PATCH waits for an answer per piece.
     assert!(!log.contains("\"PATCH /v2/big/layer/"), "no chunked upload requests:\n{log}");
     let puts: Vec<&str> = log
@@ -546,48 +448,16 @@ async fn large_layers_stream_in_one_request() {
     assert!(std::fs::read(&dest).expect("read pulled") == big, "pulled bytes differ");
 }
 
-/// A fake registry that answers `/v2/` and then sends every other response one byte at a time, `gap` apart.
-fn trickling_registry(gap: Duration) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten().take(50) {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
-                    head.push(byte[0]);
-                }
-                if head.starts_with(b"GET /v2/ ") {
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
-                    return;
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100000\r\n\r\n",
-                );
-                for _ in 0..200 {
-                    if conn.write_all(b" ").is_err() {
-                        return;
-                    }
-                    std::thread::sleep(gap);
-                }
-            });
-        }
-    });
-    port
-}
-
 /// Regression (adversarial review, item 9): a registry that trickles a byte at a time never tripped the idle
 /// timeout and held a build without bound. The deadline ends it with a message that says what happened.
 #[tokio::test]
 async fn a_trickling_registry_hits_the_deadline_with_a_clear_error() {
-    let port = trickling_registry(Duration::from_millis(200));
+    let addr = rbuild_test_support::trickling_registry(Duration::from_millis(200));
     let client = RegistryClient::new(RegistryOptions {
         timeouts: Timeouts { idle: Duration::from_secs(5), request: Duration::from_secs(2), min_rate: 1024 * 1024 },
         ..Default::default()
     });
-    let r = ImageRef::parse(&format!("127.0.0.1:{port}/slow/image:1")).expect("reference");
+    let r = ImageRef::parse(&format!("{addr}/slow/image:1")).expect("reference");
     let started = Instant::now();
     let err = client.resolve(&r, &Platform::host()).await.expect_err("a trickle must not succeed");
     let took = started.elapsed();
@@ -599,12 +469,12 @@ async fn a_trickling_registry_hits_the_deadline_with_a_clear_error() {
 /// A registry that stops sending altogether trips the idle timeout (then the deadline, whichever is first).
 #[tokio::test]
 async fn a_stalled_registry_fails_within_the_idle_timeout() {
-    let port = trickling_registry(Duration::from_secs(3600));
+    let addr = rbuild_test_support::trickling_registry(Duration::from_secs(3600));
     let client = RegistryClient::new(RegistryOptions {
         timeouts: Timeouts { idle: Duration::from_millis(500), request: Duration::from_secs(30), min_rate: 1024 },
         ..Default::default()
     });
-    let r = ImageRef::parse(&format!("127.0.0.1:{port}/stalled/image:1")).expect("reference");
+    let r = ImageRef::parse(&format!("{addr}/stalled/image:1")).expect("reference");
     let started = Instant::now();
     let err = client.resolve(&r, &Platform::host()).await.expect_err("a stall must not succeed");
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}: {err}", started.elapsed());

@@ -12,8 +12,8 @@ use crate::local::{ImageError, layer_blob, record_source, source_repositories};
 use crate::registry::{ImageRef, RegistryClient};
 use rbuild_cache::remote::{CacheIndex, IndexEntry, Limits, MEDIA_CACHE_INDEX};
 use rbuild_cache::{LayerBlob, Store};
-use rbuild_types::Digest;
 use rbuild_types::oci::{Descriptor, Index, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Manifest, to_canonical_json};
+use rbuild_types::{Digest, IoError};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -224,24 +224,28 @@ fn to_layout(
     now: i64,
 ) -> Result<ExportReport, RemoteCacheError> {
     let location = dir.display().to_string();
-    let io = |path: &Path| {
+    let io = |op: &'static str, path: &Path| {
         let (location, path) = (location.clone(), path.to_path_buf());
-        move |source| RemoteCacheError::Io { location, path, source }
+        move |source| RemoteCacheError::Io { location, source: IoError::new(op, path, source) }
     };
     let blobs_dir = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs_dir).map_err(io(&blobs_dir))?;
+    std::fs::create_dir_all(&blobs_dir).map_err(io("create directory", &blobs_dir))?;
     let lock_path = dir.join(".rbuild-cache.lock");
-    let lock =
-        std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
-    lock.lock().map_err(io(&lock_path))?;
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io("open", &lock_path))?;
+    lock.lock().map_err(io("lock", &lock_path))?;
     let mut merged = load_layout(dir).ok().flatten().unwrap_or_default();
     merged.merge(own.clone());
     merged.prune(limits, now);
     let mut report = ExportReport::default();
     let write_file = |name: &Path, bytes: &[u8]| -> Result<(), RemoteCacheError> {
         let tmp = name.with_extension("tmp");
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, name).map_err(io(name))
+        std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+        std::fs::rename(&tmp, name).map_err(io("rename onto", name))
     };
     for b in merged.blob_list() {
         let dest = blobs_dir.join(b.digest.hex());
@@ -253,9 +257,9 @@ fn to_layout(
         let tmp = blobs_dir.join(format!("{}.tmp", b.digest.hex()));
         // A hard link when the directory is on the store's filesystem (blobs are immutable), else a copy.
         if std::fs::hard_link(&src, &tmp).is_err() {
-            std::fs::copy(&src, &tmp).map_err(io(&src))?;
+            std::fs::copy(&src, &tmp).map_err(io("copy", &src))?;
         }
-        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        std::fs::rename(&tmp, &dest).map_err(io("rename onto", &dest))?;
         report.uploaded += 1;
         report.uploaded_bytes += b.size;
     }
