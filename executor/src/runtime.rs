@@ -17,6 +17,8 @@
 //!
 //! Each container gets its own cgroup (runc's default: one named by the container id, under rbuild's own), where
 //! the build's [`ContainerOptions`] limits apply — including a default pids limit, so a fork bomb stops there.
+//! crun is driven the same way (see [`kind`]); on a hybrid cgroup host it is started in a mount namespace without
+//! the v2 hierarchy and given the same cgroup placement explicitly ([`cgroups::V1View`]).
 //!
 //! Not done here: AppArmor and cancellation by timeout.
 
