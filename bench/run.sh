@@ -14,12 +14,19 @@
 #   pull             pull and unpack a 300 MB image (3 layers of random data) from the local registry into an empty
 #                    store (rbuild: a build FROM it that adds one file, so its layers are unpacked as docker's are)
 #   push             push a 200 MB image (2 layers of random data) to an emptied registry
+#   app-cold         a small Flask app (bench/contexts.sh app_context) on a Debian 12 + python3 base built by the
+#                    bench from an mmdebstrap root: `pip install` of 4 pinned packages from PyPI through a cache mount
+#                    (warm, as on a CI runner that keeps it) with the CA bundle as a secret, then the source layer;
+#                    every step rerun (--no-cache)
+#   app-edit         the same app rebuilt after a one-line edit of its source (the dependency layer is cached)
 # Tools are interleaved rep by rep (every tool's rep 1, then every tool's rep 2, ...), so a noisy minute on the shared
 # machine hits all of them. Every case runs REPS times (default 5); the table shows min and median per tool, the
 # ratio of rbuild's median to the best BuildKit's median, and rbuild's peak RSS in the case (/usr/bin/time -v).
 # Every tool builds FROM the same busybox base (testdata/busybox-base, built by rbuild and pushed to a throwaway local
 # registry), pulled into each tool before anything is timed.
-# Env: BENCH_DIR (work dir, default /var/tmp/rbuild-bench), REPS (default 5), SKIP_BUILDAH=1, SKIP_BK13=1,
+# Env: BENCH_DIR (work dir, default /var/tmp/rbuild-bench), BENCH_CACHE (kept between runs: the Debian root of the
+#      app cases, default /var/tmp/rbuild-bench-cache), CA_BUNDLE (the app cases' secret, default
+#      /etc/ssl/certs/ca-certificates.crt), REPS (default 5), SKIP_BUILDAH=1, SKIP_BK13=1,
 #      SKIP_BK25=1, KEEP=1 (keep BENCH_DIR), CASES="run-overhead cold" (only these cases),
 #      RBUILD_BEFORE=path/to/an/older/rbuild (timed as one more tool, "before", to show what a change did, in the
 #      cases of BEFORE_CASES, default all),
@@ -120,6 +127,19 @@ if [[ " ${CASES:-pull} " == *" pull "* ]]; then
   printf 'FROM %s\nCOPY marker /marker\n' "$pullimg" >"$pullctx/Dockerfile"
 fi
 [[ " ${CASES:-push} " != *" push "* ]] || layered "$pushctx" 2
+pybase=$reg/bench/debian-python:latest
+app=$work/ctx-app
+ca_secret=id=ca,src=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+if [[ " ${CASES:-app-cold} " == *" app-"* ]]; then
+  log "== app base: Debian 12 + python3 from mmdebstrap (cached in ${BENCH_CACHE:-/var/tmp/rbuild-bench-cache})"
+  debian_python_tar "${BENCH_CACHE:-/var/tmp/rbuild-bench-cache}/debian-python.tar"
+  mkdir -p "$work/ctx-pybase"
+  cp "${BENCH_CACHE:-/var/tmp/rbuild-bench-cache}/debian-python.tar" "$work/ctx-pybase/rootfs.tar"
+  printf 'FROM scratch\nADD rootfs.tar /\nCMD ["python3"]\n' >"$work/ctx-pybase/Dockerfile"
+  "$RBUILD" --root "$work/base-store" build -t "$pybase" --push "$work/ctx-pybase" >"$work/pybase.log" 2>&1 || { cat "$work/pybase.log"; exit 1; }
+  rm -f "$work/ctx-pybase/rootfs.tar"
+  app_context "$app" "$pybase"
+fi
 
 # build TOOL CONTEXT [EXTRA...]: one build, output to a log, fails the bench if the build fails.
 build() {
@@ -191,7 +211,7 @@ push_image() {
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 if [ -n "${RBUILD_BEFORE:-}" ]; then tools+=(before); fi
-cases=${CASES:-noop edit-one cold parallel run-overhead bigcontext-warm bigcontext-cold pull push}
+cases=${CASES:-noop edit-one cold parallel run-overhead bigcontext-warm bigcontext-cold pull push app-cold app-edit}
 want() { [[ " $cases " == *" $1 "* ]]; }
 declare -A times rss
 
@@ -203,6 +223,7 @@ prepare() {
     bigcontext-cold) forget "$t" "$i" ;;
     pull) unpull_image "$t" ;;
     push) rm -rf "$work/pushreg/data" ;;
+    app-edit) sed -i "s/^GREETING = .*/GREETING = \"hello $t $i\"/" "$app/app/main.py" ;;
   esac
 }
 run() {
@@ -216,6 +237,8 @@ run() {
     bigcontext-cold) build_retry "$t" "$bigcold" --no-cache ;;
     pull) pull_image "$t" ;;
     push) push_image "$t" ;;
+    app-cold) build_retry "$t" "$app" --no-cache --secret "$ca_secret" ;;
+    app-edit) build_retry "$t" "$app" --secret "$ca_secret" ;;
   esac
 }
 # setup CASE TOOL: untimed, once per case and tool, before the first rep.
@@ -224,6 +247,14 @@ setup() {
   case $c in
     noop | edit-one | cold) build_retry "$t" "$ten" ;;
     bigcontext-warm) build_retry "$t" "$big" ;;
+    app-cold | app-edit)
+      case $t in
+        rbuild) "$RBUILD" --root "$store" pull "$pybase" >/dev/null ;;
+        before) "$RBUILD_BEFORE" --root "$work/store-before" pull "$pybase" >/dev/null ;;
+        bk13 | bk25) dk "$t" pull -q "$pybase" >/dev/null ;;
+        buildah) buildah pull -q --tls-verify=false "$pybase" >/dev/null ;;
+      esac
+      build_retry "$t" "$app" --secret "$ca_secret" ;;
     push)
       build_retry "$t" "$pushctx"
       case $t in

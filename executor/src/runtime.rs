@@ -17,6 +17,8 @@
 //!
 //! Each container gets its own cgroup (runc's default: one named by the container id, under rbuild's own), where
 //! the build's [`ContainerOptions`] limits apply — including a default pids limit, so a fork bomb stops there.
+//! crun is driven the same way (see [`kind`]); on a hybrid cgroup host it is started in a mount namespace without
+//! the v2 hierarchy and given the same cgroup placement explicitly ([`cgroups::V1View`]).
 //!
 //! Not done here: AppArmor and cancellation by timeout.
 
@@ -185,6 +187,8 @@ pub struct Runtime {
     canceller: Canceller,
     /// False when rootless without a delegated cgroup (see [`cgroups`]): containers then get no limits.
     cgroup_limits: bool,
+    /// crun on a hybrid cgroup host: started with the v2 hierarchy hidden (see [`cgroups::V1View`]).
+    v1_view: Option<cgroups::V1View>,
 }
 
 impl Runtime {
@@ -201,7 +205,11 @@ impl Runtime {
         if let Some(reason) = kind.unsupported_reason() {
             return Err(RuntimeError::Unsupported { runtime: kind, reason });
         }
-        Runtime::with_runc(program, state_dir, bundle_parent)
+        let mut runtime = Runtime::with_runc(program, state_dir, bundle_parent)?;
+        if kind == RuntimeKind::Crun && cgroups::v2_controllers_beside_v1(Path::new("/sys/fs/cgroup")).is_some() {
+            runtime.v1_view = Some(cgroups::V1View::of_this_process());
+        }
+        Ok(runtime)
     }
 
     /// Uses the given `runc` binary (or another runtime with runc's command line, such as crun).
@@ -220,6 +228,7 @@ impl Runtime {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             canceller: Canceller::new(),
             cgroup_limits: cgroups::limits_available(),
+            v1_view: None,
         })
     }
 
@@ -297,6 +306,8 @@ impl Runtime {
             if let Some(linux) = oci.linux_mut() {
                 linux.set_resources(None);
             }
+        } else if let (Some(view), Some(linux)) = (&self.v1_view, oci.linux_mut()) {
+            linux.set_cgroups_path(Some(view.cgroups_path(&id)));
         }
         let bundle_dir = guard.bundle_path();
         let config = bundle_dir.join("config.json");
@@ -322,6 +333,7 @@ impl Runtime {
                 .stdin(Stdio::null())
                 .stdout(writer)
                 .stderr(stderr);
+            self.hide_unified_cgroup(&mut command);
             let child = command.spawn().map_err(|source| RuntimeError::Spawn { runc: self.runc.clone(), source })?;
             guard.child = Some(child);
             // `command` and its copies of the pipe's write end are dropped here, so EOF comes when runc exits.
@@ -349,6 +361,19 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Starts `command` (the runtime) in the [`cgroups::V1View`] when this runtime needs one.
+    fn hide_unified_cgroup(&self, command: &mut Command) {
+        if self.v1_view.is_some() {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: `V1View::enter` makes only async-signal-safe system calls, as `pre_exec` requires.
+            unsafe {
+                command.pre_exec(cgroups::V1View::enter);
+            }
+        }
+    }
+}
+
 /// Undoes a run: kills and deletes the container, removes mount stubs, deletes the bundle.
 struct Cleanup<'a> {
     runtime: &'a Runtime,
@@ -373,14 +398,16 @@ impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         // `runc run` deletes its container when the process exits; this covers runc dying or us bailing out early.
         if !self.exited {
-            let deleted = Command::new(&self.runtime.runc)
+            let mut delete = Command::new(&self.runtime.runc);
+            delete
                 .arg("--root")
                 .arg(&self.runtime.state_dir)
                 .args(["delete", "-f", &self.id])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+                .stderr(Stdio::null());
+            self.runtime.hide_unified_cgroup(&mut delete);
+            let deleted = delete.status();
             tracing::debug!(id = %self.id, ?deleted, "runc delete -f");
         }
         if let Some(mut child) = self.child.take() {

@@ -186,6 +186,32 @@ fn pid_namespace_hides_host_processes() {
     assert!(!pids.is_empty() && pids.len() <= 2, "only the container's own pids: {pids:?}");
 }
 
+/// Both runtimes (crun on a hybrid cgroup host through its v1 view) enforce the pids limit, and place the container
+/// in a cgroup below rbuild's own v1 memory cgroup, so a memory limit that holds rbuild holds its containers too.
+#[test]
+fn limits_hold_and_the_cgroup_nests_under_ours() {
+    gate!("limits_hold_and_the_cgroup_nests_under_ours");
+    let sb = Sandbox::new("cgroup");
+    let mut spec =
+        sb.spec(&["/bin/sh", "-c", "cat /proc/self/cgroup; for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait"]);
+    spec.options.pids_limit = Some(4);
+    let (_, lines) = sb.run(&spec);
+    assert!(lines.iter().any(|l| l.contains("can't fork")), "the 4-process limit stops the loop: {lines:?}");
+    let memory_of = |listing: &str| {
+        listing.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            controllers.split(',').any(|c| c == "memory").then(|| path.to_string())
+        })
+    };
+    let ours = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    if let Some(ours) = memory_of(&ours) {
+        let theirs = memory_of(&lines.join("\n")).expect("the container's memory cgroup");
+        let parent = if ours == "/" { String::from("/") } else { format!("{ours}/") };
+        assert!(theirs.starts_with(&parent) && theirs.len() > parent.len(), "{theirs} is not below {ours}");
+    }
+}
+
 #[test]
 fn privileged_operations_are_refused() {
     gate!("privileged_operations_are_refused");

@@ -6,11 +6,15 @@
 //! `config.json` ([`super::spec`]), so switching runtimes cannot loosen it.
 //!
 //! crun starts a container in less time than runc (a C program against a Go one that re-executes itself), which is
-//! most of a RUN step's fixed cost, so it is preferred where it works. It does not work everywhere: crun 1.8 refuses
-//! a "hybrid" cgroup layout in which cgroup v2 also holds controllers (it says "cgroups in hybrid mode not supported,
-//! drop all controllers from cgroupv2"), which runc handles; [`RuntimeKind::preferred`] checks the layout first.
+//! most of a RUN step's fixed cost, so it is preferred where it works. crun 1.8 refuses a "hybrid" cgroup layout in
+//! which cgroup v2 also holds controllers (it says "cgroups in hybrid mode not supported, drop all controllers from
+//! cgroupv2"), which runc handles; as root rbuild starts crun there with the v2 hierarchy hidden
+//! ([`super::cgroups::V1View`]), so it applies the same limits in the same v1 controllers runc does. Rootless, the
+//! hidden hierarchy cannot be unmounted (it is locked in a user namespace), so crun is refused there.
 
 use std::path::{Path, PathBuf};
+
+use super::cgroups;
 
 /// An OCI runtime rbuild knows how to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,7 +49,7 @@ impl RuntimeKind {
     pub fn unsupported_reason(self) -> Option<String> {
         match self {
             RuntimeKind::Runc => None,
-            RuntimeKind::Crun => crun_cgroup_problem(Path::new("/sys/fs/cgroup")),
+            RuntimeKind::Crun => crun_cgroup_problem(Path::new("/sys/fs/cgroup"), crate::userns::in_user_namespace()),
         }
     }
 
@@ -65,18 +69,14 @@ impl std::fmt::Display for RuntimeKind {
     }
 }
 
-/// crun manages pure cgroup v2, pure v1, and v1 with an empty v2 hierarchy beside it; not v1 with controllers
-/// enabled in v2 (`<root>/unified/cgroup.controllers` not empty).
-fn crun_cgroup_problem(cgroup_root: &Path) -> Option<String> {
-    if cgroup_root.join("cgroup.controllers").exists() {
-        return None;
-    }
-    let controllers = std::fs::read_to_string(cgroup_root.join("unified/cgroup.controllers")).ok()?;
-    let controllers = controllers.trim();
-    (!controllers.is_empty()).then(|| {
+/// crun manages pure cgroup v2, pure v1, and v1 with an empty v2 hierarchy beside it; v1 with controllers enabled
+/// in v2 only as root, through [`cgroups::V1View`].
+fn crun_cgroup_problem(cgroup_root: &Path, rootless: bool) -> Option<String> {
+    let controllers = cgroups::v2_controllers_beside_v1(cgroup_root)?;
+    rootless.then(|| {
         format!(
             "this host mounts cgroup v1 and v2 side by side with controllers on v2 ({controllers}), which crun \
-             refuses; use runc"
+             refuses, and rootless rbuild cannot hide the v2 hierarchy from it; use runc"
         )
     })
 }
@@ -94,21 +94,15 @@ mod tests {
     }
 
     #[test]
-    fn crun_refuses_only_hybrid_layouts_with_v2_controllers() {
+    fn crun_is_refused_only_rootless_on_hybrid_layouts_with_v2_controllers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        // Pure v1 (no unified hierarchy at all).
-        assert_eq!(crun_cgroup_problem(root), None);
-        // Hybrid with an empty v2 hierarchy.
         std::fs::create_dir(root.join("unified")).expect("mkdir");
-        std::fs::write(root.join("unified/cgroup.controllers"), "\n").expect("write");
-        assert_eq!(crun_cgroup_problem(root), None);
-        // Hybrid with a controller on v2: refused, naming it.
         std::fs::write(root.join("unified/cgroup.controllers"), "hugetlb\n").expect("write");
-        let why = crun_cgroup_problem(root).expect("refused");
+        assert_eq!(crun_cgroup_problem(root, false), None, "as root, through the v1 view");
+        let why = crun_cgroup_problem(root, true).expect("refused rootless");
         assert!(why.contains("hugetlb"), "{why}");
-        // Pure v2.
-        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").expect("write");
-        assert_eq!(crun_cgroup_problem(root), None);
+        std::fs::write(root.join("unified/cgroup.controllers"), "\n").expect("write");
+        assert_eq!(crun_cgroup_problem(root, true), None, "an empty v2 hierarchy is no problem");
     }
 }
