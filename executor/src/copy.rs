@@ -73,8 +73,9 @@ pub enum CopyError {
     #[error("cannot extract archive {archive}")]
     Archive {
         archive: PathBuf,
+        /// Boxed: the extractor's error is large and this one is rare.
         #[source]
-        source: rbuild_image::layer::LayerError,
+        source: Box<rbuild_image::layer::LayerError>,
     },
 }
 

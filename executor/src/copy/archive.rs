@@ -15,7 +15,8 @@ impl Copier<'_> {
         let file = contenthash::open_entry(self.src, e)?;
         let check = file.try_clone().map_err(io_err("read", &archive))?;
         let opts = ExtractOptions { mode: ExtractMode::Add, owner: self.opts.chown };
-        layer::extract_archive(file, dir, &opts).map_err(|source| CopyError::Archive { archive, source })?;
+        layer::extract_archive(file, dir, &opts)
+            .map_err(|source| CopyError::Archive { archive, source: Box::new(source) })?;
         contenthash::check_unchanged(&check, e)?;
         Ok(())
     }

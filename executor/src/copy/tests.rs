@@ -478,7 +478,7 @@ fn add_and_layer(
     let add = CopyOptions { extract_archives: true, ..Default::default() };
     let added = match run(&f, &["a.tar"], "/add/", &add) {
         Ok(()) => Ok(()),
-        Err(CopyError::Archive { source, .. }) => Err(source),
+        Err(CopyError::Archive { source, .. }) => Err(*source),
         Err(other) => panic!("ADD failed outside the extractor: {other}"),
     };
     let layer_dir = f.dst.parent().unwrap().join("layer");
