@@ -35,6 +35,18 @@ pub struct Solved {
     /// when it was computed: a remote cache exports it too, so another machine whose stage produced other layers
     /// but the same files still hits.
     pub selection_key: Option<Digest>,
+    /// The result named by what it holds: its layers for a step, its key for a source.
+    pub content_name: Digest,
+    /// This step, or one it was built on, ran with the cache ignored in this build (`--no-cache-filter`): its
+    /// definition key may name an older result, so what follows names it by [`Solved::content_name`].
+    pub rebuilt: bool,
+}
+
+impl Solved {
+    /// How the steps after this one name it in their keys (see [`Solved::rebuilt`]).
+    pub fn name(&self) -> &Digest {
+        if self.rebuilt { &self.content_name } else { &self.key }
+    }
 }
 
 /// A step that failed, and why.
@@ -277,19 +289,19 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
     let vertex = &ctx.graph.vertices[v];
     let fail =
         |e: WorkerError| SolveError { vertex: v, name: vertex.name.clone(), source: Arc::new(e), canceled: false };
-    // A step's input is named by its content: the layers a step produced (free: they are content digests), or the
-    // key of a source (an image's config digest, a context, a URL). So a stage re-run under the same key
-    // (`--no-cache-filter`) with new files changes what follows, and one re-run to the same layers does not.
-    let input_keys: Vec<Digest> = vertex
-        .inputs
-        .iter()
-        .zip(&inputs)
-        .map(|(&i, s)| match ctx.graph.vertices[i].op {
-            Op::Exec(_) | Op::File(_) => layers_digest(&s.output),
-            _ => s.key.clone(),
-        })
-        .collect();
+    // An input is named by its definition key, which any machine computes alike (BuildKit keys an exec by its
+    // inputs' keys), except one that ran with the cache ignored in this build (`--no-cache-filter`), or was built
+    // on one: its definition no longer says what it holds, so it is named by its content (its layers).
+    let names = |name: fn(&Solved) -> &Digest| inputs.iter().map(|s| name(s).clone()).collect::<Vec<Digest>>();
+    let definition_names = names(|s| &s.key);
+    let primary_names = names(Solved::name);
+    let content_names = names(|s| &s.content_name);
+    // An input that was found (or made) by the content of what a step read from it is known by that key too.
+    let selection_names: Vec<Digest> =
+        inputs.iter().map(|s| s.selection_key.clone().unwrap_or_else(|| s.name().clone())).collect();
     let input_outputs: Vec<Output> = inputs.iter().map(|s| s.output.clone()).collect();
+    let rebuilt =
+        inputs.iter().any(|s| s.rebuilt) || (vertex.ignore_cache && matches!(vertex.op, Op::Exec(_) | Op::File(_)));
 
     // Content digests of the files each COPY selects from a directory input (the build context).
     let mut content = Vec::new();
@@ -304,13 +316,28 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
         }
     }
     let keyed_op = key_op(&vertex.op, &input_outputs);
-    let key = cache_key(&keyed_op, &input_keys, &content);
+    // The portable key: what a remote cache exports and what explanations compare.
+    let key = cache_key(&keyed_op, &definition_names, &content);
+    // The keys this build may trust, in the order they are looked up; the result is stored under all of them (and
+    // under `key`), so a later build finds it whichever way it names its inputs.
+    let mut lookups: Vec<Digest> = Vec::new();
+    for names in [&primary_names, &selection_names, &content_names] {
+        let k = cache_key(&keyed_op, names, &content);
+        if !lookups.contains(&k) {
+            lookups.push(k);
+        }
+    }
+    let content_name = |output: &Output| match vertex.op {
+        Op::Exec(_) | Op::File(_) => layers_digest(output),
+        _ => key.clone(),
+    };
 
     match &vertex.op {
         Op::Scratch | Op::Context { .. } | Op::Image { .. } | Op::Http { .. } | Op::Git { .. } => {
             let (worker, op) = (ctx.worker.clone(), vertex.op.clone());
             let output = blocking(move || worker.source(&op)).await.map_err(fail)?;
-            Ok(Solved { key, output, cached: false, created: now_unix(), selection_key: None })
+            let content_name = content_name(&output);
+            Ok(Solved { key, output, cached: false, created: now_unix(), selection_key: None, content_name, rebuilt })
         }
         Op::Exec(_) | Op::File(_) => {
             // A step that reads part of another stage (COPY --from, RUN --mount=from=) has a second key, made from
@@ -318,26 +345,31 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
             // layers but the same selected files still hits (BuildKit's content-based cache).
             let mut selection_key = None;
             if !vertex.ignore_cache {
-                let mut hit = ctx.cache.get(&key);
+                let mut hit = lookups.iter().find_map(|k| Some((k.clone(), ctx.cache.get(k)?)));
                 if hit.is_none() && reads_part_of_a_step(&ctx.graph, vertex) {
-                    let k = selection_based_key(&ctx, vertex, &keyed_op, &input_keys, &inputs, &content)
+                    let k = selection_based_key(&ctx, vertex, &keyed_op, &primary_names, &inputs, &content)
                         .await
                         .map_err(fail)?;
-                    hit = ctx.cache.get(&k);
-                    if let Some(record) = &hit {
-                        // Found by content: the definition key names the same result from now on.
-                        let _ = ctx.cache.put(&key, &record.output);
-                    }
+                    hit = ctx.cache.get(&k).map(|r| (k.clone(), r));
                     selection_key = Some(k);
                 }
-                if let Some(record) = hit {
+                if let Some((found, record)) = hit {
+                    // Every name this build knows the step by gives the same result from now on.
+                    let mut names = std::iter::once(&key).chain(&lookups).collect::<Vec<_>>();
+                    names.dedup();
+                    for k in names.into_iter().filter(|k| **k != found) {
+                        let _ = ctx.cache.put(k, &record.output);
+                    }
                     ctx.progress.event(Event::Cached { vertex: v, name: vertex.name.clone() });
+                    let content_name = content_name(&record.output);
                     return Ok(Solved {
                         key,
                         output: record.output,
                         cached: true,
                         created: record.created,
                         selection_key,
+                        content_name,
+                        rebuilt,
                     });
                 }
             }
@@ -424,9 +456,9 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                         .cache
                         .put(&key, &output)
                         .map_err(|e| fail(WorkerError::failed("recording the result in the cache", e)))?;
-                    if let Some(selection_key) = &selection_key {
+                    for k in lookups.iter().chain(&selection_key).filter(|k| **k != key) {
                         ctx.cache
-                            .put(selection_key, &output)
+                            .put(k, &output)
                             .map_err(|e| fail(WorkerError::failed("recording the result in the cache", e)))?;
                     }
                     if let (Some(id), Some(inputs)) = (&identity, &step_record) {
@@ -435,7 +467,16 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                             .map_err(|e| fail(WorkerError::failed("recording the step's inputs", e)))?;
                     }
                     ctx.progress.event(Event::Done { vertex: v, name, elapsed });
-                    Ok(Solved { key, output, cached: false, created: record.created, selection_key })
+                    let content_name = content_name(&output);
+                    Ok(Solved {
+                        key,
+                        output,
+                        cached: false,
+                        created: record.created,
+                        selection_key,
+                        content_name,
+                        rebuilt,
+                    })
                 }
                 Err(e) => Err(e),
             }
