@@ -6,9 +6,10 @@
 //! one request per key; the blobs themselves are fetched only when a later step or an output needs their bytes.
 //!
 //! Writers merge: an export reads the index that is there, adds its own entries (a key exported again keeps the
-//! newer record), drops what is over the age or size limit, oldest first, and writes the union. Keys are
-//! content-addressed (see `rbuild_solver::key`), so two runners that made the same key made the same result and
-//! merging never has to choose between different answers to one question.
+//! newer record), drops what is over the age or size limit, oldest first, and writes the union. A key names a
+//! step's definition and its inputs (see `rbuild_solver::key`), so two runners that made the same key made
+//! equivalent results (their files may differ in times only) and merging never has to choose between different
+//! answers to one question.
 
 use crate::store::LayerBlob;
 use rbuild_types::Digest;
@@ -46,6 +47,10 @@ pub struct CacheIndex {
     /// `RUN --mount=type=cache` contents by cache id, as one layer blob each (`cache-mounts=true`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mounts: BTreeMap<String, LayerBlob>,
+    /// The journal tags (one per export, see `rbuild_image::remote_cache`) whose entries this index holds: a reader
+    /// reads only the journals that are not listed here.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub journals: BTreeSet<String>,
 }
 
 /// Limits a writer applies to the merged index.
@@ -60,7 +65,13 @@ pub struct Limits {
 impl Default for CacheIndex {
     /// An empty index of the current version.
     fn default() -> Self {
-        CacheIndex { version: INDEX_VERSION, entries: BTreeMap::new(), blobs: BTreeMap::new(), mounts: BTreeMap::new() }
+        CacheIndex {
+            version: INDEX_VERSION,
+            entries: BTreeMap::new(),
+            blobs: BTreeMap::new(),
+            mounts: BTreeMap::new(),
+            journals: BTreeSet::new(),
+        }
     }
 }
 
@@ -82,8 +93,7 @@ impl CacheIndex {
     }
 
     /// Adds `other`'s entries and blobs. Of a key both have, this index's result is kept (dated with the later
-    /// export): later steps other runners cached were keyed by that result's layers, so replacing it with an
-    /// equivalent result of different layers (a file's mtime) would orphan them.
+    /// export): the two are equivalent, and keeping the one readers already fetched saves them a download.
     pub fn merge(&mut self, other: CacheIndex) {
         for (key, entry) in other.entries {
             match self.entries.get_mut(&key) {
@@ -98,6 +108,7 @@ impl CacheIndex {
         }
         // A cache mount's newest contents win: they are what the next runner should start from.
         self.mounts.extend(other.mounts);
+        self.journals.extend(other.journals);
     }
 
     /// Whether every entry of `other` is here (used to check that a write was not overwritten by another writer).
