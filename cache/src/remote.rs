@@ -12,6 +12,7 @@
 //! answers to one question.
 
 use crate::store::LayerBlob;
+use rbuild_solver::explain::StepInputs;
 use rbuild_types::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,7 +38,7 @@ pub struct IndexEntry {
 }
 
 /// A remote cache's index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheIndex {
     pub version: u32,
     /// Cache key → result.
@@ -51,6 +52,10 @@ pub struct CacheIndex {
     /// reads only the journals that are not listed here.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub journals: BTreeSet<String>,
+    /// What went into the key of each exported step, by its portable identity (Dockerfile name, target, stage and
+    /// depth): another machine's `--explain-cache` compares a step that missed with it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub steps: BTreeMap<String, StepInputs>,
 }
 
 /// Limits a writer applies to the merged index.
@@ -71,6 +76,7 @@ impl Default for CacheIndex {
             blobs: BTreeMap::new(),
             mounts: BTreeMap::new(),
             journals: BTreeSet::new(),
+            steps: BTreeMap::new(),
         }
     }
 }
@@ -109,6 +115,8 @@ impl CacheIndex {
         // A cache mount's newest contents win: they are what the next runner should start from.
         self.mounts.extend(other.mounts);
         self.journals.extend(other.journals);
+        // The newest record of a step explains best what a build now differs in.
+        self.steps.extend(other.steps);
     }
 
     /// Whether every entry of `other` is here (used to check that a write was not overwritten by another writer).
@@ -144,6 +152,8 @@ impl CacheIndex {
             }
             self.entries.retain(|k, _| keep.contains(k));
         }
+        let entries = &self.entries;
+        self.steps.retain(|_, s| entries.contains_key(&s.key));
         let used: BTreeSet<&Digest> = self.entries.values().flat_map(|e| &e.layers).collect();
         self.blobs.retain(|d, _| used.contains(d));
     }

@@ -363,3 +363,32 @@ fn cache_mount_contents_travel_to_the_next_runner() {
     let seen = std::fs::read_to_string(out.join("seen")).unwrap();
     assert_eq!(seen, "a\nb\n", "runner B's RUN sees runner A's cache mount\n{}", b.stderr);
 }
+
+/// `--explain-cache` with `--cache-from`: a step another runner exported from other files says which source had
+/// it and what differs; a step no source knows says so.
+#[test]
+fn a_remote_miss_is_explained_against_the_source() {
+    if !require(TOOLS) {
+        return;
+    }
+    let ws = Workspace::new();
+    let reg = TestRegistry::start(&ws.path("registry"), None, "");
+    let cache = format!("{}/{}:explain", reg.addr, unique("cache/explain"));
+    let a_ctx = context(&ws, "explain-a", "e");
+    build(&ws, "store-a", &a_ctx, &["--cache-to", &format!("type=registry,ref={cache},mode=max")]).success();
+    let b_ctx = context(&ws, "explain-b", "e");
+    std::fs::write(b_ctx.join("a.txt"), "changed\n").unwrap();
+    let dockerfile = std::fs::read_to_string(b_ctx.join("Dockerfile")).unwrap();
+    std::fs::write(b_ctx.join("Dockerfile"), format!("{dockerfile}RUN [\"/bin/busybox\", \"true\"]\n")).unwrap();
+    let b = build(&ws, "store-b", &b_ctx, &["--explain-cache", "--cache-from", &cache]).success();
+    let (cached, ran) = outcome(&b);
+    assert!(cached.iter().any(|s| s.starts_with("[tools] RUN")), "{}", b.stderr);
+    assert!(ran.iter().any(|s| s.contains("COPY a.txt")), "{}", b.stderr);
+    let near = format!("cache miss: cache source {cache} has this step from another build: files changed: a.txt");
+    assert!(b.stderr.contains(&near), "the near match and what differs:\n{}", b.stderr);
+    assert!(
+        b.stderr.contains("cache miss: no cache source has its key or this step from another build"),
+        "the new step:\n{}",
+        b.stderr
+    );
+}

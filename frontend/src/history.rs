@@ -77,6 +77,7 @@ mod tests {
             selection_key: None,
             content_name: Digest::of(b"c"),
             rebuilt: false,
+            record: None,
         })
     }
 

@@ -413,6 +413,18 @@ impl CacheStore for LayeredCache {
     fn record_step(&self, identity: &str, inputs: &StepInputs) -> Result<(), CacheError> {
         self.local.record_step(identity, inputs)
     }
+
+    fn source_records(&self, identity: &str) -> Option<Vec<(String, StepInputs)>> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        Some(
+            self.sources
+                .iter()
+                .filter_map(|s| Some((s.location.to_string(), s.index.steps.get(identity)?.clone())))
+                .collect(),
+        )
+    }
 }
 
 #[cfg(test)]

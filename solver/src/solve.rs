@@ -40,6 +40,9 @@ pub struct Solved {
     /// This step, or one it was built on, ran with the cache ignored in this build (`--no-cache-filter`): its
     /// definition key may name an older result, so what follows names it by [`Solved::content_name`].
     pub rebuilt: bool,
+    /// What went into the key, under the step's portable identity ([`SolveOptions::source_scope`]): exported with
+    /// a remote cache so that another machine's `--explain-cache` can say what differs. Only kept when asked for.
+    pub record: Option<(String, Arc<StepInputs>)>,
 }
 
 impl Solved {
@@ -70,6 +73,10 @@ pub struct SolveOptions {
     pub record_scope: Option<String>,
     /// Emit [`Event::Explained`] for every step that runs.
     pub explain: bool,
+    /// The scope of steps as remote cache sources know them, free of host paths (the Dockerfile's name and the
+    /// target): with it, every step's [`Solved::record`] is kept, and a step that misses is explained against the
+    /// sources' records too.
+    pub source_scope: Option<String>,
 }
 
 impl SolveOptions {
@@ -87,6 +94,7 @@ impl Default for SolveOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_mul(2).max(4),
             record_scope: None,
             explain: false,
+            source_scope: None,
         }
     }
 }
@@ -103,6 +111,7 @@ struct Ctx {
     depth: Vec<usize>,
     record_scope: Option<String>,
     explain: bool,
+    source_scope: Option<String>,
     /// Set by the first step that fails; every step that ends in an error after it was canceled.
     failed: AtomicBool,
     /// The first failure: what the solve reports, whichever future happens to end first.
@@ -162,6 +171,7 @@ pub async fn solve(
         depth: chain_depths(&graph),
         record_scope: opts.record_scope,
         explain: opts.explain,
+        source_scope: opts.source_scope,
         failed: AtomicBool::new(false),
         first_error: std::sync::Mutex::new(None),
         in_flight: AtomicUsize::new(0),
@@ -337,12 +347,24 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
             let (worker, op) = (ctx.worker.clone(), vertex.op.clone());
             let output = blocking(move || worker.source(&op)).await.map_err(fail)?;
             let content_name = content_name(&output);
-            Ok(Solved { key, output, cached: false, created: now_unix(), selection_key: None, content_name, rebuilt })
+            Ok(Solved {
+                key,
+                output,
+                cached: false,
+                created: now_unix(),
+                selection_key: None,
+                content_name,
+                rebuilt,
+                record: None,
+            })
         }
         Op::Exec(_) | Op::File(_) => {
             // A step that reads part of another stage (COPY --from, RUN --mount=from=) has a second key, made from
             // the content of exactly what it reads: asked for when the first misses, so a stage rebuilt to other
             // layers but the same selected files still hits (BuildKit's content-based cache).
+            let step = step_identity(ctx.graph.stage(v), ctx.depth.get(v).copied().unwrap_or(0));
+            let identity = ctx.record_scope.as_ref().map(|scope| format!("{scope}\n{step}"));
+            let source_identity = ctx.source_scope.as_ref().map(|scope| format!("{scope}\n{step}"));
             let mut selection_key = None;
             if !vertex.ignore_cache {
                 let mut hit = lookups.iter().find_map(|k| Some((k.clone(), ctx.cache.get(k)?)));
@@ -362,6 +384,15 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                     }
                     ctx.progress.event(Event::Cached { vertex: v, name: vertex.name.clone() });
                     let content_name = content_name(&record.output);
+                    // The record of its last run, if that made this very key (kept only for an export).
+                    let kept = match (&source_identity, &identity) {
+                        (Some(portable), Some(id)) => ctx
+                            .cache
+                            .previous_step(id)
+                            .filter(|r| r.key == key)
+                            .map(|r| (portable.clone(), Arc::new(r))),
+                        _ => None,
+                    };
                     return Ok(Solved {
                         key,
                         output: record.output,
@@ -370,23 +401,25 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                         selection_key,
                         content_name,
                         rebuilt,
+                        record: kept,
                     });
                 }
             }
-            let identity = ctx.record_scope.as_ref().map(|scope| {
-                format!("{scope}\n{}", step_identity(ctx.graph.stage(v), ctx.depth.get(v).copied().unwrap_or(0)))
-            });
             let step_record = match &identity {
                 Some(_) => Some(step_inputs(&ctx, v, &keyed_op, &key, &inputs, &content).await.map_err(fail)?),
                 None => None,
             };
             let reasons = ctx.explain.then(|| {
                 let previous = identity.as_deref().and_then(|id| ctx.cache.previous_step(id));
-                match (&previous, &step_record) {
+                let mut reasons = match (&previous, &step_record) {
                     _ if vertex.ignore_cache => vec![MissReason::NoCacheRequested],
                     (Some(prev), Some(now)) => explain(prev, now),
                     _ => vec![MissReason::NoRecord],
+                };
+                if let (false, Some(portable), Some(now)) = (vertex.ignore_cache, &source_identity, &step_record) {
+                    reasons.extend(explain_sources(ctx.cache.source_records(portable), now));
                 }
+                reasons
             });
             let is_exec = matches!(vertex.op, Op::Exec(_));
             let _slot = if is_exec { ctx.run_slots.acquire().await.ok() } else { None };
@@ -452,7 +485,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
             match result {
                 Ok(output) => {
                     let (name, elapsed) = (vertex.name.clone(), started.elapsed());
-                    let record = ctx
+                    let made = ctx
                         .cache
                         .put(&key, &output)
                         .map_err(|e| fail(WorkerError::failed("recording the result in the cache", e)))?;
@@ -468,20 +501,38 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                     }
                     ctx.progress.event(Event::Done { vertex: v, name, elapsed });
                     let content_name = content_name(&output);
+                    let record = source_identity.zip(step_record).map(|(id, r)| (id, Arc::new(r)));
                     Ok(Solved {
                         key,
                         output,
                         cached: false,
-                        created: record.created,
+                        created: made.created,
                         selection_key,
                         content_name,
                         rebuilt,
+                        record,
                     })
                 }
                 Err(e) => Err(e),
             }
         }
     }
+}
+
+/// Why the remote sources did not have a step: which had a record of it from another build and what differed, or
+/// that none had it.
+fn explain_sources(records: Option<Vec<(String, StepInputs)>>, now: &StepInputs) -> Vec<MissReason> {
+    let Some(records) = records else { return Vec::new() };
+    if records.is_empty() {
+        return vec![MissReason::NotInSources];
+    }
+    records
+        .into_iter()
+        .map(|(source, prev)| {
+            let reasons = if prev.key == now.key { vec![MissReason::ResultRemoved] } else { explain(&prev, now) };
+            MissReason::Source { source, reasons }
+        })
+        .collect()
 }
 
 /// The digest that names a step's output by content: its layers.

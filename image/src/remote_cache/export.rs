@@ -22,6 +22,7 @@ use crate::local::{ImageError, layer_blob, record_source, source_repositories};
 use crate::registry::{ImageRef, RegistryClient};
 use rbuild_cache::remote::{CacheIndex, IndexEntry, Limits, MEDIA_CACHE_INDEX};
 use rbuild_cache::{LayerBlob, Store};
+use rbuild_solver::explain::StepInputs;
 use rbuild_types::Digest;
 use rbuild_types::oci::{Descriptor, Index, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Manifest, to_canonical_json};
 use std::collections::BTreeMap;
@@ -37,7 +38,14 @@ pub struct ExportEntry {
     pub key: Digest,
     pub layers: Vec<Digest>,
     pub created: i64,
+    /// What went into the key, by the step's portable identity, when known (for another machine's
+    /// `--explain-cache`).
+    pub step: Option<(String, std::sync::Arc<StepInputs>)>,
 }
+
+/// Copies from a directory that select more files than this are recorded without their per-file digests (an
+/// explanation then says that the selected files changed, not which), so the index stays small.
+const MAX_EXPLAINED_FILES: usize = 200;
 
 /// What an export did.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +85,15 @@ pub async fn export(
             }
         }
         own.entries.insert(e.key.clone(), IndexEntry { layers: e.layers.clone(), created: e.created, exported: now });
+        if let Some((identity, record)) = &e.step {
+            let mut record = StepInputs::clone(record);
+            for files in &mut record.files {
+                if files.len() > MAX_EXPLAINED_FILES {
+                    files.clear();
+                }
+            }
+            own.steps.insert(identity.clone(), record);
+        }
     }
     match target {
         CacheLocation::Registry(r) => to_registry(client, store, r, own, limits, now).await,
