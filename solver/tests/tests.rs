@@ -390,3 +390,22 @@ fn steps_after_a_rerun_step_that_made_new_layers_run_again() {
     assert!(again.iter().flatten().skip(1).all(|s| s.cached), "a plain build after it is all cached");
     assert_eq!(again[t].as_ref().unwrap().output, rerun[t].as_ref().unwrap().output, "with the newest results");
 }
+
+/// Regression (the flaky `an_intermediate_stage_is_a_hit_only_with_mode_max`): two stages begin with the same step
+/// (one key), which makes other layers in each (a directory it creates gets the current second, and the two ran a
+/// second apart). A cache keeps one result per key, so when the steps after each were keyed by the layers they
+/// were built on, one stage's steps could never hit again. Keyed by their inputs' keys, both do.
+#[test]
+fn steps_after_two_runs_of_one_key_that_made_other_layers_all_hit() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let (one, two) = (run(&mut g, scratch, &[], "stamp"), run(&mut g, scratch, &[], "stamp"));
+    let (x, y) = (run(&mut g, one, &[], "x"), run(&mut g, two, &[], "y"));
+    let fin = run(&mut g, x, &[y], "final");
+    let (cache, worker) = (Arc::new(MemCache::default()), Arc::new(Toy::default()));
+    let first = solve_now(&g, fin, worker.clone(), cache.clone(), 4).unwrap();
+    let layers = |v: VertexId| first[v].as_ref().unwrap().output.clone();
+    assert_ne!(layers(one), layers(two), "the two runs of the one key made other layers");
+    let again = solve_now(&g, fin, Arc::new(Toy::default()), cache, 4).unwrap();
+    assert!(again.iter().flatten().skip(1).all(|s| s.cached), "every step hits");
+}
