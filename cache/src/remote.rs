@@ -223,6 +223,29 @@ mod tests {
     }
 
     #[test]
+    fn journals_merge_and_step_records_go_with_their_entries() {
+        let record = |key: &str| StepInputs {
+            key: Digest::of(key.as_bytes()),
+            name: "[stage] RUN make".into(),
+            op: serde_json::Value::Null,
+            inputs: vec![],
+            content: vec![],
+            files: vec![],
+        };
+        let mut a = index(&[("old", &["l1"], 10)]);
+        a.journals.insert("t-rbuild-journal-1".into());
+        a.steps.insert("Dockerfile\n\n[stage]#1".into(), record("old"));
+        let mut b = index(&[("new", &["l2"], 30)]);
+        b.journals.insert("t-rbuild-journal-2".into());
+        b.steps.insert("Dockerfile\n\n[stage]#2".into(), record("new"));
+        a.merge(b);
+        assert_eq!(a.journals.len(), 2, "a merged index lists both writers' journals");
+        a.prune(Limits { max_age: Some(5), max_size: None }, 30);
+        assert_eq!(a.steps.keys().collect::<Vec<_>>(), ["Dockerfile\n\n[stage]#2"], "a pruned entry's record goes");
+        assert_eq!(CacheIndex::parse(&a.to_bytes()).expect("parses"), a);
+    }
+
+    #[test]
     fn other_versions_are_not_read() {
         assert!(CacheIndex::parse(br#"{"version":2,"entries":{},"blobs":{}}"#).is_none());
         assert!(CacheIndex::parse(b"not json").is_none());

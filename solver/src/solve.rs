@@ -6,6 +6,12 @@
 //! The first failure cancels the rest, as BuildKit does: nothing new starts, the worker stops the steps that are
 //! running (they are reported `CANCELED`), and the solve returns only once they have ended, so no output of a
 //! sibling step appears after the error and the process does not wait for them to run to completion.
+//!
+//! A step is keyed by its definition: the op and its inputs' keys, as BuildKit keys an exec, never by the layers an
+//! input produced (they carry file times, so no two machines would agree). Only after a step that ran with the cache
+//! ignored (`--no-cache-filter`) is an input named by its layers, since its definition key may name an older
+//! result. A result is stored under every name this build knows it by (definition, content of what it read,
+//! layers of its inputs) so that a later build finds it whichever way it names its inputs.
 
 use crate::explain::{InputRef, MissReason, StepInputs, explain, step_identity};
 use crate::graph::{FileAction, Graph, Op, VertexId};
@@ -25,6 +31,8 @@ const CANCEL_WAIT: Duration = Duration::from_secs(30);
 /// A vertex's result.
 #[derive(Debug, Clone)]
 pub struct Solved {
+    /// The definition key: the op and its inputs' definition keys (and the content of context files it reads), the
+    /// same on every machine. What a remote cache exports and what `--explain-cache` compares.
     pub key: Digest,
     pub output: Output,
     /// True when the result came from the cache and nothing ran.
