@@ -4,8 +4,9 @@
 #   export-max   runner A, everything built: the warm build with --cache-to type=registry,mode=max to a new ref
 #                (minus nothing: the build itself is a no-op, so this is the export)
 #   runner-b     runner B: an empty store, --cache-from type=registry, then --push to a new repository
-# for the 10-step case and the 20,000-file context case (bench/run.sh's contexts). Reports median ms, and the bytes
-# the registry received (uploads) and served (blob GETs) during the timed runs, from its access log.
+# for the 10-step case and the 20,000-file context case (bench/run.sh's contexts). Reports median ms, and per tool
+# the bytes the registry served (blob GETs, from its access log: "down") and the bytes it newly stored (growth of
+# its data directory, so mounted and already present blobs count nothing: "up") during the last timed run.
 # Usage: bench/remote-cache.sh  (as root). Env: BENCH_DIR (default /var/tmp/rbuild-bench-rc), REPS (default 3),
 #        CASES="ten big", KEEP=1.
 set -euo pipefail
@@ -83,6 +84,7 @@ for line in sys.stdin:
 print(down)'
 }
 logsize() { stat -c %s "$work/registry.log"; }
+stored() { du -sb "$work/registry-data" 2>/dev/null | cut -f1; }
 
 rb() { "$RBUILD" --root "$1" build "${@:2}"; }
 bk() { docker buildx build --network host --progress quiet "$@"; }
@@ -102,6 +104,7 @@ for c in $cases; do
     times=()
     for i in $(seq 1 "$reps"); do
       ref=$reg/cache/$c-$tool-$i:cache
+      off=$(logsize) before=$(stored)
       t0=$(now_ms)
       if [ $tool = rbuild ]; then
         rb "$work/store-a" --cache-to "type=registry,ref=$ref,mode=max" "$ctx" >"$work/x.log" 2>&1
@@ -109,9 +112,10 @@ for c in $cases; do
         bk --cache-to "type=registry,ref=$ref,mode=max,image-manifest=true,oci-mediatypes=true" "$ctx" >"$work/x.log" 2>&1
       fi || { cat "$work/x.log"; exit 1; }
       times+=($(( $(now_ms) - t0 )))
+      bytes[export-$c,$tool]="$(traffic "$off")/$(( $(stored) - before ))"
     done
     result[export-$c,$tool]=$(printf '%s\n' "${times[@]}" | median)
-    log "   export-$c $tool: ${times[*]} ms"
+    log "   export-$c $tool: ${times[*]} ms, last run: ${bytes[export-$c,$tool]} bytes down/up"
   done
   log "== $c: runner B (empty store, --cache-from, push)"
   for tool in rbuild buildkit; do
@@ -120,7 +124,7 @@ for c in $cases; do
       ref=$reg/cache/$c-$tool-1:cache
       img=$reg/app/$c-$tool-b$i:1
       [ $tool = rbuild ] && rm -rf "$work/store-b" || bk_empty
-      off=$(logsize)
+      off=$(logsize) before=$(stored)
       t0=$(now_ms)
       if [ $tool = rbuild ]; then
         rb "$work/store-b" --cache-from "type=registry,ref=$ref" -t "$img" --push "$ctx" >"$work/b.log" 2>&1
@@ -128,15 +132,15 @@ for c in $cases; do
         bk --cache-from "type=registry,ref=$ref" -t "$img" --push "$ctx" >"$work/b.log" 2>&1
       fi || { cat "$work/b.log"; exit 1; }
       times+=($(( $(now_ms) - t0 )))
-      bytes[runner-b-$c,$tool]=$(traffic "$off")
+      bytes[runner-b-$c,$tool]="$(traffic "$off")/$(( $(stored) - before ))"
     done
     result[runner-b-$c,$tool]=$(printf '%s\n' "${times[@]}" | median)
-    log "   runner-b-$c $tool: ${times[*]} ms, last run: ${bytes[runner-b-$c,$tool]} bytes served by the registry"
+    log "   runner-b-$c $tool: ${times[*]} ms, last run: ${bytes[runner-b-$c,$tool]} bytes down/up"
     [ $tool = rbuild ] && grep -E "remote cache:|pushed" "$work/b.log" >&2 || true
   done
 done
 
-printf '\n%-16s %10s %10s %8s %8s %14s %14s\n' case rbuild buildkit ratio target "rbuild-down" "buildkit-down"
+printf '\n%-16s %10s %10s %8s %8s %20s %20s\n' case rbuild buildkit ratio target "rbuild-down/up" "buildkit-down/up"
 status=0
 for c in $cases; do
   for k in export runner-b; do
@@ -145,7 +149,7 @@ for c in $cases; do
     ratio=$(awk -v r="$r" -v b="$b" 'BEGIN {printf "%.2f", r / b}')
     ok=$(awk -v x="$ratio" -v t="$target" 'BEGIN {print (x <= t) ? "ok" : "MISSED"}')
     [ "$ok" = ok ] || status=1
-    printf '%-16s %8sms %8sms %8s %6s %-6s %12s %12s\n' "$k-$c" "$r" "$b" "$ratio" "≤$target" "$ok" \
+    printf '%-16s %8sms %8sms %8s %6s %-6s %20s %20s\n' "$k-$c" "$r" "$b" "$ratio" "≤$target" "$ok" \
       "${bytes[$k-$c,rbuild]:-}" "${bytes[$k-$c,buildkit]:-}"
   done
 done

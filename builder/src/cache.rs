@@ -122,12 +122,13 @@ pub(crate) fn entries(
         .filter(|&v| matches!(graph.vertices[v].op, Op::Exec(_) | Op::File(_)))
         .filter_map(|v| solved.get(v)?.as_ref())
         .flat_map(|s| {
-            let entry = |key: &rbuild_types::Digest| ExportEntry {
+            let entry = |key: &rbuild_types::Digest, step| ExportEntry {
                 key: key.clone(),
                 layers: s.output.layers().to_vec(),
                 created: s.created,
+                step,
             };
-            std::iter::once(entry(&s.key)).chain(s.selection_key.as_ref().map(entry))
+            std::iter::once(entry(&s.key, s.record.clone())).chain(s.selection_key.as_ref().map(|k| entry(k, None)))
         })
         .collect()
 }

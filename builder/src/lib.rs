@@ -200,6 +200,11 @@ impl Builder {
         };
         solve_opts.record_scope = Some(format!("{shown}\n{}", req.target.as_deref().unwrap_or_default()));
         solve_opts.explain = req.explain_cache;
+        // Remote caches know steps by what any machine calls them: the Dockerfile's name (not its path), the target.
+        if req.explain_cache || !req.cache_to.is_empty() {
+            solve_opts.source_scope =
+                Some(format!("{}\n{}", dockerfile.name, req.target.as_deref().unwrap_or_default()));
+        }
         reporter.plan(&graph, &merged.targets);
         let progress: Arc<dyn rbuild_solver::Progress> = reporter.clone();
         let result =

@@ -6,11 +6,13 @@
 //! one request per key; the blobs themselves are fetched only when a later step or an output needs their bytes.
 //!
 //! Writers merge: an export reads the index that is there, adds its own entries (a key exported again keeps the
-//! newer record), drops what is over the age or size limit, oldest first, and writes the union. Keys are
-//! content-addressed (see `rbuild_solver::key`), so two runners that made the same key made the same result and
-//! merging never has to choose between different answers to one question.
+//! newer record), drops what is over the age or size limit, oldest first, and writes the union. A key names a
+//! step's definition and its inputs (see `rbuild_solver::key`), so two runners that made the same key made
+//! equivalent results (their files may differ in times only) and merging never has to choose between different
+//! answers to one question.
 
 use crate::store::LayerBlob;
+use rbuild_solver::explain::StepInputs;
 use rbuild_types::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,7 +38,7 @@ pub struct IndexEntry {
 }
 
 /// A remote cache's index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheIndex {
     pub version: u32,
     /// Cache key → result.
@@ -46,6 +48,14 @@ pub struct CacheIndex {
     /// `RUN --mount=type=cache` contents by cache id, as one layer blob each (`cache-mounts=true`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mounts: BTreeMap<String, LayerBlob>,
+    /// The journal tags (one per export, see `rbuild_image::remote_cache`) whose entries this index holds: a reader
+    /// reads only the journals that are not listed here.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub journals: BTreeSet<String>,
+    /// What went into the key of each exported step, by its portable identity (Dockerfile name, target, stage and
+    /// depth): another machine's `--explain-cache` compares a step that missed with it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub steps: BTreeMap<String, StepInputs>,
 }
 
 /// Limits a writer applies to the merged index.
@@ -60,7 +70,14 @@ pub struct Limits {
 impl Default for CacheIndex {
     /// An empty index of the current version.
     fn default() -> Self {
-        CacheIndex { version: INDEX_VERSION, entries: BTreeMap::new(), blobs: BTreeMap::new(), mounts: BTreeMap::new() }
+        CacheIndex {
+            version: INDEX_VERSION,
+            entries: BTreeMap::new(),
+            blobs: BTreeMap::new(),
+            mounts: BTreeMap::new(),
+            journals: BTreeSet::new(),
+            steps: BTreeMap::new(),
+        }
     }
 }
 
@@ -82,8 +99,7 @@ impl CacheIndex {
     }
 
     /// Adds `other`'s entries and blobs. Of a key both have, this index's result is kept (dated with the later
-    /// export): later steps other runners cached were keyed by that result's layers, so replacing it with an
-    /// equivalent result of different layers (a file's mtime) would orphan them.
+    /// export): the two are equivalent, and keeping the one readers already fetched saves them a download.
     pub fn merge(&mut self, other: CacheIndex) {
         for (key, entry) in other.entries {
             match self.entries.get_mut(&key) {
@@ -98,6 +114,9 @@ impl CacheIndex {
         }
         // A cache mount's newest contents win: they are what the next runner should start from.
         self.mounts.extend(other.mounts);
+        self.journals.extend(other.journals);
+        // The newest record of a step explains best what a build now differs in.
+        self.steps.extend(other.steps);
     }
 
     /// Whether every entry of `other` is here (used to check that a write was not overwritten by another writer).
@@ -133,6 +152,8 @@ impl CacheIndex {
             }
             self.entries.retain(|k, _| keep.contains(k));
         }
+        let entries = &self.entries;
+        self.steps.retain(|_, s| entries.contains_key(&s.key));
         let used: BTreeSet<&Digest> = self.entries.values().flat_map(|e| &e.layers).collect();
         self.blobs.retain(|d, _| used.contains(d));
     }
@@ -199,6 +220,29 @@ mod tests {
         i.prune(Limits { max_age: None, max_size: Some(150) }, 30);
         assert_eq!(i.entries.keys().collect::<Vec<_>>(), [&Digest::of(b"new")]);
         assert_eq!(i.blobs.len(), 1, "blobs of dropped entries go too");
+    }
+
+    #[test]
+    fn journals_merge_and_step_records_go_with_their_entries() {
+        let record = |key: &str| StepInputs {
+            key: Digest::of(key.as_bytes()),
+            name: "[stage] RUN make".into(),
+            op: serde_json::Value::Null,
+            inputs: vec![],
+            content: vec![],
+            files: vec![],
+        };
+        let mut a = index(&[("old", &["l1"], 10)]);
+        a.journals.insert("t-rbuild-journal-1".into());
+        a.steps.insert("Dockerfile\n\n[stage]#1".into(), record("old"));
+        let mut b = index(&[("new", &["l2"], 30)]);
+        b.journals.insert("t-rbuild-journal-2".into());
+        b.steps.insert("Dockerfile\n\n[stage]#2".into(), record("new"));
+        a.merge(b);
+        assert_eq!(a.journals.len(), 2, "a merged index lists both writers' journals");
+        a.prune(Limits { max_age: Some(5), max_size: None }, 30);
+        assert_eq!(a.steps.keys().collect::<Vec<_>>(), ["Dockerfile\n\n[stage]#2"], "a pruned entry's record goes");
+        assert_eq!(CacheIndex::parse(&a.to_bytes()).expect("parses"), a);
     }
 
     #[test]

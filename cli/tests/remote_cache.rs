@@ -6,7 +6,6 @@ use crate::support::{Run, Workspace, cmd, require, unique};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-const EPOCH: &str = "1700000000";
 const TOOLS: &[&str] = &["docker-registry", "skopeo", "curl", "busybox"];
 
 /// A two-stage build on `FROM scratch` (no base image to pull): an intermediate stage whose RUN output the final
@@ -145,17 +144,20 @@ fn keys_are_the_same_in_any_store_and_context_path() {
     std::fs::create_dir_all(other.parent().unwrap()).unwrap();
     cmd("cp", &["-a", one.to_str().unwrap(), other.to_str().unwrap()]).success();
     let (d1, d2) = (ws.path("cache-1"), ws.path("cache-2"));
-    // A step after a RUN is keyed by the layers that RUN made, which carry the time it ran: SOURCE_DATE_EPOCH makes
-    // them reproducible, so that two independent builds can be compared key for key.
-    let epoch = [("SOURCE_DATE_EPOCH", EPOCH)];
+    // No SOURCE_DATE_EPOCH: the two RUNs make layers with other file times, which must not reach any key.
     for (store, ctx, dest) in [("store-1", &one, &d1), ("store-2", &other, &d2)] {
         let to = format!("type=local,dest={},mode=max", dest.display());
-        let args = ["build", "--cache-to", &to, ctx.to_str().unwrap()];
-        crate::registry::rbuild_env(&ws, store, &args, &epoch, None).success();
+        ws.build(store, ctx, &["--cache-to", &to]).success();
+        // A second apart at least, so the RUNs' file times differ.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
     }
     let (i1, i2) = (layout_index(&d1), layout_index(&d2));
-    assert!(keys(&i1).len() >= 5, "{i1}");
+    assert!(keys(&i1).len() >= 6, "every step of both stages: {i1}");
     assert_eq!(keys(&i1), keys(&i2), "the same build gives the same keys anywhere");
+    let layers = |i: &serde_json::Value| {
+        i["entries"].as_object().unwrap().values().map(|e| e["layers"].clone()).collect::<Vec<_>>()
+    };
+    assert_ne!(layers(&i1), layers(&i2), "from layers that differ (file times): {i1}\n{i2}");
     let text = serde_json::to_string(&i1).unwrap();
     assert!(!text.contains(ws.dir.path().to_str().unwrap()), "no host path in the cache: {text}");
     // And the directory cache works in a third, empty store.
@@ -216,7 +218,32 @@ fn inline_cache_is_read_back_from_the_image() {
     assert!(cached.iter().any(|s| s.starts_with("[stage-1] RUN")), "the final stage hits\n{}", b.stderr);
 }
 
-/// Two runners exporting different builds to one ref at the same time both keep their entries.
+/// The manifest at `reference` (`host/repo:tag`), exactly as the registry serves it.
+fn raw_manifest(addr: &str, reference: &str) -> Vec<u8> {
+    let (repo, tag) = reference.strip_prefix(&format!("{addr}/")).unwrap().rsplit_once(':').unwrap();
+    let url = format!("http://{addr}/v2/{repo}/manifests/{tag}");
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {url}");
+    out.stdout
+}
+
+/// Puts `manifest` under `reference`'s tag, as a writer that lost a race would.
+fn put_manifest(ws: &Workspace, addr: &str, reference: &str, manifest: &[u8]) {
+    let (repo, tag) = reference.strip_prefix(&format!("{addr}/")).unwrap().rsplit_once(':').unwrap();
+    let file = ws.path("manifest.json");
+    std::fs::write(&file, manifest).unwrap();
+    let url = format!("http://{addr}/v2/{repo}/manifests/{tag}");
+    let data = format!("@{}", file.display());
+    let args = ["-sf", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json"];
+    cmd("curl", &[&args[..], &["--data-binary", &data, &url]].concat()).success();
+}
+
+/// Two runners exporting different builds to one ref both keep their entries: even when the second one's write of
+/// the main tag is replaced by a writer that read the index before it (the lost update a registry without
+/// compare-and-swap allows, forced here), and when two exports really run at the same time.
 #[test]
 fn concurrent_exports_to_one_ref_keep_both_entries() {
     if !require(TOOLS) {
@@ -226,16 +253,32 @@ fn concurrent_exports_to_one_ref_keep_both_entries() {
     let reg = Registry::start_own();
     let cache = format!("{}/{}:shared", reg.addr, unique("cache/shared"));
     let to = format!("type=registry,ref={cache},mode=max");
+    let every_step_hits = |store: &str, ctx: &Path| {
+        let r = ws.build(store, ctx, &["--cache-from", &cache]).success();
+        let (cached, ran) = outcome(&r);
+        assert!(ran.is_empty() && cached.len() == 6, "{store}: every step of its writer is kept\n{}", r.stderr);
+    };
+
+    // The lost update, step by step: writer 2 merges after writer 1, then a stale writer puts back the index it
+    // read before writer 2's export.
     let (c1, c2) = (context(&ws, "writer-1", "w1"), context(&ws, "writer-2", "w2"));
-    // Built first, so the two exports (not the builds) race. Reproducible layers (SOURCE_DATE_EPOCH), so the step
-    // both builds share has one result whichever writer's entry the cache keeps.
-    let epoch = [("SOURCE_DATE_EPOCH", EPOCH)];
-    for (store, ctx) in [("store-1", &c1), ("store-2", &c2)] {
-        crate::registry::rbuild_env(&ws, store, &["build", ctx.to_str().unwrap()], &epoch, None).success();
+    ws.build("store-1", &c1, &["--cache-to", &to]).success();
+    let stale = raw_manifest(&reg.addr, &cache);
+    ws.build("store-2", &c2, &["--cache-to", &to]).success();
+    let both = keys(&registry_index(&reg.addr, &cache));
+    put_manifest(&ws, &reg.addr, &cache, &stale);
+    let after = keys(&registry_index(&reg.addr, &cache));
+    assert!(after.len() < both.len(), "writer 2's entries are gone from the main tag: {after:?} vs {both:?}");
+    every_step_hits("fresh-1", &c1);
+    every_step_hits("fresh-2", &c2);
+
+    // Two exports at the same time (built first, so the exports, not the builds, race).
+    let (c3, c4) = (context(&ws, "writer-3", "w3"), context(&ws, "writer-4", "w4"));
+    for (store, ctx) in [("store-3", &c3), ("store-4", &c4)] {
+        ws.build(store, ctx, &[]).success();
     }
     let spawn = |store: &str, ctx: &Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_rbuild"))
-            .env("SOURCE_DATE_EPOCH", EPOCH)
             .arg("--root")
             .arg(ws.path(store))
             .args(["build", "--cache-to", &to, ctx.to_str().unwrap()])
@@ -244,21 +287,13 @@ fn concurrent_exports_to_one_ref_keep_both_entries() {
             .spawn()
             .unwrap()
     };
-    let (p1, p2) = (spawn("store-1", &c1), spawn("store-2", &c2));
-    for p in [p1, p2] {
+    let (p3, p4) = (spawn("store-3", &c3), spawn("store-4", &c4));
+    for p in [p3, p4] {
         let out = p.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let both = keys(&registry_index(&reg.addr, &cache));
-    for (store, ctx) in [("fresh-1", &c1), ("fresh-2", &c2)] {
-        let args = ["build", "--cache-from", &cache, ctx.to_str().unwrap()];
-        let r = crate::registry::rbuild_env(&ws, store, &args, &epoch, None).success();
-        let (cached, ran) = outcome(&r);
-        assert!(
-            ran.is_empty() && cached.len() == 6,
-            "{store}: every step of its writer is kept\n{both:?}\n{}",
-            r.stderr
-        );
+    for (store, ctx) in [("fresh-1b", &c1), ("fresh-2b", &c2), ("fresh-3", &c3), ("fresh-4", &c4)] {
+        every_step_hits(store, ctx);
     }
 }
 
@@ -322,4 +357,33 @@ fn cache_mount_contents_travel_to_the_next_runner() {
         .success();
     let seen = std::fs::read_to_string(out.join("seen")).unwrap();
     assert_eq!(seen, "a\nb\n", "runner B's RUN sees runner A's cache mount\n{}", b.stderr);
+}
+
+/// `--explain-cache` with `--cache-from`: a step another runner exported from other files says which source had
+/// it and what differs; a step no source knows says so.
+#[test]
+fn a_remote_miss_is_explained_against_the_source() {
+    if !require(TOOLS) {
+        return;
+    }
+    let ws = Workspace::new();
+    let reg = Registry::start_own();
+    let cache = format!("{}/{}:explain", reg.addr, unique("cache/explain"));
+    let a_ctx = context(&ws, "explain-a", "e");
+    ws.build("store-a", &a_ctx, &["--cache-to", &format!("type=registry,ref={cache},mode=max")]).success();
+    let b_ctx = context(&ws, "explain-b", "e");
+    std::fs::write(b_ctx.join("a.txt"), "changed\n").unwrap();
+    let dockerfile = std::fs::read_to_string(b_ctx.join("Dockerfile")).unwrap();
+    std::fs::write(b_ctx.join("Dockerfile"), format!("{dockerfile}RUN [\"/bin/busybox\", \"true\"]\n")).unwrap();
+    let b = ws.build("store-b", &b_ctx, &["--explain-cache", "--cache-from", &cache]).success();
+    let (cached, ran) = outcome(&b);
+    assert!(cached.iter().any(|s| s.starts_with("[tools] RUN")), "{}", b.stderr);
+    assert!(ran.iter().any(|s| s.contains("COPY a.txt")), "{}", b.stderr);
+    let near = format!("cache miss: cache source {cache} has this step from another build: files changed: a.txt");
+    assert!(b.stderr.contains(&near), "the near match and what differs:\n{}", b.stderr);
+    assert!(
+        b.stderr.contains("cache miss: no cache source has its key or this step from another build"),
+        "the new step:\n{}",
+        b.stderr
+    );
 }

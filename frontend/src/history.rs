@@ -75,6 +75,9 @@ mod tests {
             cached: false,
             created,
             selection_key: None,
+            content_name: Digest::of(b"c"),
+            rebuilt: false,
+            record: None,
         })
     }
 

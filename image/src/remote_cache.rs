@@ -71,8 +71,6 @@ pub enum RemoteCacheError {
         #[source]
         source: Box<ImageError>,
     },
-    #[error("cache {location}: another writer kept replacing the index ({attempts} attempts)")]
-    Contended { location: String, attempts: u32 },
 }
 
 /// A cache source read at the start of a build.
@@ -85,7 +83,7 @@ pub struct LoadedSource {
 /// Reads the index of the cache at `location`. A location with nothing there yet gives an empty index.
 pub async fn load(client: &RegistryClient, location: &CacheLocation) -> Result<LoadedSource, RemoteCacheError> {
     let index = match location {
-        CacheLocation::Registry(r) => load_registry(client, r).await?.map(|(_, i)| i),
+        CacheLocation::Registry(r) => load_with_journals(client, r).await?,
         CacheLocation::Layout(dir) => load_layout(dir)?,
     };
     Ok(LoadedSource { location: location.clone(), index: index.unwrap_or_else(CacheIndex::new) })
@@ -106,6 +104,59 @@ async fn load_registry(
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|_| bad(r, "its manifest"))?;
     let config = client.fetch_small_blob(r, &manifest.config, "cache index").await.map_err(reg)?;
     Ok(Some((digest, index_of(r, &manifest, &config)?)))
+}
+
+/// The tag prefix of the journals of the cache at `r`: every export to a registry also pushes its own entries
+/// under a tag of its own (`<tag>-rbuild-journal-<time>-<id>`), which no other writer ever replaces.
+pub(crate) fn journal_prefix(r: &ImageRef) -> Option<String> {
+    if r.digest.is_some() {
+        return None;
+    }
+    let tag = r.tag.as_deref().unwrap_or("latest");
+    // A tag has at most 128 characters; the time and id take 33 of them.
+    let base: String = tag.chars().take(80).collect();
+    Some(format!("{base}-rbuild-journal-"))
+}
+
+/// The index at `r` with every journal it does not list merged in: what all writers exported, even one whose
+/// write of the main tag another writer replaced (see [`export`]). Costs one more request (the tag list), and two
+/// per journal not merged yet (only those of exports racing each other, until the next export merges them).
+pub(crate) async fn load_with_journals(
+    client: &RegistryClient,
+    r: &ImageRef,
+) -> Result<Option<CacheIndex>, RemoteCacheError> {
+    let main = load_registry(client, r).await?.map(|(_, i)| i);
+    // A digest-pinned cache has no journals (an image with an inline cache has none either; its tag list just
+    // holds no journal tag).
+    let Some(prefix) = journal_prefix(r) else { return Ok(main) };
+    let tags = match client.list_tags(r).await {
+        Ok(tags) => tags,
+        Err(e) => {
+            tracing::warn!(cache = %r, error = %e, "cannot list the cache's journal tags; reading its index only");
+            return Ok(main);
+        }
+    };
+    let listed = main.as_ref().map(|m| m.journals.clone()).unwrap_or_default();
+    let unmerged: Vec<String> = tags.into_iter().filter(|t| t.starts_with(&prefix) && !listed.contains(t)).collect();
+    if unmerged.is_empty() {
+        return Ok(main);
+    }
+    let reads = unmerged.iter().map(|tag| {
+        let journal = ImageRef { tag: Some(tag.clone()), digest: None, ..r.clone() };
+        async move { (tag, load_registry(client, &journal).await) }
+    });
+    let mut index = main.unwrap_or_default();
+    for (tag, read) in futures::future::join_all(reads).await {
+        match read {
+            Ok(Some((_, journal))) => {
+                index.merge(journal);
+                index.journals.insert(tag.clone());
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(cache = %r, journal = %tag, error = %e, "skipping an unreadable cache journal"),
+        }
+    }
+    Ok(Some(index))
 }
 
 /// The index in a manifest's config blob `config`.
@@ -364,6 +415,18 @@ impl CacheStore for LayeredCache {
 
     fn record_step(&self, identity: &str, inputs: &StepInputs) -> Result<(), CacheError> {
         self.local.record_step(identity, inputs)
+    }
+
+    fn source_records(&self, identity: &str) -> Option<Vec<(String, StepInputs)>> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        Some(
+            self.sources
+                .iter()
+                .filter_map(|s| Some((s.location.to_string(), s.index.steps.get(identity)?.clone())))
+                .collect(),
+        )
     }
 }
 

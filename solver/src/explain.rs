@@ -52,6 +52,10 @@ pub enum MissReason {
     Input { name: String },
     /// Files selected by a copy changed.
     Files { changed: Vec<String>, added: Vec<String>, removed: Vec<String> },
+    /// No remote cache source (`--cache-from`) had the step's key, nor a record of the step from another build.
+    NotInSources,
+    /// A remote cache source had this step from another build (a near match), which differed in these ways.
+    Source { source: String, reasons: Vec<MissReason> },
 }
 
 impl std::fmt::Display for MissReason {
@@ -79,6 +83,14 @@ impl std::fmt::Display for MissReason {
                 write!(f, "variable {name} changed: {} -> {}", show(before), show(after))
             }
             MissReason::Input { name } => write!(f, "its input changed: {name}"),
+            MissReason::NotInSources => write!(f, "no cache source has its key or this step from another build"),
+            MissReason::Source { source, reasons } if reasons.iter().all(|r| *r == MissReason::ResultRemoved) => {
+                write!(f, "cache source {source} has this step with the same inputs but not its result")
+            }
+            MissReason::Source { source, reasons } => {
+                let reasons: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
+                write!(f, "cache source {source} has this step from another build: {}", reasons.join("; "))
+            }
             MissReason::Files { changed, added, removed } => {
                 let mut parts = Vec::new();
                 for (what, items) in [("changed", changed), ("added", added), ("removed", removed)] {

@@ -10,8 +10,9 @@ use crate::graph::{ExecOp, Op};
 use rbuild_types::Digest;
 use serde::Serialize;
 
-/// Bumped whenever the meaning of a key changes, so old cache entries are never confused with new ones.
-pub const KEY_VERSION: u32 = 1;
+/// Bumped whenever the meaning of a key changes, so old cache entries are never confused with new ones. Version 2:
+/// a step's inputs are named by their definition keys (portable), no longer by the layers they produced.
+pub const KEY_VERSION: u32 = 2;
 
 /// Variables that change how a step reaches the network, not what it produces (BuildKit's proxy build args), in
 /// (UPPER, lower) pairs: a RUN sees both spellings of each.
@@ -134,12 +135,12 @@ mod tests {
         ];
         let got: Vec<String> = cases.iter().map(|(n, d)| format!("{n} {d}")).collect();
         let want = [
-            "scratch sha256:099f997d1a0dfad596be995af320656e7e5d3b8b4984e183fb90d9ced18314f6",
-            "image sha256:afce185bc150508036f9de65b5a61df3b578e1ba1311a1788c0ac508ed6e719a",
-            "context sha256:bfccc63c27cb3f266b591b5922c88ee8c86c136b7df31d6ccb8c4cac48fa423e",
-            "exec sha256:f134059e3031a820f2a25b781d4c5bd9dcb87f993ca1afe0ec7867be7c6f0d2d",
-            "copy sha256:ddcfdcc4edb54f78bbf6d5c5f56107a5fca2a7d88daea0f0eae4f237c59fa643",
-            "mkdir sha256:75bf08ebecd5844ac15bb010f628eff7c02fad0a090033273f056611dd1ecd21",
+            "scratch sha256:18702be5b7f78405d69f3b3fa0c73ea9f23008e99fc573f6bcc03e2b728ffcab",
+            "image sha256:9be5353b32adeadaa96bb7819991e4d3ebf25cd054cf778da3ac52e64afe0ae9",
+            "context sha256:6de10342f0c937cb0d1e5094250d157e5aea4c45f10999bb2dadaca497296cb7",
+            "exec sha256:3b126e59b87045f10b4bf3d5961c0004cfe7772bbb02be935fab003f44e66c02",
+            "copy sha256:d1aa4dd07d2e53ef34d962185c1a59a6731f2ee10247063441ed9c84d02d8276",
+            "mkdir sha256:035b9fcb2f942a4f9c919e98df59867770af9bdd1954c25e981bf7edbaab23a8",
         ];
         assert_eq!(got, want, "cache key encoding changed");
     }
@@ -152,7 +153,7 @@ mod tests {
         op.insecure = true;
         let base: Digest = "sha256:0000000000000000000000000000000000000000000000000000000000000001".parse().unwrap();
         let key = cache_key(&Op::Exec(op), std::slice::from_ref(&base), &[]);
-        assert_eq!(key.to_string(), "sha256:96266a16f1f76c5d28428ddac59979d46bd0ee139b07663547c1ed713eedd9f9");
+        assert_eq!(key.to_string(), "sha256:6ea67e36a483e077b1fe25008ec2544c6c6f52cd06fe5fa5532c656db2ae9542");
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! The first failure cancels the rest, as BuildKit does: nothing new starts, the worker stops the steps that are
 //! running (they are reported `CANCELED`), and the solve returns only once they have ended, so no output of a
 //! sibling step appears after the error and the process does not wait for them to run to completion.
+//!
+//! A step is keyed by its definition: the op and its inputs' keys, as BuildKit keys an exec, never by the layers an
+//! input produced (they carry file times, so no two machines would agree). Only after a step that ran with the cache
+//! ignored (`--no-cache-filter`) is an input named by its layers, since its definition key may name an older
+//! result. A result is stored under every name this build knows it by (definition, content of what it read,
+//! layers of its inputs) so that a later build finds it whichever way it names its inputs.
 
 use crate::explain::{InputRef, MissReason, StepInputs, explain, step_identity};
 use crate::graph::{FileAction, Graph, Op, VertexId};
@@ -25,6 +31,8 @@ const CANCEL_WAIT: Duration = Duration::from_secs(30);
 /// A vertex's result.
 #[derive(Debug, Clone)]
 pub struct Solved {
+    /// The definition key: the op and its inputs' definition keys (and the content of context files it reads), the
+    /// same on every machine. What a remote cache exports and what `--explain-cache` compares.
     pub key: Digest,
     pub output: Output,
     /// True when the result came from the cache and nothing ran.
@@ -35,6 +43,21 @@ pub struct Solved {
     /// when it was computed: a remote cache exports it too, so another machine whose stage produced other layers
     /// but the same files still hits.
     pub selection_key: Option<Digest>,
+    /// The result named by what it holds: its layers for a step, its key for a source.
+    pub content_name: Digest,
+    /// This step, or one it was built on, ran with the cache ignored in this build (`--no-cache-filter`): its
+    /// definition key may name an older result, so what follows names it by [`Solved::content_name`].
+    pub rebuilt: bool,
+    /// What went into the key, under the step's portable identity ([`SolveOptions::source_scope`]): exported with
+    /// a remote cache so that another machine's `--explain-cache` can say what differs. Only kept when asked for.
+    pub record: Option<(String, Arc<StepInputs>)>,
+}
+
+impl Solved {
+    /// How the steps after this one name it in their keys (see [`Solved::rebuilt`]).
+    pub fn name(&self) -> &Digest {
+        if self.rebuilt { &self.content_name } else { &self.key }
+    }
 }
 
 /// A step that failed, and why.
@@ -58,6 +81,10 @@ pub struct SolveOptions {
     pub record_scope: Option<String>,
     /// Emit [`Event::Explained`] for every step that runs.
     pub explain: bool,
+    /// The scope of steps as remote cache sources know them, free of host paths (the Dockerfile's name and the
+    /// target): with it, every step's [`Solved::record`] is kept, and a step that misses is explained against the
+    /// sources' records too.
+    pub source_scope: Option<String>,
 }
 
 impl SolveOptions {
@@ -75,6 +102,7 @@ impl Default for SolveOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()).saturating_mul(2).max(4),
             record_scope: None,
             explain: false,
+            source_scope: None,
         }
     }
 }
@@ -91,6 +119,7 @@ struct Ctx {
     depth: Vec<usize>,
     record_scope: Option<String>,
     explain: bool,
+    source_scope: Option<String>,
     /// Set by the first step that fails; every step that ends in an error after it was canceled.
     failed: AtomicBool,
     /// The first failure: what the solve reports, whichever future happens to end first.
@@ -150,6 +179,7 @@ pub async fn solve(
         depth: chain_depths(&graph),
         record_scope: opts.record_scope,
         explain: opts.explain,
+        source_scope: opts.source_scope,
         failed: AtomicBool::new(false),
         first_error: std::sync::Mutex::new(None),
         in_flight: AtomicUsize::new(0),
@@ -277,19 +307,19 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
     let vertex = &ctx.graph.vertices[v];
     let fail =
         |e: WorkerError| SolveError { vertex: v, name: vertex.name.clone(), source: Arc::new(e), canceled: false };
-    // A step's input is named by its content: the layers a step produced (free: they are content digests), or the
-    // key of a source (an image's config digest, a context, a URL). So a stage re-run under the same key
-    // (`--no-cache-filter`) with new files changes what follows, and one re-run to the same layers does not.
-    let input_keys: Vec<Digest> = vertex
-        .inputs
-        .iter()
-        .zip(&inputs)
-        .map(|(&i, s)| match ctx.graph.vertices[i].op {
-            Op::Exec(_) | Op::File(_) => layers_digest(&s.output),
-            _ => s.key.clone(),
-        })
-        .collect();
+    // An input is named by its definition key, which any machine computes alike (BuildKit keys an exec by its
+    // inputs' keys), except one that ran with the cache ignored in this build (`--no-cache-filter`), or was built
+    // on one: its definition no longer says what it holds, so it is named by its content (its layers).
+    let names = |name: fn(&Solved) -> &Digest| inputs.iter().map(|s| name(s).clone()).collect::<Vec<Digest>>();
+    let definition_names = names(|s| &s.key);
+    let primary_names = names(Solved::name);
+    let content_names = names(|s| &s.content_name);
+    // An input that was found (or made) by the content of what a step read from it is known by that key too.
+    let selection_names: Vec<Digest> =
+        inputs.iter().map(|s| s.selection_key.clone().unwrap_or_else(|| s.name().clone())).collect();
     let input_outputs: Vec<Output> = inputs.iter().map(|s| s.output.clone()).collect();
+    let rebuilt =
+        inputs.iter().any(|s| s.rebuilt) || (vertex.ignore_cache && matches!(vertex.op, Op::Exec(_) | Op::File(_)));
 
     // Content digests of the files each COPY selects from a directory input (the build context).
     let mut content = Vec::new();
@@ -304,59 +334,103 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
         }
     }
     let keyed_op = key_op(&vertex.op, &input_outputs);
-    let key = cache_key(&keyed_op, &input_keys, &content);
+    // The portable key: what a remote cache exports and what explanations compare.
+    let key = cache_key(&keyed_op, &definition_names, &content);
+    // The keys this build may trust, in the order they are looked up; the result is stored under all of them (and
+    // under `key`), so a later build finds it whichever way it names its inputs.
+    let mut lookups: Vec<Digest> = Vec::new();
+    for names in [&primary_names, &selection_names, &content_names] {
+        let k = cache_key(&keyed_op, names, &content);
+        if !lookups.contains(&k) {
+            lookups.push(k);
+        }
+    }
+    let content_name = |output: &Output| match vertex.op {
+        Op::Exec(_) | Op::File(_) => layers_digest(output),
+        _ => key.clone(),
+    };
 
     match &vertex.op {
         Op::Scratch | Op::Context { .. } | Op::Image { .. } | Op::Http { .. } | Op::Git { .. } => {
             let (worker, op) = (ctx.worker.clone(), vertex.op.clone());
             let output = blocking(move || worker.source(&op)).await.map_err(fail)?;
-            Ok(Solved { key, output, cached: false, created: now_unix(), selection_key: None })
+            let content_name = content_name(&output);
+            Ok(Solved {
+                key,
+                output,
+                cached: false,
+                created: now_unix(),
+                selection_key: None,
+                content_name,
+                rebuilt,
+                record: None,
+            })
         }
         Op::Exec(_) | Op::File(_) => {
             // A step that reads part of another stage (COPY --from, RUN --mount=from=) has a second key, made from
             // the content of exactly what it reads: asked for when the first misses, so a stage rebuilt to other
             // layers but the same selected files still hits (BuildKit's content-based cache).
+            let step = step_identity(ctx.graph.stage(v), ctx.depth.get(v).copied().unwrap_or(0));
+            let identity = ctx.record_scope.as_ref().map(|scope| format!("{scope}\n{step}"));
+            let source_identity = ctx.source_scope.as_ref().map(|scope| format!("{scope}\n{step}"));
             let mut selection_key = None;
             let mut unreadable = Vec::new();
             if !vertex.ignore_cache {
-                let mut hit = lookup(ctx.cache.as_ref(), &key, &mut unreadable);
+                let mut hit =
+                    lookups.iter().find_map(|k| Some((k.clone(), lookup(ctx.cache.as_ref(), k, &mut unreadable)?)));
                 if hit.is_none() && reads_part_of_a_step(&ctx.graph, vertex) {
-                    let k = selection_based_key(&ctx, vertex, &keyed_op, &input_keys, &inputs, &content)
+                    let k = selection_based_key(&ctx, vertex, &keyed_op, &primary_names, &inputs, &content)
                         .await
                         .map_err(fail)?;
-                    hit = lookup(ctx.cache.as_ref(), &k, &mut unreadable);
-                    if let Some(record) = &hit {
-                        // Found by content: the definition key names the same result from now on.
-                        let _ = ctx.cache.put(&key, &record.output);
-                    }
+                    hit = lookup(ctx.cache.as_ref(), &k, &mut unreadable).map(|r| (k.clone(), r));
                     selection_key = Some(k);
                 }
-                if let Some(record) = hit {
+                if let Some((found, record)) = hit {
+                    // Every name this build knows the step by gives the same result from now on.
+                    let mut names = std::iter::once(&key).chain(&lookups).collect::<Vec<_>>();
+                    names.dedup();
+                    for k in names.into_iter().filter(|k| **k != found) {
+                        let _ = ctx.cache.put(k, &record.output);
+                    }
                     ctx.progress.event(Event::Cached { vertex: v, name: vertex.name.clone() });
                     warn_unreadable(ctx.progress.as_ref(), v, unreadable);
+                    let content_name = content_name(&record.output);
+                    // The record of its last run, if that made this very key (kept only for an export).
+                    let kept = match (&source_identity, &identity) {
+                        (Some(portable), Some(id)) => ctx
+                            .cache
+                            .previous_step(id)
+                            .filter(|r| r.key == key)
+                            .map(|r| (portable.clone(), Arc::new(r))),
+                        _ => None,
+                    };
                     return Ok(Solved {
                         key,
                         output: record.output,
                         cached: true,
                         created: record.created,
                         selection_key,
+                        content_name,
+                        rebuilt,
+                        record: kept,
                     });
                 }
             }
-            let identity = ctx.record_scope.as_ref().map(|scope| {
-                format!("{scope}\n{}", step_identity(ctx.graph.stage(v), ctx.depth.get(v).copied().unwrap_or(0)))
-            });
             let step_record = match &identity {
                 Some(_) => Some(step_inputs(&ctx, v, &keyed_op, &key, &inputs, &content).await.map_err(fail)?),
                 None => None,
             };
             let reasons = ctx.explain.then(|| {
                 let previous = identity.as_deref().and_then(|id| ctx.cache.previous_step(id));
-                match (&previous, &step_record) {
+                let mut reasons = match (&previous, &step_record) {
                     _ if vertex.ignore_cache => vec![MissReason::NoCacheRequested],
                     (Some(prev), Some(now)) => explain(prev, now),
                     _ => vec![MissReason::NoRecord],
+                };
+                if let (false, Some(portable), Some(now)) = (vertex.ignore_cache, &source_identity, &step_record) {
+                    reasons.extend(explain_sources(ctx.cache.source_records(portable), now));
                 }
+                reasons
             });
             let is_exec = matches!(vertex.op, Op::Exec(_));
             let _slot = if is_exec { ctx.run_slots.acquire().await.ok() } else { None };
@@ -423,23 +497,47 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
             match result {
                 Ok(output) => {
                     let (name, elapsed) = (vertex.name.clone(), started.elapsed());
-                    let record =
-                        ctx.cache.put(&key, &output).map_err(|e| fail(SolverFailure::RecordResult(e).into()))?;
-                    if let Some(selection_key) = &selection_key {
-                        ctx.cache
-                            .put(selection_key, &output)
-                            .map_err(|e| fail(SolverFailure::RecordResult(e).into()))?;
+                    let made = ctx.cache.put(&key, &output).map_err(|e| fail(SolverFailure::RecordResult(e).into()))?;
+                    for k in lookups.iter().chain(&selection_key).filter(|k| **k != key) {
+                        ctx.cache.put(k, &output).map_err(|e| fail(SolverFailure::RecordResult(e).into()))?;
                     }
                     if let (Some(id), Some(inputs)) = (&identity, &step_record) {
                         ctx.cache.record_step(id, inputs).map_err(|e| fail(SolverFailure::RecordInputs(e).into()))?;
                     }
                     ctx.progress.event(Event::Done { vertex: v, name, elapsed });
-                    Ok(Solved { key, output, cached: false, created: record.created, selection_key })
+                    let content_name = content_name(&output);
+                    let record = source_identity.zip(step_record).map(|(id, r)| (id, Arc::new(r)));
+                    Ok(Solved {
+                        key,
+                        output,
+                        cached: false,
+                        created: made.created,
+                        selection_key,
+                        content_name,
+                        rebuilt,
+                        record,
+                    })
                 }
                 Err(e) => Err(e),
             }
         }
     }
+}
+
+/// Why the remote sources did not have a step: which had a record of it from another build and what differed, or
+/// that none had it.
+fn explain_sources(records: Option<Vec<(String, StepInputs)>>, now: &StepInputs) -> Vec<MissReason> {
+    let Some(records) = records else { return Vec::new() };
+    if records.is_empty() {
+        return vec![MissReason::NotInSources];
+    }
+    records
+        .into_iter()
+        .map(|(source, prev)| {
+            let reasons = if prev.key == now.key { vec![MissReason::ResultRemoved] } else { explain(&prev, now) };
+            MissReason::Source { source, reasons }
+        })
+        .collect()
 }
 
 /// The digest that names a step's output by content: its layers.

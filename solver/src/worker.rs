@@ -195,6 +195,12 @@ pub trait CacheStore: Send + Sync + 'static {
         let _ = identity;
         None
     }
+    /// What the remote cache sources know about the step with this portable identity, for explaining a miss:
+    /// each source (by name) that holds a record of it, in the order searched. `None` when there are no sources.
+    fn source_records(&self, identity: &str) -> Option<Vec<(String, StepInputs)>> {
+        let _ = identity;
+        None
+    }
     /// Remembers what went into a step's key, for explaining its next miss.
     fn record_step(&self, identity: &str, inputs: &StepInputs) -> Result<(), CacheError> {
         let _ = (identity, inputs);

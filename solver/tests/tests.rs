@@ -19,6 +19,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 ///   (`ok` if absent, `fail` to exit 3, `block` to run until canceled; more fields only make ops distinct).
 ///   A barrier, not a sleep, proves overlap: the steps can only pass it together.
 /// - `fail`: exits 3 at once. Anything else: succeeds at once.
+/// - a command starting with `stamp` makes a layer that differs on every run (as file times do in a real RUN).
 struct Toy {
     runs: Mutex<HashMap<String, usize>>,
     running: AtomicUsize,
@@ -125,7 +126,10 @@ impl Worker for Toy {
         for i in &inputs[1..] {
             layers.extend_from_slice(i.layers());
         }
-        layers.push(Digest::of(cmd.as_bytes()));
+        // A `stamp` step makes other bytes every time it runs, as a real RUN does (file times).
+        let runs = self.runs.lock().unwrap()[&cmd];
+        let made = if cmd.starts_with("stamp") { format!("{cmd} run {runs}") } else { cmd.clone() };
+        layers.push(Digest::of(made.as_bytes()));
         Ok(Output::RootFs(layers))
     }
     fn file(&self, _: &FileOp, inputs: &[Output]) -> Result<Output, WorkerError> {
@@ -436,4 +440,68 @@ fn a_failure_cancels_every_running_step() {
     for v in [one, two] {
         assert!(events.iter().any(|e| matches!(e, Event::Canceled { vertex, .. } if *vertex == v)), "{events:?}");
     }
+}
+
+/// A chain of steps after one whose layers differ on every run (file times): two cold solves in two stores give
+/// the same key for every step, because a step's inputs are named by their definition keys, not by their layers.
+#[test]
+fn keys_are_the_same_in_two_cold_solves_whatever_the_layers() {
+    let (g, t) = chain(false);
+    // One worker for both, so its `stamp` makes other layers the second time (two machines, two clocks).
+    let worker = Arc::new(Toy::default());
+    let solve_cold = || {
+        let out = solve_now(&g, t, worker.clone(), Arc::new(MemCache::default()), 2).unwrap();
+        out.into_iter().map(|s| s.map(|s| (s.key, s.output))).collect::<Vec<_>>()
+    };
+    let (one, two) = (solve_cold(), solve_cold());
+    let keys = |o: &[Option<(Digest, Output)>]| o.iter().map(|s| s.as_ref().map(|s| s.0.clone())).collect::<Vec<_>>();
+    assert_eq!(keys(&one), keys(&two), "the same keys");
+    assert_ne!(one[t].as_ref().unwrap().1, two[t].as_ref().unwrap().1, "from other layers");
+}
+
+/// scratch → `stamp` → `after` → `last`, with the cache ignored for `stamp` when `rerun`.
+fn chain(rerun: bool) -> (Graph, VertexId) {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let stamp = run(&mut g, scratch, &[], "stamp");
+    g.vertices[stamp].ignore_cache = rerun;
+    let after = run(&mut g, stamp, &[], "after");
+    let last = run(&mut g, after, &[], "last");
+    (g, last)
+}
+
+/// `--no-cache-filter`: a step re-run with the cache ignored made new layers, so the steps after it (whose
+/// definition keys did not change) must run again on them, and a plain build afterwards hits the newest results.
+#[test]
+fn steps_after_a_rerun_step_that_made_new_layers_run_again() {
+    let (cache, worker) = (Arc::new(MemCache::default()), Arc::new(Toy::default()));
+    let (g, t) = chain(false);
+    let first = solve_now(&g, t, worker.clone(), cache.clone(), 2).unwrap();
+    let (g2, _) = chain(true);
+    let rerun = solve_now(&g2, t, worker.clone(), cache.clone(), 2).unwrap();
+    let runs = worker.runs.lock().unwrap().clone();
+    assert_eq!((runs["stamp"], runs["after"], runs["last"]), (2, 2, 2), "everything after the re-run step ran");
+    assert_ne!(first[t].as_ref().unwrap().output, rerun[t].as_ref().unwrap().output);
+    let again = solve_now(&g, t, worker.clone(), cache.clone(), 2).unwrap();
+    assert!(again.iter().flatten().skip(1).all(|s| s.cached), "a plain build after it is all cached");
+    assert_eq!(again[t].as_ref().unwrap().output, rerun[t].as_ref().unwrap().output, "with the newest results");
+}
+
+/// Regression (the flaky `an_intermediate_stage_is_a_hit_only_with_mode_max`): two stages begin with the same step
+/// (one key), which makes other layers in each (a directory it creates gets the current second, and the two ran a
+/// second apart). A cache keeps one result per key, so when the steps after each were keyed by the layers they
+/// were built on, one stage's steps could never hit again. Keyed by their inputs' keys, both do.
+#[test]
+fn steps_after_two_runs_of_one_key_that_made_other_layers_all_hit() {
+    let mut g = Graph::default();
+    let scratch = g.add(Vertex { op: Op::Scratch, inputs: vec![], name: "scratch".into(), ignore_cache: false });
+    let (one, two) = (run(&mut g, scratch, &[], "stamp"), run(&mut g, scratch, &[], "stamp"));
+    let (x, y) = (run(&mut g, one, &[], "x"), run(&mut g, two, &[], "y"));
+    let fin = run(&mut g, x, &[y], "final");
+    let (cache, worker) = (Arc::new(MemCache::default()), Arc::new(Toy::default()));
+    let first = solve_now(&g, fin, worker.clone(), cache.clone(), 4).unwrap();
+    let layers = |v: VertexId| first[v].as_ref().unwrap().output.clone();
+    assert_ne!(layers(one), layers(two), "the two runs of the one key made other layers");
+    let again = solve_now(&g, fin, Arc::new(Toy::default()), cache, 4).unwrap();
+    assert!(again.iter().flatten().skip(1).all(|s| s.cached), "every step hits");
 }

@@ -1,7 +1,7 @@
 //! Registry documents that are not images: fetching a manifest whatever its config type (a cache manifest), and a
 //! small blob into memory. The remote cache reads its index with exactly these two requests.
 
-use super::{Conn, RegistryClient, RegistryError, oci_ref};
+use super::{Conn, Failure, RegistryClient, RegistryError, oci_ref, with_retries, within};
 use crate::registry::ImageRef;
 use rbuild_types::Digest;
 use rbuild_types::oci::Descriptor;
@@ -17,6 +17,22 @@ impl RegistryClient {
         match self.fetch_manifest(&conn, r, oci_ref(r)).await {
             Ok(found) => Ok(Some(found)),
             Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(self.auth_context(e)),
+        }
+    }
+
+    /// The tags of `r`'s repository, in one request (a registry that pages the list answers with its first page);
+    /// none when the repository does not exist yet.
+    pub async fn list_tags(&self, r: &ImageRef) -> Result<Vec<String>, RegistryError> {
+        let conn = self.conn(r).await.map_err(|e| self.auth_context(e))?;
+        let (target, conn) = (&oci_ref(r), &conn);
+        let action = "listing the tags of".to_string();
+        let request = with_retries(r, &action, || async move {
+            conn.client.list_tags(target, &conn.auth, None, None).await.map_err(Failure::Oci)
+        });
+        match within(self.opts.timeouts, 0, r, &action, request).await {
+            Ok(list) => Ok(list.tags),
+            Err(e) if e.status() == Some(404) => Ok(Vec::new()),
             Err(e) => Err(self.auth_context(e)),
         }
     }

@@ -1,17 +1,28 @@
 //! Writing a cache: the entries of this build merged into what the location already holds.
 //!
-//! Registries have no compare-and-swap, so a registry export is a merge with a check: read the index that is
-//! there, write the union, read it back, and merge again if another writer replaced it in between (entries are
-//! content-addressed, so a merge never has to choose between two answers). The manifest is pushed only after every
-//! blob it lists is in the repository, so a reader never sees a cache that promises what it cannot deliver. A
-//! directory export does the same under an exclusive file lock, and renames `index.json` into place last.
+//! Registries have no compare-and-swap, so two writers that read the index at the same time and each write back
+//! the union with their own entries would drop one another's (the last writer wins, as with BuildKit). An export
+//! to a registry therefore first pushes its own entries under a tag no other writer uses, its *journal*
+//! (`<tag>-rbuild-journal-<time>-<id>`), and only then merges into the main tag: it reads the index there and every
+//! journal that index does not list, writes the union (listing the journals it merged), reads it back and merges
+//! again if another writer replaced it in between. A reader reads the main tag and the journals it does not list.
+//! So an entry, once its export returned, is either in the main index or in a journal a reader merges: no
+//! interleaving of writers loses it, whatever the timing. Journals stay (the distribution API has no portable
+//! way to delete a tag); once merged they cost a reader nothing but a line of the tag list.
+//!
+//! The manifest is pushed only after every blob it lists is in the repository, so a reader never sees a cache that
+//! promises what it cannot deliver. A directory export does the same under an exclusive file lock, and renames
+//! `index.json` into place last.
 
-use super::{CacheLocation, LazyLayers, RemoteCacheError, bad, load_layout, load_registry};
+use super::{
+    CacheLocation, LazyLayers, RemoteCacheError, bad, journal_prefix, load_layout, load_registry, load_with_journals,
+};
 use crate::layer::Compression;
 use crate::local::{ImageError, layer_blob, record_source, source_repositories};
 use crate::registry::{ImageRef, RegistryClient};
 use rbuild_cache::remote::{CacheIndex, IndexEntry, Limits, MEDIA_CACHE_INDEX};
 use rbuild_cache::{LayerBlob, Store};
+use rbuild_solver::explain::StepInputs;
 use rbuild_types::oci::{Descriptor, Index, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Manifest, to_canonical_json};
 use rbuild_types::{Digest, IoError};
 use std::collections::BTreeMap;
@@ -27,7 +38,14 @@ pub struct ExportEntry {
     pub key: Digest,
     pub layers: Vec<Digest>,
     pub created: i64,
+    /// What went into the key, by the step's portable identity, when known (for another machine's
+    /// `--explain-cache`).
+    pub step: Option<(String, std::sync::Arc<StepInputs>)>,
 }
+
+/// Copies from a directory that select more files than this are recorded without their per-file digests (an
+/// explanation then says that the selected files changed, not which), so the index stays small.
+const MAX_EXPLAINED_FILES: usize = 200;
 
 /// What an export did.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +85,15 @@ pub async fn export(
             }
         }
         own.entries.insert(e.key.clone(), IndexEntry { layers: e.layers.clone(), created: e.created, exported: now });
+        if let Some((identity, record)) = &e.step {
+            let mut record = StepInputs::clone(record);
+            for files in &mut record.files {
+                if files.len() > MAX_EXPLAINED_FILES {
+                    files.clear();
+                }
+            }
+            own.steps.insert(identity.clone(), record);
+        }
     }
     match target {
         CacheLocation::Registry(r) => to_registry(client, store, r, own, limits, now).await,
@@ -175,16 +202,23 @@ async fn to_registry(
     for b in &own_blobs {
         record_source(store, &b.digest, r);
     }
+    // The journal: this export's entries, under a tag of its own, before anything else can race it.
+    let journal_tag = journal_prefix(r).map(|prefix| format!("{prefix}{now:010}-{}", writer_id()));
+    if let Some(tag) = &journal_tag {
+        let journal = ImageRef { tag: Some(tag.clone()), digest: None, ..r.clone() };
+        let (manifest, config) = cache_manifest(&own);
+        client.push_image_mounting(&journal, &manifest, &config, &[], &BTreeMap::new()).await.map_err(reg)?;
+    }
     for attempt in 1..=ATTEMPTS {
-        let window = std::time::Instant::now();
-        let mut merged = match load_registry(client, r).await {
-            Ok(Some((_, index))) => index,
+        let mut merged = match load_with_journals(client, r).await {
+            Ok(Some(index)) => index,
             Ok(None) => CacheIndex::new(),
             // Something that is not a cache of this version: replaced, as buildx replaces what is at the ref.
             Err(RemoteCacheError::BadDocument { .. }) => CacheIndex::new(),
             Err(e) => return Err(e),
         };
         merged.merge(own.clone());
+        merged.journals.extend(journal_tag.clone());
         merged.prune(limits, now);
         if !merged.is_complete() {
             return Err(bad(r, "the merged index names a layer without a blob"));
@@ -196,23 +230,38 @@ async fn to_registry(
         // lists are there.
         client.push_image_mounting(r, &manifest, &config, &[], &BTreeMap::new()).await.map_err(reg)?;
         report.writes = attempt;
-        // Read back once another writer's read-merge-write, which takes about as long as this one's did, would
-        // have landed: a writer that read the index before this write and wrote after it dropped these entries,
-        // and then this export merges again.
-        let jitter = u64::from(std::process::id() % 17) + u64::from(attempt) * 10;
-        tokio::time::sleep(window.elapsed() * 2 + Duration::from_millis(20 + jitter)).await;
+        report.entries = merged.entries.len();
+        report.exported = mine.entries.len();
+        // Read back: a writer that read the index before this write and wrote after it replaced these entries in
+        // the main tag (they are still in the journal); merging again puts them back, so readers need not read
+        // the journal for long.
         let there = match load_registry(client, r).await? {
             Some((_, index)) => index,
             None => CacheIndex::new(),
         };
-        if there.contains_all(&mine) {
+        let listed = journal_tag.as_ref().is_none_or(|t| there.journals.contains(t));
+        if there.contains_all(&mine) && listed {
             report.entries = there.entries.len();
-            report.exported = mine.entries.len();
             return Ok(report);
         }
         tracing::debug!(cache = %r, attempt, "another writer replaced the cache index; merging again");
+        // Out of step with the other writer (pid-dependent), so the next merge does not collide again.
+        let jitter = u64::from(std::process::id() % 17) + u64::from(attempt) * 10;
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
     }
-    Err(RemoteCacheError::Contended { location: r.to_string(), attempts: ATTEMPTS })
+    // Still not in the main tag after every attempt: the journal holds the entries, and readers merge it.
+    if journal_tag.is_some() {
+        return Ok(report);
+    }
+    Err(bad(r, "another writer kept replacing the cache index"))
+}
+
+/// An id for this export's journal tag that no other writer picks: the process, the host and the time.
+fn writer_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let seed = format!("{}:{host}:{nanos}", std::process::id());
+    Digest::of(seed.as_bytes()).hex()[..12].to_string()
 }
 
 /// Exports into an OCI layout directory, under its lock.
