@@ -455,8 +455,21 @@ impl CacheStore for Store {
     fn put(&self, key: &Digest, output: &Output) -> Result<CacheRecord, CacheError> {
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let record = CacheRecord { output: output.clone(), created: created as i64 };
-        self.write_json(&self.cache_path(key), &record)
-            .map_err(|e| CacheError { context: format!("recording {key}"), source: io::Error::other(e) })?;
+        // Atomic but not synced: a step stores its result under up to four keys, and two fsyncs each were a tenth of
+        // a cold RUN step's time. An entry a crash loses is a miss; one it leaves unreadable is reported by `get`
+        // and replaced by the step's next run. The snapshots an entry names are synced when they are committed.
+        let path = self.cache_path(key);
+        let written = serde_json::to_vec(&record)
+            .map_err(|e| StoreError::BadIndex { path: path.clone(), source: e })
+            .and_then(|bytes| {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(io_err(parent, "create index directory"))?;
+                }
+                let tmp = self.tmp_path("index");
+                fs::write(&tmp, bytes).map_err(io_err(&tmp, "write cache entry"))?;
+                fs::rename(&tmp, &path).map_err(io_err(&path, "move cache entry into the store:"))
+            });
+        written.map_err(|e| CacheError { context: format!("recording {key}"), source: io::Error::other(e) })?;
         Ok(record)
     }
 }
