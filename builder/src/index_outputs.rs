@@ -50,6 +50,21 @@ fn unpack_all(store: &Store, configs: &[Digest], dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What a build wants of its index besides the outputs.
+pub struct Wanted<'a> {
+    /// Write the digests here, in buildx's keys.
+    pub metadata_file: Option<&'a Path>,
+    /// The index digest, even if no output computes it.
+    pub index_digest: bool,
+}
+
+/// What [`finish`] did.
+pub struct Finished {
+    pub pushed: Vec<Pushed>,
+    /// The index digest, when an output or [`Wanted`] needed it.
+    pub index: Option<Digest>,
+}
+
 /// Sends the multi-platform image (one config per platform) to every output, with `attestations` (by platform;
 /// empty for none) in its index; writes the metadata file.
 #[allow(clippy::too_many_arguments)]
@@ -59,10 +74,10 @@ pub async fn finish(
     configs: &[Digest],
     attestations: &[Vec<Attestation>],
     outputs: &[Output],
-    metadata_file: Option<&Path>,
+    wanted: Wanted<'_>,
     epoch: Option<i64>,
     reporter: &dyn Reporter,
-) -> Result<Vec<Pushed>> {
+) -> Result<Finished> {
     check(outputs, configs.len())?;
     let mut pushed = Vec::new();
     let mut index_desc: Option<(Digest, u64)> = None;
@@ -148,15 +163,13 @@ pub async fn finish(
             }
         }
     }
-    if let Some(path) = metadata_file {
-        let (digest, size) = match index_desc {
-            Some(d) => d,
-            None => {
-                let bytes = assemble_index(store, configs, Compression::Gzip { level: 6 }, attestations)?.bytes;
-                (Digest::of(&bytes), bytes.len() as u64)
-            }
-        };
-        write_metadata_document(path, &configs[0], &digest, size, MEDIA_OCI_INDEX, &names)?;
+    if index_desc.is_none() && (wanted.metadata_file.is_some() || wanted.index_digest) {
+        // The index as it would be pushed.
+        let bytes = assemble_index(store, configs, Compression::Gzip { level: 6 }, attestations)?.bytes;
+        index_desc = Some((Digest::of(&bytes), bytes.len() as u64));
     }
-    Ok(pushed)
+    if let (Some(path), Some((digest, size))) = (wanted.metadata_file, &index_desc) {
+        write_metadata_document(path, &configs[0], digest, *size, MEDIA_OCI_INDEX, &names)?;
+    }
+    Ok(Finished { pushed, index: index_desc.map(|(d, _)| d) })
 }

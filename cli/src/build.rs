@@ -263,6 +263,7 @@ fn request(args: &BuildArgs, inputs: &Inputs) -> Result<BuildRequest> {
         outputs: crate::outputs::plan(&args.outputs, &tags, args.push)?,
         tags,
         metadata_file: args.outputs.metadata_file.clone(),
+        index_digest: args.iidfile.is_some(),
         explain_cache: args.explain_cache,
         provenance: crate::outputs::provenance(&crate::outputs::OutputArgs {
             provenance: inputs.buildx.provenance.clone().or(args.outputs.provenance.clone()),
@@ -315,7 +316,9 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     match result {
         Ok(result) => {
             if let Some(f) = &args.iidfile {
-                std::fs::write(f, result.image.as_str()).with_context(|| format!("writing {}", f.display()))?;
+                // A multi-platform image's ID is its index's digest, as buildx writes it.
+                let id = result.index.as_ref().unwrap_or(&result.image);
+                std::fs::write(f, id.as_str()).with_context(|| format!("writing {}", f.display()))?;
             }
             for p in &result.pushed {
                 progress.result(&format!("{}@{}", p.name, p.digest));

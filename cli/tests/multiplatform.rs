@@ -242,13 +242,22 @@ fn multi_platform_outputs_and_missing_platforms() {
     let layout = ws.path("sbom-layout");
     let out = format!("type=oci,dest={},tar=false", layout.display());
     let platforms = "linux/amd64,linux/arm64";
-    ws.rbuild("store", &["build", "--platform", platforms, "--sbom", "-o", &out, ctx_sbom.to_str().unwrap()]).success();
+    let iidfile = ws.path("iid");
+    let iid = iidfile.to_str().unwrap();
+    ws.rbuild(
+        "store",
+        &["build", "--platform", platforms, "--sbom", "-o", &out, "--iidfile", iid, ctx_sbom.to_str().unwrap()],
+    )
+    .success();
     let blob = |digest: &str| {
         let path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
         serde_json::from_slice::<serde_json::Value>(&std::fs::read(&path).unwrap()).unwrap()
     };
     let top: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let index = blob(top["manifests"][0]["digest"].as_str().unwrap());
+    let index_digest = top["manifests"][0]["digest"].as_str().unwrap();
+    // --iidfile names the index, as buildx's does for several platforms.
+    assert_eq!(std::fs::read_to_string(&iidfile).unwrap(), index_digest);
+    let index = blob(index_digest);
     let attestations: Vec<&serde_json::Value> = index["manifests"]
         .as_array()
         .unwrap()
