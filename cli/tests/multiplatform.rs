@@ -233,6 +233,17 @@ fn multi_platform_outputs_and_missing_platforms() {
         handler.starts_with("enabled") && handler.lines().any(|l| l.starts_with("flags:") && l.contains('F'));
     let how = if fix_binary { "kernel\n" } else { "injected\n" };
     assert_eq!(std::fs::read_to_string(local.join("linux_arm64/how")).unwrap(), how, "handler: {handler:?}");
+    if !fix_binary {
+        // The injected emulator runs the step's first process only: a program it starts that the kernel cannot run
+        // fails, and the failure says why.
+        let child =
+            ws.context("child", &[("Dockerfile", "FROM mp-base\nRUN cp /bin/busybox /bin/bb2 && /bin/bb2 true\n")]);
+        let failed = ws.rbuild("store", &["build", "--platform", "linux/arm64", child.to_str().unwrap()]);
+        assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+        assert!(failed.stderr.contains("Exec format error"), "{}", failed.stderr);
+        assert!(failed.stderr.contains("runs only the step's first process"), "{}", failed.stderr);
+        assert!(failed.stderr.contains("binfmt_misc handler for aarch64"), "{}", failed.stderr);
+    }
 
     // --sbom: each platform's SPDX document lists the packages of the image's dpkg status file.
     let status = "Package: hello\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.10-3\n\n\

@@ -692,7 +692,11 @@ impl Worker for LocalWorker {
             let result = result?;
             self.check_cancelled()?;
             if result.exit_code != 0 {
-                exit = Some((result.exit_code, result.tail));
+                let mut tail = result.tail;
+                if let (Emulation::Inject(emulator), Some(platform)) = (&emulation, &op.platform) {
+                    tail.extend(crate::emulation::child_exec_hint(&tail, emulator, platform));
+                }
+                exit = Some((result.exit_code, tail));
                 return Err(WorkerError::failed("run", "non-zero exit"));
             }
             Ok(())
