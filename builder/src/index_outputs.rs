@@ -7,7 +7,7 @@ use crate::request::Output;
 use anyhow::{Context as _, Result, bail};
 use rbuild_cache::{ImageRecord, Store};
 use rbuild_image::export::{self, ArchiveKind, ExportImage, ExportIndex};
-use rbuild_image::index::{Attestation, assemble_index, config_platform, push_index_with};
+use rbuild_image::index::{Attestation, IndexAnnotations, assemble_index, config_platform, push_index_with};
 use rbuild_image::layer::{Compression, LayerOptions};
 use rbuild_image::registry::{ImageRef, RegistryClient};
 use rbuild_types::Digest;
@@ -56,6 +56,8 @@ pub struct Wanted<'a> {
     pub metadata_file: Option<&'a Path>,
     /// The index digest, even if no output computes it.
     pub index_digest: bool,
+    /// `--annotation`s on the index, its entries and the manifests.
+    pub annotations: &'a IndexAnnotations,
 }
 
 /// What [`finish`] did.
@@ -87,7 +89,7 @@ pub async fn finish(
         match output {
             Output::Archive { dest, tar, names: archive_names, compression, .. } => {
                 reporter.message(&format!("exporting to {} (Oci, {} platforms)", dest.display(), configs.len()));
-                let assembled = assemble_index(store, configs, *compression, attestations)?;
+                let assembled = assemble_index(store, configs, *compression, attestations, wanted.annotations)?;
                 let bytes = &assembled.bytes;
                 index_desc = Some((Digest::of(bytes), bytes.len() as u64));
                 let parts: Vec<ExportImage> = assembled
@@ -96,7 +98,8 @@ pub async fn finish(
                     .chain(&assembled.attestations)
                     .map(|a| ExportImage { image: a, names: vec![] })
                     .collect();
-                let index = ExportIndex { bytes, names: archive_names.clone() };
+                let annotations = wanted.annotations.index_descriptor.clone();
+                let index = ExportIndex { bytes, names: archive_names.clone(), annotations };
                 if *tar {
                     let out = create_dest(dest)?;
                     let mut out = export::write_index_archive(out, &parts, &index, mtime)?;
@@ -141,9 +144,10 @@ pub async fn finish(
                         continue;
                     }
                     reporter.message(&format!("pushing {r} ({} platforms)", configs.len()));
-                    let report = push_index_with(client, store, configs, &r, *compression, attestations)
-                        .await
-                        .with_context(|| format!("pushing {r}"))?;
+                    let report =
+                        push_index_with(client, store, configs, &r, *compression, attestations, wanted.annotations)
+                            .await
+                            .with_context(|| format!("pushing {r}"))?;
                     let count = |f: fn(&rbuild_image::registry::PushReport) -> usize| {
                         report.images.iter().map(f).sum::<usize>()
                     };
@@ -165,7 +169,8 @@ pub async fn finish(
     }
     if index_desc.is_none() && (wanted.metadata_file.is_some() || wanted.index_digest) {
         // The index as it would be pushed.
-        let bytes = assemble_index(store, configs, Compression::Gzip { level: 6 }, attestations)?.bytes;
+        let gzip = Compression::Gzip { level: 6 };
+        let bytes = assemble_index(store, configs, gzip, attestations, wanted.annotations)?.bytes;
         index_desc = Some((Digest::of(&bytes), bytes.len() as u64));
     }
     if let (Some(path), Some((digest, size))) = (wanted.metadata_file, &index_desc) {

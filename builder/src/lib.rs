@@ -110,13 +110,6 @@ impl Builder {
         let started = chrono::Utc::now();
         let platforms = if req.platforms.is_empty() { vec![Platform::host()] } else { req.platforms.clone() };
         index_outputs::check(&req.outputs, platforms.len())?;
-        if platforms.len() > 1 && !req.manifest_annotations.is_empty() {
-            // Never silently dropped: the index outputs do not carry annotations yet.
-            return Err(anyhow::anyhow!(
-                "--annotation is not supported yet with several platforms; build one platform at a time to annotate"
-            )
-            .into());
-        }
         let store = Arc::new(self.open_store(reporter.as_ref())?);
         let client = Arc::new(RegistryClient::new(self.registry.clone()));
         let excludes = ignore_patterns(context, dockerfile.path.as_deref())?;
@@ -308,7 +301,11 @@ impl Builder {
                 &images,
                 &attestations,
                 &req.outputs,
-                index_outputs::Wanted { metadata_file: req.metadata_file.as_deref(), index_digest: req.index_digest },
+                index_outputs::Wanted {
+                    metadata_file: req.metadata_file.as_deref(),
+                    index_digest: req.index_digest,
+                    annotations: &req.index_annotations,
+                },
                 epoch,
                 reporter.as_ref(),
             )

@@ -267,7 +267,11 @@ async fn run(cli: Cli, mode: rootless::Mode) -> Result<ExitCode> {
                     &rec.platforms,
                     &[],
                     &outputs,
-                    rbuild_builder::index_outputs::Wanted { metadata_file: None, index_digest: false },
+                    rbuild_builder::index_outputs::Wanted {
+                        metadata_file: None,
+                        index_digest: false,
+                        annotations: &Default::default(),
+                    },
                     None,
                     &reporter,
                 )

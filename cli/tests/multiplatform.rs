@@ -261,7 +261,26 @@ fn multi_platform_outputs_and_missing_platforms() {
     let iid = iidfile.to_str().unwrap();
     ws.rbuild(
         "store",
-        &["build", "--platform", platforms, "--sbom", "-o", &out, "--iidfile", iid, ctx_sbom.to_str().unwrap()],
+        &[
+            "build",
+            "--platform",
+            platforms,
+            "--sbom",
+            "-o",
+            &out,
+            "--iidfile",
+            iid,
+            // Where buildx 0.29 puts each type (checked with `docker buildx build -o type=oci` of BuildKit 0.25).
+            "--annotation",
+            "index,manifest:a=1",
+            "--annotation",
+            "index-descriptor:b=2",
+            "--annotation",
+            "manifest-descriptor[linux/arm64]:c=3",
+            "--annotation",
+            "d=4",
+            ctx_sbom.to_str().unwrap(),
+        ],
     )
     .success();
     let blob = |digest: &str| {
@@ -273,6 +292,18 @@ fn multi_platform_outputs_and_missing_platforms() {
     // --iidfile names the index, as buildx's does for several platforms.
     assert_eq!(std::fs::read_to_string(&iidfile).unwrap(), index_digest);
     let index = blob(index_digest);
+    assert_eq!(top["manifests"][0]["annotations"]["b"], "2", "{top}");
+    assert_eq!(index["annotations"], serde_json::json!({"a": "1"}), "{index}");
+    for m in index["manifests"].as_array().unwrap().iter().filter(|m| m["platform"]["os"] == "linux") {
+        let on_descriptor = if m["platform"]["architecture"] == "arm64" {
+            serde_json::json!({"c": "3"})
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(m["annotations"], on_descriptor, "{index}");
+        let manifest = blob(m["digest"].as_str().unwrap());
+        assert_eq!(manifest["annotations"], serde_json::json!({"a": "1", "d": "4"}), "{manifest}");
+    }
     let attestations: Vec<&serde_json::Value> = index["manifests"]
         .as_array()
         .unwrap()
