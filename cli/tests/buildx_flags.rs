@@ -48,7 +48,7 @@ fn annotations_reach_the_manifest_pushed_by_output_type_registry() {
 
     let run = build(&ws, "annotated", &["--annotation", "index:k=v"], &[]);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
-    assert!(run.stderr.contains("index annotations are not supported"), "{}", run.stderr);
+    assert!(run.stderr.contains("annotations need an image index"), "{}", run.stderr);
 }
 
 #[test]
