@@ -231,7 +231,7 @@ mod tests {
         assert!(parse_annotation("novalue").is_err());
         assert!(parse_annotation("index[linux/amd64]:k=v").is_err());
 
-        let arm64 = Platform { os: "linux".into(), architecture: "arm64".into(), variant: None };
+        let arm64 = Platform { os: "linux".into(), architecture: "arm64".into(), variant: Some("v8".into()) };
         let specs: Vec<String> =
             ["index,manifest:a=1", "index-descriptor:b=2", "manifest-descriptor[linux/arm64]:c=3", "d=4"]
                 .map(String::from)

@@ -75,12 +75,13 @@ pub struct IndexAnnotations {
 
 impl IndexAnnotations {
     /// The annotations of `list` for the image of `platform`: those for every platform and those naming its OS
-    /// and architecture (and variant, when they name one).
+    /// and architecture (and variant, when they name one; arm64's `v8` is arm64's only one).
     fn of(list: &[(Option<Platform>, String, String)], platform: &Platform) -> BTreeMap<String, String> {
+        let variant = |p: &Platform| p.variant.clone().filter(|v| !(p.architecture == "arm64" && v == "v8"));
         let matches = |p: &Platform| {
             p.os == platform.os
                 && p.architecture == platform.architecture
-                && (p.variant.is_none() || p.variant == platform.variant)
+                && (variant(p).is_none() || variant(p) == variant(platform))
         };
         list.iter().filter(|(p, _, _)| p.as_ref().is_none_or(matches)).map(|(_, k, v)| (k.clone(), v.clone())).collect()
     }
