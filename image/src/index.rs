@@ -241,3 +241,29 @@ pub async fn push_index_with(
     let digest = client.push_manifest(r, &index.bytes, MEDIA_OCI_INDEX).await?;
     Ok(IndexPushReport { digest, images: reports })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform(arch: &str, variant: Option<&str>) -> Platform {
+        Platform { os: "linux".into(), architecture: arch.into(), variant: variant.map(String::from) }
+    }
+
+    #[test]
+    fn annotations_select_their_platforms() {
+        let entry = |p: Option<Platform>, k: &str| (p, k.to_string(), "v".to_string());
+        let list = [
+            entry(None, "all"),
+            entry(Some(platform("arm64", Some("v8"))), "arm64"),
+            entry(Some(platform("arm", Some("v7"))), "armv7"),
+            entry(Some(platform("amd64", None)), "amd64"),
+        ];
+        let keys = |p: Platform| IndexAnnotations::of(&list, &p).into_keys().collect::<Vec<_>>();
+        assert_eq!(keys(platform("arm64", None)), ["all", "arm64"]);
+        assert_eq!(keys(platform("arm64", Some("v8"))), ["all", "arm64"]);
+        assert_eq!(keys(platform("arm", Some("v6"))), ["all"]);
+        assert_eq!(keys(platform("arm", Some("v7"))), ["all", "armv7"]);
+        assert_eq!(keys(platform("amd64", Some("v3"))), ["all", "amd64"]);
+    }
+}
