@@ -6,12 +6,14 @@
 # The Dockerfile: a `FROM --platform=$BUILDPLATFORM` stage (run once, shared by both targets) and a final stage per
 # target whose `RUN uname -m > /arch` runs under QEMU for arm64, FROM a busybox base of amd64 and arm64 (Debian's two
 # busybox-static binaries) built by rbuild and pushed as an index to the registry on 127.0.0.1:5000 (which BuildKit
-# 0.25 treats as insecure). Every tool has the base before anything is timed; each rep is a build with --no-cache
-# (rbuild's store and buildah's storage are also new each rep), `--platform linux/amd64,linux/arm64`, into the
-# tool's own store (rbuild's store, the docker image store, a buildah manifest list).
+# 0.25 treats as insecure). Every tool has the base before anything is timed (as in bench/run.sh's `cold`); each rep
+# is a build with --no-cache (rbuild's store is also new each rep), `--platform linux/amd64,linux/arm64`, into the
+# tool's own store (rbuild's store, the docker image store, a buildah manifest list), with no attestations (rbuild
+# makes none for a local image; BuildKit's default provenance is turned off so that both do the same work).
 # QEMU: the same binfmt_misc handler for all, the static qemu-aarch64 of qemu-user-static with the F flag (so rbuild
 # uses the kernel's handler and injects nothing). It is registered if absent and removed at exit if this script
-# registered it; a handler that was there is left as it is (and used).
+# registered it; a handler that was there is left as it is (and used). binfmt_misc is mounted at
+# /proc/sys/fs/binfmt_misc for the run if it is not (handlers live only while it is mounted) and unmounted after.
 # Tools are interleaved rep by rep; the table shows every time, the median, and rbuild's median / BuildKit's.
 # Target: <= 0.7x BuildKit.
 # Env: BENCH_DIR (default /var/tmp/rbuild-bench-multiplatform), REPS (default 3), SKIP_BUILDAH=1, KEEP=1,
@@ -33,24 +35,26 @@ done
 
 log() { printf '%s\n' "$*" >&2; }
 now_ms() { date +%s%3N; }
-# binfmt CMD: runs CMD with binfmt_misc mounted, in a mount namespace of its own (the machine's instance either way).
-binfmt() { unshare --mount sh -c "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc && $1"; }
-registered=""
+# The machine's binfmt_misc: mounted for the bench if it is not (its handlers live only while it is mounted
+# somewhere: unmounting the last mount removes them), and unmounted again at exit.
+bfm=/proc/sys/fs/binfmt_misc
+mounted="" registered=""
 rm -rf "$work"; mkdir -p "$work"
 cleanup() {
-  [ -z "$registered" ] || binfmt 'echo -1 > /proc/sys/fs/binfmt_misc/qemu-aarch64' || true
+  [ -z "$registered" ] || echo -1 >"$bfm/qemu-aarch64" || true
+  [ -z "$mounted" ] || umount "$bfm" || true
   buildah rmi -f "bench/mp-app" >/dev/null 2>&1 || true
   [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
-if binfmt 'test -e /proc/sys/fs/binfmt_misc/qemu-aarch64'; then
+if [ ! -e "$bfm/register" ]; then mount -t binfmt_misc binfmt_misc "$bfm"; mounted=1; fi
+if [ -e "$bfm/qemu-aarch64" ]; then
   log "== binfmt_misc: an aarch64 handler is registered already; used as it is:"
-  binfmt 'cat /proc/sys/fs/binfmt_misc/qemu-aarch64' | sed 's/^/   /' >&2
+  sed 's/^/   /' "$bfm/qemu-aarch64" >&2
 else
   # Debian's line names its wrapper with flags OPF; the static emulator with F works inside containers.
-  line=$(sed "s#:[^:]*:[A-Z]*\$#:$qemu:F#" /usr/lib/binfmt.d/qemu-aarch64.conf)
-  binfmt "printf '%s' '$line' > /proc/sys/fs/binfmt_misc/register"
+  sed "s#:[^:]*:[A-Z]*\$#:$qemu:F#" /usr/lib/binfmt.d/qemu-aarch64.conf | tr -d '\n' >"$bfm/register"
   registered=1
   log "== binfmt_misc: registered qemu-aarch64 ($qemu, F); removed at exit"
 fi
@@ -103,7 +107,7 @@ prepare() {
 run() {
   case $1 in
     rbuild) "$RBUILD" --root "$work/store" build --no-cache --platform "$platforms" -t bench/mp-app "$ctx" ;;
-    bk25) dk buildx build --network host --no-cache --platform "$platforms" -t bench/mp-app "$ctx" ;;
+    bk25) dk buildx build --network host --no-cache --provenance=false --platform "$platforms" -t bench/mp-app "$ctx" ;;
     buildah) buildah build --runtime runc --network host --tls-verify=false --no-cache --platform "$platforms" \
                --manifest bench/mp-app "$ctx" ;;
   esac >"$work/last-$1.log" 2>&1 || { log "$1 build failed:"; tail -30 "$work/last-$1.log" >&2; return 1; }
@@ -124,14 +128,16 @@ for i in $(seq 1 "$reps"); do
     prepare "$t" || { log "$t: preparing rep $i failed"; exit 1; }
     sync
     t0=$(now_ms)
-    if ! run "$t"; then
+    # The docker daemon is shared: another user's prune can remove a snapshot under a running build ("/bin/sh: no
+    # such file"). Such a build is retried once after the base is pulled again, and the retry is what is timed.
+    if ! run "$t" 2>/dev/null && { [ "$t" != bk25 ] || ! { log "   bk25: retrying rep $i once"; prepare bk25 && t0=$(now_ms) && run bk25; }; }; then
       [ "$t" != rbuild ] || exit 1
       log "   $t: rep $i failed, left out"; continue
     fi
     times[$t]="${times[$t]:-} $(( $(now_ms) - t0 ))"
     check "$t" || { log "$t: rep $i: the \$BUILDPLATFORM stage did not run exactly once"; exit 1; }
   done
-  log "   rep $i:$(for t in "${tools[@]}"; do printf ' %s=%sms' "$t" "${times[$t]##* }"; done)"
+  log "   rep $i:$(for t in "${tools[@]}"; do printf ' %s=%sms' "$t" "${times[$t]:+${times[$t]##* }}"; done)"
 done
 
 median() { printf '%s\n' $1 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
