@@ -4,7 +4,10 @@
 set -euo pipefail
 pkgs=(runc crun passt slirp4netns busybox-static docker-registry skopeo umoci ca-certificates curl git openssh-client tmux
   openssl apache2-utils zstd buildah podman gcc libc6-dev util-linux iproute2 mmdebstrap qemu-user-static uidmap
-  fuse-overlayfs libcap2-bin tar)
+  fuse-overlayfs libcap2-bin tar binutils)
+# (binutils: objcopy, which the SBOM tests use to add a cargo-auditable `.dep-v0` section to a program. The podman
+# test of the multi-platform image registers its aarch64 handler in a binfmt_misc instance of its own, a sandboxed
+# mount that needs Linux 6.7 or later; nothing is registered on the machine.)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -7,7 +7,7 @@ use crate::request::Output;
 use anyhow::{Context as _, Result, bail};
 use rbuild_cache::{ImageRecord, Store};
 use rbuild_image::export::{self, ArchiveKind, ExportImage, ExportIndex};
-use rbuild_image::index::{Attestation, assemble_index, config_platform, push_index_with};
+use rbuild_image::index::{Attestation, IndexAnnotations, assemble_index, config_platform, push_index_with};
 use rbuild_image::layer::Compression;
 use rbuild_image::registry::{ImageRef, RegistryClient};
 use rbuild_types::Digest;
@@ -50,6 +50,23 @@ fn unpack_all(store: &Store, configs: &[Digest], dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What a build wants of its index besides the outputs.
+pub struct Wanted<'a> {
+    /// Write the digests here, in buildx's keys.
+    pub metadata_file: Option<&'a Path>,
+    /// The index digest, even if no output computes it.
+    pub index_digest: bool,
+    /// `--annotation`s on the index, its entries and the manifests.
+    pub annotations: &'a IndexAnnotations,
+}
+
+/// What [`finish`] did.
+pub struct Finished {
+    pub pushed: Vec<Pushed>,
+    /// The index digest, when an output or [`Wanted`] needed it.
+    pub index: Option<Digest>,
+}
+
 /// Sends the multi-platform image (one config per platform) to every output, with `attestations` (by platform;
 /// empty for none) in its index; writes the metadata file.
 #[allow(clippy::too_many_arguments)]
@@ -59,10 +76,10 @@ pub async fn finish(
     configs: &[Digest],
     attestations: &[Vec<Attestation>],
     outputs: &[Output],
-    metadata_file: Option<&Path>,
+    wanted: Wanted<'_>,
     epoch: Option<i64>,
     reporter: &dyn Reporter,
-) -> Result<Vec<Pushed>> {
+) -> Result<Finished> {
     check(outputs, configs.len())?;
     let mut pushed = Vec::new();
     let mut index_desc: Option<(Digest, u64)> = None;
@@ -72,7 +89,7 @@ pub async fn finish(
         match output {
             Output::Archive { dest, tar, names: archive_names, compression, .. } => {
                 reporter.message(&format!("exporting to {} (Oci, {} platforms)", dest.display(), configs.len()));
-                let assembled = assemble_index(store, configs, *compression, attestations)?;
+                let assembled = assemble_index(store, configs, *compression, attestations, wanted.annotations)?;
                 let bytes = &assembled.bytes;
                 index_desc = Some((Digest::of(bytes), bytes.len() as u64));
                 let parts: Vec<ExportImage> = assembled
@@ -81,7 +98,8 @@ pub async fn finish(
                     .chain(&assembled.attestations)
                     .map(|a| ExportImage { image: a, names: vec![] })
                     .collect();
-                let index = ExportIndex { bytes, names: archive_names.clone() };
+                let annotations = wanted.annotations.index_descriptor.clone();
+                let index = ExportIndex { bytes, names: archive_names.clone(), annotations };
                 if *tar {
                     let out = create_dest(dest)?;
                     let mut out = export::write_index_archive(out, &parts, &index, mtime)?;
@@ -116,9 +134,10 @@ pub async fn finish(
                         continue;
                     }
                     reporter.message(&format!("pushing {r} ({} platforms)", configs.len()));
-                    let report = push_index_with(client, store, configs, &r, *compression, attestations)
-                        .await
-                        .with_context(|| format!("pushing {r}"))?;
+                    let report =
+                        push_index_with(client, store, configs, &r, *compression, attestations, wanted.annotations)
+                            .await
+                            .with_context(|| format!("pushing {r}"))?;
                     let count = |f: fn(&rbuild_image::registry::PushReport) -> usize| {
                         report.images.iter().map(f).sum::<usize>()
                     };
@@ -138,15 +157,14 @@ pub async fn finish(
             }
         }
     }
-    if let Some(path) = metadata_file {
-        let (digest, size) = match index_desc {
-            Some(d) => d,
-            None => {
-                let bytes = assemble_index(store, configs, Compression::Gzip { level: 6 }, attestations)?.bytes;
-                (Digest::of(&bytes), bytes.len() as u64)
-            }
-        };
-        write_metadata_document(path, &configs[0], &digest, size, MEDIA_OCI_INDEX, &names)?;
+    if index_desc.is_none() && (wanted.metadata_file.is_some() || wanted.index_digest) {
+        // The index as it would be pushed.
+        let gzip = Compression::Gzip { level: 6 };
+        let bytes = assemble_index(store, configs, gzip, attestations, wanted.annotations)?.bytes;
+        index_desc = Some((Digest::of(&bytes), bytes.len() as u64));
     }
-    Ok(pushed)
+    if let (Some(path), Some((digest, size))) = (wanted.metadata_file, &index_desc) {
+        write_metadata_document(path, &configs[0], digest, *size, MEDIA_OCI_INDEX, &names)?;
+    }
+    Ok(Finished { pushed, index: index_desc.map(|(d, _)| d) })
 }

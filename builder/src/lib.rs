@@ -80,6 +80,8 @@ pub struct BuildResult {
     /// A multi-platform build's images (their config digests), one per platform in the order asked; empty for
     /// one platform.
     pub images: Vec<Digest>,
+    /// A multi-platform build's index digest, when an output or the request's `index_digest` needed it.
+    pub index: Option<Digest>,
     /// The names it was pushed under, with their manifest digests.
     pub pushed: Vec<Pushed>,
     /// Whether any step ran (rather than every one coming from the cache).
@@ -116,13 +118,6 @@ impl Builder {
         let started = chrono::Utc::now();
         let platforms = if req.platforms.is_empty() { vec![Platform::host()] } else { req.platforms.clone() };
         index_outputs::check(&req.outputs, platforms.len())?;
-        if platforms.len() > 1 && !req.manifest_annotations.is_empty() {
-            // Never silently dropped: the index outputs do not carry annotations yet.
-            return Err(anyhow::anyhow!(
-                "--annotation is not supported yet with several platforms; build one platform at a time to annotate"
-            )
-            .into());
-        }
         let store = Arc::new(self.open_store(reporter.as_ref())?);
         let client = Arc::new(RegistryClient::new(self.registry.clone()));
         let excludes = ignore::ignore_patterns(context, dockerfile.path.as_deref())?;
@@ -299,8 +294,8 @@ impl Builder {
             store.set_tag(&record).map_err(anyhow::Error::from)?;
             reporter.message(&format!("naming to {t}"));
         }
-        let pushed = if multi.is_empty() && attestations.is_empty() {
-            outputs::finish_annotated(
+        let (pushed, index) = if multi.is_empty() && attestations.is_empty() {
+            let pushed = outputs::finish_annotated(
                 &store,
                 &client,
                 &image,
@@ -310,19 +305,26 @@ impl Builder {
                 &req.manifest_annotations,
                 reporter.as_ref(),
             )
-            .await?
+            .await?;
+            (pushed, None)
         } else {
-            index_outputs::finish(
+            let finished = index_outputs::finish(
                 &store,
                 &client,
                 &images,
                 &attestations,
                 &req.outputs,
-                req.metadata_file.as_deref(),
+                index_outputs::Wanted {
+                    metadata_file: req.metadata_file.as_deref(),
+                    index_digest: req.index_digest,
+                    annotations: &req.index_annotations,
+                },
                 epoch,
                 reporter.as_ref(),
             )
-            .await?
+            .await?;
+            // One platform with attestations is an index too, but its image ID is the config's, as buildx's.
+            (finished.pushed, finished.index.filter(|_| !multi.is_empty()))
         };
         let exported = cache::export_all(
             &remote,
@@ -346,7 +348,7 @@ impl Builder {
             drop(store);
             self.auto_gc(reporter.as_ref());
         }
-        Ok(BuildResult { image, images: multi, pushed, ran_steps })
+        Ok(BuildResult { image, images: multi, index, pushed, ran_steps })
     }
 
     /// Runs the build checks on every stage (or the target's) without building (`--call check`), for the first

@@ -50,6 +50,11 @@ pub struct BuildRequest {
     pub outputs: Vec<Output>,
     /// Write the image's digests here, in buildx's keys.
     pub metadata_file: Option<PathBuf>,
+    /// Compute a multi-platform image's index digest even when no output needs it (`--iidfile` names it, as
+    /// buildx's does).
+    pub index_digest: bool,
+    /// `--annotation`s of a multi-platform image (its index, the index's entries, each platform's manifest).
+    pub index_annotations: rbuild_image::index::IndexAnnotations,
     /// Say, for every step that runs, why it missed the cache.
     pub explain_cache: bool,
     /// `--provenance`: a SLSA provenance attestation per platform in the image's index.

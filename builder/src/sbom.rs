@@ -3,9 +3,11 @@
 //! '{{json .SBOM}}'` reads.
 //!
 //! Packages are read from the package managers' own records: dpkg's status file (and `status.d/`), apk's installed
-//! database, Python `*.dist-info/METADATA`, npm `node_modules/**/package.json`. BuildKit runs a scanner image for
-//! this; rbuild reads the same records itself, since pulling a scanner is not possible offline. Reads are bounded:
-//! files over `MAX_RECORD` are skipped and the walk stops after `MAX_ENTRIES` entries.
+//! database, Python `*.dist-info/METADATA`, npm `node_modules/**/package.json`, and the crates compiled into Rust
+//! executables built with `cargo auditable` (its `.dep-v0` ELF section: zlib-compressed JSON). BuildKit runs a
+//! scanner image for this; rbuild reads the same records itself, since pulling a scanner is not possible offline.
+//! Reads are bounded: files over `MAX_RECORD` are skipped, an ELF's section data is read only through its section
+//! header and inflated to at most `MAX_AUDIT_JSON`, and the walk stops after `MAX_ENTRIES` entries.
 
 use rbuild_image::index::Attestation;
 use std::path::Path;
@@ -13,8 +15,12 @@ use std::path::Path;
 pub const PREDICATE_SPDX: &str = "https://spdx.dev/Document";
 /// The largest package record read.
 const MAX_RECORD: u64 = 64 << 20;
-/// How many filesystem entries the walk for Python and npm packages visits at most.
+/// How many filesystem entries the walk for Python, npm and Rust packages visits at most.
 const MAX_ENTRIES: usize = 500_000;
+/// The largest compressed `.dep-v0` section read (cargo auditable's are a few KiB).
+const MAX_AUDIT_SECTION: u64 = 4 << 20;
+/// The most its JSON may inflate to.
+const MAX_AUDIT_JSON: u64 = 16 << 20;
 
 /// One package found in the filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -111,6 +117,8 @@ fn walk(root: &Path, out: &mut Vec<Package>) {
                 stack.push(path);
             } else if kind.is_file() && name == "package.json" && in_node_modules(&path) {
                 npm(&path, out);
+            } else if kind.is_file() && is_executable(&entry) {
+                rust_audit(&path, out);
             }
         }
     }
@@ -148,6 +156,50 @@ fn npm(package_json: &Path, out: &mut Vec<Package>) {
         let purl = format!("pkg:npm/{}@{version}", name.replace('@', "%40"));
         out.push(Package { name: name.into(), version: version.into(), purl });
     }
+}
+
+fn is_executable(entry: &std::fs::DirEntry) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    entry.metadata().is_ok_and(|m| m.permissions().mode() & 0o111 != 0 && m.len() >= 64)
+}
+
+/// The crates `cargo auditable` recorded in an ELF executable's `.dep-v0` section, except build-time ones (build
+/// scripts and proc macros, whose code is not in the binary). Anything that is not such an ELF is skipped quietly.
+fn rust_audit(path: &Path, out: &mut Vec<Package>) {
+    let Some(json) = audit_json(path) else { return };
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&json) else { return };
+    let Some(packages) = doc["packages"].as_array() else { return };
+    for p in packages {
+        if p["kind"].as_str() == Some("build") {
+            continue;
+        }
+        if let (Some(name), Some(version)) = (p["name"].as_str(), p["version"].as_str()) {
+            let purl = format!("pkg:cargo/{name}@{version}");
+            out.push(Package { name: name.into(), version: version.into(), purl });
+        }
+    }
+}
+
+/// The inflated `.dep-v0` section of the ELF at `path`: read through the section table without loading the file.
+fn audit_json(path: &Path) -> Option<Vec<u8>> {
+    use object::{Object as _, ObjectSection as _};
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic).ok()?;
+    if &magic != b"\x7fELF" {
+        return None;
+    }
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let section = elf.section_by_name(".dep-v0")?;
+    if section.size() > MAX_AUDIT_SECTION {
+        return None;
+    }
+    let compressed = section.data().ok()?;
+    let mut json = Vec::new();
+    flate2::read::ZlibDecoder::new(compressed).take(MAX_AUDIT_JSON + 1).read_to_end(&mut json).ok()?;
+    (json.len() as u64 <= MAX_AUDIT_JSON).then_some(json)
 }
 
 /// Every package the filesystem at `root` records, sorted, once each.
@@ -256,5 +308,65 @@ mod tests {
         let doc = document(&scan(root), "x", chrono::Utc::now());
         assert_eq!(doc.predicate["spdxVersion"], "SPDX-2.3");
         assert_eq!(doc.predicate["packages"].as_array().unwrap().len(), 6);
+    }
+
+    /// `path` with a `.dep-v0` section of `section` added by objcopy, as cargo auditable adds it.
+    fn with_section(dir: &Path, section: &[u8], name: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = dir.join(format!("{name}.section"));
+        std::fs::write(&data, section).unwrap();
+        let out = dir.join(name);
+        let status = std::process::Command::new("objcopy")
+            .arg("--add-section")
+            .arg(format!(".dep-v0={}", data.display()))
+            .args(["--set-section-flags", ".dep-v0=noload,readonly", "/bin/true"])
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).unwrap();
+        out
+    }
+
+    fn zlib(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(bytes).unwrap();
+        z.finish().unwrap()
+    }
+
+    #[test]
+    fn finds_the_crates_cargo_auditable_recorded_in_an_elf() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("usr/local/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let json = r#"{"packages":[
+            {"name":"app","version":"0.1.0","source":"local","dependencies":[1,2],"root":true},
+            {"name":"serde","version":"1.0.219","source":"crates.io"},
+            {"name":"cc","version":"1.2.0","source":"crates.io","kind":"build"}]}"#;
+        let elf = with_section(&bin, &zlib(json.as_bytes()), "app");
+        // The program still runs: the section is not loaded.
+        assert!(std::process::Command::new(&elf).status().unwrap().success());
+        let found: Vec<String> = scan(dir.path()).into_iter().map(|p| p.purl).collect();
+        assert_eq!(found, ["pkg:cargo/app@0.1.0", "pkg:cargo/serde@1.0.219"]);
+    }
+
+    /// Hostile or broken executables are skipped, never a panic: a section that is not zlib, zlib that is not
+    /// JSON, a bomb that inflates past the bound, a truncated ELF, a file with only the magic.
+    #[test]
+    fn broken_dep_v0_sections_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        with_section(root, b"not zlib", "a");
+        with_section(root, &zlib(b"{not json"), "b");
+        with_section(root, &zlib(&vec![b' '; (MAX_AUDIT_JSON + 10) as usize]), "c");
+        let whole = std::fs::read(with_section(root, &zlib(br#"{"packages":[]}"#), "d")).unwrap();
+        std::fs::write(root.join("d"), &whole[..whole.len() / 2]).unwrap();
+        std::fs::write(root.join("e"), b"\x7fELF\x02\x01\x01").unwrap();
+        for f in ["d", "e"] {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(root.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        assert_eq!(scan(root), []);
     }
 }

@@ -263,6 +263,7 @@ fn request(args: &BuildArgs, inputs: &Inputs) -> Result<BuildRequest> {
         outputs: crate::outputs::plan(&args.outputs, &tags, args.push)?,
         tags,
         metadata_file: args.outputs.metadata_file.clone(),
+        index_digest: args.iidfile.is_some(),
         explain_cache: args.explain_cache,
         provenance: crate::outputs::provenance(&crate::outputs::OutputArgs {
             provenance: inputs.buildx.provenance.clone().or(args.outputs.provenance.clone()),
@@ -276,6 +277,7 @@ fn request(args: &BuildArgs, inputs: &Inputs) -> Result<BuildRequest> {
         named_contexts: inputs.named.dirs(),
         image_contexts: inputs.named.images(),
         manifest_annotations: inputs.buildx.manifest_annotations.clone(),
+        index_annotations: inputs.buildx.index_annotations.clone(),
         temporary_context: inputs.source.is_temporary(),
         cache_from: args.cache_from.iter().map(|s| crate::cache_flags::cache_from(s)).collect::<Result<_>>()?,
         cache_to: args.cache_to.iter().map(|s| crate::cache_flags::cache_to(s)).collect::<Result<_>>()?,
@@ -289,7 +291,7 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     // `-`, `-f -`, Git and http(s) contexts become local directories first; flags that cannot apply fail now.
     let limits = crate::source::Limits::from_env()?;
     let platforms = crate::outputs::platforms(&args.outputs)?;
-    let buildx = args.buildx.check(platforms.first().unwrap_or(&rbuild_types::oci::Platform::host()))?;
+    let buildx = args.buildx.check(&platforms)?;
     let docker = buildx.load.then(|| crate::docker_load::Daemon::find(std::env::var("DOCKER_HOST").ok().as_deref()));
     let docker = docker.transpose()?;
     let inputs = Inputs {
@@ -315,7 +317,9 @@ pub async fn run(env: &Env, args: BuildArgs) -> Result<ExitCode> {
     match result {
         Ok(result) => {
             if let Some(f) = &args.iidfile {
-                std::fs::write(f, result.image.as_str()).with_context(|| format!("writing {}", f.display()))?;
+                // A multi-platform image's ID is its index's digest, as buildx writes it.
+                let id = result.index.as_ref().unwrap_or(&result.image);
+                std::fs::write(f, id.as_str()).with_context(|| format!("writing {}", f.display()))?;
             }
             for p in &result.pushed {
                 progress.result(&format!("{}@{}", p.name, p.digest));

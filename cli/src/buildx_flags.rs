@@ -7,14 +7,16 @@
 //! no attestations, which is what they ask for.
 
 use anyhow::{Result, bail};
+use rbuild_image::index::IndexAnnotations;
 use rbuild_types::oci::Platform;
 use std::collections::BTreeMap;
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct BuildxArgs {
-    /// Add an annotation to the image manifest: KEY=VALUE, manifest:KEY=VALUE or manifest[os/arch]:KEY=VALUE;
-    /// repeatable (index and descriptor annotations are refused: rbuild annotates the image manifests only)
-    #[arg(long = "annotation", value_name = "[manifest:]KEY=VALUE")]
+    /// Add an annotation: KEY=VALUE or manifest:KEY=VALUE (the image manifests), manifest[os/arch]:KEY=VALUE (one
+    /// platform's), and with several platforms index:, index-descriptor: and manifest-descriptor[os/arch]:, as
+    /// buildx; repeatable
+    #[arg(long = "annotation", value_name = "[TYPE[,TYPE][[os/arch]]:]KEY=VALUE")]
     pub annotations: Vec<String>,
     /// Also load the image into the local Docker daemon ($DOCKER_HOST, default unix:///var/run/docker.sock), as
     /// `docker load` does
@@ -42,8 +44,10 @@ pub struct BuildxArgs {
 /// What the flags ask of the build's outputs.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Requests {
-    /// Annotations on the image manifest.
+    /// Annotations on the image manifest (one platform).
     pub manifest_annotations: BTreeMap<String, String>,
+    /// Annotations of the image index and its parts (several platforms; one, when attestations make an index).
+    pub index_annotations: IndexAnnotations,
     pub load: bool,
     /// `--attest type=provenance,...` as a `--provenance` value (`false`, `true`, `mode=max`).
     pub provenance: Option<String>,
@@ -52,8 +56,8 @@ pub struct Requests {
 }
 
 impl BuildxArgs {
-    /// Checks every flag before the build starts; `platform` is the one being built.
-    pub fn check(&self, platform: &Platform) -> Result<Requests> {
+    /// Checks every flag before the build starts; `platforms` are the ones being built (none: the machine's).
+    pub fn check(&self, platforms: &[Platform]) -> Result<Requests> {
         let (mut provenance, mut sbom) = (None, None);
         for spec in &self.attest {
             match parse_attest(spec)? {
@@ -70,13 +74,8 @@ impl BuildxArgs {
         if self.debug {
             eprintln!("warning: --debug is ignored: set RBUILD_LOG=debug for rbuild's debug log");
         }
-        let mut manifest_annotations = BTreeMap::new();
-        for a in &self.annotations {
-            if let Some((k, v)) = parse_annotation(a, platform)? {
-                manifest_annotations.insert(k, v);
-            }
-        }
-        Ok(Requests { manifest_annotations, load: self.load, provenance, sbom })
+        let (manifest_annotations, index_annotations) = annotations(&self.annotations, platforms)?;
+        Ok(Requests { manifest_annotations, index_annotations, load: self.load, provenance, sbom })
     }
 }
 
@@ -113,9 +112,25 @@ fn parse_attest(spec: &str) -> Result<Attest> {
     }
 }
 
-/// One `--annotation`, as buildx parses it: `[TYPE[,TYPE][\[PLATFORM\]]:]KEY=VALUE`. Returns the manifest
-/// annotation, or `None` when it is for another platform than the one built.
-fn parse_annotation(spec: &str, platform: &Platform) -> Result<Option<(String, String)>> {
+/// Where an `--annotation` goes (buildx's types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Manifest,
+    ManifestDescriptor,
+    Index,
+    IndexDescriptor,
+}
+
+/// One `--annotation`, as buildx parses it: `[TYPE[,TYPE][\[PLATFORM\]]:]KEY=VALUE`, no type being `manifest`.
+#[derive(Debug, PartialEq, Eq)]
+struct Annotation {
+    targets: Vec<Target>,
+    platform: Option<Platform>,
+    key: String,
+    value: String,
+}
+
+fn parse_annotation(spec: &str) -> Result<Annotation> {
     let Some((key, value)) = spec.split_once('=') else {
         bail!("--annotation {spec:?}: expected KEY=VALUE");
     };
@@ -127,28 +142,65 @@ fn parse_annotation(spec: &str, platform: &Platform) -> Result<Option<(String, S
     if key.is_empty() {
         bail!("--annotation {spec:?}: the key is empty");
     }
-    let Some(types) = types else { return Ok(Some((key.to_string(), value.to_string()))) };
-    let (types, wanted_platform) = match types.split_once('[') {
-        Some((t, p)) => (t, Some(p.trim_end_matches(']'))),
+    let (key, value) = (key.to_string(), value.to_string());
+    let Some(types) = types else {
+        return Ok(Annotation { targets: vec![Target::Manifest], platform: None, key, value });
+    };
+    let (types, platform) = match types.split_once('[') {
+        Some((t, p)) => (t, Some(crate::outputs::parse_platform(p.trim_end_matches(']'))?)),
         None => (types, None),
     };
+    let mut targets = Vec::new();
     for t in types.split(',') {
-        match t {
-            "manifest" => {}
-            "index" | "index-descriptor" | "manifest-descriptor" => bail!(
-                "--annotation {spec:?}: {t} annotations are not supported yet (rbuild annotates the image \
-                 manifests, not the index of a multi-platform image or its descriptors); use manifest:KEY=VALUE"
+        targets.push(match t {
+            "manifest" => Target::Manifest,
+            "manifest-descriptor" => Target::ManifestDescriptor,
+            "index" => Target::Index,
+            "index-descriptor" => Target::IndexDescriptor,
+            other => bail!(
+                "--annotation {spec:?}: unknown annotation type {other:?} (manifest, manifest-descriptor, index, \
+                 index-descriptor)"
             ),
-            other => bail!("--annotation {spec:?}: unknown annotation type {other:?} (manifest)"),
+        });
+    }
+    if platform.is_some() && targets.iter().any(|t| matches!(t, Target::Index | Target::IndexDescriptor)) {
+        bail!("--annotation {spec:?}: a platform only selects manifests, not the index");
+    }
+    Ok(Annotation { targets, platform, key, value })
+}
+
+/// The `--annotation`s of a build for `platforms`: one platform's manifest annotations (an image with no index
+/// has no other place for them), or a multi-platform image's, by where they go.
+fn annotations(specs: &[String], platforms: &[Platform]) -> Result<(BTreeMap<String, String>, IndexAnnotations)> {
+    let (mut manifest, mut index) = (BTreeMap::new(), IndexAnnotations::default());
+    for spec in specs {
+        let a = parse_annotation(spec)?;
+        for t in &a.targets {
+            let entry = (a.platform.clone(), a.key.clone(), a.value.clone());
+            match t {
+                Target::Manifest => index.manifest.push(entry),
+                Target::ManifestDescriptor => index.manifest_descriptor.push(entry),
+                Target::Index => {
+                    index.index.insert(entry.1, entry.2);
+                }
+                Target::IndexDescriptor => {
+                    index.index_descriptor.insert(entry.1, entry.2);
+                }
+            }
+            if platforms.len() < 2 && *t != Target::Manifest {
+                bail!(
+                    "--annotation {spec:?}: index and descriptor annotations need an image index: build several \
+                     --platform values, or use manifest:KEY=VALUE"
+                );
+            }
+        }
+        let this = platforms.first().cloned().unwrap_or_else(Platform::host);
+        let mine = a.platform.as_ref().is_none_or(|p| (&p.os, &p.architecture) == (&this.os, &this.architecture));
+        if platforms.len() < 2 && mine {
+            manifest.insert(a.key, a.value);
         }
     }
-    if let Some(p) = wanted_platform {
-        let p = crate::outputs::parse_platform(p)?;
-        if (p.os.as_str(), p.architecture.as_str()) != (platform.os.as_str(), platform.architecture.as_str()) {
-            return Ok(None);
-        }
-    }
-    Ok(Some((key.to_string(), value.to_string())))
+    Ok((manifest, index))
 }
 
 fn is_type_prefix(prefix: &str) -> bool {
@@ -166,19 +218,30 @@ mod tests {
 
     #[test]
     fn annotations_parse_as_buildx() {
-        let p = amd64();
-        let ok = |s: &str| parse_annotation(s, &p).expect(s);
-        assert_eq!(
-            ok("org.opencontainers.image.title=app"),
-            Some(("org.opencontainers.image.title".into(), "app".into()))
-        );
-        assert_eq!(ok("manifest:a=b=c"), Some(("a".into(), "b=c".into())));
-        assert_eq!(ok("manifest[linux/amd64]:k=v"), Some(("k".into(), "v".into())));
-        assert_eq!(ok("manifest[linux/arm64]:k=v"), None, "another platform's");
-        assert_eq!(ok("com.example:k=v"), Some(("com.example:k".into(), "v".into())));
-        let err = parse_annotation("index:k=v", &p).expect_err("index");
-        assert!(err.to_string().contains("not supported"), "{err}");
-        assert!(parse_annotation("novalue", &p).is_err());
+        let one = [amd64()];
+        let ok = |s: &str| annotations(&[s.to_string()], &one).expect(s).0;
+        let map = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(ok("org.opencontainers.image.title=app"), map("org.opencontainers.image.title", "app"));
+        assert_eq!(ok("manifest:a=b=c"), map("a", "b=c"));
+        assert_eq!(ok("manifest[linux/amd64]:k=v"), map("k", "v"));
+        assert_eq!(ok("manifest[linux/arm64]:k=v"), BTreeMap::new(), "another platform's");
+        assert_eq!(ok("com.example:k=v"), map("com.example:k", "v"));
+        let err = annotations(&["index:k=v".to_string()], &one).expect_err("index");
+        assert!(err.to_string().contains("need an image index"), "{err}");
+        assert!(parse_annotation("novalue").is_err());
+        assert!(parse_annotation("index[linux/amd64]:k=v").is_err());
+
+        let arm64 = Platform { os: "linux".into(), architecture: "arm64".into(), variant: Some("v8".into()) };
+        let specs: Vec<String> =
+            ["index,manifest:a=1", "index-descriptor:b=2", "manifest-descriptor[linux/arm64]:c=3", "d=4"]
+                .map(String::from)
+                .to_vec();
+        let (manifest, index) = annotations(&specs, &[amd64(), arm64.clone()]).expect("valid");
+        assert!(manifest.is_empty());
+        assert_eq!(index.index, map("a", "1"));
+        assert_eq!(index.index_descriptor, map("b", "2"));
+        assert_eq!(index.manifest, [(None, "a".into(), "1".into()), (None, "d".into(), "4".into())]);
+        assert_eq!(index.manifest_descriptor, [(Some(arm64), "c".into(), "3".into())]);
     }
 
     #[test]
@@ -187,11 +250,11 @@ mod tests {
             attest: attest.iter().map(|s| s.to_string()).collect(),
             ..BuildxArgs::default()
         };
-        let r = args(&["type=sbom,disabled=true", "type=provenance,mode=max"]).check(&amd64()).expect("valid");
+        let r = args(&["type=sbom,disabled=true", "type=provenance,mode=max"]).check(&[amd64()]).expect("valid");
         assert_eq!((r.provenance.as_deref(), r.sbom.as_deref()), (Some("mode=max"), Some("false")));
-        let r = args(&["type=provenance,disabled"]).check(&amd64()).expect("valid");
+        let r = args(&["type=provenance,disabled"]).check(&[amd64()]).expect("valid");
         assert_eq!(r.provenance.as_deref(), Some("false"));
-        assert!(args(&["type=spdx"]).check(&amd64()).is_err());
-        assert!(args(&["mode=max"]).check(&amd64()).is_err());
+        assert!(args(&["type=spdx"]).check(&[amd64()]).is_err());
+        assert!(args(&["mode=max"]).check(&[amd64()]).is_err());
     }
 }

@@ -267,11 +267,16 @@ async fn run(cli: Cli, mode: rootless::Mode) -> Result<ExitCode> {
                     &rec.platforms,
                     &[],
                     &outputs,
-                    None,
+                    rbuild_builder::index_outputs::Wanted {
+                        metadata_file: None,
+                        index_digest: false,
+                        annotations: &Default::default(),
+                    },
                     None,
                     &reporter,
                 )
                 .await?
+                .pushed
             };
             for p in pushed {
                 progress::Renderer::result(&reporter, &format!("{}@{}", p.name, p.digest));

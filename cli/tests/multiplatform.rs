@@ -152,12 +152,12 @@ fn two_platform_build_pushes_an_index_and_runs_foreign_steps_under_qemu() {
         assert_eq!(read("arch"), format!("{uname}\n"), "{arch}");
         assert_eq!(read("target"), format!("{target}\n"), "{arch}");
         assert_eq!(read("out"), "built on x86_64\n", "{arch}: the build stage ran on the build platform");
-        if arch == "arm64" {
-            let busybox = rootfs.join("bin/busybox");
-            let ran = cmd(QEMU_AARCH64, &[busybox.to_str().unwrap(), "uname", "-m"]).success();
-            assert_eq!(ran.stdout, "aarch64\n");
-        }
     }
+    // The pushed tag runs on an arm64 machine: podman picks the arm64 manifest and runs it through QEMU.
+    let ran = podman_with_aarch64_handler(&ws, &["run", "--platform", "linux/arm64", &app, "uname", "-m"]).success();
+    assert_eq!(ran.stdout, "aarch64\n", "{}", ran.stderr);
+    let ran = podman_with_aarch64_handler(&ws, &["run", "--platform", "linux/arm64", &app, "cat", "/arch"]).success();
+    assert_eq!(ran.stdout, "aarch64\n", "{}", ran.stderr);
 
     // Both platforms of the base are kept under its tag: building again needs no registry round trip.
     let again =
@@ -233,6 +233,21 @@ fn multi_platform_outputs_and_missing_platforms() {
         handler.starts_with("enabled") && handler.lines().any(|l| l.starts_with("flags:") && l.contains('F'));
     let how = if fix_binary { "kernel\n" } else { "injected\n" };
     assert_eq!(std::fs::read_to_string(local.join("linux_arm64/how")).unwrap(), how, "handler: {handler:?}");
+    // Whether the kernel has any aarch64 handler, mounted here or not (a private mount of the machine's instance).
+    let registered = "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null; \
+                      test -e /proc/sys/fs/binfmt_misc/qemu-aarch64";
+    let kernel_runs_aarch64 = cmd("unshare", &["--mount", "sh", "-c", registered]).code == Some(0);
+    if !kernel_runs_aarch64 {
+        // The injected emulator runs the step's first process only: a program it starts that the kernel cannot run
+        // fails, and the failure says why.
+        let child =
+            ws.context("child", &[("Dockerfile", "FROM mp-base\nRUN cp /bin/busybox /bin/bb2 && /bin/bb2 true\n")]);
+        let failed = ws.rbuild("store", &["build", "--platform", "linux/arm64", child.to_str().unwrap()]);
+        assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+        assert!(failed.stderr.contains("Exec format error"), "{}", failed.stderr);
+        assert!(failed.stderr.contains("runs only the step's first process"), "{}", failed.stderr);
+        assert!(failed.stderr.contains("binfmt_misc handler for aarch64"), "{}", failed.stderr);
+    }
 
     // --sbom: each platform's SPDX document lists the packages of the image's dpkg status file.
     let status = "Package: hello\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.10-3\n\n\
@@ -242,13 +257,53 @@ fn multi_platform_outputs_and_missing_platforms() {
     let layout = ws.path("sbom-layout");
     let out = format!("type=oci,dest={},tar=false", layout.display());
     let platforms = "linux/amd64,linux/arm64";
-    ws.rbuild("store", &["build", "--platform", platforms, "--sbom", "-o", &out, ctx_sbom.to_str().unwrap()]).success();
+    let iidfile = ws.path("iid");
+    let iid = iidfile.to_str().unwrap();
+    ws.rbuild(
+        "store",
+        &[
+            "build",
+            "--platform",
+            platforms,
+            "--sbom",
+            "-o",
+            &out,
+            "--iidfile",
+            iid,
+            // Where buildx 0.29 puts each type (checked with `docker buildx build -o type=oci` of BuildKit 0.25).
+            "--annotation",
+            "index,manifest:a=1",
+            "--annotation",
+            "index-descriptor:b=2",
+            "--annotation",
+            "manifest-descriptor[linux/arm64]:c=3",
+            "--annotation",
+            "d=4",
+            ctx_sbom.to_str().unwrap(),
+        ],
+    )
+    .success();
     let blob = |digest: &str| {
         let path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
         serde_json::from_slice::<serde_json::Value>(&std::fs::read(&path).unwrap()).unwrap()
     };
     let top: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let index = blob(top["manifests"][0]["digest"].as_str().unwrap());
+    let index_digest = top["manifests"][0]["digest"].as_str().unwrap();
+    // --iidfile names the index, as buildx's does for several platforms.
+    assert_eq!(std::fs::read_to_string(&iidfile).unwrap(), index_digest);
+    let index = blob(index_digest);
+    assert_eq!(top["manifests"][0]["annotations"]["b"], "2", "{top}");
+    assert_eq!(index["annotations"], serde_json::json!({"a": "1"}), "{index}");
+    for m in index["manifests"].as_array().unwrap().iter().filter(|m| m["platform"]["os"] == "linux") {
+        let on_descriptor = if m["platform"]["architecture"] == "arm64" {
+            serde_json::json!({"c": "3"})
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(m["annotations"], on_descriptor, "{index}");
+        let manifest = blob(m["digest"].as_str().unwrap());
+        assert_eq!(manifest["annotations"], serde_json::json!({"a": "1", "d": "4"}), "{manifest}");
+    }
     let attestations: Vec<&serde_json::Value> = index["manifests"]
         .as_array()
         .unwrap()
@@ -317,4 +372,55 @@ fn check_provenance(reg: &Registry, image: &str, raw: &str, base: &str) {
         let want = format!("pkg:docker/{base}?platform=");
         assert!(deps.iter().any(|d| d["uri"].as_str().unwrap().starts_with(&want)), "{statement}");
     }
+}
+
+/// `podman <args>` (`run` gets the options below) in a user namespace of its own whose own `binfmt_misc` instance
+/// (Linux 6.7+: a sandboxed mount) has a fix-binary handler for aarch64 from qemu-user-static, so that podman's
+/// arm64 containers run without the machine's handlers being needed or changed. What podman needs on a root
+/// machine with hybrid cgroups and without `CAP_SYS_RESOURCE`: no cgroups (crun refuses hybrid mode, so the
+/// cgroup2 mount is hidden), no network, and rlimits no higher than the hard ones. Its storage is the workspace's.
+fn podman_with_aarch64_handler(ws: &Workspace, args: &[&str]) -> crate::support::Run {
+    // /usr/lib/binfmt.d/qemu-aarch64.conf names Debian's wrapper with flags OPF; the static emulator with F alone
+    // (opened now, so it runs inside the container's root) is what a container needs.
+    let conf = std::fs::read_to_string("/usr/lib/binfmt.d/qemu-aarch64.conf").unwrap();
+    let mut fields: Vec<&str> = conf.trim().split(':').collect();
+    assert_eq!(fields.len(), 8, "{conf}");
+    fields[6] = QEMU_AARCH64;
+    fields[7] = "F";
+    let register = fields.join(":");
+    let (root, runroot) = (ws.path("podman-root"), ws.path("podman-run"));
+    let script = r#"set -e
+until grep -q . /proc/self/gid_map; do sleep 0.02; done
+if mountpoint -q /sys/fs/cgroup/unified; then mount -t tmpfs none /sys/fs/cgroup/unified; fi
+mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+printf '%s' "$1" > /proc/sys/fs/binfmt_misc/register
+shift
+exec "$@""#;
+    let mut all = vec!["podman", "--root", root.to_str().unwrap(), "--runroot", runroot.to_str().unwrap()];
+    all.extend(["--storage-driver", "vfs"]);
+    all.push(args[0]);
+    if args[0] == "run" {
+        all.extend(["--rm", "--tls-verify=false", "--cgroups=disabled", "--network", "none"]);
+        all.extend(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
+    }
+    all.extend(&args[1..]);
+    let child = std::process::Command::new("unshare")
+        .args(["--user", "--mount", "--propagation", "private", "bash", "-c", script, "bash", &register])
+        .args(&all)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once unshare is in its namespace (before, the maps are the machine's): root's IDs, 65536 of them: the map of a user namespace (a full one would make crun take it for the
+    // machine's and create device nodes, which a user namespace may not).
+    let ns = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ns(child.id().to_string()) == ns("self".into()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{}/{map}", child.id()), "0 0 65536\n").unwrap();
+    }
+    crate::support::Run::from(child.wait_with_output().unwrap(), all.join(" "))
 }

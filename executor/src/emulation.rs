@@ -10,7 +10,11 @@
 //! 3. **Injection.** The static emulator from Debian's `qemu-user-static` is bound read-only into the container
 //!    at `/dev/.buildkit_qemu_emulator` (BuildKit's path) and made the container's first process; it runs the
 //!    step's program. Programs that process starts are run by it as well where QEMU can (it re-executes itself for
-//!    `/proc/self/exe`, as a static busybox shell does for its applets), and otherwise need a handler.
+//!    `/proc/self/exe`, as a static busybox shell does for its applets), and otherwise need a handler: Debian's QEMU
+//!    hands `execve` to the kernel, which refuses a foreign program (`Exec format error`), and the step's failure
+//!    says so ([`child_exec_hint`]). BuildKit has the same first-process limit with a stock QEMU; the
+//!    `buildkit-qemu-*` emulators it looks for on its `PATH` (tonistiigi/binfmt's "buildkit" build) are patched to
+//!    run `execve`'d programs through themselves, which an unpatched Debian binary does not.
 //!
 //! Neither possible: an error naming the package and the binfmt_misc setting.
 
@@ -177,6 +181,24 @@ fn probe_program(architecture: &str) -> Option<Vec<u8>> {
     Some(elf)
 }
 
+/// The line added to the output of a step that failed under the injected `emulator` because a program it started
+/// could not run (the kernel, with no handler for its architecture, refuses it: `Exec format error`); None when the
+/// output does not say so.
+pub fn child_exec_hint(tail: &[String], emulator: &Path, platform: &Platform) -> Option<String> {
+    if !tail.iter().any(|l| l.to_ascii_lowercase().contains("exec format error")) {
+        return None;
+    }
+    let qemu = qemu_arch(&platform.architecture).unwrap_or(&platform.architecture);
+    Some(format!(
+        "rbuild: this {} step ran under the injected emulator {}, which runs only the step's first process; the \
+         programs it starts need a binfmt_misc handler for {qemu} with the F (fix-binary) flag (Debian: \
+         qemu-user-static and binfmt-support, or register /usr/lib/binfmt.d/qemu-{qemu}.conf with the static \
+         emulator and flags F)",
+        rbuild_solver_platform(platform),
+        emulator.display()
+    ))
+}
+
 /// The step's arguments with the injected emulator first: `emulator -0 argv0 /path/of/program args...`. The
 /// program is found on the step's `PATH` in `rootfs` when it is a bare name (runc would look it up; QEMU does not).
 pub fn wrap_args(args: &[String], env: &[String], rootfs: &Path) -> Vec<String> {
@@ -278,5 +300,15 @@ mod tests {
         assert_eq!(wrapped, [EMULATOR_PATH, "-0", "sh", "/bin/sh", "-c", "uname -m"]);
         let abs: Vec<String> = ["/bin/busybox", "true"].map(String::from).to_vec();
         assert_eq!(wrap_args(&abs, &[], dir.path()), [EMULATOR_PATH, "-0", "/bin/busybox", "/bin/busybox", "true"]);
+    }
+
+    #[test]
+    fn a_child_that_cannot_run_under_injection_gets_a_hint() {
+        let emulator = Path::new("/usr/bin/qemu-aarch64-static");
+        let tail = vec!["/bin/sh: /bin/bb2: Exec format error".to_string()];
+        let hint = child_exec_hint(&tail, emulator, &arm64()).unwrap();
+        assert!(hint.contains("qemu-aarch64-static") && hint.contains("handler for aarch64"), "{hint}");
+        assert!(hint.contains("linux/arm64/v8"), "{hint}");
+        assert_eq!(child_exec_hint(&["exit 1".to_string()], emulator, &arm64()), None);
     }
 }

@@ -126,6 +126,8 @@ pub fn familiar_name(name: &str) -> String {
 pub struct ExportIndex<'a> {
     pub bytes: &'a [u8],
     pub names: Vec<String>,
+    /// On the index's entry in `index.json` (buildx's `index-descriptor:` annotations).
+    pub annotations: BTreeMap<String, String>,
 }
 
 fn index_for(images: &[ExportImage], kind: ArchiveKind, top: Option<&ExportIndex>) -> Vec<u8> {
@@ -137,7 +139,7 @@ fn index_for(images: &[ExportImage], kind: ArchiveKind, top: Option<&ExportIndex
                 digest: Digest::of(t.bytes),
                 size: t.bytes.len() as u64,
                 platform: None,
-                annotations: None,
+                annotations: (!t.annotations.is_empty()).then(|| t.annotations.clone()),
             };
             vec![(desc, t.names.as_slice())]
         }
@@ -161,7 +163,7 @@ fn index_for(images: &[ExportImage], kind: ArchiveKind, top: Option<&ExportIndex
             manifests.push(desc.clone());
         }
         for name in names {
-            let mut a = BTreeMap::new();
+            let mut a = desc.annotations.clone().unwrap_or_default();
             a.insert(ANNOTATION_IMAGE_NAME.to_string(), name.clone());
             let ref_name = match kind {
                 ArchiveKind::Oci => tag_of(name).unwrap_or(name).to_string(),

@@ -1,17 +1,18 @@
 //! Multi-platform images: an OCI image index over one image per platform.
 //!
 //! The store keeps a multi-platform image as the list of its platforms' configs (see `ImageRecord::platforms`);
-//! the index itself is made when the image leaves the store, from the manifests [`assemble`] makes with the
-//! compression of that output, because the manifests' digests depend on it. Each entry carries the platform its
-//! config names, as BuildKit writes them.
+//! the index itself is made when the image leaves the store, from the manifests
+//! [`assemble`](crate::local::assemble) makes with the compression of that output, because the manifests' digests
+//! depend on it. Each entry carries the platform its config names, as BuildKit writes them.
 
-use crate::local::{Assembled, ImageError, assemble, push_with};
+use crate::local::{Assembled, ImageError};
 use crate::registry::{ImageRef, PushReport, RegistryClient};
 use rbuild_cache::Store;
 use rbuild_types::Digest;
 use rbuild_types::oci::{
     Descriptor, ImageConfig, Index, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Platform, to_canonical_json,
 };
+use std::collections::BTreeMap;
 
 /// The platform an image config names.
 pub fn config_platform(config_bytes: &[u8], digest: &Digest) -> Result<Platform, ImageError> {
@@ -26,18 +27,64 @@ pub fn index_document(images: &[Assembled]) -> Result<Vec<u8>, ImageError> {
 }
 
 fn index_of(images: &[Assembled]) -> Result<Index, ImageError> {
+    index_annotated(images, &IndexAnnotations::default())
+}
+
+fn index_annotated(images: &[Assembled], annotations: &IndexAnnotations) -> Result<Index, ImageError> {
     let mut manifests = Vec::with_capacity(images.len());
     for a in images {
         let config = Digest::of(&a.config_bytes);
+        let platform = config_platform(&a.config_bytes, &config)?;
+        let on_descriptor = IndexAnnotations::of(&annotations.manifest_descriptor, &platform);
         manifests.push(Descriptor {
             media_type: MEDIA_OCI_MANIFEST.into(),
             digest: a.manifest_digest.clone(),
             size: a.manifest_bytes.len() as u64,
-            platform: Some(config_platform(&a.config_bytes, &config)?),
-            annotations: None,
+            platform: Some(platform),
+            annotations: (!on_descriptor.is_empty()).then_some(on_descriptor),
         });
     }
-    Ok(Index { schema_version: 2, media_type: Some(MEDIA_OCI_INDEX.into()), manifests, annotations: None })
+    let on_index = (!annotations.index.is_empty()).then(|| annotations.index.clone());
+    Ok(Index { schema_version: 2, media_type: Some(MEDIA_OCI_INDEX.into()), manifests, annotations: on_index })
+}
+
+/// The manifest annotations `annotations` gives each of `configs`' images.
+fn manifest_annotations(
+    store: &Store,
+    configs: &[Digest],
+    annotations: &IndexAnnotations,
+) -> Result<Vec<BTreeMap<String, String>>, ImageError> {
+    configs
+        .iter()
+        .map(|c| Ok(IndexAnnotations::of(&annotations.manifest, &config_platform(&store.read_blob(c)?, c)?)))
+        .collect()
+}
+
+/// The annotations of a multi-platform image, by where buildx's `--annotation` types put them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexAnnotations {
+    /// On the index itself (`index:`).
+    pub index: BTreeMap<String, String>,
+    /// On the index's entry in an OCI layout's `index.json` (`index-descriptor:`).
+    pub index_descriptor: BTreeMap<String, String>,
+    /// On the platforms' manifests (`manifest:`, `manifest[os/arch]:`): `None` is every platform.
+    pub manifest: Vec<(Option<Platform>, String, String)>,
+    /// On the platforms' entries in the index (`manifest-descriptor:`).
+    pub manifest_descriptor: Vec<(Option<Platform>, String, String)>,
+}
+
+impl IndexAnnotations {
+    /// The annotations of `list` for the image of `platform`: those for every platform and those naming its OS
+    /// and architecture (and variant, when they name one; arm64's `v8` is arm64's only one).
+    fn of(list: &[(Option<Platform>, String, String)], platform: &Platform) -> BTreeMap<String, String> {
+        let variant = |p: &Platform| p.variant.clone().filter(|v| !(p.architecture == "arm64" && v == "v8"));
+        let matches = |p: &Platform| {
+            p.os == platform.os
+                && p.architecture == platform.architecture
+                && (variant(p).is_none() || variant(p) == variant(platform))
+        };
+        list.iter().filter(|(p, _, _)| p.as_ref().is_none_or(matches)).map(|(_, k, v)| (k.clone(), v.clone())).collect()
+    }
 }
 
 /// An in-toto predicate to attach to one platform's image (a SLSA provenance, an SPDX document).
@@ -117,9 +164,15 @@ pub fn assemble_index(
     configs: &[Digest],
     compression: crate::layer::Compression,
     attestations: &[Vec<Attestation>],
+    annotations: &IndexAnnotations,
 ) -> Result<AssembledIndex, ImageError> {
-    let images = configs.iter().map(|c| assemble(store, c, compression)).collect::<Result<Vec<_>, _>>()?;
-    let mut doc = index_of(&images)?;
+    let on_manifests = manifest_annotations(store, configs, annotations)?;
+    let images = configs
+        .iter()
+        .zip(&on_manifests)
+        .map(|(c, a)| crate::local::assemble_annotated(store, c, compression, a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut doc = index_annotated(&images, annotations)?;
     let mut attached = Vec::new();
     for (image, list) in images.iter().zip(attestations) {
         if list.is_empty() {
@@ -161,7 +214,7 @@ pub async fn push_index(
     r: &ImageRef,
     compression: crate::layer::Compression,
 ) -> Result<IndexPushReport, ImageError> {
-    push_index_with(client, store, configs, r, compression, &[]).await
+    push_index_with(client, store, configs, r, compression, &[], &IndexAnnotations::default()).await
 }
 
 /// [`push_index`] with attestations attached (see [`assemble_index`]).
@@ -172,11 +225,13 @@ pub async fn push_index_with(
     r: &ImageRef,
     compression: crate::layer::Compression,
     attestations: &[Vec<Attestation>],
+    annotations: &IndexAnnotations,
 ) -> Result<IndexPushReport, ImageError> {
-    let index = assemble_index(store, configs, compression, attestations)?;
-    let pushes = configs.iter().zip(&index.images).map(|(config, a)| {
+    let index = assemble_index(store, configs, compression, attestations, annotations)?;
+    let on_manifests = manifest_annotations(store, configs, annotations)?;
+    let pushes = configs.iter().zip(&index.images).zip(&on_manifests).map(|((config, a), on_manifest)| {
         let by_digest = r.with_digest(a.manifest_digest.clone());
-        async move { push_with(client, store, config, &by_digest, compression).await }
+        async move { crate::local::push_annotated(client, store, config, &by_digest, compression, on_manifest).await }
     });
     let mut reports = futures::future::try_join_all(pushes).await?;
     for a in &index.attestations {
@@ -185,4 +240,30 @@ pub async fn push_index_with(
     }
     let digest = client.push_manifest(r, &index.bytes, MEDIA_OCI_INDEX).await?;
     Ok(IndexPushReport { digest, images: reports })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform(arch: &str, variant: Option<&str>) -> Platform {
+        Platform { os: "linux".into(), architecture: arch.into(), variant: variant.map(String::from) }
+    }
+
+    #[test]
+    fn annotations_select_their_platforms() {
+        let entry = |p: Option<Platform>, k: &str| (p, k.to_string(), "v".to_string());
+        let list = [
+            entry(None, "all"),
+            entry(Some(platform("arm64", Some("v8"))), "arm64"),
+            entry(Some(platform("arm", Some("v7"))), "armv7"),
+            entry(Some(platform("amd64", None)), "amd64"),
+        ];
+        let keys = |p: Platform| IndexAnnotations::of(&list, &p).into_keys().collect::<Vec<_>>();
+        assert_eq!(keys(platform("arm64", None)), ["all", "arm64"]);
+        assert_eq!(keys(platform("arm64", Some("v8"))), ["all", "arm64"]);
+        assert_eq!(keys(platform("arm", Some("v6"))), ["all"]);
+        assert_eq!(keys(platform("arm", Some("v7"))), ["all", "armv7"]);
+        assert_eq!(keys(platform("amd64", Some("v3"))), ["all", "amd64"]);
+    }
 }

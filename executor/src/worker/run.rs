@@ -77,7 +77,11 @@ impl LocalWorker {
             let result = result.map_err(|source| ExecError::Run { command: op.args.join(" "), source })?;
             self.check_cancelled()?;
             if result.exit_code != 0 {
-                return Err(ExecError::Exit { command: op.args.join(" "), code: result.exit_code, tail: result.tail });
+                let mut tail = result.tail;
+                if let (Emulation::Inject(emulator), Some(platform)) = (&emulation, &op.platform) {
+                    tail.extend(crate::emulation::child_exec_hint(&tail, emulator, platform));
+                }
+                return Err(ExecError::Exit { command: op.args.join(" "), code: result.exit_code, tail });
             }
             Ok(())
         })
