@@ -337,6 +337,16 @@ fn copy_with_libs(program: &Path, root: &Path) {
     }
 }
 
+/// A workspace with the base image in store `s`, and the `--secret` value of a secret `s` holding "x".
+fn base_and_secret() -> (Workspace, String) {
+    let ws = Workspace::new();
+    ws.build_base("s", "base");
+    let secret = ws.path("s.txt");
+    std::fs::write(&secret, "x").expect("write");
+    let secret_arg = format!("id=s,src={}", secret.display());
+    (ws, secret_arg)
+}
+
 /// BuildKit 0.13 removes the target of every RUN --mount it had to create, and the parents it created for it, once
 /// the step is over (checked with `docker build -o type=tar` for each type below); so does rbuild, every time: the
 /// loop would catch a stub that survives only sometimes (a differential flake of `run-mount-cache` raised that
@@ -346,11 +356,7 @@ fn created_mount_targets_leave_no_trace_for_any_mount_type() {
     if !require(&["runc", "busybox"]) {
         return;
     }
-    let ws = Workspace::new();
-    ws.build_base("s", "base");
-    let secret = ws.path("s.txt");
-    std::fs::write(&secret, "x").expect("write");
-    let secret_arg = format!("id=s,src={}", secret.display());
+    let (ws, secret_arg) = base_and_secret();
     let socket = ws.path("agent.sock");
     let _requests = tiny_agent(&socket);
     let ssh_arg = format!("default={}", socket.display());
@@ -462,11 +468,7 @@ fn nothing_is_left_after_builds_that_pass_fail_or_are_interrupted() {
     if !require(&["runc", "busybox"]) {
         return;
     }
-    let ws = Workspace::new();
-    ws.build_base("s", "base");
-    let secret = ws.path("s.txt");
-    std::fs::write(&secret, "x").expect("write");
-    let secret_arg = format!("id=s,src={}", secret.display());
+    let (ws, secret_arg) = base_and_secret();
     // Every mount type that needs host-side work: an overlay view (bind from a multi-layer stage), a locked cache,
     // a tmpfs, a secret (its own tmpfs).
     let mounts = "--mount=type=bind,from=side,target=/side --mount=type=cache,target=/c,sharing=locked \
