@@ -11,8 +11,16 @@ use std::time::{Duration, Instant};
 
 /// The ids of the containers in the store's runc state directory.
 fn containers(store: &Path) -> Vec<String> {
-    let out = Command::new("runc").arg("--root").arg(store.join("runc")).args(["list", "-q"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+    // Each runtime keeps its state in its own directory of the store; `auto` may have chosen either.
+    let mut ids = Vec::new();
+    for runtime in ["runc", "crun"] {
+        if !store.join(runtime).is_dir() {
+            continue;
+        }
+        let out = Command::new(runtime).arg("--root").arg(store.join(runtime)).args(["list", "-q"]).output().unwrap();
+        ids.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()));
+    }
+    ids
 }
 
 /// `rbuild build CTX` into the workspace's store, running in the background, its output discarded.
