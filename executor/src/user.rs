@@ -131,16 +131,8 @@ pub fn resolve_user_from(user: &str, passwd: &[PasswdEntry], groups: &[GroupEntr
 
 /// Parses `/etc/passwd` text; malformed lines (bad ids, too few fields) are skipped, as libc would.
 pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() < 4 {
-                return None;
-            }
+    records(text, 4)
+        .filter_map(|fields| {
             Some(PasswdEntry {
                 name: fields[0].to_string(),
                 uid: fields[2].parse().ok()?,
@@ -153,16 +145,8 @@ pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
 
 /// Parses `/etc/group` text; malformed lines are skipped.
 pub fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() < 3 {
-                return None;
-            }
+    records(text, 3)
+        .filter_map(|fields| {
             let members = fields
                 .get(3)
                 .map(|list| list.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect())
@@ -170,6 +154,16 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
             Some(GroupEntry { name: fields[0].to_string(), gid: fields[2].parse().ok()?, members })
         })
         .collect()
+}
+
+/// The colon-separated fields of each line of a passwd or group file with at least `min_fields` of them; blank
+/// lines and comments are skipped.
+fn records(text: &str, min_fields: usize) -> impl Iterator<Item = Vec<&str>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| line.split(':').collect::<Vec<&str>>())
+        .filter(move |fields| fields.len() >= min_fields)
 }
 
 /// A decimal id. Docker would also parse a sign and then reject negative ids; here they are names, unknown ones.

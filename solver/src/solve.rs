@@ -393,7 +393,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
                         let _ = ctx.cache.put(k, &record.output);
                     }
                     ctx.progress.event(Event::Cached { vertex: v, name: vertex.name.clone() });
-                    warn_unreadable(ctx.progress.as_ref(), v, unreadable);
+                    warn_unreadable(ctx.progress.as_ref(), v, unreadable, FOUND_UNDER_ANOTHER_KEY);
                     let content_name = content_name(&record.output);
                     // The record of its last run, if that made this very key (kept only for an export).
                     let kept = match (&source_identity, &identity) {
@@ -435,7 +435,7 @@ async fn run_vertex_inner(ctx: Arc<Ctx>, v: VertexId, inputs: Vec<VertexFuture>)
             let is_exec = matches!(vertex.op, Op::Exec(_));
             let _slot = if is_exec { ctx.run_slots.acquire().await.ok() } else { None };
             ctx.progress.event(Event::Started { vertex: v, name: vertex.name.clone() });
-            warn_unreadable(ctx.progress.as_ref(), v, unreadable);
+            warn_unreadable(ctx.progress.as_ref(), v, unreadable, RUNS_AGAIN);
             if let Some(reasons) = reasons {
                 ctx.progress.event(Event::Explained { vertex: v, reasons });
             }
@@ -555,10 +555,15 @@ fn lookup(cache: &dyn CacheStore, key: &Digest, unreadable: &mut Vec<String>) ->
     })
 }
 
-/// Reports the cache entries [`lookup`] could not read for step `v`.
-fn warn_unreadable(progress: &dyn Progress, v: VertexId, unreadable: Vec<String>) {
+/// What happens to an unreadable entry of a step that still hit under another of its keys (which then rewrites it).
+const FOUND_UNDER_ANOTHER_KEY: &str = "the step's result was found under another of its keys, which replaces it";
+/// What happens to an unreadable entry of a step that missed.
+const RUNS_AGAIN: &str = "the step runs again and replaces it";
+
+/// Reports the cache entries [`lookup`] could not read for step `v`, and what becomes of them (`outcome`).
+fn warn_unreadable(progress: &dyn Progress, v: VertexId, unreadable: Vec<String>, outcome: &str) {
     for text in unreadable {
-        progress.event(Event::Warning { vertex: v, message: format!("{text}; the step runs again and replaces it") });
+        progress.event(Event::Warning { vertex: v, message: format!("{text}; {outcome}") });
     }
 }
 
