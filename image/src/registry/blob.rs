@@ -12,10 +12,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Size of the pieces a layer file is read in while it uploads. oci-client sends each piece as one `PATCH` of the
-/// upload session, up to its own 4 MiB bound: 1 MiB pieces made a 200 MB push 200 round trips, 4 MiB ones make it
-/// 50 (one piece in memory per upload at a time, three uploads at once).
-const UPLOAD_CHUNK: usize = 4 * 1024 * 1024;
+/// Size of the pieces a layer file is read in while it streams as one upload body.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
 /// Layers uploaded at the same time.
 pub(super) const PARALLEL_UPLOADS: usize = 3;
 
