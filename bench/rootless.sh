@@ -7,9 +7,10 @@
 #   noop      the same build rebuilt unchanged
 #   bigcopy   COPY data/ /data/ of 20,000 files (200 MB), --no-cache
 # Everything builds FROM the busybox base (testdata/busybox-base), built by rbuild, pushed to a throwaway local
-# registry and pulled by each tool before anything is timed. Each number is the median of REPS runs.
+# registry and pulled by each tool before anything is timed. Each number is the median of REPS runs; the tools take
+# turns rep by rep, and each run is timed inside a shell of its user's (see run_reps).
 # Target: rootless rbuild within 1.3x of root rbuild on every case.
-# Env: BENCH_DIR (default /var/tmp/rbuild-bench-rootless), REPS (default 3), BENCH_USER (default rbuild-rootless,
+# Env: BENCH_DIR (default /var/tmp/rbuild-bench-rootless), REPS (default 5), BENCH_USER (default rbuild-rootless,
 #      made with a subordinate range if missing), SKIP_BUILDAH=1, SNAPSHOTTER (rootless rbuild's, default auto),
 #      RBUILD_BIN (time this rbuild binary instead of building a release one), BUILDAH_RUNTIME (default runc:
 #      Debian's crun refuses hybrid cgroup hosts), BUILDAH_DRIVER (buildah's storage driver, default overlay: the
@@ -22,7 +23,7 @@ source "$(dirname "$0")/contexts.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 work=${BENCH_DIR:-/var/tmp/rbuild-bench-rootless}
-reps=${REPS:-3}
+reps=${REPS:-5}
 user=${BENCH_USER:-rbuild-rootless}
 snapshotter=${SNAPSHOTTER:-auto}
 [ "$(id -u)" = 0 ] || { echo "bench/rootless.sh must run as root (it makes the unprivileged user)" >&2; exit 1; }
@@ -79,39 +80,63 @@ big_data "$big/data"
 printf 'FROM %s\nCOPY data/ /data/\n' "$base" >"$big/Dockerfile"
 chmod -R a+rX "$ten" "$big"
 
-build() {
+# The command that builds context $2 with tool $1 (extra build flags after), in the array `cmd`.
+command_for() {
   local tool=$1 ctx=$2; shift 2
-  local out=$work/last-$tool.log
   case $tool in
-    root) "$RBUILD" --root "$work/store-root" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
-    rootless) as_user "$RBUILD" --root "$work/user/store" --snapshotter "$snapshotter" build -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
-    buildah) as_user buildah "${buildah_storage[@]}" bud --runtime "${BUILDAH_RUNTIME:-runc}" --layers --network host --tls-verify=false -q -t "bench/$(basename "$ctx")" "$@" "$ctx" ;;
-  esac >"$out" 2>&1 || { log "$tool build of $ctx failed:"; tail -30 "$out" >&2; exit 1; }
+    root) cmd=("$RBUILD" --root "$work/store-root" build -t "bench/$(basename "$ctx")" "$@" "$ctx") ;;
+    rootless) cmd=("$RBUILD" --root "$work/user/store" --snapshotter "$snapshotter" build -t "bench/$(basename "$ctx")" "$@" "$ctx") ;;
+    buildah) cmd=(buildah "${buildah_storage[@]}" bud --runtime "${BUILDAH_RUNTIME:-runc}" --layers --network host --tls-verify=false -q -t "bench/$(basename "$ctx")" "$@" "$ctx") ;;
+  esac
 }
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# Runs the command REPS times (as the tool's user), printing each run's milliseconds. The unprivileged tools are
+# timed inside one shell of the user's, as root rbuild is timed inside root's: starting that shell (setpriv reads
+# the group database, ~6 ms here) is not part of any tool's time.
+# shellcheck disable=SC2016
+reps_loop='n=$1; log=$2; shift 2
+for _ in $(seq 1 "$n"); do
+  sync
+  t0=$(date +%s%N)
+  "$@" >"$log" 2>&1 || { echo failed; exit 1; }
+  echo $(( ($(date +%s%N) - t0) / 1000000 ))
+done'
+run_reps() {
+  local tool=$1 n=$2 ctx=$3; shift 3
+  local cmd out=$work/xdg-run/last-$tool.log
+  command_for "$tool" "$ctx" "$@"
+  local times
+  if [ "$tool" = root ]; then
+    times=$(bash -c "$reps_loop" _ "$n" "$out" "${cmd[@]}")
+  else
+    times=$(as_user bash -c "$reps_loop" _ "$n" "$out" "${cmd[@]}")
+  fi
+  if [[ $times == *failed* ]]; then log "$tool build of $ctx failed:"; tail -30 "$out" >&2; exit 1; fi
+  echo "$times"
+}
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-declare -A result
-timed() {
-  local case=$1 tool=$2 ctx=$3; shift 3
-  local times=()
-  for _ in $(seq 1 "$reps"); do
-    sync
-    local t0; t0=$(now_ms)
-    build "$tool" "$ctx" "$@"
-    times+=($(( $(now_ms) - t0 )))
-  done
-  result[$case,$tool]=$(printf '%s\n' "${times[@]}" | median)
-  log "   $case $tool: ${times[*]} ms"
-}
-
+declare -A result times
 tools=(root rootless)
 [ $have_buildah = 0 ] || tools+=(buildah)
 for tool in "${tools[@]}"; do
-  log "== $tool"
-  build "$tool" "$ten"  # warm-up: fills the cache
-  timed cold "$tool" "$ten" --no-cache
-  timed noop "$tool" "$ten"
-  timed bigcopy "$tool" "$big" --no-cache
+  run_reps "$tool" 1 "$ten" >/dev/null  # warm-up: fills the cache
+done
+# Rep by rep, each tool in turn, so a slow spell of the machine hits every tool alike.
+for case in cold noop bigcopy; do
+  log "== $case"
+  for _ in $(seq 1 "$reps"); do
+    for tool in "${tools[@]}"; do
+      case $case in
+        cold) ms=$(run_reps "$tool" 1 "$ten" --no-cache) ;;
+        noop) ms=$(run_reps "$tool" 1 "$ten") ;;
+        bigcopy) ms=$(run_reps "$tool" 1 "$big" --no-cache) ;;
+      esac
+      times[$case,$tool]+="$ms "
+    done
+  done
+  for tool in "${tools[@]}"; do
+    result[$case,$tool]=$(tr ' ' '\n' <<<"${times[$case,$tool]}" | grep . | median)
+    log "   $case $tool: ${times[$case,$tool]}ms"
+  done
 done
 
 log "rootless rbuild snapshotter: $(as_user "$RBUILD" --root "$work/user/store" --snapshotter "$snapshotter" info | grep '^snapshotter')"

@@ -274,6 +274,7 @@ fn remove_path(p: &Path) -> Result<(), GcError> {
 
 /// Removes cache entries as `opts` says, then everything no tag and no remaining entry needs.
 pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, GcError> {
+    rbuild_types::ids::wait();
     if !store.is_exclusive() {
         return Err(GcError::NotExclusive);
     }

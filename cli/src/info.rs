@@ -3,7 +3,7 @@
 use crate::rootless::Mode;
 use crate::{Env, open_store};
 use anyhow::Result;
-use rbuild_executor::userns::{self, ChildInfo};
+use rbuild_executor::userns::{self, Mapping};
 use std::process::ExitCode;
 
 /// `rbuild info`: what a build here would use.
@@ -21,7 +21,7 @@ pub fn info(env: &Env, mode: &Mode) -> Result<ExitCode> {
     println!("cgroup limits: {}", if limits { "applied" } else { "not available (no delegated cgroup v2 subtree)" });
     match mode {
         Mode::Root => println!("rootless: no (root)"),
-        Mode::UserNamespace(Some(ChildInfo { host_uid, ranges, .. })) => {
+        Mode::UserNamespace(Some(Mapping { host_uid, ranges, .. })) => {
             println!("rootless: yes (uid {host_uid}, {})", if *ranges { "subordinate ranges" } else { "single id" });
         }
         Mode::UserNamespace(None) => println!("rootless: yes (started in a user namespace)"),

@@ -160,7 +160,8 @@ fn main() -> ExitCode {
         Cmd::Login(_) | Cmd::Logout { .. } | Cmd::Debug { .. } | Cmd::Version | Cmd::Completion { .. }
     );
     let store = store_root(&cli, rbuild_executor::userns::effective_uid() != 0).ok();
-    let mode = match rootless::start(needs_namespace, store.as_deref()) {
+    let lazy = matches!(cli.command, Cmd::Build(_));
+    let mode = match rootless::start(needs_namespace, lazy, store.as_deref()) {
         Ok(mode) => mode,
         Err(code) => return code,
     };

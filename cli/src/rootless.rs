@@ -1,8 +1,8 @@
-//! Rootless start-up: an ordinary user's rbuild re-executes itself as root of a user namespace (see
-//! [`rbuild_executor::userns`]) before anything else runs, and the re-executed child marks the process as
-//! rootless (overlay metadata in `user.overlay.*`).
+//! Rootless start-up: an ordinary user's rbuild becomes root of a user namespace of its own (see
+//! [`rbuild_executor::userns`]) before anything else runs, and marks the process as rootless (overlay metadata in
+//! `user.overlay.*`).
 
-use rbuild_executor::userns::{self, ChildInfo, Plan};
+use rbuild_executor::userns::{self, Mapping, Plan};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -12,7 +12,7 @@ pub enum Mode {
     /// Real root in the initial user namespace.
     Root,
     /// Root of a user namespace: rbuild's own (with how it was mapped) or one it was started in (a container).
-    UserNamespace(Option<ChildInfo>),
+    UserNamespace(Option<Mapping>),
 }
 
 impl Mode {
@@ -21,19 +21,12 @@ impl Mode {
     }
 }
 
-/// A non-root parent returns the exit code of its re-executed child;
-/// everything else goes on as `Mode`. `needs_namespace` is false for commands that touch no store (login, debug).
-/// `store` is where the store would be for this user: containers a killed rootless build left running there are
+/// Enters rbuild's own user namespace when run by an ordinary user (an error is reported and returned as the
+/// exit code); everything else goes on as `Mode`. `needs_namespace` is false for commands that touch no store
+/// (login, debug). With `lazy`, the wait for the id maps is left to the first work that needs them
+/// ([`rbuild_types::ids::wait`]); a build reads its Dockerfile and the store meanwhile. `store` is where the store would be for this user: containers a killed rootless build left running there are
 /// stopped before the build starts (see [`userns::kill_orphaned_containers`]).
-pub fn start(needs_namespace: bool, store: Option<&Path>) -> Result<Mode, ExitCode> {
-    if let Some(info) = ChildInfo::from_env() {
-        if let Err(e) = userns::child_setup() {
-            eprintln!("error: setting up rbuild's user namespace: {e}");
-            return Err(ExitCode::from(1));
-        }
-        rbuild_cache::overlay_xattr::set_user_namespace(true);
-        return Ok(Mode::UserNamespace(Some(info)));
-    }
+pub fn start(needs_namespace: bool, lazy: bool, store: Option<&Path>) -> Result<Mode, ExitCode> {
     if userns::effective_uid() == 0 {
         if userns::in_user_namespace() {
             rbuild_cache::overlay_xattr::set_user_namespace(true);
@@ -58,14 +51,18 @@ pub fn start(needs_namespace: bool, store: Option<&Path>) -> Result<Mode, ExitCo
             userns::subid_hint(&plan.user)
         );
     }
-    match userns::reexec(&plan) {
-        Ok(code) => Err(ExitCode::from(u8::try_from(code).unwrap_or(1))),
-        Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::from(e));
-            if !plan.has_ranges() {
-                eprintln!("hint: {}", userns::subid_hint(&plan.user));
-            }
-            Err(ExitCode::from(1))
-        }
+    let hint = (!plan.has_ranges()).then(|| format!("\nhint: {}", userns::subid_hint(&plan.user)));
+    let failed =
+        move |e: userns::UsernsError| format!("{:#}{}", anyhow::Error::from(e), hint.as_deref().unwrap_or_default());
+    let pending = userns::enter(&plan).map_err(|e| {
+        eprintln!("error: {}", failed(e));
+        ExitCode::from(1)
+    })?;
+    rbuild_cache::overlay_xattr::set_user_namespace(true);
+    let mapping = pending.mapping().clone();
+    rbuild_types::ids::defer(Box::new(move || pending.finish().map_err(failed)));
+    if !lazy {
+        rbuild_types::ids::wait();
     }
+    Ok(Mode::UserNamespace(Some(mapping)))
 }

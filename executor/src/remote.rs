@@ -122,6 +122,8 @@ fn check_git_remote(remote: &str) -> Result<(), RemoteError> {
 }
 
 fn run(program: &'static str, args: &[&str], what: &str) -> Result<(), RemoteError> {
+    // The program sees the ids of the namespace (git compares a repository's owner with its own).
+    rbuild_types::ids::wait();
     let out = Command::new(program).args(args).stdin(Stdio::null()).output().map_err(|source| RemoteError::Spawn {
         program,
         what: what.to_string(),

@@ -83,6 +83,8 @@ pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Er
 /// The snapshotter of the store at `root`: `requested` if given (checked to work), else the recorded one, else the
 /// first that works here, recorded. `scratch` is an empty directory of the store to probe in.
 pub fn choose(root: &Path, scratch: &Path, requested: Option<Snapshotter>) -> Result<Snapshotter, SnapshotError> {
+    // Probes mount and chown.
+    rbuild_types::ids::wait();
     if let Some(kind) = requested {
         probe(kind, scratch).map_err(|why| SnapshotError::Unavailable { name: kind.name(), why })?;
         return Ok(kind);
@@ -113,6 +115,7 @@ pub fn choose(root: &Path, scratch: &Path, requested: Option<Snapshotter>) -> Re
 
 /// Checks that `kind` can mount and write here, in the empty directory `scratch`.
 pub fn probe(kind: Snapshotter, scratch: &Path) -> Result<(), String> {
+    rbuild_types::ids::wait();
     let dir = scratch.join(format!("probe-{}", kind.name()));
     let (lower, upper, work, merged) = (dir.join("lower"), dir.join("upper"), dir.join("work"), dir.join("merged"));
     let result = (|| {

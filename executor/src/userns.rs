@@ -1,31 +1,26 @@
 //! Rootless: how an ordinary user's rbuild becomes root of a user namespace of its own.
 //!
-//! rbuild re-executes itself (`/proc/self/exe`, same arguments) in a new user and mount namespace, before any
-//! other thread exists in the child. The child's uid and gid 0 map to the user's own ids and ids 1..=N to the
-//! user's subordinate range of `/etc/subuid` and `/etc/subgid`, written by the setuid `newuidmap`/`newgidmap`
-//! of Debian's `uidmap` (the same as podman, buildah and rootlesskit do). Inside, the whole pipeline runs as it
-//! does as root: chown to any mapped id works, so a file a Dockerfile gives to 1000:1000 is 1000:1000 in the
-//! layer, whatever host ids back it.
+//! First thing in `main`, while it has one thread, rbuild `unshare`s a new user and mount namespace ([`enter`]).
+//! Its uid and gid 0 map to the user's own ids and ids 1..=N to the user's subordinate range of `/etc/subuid` and
+//! `/etc/subgid`, written by the setuid `newuidmap`/`newgidmap` of Debian's `uidmap` (the same as podman, buildah
+//! and rootlesskit do), which a helper forked just before the `unshare` runs from outside. Inside, the whole
+//! pipeline runs as it does as root: chown to any mapped id works, so a file a Dockerfile gives to 1000:1000 is
+//! 1000:1000 in the layer, whatever host ids back it.
 //!
-//! Without a subordinate range the child gets a single mapping (0 to the user's own id), which builds what
-//! never changes an owner; anything else fails with a message naming the line to add to `/etc/subuid`.
+//! Without a subordinate range the mapping is single (0 to the user's own id), which builds what never changes an
+//! owner; anything else fails with a message naming the line to add to `/etc/subuid`.
 //!
-//! The mapping is written while the child waits in `pre_exec` (between fork and exec), so that its `exec` of
-//! rbuild already runs as uid 0 of the namespace and keeps the namespace's capabilities. `Command::spawn` waits for
-//! that exec, so a helper thread of the parent does the mapping. The child dies with the parent (`PR_SET_PDEATHSIG`),
-//! and its mounts with its mount namespace. The parent only waits, forwards SIGTERM and SIGHUP, and exits with the
-//! child's code. (Not done: a pid namespace that would take runc's containers down with a killed rbuild; a
-//! process that `unshare`s `CLONE_NEWPID` can no longer start threads, so it needs an extra fork.)
+//! The process stays the one the user started (no re-execution: that cost a rootless command about 3 ms of its
+//! 8 ms of fixed cost), so signals reach it directly, and its mounts go away with its mount namespace. A build
+//! does not wait for the maps until it needs them ([`rbuild_types::ids`]): the helpers' ~4 ms overlap its reading
+//! of the Dockerfile and the store. (Not done:
+//! a pid namespace that would take runc's containers down with a killed rbuild; a process that `unshare`s
+//! `CLONE_NEWPID` can no longer start threads, so it needs an extra fork.)
 
-use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
-
-/// Set in the re-executed child: `HOSTUID:HOSTGID:MAPPING`, where MAPPING is `ranges` or `single`.
-pub const CHILD_ENV: &str = "_RBUILD_USERNS";
 
 /// A range of subordinate ids: `count` ids from `start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,32 +45,22 @@ pub enum UsernsError {
         #[source]
         source: io::Error,
     },
-    #[error("waiting for rbuild in its user namespace")]
-    Wait {
+    #[error("entering a user namespace needs a single-threaded process (a bug in rbuild's start-up)")]
+    Threaded,
+    #[error("setting up rbuild's user namespace")]
+    Setup {
         #[source]
         source: io::Error,
     },
 }
 
-/// How the child was mapped, as recorded in [`CHILD_ENV`].
+/// How [`enter`] mapped this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildInfo {
+pub struct Mapping {
     pub host_uid: u32,
     pub host_gid: u32,
     /// True with subordinate ranges, false with the single-id fallback.
     pub ranges: bool,
-}
-
-impl ChildInfo {
-    /// This process's mapping, if it is a re-executed rootless child.
-    pub fn from_env() -> Option<ChildInfo> {
-        let v = std::env::var(CHILD_ENV).ok()?;
-        let mut parts = v.split(':');
-        let host_uid = parts.next()?.parse().ok()?;
-        let host_gid = parts.next()?.parse().ok()?;
-        let ranges = parts.next()? == "ranges";
-        Some(ChildInfo { host_uid, host_gid, ranges })
-    }
 }
 
 /// The ranges `/etc/subuid`-format `text` gives the user named `name` with id `id` (lines `NAME:START:COUNT` or
@@ -140,7 +125,7 @@ pub fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| uid.to_string())
 }
 
-/// What [`reexec`] will map, read from `/etc/subuid` and `/etc/subgid`.
+/// What [`enter`] will map, read from `/etc/subuid` and `/etc/subgid`.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub uid: u32,
@@ -172,84 +157,114 @@ impl Plan {
     }
 }
 
-/// Runs this program again, with the same arguments, as root of a new user, mount and pid namespace, and waits for
-/// it. Returns its exit code (128 + signal when it was killed).
-pub fn reexec(plan: &Plan) -> Result<i32, UsernsError> {
-    let ranges = plan.has_ranges();
-    if ranges {
+/// Makes this process root of a new user and mount namespace: forks a helper that stays outside (only a process
+/// there may run the setuid `newuidmap`/`newgidmap` on it) and `unshare`s. The helper writes the maps meanwhile;
+/// [`Pending::finish`] waits for it. Must run before the process has a second thread (`unshare(CLONE_NEWUSER)`
+/// refuses otherwise); threads started after it are in the namespace too.
+pub fn enter(plan: &Plan) -> Result<Pending, UsernsError> {
+    if plan.has_ranges() {
         for tool in ["newuidmap", "newgidmap"] {
             if crate::runtime::find_executable(tool).is_err() {
                 return Err(UsernsError::ToolMissing { tool });
             }
         }
     }
-    let (pid_r, pid_w) = pipe()?;
-    let (go_r, go_w) = pipe()?;
-    let helper_plan = plan.clone();
-    let helper = std::thread::spawn(move || map_child(pid_r, go_w, &helper_plan));
-
-    let mut args = std::env::args_os();
-    let arg0 = args.next().unwrap_or_else(|| OsString::from("rbuild"));
-    let mut command = Command::new("/proc/self/exe");
-    command
-        .arg0(arg0)
-        .args(args)
-        .env(CHILD_ENV, format!("{}:{}:{}", plan.uid, plan.gid, if ranges { "ranges" } else { "single" }));
-    let (pid_wfd, go_rfd) = (pid_w.as_raw_fd(), go_r.as_raw_fd());
-    // SAFETY: the closure only makes async-signal-safe system calls (prctl, unshare, getpid, write, read).
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                || libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            let pid = libc::getpid().to_ne_bytes();
-            if libc::write(pid_wfd, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
-                return Err(io::Error::last_os_error());
-            }
-            let mut ok = [1u8];
-            if libc::read(go_rfd, ok.as_mut_ptr().cast(), 1) != 1 || ok[0] != 0 {
-                return Err(io::Error::from_raw_os_error(libc::EPERM));
-            }
-            // Mapped: uid and gid 0 now. Drop the host's supplementary groups (unmapped ids inside).
-            if ranges && libc::setgroups(0, std::ptr::null()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    if thread_count() != Some(1) {
+        return Err(UsernsError::Threaded);
     }
-    // The parent: Ctrl-C reaches the child from the terminal (same process group); SIGTERM and SIGHUP sent to
-    // this process are passed on.
-    ignore_interactive_signals();
-    let spawned = command.spawn();
-    drop(pid_w);
-    drop(go_r);
-    let mapped = helper.join().unwrap_or_else(|_| Err("the mapping thread panicked".to_string()));
-    let mut child = match (spawned, mapped) {
-        (Ok(child), _) => child,
-        (Err(_), Err(message)) => return Err(UsernsError::Map { message }),
-        (Err(source), Ok(())) => return Err(UsernsError::Spawn { source }),
+    let (go_r, go_w) = pipe()?;
+    let (done_r, done_w) = pipe()?;
+    let target = nix::unistd::getpid();
+    // SAFETY: the process is single-threaded (checked above), so the child may allocate, spawn and exit freely.
+    let helper = match unsafe { nix::unistd::fork() } {
+        Err(e) => return Err(UsernsError::Spawn { source: e.into() }),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop((go_w, done_r));
+            // SAFETY: prctl and _exit have no memory-safety preconditions.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::_exit(map_for(go_r, done_w, target.as_raw(), plan))
+            }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
     };
-    forward_signals_to(child.id());
-    let status = child.wait().map_err(|source| UsernsError::Wait { source })?;
-    Ok(status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1))
+    drop((go_r, done_w));
+    let mut go = std::fs::File::from(go_w);
+    // SAFETY: unshare has no memory-safety preconditions.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
+        let source = io::Error::last_os_error();
+        // Without the go byte the helper sees end-of-file and exits.
+        drop(go);
+        let _ = nix::sys::wait::waitpid(helper, None);
+        return Err(UsernsError::Spawn { source });
+    }
+    let _ = go.write_all(&[0]);
+    let mapping = Mapping { host_uid: plan.uid, host_gid: plan.gid, ranges: plan.has_ranges() };
+    Ok(Pending { helper, done: done_r, mapping })
+}
+
+/// A namespace [`enter`]ed whose maps the helper is still writing.
+#[derive(Debug)]
+pub struct Pending {
+    helper: nix::unistd::Pid,
+    done: OwnedFd,
+    mapping: Mapping,
+}
+
+impl Pending {
+    /// What the maps will be.
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// Waits for the helper, then drops the host's supplementary groups (unmapped ids inside) and makes every
+    /// mount private to this namespace, so nothing rbuild mounts propagates anywhere and everything it mounts goes
+    /// away with it.
+    pub fn finish(self) -> Result<(), UsernsError> {
+        let mut message = String::new();
+        let read = std::fs::File::from(self.done).read_to_string(&mut message);
+        let _ = nix::sys::wait::waitpid(self.helper, None);
+        if let Err(e) = read {
+            message = format!("the mapping helper failed: {e}");
+        }
+        if !message.is_empty() {
+            return Err(UsernsError::Map { message });
+        }
+        // SAFETY: setgroups with an empty list reads no memory (glibc applies it to every thread).
+        if self.mapping.ranges && unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+            return Err(UsernsError::Setup { source: io::Error::last_os_error() });
+        }
+        use nix::mount::MsFlags;
+        nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(|e| UsernsError::Setup { source: e.into() })
+    }
+}
+
+/// The number of threads of this process (`/proc/self/stat` field 20).
+fn thread_count() -> Option<u64> {
+    stat_field("self", 20)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), UsernsError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| UsernsError::Spawn { source: e.into() })
 }
 
-/// The helper thread: reads the child's pid, writes its maps, and tells it to go on (0) or give up (1).
-fn map_child(pid_r: OwnedFd, go_w: OwnedFd, plan: &Plan) -> Result<(), String> {
-    let mut pid = [0u8; 4];
-    let mut reader = std::fs::File::from(pid_r);
-    reader.read_exact(&mut pid).map_err(|e| format!("the child did not start: {e}"))?;
-    let pid = i32::from_ne_bytes(pid);
-    let result = if plan.has_ranges() { map_ranges(pid, plan) } else { map_single(pid, plan) };
-    let mut go = std::fs::File::from(go_w);
-    let _ = go.write_all(&[u8::from(result.is_err())]);
-    result
+/// The forked helper: waits until `target` has unshared, writes its maps, and reports what failed (nothing when
+/// all went well) on `done`. Returns its exit code.
+fn map_for(go: OwnedFd, done: OwnedFd, target: i32, plan: &Plan) -> i32 {
+    let mut byte = [0u8; 1];
+    if std::fs::File::from(go).read_exact(&mut byte).is_err() {
+        return 1;
+    }
+    let result = if plan.has_ranges() { map_ranges(target, plan) } else { map_single(target, plan) };
+    let mut done = std::fs::File::from(done);
+    match result {
+        Ok(()) => 0,
+        Err(message) => {
+            let _ = done.write_all(message.as_bytes());
+            1
+        }
+    }
 }
 
 /// Runs `newuidmap` and `newgidmap` side by side (each is a setuid program that takes a few milliseconds to start,
@@ -289,42 +304,7 @@ fn map_single(pid: i32, plan: &Plan) -> Result<(), String> {
     write("gid_map", format!("0 {} 1\n", plan.gid))
 }
 
-static CHILD_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-extern "C" fn forward(signal: libc::c_int) {
-    let pid = CHILD_PID.load(std::sync::atomic::Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: kill is async-signal-safe.
-        unsafe { libc::kill(pid, signal) };
-    }
-}
-
-fn ignore_interactive_signals() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    for s in [Signal::SIGINT, Signal::SIGQUIT] {
-        // SAFETY: SIG_IGN installs no code.
-        let _ = unsafe { signal(s, SigHandler::SigIgn) };
-    }
-}
-
-fn forward_signals_to(pid: u32) {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    CHILD_PID.store(pid as i32, std::sync::atomic::Ordering::SeqCst);
-    for s in [Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only reads an atomic and calls kill, both async-signal-safe.
-        let _ = unsafe { signal(s, SigHandler::Handler(forward)) };
-    }
-}
-
-/// In the re-executed child, first thing: makes every mount private to this namespace, so nothing rbuild mounts
-/// propagates anywhere and everything it mounts goes away with the namespace.
-pub fn child_setup() -> io::Result<()> {
-    use nix::mount::MsFlags;
-    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(io::Error::from)
-}
-
-/// Run by the unprivileged parent before it re-executes: kills the containers (in `runc_state`, runc's `--root`)
+/// Run by the unprivileged process before it enters its namespace: kills the containers (in `runc_state`, runc's `--root`)
 /// that a rootless rbuild killed with SIGKILL left running. The new rbuild, root of another user namespace, has no
 /// power over processes of the old one; this process has (their user namespace is owned by its uid). A container
 /// is an orphan when the rbuild named in its id (`rbuild-PID-...`) no longer runs in the container's user
@@ -359,10 +339,15 @@ pub fn kill_orphaned_containers(runc_state: &Path) -> Vec<String> {
 
 /// A process's start time in clock ticks since boot (`/proc/PID/stat` field 22), as runc records it.
 fn start_time(pid: i64) -> Option<u64> {
+    stat_field(&pid.to_string(), 22)
+}
+
+/// Numeric field `n` (from 1) of `/proc/PID/stat`, for a field after the command name.
+fn stat_field(pid: &str, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; fields after it start past the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -391,13 +376,5 @@ mod tests {
         assert!(start_time(me).is_some_and(|t| t > 0));
         assert_eq!(start_time(-1), None);
         assert!(kill_orphaned_containers(Path::new("/nonexistent")).is_empty());
-    }
-
-    #[test]
-    fn child_info_round_trips() {
-        // SAFETY: tests of this module do not read CHILD_ENV concurrently.
-        unsafe { std::env::set_var(CHILD_ENV, "1001:1002:ranges") };
-        assert_eq!(ChildInfo::from_env(), Some(ChildInfo { host_uid: 1001, host_gid: 1002, ranges: true }));
-        unsafe { std::env::remove_var(CHILD_ENV) };
     }
 }

@@ -76,6 +76,8 @@ pub struct LocalWorker {
 impl LocalWorker {
     /// `context` is the build context directory; `clamp_mtime` is `SOURCE_DATE_EPOCH`, if set.
     pub fn new(store: Arc<Store>, context: PathBuf, clamp_mtime: Option<i64>) -> Result<LocalWorker, ExecError> {
+        // Every op reads owners, chowns, mounts or runs runc.
+        rbuild_types::ids::wait();
         let runc_state = store.root().join("runc");
         let bundles =
             store.tmp_dir("bundles").map_err(|source| ExecError::WorkDir { what: "runtime bundles", source })?;

@@ -276,6 +276,8 @@ fn run_helper(
     let program = helper_program(helper);
     let spawn_err =
         |source| AuthError::HelperSpawn { program: program.clone(), action, registry: registry.into(), source };
+    // The helper sees the ids of the namespace (some compare a file's owner with their own).
+    rbuild_types::ids::wait();
     let mut command = Command::new(&program);
     if let Some(path) = path {
         command.env("PATH", path);

@@ -145,6 +145,7 @@ pub fn ensure_snapshot(store: &Store, diff_id: &Digest) -> Result<PathBuf, Rootf
         .into_iter()
         .find(|b| store.has_blob(&b.digest))
         .ok_or_else(|| RootfsError::MissingLayer { diff_id: diff_id.clone() })?;
+    rbuild_types::ids::wait();
     let dest = store.tmp_dir("extract")?;
     let blob_path = store.blob_path(&blob.digest);
     let file = fs::File::open(&blob_path).map_err(io_err("open", &blob_path))?;
@@ -161,6 +162,7 @@ pub fn ensure_snapshot(store: &Store, diff_id: &Digest) -> Result<PathBuf, Rootf
 
 /// Flattens the layers `diff_ids` (bottom first) into `dest`, which is created if missing.
 pub fn unpack(store: &Store, diff_ids: &[Digest], dest: &Path) -> Result<(), RootfsError> {
+    rbuild_types::ids::wait();
     fs::create_dir_all(dest).map_err(io_err("create", dest))?;
     for diff_id in diff_ids {
         let snapshot = ensure_snapshot(store, diff_id)?;

@@ -9,6 +9,7 @@ pub mod csv;
 pub mod digest;
 pub mod error;
 pub mod glob;
+pub mod ids;
 pub mod io;
 pub mod oci;
 pub mod path;

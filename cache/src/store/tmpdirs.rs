@@ -91,6 +91,11 @@ pub(super) fn collect_dead_tmp(tmp_root: &Path, reaper: Reaper) -> (Vec<PathBuf>
     }
     let mut dirs: Vec<PathBuf> = dead_locked.iter().map(|(p, _)| p.with_extension("")).collect();
     dirs.extend(dead_unlocked.iter().cloned());
+    if dirs.is_empty() {
+        return (found, Vec::new());
+    }
+    // Their files may belong to subordinate ids.
+    rbuild_types::ids::wait();
     let reaped = if dirs.is_empty() { Vec::new() } else { reaper(&dirs) };
     for (lock, _held) in &dead_locked {
         let dir = lock.with_extension("");
