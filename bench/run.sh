@@ -22,6 +22,10 @@
 # Tools are interleaved rep by rep (every tool's rep 1, then every tool's rep 2, ...), so a noisy minute on the shared
 # machine hits all of them. Every case runs REPS times (default 5); the table shows min and median per tool, the
 # ratio of rbuild's median to the best BuildKit's median, and rbuild's peak RSS in the case (/usr/bin/time -v).
+# Two cases are bounded by work no builder does faster, and also time that work alone as "floor" (rep by rep with the
+# tools): push, the registry taking the same layer blobs uploaded by curl (one monolithic PUT each, side by side);
+# app-edit, the RUN step's commands (compileall, the imports) run by chroot in the app image's root. The table then
+# adds "over floor": (rbuild - floor) / (best BuildKit - floor), the part of the time the builders control.
 # Every tool builds FROM the same busybox base (testdata/busybox-base, built by rbuild and pushed to a throwaway local
 # registry), pulled into each tool before anything is timed.
 # Env: BENCH_DIR (work dir, default /var/tmp/rbuild-bench), BENCH_CACHE (kept between runs: the Debian root of the
@@ -223,11 +227,34 @@ prepare() {
     bigcontext-cold) forget "$t" "$i" ;;
     pull) unpull_image "$t" ;;
     push) rm -rf "$work/pushreg/data" ;;
-    app-edit) sed -i "s/^GREETING = .*/GREETING = \"hello $t $i\"/" "$app/app/main.py" ;;
+    app-edit)
+      if [ "$t" = floor ]; then
+        sed -i "s/^GREETING = .*/GREETING = \"hello $t $i\"/" "$work/app-root/app/main.py"
+        rm -rf "$work/app-root/app/__pycache__"
+      else
+        sed -i "s/^GREETING = .*/GREETING = \"hello $t $i\"/" "$app/app/main.py"
+      fi ;;
   esac
+}
+# The floor of a case (see the header): the same work without a builder.
+floor() {
+  case $1 in
+    push)
+      for blob in "${floor_blobs[@]}"; do upload_blob "$pushreg" bench/push-floor "$blob" & done
+      wait ;;
+    app-edit) chroot "$work/app-root" /bin/sh -c "$app_run" ;;
+  esac
+}
+# upload_blob REGISTRY REPO FILE: one monolithic upload (POST, then PUT of the whole file) of a blob named by its file.
+upload_blob() {
+  local location
+  location=$(curl -sf -D - -o /dev/null -X POST "http://$1/v2/$2/blobs/uploads/" | tr -d '\r' | awk 'tolower($1) == "location:" {print $2}')
+  case $location in /*) location=http://$1$location ;; esac
+  curl -sf -o /dev/null -T "$3" -H 'Content-Type: application/octet-stream' "$location&digest=sha256:$(basename "$3")"
 }
 run() {
   local c=$1 t=$2
+  [ "$t" != floor ] || { floor "$c"; return; }
   case $c in
     noop | edit-one) build_retry "$t" "$ten" ;;
     cold) build_retry "$t" "$ten" --no-cache ;;
@@ -244,6 +271,7 @@ run() {
 # setup CASE TOOL: untimed, once per case and tool, before the first rep.
 setup() {
   local c=$1 t=$2
+  [ "$t" != floor ] || { setup_floor "$c"; return; }
   case $c in
     noop | edit-one | cold) build_retry "$t" "$ten" ;;
     bigcontext-warm) build_retry "$t" "$big" ;;
@@ -266,11 +294,31 @@ setup() {
   esac
 }
 
+# setup_floor CASE: after rbuild's setup of the case.
+setup_floor() {
+  case $1 in
+    push)
+      # The layer blobs rbuild pushes, named by the manifest it pushed once.
+      "$RBUILD" --root "$store" tag bench/ctx-push "$pushreg/bench/push-probe:latest" >/dev/null
+      "$RBUILD" --root "$store" push "$pushreg/bench/push-probe:latest" >/dev/null 2>&1
+      mapfile -t floor_blobs < <(skopeo inspect --tls-verify=false --raw "docker://$pushreg/bench/push-probe:latest" |
+        python3 -c 'import json, sys; [print(l["digest"].split(":")[1]) for l in json.load(sys.stdin)["layers"]]' |
+        sed "s|^|$store/blobs/sha256/|") ;;
+    app-edit)
+      rm -rf "$work/app-root"
+      "$RBUILD" --root "$store" build -q --secret "$ca_secret" --output "type=local,dest=$work/app-root" "$app" >/dev/null ;;
+  esac
+}
+floor_blobs=()
+app_run=$(sed -n 's/^RUN python3 /python3 /p' "$app/Dockerfile" 2>/dev/null || true)
+
 for c in $cases; do
   log "== $c"
-  for t in "${tools[@]}"; do { with_base "$t" && setup "$c" "$t"; } || [ "$t" != rbuild ] || exit 1; done
+  case_tools=("${tools[@]}")
+  case $c in push | app-edit) case_tools+=(floor) ;; esac
+  for t in "${case_tools[@]}"; do { with_base "$t" && setup "$c" "$t"; } || [ "$t" != rbuild ] || exit 1; done
   for i in $(seq 1 "$reps"); do
-    for t in "${tools[@]}"; do
+    for t in "${case_tools[@]}"; do
       [ "$t" != before ] || [[ " ${BEFORE_CASES:-$c} " == *" $c "* ]] || continue
       prepare "$c" "$t" "$i"
       sync
@@ -286,15 +334,15 @@ for c in $cases; do
       fi
     done
   done
-  for t in "${tools[@]}"; do log "   $c $t:${times[$c,$t]:-} ms"; done
+  for t in "${case_tools[@]}"; do log "   $c $t:${times[$c,$t]:-} ms"; done
 done
 
 stat_of() { # stat_of min|med LIST
   printf '%s\n' $2 | sort -n | awk -v w="$1" '{a[NR]=$1} END {print (w == "min") ? a[1] : a[int((NR+1)/2)]}'
 }
 printf '\n%-16s' case
-for t in "${tools[@]}"; do printf ' %17s' "$t min/med"; done
-printf ' %6s %7s %9s\n' ratio target "rbuild RSS"
+for t in "${tools[@]}" floor; do printf ' %17s' "$t min/med"; done
+printf ' %6s %7s %9s %s\n' ratio target "rbuild RSS" "(over floor)"
 status=0
 for c in $cases; do
   case $c in
@@ -302,7 +350,7 @@ for c in $cases; do
   esac
   printf '%-16s' "$c"
   best=""
-  for t in "${tools[@]}"; do
+  for t in "${tools[@]}" floor; do
     [ -n "${times[$c,$t]:-}" ] || { printf ' %17s' "-"; continue; }
     mn=$(stat_of min "${times[$c,$t]}") md=$(stat_of med "${times[$c,$t]}")
     printf ' %8s/%6sms' "$mn" "$md"
@@ -313,7 +361,12 @@ for c in $cases; do
   ok=$(awk -v x="$ratio" -v t="$target" 'BEGIN {print (x != "-" && x <= t) ? "ok" : "MISSED"}')
   mb=$(( ${rss[$c]:-0} / 1024 ))
   [ "$ok" = ok ] && [ "$mb" -le 150 ] || status=1
-  printf ' %6s %7s %7sMB %s\n' "$ratio" "≤$target" "$mb" "$ok"
+  over=""
+  if [ -n "${times[$c,floor]:-}" ] && [ -n "$best" ]; then
+    over=$(awk -v r="$r" -v b="$best" -v f="$(stat_of med "${times[$c,floor]}")" \
+      'BEGIN {if (b > f) printf "(over floor %.2f)", (r - f) / (b - f)}')
+  fi
+  printf ' %6s %7s %7sMB %s %s\n' "$ratio" "≤$target" "$mb" "$ok" "$over"
 done
 printf 'bench took %ss; ratio = rbuild median / best BuildKit median; RSS = rbuild peak over the reps\n' "$SECONDS"
 exit $status
