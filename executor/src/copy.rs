@@ -26,7 +26,7 @@
 //!   is copied as a file.
 
 use rbuild_cache::confined::Root;
-use rbuild_cache::contenthash::{self, ContentHashError, Selection};
+use rbuild_cache::contenthash::{self, ContentHashError, SelectedEntry, Selection};
 use rbuild_types::Digest;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -140,6 +140,8 @@ pub fn copy_from(
             let target = c.top_dir(&dest_rel, times_from)?;
             let mut dirs: HashMap<&Path, PathBuf> = HashMap::new();
             dirs.insert(Path::new(""), target);
+            // Plain files (one link, nothing to replace) are written side by side once their directories exist.
+            let mut plain: Vec<(&SelectedEntry, PathBuf)> = Vec::new();
             for e in &tree.entries[1..] {
                 let parent = e.rel.parent().unwrap_or(Path::new(""));
                 let (Some(pdir), Some(name)) = (dirs.get(parent), e.rel.file_name()) else {
@@ -154,10 +156,13 @@ pub fn copy_from(
                 if e.stat.is_dir() {
                     let real = c.dir_entry(e, &target)?;
                     dirs.insert(e.rel.as_path(), real);
+                } else if e.stat.is_file() && e.stat.nlink == 1 && copier::lstat_opt(&target)?.is_none() {
+                    plain.push((e, target));
                 } else {
                     c.non_dir_entry(e, &target)?;
                 }
             }
+            c.write_plain_files(&plain)?;
         } else if opts.extract_archives && top.stat.is_file() && is_archive(src, top)? {
             let dir = c.mkdir_all(&dest_rel)?;
             c.extract(top, &dir)?;

@@ -561,3 +561,70 @@ fn add_and_layers_share_one_extractor() {
         assert_eq!(std::mem::discriminant(a), std::mem::discriminant(l), "{what}: ADD {a:?}, layer {l:?}");
     }
 }
+
+/// A copy of many files writes them on several threads; the result is the same as copying them a few at a time
+/// (one thread): contents, modes, owners, times, hard links and symlinks.
+#[test]
+fn many_files_copy_on_several_threads_as_on_one() {
+    let f = fixture();
+    for d in 0..4 {
+        for i in 0..60 {
+            let rel = format!("tree/d{d}/f{i:02}");
+            write(&f.src, &rel, &rel, [0o600, 0o640, 0o755][i % 3]);
+            let t = filetime_of(1_600_000_000 + d * 1000 + i as i64);
+            set_mtime(&f.src.join(&rel), t);
+        }
+        symlink(format!("f0{d}"), f.src.join(format!("tree/d{d}/link"))).unwrap();
+    }
+    fs::hard_link(f.src.join("tree/d0/f01"), f.src.join("tree/d1/hard")).unwrap();
+    for opts in [
+        CopyOptions::default(),
+        CopyOptions { chown: Some((1000, 1001)), ..Default::default() },
+        CopyOptions { keep_owner: true, chmod: Some(0o700), ..Default::default() },
+    ] {
+        let _ = fs::remove_dir_all(&f.dst);
+        fs::create_dir_all(&f.dst).unwrap();
+        // 242 files: side by side. Each directory alone (61 or 62): one thread.
+        run(&f, &["tree/"], "/all/", &opts).unwrap();
+        for d in 0..4 {
+            run(&f, &[&format!("tree/d{d}/")], &format!("/each/d{d}/"), &opts).unwrap();
+        }
+        // The dN directories themselves differ by design: under /all they are copied entries (with --chmod),
+        // under /each each is a copy's destination (made like a missing parent).
+        let below = |root: &str| -> Vec<String> {
+            tree(&f.dst.join(root)).into_iter().filter(|l| !l.split(' ').next().unwrap().ends_with('/')).collect()
+        };
+        let all = below("all");
+        assert_eq!(all.len(), 4 * 61 + 1, "{} entries", all.len());
+        let (uid, gid) = opts.chown.unwrap_or((0, 0));
+        for d in 0..4 {
+            for i in 0..60 {
+                let mode = opts.chmod.unwrap_or([0o600, 0o640, 0o755][i % 3]);
+                let want = format!("d{d}/f{i:02} {mode:o} {uid}:{gid} tree/d{d}/f{i:02}");
+                assert!(all.contains(&want), "{want} missing");
+            }
+        }
+        assert!(all == below("each"), "a copy on several threads differs from one on one thread");
+        for d in 0..4 {
+            for i in 0..60 {
+                let rel = format!("d{d}/f{i:02}");
+                let (a, e) = (f.dst.join("all").join(&rel), f.dst.join("each").join(&rel));
+                let (a, e) = (fs::metadata(a).unwrap(), fs::metadata(e).unwrap());
+                assert_eq!((a.mtime(), a.mtime_nsec()), (e.mtime(), e.mtime_nsec()), "{rel}");
+                assert_eq!(a.mtime(), 1_600_000_000 + d * 1000 + i as i64, "{rel}");
+            }
+        }
+        let (h1, h2) = (f.dst.join("all/d0/f01"), f.dst.join("all/d1/hard"));
+        assert_eq!(fs::metadata(h1).unwrap().ino(), fs::metadata(h2).unwrap().ino(), "the hard link is kept");
+    }
+}
+
+fn filetime_of(secs: i64) -> libc::timespec {
+    libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: 0 }
+}
+
+fn set_mtime(path: &Path, t: libc::timespec) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path and the array holds the two timespecs utimensat reads.
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [t, t].as_ptr(), 0) }, 0);
+}
