@@ -22,9 +22,10 @@
 # Tools are interleaved rep by rep (every tool's rep 1, then every tool's rep 2, ...), so a noisy minute on the shared
 # machine hits all of them. Every case runs REPS times (default 5); the table shows min and median per tool, the
 # ratio of rbuild's median to the best BuildKit's median, and rbuild's peak RSS in the case (/usr/bin/time -v).
-# Two cases are bounded by work no builder does faster, and also time that work alone as "floor" (rep by rep with the
+# Three cases are bounded by work no builder does faster, and also time that work alone as "floor" (rep by rep with the
 # tools): push, the registry taking the same layer blobs uploaded by curl (one monolithic PUT each, side by side);
-# app-edit, the RUN step's commands (compileall, the imports) run by chroot in the app image's root. The table then
+# app-cold, both RUN steps' commands (pip install with the same warm cache, compileall, the imports) run by chroot
+# in an overlay of the base image's root; app-edit, the last RUN step's commands in a chroot of the app image. The table then
 # adds "over floor": (rbuild - floor) / (best BuildKit - floor), the part of the time the builders control.
 # Every tool builds FROM the same busybox base (testdata/busybox-base, built by rbuild and pushed to a throwaway local
 # registry), pulled into each tool before anything is timed.
@@ -48,6 +49,7 @@ reps=${REPS:-5}
 log() { printf '%s\n' "$*" >&2; }
 rm -rf "$work"; mkdir -p "$work"
 cleanup() {
+  ! declare -F pip_root_down >/dev/null || pip_root_down
   for r in registry pushreg; do
     RBUILD_TEST_REGISTRY_DIR=$work/$r bash "$repo/scripts/test-registry.sh" stop >/dev/null 2>&1 || true
   done
@@ -227,6 +229,7 @@ prepare() {
     bigcontext-cold) forget "$t" "$i" ;;
     pull) unpull_image "$t" ;;
     push) rm -rf "$work/pushreg/data" ;;
+    app-cold) [ "$t" != floor ] || pip_root_up ;;
     app-edit)
       if [ "$t" = floor ]; then
         sed -i "s/^GREETING = .*/GREETING = \"hello $t $i\"/" "$work/app-root/app/main.py"
@@ -242,8 +245,30 @@ floor() {
     push)
       for blob in "${floor_blobs[@]}"; do upload_blob "$pushreg" bench/push-floor "$blob" & done
       wait ;;
-    app-edit) chroot "$work/app-root" /bin/sh -c "$app_run" ;;
+    # shellcheck disable=SC2086 # $app_env is the Dockerfile's NAME=VALUE list
+    app-edit) chroot "$work/app-root" /usr/bin/env -i "${floor_env[@]}" $app_env /bin/sh -c "$app_run" ;;
+    # shellcheck disable=SC2086
+    app-cold)
+      chroot "$work/pip-merged" /usr/bin/env -i "${floor_env[@]}" $app_env /bin/sh -c \
+        "cd /app && pip install --cert /run/secrets/ca -r requirements.txt && $app_run" ;;
   esac
+}
+# pip_root_down / pip_root_up: app-cold's floor runs in an overlay of the base image's root (with the requirements,
+# the warm pip cache and the CA bundle bound in), fresh for each rep.
+pip_root_down() {
+  for m in run/secrets/ca root/.cache/pip ""; do
+    ! mountpoint -q "$work/pip-merged/$m" 2>/dev/null || umount "$work/pip-merged/$m"
+  done
+  rm -rf "$work/pip-upper" "$work/pip-work"
+}
+pip_root_up() {
+  pip_root_down
+  mkdir -p "$work/pip-upper" "$work/pip-work" "$work/pip-merged"
+  mount -t overlay overlay -o "lowerdir=$work/py-root,upperdir=$work/pip-upper,workdir=$work/pip-work" "$work/pip-merged"
+  mkdir -p "$work/pip-merged/root/.cache/pip" "$work/pip-merged/run/secrets"
+  touch "$work/pip-merged/run/secrets/ca"
+  mount --bind "$work/pip-cache" "$work/pip-merged/root/.cache/pip"
+  mount --bind "${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}" "$work/pip-merged/run/secrets/ca"
 }
 # upload_blob REGISTRY REPO FILE: one monolithic upload (POST, then PUT of the whole file) of a blob named by its file.
 upload_blob() {
@@ -304,6 +329,18 @@ setup_floor() {
       mapfile -t floor_blobs < <(skopeo inspect --tls-verify=false --raw "docker://$pushreg/bench/push-probe:latest" |
         python3 -c 'import json, sys; [print(l["digest"].split(":")[1]) for l in json.load(sys.stdin)["layers"]]' |
         sed "s|^|$store/blobs/sha256/|") ;;
+    app-cold)
+      # The base image's root with the requirements at /app, and a copy of rbuild's warm pip cache mount.
+      rm -rf "$work/py-root" "$work/pip-cache" "$work/ctx-py-root"
+      mkdir -p "$work/ctx-py-root"; printf 'FROM %s\n' "$pybase" >"$work/ctx-py-root/Dockerfile"
+      "$RBUILD" --root "$store" build -q --output "type=local,dest=$work/py-root" "$work/ctx-py-root" >/dev/null
+      mkdir -p "$work/py-root/app"; cp "$app/requirements.txt" "$work/py-root/app/"
+      cp /etc/resolv.conf "$work/py-root/etc/resolv.conf"
+      local entry
+      for entry in "$store"/cachemounts/*/; do
+        if grep -qx /root/.cache/pip "$entry/id" 2>/dev/null; then cp -a "$entry/data" "$work/pip-cache"; fi
+      done
+      [ -d "$work/pip-cache" ] || { log "no pip cache mount in rbuild's store"; return 1; } ;;
     app-edit)
       rm -rf "$work/app-root"
       "$RBUILD" --root "$store" build -q --secret "$ca_secret" --output "type=local,dest=$work/app-root" "$app" >/dev/null ;;
@@ -311,11 +348,14 @@ setup_floor() {
 }
 floor_blobs=()
 app_run=$(sed -n 's/^RUN python3 /python3 /p' "$app/Dockerfile" 2>/dev/null || true)
+app_env=$(sed -n 's/^ENV //p' "$app/Dockerfile" 2>/dev/null || true)
+# What a container of the image starts with (none of this shell's own variables).
+floor_env=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root)
 
 for c in $cases; do
   log "== $c"
   case_tools=("${tools[@]}")
-  case $c in push | app-edit) case_tools+=(floor) ;; esac
+  case $c in push | app-cold | app-edit) case_tools+=(floor) ;; esac
   for t in "${case_tools[@]}"; do { with_base "$t" && setup "$c" "$t"; } || [ "$t" != rbuild ] || exit 1; done
   for i in $(seq 1 "$reps"); do
     for t in "${case_tools[@]}"; do
