@@ -11,12 +11,16 @@ use bytes::Bytes;
 use rbuild_types::{Digest, IoError};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
 /// Chunks of a download queued for its thread: enough to ride out a slow write, few enough to keep memory flat
 /// (a chunk is what one socket read gave, at most a few hundred KiB).
 pub(super) const CHUNKS_IN_FLIGHT: usize = 64;
+
+/// How many bytes of a blob are written before their writeback to disk is started.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// The temporary paths of one download attempt. Whatever of them is still there when this is dropped (the
 /// attempt failed, was retried or was cancelled, or the store took the files already) is removed.
@@ -49,7 +53,7 @@ pub(super) struct Teed {
 /// the stream into it.
 pub(super) fn run(rx: mpsc::Receiver<Bytes>, paths: TmpPaths) -> Teed {
     let file = File::create(&paths.blob).map_err(|e| IoError::new("create", &paths.blob, e));
-    let mut reader = ChunkReader { rx, chunk: Bytes::new(), file, path: paths.blob.clone() };
+    let mut reader = ChunkReader { rx, chunk: Bytes::new(), file, path: paths.blob.clone(), written: 0, flushed: 0 };
     let unpacked = paths.dir.as_ref().map(|dir| {
         fs::create_dir(dir).map_err(|e| LayerError::Extract(IoError::new("create directory", dir, e)))?;
         crate::layer::extract_layer(&mut reader, dir)
@@ -57,7 +61,8 @@ pub(super) fn run(rx: mpsc::Receiver<Bytes>, paths: TmpPaths) -> Teed {
     while let Some(chunk) = reader.rx.blocking_recv() {
         reader.keep(&chunk);
     }
-    Teed { written: reader.file.map(drop), unpacked, paths }
+    let written = reader.file.and_then(|f| f.sync_all().map_err(|e| IoError::new("fsync", &paths.blob, e)));
+    Teed { written, unpacked, paths }
 }
 
 /// The download's chunks as one `Read`, each chunk written to the blob file as it is taken off the channel.
@@ -68,14 +73,22 @@ struct ChunkReader {
     /// The blob file, or why writing to it stopped.
     file: Result<File, IoError>,
     path: PathBuf,
+    /// Bytes written to the file, and how many of them have had their writeback started.
+    written: u64,
+    flushed: u64,
 }
 
 impl ChunkReader {
     fn keep(&mut self, chunk: &[u8]) {
-        if let Ok(file) = &mut self.file
-            && let Err(e) = file.write_all(chunk)
-        {
+        let Ok(file) = &mut self.file else { return };
+        if let Err(e) = file.write_all(chunk) {
             self.file = Err(IoError::new("write", &self.path, e));
+            return;
+        }
+        self.written += chunk.len() as u64;
+        if self.written - self.flushed >= WRITEBACK_EVERY {
+            start_writeback(file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
         }
     }
 }
@@ -96,4 +109,12 @@ impl Read for ChunkReader {
         buf[..n].copy_from_slice(&self.chunk.split_to(n));
         Ok(n)
     }
+}
+
+/// Starts writing `len` bytes of `file` from `offset` back to disk, without waiting for them. Best effort: the
+/// final fsync is what makes the file durable; this only gives it less to wait for.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    // SAFETY: a valid open file descriptor; sync_file_range reads no memory of ours.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
 }
