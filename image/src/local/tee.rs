@@ -15,9 +15,10 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
-/// Chunks of a download queued for its thread: enough to ride out a slow write, few enough to keep memory flat
-/// (a chunk is what one socket read gave, at most a few hundred KiB).
-pub(super) const CHUNKS_IN_FLIGHT: usize = 64;
+/// Chunks of a download queued for its thread (a chunk is what one socket read gave). Measured on a 300 MB pull of
+/// three layers: 64 let the peak RSS of the build reach 105 MB (from 21 MB before layers were unpacked while they
+/// download), 8 keep it near 30 MB and are no slower.
+pub(super) const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// How many bytes of a blob are written before their writeback to disk is started.
 const WRITEBACK_EVERY: u64 = 8 << 20;
