@@ -379,4 +379,4 @@ pub fn source_repositories(store: &Store, digest: &Digest, registry: &str) -> Ve
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

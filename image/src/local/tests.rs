@@ -7,8 +7,8 @@ use rbuild_test_support::{FakeRegistry, Route};
 use rbuild_types::oci::{MEDIA_OCI_LAYER_GZIP, RootFs};
 use std::io::Write;
 
-/// A gzip layer holding `files`: its blob and its diff_id.
-fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Digest) {
+/// A gzip layer holding `files` (regular, mode 0644, mtime 0): its blob and its diff_id.
+pub(crate) fn gzip_layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Digest) {
     let mut tar = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut header = tar::Header::new_gnu();
@@ -20,7 +20,7 @@ fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Digest) {
         tar.append_data(&mut header, name, *data).expect("tar entry");
     }
     let tar_bytes = tar.into_inner().expect("tar finish");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&tar_bytes).expect("gzip");
     (gz.finish().expect("gzip finish"), Digest::of(&tar_bytes))
 }
@@ -88,10 +88,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[tokio::test]
 async fn a_layer_whose_blob_is_not_what_its_digest_says_leaves_no_blob_and_no_snapshot() {
-    let (good, good_id) = layer(&[("good", b"good layer")]);
-    let (real, real_id) = layer(&[("lie", b"the layer the manifest names")]);
+    let (good, good_id) = gzip_layer(&[("good", b"good layer")]);
+    let (real, real_id) = gzip_layer(&[("lie", b"the layer the manifest names")]);
     // Same length as the real blob, so only the digest tells them apart: a layer of other files.
-    let (mut fake, _) = layer(&[("lie", b"what the registry sends instead")]);
+    let (mut fake, _) = gzip_layer(&[("lie", b"what the registry sends instead")]);
     fake.resize(real.len(), 0);
     let (good_desc, real_desc) = (descriptor(MEDIA_OCI_LAYER_GZIP, &good), descriptor(MEDIA_OCI_LAYER_GZIP, &real));
     let mut routes = image_routes(vec![good_desc.clone(), real_desc.clone()], vec![good_id.clone(), real_id.clone()]);
@@ -114,7 +114,7 @@ async fn a_layer_whose_blob_is_not_what_its_digest_says_leaves_no_blob_and_no_sn
 
 #[tokio::test]
 async fn a_blob_whose_diff_id_is_not_the_configs_leaves_no_snapshot() {
-    let (blob, diff_id) = layer(&[("a", b"content")]);
+    let (blob, diff_id) = gzip_layer(&[("a", b"content")]);
     let claimed = Digest::of(b"some other tar");
     let desc = descriptor(MEDIA_OCI_LAYER_GZIP, &blob);
     let mut routes = image_routes(vec![desc.clone()], vec![claimed.clone()]);
@@ -136,8 +136,8 @@ async fn a_blob_whose_diff_id_is_not_the_configs_leaves_no_snapshot() {
 
 #[tokio::test]
 async fn a_layer_listed_twice_is_downloaded_once_and_unpacked() {
-    let (base, base_id) = layer(&[("etc/base", b"base")]);
-    let (twice, twice_id) = layer(&[("twice", b"listed twice")]);
+    let (base, base_id) = gzip_layer(&[("etc/base", b"base")]);
+    let (twice, twice_id) = gzip_layer(&[("twice", b"listed twice")]);
     let (base_desc, twice_desc) = (descriptor(MEDIA_OCI_LAYER_GZIP, &base), descriptor(MEDIA_OCI_LAYER_GZIP, &twice));
     let layers = vec![twice_desc.clone(), base_desc.clone(), twice_desc.clone()];
     let mut routes = image_routes(layers, vec![twice_id.clone(), base_id.clone(), twice_id.clone()]);
@@ -161,7 +161,7 @@ async fn a_layer_listed_twice_is_downloaded_once_and_unpacked() {
 async fn a_transfer_broken_midway_is_retried_and_unpacked_from_the_start() {
     // Big enough that half of it holds whole tar entries, which the first attempt unpacks before the cut.
     let first: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
-    let (blob, diff_id) = layer(&[("first", &first), ("second", b"after the cut")]);
+    let (blob, diff_id) = gzip_layer(&[("first", &first), ("second", b"after the cut")]);
     let desc = descriptor(MEDIA_OCI_LAYER_GZIP, &blob);
     let mut routes = image_routes(vec![desc.clone()], vec![diff_id.clone()]);
     routes.push(Route { cut_first: 2, ..blob_route(&desc.digest, blob) });

@@ -7,7 +7,6 @@ use rbuild_types::oci::{
     Descriptor, Index, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Platform, RootFs,
     to_canonical_json,
 };
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
@@ -37,26 +36,15 @@ struct TestImage {
 }
 
 fn make_image(dir: &Path, platform: &Platform, marker: &str) -> TestImage {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, data) in [("hello.txt", format!("hello {marker}\n")), ("etc/os-release", "ID=test\n".to_string())] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        tar.append_data(&mut header, name, data.as_bytes()).expect("tar entry");
-    }
-    let tar_bytes = tar.into_inner().expect("tar finish");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar_bytes).expect("gzip");
-    let layer_bytes = gz.finish().expect("gzip finish");
+    let hello = format!("hello {marker}\n");
+    let (layer_bytes, diff_id) =
+        crate::local::tests::gzip_layer(&[("hello.txt", hello.as_bytes()), ("etc/os-release", b"ID=test\n")]);
 
     let config = ImageConfig {
         architecture: platform.architecture.clone(),
         os: platform.os.clone(),
         variant: platform.variant.clone(),
-        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![Digest::of(&tar_bytes)] },
+        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![diff_id] },
         ..ImageConfig::default()
     };
     let config_bytes = to_canonical_json(&config);
