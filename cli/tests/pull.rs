@@ -271,3 +271,42 @@ fn layers_are_downloaded_concurrently() {
     let pulled = inspect(&ws, "store-2", &via_proxy);
     assert_eq!(pulled["Id"], inspect(&ws, "store", &tag)["Id"]);
 }
+
+/// A registry that sends other bytes than a layer's digest names (of the right length): `rbuild pull` fails naming
+/// the image, the layer, the digest it expected and the one it got, and the store keeps nothing of that layer.
+#[test]
+fn a_layer_the_registry_lies_about_is_named_and_nothing_of_it_is_kept() {
+    use rbuild_test_support::{FakeRegistry, Route};
+    let sha = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let real = b"the layer the manifest names".repeat(100);
+    let sent = b"what the registry sends inst".repeat(100);
+    let layer = sha(&real);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer}"]}},"config":{{}}}}"#
+    )
+    .into_bytes();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{}}}]}}"#,
+        sha(&config),
+        config.len(),
+        real.len()
+    );
+    let registry = FakeRegistry::start(vec![
+        Route::new("/manifests/1", "application/vnd.oci.image.manifest.v1+json", manifest.into_bytes()),
+        Route::new(sha(&config), "application/octet-stream", config.clone()),
+        Route::new(layer.clone(), "application/octet-stream", sent.clone()),
+    ]);
+    let ws = Workspace::new();
+    let image = format!("{}/liar/layer:1", registry.addr);
+    let out = rbuild_env(&ws, "store", &["pull", "--platform", "linux/amd64", &image], &[], None);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    // The image as pinned by its manifest digest: `<registry>/liar/layer@sha256:...`.
+    let repository = format!("{}/liar/layer@", registry.addr);
+    for part in [&repository, &layer, &sha(&sent)] {
+        assert!(out.stderr.contains(part.as_str()), "names {part}: {}", out.stderr);
+    }
+    let hex = layer.trim_start_matches("sha256:");
+    let store = ws.path("store");
+    assert!(!store.join("blobs/sha256").join(hex).exists(), "no blob of the lying layer");
+    assert!(!store.join("snapshots").join(hex).exists(), "no snapshot of it");
+}

@@ -11,7 +11,7 @@
 
 use crate::layer::{Compression, LayerOptions, write_compressed_layer};
 use crate::registry::{ImageRef, RegistryClient, RegistryError};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use rbuild_cache::{ImageRecord, LayerBlob, Store, StoreError};
 use rbuild_types::Digest;
 use rbuild_types::oci::{
@@ -20,6 +20,8 @@ use rbuild_types::oci::{
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+mod tee;
 
 /// Layers downloaded at the same time.
 const PARALLEL_DOWNLOADS: usize = 3;
@@ -58,6 +60,19 @@ pub enum ImageError {
     MissingLayer { diff_id: Digest },
     #[error("creating a temporary file in the store")]
     Tmp(#[source] std::io::Error),
+    #[error(transparent)]
+    Io(#[from] rbuild_types::IoError),
+    #[error("layer {digest} of {image}: the thread unpacking it failed")]
+    UnpackThread {
+        image: String,
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn unpack_thread(image: &str, desc: &Descriptor, source: std::io::Error) -> ImageError {
+    ImageError::UnpackThread { image: image.to_string(), digest: desc.digest.clone(), source }
 }
 
 /// An image pulled into the store.
@@ -82,24 +97,25 @@ pub async fn pull(
         return Err(ImageError::LayerCount { image, layers: resolved.manifest.layers.len(), diff_ids: diff_ids.len() });
     }
     let pinned = resolved.source.with_digest(resolved.digest.clone());
-    // Downloads run concurrently; each blob streams to its own temporary file and is verified on the way.
-    let missing: Vec<&Descriptor> = {
+    // Downloads run concurrently, and each layer is unpacked while it downloads (see `pull_layer`).
+    let missing: Vec<(&Descriptor, &Digest)> = {
         let mut seen = std::collections::BTreeSet::new();
-        resolved.manifest.layers.iter().filter(|d| !store.has_blob(&d.digest) && seen.insert(&d.digest)).collect()
+        resolved
+            .manifest
+            .layers
+            .iter()
+            .zip(diff_ids)
+            .filter(|(d, _)| !store.has_blob(&d.digest) && seen.insert(&d.digest))
+            .collect()
     };
-    futures::stream::iter(missing)
-        .map(|desc| {
-            let pinned = &pinned;
-            async move {
-                let tmp = store.tmp_path("pull");
-                client.pull_blob(pinned, desc, &tmp).await?;
-                store.import_blob(&tmp, &desc.digest)?;
-                Ok::<(), ImageError>(())
-            }
-        })
+    // Every layer runs to its end even when another fails: the verified ones are kept for the next try, and a pull
+    // that returns has left nothing half-done behind.
+    let outcomes: Vec<Result<(), ImageError>> = futures::stream::iter(missing)
+        .map(|(desc, diff_id)| pull_layer(client, store, &pinned, &image, desc, diff_id))
         .buffer_unordered(PARALLEL_DOWNLOADS)
-        .try_collect::<Vec<()>>()
-        .await?;
+        .collect()
+        .await;
+    outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
     for (desc, diff_id) in resolved.manifest.layers.iter().zip(diff_ids) {
         record_source(store, &desc.digest, &resolved.source);
         store.add_layer_blob(
@@ -117,6 +133,68 @@ pub async fn pull(
     let record = ImageRecord { name: r.to_string(), config, manifest: Some(manifest), platforms: Vec::new() };
     store.set_tag(&record)?;
     Ok(Pulled { record, config: resolved.config })
+}
+
+/// Downloads one layer blob and, unless its snapshot exists already, unpacks it as the bytes arrive: the download
+/// feeds a channel, and a blocking thread writes each chunk to the blob's temporary file and on into the extractor
+/// (which hashes the uncompressed stream for the diff_id). The blob and the snapshot enter the store only after
+/// the blob's digest (checked by the download) and the diff_id (checked here against the image config) are both
+/// right; otherwise both temporary paths are removed. A retried download starts a fresh thread with fresh paths.
+async fn pull_layer(
+    client: &RegistryClient,
+    store: &Store,
+    pinned: &ImageRef,
+    image: &str,
+    desc: &Descriptor,
+    diff_id: &Digest,
+) -> Result<(), ImageError> {
+    let unpack = !store.has_snapshot(diff_id);
+    let mut attempts = Vec::new();
+    let downloaded = client
+        .pull_blob_chunks(pinned, desc, || {
+            let (tx, rx) = tokio::sync::mpsc::channel(tee::CHUNKS_IN_FLIGHT);
+            let paths = tee::TmpPaths { blob: store.tmp_path("pull"), dir: unpack.then(|| store.tmp_path("unpack")) };
+            attempts.push(tokio::task::spawn_blocking(move || tee::run(rx, paths)));
+            tx
+        })
+        .await;
+    // Only the last attempt counts; the earlier ones' threads end as their channels close, and their paths go
+    // with them.
+    let last = attempts.pop();
+    for earlier in attempts {
+        let _ = earlier.await;
+    }
+    let teed = match last {
+        Some(thread) => Some(thread.await.map_err(|e| unpack_thread(image, desc, std::io::Error::other(e)))),
+        None => None,
+    };
+    // Whatever the thread made of a download that failed is dropped here, its paths with it.
+    downloaded?;
+    let teed =
+        teed.unwrap_or_else(|| Err(unpack_thread(image, desc, std::io::Error::other("no download was made"))))?;
+    teed.written?;
+    if let Some(unpacked) = teed.unpacked {
+        let unpack_err = |source| ImageError::Unpack {
+            image: image.to_string(),
+            digest: desc.digest.clone(),
+            source: Box::new(source),
+        };
+        let actual = unpacked
+            .map_err(|source| unpack_err(crate::rootfs::RootfsError::Extract { diff_id: diff_id.clone(), source }))?;
+        if &actual != diff_id {
+            return Err(unpack_err(crate::rootfs::RootfsError::DiffIdMismatch {
+                diff_id: diff_id.clone(),
+                blob: desc.digest.clone(),
+                actual,
+            }));
+        }
+    }
+    store.import_blob(&teed.paths.blob, &desc.digest)?;
+    if let Some(dir) = &teed.paths.dir {
+        store.mark_unpacked(diff_id)?;
+        store.commit_snapshot(dir, diff_id)?;
+    }
+    Ok(())
 }
 
 /// The blob of a layer in the wanted compression, making it from the snapshot if it does not exist yet.
@@ -300,3 +378,6 @@ pub fn source_repositories(store: &Store, digest: &Digest, registry: &str) -> Ve
     out.reverse();
     out
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -13,7 +13,7 @@ mod buildkit;
 mod registry;
 
 pub use buildkit::Reference;
-pub use registry::{Config as RegistryConfig, Registry, trickling_registry};
+pub use registry::{Config as RegistryConfig, FakeRegistry, Registry, Route, trickling_registry};
 
 use std::path::{Path, PathBuf};
 

@@ -165,3 +165,96 @@ pub fn trickling_registry(gap: Duration) -> String {
     });
     addr
 }
+
+/// A fake registry on loopback that serves fixed bytes, so a test can make it lie: a blob that does not hash to
+/// the digest it is served under, a manifest that lists one layer twice, a transfer cut short. Requests are
+/// `GET`/`HEAD` of `/v2/` (200) or of a path ending in one of the routes' suffixes (a tag or a digest); anything
+/// else is a 404. Every response has the full `Content-Length`.
+pub struct FakeRegistry {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    gets: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// One thing a [`FakeRegistry`] serves.
+pub struct Route {
+    /// The end of the request path: `/manifests/1`, or a digest (`sha256:...`).
+    pub suffix: String,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// The first this many `GET`s send half the body and close the connection (a broken transfer).
+    pub cut_first: usize,
+}
+
+impl Route {
+    pub fn new(suffix: impl Into<String>, content_type: &'static str, body: Vec<u8>) -> Route {
+        Route { suffix: suffix.into(), content_type, body, cut_first: 0 }
+    }
+}
+
+impl FakeRegistry {
+    pub fn start(routes: Vec<Route>) -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local address").to_string();
+        let gets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = gets.clone();
+        let routes = std::sync::Arc::new(std::sync::Mutex::new(routes));
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten().take(500) {
+                let (routes, log) = (routes.clone(), log.clone());
+                std::thread::spawn(move || serve_fixed(conn, &routes, &log));
+            }
+        });
+        FakeRegistry { addr, gets }
+    }
+
+    /// The paths of the `GET`s served so far, in order.
+    pub fn gets(&self) -> Vec<String> {
+        self.gets.lock().unwrap().clone()
+    }
+}
+
+fn serve_fixed(mut conn: TcpStream, routes: &std::sync::Mutex<Vec<Route>>, log: &std::sync::Mutex<Vec<String>>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default().to_string());
+    let get = method == "GET";
+    if get {
+        log.lock().unwrap().push(path.clone());
+    }
+    let (status, ctype, body, cut) = if path == "/v2/" {
+        ("200 OK", "application/json", b"{}".to_vec(), false)
+    } else {
+        let mut routes = routes.lock().unwrap();
+        match routes.iter_mut().find(|r| path.ends_with(&r.suffix)) {
+            Some(route) => {
+                let cut = get && route.cut_first > 0;
+                if cut {
+                    route.cut_first -= 1;
+                }
+                ("200 OK", route.content_type, route.body.clone(), cut)
+            }
+            None => (
+                "404 Not Found",
+                "application/json",
+                br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}"#.to_vec(),
+                false,
+            ),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    if get {
+        let sent = if cut { &body[..body.len() / 2] } else { &body[..] };
+        let _ = conn.write_all(sent);
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}

@@ -1,16 +1,17 @@
 //! Blob transfer: pushing images' blobs (existing, mounted or uploaded), streaming downloads, verifying digest and size.
 
 use super::*;
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use oci_client::Reference;
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{DigestError, OciDistributionError};
 use rbuild_types::Digest;
 use rbuild_types::oci::{Descriptor, MEDIA_OCI_MANIFEST, Manifest};
-use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 /// Size of the pieces a layer file is read in while it streams as one upload body.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
@@ -30,6 +31,41 @@ impl RegistryClient {
             let _ = tokio::fs::remove_file(dest).await;
         }
         result.map_err(|e| self.auth_context(e))
+    }
+
+    /// Downloads one blob and hands its bytes, as they arrive, to the channel `attempt` returns; each attempt (a
+    /// transfer that breaks midway is retried from the start) asks for a fresh one. The size is bounded by the
+    /// descriptor while the bytes flow and the digest is checked at the end (by `oci-client`'s verifying stream):
+    /// what the receiver made of the bytes counts only once this returns `Ok`. A receiver that hung up costs the
+    /// download nothing: its owner learns why from the receiver itself.
+    pub async fn pull_blob_chunks<F>(
+        &self,
+        r: &ImageRef,
+        desc: &Descriptor,
+        mut attempt: F,
+    ) -> Result<(), RegistryError>
+    where
+        F: FnMut() -> mpsc::Sender<Bytes>,
+    {
+        let conn = self.conn(r).await?;
+        let target = oci_ref(r);
+        let action = format!("pulling blob {} from", desc.digest);
+        let (conn, target) = (&conn, &target);
+        let transfer = with_retries(r, &action, || {
+            let sink = attempt();
+            async move {
+                let mut stream =
+                    conn.client.pull_blob_stream(target, desc.digest.as_str()).await.map_err(Failure::Oci)?;
+                let mut check = BlobCheck::new(r, "blob", desc);
+                while let Some(chunk) = check.next(&mut stream).await? {
+                    // A closed receiver has failed on its own side and says so to its owner; the digest verdict
+                    // still needs the whole blob.
+                    let _ = sink.send(chunk).await;
+                }
+                check.finish()
+            }
+        });
+        within(self.opts.timeouts, desc.size, r, &action, transfer).await.map_err(|e| self.auth_context(e))
     }
 
     /// Pushes an image: layers the registry lacks, then the config, then the manifest bytes as given, under the tag
@@ -159,8 +195,7 @@ impl RegistryClient {
             let mut stream = conn.client.pull_blob_stream(target, desc.digest.as_str()).await.map_err(Failure::Oci)?;
             let mut check = BlobCheck::new(r, what, desc);
             let mut out = Vec::new();
-            while let Some(chunk) = next_chunk(&mut stream).await? {
-                check.accept(&chunk)?;
+            while let Some(chunk) = check.next(&mut stream).await? {
                 out.extend_from_slice(&chunk);
             }
             check.finish()?;
@@ -278,8 +313,7 @@ pub(super) async fn download_to_file(
     let mut stream = conn.client.pull_blob_stream(target, desc.digest.as_str()).await.map_err(Failure::Oci)?;
     let mut file = tokio::fs::File::create(dest).await.map_err(|e| io_err("create", e))?;
     let mut check = BlobCheck::new(r, "blob", desc);
-    while let Some(chunk) = next_chunk(&mut stream).await? {
-        check.accept(&chunk)?;
+    while let Some(chunk) = check.next(&mut stream).await? {
         file.write_all(&chunk).await.map_err(|e| io_err("write", e))?;
     }
     check.finish()?;
@@ -288,55 +322,73 @@ pub(super) async fn download_to_file(
     Ok(())
 }
 
-/// The next chunk of a blob download. `oci-client` checks the digest too and reports a mismatch as the stream's
-/// last item; [`BlobCheck::finish`] gives the better message, so that item just ends the stream here.
-pub(super) async fn next_chunk<S, B>(stream: &mut S) -> Result<Option<B>, Failure>
-where
-    S: futures::Stream<Item = Result<B, io::Error>> + Unpin,
-{
-    match stream.next().await {
-        None => Ok(None),
-        Some(Ok(chunk)) => Ok(Some(chunk)),
-        Some(Err(e)) if is_digest_error(&e) => Ok(None),
-        Some(Err(e)) => Err(Failure::Oci(OciDistributionError::IoError(e))),
-    }
-}
-
-/// Counts and hashes a blob as it arrives, stops as soon as it outgrows its descriptor, and checks it at the end.
+/// Counts a blob as it arrives and stops it as soon as it outgrows its descriptor; turns `oci-client`'s digest
+/// verdict (its verifying stream hashes every blob it serves and reports a mismatch as the last item) into an error
+/// that names the image and the blob. The bytes are hashed there and nowhere else.
 pub(super) struct BlobCheck<'a> {
     image: &'a ImageRef,
     what: &'a str,
     desc: &'a Descriptor,
-    hasher: Sha256,
     len: u64,
 }
 
 impl<'a> BlobCheck<'a> {
     pub(super) fn new(image: &'a ImageRef, what: &'a str, desc: &'a Descriptor) -> Self {
-        BlobCheck { image, what, desc, hasher: Sha256::new(), len: 0 }
+        BlobCheck { image, what, desc, len: 0 }
     }
 
-    pub(super) fn accept(&mut self, chunk: &[u8]) -> Result<(), Failure> {
-        self.len += chunk.len() as u64;
+    /// The next chunk of the download, or `None` at its verified end.
+    pub(super) async fn next<S>(&mut self, stream: &mut S) -> Result<Option<Bytes>, Failure>
+    where
+        S: futures::Stream<Item = Result<Bytes, io::Error>> + Unpin,
+    {
+        match stream.next().await {
+            None => Ok(None),
+            Some(Ok(chunk)) => {
+                self.accept(chunk.len())?;
+                Ok(Some(chunk))
+            }
+            Some(Err(e)) => Err(self.stream_error(e)),
+        }
+    }
+
+    pub(super) fn accept(&mut self, len: usize) -> Result<(), Failure> {
+        self.len += len as u64;
         if self.len > self.desc.size {
             return Err(self.size_mismatch());
         }
-        self.hasher.update(chunk);
         Ok(())
     }
 
+    /// A failed read, or the digest verdict at the end of the stream: a short blob is reported by its size (the
+    /// clearer of the two), a full-length one by its digest.
+    pub(super) fn stream_error(&self, e: io::Error) -> Failure {
+        let Some(DigestError::VerificationError { expected, actual }) =
+            e.get_ref().and_then(|inner| inner.downcast_ref::<DigestError>())
+        else {
+            return Failure::Oci(OciDistributionError::IoError(e));
+        };
+        if self.len != self.desc.size {
+            return self.size_mismatch();
+        }
+        // oci-client checks the registry's Docker-Content-Digest header first when it names another digest.
+        let what = if *expected == self.desc.digest.as_str() {
+            format!("{} {}", self.what, self.desc.digest)
+        } else {
+            format!("{} {} (by the registry's Docker-Content-Digest header)", self.what, self.desc.digest)
+        };
+        Failure::Final(RegistryError::DigestMismatch {
+            image: self.image.to_string(),
+            what,
+            expected: expected.clone(),
+            actual: actual.clone(),
+        })
+    }
+
+    /// The size check at the end of a stream whose digest `oci-client` accepted.
     pub(super) fn finish(self) -> Result<(), Failure> {
         if self.len != self.desc.size {
             return Err(self.size_mismatch());
-        }
-        let actual = Digest::from_sha256(self.hasher.finalize().into());
-        if actual != self.desc.digest {
-            return Err(Failure::Final(RegistryError::DigestMismatch {
-                image: self.image.to_string(),
-                what: format!("{} {}", self.what, self.desc.digest),
-                expected: self.desc.digest.to_string(),
-                actual: actual.to_string(),
-            }));
         }
         Ok(())
     }

@@ -7,7 +7,6 @@ use rbuild_types::oci::{
     Descriptor, Index, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Platform, RootFs,
     to_canonical_json,
 };
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
@@ -37,26 +36,15 @@ struct TestImage {
 }
 
 fn make_image(dir: &Path, platform: &Platform, marker: &str) -> TestImage {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, data) in [("hello.txt", format!("hello {marker}\n")), ("etc/os-release", "ID=test\n".to_string())] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        tar.append_data(&mut header, name, data.as_bytes()).expect("tar entry");
-    }
-    let tar_bytes = tar.into_inner().expect("tar finish");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar_bytes).expect("gzip");
-    let layer_bytes = gz.finish().expect("gzip finish");
+    let hello = format!("hello {marker}\n");
+    let (layer_bytes, diff_id) =
+        crate::local::tests::gzip_layer(&[("hello.txt", hello.as_bytes()), ("etc/os-release", b"ID=test\n")]);
 
     let config = ImageConfig {
         architecture: platform.architecture.clone(),
         os: platform.os.clone(),
         variant: platform.variant.clone(),
-        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![Digest::of(&tar_bytes)] },
+        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![diff_id] },
         ..ImageConfig::default()
     };
     let config_bytes = to_canonical_json(&config);
@@ -289,25 +277,54 @@ async fn push_rejects_a_config_that_does_not_match_the_manifest() {
     assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err:?}");
 }
 
-#[test]
-fn blob_check_catches_digest_and_size_mismatches() {
+/// Runs `items` through a [`BlobCheck`] the way a download does.
+async fn check_stream(
+    r: &ImageRef,
+    desc: &Descriptor,
+    items: Vec<Result<&'static [u8], io::Error>>,
+) -> Result<(), Failure> {
+    let mut stream = futures::stream::iter(items.into_iter().map(|i| i.map(bytes::Bytes::from_static)));
+    let mut check = BlobCheck::new(r, "blob", desc);
+    while check.next(&mut stream).await?.is_some() {}
+    check.finish()
+}
+
+#[tokio::test]
+async fn blob_check_bounds_the_size_and_names_a_digest_mismatch() {
+    use oci_client::errors::DigestError;
     let r = ImageRef::parse("localhost/x").expect("reference");
     let desc =
         Descriptor { media_type: "x".into(), digest: Digest::of(b"hello"), size: 5, platform: None, annotations: None };
-    let mut ok = BlobCheck::new(&r, "blob", &desc);
-    assert!(ok.accept(b"hel").is_ok() && ok.accept(b"lo").is_ok());
-    assert!(ok.finish().is_ok());
+    // What oci-client's verifying stream yields last when the bytes do not hash to `expected`.
+    let verdict = |expected: &Digest, actual: &Digest| {
+        Err(io::Error::other(DigestError::VerificationError {
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }))
+    };
+    assert!(check_stream(&r, &desc, vec![Ok(b"hel"), Ok(b"lo")]).await.is_ok());
 
-    let mut swapped = BlobCheck::new(&r, "blob", &desc);
-    assert!(swapped.accept(b"jello").is_ok());
-    assert!(matches!(swapped.finish(), Err(Failure::Final(RegistryError::DigestMismatch { .. }))));
+    let jello = Digest::of(b"jello");
+    let swapped = check_stream(&r, &desc, vec![Ok(b"jello"), verdict(&desc.digest, &jello)]).await;
+    let Err(Failure::Final(RegistryError::DigestMismatch { what, expected, actual, .. })) = swapped else {
+        panic!("a swapped blob is a digest mismatch")
+    };
+    assert_eq!((expected, actual), (desc.digest.to_string(), jello.to_string()));
+    assert_eq!(what, format!("blob {}", desc.digest));
 
-    let mut short = BlobCheck::new(&r, "blob", &desc);
-    assert!(short.accept(b"hell").is_ok());
-    assert!(matches!(short.finish(), Err(Failure::Final(RegistryError::SizeMismatch { actual: 4, .. }))));
+    let header = Digest::of(b"what the header said");
+    let by_header = check_stream(&r, &desc, vec![Ok(b"jello"), verdict(&header, &jello)]).await;
+    let Err(Failure::Final(RegistryError::DigestMismatch { what, expected, .. })) = by_header else {
+        panic!("a blob that does not match the digest header is a digest mismatch")
+    };
+    assert!(what.contains("Docker-Content-Digest") && expected == header.to_string(), "{what} {expected}");
 
-    let mut long = BlobCheck::new(&r, "blob", &desc);
-    assert!(matches!(long.accept(b"hello!"), Err(Failure::Final(RegistryError::SizeMismatch { actual: 6, .. }))));
+    let short = check_stream(&r, &desc, vec![Ok(b"hell"), verdict(&desc.digest, &Digest::of(b"hell"))]).await;
+    assert!(matches!(short, Err(Failure::Final(RegistryError::SizeMismatch { actual: 4, .. }))));
+    let long = check_stream(&r, &desc, vec![Ok(b"hello!"), verdict(&desc.digest, &Digest::of(b"hello!"))]).await;
+    assert!(matches!(long, Err(Failure::Final(RegistryError::SizeMismatch { actual: 6, .. }))));
+    let broken = check_stream(&r, &desc, vec![Ok(b"he"), Err(io::Error::other("connection reset"))]).await;
+    assert!(matches!(broken, Err(Failure::Oci(_))), "a broken transfer stays retryable");
 }
 
 #[test]
