@@ -24,8 +24,9 @@ impl Mode {
 /// Enters rbuild's own user namespace when run by an ordinary user (an error is reported and returned as the
 /// exit code); everything else goes on as `Mode`. `needs_namespace` is false for commands that touch no store
 /// (login, debug). With `lazy`, the wait for the id maps is left to the first work that needs them
-/// ([`rbuild_types::ids::wait`]); a build reads its Dockerfile and the store meanwhile. `store` is where the store would be for this user: containers a killed rootless build left running there are
-/// stopped before the build starts (see [`userns::kill_orphaned_containers`]).
+/// ([`rbuild_types::ids::wait`]); a build reads its Dockerfile and the store meanwhile. `store` is where the store
+/// would be for this user: containers a killed rootless build left running there are stopped before the build
+/// starts (see [`userns::kill_orphaned_containers`]).
 pub fn start(needs_namespace: bool, lazy: bool, store: Option<&Path>) -> Result<Mode, ExitCode> {
     if userns::effective_uid() == 0 {
         if userns::in_user_namespace() {

@@ -5,6 +5,7 @@
 
 use crate::support::{Run, Workspace, cmd, require};
 use std::io::{Read as _, Write as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -234,12 +235,14 @@ fn make_repo(dir: &Path) {
     cmd("git", &["-C", bare.to_str().unwrap(), "update-server-info"]).success();
 }
 
-/// `git daemon` serving `base` on a free loopback port; killed on drop.
+/// `git daemon` serving `base` on a free loopback port; killed on drop with its process group (`git` runs the
+/// daemon as a child of its own, which killing `git` alone would leave running).
 struct GitDaemon(std::process::Child, u16);
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: kill has no memory-safety preconditions; the group is the one the daemon was started in.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
@@ -253,6 +256,7 @@ fn git_daemon(base: &Path) -> GitDaemon {
         .arg(base)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("git daemon");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -129,6 +129,8 @@ pub enum LayerError {
 
 /// Writes the snapshot `dir` as an uncompressed layer tar to `out` and returns `out`.
 pub fn write_layer_tar<W: Write>(dir: &Path, out: W, opts: &LayerOptions) -> Result<W, LayerError> {
+    // A snapshot's files may belong to subordinate ids, and their owners go in the tar.
+    rbuild_types::ids::wait();
     let buffered = BufWriter::with_capacity(write::BUFFER, out);
     let buffered = write::write_tar(dir, buffered, opts)?;
     buffered.into_inner().map_err(|e| LayerError::WriteTar { path: dir.to_path_buf(), source: e.into_error() })
@@ -198,6 +200,8 @@ pub fn write_compressed_layer<W: Write + Send>(
 /// Applies a layer tar (plain, gzip, bzip2, xz or zstd, detected by its magic bytes) into `dest`, an empty directory
 /// that becomes a snapshot. Returns the diff_id of the uncompressed stream, to be checked against the image config.
 pub fn extract_layer<R: io::Read>(reader: R, dest: &Path) -> Result<Digest, LayerError> {
+    // Extracting chowns to the layer's ids.
+    rbuild_types::ids::wait();
     let mut hasher = Sha256::new();
     extract::extract(reader, dest, &ExtractOptions::layer(), Some(&mut hasher))?;
     Ok(Digest::from_sha256(hasher.finalize().into()))

@@ -220,7 +220,6 @@ pub fn layer_blob(store: &Store, diff_id: &Digest, compression: Compression) -> 
             .find(acceptable)
             .ok_or_else(|| ImageError::MissingLayer { diff_id: diff_id.clone() });
     }
-    rbuild_types::ids::wait();
     let tmp = store.tmp_path("layer");
     let file = fs::File::create(&tmp).map_err(ImageError::Tmp)?;
     let digests =

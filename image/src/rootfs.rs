@@ -145,7 +145,6 @@ pub fn ensure_snapshot(store: &Store, diff_id: &Digest) -> Result<PathBuf, Rootf
         .into_iter()
         .find(|b| store.has_blob(&b.digest))
         .ok_or_else(|| RootfsError::MissingLayer { diff_id: diff_id.clone() })?;
-    rbuild_types::ids::wait();
     let dest = store.tmp_dir("extract")?;
     let blob_path = store.blob_path(&blob.digest);
     let file = fs::File::open(&blob_path).map_err(io_err("open", &blob_path))?;
@@ -162,7 +161,6 @@ pub fn ensure_snapshot(store: &Store, diff_id: &Digest) -> Result<PathBuf, Rootf
 
 /// Flattens the layers `diff_ids` (bottom first) into `dest`, which is created if missing.
 pub fn unpack(store: &Store, diff_ids: &[Digest], dest: &Path) -> Result<(), RootfsError> {
-    rbuild_types::ids::wait();
     fs::create_dir_all(dest).map_err(io_err("create", dest))?;
     for diff_id in diff_ids {
         let snapshot = ensure_snapshot(store, diff_id)?;
@@ -173,6 +171,7 @@ pub fn unpack(store: &Store, diff_ids: &[Digest], dest: &Path) -> Result<(), Roo
 
 /// Applies one overlayfs-format snapshot on top of the tree at `dest`.
 pub fn apply_snapshot(snapshot: &Path, dest: &Path) -> Result<(), RootfsError> {
+    rbuild_types::ids::wait();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     // Directory metadata is set after their contents are written, deepest first, so mtimes stick.
     let mut dirs: Vec<(PathBuf, fs::Metadata, PathBuf)> = Vec::new();

@@ -5,9 +5,9 @@
 //! start. The build does not wait for them before it needs to: reading the Dockerfile and the store's indexes,
 //! converting and resolving images from the store give the same results with the ids mapped or not. What does
 //! depend on the maps (the owner of a file as `stat` reports it, `chown`, mounts, runc, reading or removing files
-//! that subordinate ids own) runs only after [`wait`]: choosing the snapshotter, the worker's creation, unpacking a
-//! layer, making a layer blob from a snapshot, removing another process's tmp dirs, collecting the store, and the
-//! programs rbuild runs outside steps (git, credential helpers). Everywhere else (root, a container, commands other
+//! that subordinate ids own) runs only after [`wait`]: choosing the snapshotter, the worker's creation, extracting a
+//! layer, writing a snapshot's tar, applying a snapshot, removing another process's tmp dirs, collecting the store,
+//! and the programs rbuild runs outside steps (git, credential helpers). Everywhere else (root, a container, commands other
 //! than `build`) [`wait`] returns at once.
 
 use std::sync::Mutex;
